@@ -1,0 +1,176 @@
+//! The eBPF objects built by `build.rs`, embedded in the agent, and their loading.
+
+use aya::{
+    programs::{Program, ProgramError},
+    Btf, Ebpf, EbpfError,
+};
+
+/// One embedded eBPF object (one binary of `shadow-ebpf`).
+#[derive(Clone, Copy, Debug)]
+pub struct Object {
+    pub name: &'static str,
+    pub bytes: &'static [u8],
+}
+
+/// The mirror: TC clone program and XDP load counters.
+pub static MIRROR: Object = Object {
+    name: "shadow-mirror",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow-mirror")),
+};
+
+/// The profiler: per-cgroup accounting from scheduler tracepoints.
+pub static ACCT: Object = Object {
+    name: "shadow-acct",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow-acct")),
+};
+
+/// Every object the agent embeds.
+pub static ALL: [&Object; 2] = [&MIRROR, &ACCT];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "eBPF object {object} is an empty stub: this agent was built without bpf-linker; \
+         run `cargo xtask setup` and rebuild"
+    )]
+    Stub { object: &'static str },
+    #[error("parsing eBPF object {object}")]
+    Parse {
+        object: &'static str,
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("eBPF object {object} has no program {program}")]
+    MissingProgram {
+        object: &'static str,
+        program: &'static str,
+    },
+    #[error("eBPF object {object} has no map {map}")]
+    MissingMap {
+        object: &'static str,
+        map: &'static str,
+    },
+    #[error("program {program} of {object} has an unexpected type")]
+    ProgramType {
+        object: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("loading program {program} of {object} into the kernel")]
+    Program {
+        object: &'static str,
+        program: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("reading kernel BTF (/sys/kernel/btf/vmlinux)")]
+    Btf {
+        #[source]
+        source: aya::BtfError,
+    },
+    #[error("map {map} of {object}")]
+    Map {
+        object: &'static str,
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+impl Object {
+    /// Whether the build embedded an empty stub instead of the real object.
+    pub fn is_stub(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Parse the object and create its maps (no program is loaded yet).
+    pub fn open(&self) -> Result<Ebpf, LoadError> {
+        if self.is_stub() {
+            return Err(LoadError::Stub { object: self.name });
+        }
+        Ebpf::load(self.bytes).map_err(|e| LoadError::Parse {
+            object: self.name,
+            source: Box::new(e),
+        })
+    }
+}
+
+/// The tracepoint name a tp_btf program attaches to: the section `tp_btf/<name>`.
+fn btf_target(program: &str) -> &'static str {
+    match program {
+        shadow_common::maps::PROG_SCHED_BTF => "sched_switch",
+        _ => "",
+    }
+}
+
+/// Outcome of loading one program for the verifier check.
+#[derive(Debug)]
+pub struct VerifyResult {
+    pub object: &'static str,
+    pub program: String,
+    /// `None` when the verifier accepted it; otherwise the error with the verifier log.
+    pub error: Option<String>,
+}
+
+/// Load every program of `obj` into the kernel, without attaching any. Returns one result
+/// per program; a rejection carries the verifier log.
+pub fn verify_object(obj: &Object) -> Result<Vec<VerifyResult>, LoadError> {
+    let mut ebpf = obj.open()?;
+    let mut btf = None;
+    let mut out = Vec::new();
+    for (name, prog) in ebpf.programs_mut() {
+        let res = match prog {
+            Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
+            Program::RawTracePoint(p) => p.load(),
+            Program::BtfTracePoint(p) => {
+                if btf.is_none() {
+                    btf = Some(Btf::from_sys_fs().map_err(|source| LoadError::Btf { source })?);
+                }
+                p.load(btf_target(name), btf.as_ref().expect("set above"))
+            }
+            Program::TracePoint(p) => p.load(),
+            Program::KProbe(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            other => {
+                out.push(VerifyResult {
+                    object: obj.name,
+                    program: name.to_string(),
+                    error: Some(format!(
+                        "program type {:?} is not handled by the verifier check",
+                        other.prog_type()
+                    )),
+                });
+                continue;
+            }
+        };
+        out.push(VerifyResult {
+            object: obj.name,
+            program: name.to_string(),
+            error: res.err().map(|e| format_program_error(&e)),
+        });
+    }
+    Ok(out)
+}
+
+/// Render a program error with its verifier log, when there is one.
+pub fn format_program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => format!("{io_error}\nverifier log:\n{verifier_log}"),
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            s
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The agent's top-level error: what went wrong and which exit code it maps to.
+
+use std::path::PathBuf;
+
+use crate::{mirror::MirrorError, profile::ProfileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("profile.cgroups: {path} is not a cgroup2 directory")]
+    NotACgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("demo set-up: {op}")]
+    Setup {
+        op: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl AgentError {
+    /// 2 for problems in what the user asked for (nothing was attached), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::NotACgroup { .. } => 2,
+            AgentError::Mirror(MirrorError::NoInterface { .. })
+            | AgentError::Mirror(MirrorError::TooManyRules { .. }) => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn setup(op: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        AgentError::Setup {
+            op: op.into(),
+            source: Box::new(e),
+        }
+    }
+}

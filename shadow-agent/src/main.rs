@@ -1,0 +1,175 @@
+//! `shadow-agent`: the Shadow node agent.
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (nothing attached or changed),
+//! 1 runtime failure.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use shadow_agent::{config::Config, demo, ebpf, run};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "shadow-agent",
+    version,
+    about = "Runs a shadow copy of a primary application on live, anonymised traffic and sizes the primary ahead of demand",
+    after_help = "Examples:\n  shadow-agent demo --duration 60\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent check-config agent.toml\n  shadow-agent verify --json"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent on this host from a config file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// One JSON object per interval on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Self-contained demo: a real HTTP server as the primary, a client with a varying
+    /// request rate, the mirror and the profiler, all in namespaces and cgroups it makes
+    /// and removes.
+    Demo {
+        /// Length of the demo in seconds.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// One JSON object per second on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file without attaching or changing anything.
+    CheckConfig { file: PathBuf },
+    /// Load every eBPF program of the agent into the kernel (no attach) and report the
+    /// verifier's verdict for each.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log_level);
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Verify { json } => verify(json),
+        Cmd::Run {
+            config,
+            duration,
+            json,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    return ExitCode::from(2);
+                }
+            };
+            match run::run(&cfg, duration.map(std::time::Duration::from_secs), json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Cmd::Demo { duration, json } => {
+            match demo::run(std::time::Duration::from_secs(duration), json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
+}
+
+fn verify(json: bool) -> ExitCode {
+    let mut failed = false;
+    let mut rows = Vec::new();
+    for obj in ebpf::ALL {
+        match ebpf::verify_object(obj) {
+            Ok(results) => {
+                for r in results {
+                    failed |= r.error.is_some();
+                    rows.push(serde_json::json!({
+                        "object": r.object,
+                        "program": r.program,
+                        "accepted": r.error.is_none(),
+                        "error": r.error,
+                    }));
+                }
+            }
+            Err(e) => {
+                failed = true;
+                rows.push(serde_json::json!({
+                    "object": obj.name,
+                    "program": null,
+                    "accepted": false,
+                    "error": error_chain(&e),
+                }));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in &rows {
+            let verdict = if r["accepted"] == true {
+                "accepted".to_string()
+            } else {
+                format!("REJECTED: {}", r["error"].as_str().unwrap_or(""))
+            };
+            println!(
+                "{:<14} {:<14} {verdict}",
+                r["object"].as_str().unwrap_or(""),
+                r["program"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,440 @@
+//! The mirror's shared types and its pure datapath logic: packet parsing and rule matching.
+//!
+//! The eBPF programs call exactly these functions through [`PacketView`], implemented over
+//! the TC and XDP contexts; the host tests implement it over a byte slice.
+
+/// Maximum number of selection rules.
+pub const MAX_RULES: u32 = 16;
+
+/// `MirrorConfig::flags`: the mirror clones matching packets.
+pub const FLAG_ENABLED: u16 = 1;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const ETH_HLEN: usize = 14;
+
+/// Global mirror settings (one entry of `MIRROR_CFG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// Interface the clones are redirected to (egress), in the primary interface's netns.
+    pub shadow_ifindex: u32,
+    /// Number of live entries at the start of `MIRROR_RULES`.
+    pub n_rules: u32,
+    /// Destination MAC written into each clone: the shadow end's address.
+    pub shadow_mac: [u8; 6],
+    /// `FLAG_*` bits.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 16);
+
+/// One selection rule. A packet is mirrored when any live rule matches it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorRule {
+    /// Destination prefix; IPv4 addresses use the first 4 bytes.
+    pub addr: [u8; 16],
+    /// 4, 6, or 0 for either family (then `prefix_len` must be 0).
+    pub family: u8,
+    /// Prefix length in bits (0..=32 for IPv4, 0..=128 for IPv6).
+    pub prefix_len: u8,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or 0 for either.
+    pub proto: u8,
+    pub _pad: u8,
+    /// Inclusive destination port range; `0..=65535` matches any (and port-less packets).
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+const _: () = assert!(core::mem::size_of::<MirrorRule>() == 24);
+
+/// Packets and bytes seen by the XDP program for one rule, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleLoad {
+    pub packets: u64,
+    pub bytes: u64,
+    /// TCP SYNs without ACK: new connections.
+    pub syns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RuleLoad>() == 24);
+
+crate::impl_pod!(MirrorConfig, MirrorRule, RuleLoad);
+
+/// Indices into `MIRROR_CTRS`. Every packet the TC program sees lands in exactly one of
+/// `NOT_IP`, `NO_MATCH`, `DISABLED` or `MATCHED`; every matched one in `CLONED` or one of the
+/// failure counters. The original packet passes in every case.
+pub mod ctr {
+    pub const SEEN: u32 = 0;
+    pub const NOT_IP: u32 = 1;
+    pub const NO_MATCH: u32 = 2;
+    pub const DISABLED: u32 = 3;
+    pub const MATCHED: u32 = 4;
+    pub const CLONED: u32 = 5;
+    pub const CLONE_FAILED: u32 = 6;
+    pub const REWRITE_FAILED: u32 = 7;
+    pub const CLONED_BYTES: u32 = 8;
+    /// The original's MAC could not be restored after cloning (never expected; alarm).
+    pub const RESTORE_FAILED: u32 = 9;
+    pub const N: u32 = 10;
+    /// Names used in the agent's output and metrics, by index.
+    pub const NAMES: [&str; N as usize] = [
+        "seen",
+        "not_ip",
+        "no_match",
+        "disabled",
+        "matched",
+        "cloned",
+        "clone_failed",
+        "rewrite_failed",
+        "cloned_bytes",
+        "restore_failed",
+    ];
+}
+
+/// Bounded reads from a packet, as the datapath does them.
+pub trait PacketView {
+    /// Copy `N` bytes at `off`, or `None` when the packet is shorter.
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
+
+impl PacketView for [u8] {
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let end = off.checked_add(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.get(off..end)?);
+        Some(out)
+    }
+}
+
+/// What the datapath knows of a packet after parsing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// 4 or 6.
+    pub family: u8,
+    /// Transport protocol (IPv6: after extension headers).
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// 0 when the packet carries no TCP/UDP header (other protocols, non-first fragments).
+    pub sport: u16,
+    pub dport: u16,
+    /// True when the ports are known.
+    pub has_ports: bool,
+    /// TCP flags byte, 0 when not TCP.
+    pub tcp_flags: u8,
+    /// Offset of the IP header.
+    pub l3_off: u16,
+    /// Offset of the transport header (when `has_ports`).
+    pub l4_off: u16,
+}
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+const IPV6_EXT_HOP: u8 = 0;
+const IPV6_EXT_ROUTING: u8 = 43;
+const IPV6_EXT_FRAGMENT: u8 = 44;
+const IPV6_EXT_DSTOPTS: u8 = 60;
+/// Extension headers walked at most; a longer chain is treated as carrying no ports.
+const IPV6_MAX_EXT: usize = 4;
+
+/// Parse an Ethernet frame: up to two VLAN tags, IPv4 (with options, fragments) or IPv6
+/// (hop-by-hop, routing, destination-options and fragment headers), then TCP/UDP ports.
+/// `None` for anything that is not IP or is truncated before the addresses.
+#[inline(always)]
+pub fn parse_flow<P: PacketView + ?Sized>(p: &P) -> Option<Flow> {
+    let mut off = 12usize;
+    let mut ethertype = u16::from_be_bytes(p.load::<2>(off)?);
+    off += 2;
+    // Up to two VLAN tags (802.1ad outer + 802.1Q inner).
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = u16::from_be_bytes(p.load::<2>(off + 2)?);
+        off += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = u16::from_be_bytes(p.load::<2>(off + 2)?);
+            off += 4;
+        }
+    }
+    let mut flow = Flow {
+        l3_off: off as u16,
+        ..Flow::default()
+    };
+    let l4_off;
+    if ethertype == ETH_P_IP {
+        let h = p.load::<20>(off)?;
+        if h[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        flow.family = 4;
+        flow.proto = h[9];
+        flow.src[..4].copy_from_slice(&h[12..16]);
+        flow.dst[..4].copy_from_slice(&h[16..20]);
+        let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+        if frag_off != 0 {
+            return Some(flow);
+        }
+        l4_off = off + ihl;
+    } else if ethertype == ETH_P_IPV6 {
+        let h = p.load::<40>(off)?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        flow.family = 6;
+        flow.src.copy_from_slice(&h[8..24]);
+        flow.dst.copy_from_slice(&h[24..40]);
+        let mut next = h[6];
+        let mut cur = off + 40;
+        let mut i = 0;
+        while i < IPV6_MAX_EXT {
+            match next {
+                IPV6_EXT_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS => {
+                    let e = p.load::<2>(cur)?;
+                    next = e[0];
+                    cur += (e[1] as usize + 1) * 8;
+                }
+                IPV6_EXT_FRAGMENT => {
+                    let e = p.load::<4>(cur)?;
+                    next = e[0];
+                    let frag_off = u16::from_be_bytes([e[2], e[3]]) >> 3;
+                    cur += 8;
+                    if frag_off != 0 {
+                        flow.proto = next;
+                        return Some(flow);
+                    }
+                }
+                _ => break,
+            }
+            i += 1;
+        }
+        flow.proto = next;
+        if i == IPV6_MAX_EXT {
+            return Some(flow);
+        }
+        l4_off = cur;
+    } else {
+        return None;
+    }
+    if flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP {
+        if let Some(ports) = p.load::<4>(l4_off) {
+            flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            flow.has_ports = true;
+            flow.l4_off = l4_off as u16;
+            if flow.proto == IPPROTO_TCP {
+                if let Some(f) = p.load::<1>(l4_off + 13) {
+                    flow.tcp_flags = f[0];
+                }
+            }
+        }
+    }
+    Some(flow)
+}
+
+/// Whether the first `prefix_len` bits of `a` and `b` agree.
+#[inline(always)]
+pub fn prefix_eq(a: &[u8; 16], b: &[u8; 16], prefix_len: u8) -> bool {
+    let mut bits = prefix_len as u32;
+    let mut i = 0;
+    while i < 16 {
+        if bits == 0 {
+            return true;
+        }
+        let mask: u8 = if bits >= 8 {
+            0xff
+        } else {
+            0xffu8 << (8 - bits)
+        };
+        if (a[i] ^ b[i]) & mask != 0 {
+            return false;
+        }
+        bits = bits.saturating_sub(8);
+        i += 1;
+    }
+    true
+}
+
+impl MirrorRule {
+    /// Does this rule select `flow`?
+    #[inline(always)]
+    pub fn matches(&self, flow: &Flow) -> bool {
+        if self.family != 0 && self.family != flow.family {
+            return false;
+        }
+        if self.proto != 0 && self.proto != flow.proto {
+            return false;
+        }
+        let any_port = self.port_lo == 0 && self.port_hi == u16::MAX;
+        if !any_port && (!flow.has_ports || flow.dport < self.port_lo || flow.dport > self.port_hi)
+        {
+            return false;
+        }
+        self.family == 0 || prefix_eq(&self.addr, &flow.dst, self.prefix_len)
+    }
+}
+
+/// Index of the first rule among `rules[..n]` that selects `flow`.
+pub fn first_match(rules: &[MirrorRule], n: usize, flow: &Flow) -> Option<usize> {
+    rules.iter().take(n).position(|r| r.matches(flow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth(ethertype: u16) -> [u8; 14] {
+        let mut h = [0u8; 14];
+        h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        h
+    }
+
+    fn ipv4_tcp(dst: [u8; 4], dport: u16, flags: u8) -> [u8; 54] {
+        let mut p = [0u8; 54];
+        p[..14].copy_from_slice(&eth(ETH_P_IP));
+        p[14] = 0x45;
+        p[23] = IPPROTO_TCP;
+        p[26..30].copy_from_slice(&[198, 18, 0, 1]);
+        p[30..34].copy_from_slice(&dst);
+        p[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        p[36..38].copy_from_slice(&dport.to_be_bytes());
+        p[46] = 0x50;
+        p[47] = flags;
+        p
+    }
+
+    fn rule4(addr: [u8; 4], prefix_len: u8, proto: u8, lo: u16, hi: u16) -> MirrorRule {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&addr);
+        MirrorRule {
+            addr: a,
+            family: 4,
+            prefix_len,
+            proto,
+            port_lo: lo,
+            port_hi: hi,
+            ..MirrorRule::default()
+        }
+    }
+
+    #[test]
+    fn parses_ipv4_tcp() {
+        let p = ipv4_tcp([198, 18, 0, 2], 80, TCP_FLAG_SYN);
+        let f = parse_flow(&p[..]).unwrap();
+        assert_eq!(f.family, 4);
+        assert_eq!(f.proto, IPPROTO_TCP);
+        assert_eq!(&f.dst[..4], &[198, 18, 0, 2]);
+        assert_eq!((f.sport, f.dport), (40000, 80));
+        assert!(f.has_ports);
+        assert_eq!(f.tcp_flags, TCP_FLAG_SYN);
+        assert_eq!((f.l3_off, f.l4_off), (14, 34));
+    }
+
+    #[test]
+    fn parses_ipv4_with_options_and_vlans() {
+        // Two VLAN tags, IHL 6 (one option word).
+        let mut p = [0u8; 14 + 8 + 24 + 20];
+        p[12..14].copy_from_slice(&ETH_P_8021AD.to_be_bytes());
+        p[16..18].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+        p[20..22].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip = 22;
+        p[ip] = 0x46;
+        p[ip + 9] = IPPROTO_UDP;
+        p[ip + 16..ip + 20].copy_from_slice(&[198, 18, 0, 2]);
+        p[ip + 24..ip + 26].copy_from_slice(&53u16.to_be_bytes());
+        p[ip + 26..ip + 28].copy_from_slice(&5353u16.to_be_bytes());
+        let f = parse_flow(&p[..]).unwrap();
+        assert_eq!(f.l3_off, 22);
+        assert_eq!(f.l4_off, 46);
+        assert_eq!((f.sport, f.dport), (53, 5353));
+    }
+
+    #[test]
+    fn non_first_fragment_has_no_ports() {
+        let mut p = ipv4_tcp([198, 18, 0, 2], 80, 0);
+        p[20] = 0x00;
+        p[21] = 0x10; // fragment offset 16 (x8 bytes)
+        let f = parse_flow(&p[..]).unwrap();
+        assert!(!f.has_ports);
+        assert!(!rule4([198, 18, 0, 2], 32, IPPROTO_TCP, 80, 80).matches(&f));
+        // A rule without a port condition still selects it, so the whole datagram is mirrored.
+        assert!(rule4([198, 18, 0, 2], 32, IPPROTO_TCP, 0, u16::MAX).matches(&f));
+    }
+
+    #[test]
+    fn parses_ipv6_with_extension_headers() {
+        let mut p = [0u8; 14 + 40 + 8 + 8 + 20];
+        p[..14].copy_from_slice(&eth(ETH_P_IPV6));
+        p[14] = 0x60;
+        p[14 + 6] = IPV6_EXT_HOP;
+        p[14 + 24 + 15] = 2; // dst = ::2 (with the rest zero)
+        p[14 + 24] = 0xfd;
+        let e1 = 54;
+        p[e1] = IPV6_EXT_DSTOPTS;
+        p[e1 + 1] = 0;
+        let e2 = 62;
+        p[e2] = IPPROTO_TCP;
+        p[e2 + 1] = 0;
+        let l4 = 70;
+        p[l4 + 2..l4 + 4].copy_from_slice(&8080u16.to_be_bytes());
+        let f = parse_flow(&p[..]).unwrap();
+        assert_eq!(f.family, 6);
+        assert_eq!(f.proto, IPPROTO_TCP);
+        assert_eq!(f.l4_off, 70);
+        assert_eq!(f.dport, 8080);
+        let mut addr = [0u8; 16];
+        addr[0] = 0xfd;
+        let r = MirrorRule {
+            addr,
+            family: 6,
+            prefix_len: 8,
+            proto: IPPROTO_TCP,
+            port_lo: 8000,
+            port_hi: 8100,
+            ..MirrorRule::default()
+        };
+        assert!(r.matches(&f));
+    }
+
+    #[test]
+    fn truncated_and_non_ip_frames_do_not_parse() {
+        let p = ipv4_tcp([198, 18, 0, 2], 80, 0);
+        assert_eq!(parse_flow(&p[..20]), None);
+        assert_eq!(parse_flow(&p[..10]), None);
+        let arp = eth(0x0806);
+        assert_eq!(parse_flow(&arp[..]), None);
+        // Truncated transport header: addresses known, ports not.
+        let f = parse_flow(&p[..36]).unwrap();
+        assert!(!f.has_ports);
+    }
+
+    #[test]
+    fn cidr_prefix_boundaries() {
+        let f = parse_flow(&ipv4_tcp([198, 18, 7, 200], 443, 0)[..]).unwrap();
+        assert!(rule4([198, 18, 0, 0], 16, 0, 0, u16::MAX).matches(&f));
+        assert!(rule4([198, 18, 7, 192], 26, 0, 0, u16::MAX).matches(&f));
+        assert!(!rule4([198, 18, 7, 128], 26, 0, 0, u16::MAX).matches(&f));
+        assert!(rule4([0, 0, 0, 0], 0, 0, 0, u16::MAX).matches(&f));
+        assert!(!rule4([198, 18, 7, 201], 32, 0, 0, u16::MAX).matches(&f));
+    }
+
+    #[test]
+    fn port_range_and_protocol() {
+        let f = parse_flow(&ipv4_tcp([198, 18, 0, 2], 8080, 0)[..]).unwrap();
+        assert!(rule4([198, 18, 0, 2], 32, IPPROTO_TCP, 8000, 8080).matches(&f));
+        assert!(!rule4([198, 18, 0, 2], 32, IPPROTO_TCP, 8081, 9000).matches(&f));
+        assert!(!rule4([198, 18, 0, 2], 32, IPPROTO_UDP, 0, u16::MAX).matches(&f));
+        let rules = [
+            rule4([198, 18, 0, 9], 32, 0, 0, u16::MAX),
+            rule4([198, 18, 0, 2], 32, 0, 0, u16::MAX),
+        ];
+        assert_eq!(first_match(&rules, 2, &f), Some(1));
+        assert_eq!(first_match(&rules, 1, &f), None);
+    }
+}

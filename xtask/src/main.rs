@@ -1,0 +1,90 @@
+//! `cargo xtask`: developer and CI tasks for Shadow.
+//!
+//! - `cargo xtask setup`: check the machine and install what is missing (idempotent).
+//! - `cargo xtask test [--no-setup]`: setup, fmt, clippy (host and eBPF), the test suite and a
+//!   check that the suite left no namespaces, links, cgroups, BPF programs or qdiscs behind.
+//! - `cargo xtask run [-- ARGS...]`: setup, build the agent in release mode and run it
+//!   (`shadow-agent demo` without ARGS, `shadow-agent run ARGS...` otherwise).
+//!
+//! Exit codes: 0 success, 2 a missing prerequisite (see [`prereq::PrereqError`]), 1 anything else.
+
+mod leftovers;
+mod prereq;
+mod run;
+mod setup;
+mod sysinfo;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::prereq::PrereqError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Developer and CI tasks for Shadow"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the prerequisites (root, capabilities, kernel, BTF, toolchains, bpf-linker, Debian
+    /// packages, bpffs/tracefs mounts) and install whatever is missing.
+    Setup,
+    /// Setup, then fmt, clippy (host and eBPF), the whole test suite and a leftover check.
+    Test {
+        /// Skip `setup` (ignored under CI=true, where nothing may be skipped).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Setup, build shadow-agent (release) and run `shadow-agent demo`, or
+    /// `shadow-agent run ARGS...` when ARGS are given after `--`.
+    Run {
+        /// Skip `setup` (ignored under CI=true).
+        #[arg(long)]
+        no_setup: bool,
+        /// Arguments for `shadow-agent run`, e.g. `-- --config FILE`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 1, not clap's 2: exit code 2 means a missing prerequisite.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    util::prepare_child_env();
+    let result = match cli.command {
+        Command::Setup => setup::setup(),
+        Command::Test { no_setup } => test::test(no_setup),
+        Command::Run { no_setup, args } => run::run(no_setup, &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(prereq) = err.downcast_ref::<PrereqError>() {
+                eprintln!("error: {prereq}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("error: {err:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! `cargo xtask test`: setup, fmt, clippy (host and eBPF), the test suite, leftover check.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::leftovers::{self, Snapshot};
+use crate::util::{display_cmd, fmt_duration, is_ci, target_dir, workspace_root};
+
+/// The eBPF crate: built for bpfel-unknown-none only, never for the host.
+pub const EBPF_CRATE: &str = "shadow-ebpf";
+/// Its target triple.
+pub const EBPF_TARGET: &str = "bpfel-unknown-none";
+
+/// Finished steps and their durations, for the summary.
+#[derive(Default)]
+struct Steps {
+    started: usize,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    /// Runs `f` as step `name`, printing its header and elapsed time.
+    fn run(
+        &mut self,
+        name: &'static str,
+        what: &str,
+        f: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        self.started += 1;
+        println!("==> [{}] {name}: {what}", self.started);
+        let start = Instant::now();
+        let result = f();
+        let elapsed = start.elapsed();
+        match result {
+            Ok(()) => {
+                println!("==> {name}: ok ({})", fmt_duration(elapsed));
+                self.done.push((name, elapsed));
+                Ok(())
+            }
+            Err(err) => {
+                println!("==> {name}: FAILED ({})", fmt_duration(elapsed));
+                Err(err.context(format!(
+                    "step `{name}` failed after {}",
+                    fmt_duration(elapsed)
+                )))
+            }
+        }
+    }
+
+    fn summary(&self) -> String {
+        self.done
+            .iter()
+            .map(|(name, d)| format!("{name} {}", fmt_duration(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command with inherited stdio; a non-zero exit is an error naming the command.
+fn run_cmd(mut cmd: Command) -> Result<()> {
+    let shown = display_cmd(&cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` exited with {status}");
+    }
+    Ok(())
+}
+
+fn fmt_cmd() -> Command {
+    cargo(&["fmt", "--all", "--", "--check"])
+}
+
+/// Userspace clippy: every workspace member but the eBPF crate (`--workspace` ignores
+/// default-members, and the eBPF crate cannot build for the host).
+fn clippy_cmd() -> Command {
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// eBPF clippy, in its own target dir so it does not invalidate the host build.
+pub fn ebpf_clippy_cmd() -> Command {
+    let mut cmd = cargo(&[
+        "+nightly",
+        "clippy",
+        "-p",
+        EBPF_CRATE,
+        "--target",
+        EBPF_TARGET,
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    cmd.env("CARGO_TARGET_DIR", target_dir().join("xtask-ebpf-clippy"));
+    cmd
+}
+
+fn test_cmd() -> Command {
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--no-fail-fast",
+    ])
+}
+
+pub fn test(no_setup: bool) -> Result<()> {
+    let start = Instant::now();
+    let mut steps = Steps::default();
+    let result = run_steps(&mut steps, no_setup);
+    let total = fmt_duration(start.elapsed());
+    match result {
+        Ok(()) => {
+            println!(
+                "xtask test: OK, all {} steps succeeded in {total} ({})",
+                steps.done.len(),
+                steps.summary()
+            );
+            Ok(())
+        }
+        Err(err) => {
+            println!(
+                "xtask test: FAILED after {total}; steps that succeeded: {}",
+                if steps.done.is_empty() {
+                    "none".to_string()
+                } else {
+                    steps.summary()
+                }
+            );
+            Err(err)
+        }
+    }
+}
+
+fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
+    if no_setup && is_ci() {
+        println!("xtask test: CI=true, so --no-setup is ignored: nothing may be skipped under CI");
+    }
+    if !no_setup || is_ci() {
+        steps.run(
+            "setup",
+            "check and install prerequisites",
+            crate::setup::setup,
+        )?;
+    }
+    for (name, cmd) in [
+        ("fmt", fmt_cmd()),
+        ("clippy", clippy_cmd()),
+        ("clippy (eBPF)", ebpf_clippy_cmd()),
+    ] {
+        let shown = display_cmd(&cmd);
+        steps.run(name, &shown, || run_cmd(cmd))?;
+    }
+
+    let before = Snapshot::take().context("taking the leftover snapshot before the tests")?;
+    let cmd = test_cmd();
+    let shown = display_cmd(&cmd);
+    let tests = steps.run("tests", &shown, || run_cmd(cmd));
+    // Check for leftovers even when tests failed: they often explain the failure.
+    let leftover_step = steps.run(
+        "leftover check",
+        "network namespaces, host links, shdt* cgroups, shadow BPF programs, clsact qdiscs",
+        || check_leftovers(&before),
+    );
+    match (tests, leftover_step) {
+        (Ok(()), leftovers) => leftovers,
+        (Err(tests), Ok(())) => Err(tests),
+        (Err(tests), Err(leftovers)) => Err(anyhow!("{tests:#}\nerror: {leftovers:#}")),
+    }
+}
+
+fn check_leftovers(before: &Snapshot) -> Result<()> {
+    let after = Snapshot::take().context("taking the leftover snapshot after the tests")?;
+    let left = leftovers::diff(before, &after);
+    if left.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = left.iter().map(|l| format!("  - {l}")).collect();
+    Err(anyhow!(
+        "the test suite left {} thing(s) behind (every test must remove what it creates, even \
+         when it fails):\n{}",
+        left.len(),
+        lines.join("\n")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_the_documented_ones() {
+        assert_eq!(display_cmd(&fmt_cmd()), "cargo fmt --all -- --check");
+        assert_eq!(
+            display_cmd(&clippy_cmd()),
+            "cargo clippy --workspace --exclude shadow-ebpf --all-targets -- -D warnings"
+        );
+        let ebpf = display_cmd(&ebpf_clippy_cmd());
+        assert!(ebpf.starts_with("CARGO_TARGET_DIR="), "{ebpf}");
+        assert!(ebpf.ends_with(
+            "/xtask-ebpf-clippy cargo +nightly clippy -p shadow-ebpf --target \
+             bpfel-unknown-none -Z build-std=core --release -- -D warnings"
+        ));
+        assert_eq!(
+            display_cmd(&test_cmd()),
+            "cargo test --workspace --exclude shadow-ebpf --no-fail-fast"
+        );
+    }
+
+    #[test]
+    fn failing_step_is_named_and_timed() {
+        let mut steps = Steps::default();
+        steps.run("one", "ok", || Ok(())).unwrap();
+        let err = steps
+            .run("two", "fails", || run_cmd(Command::new("false")))
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.starts_with("step `two` failed after"), "{msg}");
+        assert!(msg.contains("`false` exited with exit status: 1"), "{msg}");
+        assert_eq!(steps.done.len(), 1);
+        assert!(steps.summary().starts_with("one "));
+    }
+}
