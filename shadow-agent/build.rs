@@ -27,7 +27,6 @@ fn bpf_linker_present() -> bool {
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SHADOW_REQUIRE_EBPF");
-    println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo::rustc-check-cfg=cfg(shadow_ebpf_stub)");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let require = env::var("SHADOW_REQUIRE_EBPF").is_ok_and(|v| v == "1");

@@ -241,8 +241,9 @@ fn wait_ready(ns: &NetNs, addr: SocketAddr) -> Result<(), AgentError> {
     }
 }
 
-/// Run the demo for `duration`, printing one line per second (a JSON object with `json`).
-pub fn run(duration: Duration, json: bool) -> Result<(), AgentError> {
+/// Run the demo for `duration`, printing one line per second (a JSON object with `json`),
+/// and return the summary that it prints last.
+pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|source| AgentError::Io {
@@ -292,6 +293,29 @@ pub fn run(duration: Duration, json: bool) -> Result<(), AgentError> {
         );
     }
 
+    // Counters before the client starts, so every request it makes is inside the totals.
+    let shadow_ns = world
+        .shadow
+        .try_clone()
+        .map_err(setup_err("shadow netns handle"))?;
+    let shadow_rx = || {
+        shadow_ns
+            .run_in(|| rx_packets("sh0"))
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    let rx0 = shadow_rx();
+    let mut last = (
+        mirror.counters()?,
+        mirror.rule_load()?.first().copied().unwrap_or_default(),
+        rx0,
+        profiler.cgroup(world.primary_cg.id())?.unwrap_or_default(),
+        cgroup_usage_usec(&world.primary_cg).unwrap_or(0),
+        profiler.cgroup(world.shadow_cg.id())?.unwrap_or_default(),
+    );
+    let first = last.clone();
+
     // The client: open loop at target_rate(t), one connection per request.
     let window = Arc::new(Mutex::new(Window {
         hist: Some(new_hist()),
@@ -337,27 +361,6 @@ pub fn run(duration: Duration, json: bool) -> Result<(), AgentError> {
         })
     };
 
-    let shadow_ns = world
-        .shadow
-        .try_clone()
-        .map_err(setup_err("shadow netns handle"))?;
-    let shadow_rx = || {
-        shadow_ns
-            .run_in(|| rx_packets("sh0"))
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    };
-    let rx0 = shadow_rx();
-    let mut last = (
-        mirror.counters()?,
-        mirror.rule_load()?.first().copied().unwrap_or_default(),
-        rx0,
-        profiler.cgroup(world.primary_cg.id())?.unwrap_or_default(),
-        cgroup_usage_usec(&world.primary_cg).unwrap_or(0),
-        profiler.cgroup(world.shadow_cg.id())?.unwrap_or_default(),
-    );
-    let first = last.clone();
     let (mut tot_ok, mut tot_err) = (0u64, 0u64);
     let mut tick = started;
     let mut all = new_hist();
@@ -477,7 +480,7 @@ pub fn run(duration: Duration, json: bool) -> Result<(), AgentError> {
     drop(mirror);
     drop(profiler);
     drop(world);
-    Ok(())
+    Ok(summary)
 }
 
 #[cfg(test)]

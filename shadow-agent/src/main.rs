@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         }
         Cmd::Demo { duration, json } => {
             match demo::run(std::time::Duration::from_secs(duration), json) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));
                     ExitCode::from(e.exit_code())

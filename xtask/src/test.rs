@@ -115,12 +115,16 @@ pub fn ebpf_clippy_cmd() -> Command {
     cmd
 }
 
+/// Unit and integration tests (no doc-tests: the crates have none).
 fn test_cmd() -> Command {
     cargo(&[
         "test",
         "--workspace",
         "--exclude",
         EBPF_CRATE,
+        "--lib",
+        "--bins",
+        "--tests",
         "--no-fail-fast",
     ])
 }
@@ -176,18 +180,80 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     let before = Snapshot::take().context("taking the leftover snapshot before the tests")?;
     let cmd = test_cmd();
     let shown = display_cmd(&cmd);
-    let tests = steps.run("tests", &shown, || run_cmd(cmd));
+    let mut totals = TestTotals::default();
+    let tests = steps.run("tests", &shown, || run_tests(cmd, &mut totals));
     // Check for leftovers even when tests failed: they often explain the failure.
     let leftover_step = steps.run(
         "leftover check",
         "network namespaces, host links, shdt* cgroups, shadow BPF programs, clsact qdiscs",
         || check_leftovers(&before),
     );
+    // The closing line CI reads: every test of the suite, summed over the test binaries.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     match (tests, leftover_step) {
         (Ok(()), leftovers) => leftovers,
         (Err(tests), Ok(())) => Err(tests),
         (Err(tests), Err(leftovers)) => Err(anyhow!("{tests:#}\nerror: {leftovers:#}")),
     }
+}
+
+/// Test counts summed over every `test result:` line of a cargo test run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds the counts of a `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs cargo test, passing its output through while summing the per-binary results.
+fn run_tests(mut cmd: Command, totals: &mut TestTotals) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let shown = display_cmd(&cmd);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` exited with {status}");
+    }
+    if totals.passed == 0 {
+        bail!("`{shown}` ran no test");
+    }
+    Ok(())
 }
 
 fn check_leftovers(before: &Snapshot) -> Result<()> {
@@ -224,7 +290,23 @@ mod tests {
         ));
         assert_eq!(
             display_cmd(&test_cmd()),
-            "cargo test --workspace --exclude shadow-ebpf --no-fail-fast"
+            "cargo test --workspace --exclude shadow-ebpf --lib --bins --tests --no-fail-fast"
+        );
+    }
+
+    #[test]
+    fn totals_sum_result_lines() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 35 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.11s");
+        t.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 38,
+                failed: 1,
+                ignored: 2
+            }
         );
     }
 

@@ -60,6 +60,9 @@ pub fn prepare_child_env() {
     env::set_var("PATH", new_path);
     env::remove_var("RUSTUP_TOOLCHAIN");
     env::remove_var("RUSTUP_TOOLCHAIN_SOURCE");
+    // Every build xtask starts embeds the real eBPF objects: shadow-agent's build.rs fails
+    // instead of writing stubs when bpf-linker is missing.
+    env::set_var("SHADOW_REQUIRE_EBPF", "1");
 }
 
 /// PATH with `cargo_bin` first (once) and the sbin directories appended when absent.

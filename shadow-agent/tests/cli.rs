@@ -1,0 +1,93 @@
+//! The `shadow-agent` binary as a user runs it: exit codes and messages.
+
+use std::process::{Command, Output};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(args)
+        .output()
+        .expect("run shadow-agent")
+}
+
+fn scratch(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("shdt-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+    let out = agent(&["check-config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_cidr_exits_2_naming_the_key() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/agent.example.toml"
+    ))
+    .expect("example")
+    .replace("fd00:5d::/64", "10.0.0.0/33");
+    let p = scratch("bad-cidr.toml", &text);
+    let out = agent(&["check-config", p.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "mirror.rules[1].dst: \"10.0.0.0/33\" is not a valid CIDR: prefix length exceeds 32"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_with_a_missing_interface_exits_2_and_attaches_nothing() {
+    let p = scratch(
+        "no-iface.toml",
+        "[mirror]\ninterface = \"shdt-absent0\"\nshadow_interface = \"shdt-absent1\"\n\
+         shadow_mac = \"02:00:00:00:00:01\"\n[[mirror.rules]]\ndst = \"198.18.0.2\"\n",
+    );
+    let out = agent(&[
+        "run",
+        "--config",
+        p.to_str().expect("utf-8"),
+        "--duration",
+        "1",
+    ]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"shdt-absent0\" (mirror.interface) not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = agent(&["check-config", "/nonexistent/shadow.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/shadow.toml"));
+}
+
+#[test]
+fn verify_reports_every_program_accepted() {
+    let out = agent(&["verify", "--json"]);
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("verify --json prints JSON");
+    assert!(
+        out.status.success(),
+        "{rows:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows.as_array().expect("array");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r["accepted"] == true), "{rows:?}");
+}

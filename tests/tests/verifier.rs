@@ -1,0 +1,47 @@
+//! Every eBPF program of the project is loaded into the running kernel; a rejection fails
+//! the test naming the program, with the verifier's log.
+
+use std::collections::BTreeSet;
+
+use shadow_agent::ebpf;
+use shadow_common::maps::{PROG_MIRROR_TC, PROG_MIRROR_XDP, PROG_SCHED_BTF, PROG_SCHED_RAW};
+use shadow_tests::harness::{chain, require_privileges};
+
+#[test]
+fn every_program_passes_the_verifier() {
+    require_privileges();
+    let mut seen = BTreeSet::new();
+    let mut rejected = Vec::new();
+    for obj in ebpf::ALL {
+        assert!(
+            !obj.is_stub(),
+            "{} is a stub object: the agent was built without bpf-linker",
+            obj.name
+        );
+        let results = ebpf::verify_object(obj)
+            .unwrap_or_else(|e| panic!("opening {}: {}", obj.name, chain(&e)));
+        for r in results {
+            seen.insert(r.program.clone());
+            if let Some(err) = r.error {
+                rejected.push(format!(
+                    "program {} ({}) was rejected: {err}",
+                    r.program, r.object
+                ));
+            }
+        }
+    }
+    assert!(rejected.is_empty(), "{}", rejected.join("\n\n"));
+    let expected: BTreeSet<String> = [
+        PROG_MIRROR_TC,
+        PROG_MIRROR_XDP,
+        PROG_SCHED_BTF,
+        PROG_SCHED_RAW,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(
+        seen, expected,
+        "the objects hold other programs than expected"
+    );
+}
