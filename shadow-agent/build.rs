@@ -10,7 +10,7 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{anyhow, Context as _};
 
 /// Binaries of `shadow-ebpf`; keep in step with its Cargo.toml.
-const EBPF_BINS: &[&str] = &["shadow-mirror", "shadow-acct"];
+const EBPF_BINS: &[&str] = &["shadow-mirror", "shadow-acct", "shadow-discard"];
 
 fn bpf_linker_present() -> bool {
     let exe = "bpf-linker";

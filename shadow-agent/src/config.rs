@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::mirror::{Ports, Proto, Rule};
+use crate::mirror::{Fallback, MaskOptions, MirrorOptions, Ports, Proto, Rule, RuleMask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,6 +30,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     mirror: Option<RawMirror>,
+    shadow: Option<crate::shadow::config::RawShadow>,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     profile: RawProfile,
 }
@@ -44,6 +47,54 @@ struct RawMirror {
     xdp: bool,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default = "default_sample_rate")]
+    sample_rate: f64,
+    #[serde(default)]
+    cap_pps: u64,
+    #[serde(default)]
+    cap_bytes_per_sec: u64,
+    #[serde(default = "default_burst_ms")]
+    cap_burst_ms: u64,
+    #[serde(default)]
+    mask: RawMask,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMask {
+    headers: Option<Vec<String>>,
+    params: Option<Vec<String>>,
+    #[serde(default = "default_fill")]
+    fill: String,
+    #[serde(default = "default_scan_bytes")]
+    scan_bytes: u32,
+}
+
+impl Default for RawMask {
+    fn default() -> Self {
+        RawMask {
+            headers: None,
+            params: None,
+            fill: default_fill(),
+            scan_bytes: default_scan_bytes(),
+        }
+    }
+}
+
+fn default_fill() -> String {
+    "*".into()
+}
+
+fn default_scan_bytes() -> u32 {
+    shadow_common::mask::DEFAULT_SCAN_LIMIT
+}
+
+fn default_sample_rate() -> f64 {
+    1.0
+}
+
+fn default_burst_ms() -> u64 {
+    100
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +103,11 @@ struct RawRule {
     dst: String,
     ports: Option<String>,
     proto: Option<String>,
+    #[serde(default)]
+    mask_http: bool,
+    #[serde(default)]
+    mask_ranges: Vec<String>,
+    fallback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +128,25 @@ impl Default for RawProfile {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
 fn default_true() -> bool {
     true
 }
@@ -84,6 +159,10 @@ fn default_interval_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mirror: Option<MirrorConfig>,
+    /// The shadow group (`[shadow]`), validated except for host checks done at start.
+    pub shadow: Option<crate::shadow::GroupSpec>,
+    /// Where `/metrics` and `/healthz` are served (`[metrics] listen`); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub profile: ProfileConfig,
 }
 
@@ -94,6 +173,8 @@ pub struct MirrorConfig {
     pub shadow_mac: [u8; 6],
     pub xdp: bool,
     pub rules: Vec<Rule>,
+    /// Sampling and caps (and masking).
+    pub options: MirrorOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +182,71 @@ pub struct ProfileConfig {
     /// cgroup2 directories whose CPU is accounted separately.
     pub cgroups: Vec<PathBuf>,
     pub interval_ms: u64,
+}
+
+/// `OFFSET:LENGTH` with length >= 1 and the end within 65535.
+fn parse_range(t: &str) -> Option<(u16, u16)> {
+    let (o, l) = t.split_once(':')?;
+    let o: u16 = o.trim().parse().ok()?;
+    let l: u16 = l.trim().parse().ok()?;
+    (l >= 1 && o.checked_add(l).is_some()).then_some((o, l))
+}
+
+/// Check `mirror.mask`; errors are `(key, message)`.
+fn validate_mask(m: &RawMask) -> Result<MaskOptions, (String, String)> {
+    use shadow_common::mask::{HDR_FIRST_USER, MAX_HEADERS, MAX_PARAMS, MAX_SCAN_LIMIT, NAME_LEN};
+    let d = MaskOptions::default();
+    let headers = m.headers.clone().unwrap_or(d.headers);
+    let params = m.params.clone().unwrap_or(d.params);
+    let max_h = MAX_HEADERS - HDR_FIRST_USER;
+    if headers.len() > max_h {
+        return Err((
+            "mirror.mask.headers".into(),
+            format!("{} names given; at most {max_h}", headers.len()),
+        ));
+    }
+    if params.len() > MAX_PARAMS {
+        return Err((
+            "mirror.mask.params".into(),
+            format!("{} names given; at most {MAX_PARAMS}", params.len()),
+        ));
+    }
+    for (list, names) in [("headers", &headers), ("params", &params)] {
+        for (i, n) in names.iter().enumerate() {
+            let key = format!("mirror.mask.{list}[{i}]");
+            if n.is_empty() {
+                return Err((key, "empty name".into()));
+            }
+            if n.len() > NAME_LEN {
+                return Err((key, format!("{n:?} is longer than {NAME_LEN} bytes")));
+            }
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if list == "headers" && !n.chars().all(token) {
+                return Err((key, format!("{n:?} is not a valid HTTP header name")));
+            }
+        }
+    }
+    let fill = match m.fill.as_bytes() {
+        [b] if (0x21..0x7f).contains(b) => *b,
+        _ => {
+            return Err((
+                "mirror.mask.fill".into(),
+                format!("{:?} is not one printable ASCII character", m.fill),
+            ))
+        }
+    };
+    if m.scan_bytes == 0 || m.scan_bytes > MAX_SCAN_LIMIT {
+        return Err((
+            "mirror.mask.scan_bytes".into(),
+            format!("{} is outside 1..={MAX_SCAN_LIMIT}", m.scan_bytes),
+        ));
+    }
+    Ok(MaskOptions {
+        headers,
+        params,
+        fill,
+        scan_bytes: m.scan_bytes,
+    })
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff`.
@@ -174,6 +320,7 @@ impl Config {
                     ));
                 }
                 let mut rules = Vec::with_capacity(m.rules.len());
+                let mut rule_masks = Vec::with_capacity(m.rules.len());
                 for (i, r) in m.rules.iter().enumerate() {
                     let key = |f: &str| format!("mirror.rules[{i}].{f}");
                     let dst = r.dst.parse().map_err(|e: crate::mirror::RuleError| {
@@ -192,9 +339,83 @@ impl Config {
                                 .map_err(|e| invalid(key("proto"), e.to_string()))?,
                         ),
                     };
+                    if r.mask_http && proto != Some(Proto::Tcp) {
+                        return Err(invalid(
+                            key("mask_http"),
+                            "HTTP masking needs proto = \"tcp\" on the rule".into(),
+                        ));
+                    }
+                    let max = shadow_common::mask::MAX_RANGES;
+                    if r.mask_ranges.len() > max {
+                        return Err(invalid(
+                            key("mask_ranges"),
+                            format!("{} ranges given; at most {max}", r.mask_ranges.len()),
+                        ));
+                    }
+                    let mut ranges = Vec::new();
+                    for (j, t) in r.mask_ranges.iter().enumerate() {
+                        ranges.push(parse_range(t).ok_or_else(|| {
+                            invalid(
+                                format!("mirror.rules[{i}].mask_ranges[{j}]"),
+                                format!(
+                                    "{t:?} is not OFFSET:LENGTH in payload bytes \
+                                     (length >= 1, offset + length <= 65535)"
+                                ),
+                            )
+                        })?);
+                    }
+                    let fallback = match r.fallback.as_deref() {
+                        None | Some("mask") => Fallback::Mask,
+                        Some("drop") => Fallback::Drop,
+                        Some(other) => {
+                            return Err(invalid(
+                                key("fallback"),
+                                format!("{other:?} is not \"mask\" or \"drop\""),
+                            ))
+                        }
+                    };
                     rules.push(Rule { dst, ports, proto });
+                    rule_masks.push(RuleMask {
+                        http: r.mask_http,
+                        ranges,
+                        fallback,
+                    });
                 }
+                let mask = validate_mask(&m.mask).map_err(|(k, msg)| invalid(k, msg))?;
+                if !(0.0..=1.0).contains(&m.sample_rate) {
+                    return Err(invalid(
+                        "mirror.sample_rate".into(),
+                        format!("{} is not a fraction of flows in 0.0..=1.0", m.sample_rate),
+                    ));
+                }
+                for (key, v) in [
+                    ("mirror.cap_pps", m.cap_pps),
+                    ("mirror.cap_bytes_per_sec", m.cap_bytes_per_sec),
+                ] {
+                    if v > 1_000_000_000_000 {
+                        return Err(invalid(
+                            key.into(),
+                            format!("{v} is above the maximum of 1e12 (0 means no cap)"),
+                        ));
+                    }
+                }
+                if !(1..=10_000).contains(&m.cap_burst_ms) {
+                    return Err(invalid(
+                        "mirror.cap_burst_ms".into(),
+                        format!("{} is outside 1..=10000 ms", m.cap_burst_ms),
+                    ));
+                }
+                let options = MirrorOptions {
+                    sample_rate: m.sample_rate,
+                    cap_pps: m.cap_pps,
+                    cap_bytes_per_sec: m.cap_bytes_per_sec,
+                    cap_burst_ms: m.cap_burst_ms,
+                    mask,
+                    rule_masks,
+                    ..MirrorOptions::default()
+                };
                 Some(MirrorConfig {
+                    options,
                     interface: m.interface,
                     shadow_interface: m.shadow_interface,
                     shadow_mac,
@@ -209,8 +430,26 @@ impl Config {
                 format!("{} is below the minimum of 100 ms", raw.profile.interval_ms),
             ));
         }
+        let shadow = match raw.shadow {
+            None => None,
+            Some(s) => Some(
+                s.into_spec()
+                    .map_err(|(key, message)| invalid(key, message))?,
+            ),
+        };
+        let metrics_listen = match raw.metrics.listen.as_str() {
+            "" | "off" => None,
+            a => Some(a.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen".into(),
+                    format!("{a:?} is not an address:port like 127.0.0.1:9464 (or \"off\")"),
+                )
+            })?),
+        };
         Ok(Config {
             mirror,
+            shadow,
+            metrics_listen,
             profile: ProfileConfig {
                 cgroups: raw.profile.cgroups,
                 interval_ms: raw.profile.interval_ms,
@@ -279,6 +518,33 @@ interval_ms = 500
         assert!(err(&GOOD.replace("02:00:00:00:00:01", "02:00")).contains("mirror.shadow_mac"));
         assert!(err(&GOOD.replace("veth-p", "a-very-long-interface")).contains("mirror.interface"));
         assert!(err(&GOOD.replace("500", "5")).contains("profile.interval_ms"));
+        let with = |k: &str| {
+            GOOD.replace(
+                "[[mirror.rules]]\ndst = \"198",
+                &format!("{k}\n[[mirror.rules]]\ndst = \"198"),
+            )
+        };
+        assert_eq!(
+            err(&with("sample_rate = 1.5")),
+            "config x.toml: mirror.sample_rate: 1.5 is not a fraction of flows in 0.0..=1.0"
+        );
+        assert!(err(&with("cap_burst_ms = 0")).contains("mirror.cap_burst_ms: 0 is outside"));
+        assert!(err(&with("cap_pps = -1")).contains("cap_pps"));
+        let c = Config::parse(
+            &with("sample_rate = 0.25\ncap_pps = 1000\ncap_bytes_per_sec = 1000000"),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let o = c.mirror.unwrap().options;
+        assert_eq!(
+            (
+                o.sample_rate,
+                o.cap_pps,
+                o.cap_bytes_per_sec,
+                o.cap_burst_ms
+            ),
+            (0.25, 1000, 1_000_000, 100)
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::{
     error::AgentError,
     mirror::{Mirror, MirrorSpec, Ports, Proto, Rule},
     profile::{HookPreference, Profiler},
+    shadow::{Allowlist, CommandSpec, GroupSpec, RestartPolicy, ShadowGroup},
     sys::{
         cgroup::Cgroup,
         link::{self, Veth, VethEnd},
@@ -64,17 +65,14 @@ pub fn target_rate(t: f64, total: f64) -> f64 {
 }
 
 struct World {
-    // Field order is drop order: processes first, then links, namespaces, cgroups.
+    // Field order is drop order: the shadow group and the primary first, then links,
+    // namespaces, cgroups.
+    group: ShadowGroup,
     primary_srv: ChildGuard,
-    shadow_srv: ChildGuard,
     _client_link: Veth,
-    _shadow_link: Veth,
     client: NetNs,
     primary: NetNs,
-    shadow: NetNs,
     primary_cg: Cgroup,
-    shadow_cg: Cgroup,
-    shadow_mac: [u8; 6],
     _docroot: TempDir,
 }
 
@@ -94,43 +92,25 @@ fn setup_err<E: std::error::Error + Send + Sync + 'static>(
 }
 
 fn build_world() -> Result<World, AgentError> {
-    let tag = format!("shdd{:x}", std::process::id() & 0xfffff);
+    let id = std::process::id() & 0xfffff;
+    let tag = format!("shdd{id:x}");
     let client = NetNs::create(&format!("{tag}-cl")).map_err(setup_err("client netns"))?;
     let primary = NetNs::create(&format!("{tag}-pr")).map_err(setup_err("primary netns"))?;
-    let shadow = NetNs::create(&format!("{tag}-sh")).map_err(setup_err("shadow netns"))?;
     let client_link = Veth::create(
         VethEnd::in_netns("cl0", &client),
         VethEnd::in_netns("pr0", &primary),
     )
     .map_err(setup_err("client-primary veth"))?;
-    let shadow_link = Veth::create(
-        VethEnd::in_netns("pm0", &primary),
-        VethEnd::in_netns("sh0", &shadow),
-    )
-    .map_err(setup_err("primary-shadow veth"))?;
     let v4 = |a: [u8; 4]| std::net::IpAddr::from(a);
     link::add_address("cl0", Some(&client), v4(CLIENT_ADDR), 24)
         .map_err(setup_err("client address"))?;
     link::add_address("pr0", Some(&primary), v4(SERVICE_ADDR), 24)
         .map_err(setup_err("primary address"))?;
-    // The shadow owns the primary's service address, so clones are accepted as they are.
-    link::add_address("sh0", Some(&shadow), v4(SERVICE_ADDR), 24)
-        .map_err(setup_err("shadow address"))?;
-    for (name, ns) in [
-        ("cl0", &client),
-        ("pr0", &primary),
-        ("pm0", &primary),
-        ("sh0", &shadow),
-    ] {
+    for (name, ns) in [("cl0", &client), ("pr0", &primary)] {
         link::set_up(name, Some(ns)).map_err(setup_err("link up"))?;
     }
-    let shadow_mac = link::mac("sh0", Some(&shadow))
-        .map_err(setup_err("shadow MAC"))?
-        .octets();
-
     let primary_cg =
         Cgroup::create(&format!("{tag}-primary")).map_err(setup_err("primary cgroup"))?;
-    let shadow_cg = Cgroup::create(&format!("{tag}-shadow")).map_err(setup_err("shadow cgroup"))?;
 
     let docroot = TempDir(std::env::temp_dir().join(format!("{tag}-www")));
     std::fs::create_dir_all(&docroot.0).map_err(|source| AgentError::Io {
@@ -144,36 +124,57 @@ fn build_world() -> Result<World, AgentError> {
         op: "writing the demo page".into(),
         source,
     })?;
-    let server = |ns: &NetNs, cg: &Cgroup| {
-        let mut cmd = std::process::Command::new("python3");
-        cmd.args([
-            "-m",
-            "http.server",
-            "--bind",
-            "198.18.0.2",
-            &PORT.to_string(),
-            "--directory",
-        ])
-        .arg(&docroot.0)
+    let argv: Vec<String> = [
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "198.18.0.2",
+        &PORT.to_string(),
+        "--directory",
+        &docroot.0.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-        process::spawn(cmd, Some(ns), Some(cg))
-    };
-    let primary_srv = server(&primary, &primary_cg)
+    let primary_srv = process::spawn(cmd, Some(&primary), Some(&primary_cg))
         .map_err(setup_err("starting the primary (python3 -m http.server)"))?;
-    let shadow_srv = server(&shadow, &shadow_cg)
-        .map_err(setup_err("starting the shadow (python3 -m http.server)"))?;
+    // The shadow: the same server, as a replica of a shadow group whose host ends live in
+    // the primary's namespace (where the mirror runs).
+    let spec = GroupSpec {
+        name: format!("d{id:x}"),
+        prefix: "shd".into(),
+        command: CommandSpec {
+            argv,
+            ..CommandSpec::default()
+        },
+        replicas_min: 1,
+        replicas_max: 1,
+        cpu_cores: Some(0.5),
+        memory_bytes: Some(256 << 20),
+        writable_paths: vec![docroot.0.clone()],
+        addresses: vec![(v4(SERVICE_ADDR), 24)],
+        allow: Allowlist {
+            rules: Vec::new(),
+            loopback: true,
+        },
+        restart: RestartPolicy::default(),
+    };
+    let host_ns = primary
+        .try_clone()
+        .map_err(setup_err("primary netns handle"))?;
+    let group = ShadowGroup::start(spec, Some(host_ns))?;
     Ok(World {
+        group,
         primary_srv,
-        shadow_srv,
         _client_link: client_link,
-        _shadow_link: shadow_link,
         client,
         primary,
-        shadow,
         primary_cg,
-        shadow_cg,
-        shadow_mac,
         _docroot: docroot,
     })
 }
@@ -255,10 +256,15 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
     let addr = SocketAddr::from((SERVICE_ADDR, PORT));
     wait_ready(&world.client, addr)?;
 
+    let replica = world.group.replica(0).ok_or_else(|| AgentError::Io {
+        op: "the shadow group has no replica".into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    let shadow_if = replica.names().host_if.clone();
     let spec = MirrorSpec {
         interface: "pr0".into(),
-        shadow_interface: "pm0".into(),
-        shadow_mac: world.shadow_mac,
+        shadow_interface: shadow_if.clone(),
+        shadow_mac: replica.replica_mac().octets(),
         rules: vec![Rule {
             dst: crate::mirror::Cidr {
                 addr: SERVICE_ADDR.into(),
@@ -268,6 +274,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             proto: Some(Proto::Tcp),
         }],
         xdp: true,
+        options: Default::default(),
     };
     let mirror = world
         .primary
@@ -275,32 +282,32 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         .map_err(setup_err("entering the primary netns"))??;
     let mut profiler = Profiler::start(HookPreference::Auto)?;
     profiler.track(world.primary_cg.id())?;
-    profiler.track(world.shadow_cg.id())?;
+    let shadow_cg = replica.cgroup().id();
+    profiler.track(shadow_cg)?;
 
     if !json {
         println!(
-            "shadow demo: primary http.server pid {} on 198.18.0.2:{PORT}, shadow pid {}; mirror {:?} on pr0 -> pm0 (XDP {}), CPU hook {:?}; {} s",
+            "shadow demo: primary http.server pid {} on 198.18.0.2:{PORT}, shadow replica pid {} in netns {}; mirror {:?} on pr0 -> {shadow_if} (XDP {}), CPU hook {:?}; {} s",
             world.primary_srv.pid(),
-            world.shadow_srv.pid(),
+            replica.pid().unwrap_or(0),
+            replica.names().netns,
             mirror.tc_mode(),
             if mirror.xdp_attached() { "on" } else { "off" },
             profiler.hook(),
             duration.as_secs()
         );
         println!(
-            "{:>4} {:>7} {:>6} {:>5} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>6} | {:>9} {:>9} {:>7}",
-            "t_s", "target", "req/s", "err", "p50_ms", "p99_ms", "seen", "cloned", "shd_rx", "xdp_pk", "syn/s", "cpu_ebpf", "cpu_cg", "shd_cpu"
+            "{:>4} {:>7} {:>6} {:>5} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>8} | {:>6} {:>6} | {:>9} {:>9} {:>7}",
+            "t_s", "target", "req/s", "err", "p50_ms", "p99_ms", "seen", "cloned", "shd_rx", "shd_drop", "xdp_pk", "syn/s", "cpu_ebpf", "cpu_cg", "shd_cpu"
         );
     }
 
     // Counters before the client starts, so every request it makes is inside the totals.
-    let shadow_ns = world
-        .shadow
-        .try_clone()
-        .map_err(setup_err("shadow netns handle"))?;
+    let replica_if = replica.names().replica_if.clone();
     let shadow_rx = || {
-        shadow_ns
-            .run_in(|| rx_packets("sh0"))
+        replica
+            .netns()
+            .run_in(|| rx_packets(&replica_if))
             .ok()
             .flatten()
             .unwrap_or(0)
@@ -312,7 +319,12 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         rx0,
         profiler.cgroup(world.primary_cg.id())?.unwrap_or_default(),
         cgroup_usage_usec(&world.primary_cg).unwrap_or(0),
-        profiler.cgroup(world.shadow_cg.id())?.unwrap_or_default(),
+        profiler.cgroup(shadow_cg)?.unwrap_or_default(),
+        replica
+            .discard()
+            .counters()
+            .map(|c| c.tx_dropped_packets)
+            .unwrap_or(0),
     );
     let first = last.clone();
 
@@ -387,7 +399,12 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             shadow_rx(),
             profiler.cgroup(world.primary_cg.id())?.unwrap_or_default(),
             cgroup_usage_usec(&world.primary_cg).unwrap_or(0),
-            profiler.cgroup(world.shadow_cg.id())?.unwrap_or_default(),
+            profiler.cgroup(shadow_cg)?.unwrap_or_default(),
+            replica
+                .discard()
+                .counters()
+                .map(|c| c.tx_dropped_packets)
+                .unwrap_or(0),
         );
         let q = |p: f64| {
             if hist.is_empty() {
@@ -412,6 +429,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             "primary_cpu_ms_ebpf": (now.3.cpu_ns - last.3.cpu_ns) as f64 / 1e6,
             "primary_cpu_ms_cgroup": (now.4.saturating_sub(last.4)) as f64 / 1e3,
             "shadow_cpu_ms_ebpf": (now.5.cpu_ns - last.5.cpu_ns) as f64 / 1e6,
+            "shadow_tx_dropped": now.6.saturating_sub(last.6),
         });
         if json {
             println!("{row}");
@@ -419,7 +437,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             let u = |k: &str| row[k].as_u64().unwrap_or(0);
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
             println!(
-                "{:>4.0} {:>7.0} {:>6} {:>5} {:>7.2} {:>7.2} | {:>7} {:>7} {:>7} | {:>6} {:>6} | {:>9.1} {:>9.1} {:>7.1}",
+                "{:>4.0} {:>7.0} {:>6} {:>5} {:>7.2} {:>7.2} | {:>7} {:>7} {:>7} {:>8} | {:>6} {:>6} | {:>9.1} {:>9.1} {:>7.1}",
                 f("t_s"),
                 f("target_rps"),
                 ok,
@@ -429,6 +447,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
                 u("mirror_seen"),
                 u("mirror_cloned"),
                 u("shadow_rx_packets"),
+                u("shadow_tx_dropped"),
                 u("xdp_packets"),
                 u("xdp_new_connections"),
                 f("primary_cpu_ms_ebpf"),
@@ -454,6 +473,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         "mirror_tc_mode": mirror.tc_mode(),
         "shadow_rx_packets": last.2.saturating_sub(first.2),
         "xdp_new_connections": last.1.syns - first.1.syns,
+        "shadow_tx_dropped": last.6.saturating_sub(first.6),
         "primary_cpu_seconds_ebpf": cpu_ebpf,
         "primary_cpu_seconds_cgroup": cpu_cg,
         "cpu_hook": profiler.hook(),
@@ -462,7 +482,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         println!("{summary}");
     } else {
         println!(
-            "\nsummary: {tot_ok} requests served ({tot_err} failed), p50 {:.2} ms p99 {:.2} ms; mirror saw {} packets, cloned {} ({} clone failures, {} restore failures); the shadow namespace received {} packets; XDP counted {} new connections; primary CPU {:.3} s by eBPF ({:?}) vs {:.3} s by cgroup cpu.stat",
+            "\nsummary: {tot_ok} requests served ({tot_err} failed), p50 {:.2} ms p99 {:.2} ms; mirror saw {} packets, cloned {} ({} clone failures, {} restore failures); the shadow namespace received {} packets and everything it sent was dropped at its veth ({} packets); XDP counted {} new connections; primary CPU {:.3} s by eBPF ({:?}) vs {:.3} s by cgroup cpu.stat",
             summary["latency_p50_ms"].as_f64().unwrap_or(0.0),
             summary["latency_p99_ms"].as_f64().unwrap_or(0.0),
             last.0.seen - first.0.seen,
@@ -470,6 +490,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             last.0.clone_failed,
             last.0.restore_failed,
             last.2.saturating_sub(first.2),
+            last.6.saturating_sub(first.6),
             last.1.syns - first.1.syns,
             cpu_ebpf,
             profiler.hook(),

@@ -24,8 +24,14 @@ pub static ACCT: Object = Object {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow-acct")),
 };
 
+/// Output Discard: drop at the replica's veth, refuse connects and sends from its cgroup.
+pub static DISCARD: Object = Object {
+    name: "shadow-discard",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shadow-discard")),
+};
+
 /// Every object the agent embeds.
-pub static ALL: [&Object; 2] = [&MIRROR, &ACCT];
+pub static ALL: [&Object; 3] = [&MIRROR, &ACCT, &DISCARD];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -100,6 +106,9 @@ impl Object {
 fn btf_target(program: &str) -> &'static str {
     match program {
         shadow_common::maps::PROG_SCHED_BTF => "sched_switch",
+        shadow_common::maps::PROG_FAULT_BTF => "page_fault_user",
+        shadow_common::maps::PROG_EXEC_BTF => "sched_process_exec",
+        shadow_common::maps::PROG_EXIT_BTF => "sched_process_exit",
         _ => "",
     }
 }

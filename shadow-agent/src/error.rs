@@ -10,6 +10,10 @@ pub enum AgentError {
     Mirror(#[from] MirrorError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Shadow(#[from] crate::shadow::GroupError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("profile.cgroups: {path} is not a cgroup2 directory")]
     NotACgroup {
         path: PathBuf,
@@ -34,7 +38,8 @@ impl AgentError {
     /// 2 for problems in what the user asked for (nothing was attached), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::NotACgroup { .. } => 2,
+            AgentError::NotACgroup { .. } | AgentError::Metrics(_) => 2,
+            AgentError::Shadow(e) if e.is_usage() => 2,
             AgentError::Mirror(MirrorError::NoInterface { .. })
             | AgentError::Mirror(MirrorError::TooManyRules { .. }) => 2,
             _ => 1,

@@ -50,12 +50,37 @@ enum Cmd {
     },
     /// Validate a config file without attaching or changing anything.
     CheckConfig { file: PathBuf },
+    /// Stream per-cgroup resource samples (CPU, run-queue latency, faults, block IO,
+    /// network, exec/exit, memory, PSI) of cgroup2 directories; JSON lines with --json
+    /// (schema: docs/profiler.md).
+    Profile {
+        /// A cgroup2 directory to track (repeatable).
+        #[arg(long = "cgroup", value_name = "PATH", required = true)]
+        cgroups: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+        #[arg(long)]
+        duration: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load every eBPF program of the agent into the kernel (no attach) and report the
     /// verifier's verdict for each.
     Verify {
         #[arg(long)]
         json: bool,
     },
+    /// Show the running agent's replicas, discard counters and mirror counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// The status file the agent publishes.
+        #[arg(long, default_value = shadow_agent::status::STATUS_FILE)]
+        file: PathBuf,
+    },
+    /// Rolling-origin backtest of the forecasters on a long-format CSV trace.
+    Backtest(shadow_agent::forecast::cli::BacktestArgs),
 }
 
 fn init_logs(level: &str) {
@@ -92,6 +117,39 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Verify { json } => verify(json),
+        Cmd::Backtest(args) => ExitCode::from(shadow_agent::forecast::cli::backtest(&args)),
+        Cmd::Status { json, file } => match shadow_agent::status::read(&file) {
+            Ok(v) => {
+                if json {
+                    println!("{v}");
+                } else {
+                    print!("{}", shadow_agent::status::render(&v));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Profile {
+            cgroups,
+            interval_ms,
+            duration,
+            json,
+        } => {
+            let mut opts = shadow_agent::profile::cli::ProfileOpts::new(cgroups);
+            opts.interval = std::time::Duration::from_millis(interval_ms);
+            opts.duration = duration.map(std::time::Duration::from_secs);
+            opts.json = json;
+            match shadow_agent::profile::cli::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Cmd::Run {
             config,
             duration,

@@ -12,7 +12,20 @@ use crate::{
 /// Attach what the config asks for and report every interval until SIGINT/SIGTERM or
 /// `duration`. Everything attached is detached on return.
 pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), AgentError> {
-    // Resolve every cgroup before attaching anything, so a bad path changes nothing.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Io {
+            op: "starting the async runtime".into(),
+            source,
+        })?;
+    // Bind the metrics address and resolve every cgroup before attaching anything, so a
+    // bad address or path changes nothing.
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let listener = match cfg.metrics_listen {
+        None => None,
+        Some(addr) => Some(rt.block_on(crate::metrics::bind(addr))?),
+    };
     let mut cgroups = Vec::new();
     for path in &cfg.profile.cgroups {
         std::fs::metadata(path.join("cgroup.procs")).map_err(|source| AgentError::NotACgroup {
@@ -27,6 +40,17 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             .ino();
         cgroups.push((path.clone(), id));
     }
+    // The shadow group first: the mirror's target is its first replica's veth.
+    let mut group = match &cfg.shadow {
+        None => None,
+        Some(spec) => {
+            crate::shadow::group::validate(spec)?;
+            for left in crate::shadow::group::sweep_leftovers(&spec.prefix, &spec.name) {
+                tracing::warn!(%left, "removed a leftover of an earlier agent");
+            }
+            Some(crate::shadow::ShadowGroup::start(spec.clone(), None)?)
+        }
+    };
     let mirror = match &cfg.mirror {
         None => None,
         Some(m) => Some(Mirror::attach(MirrorSpec {
@@ -35,25 +59,28 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             shadow_mac: m.shadow_mac,
             rules: m.rules.clone(),
             xdp: m.xdp,
+            options: m.options.clone(),
         })?),
     };
     let mut profiler = Profiler::start(HookPreference::Auto)?;
     for (_, id) in &cgroups {
         profiler.track(*id)?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AgentError::Io {
-            op: "starting the async runtime".into(),
-            source,
-        })?;
-    rt.block_on(async {
+    if let Some(g) = &group {
+        for r in g.replicas() {
+            cgroups.push((r.cgroup().unified_path().to_path_buf(), r.cgroup().id()));
+            profiler.track(r.cgroup().id())?;
+        }
+    }
+    let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| AgentError::Io {
                 op: "installing the SIGTERM handler".into(),
                 source,
             })?;
+        if let Some(l) = listener {
+            tokio::spawn(crate::metrics::serve(l, std::sync::Arc::clone(&metrics)));
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.profile.interval_ms));
         let start = tokio::time::Instant::now();
         loop {
@@ -67,11 +94,14 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             }
             let mut line = serde_json::json!({ "t_s": start.elapsed().as_secs_f64() });
             if let Some(m) = &mirror {
-                line["mirror"] = serde_json::to_value(m.counters()?).unwrap_or_default();
+                let c = m.counters()?;
+                metrics.observe_mirror(&c);
+                line["mirror"] = serde_json::to_value(c).unwrap_or_default();
             }
             let mut cg = serde_json::Map::new();
             for (path, id) in &cgroups {
                 if let Some(a) = profiler.cgroup(*id)? {
+                    metrics.observe_cgroup_cpu(&path.display().to_string(), a.cpu_ns as f64 / 1e9);
                     cg.insert(
                         path.display().to_string(),
                         serde_json::json!({
@@ -82,7 +112,31 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 }
             }
             line["cgroups"] = cg.into();
+            if let Some(g) = group.as_mut() {
+                for ev in g.supervise() {
+                    tracing::warn!(?ev, "shadow group");
+                }
+                let status = g.status();
+                metrics.observe_replicas(&status);
+                line["shadow"] = serde_json::to_value(status).unwrap_or_default();
+            }
             line["cpu_hook"] = serde_json::to_value(profiler.hook()).unwrap_or_default();
+            if let Some(g) = group.as_ref() {
+                let refused: Vec<_> = g
+                    .replicas()
+                    .map(|r| {
+                        serde_json::to_value(r.discard().refused().unwrap_or_default())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                line["refused"] = refused.into();
+            }
+            if let Err(e) = crate::status::publish(
+                std::path::Path::new(crate::status::STATUS_FILE),
+                line.clone(),
+            ) {
+                tracing::warn!(error = %e, "could not publish the status file");
+            }
             if json {
                 println!("{line}");
             } else {
@@ -90,5 +144,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             }
         }
         Ok::<(), AgentError>(())
-    })
+    });
+    crate::status::withdraw(std::path::Path::new(crate::status::STATUS_FILE));
+    result
 }

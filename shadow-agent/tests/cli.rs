@@ -88,6 +88,55 @@ fn verify_reports_every_program_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows = rows.as_array().expect("array");
-    assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(rows.iter().all(|r| r["accepted"] == true), "{rows:?}");
+    for name in [
+        shadow_common::maps::PROG_MIRROR_TC,
+        shadow_common::maps::PROG_SCHED_BTF,
+        shadow_common::maps::PROG_DISCARD_TC,
+        shadow_common::maps::PROG_CONNECT4,
+    ] {
+        assert!(
+            rows.iter().any(|r| r["program"] == name),
+            "{name} missing: {rows:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_shadow_values_name_their_keys() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/agent.example.toml"
+    ))
+    .expect("example");
+    for (from, to, key) in [
+        (
+            "addresses = [\"198.18.0.2/24\"]",
+            "addresses = [\"198.18.0.2/40\"]",
+            "shadow.addresses[0]",
+        ),
+        (
+            "command = [\"python3\"",
+            "command = [\"python3\", 1",
+            "command",
+        ),
+        (
+            "# user = \"nobody\"",
+            "user = \"shdt-no-such-user\"",
+            "shadow.user",
+        ),
+        (
+            "initial_backoff_ms = 500",
+            "initial_backoff_ms = 0",
+            "shadow.restart",
+        ),
+    ] {
+        assert!(example.contains(from), "{from}");
+        let p = scratch("bad-shadow.toml", &example.replace(from, to));
+        let out = agent(&["check-config", p.to_str().expect("utf-8")]);
+        let _ = std::fs::remove_file(&p);
+        assert_eq!(out.status.code(), Some(2), "{to}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{to}: {err}");
+    }
 }

@@ -7,7 +7,9 @@
 #![no_std]
 
 pub mod acct;
+pub mod discard;
 pub mod maps;
+pub mod mask;
 pub mod mirror;
 
 /// Implements `aya::Pod` for the userspace side (feature `user`).

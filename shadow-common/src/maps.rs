@@ -20,6 +20,27 @@ names! {
     PROG_SCHED_BTF = "sched_sw_btf";
     /// sched_switch through a raw tracepoint (fallback when BTF tracing is unavailable).
     PROG_SCHED_RAW = "sched_sw_raw";
+    /// Classic tracepoint sched/sched_wakeup: the woken pid starts waiting (run-queue latency).
+    PROG_WAKEUP_TP = "sched_wakeup_tp";
+    /// Classic tracepoint sched/sched_wakeup_new: a new task of a tracked cgroup starts waiting.
+    PROG_WAKEUP_NEW_TP = "sched_wknew_tp";
+    /// Page faults: kretprobe on handle_mm_fault (preferred where kprobes exist; tells major).
+    PROG_FAULT_KRET = "pgfault_kret";
+    /// Page faults: tp_btf exceptions/page_fault_user (fallback 1).
+    PROG_FAULT_BTF = "pgfault_btf";
+    /// Page faults: raw tracepoint page_fault_user (fallback 2).
+    PROG_FAULT_RAW = "pgfault_raw";
+    /// Block IO: classic tracepoint block/block_bio_queue (submitter's context).
+    PROG_BIO_TP = "blk_bio_tp";
+    /// Process exec through tp_btf / raw tracepoint sched_process_exec.
+    PROG_EXEC_BTF = "proc_exec_btf";
+    PROG_EXEC_RAW = "proc_exec_raw";
+    /// Process exit through tp_btf / raw tracepoint sched_process_exit.
+    PROG_EXIT_BTF = "proc_exit_btf";
+    PROG_EXIT_RAW = "proc_exit_raw";
+    /// cgroup_skb ingress / egress on tracked cgroup2 directories: network bytes and packets.
+    PROG_SKB_IN = "cg_skb_in";
+    PROG_SKB_OUT = "cg_skb_out";
 
     /// `Array<MirrorConfig>`, one entry.
     MAP_MIRROR_CFG = "MIRROR_CFG";
@@ -29,6 +50,20 @@ names! {
     MAP_MIRROR_CTRS = "MIRROR_CTRS";
     /// `PerCpuArray<RuleLoad>`, one entry per rule, written by the XDP program.
     MAP_RULE_LOAD = "RULE_LOAD";
+    /// TC egress program on the shadow interface: masks the clones.
+    PROG_MIRROR_MASK = "shadow_mask";
+    /// `Array<MaskSpec>`, one entry.
+    MAP_MASK_SPEC = "MASK_SPEC";
+    /// `Array<MaskRule>`, one entry per selection rule.
+    MAP_MASK_RULES = "MASK_RULES";
+    /// `LruHashMap<FlowKey, HttpState>`: per-flow parser state across segments.
+    MAP_MASK_FLOWS = "MASK_FLOWS";
+    /// `PerCpuArray<u64>`, one entry per rule: clones with bytes masked.
+    MAP_MASK_RULE_CTRS = "MASK_RULE_CTRS";
+    /// `PerCpuArray<MaskScratch>`: the egress program's working buffer.
+    MAP_MASK_SCRATCH = "MASK_SCRATCH";
+    /// `Array<TokenBucket>`, one entry: the global clone rate cap.
+    MAP_MIRROR_TB = "MIRROR_TB";
 
     /// `HashMap<u64 cgroup id, u32 slot>`: the cgroups the profiler tracks.
     MAP_ACCT_CGROUPS = "ACCT_CGROUPS";
@@ -36,4 +71,35 @@ names! {
     MAP_ACCT = "ACCT";
     /// `PerCpuArray<u64>`: time of the last context switch on this CPU.
     MAP_ACCT_LAST = "ACCT_LAST";
+    /// `PerCpuArray<RqHist>`, indexed by slot: run-queue latency log2 histograms.
+    MAP_RQ_HIST = "RQ_HIST";
+    /// `LruHashMap<u32 pid, TaskRq>`: when each followed task became runnable.
+    MAP_RQ_TASKS = "RQ_TASKS";
+    /// `RingBuf` of `ProcEvent` (exec/exit of tracked cgroups).
+    MAP_ACCT_EVENTS = "ACCT_EVENTS";
+    /// `PerCpuArray<u64>`, indexed by `acct::err::*`.
+    MAP_ACCT_ERRS = "ACCT_ERRS";
+
+    /// Global (rodata) `u32`: offset of `pid` in the sched_wakeup tracepoint record.
+    GLOBAL_WAKE_PID_OFF = "WAKE_PID_OFF";
+    /// Global (rodata) `u32`: offset of `nr_sector` in the block_bio_queue record.
+    GLOBAL_BIO_NSECT_OFF = "BIO_NSECT_OFF";
+    /// Global (rodata) `u32`: offset of `rwbs` in the block_bio_queue record.
+    GLOBAL_BIO_RWBS_OFF = "BIO_RWBS_OFF";
+
+    /// TC ingress on the host end of a replica's veth: drops everything the replica sends.
+    PROG_DISCARD_TC = "shadow_discard";
+    /// cgroup connect4/connect6/sendmsg4/sendmsg6 on each replica's cgroup2 directory.
+    PROG_CONNECT4 = "shd_connect4";
+    PROG_CONNECT6 = "shd_connect6";
+    PROG_SENDMSG4 = "shd_sendmsg4";
+    PROG_SENDMSG6 = "shd_sendmsg6";
+    /// `Array<DiscardConfig>`, one entry.
+    MAP_DISCARD_CFG = "DISCARD_CFG";
+    /// `Array<AllowRule>`, `MAX_ALLOW` entries.
+    MAP_ALLOW_RULES = "ALLOW_RULES";
+    /// `PerCpuArray<u64>`, indexed by `discard::ctr::*`.
+    MAP_DISCARD_CTRS = "DISCARD_CTRS";
+    /// `LruHashMap<Dest, u64>`: refused attempts per destination.
+    MAP_REFUSED = "REFUSED";
 }

@@ -17,7 +17,8 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const ETH_HLEN: usize = 14;
 
-/// Global mirror settings (one entry of `MIRROR_CFG`).
+/// Global mirror settings (one entry of `MIRROR_CFG`). The agent may rewrite it at any time
+/// (sample rate, caps); the programs read it once per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MirrorConfig {
@@ -29,8 +30,31 @@ pub struct MirrorConfig {
     pub shadow_mac: [u8; 6],
     /// `FLAG_*` bits.
     pub flags: u16,
+    /// Flows mirrored per million (by 5-tuple hash); `SAMPLE_ALL` or more mirrors every flow.
+    pub sample_ppm: u32,
+    /// Seed of the flow hash (so which flows are sampled is not predictable from outside).
+    pub hash_seed: u32,
+    /// Token bucket cost of one clone in ns (1e9 / packets per second); 0: no packet cap.
+    pub cap_pkt_ns: u64,
+    /// Token bucket cost of one clone byte in ps (1e12 / bytes per second); 0: no byte cap.
+    pub cap_byte_ps: u64,
+    /// Burst tolerance of both buckets in ns (how far ahead of real time they may run).
+    pub cap_burst_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 48);
+
+/// `MirrorConfig::sample_ppm` meaning "every flow".
+pub const SAMPLE_ALL: u32 = 1_000_000;
+
+/// State of the global token buckets (one entry of `MIRROR_TB`): the virtual time up to
+/// which each bucket's budget is spent ("theoretical arrival time", GCRA).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub pkt_tat_ns: u64,
+    pub byte_tat_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
 
 /// One selection rule. A packet is mirrored when any live rule matches it.
 #[repr(C)]
@@ -62,7 +86,7 @@ pub struct RuleLoad {
 }
 const _: () = assert!(core::mem::size_of::<RuleLoad>() == 24);
 
-crate::impl_pod!(MirrorConfig, MirrorRule, RuleLoad);
+crate::impl_pod!(MirrorConfig, MirrorRule, RuleLoad, TokenBucket);
 
 /// Indices into `MIRROR_CTRS`. Every packet the TC program sees lands in exactly one of
 /// `NOT_IP`, `NO_MATCH`, `DISABLED` or `MATCHED`; every matched one in `CLONED` or one of the
@@ -79,7 +103,21 @@ pub mod ctr {
     pub const CLONED_BYTES: u32 = 8;
     /// The original's MAC could not be restored after cloning (never expected; alarm).
     pub const RESTORE_FAILED: u32 = 9;
-    pub const N: u32 = 10;
+    /// Matched, but the flow's 5-tuple hash is outside the sample.
+    pub const SAMPLED_OUT: u32 = 10;
+    /// Matched and sampled, but the token bucket was empty: the clone was not made.
+    pub const CAPPED: u32 = 11;
+    /// Clones (egress program on the shadow interface) with at least one byte masked.
+    pub const MASKED: u32 = 12;
+    /// Bytes replaced by the fill byte.
+    pub const MASKED_BYTES: u32 = 13;
+    /// Clones whose payload (or part of it) could not be parsed: the rule's fallback applied.
+    pub const UNPARSEABLE: u32 = 14;
+    /// Clones dropped by the "drop" fallback.
+    pub const FALLBACK_DROPPED: u32 = 15;
+    /// Clones dropped because masking failed (a helper error): never sent unmasked.
+    pub const MASK_FAILED: u32 = 16;
+    pub const N: u32 = 17;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -92,6 +130,13 @@ pub mod ctr {
         "rewrite_failed",
         "cloned_bytes",
         "restore_failed",
+        "sampled_out",
+        "capped",
+        "masked",
+        "masked_bytes",
+        "unparseable",
+        "fallback_dropped",
+        "mask_failed",
     ];
 }
 
@@ -285,6 +330,70 @@ pub fn first_match(rules: &[MirrorRule], n: usize, flow: &Flow) -> Option<usize>
     rules.iter().take(n).position(|r| r.matches(flow))
 }
 
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// Hash of a flow's 5-tuple (addresses, ports, protocol) with `seed`. Every packet of a
+/// connection in one direction hashes alike, so sampling by it keeps whole connections.
+/// Non-first fragments carry no ports and hash as a different flow.
+#[inline(always)]
+pub fn flow_hash(flow: &Flow, seed: u32) -> u32 {
+    let mut h = seed ^ 0x9e37_79b9;
+    let mut i = 0;
+    while i < 4 {
+        let s = u32::from_le_bytes([
+            flow.src[i * 4],
+            flow.src[i * 4 + 1],
+            flow.src[i * 4 + 2],
+            flow.src[i * 4 + 3],
+        ]);
+        let d = u32::from_le_bytes([
+            flow.dst[i * 4],
+            flow.dst[i * 4 + 1],
+            flow.dst[i * 4 + 2],
+            flow.dst[i * 4 + 3],
+        ]);
+        h = fmix32(h ^ s).wrapping_add(d).rotate_left(13);
+        i += 1;
+    }
+    let ports = ((flow.sport as u32) << 16) | flow.dport as u32;
+    h = fmix32(h ^ ports);
+    fmix32(h ^ ((flow.proto as u32) << 8 | flow.family as u32))
+}
+
+/// Whether a flow with hash `h` is in a sample of `ppm` flows per million.
+#[inline(always)]
+pub fn sampled(h: u32, ppm: u32) -> bool {
+    ppm >= SAMPLE_ALL || ((h as u64 * SAMPLE_ALL as u64) >> 32) < ppm as u64
+}
+
+/// One GCRA token bucket step without atomics: given the bucket's spent-up-to time `tat`,
+/// the current time and the burst tolerance, returns `(base, admit)` where `base` is the
+/// time the cost must be added to (`now` when the bucket had fully refilled) and `admit`
+/// says whether the clone fits. The datapath writes `base` back only when it differs from
+/// `tat` and then adds the cost atomically; concurrent CPUs can overshoot the cap by at most
+/// one packet each.
+#[inline(always)]
+pub fn bucket_check(tat: u64, now: u64, burst_ns: u64) -> (u64, bool) {
+    let base = if tat < now { now } else { tat };
+    (base, base - now <= burst_ns)
+}
+
+/// Token bucket cost of a clone of `len` bytes for the byte cap, in ns.
+#[inline(always)]
+pub fn byte_cost_ns(len: u64, byte_ps: u64) -> u64 {
+    // Both clamped so the product fits 64 bits (no 128-bit multiply on BPF): frames are
+    // below 2^20 bytes and the agent never asks for more than 1e12 ps per byte.
+    (len & 0xf_ffff) * (byte_ps & 0xff_ffff_ffff) / 1000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,5 +545,64 @@ mod tests {
         ];
         assert_eq!(first_match(&rules, 2, &f), Some(1));
         assert_eq!(first_match(&rules, 1, &f), None);
+    }
+
+    #[test]
+    fn flow_hash_is_per_five_tuple() {
+        let syn = parse_flow(&ipv4_tcp([198, 18, 0, 2], 80, TCP_FLAG_SYN)[..]).unwrap();
+        let data = parse_flow(&ipv4_tcp([198, 18, 0, 2], 80, TCP_FLAG_ACK)[..]).unwrap();
+        assert_eq!(
+            flow_hash(&syn, 7),
+            flow_hash(&data, 7),
+            "flags do not matter"
+        );
+        let mut other = syn;
+        other.sport += 1;
+        assert_ne!(flow_hash(&syn, 7), flow_hash(&other, 7));
+        assert_ne!(flow_hash(&syn, 7), flow_hash(&syn, 8), "the seed matters");
+    }
+
+    #[test]
+    fn sampling_rate_is_close_to_the_asked_one() {
+        let mut f = parse_flow(&ipv4_tcp([198, 18, 0, 2], 80, 0)[..]).unwrap();
+        for (ppm, lo, hi) in [
+            (0, 0, 0),
+            (250_000, 2300, 2700),
+            (SAMPLE_ALL, 10_000, 10_000),
+        ] {
+            let mut n = 0;
+            for sport in 0..10_000u16 {
+                f.sport = sport;
+                n += sampled(flow_hash(&f, 1), ppm) as u32;
+            }
+            assert!((lo..=hi).contains(&n), "ppm {ppm}: {n} of 10000 flows");
+        }
+    }
+
+    #[test]
+    fn bucket_admits_at_the_rate_plus_burst() {
+        // 1000 pps (1 ms per packet), 10 ms burst, 1000 back-to-back packets at t = 1 s.
+        let (cost, burst, now) = (1_000_000u64, 10_000_000u64, 1_000_000_000u64);
+        let mut tat = 0;
+        let mut admitted = 0;
+        for _ in 0..1000 {
+            let (base, ok) = bucket_check(tat, now, burst);
+            if ok {
+                tat = base + cost;
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 11, "burst / cost + 1");
+        // 5 ms later, 5 more fit.
+        let mut later = 0;
+        for _ in 0..100 {
+            let (base, ok) = bucket_check(tat, now + 5_000_000, burst);
+            if ok {
+                tat = base + cost;
+                later += 1;
+            }
+        }
+        assert_eq!(later, 5);
+        assert_eq!(byte_cost_ns(1500, 8_000), 12_000, "1500 B at 125 MB/s");
     }
 }

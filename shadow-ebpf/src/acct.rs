@@ -1,20 +1,48 @@
-//! Resource profiler: on-CPU time per cgroup from `sched_switch`.
+//! Resource profiler: per-cgroup accounting in the kernel, for the cgroups the agent tracks.
 //!
-//! At every context switch the time since the previous switch on this CPU is charged to the
-//! task being switched out, whose cgroup is still current (`bpf_get_current_cgroup_id`, the
-//! cgroup2 id). Tracked cgroups are looked up in `ACCT_CGROUPS`; everything else is charged
-//! to slot 0; the idle task is not charged. Two entry points share the logic: tp_btf
-//! (preferred) and a raw tracepoint (fallback); the agent attaches one of them.
+//! Every handler maps the cgroup2 id of the task it charges to a slot through
+//! `ACCT_CGROUPS` (untracked cgroups share slot 0, "other") and bumps per-CPU counters in
+//! `ACCT` / `RQ_HIST`; nothing is logged per event.
+//!
+//! - CPU: at every context switch the time since the previous switch on this CPU is charged
+//!   to the task switched out, whose cgroup is still current; the idle task is not charged.
+//!   tp_btf (preferred) and raw tracepoint entry points share the code.
+//! - Run-queue latency: a task becomes runnable at a wakeup (classic tracepoints
+//!   sched_wakeup / sched_wakeup_new: the woken pid is a record field whose offset the agent
+//!   reads from tracefs and passes as a global) or when it is preempted (sched_switch with
+//!   `prev_state == TASK_RUNNING`, a scalar tp_btf/raw argument). It was switched in at the
+//!   previous switch on its CPU, which is known when it is switched out again: the latency
+//!   is recorded then, under the cgroup that is current. Only tasks seen running in a
+//!   tracked cgroup are followed (`RQ_TASKS`), so wakeups of other tasks cost one lookup.
+//! - Page faults: kretprobe on handle_mm_fault (majors from `VM_FAULT_MAJOR` in the return
+//!   value) where kprobes exist; tp_btf / raw tracepoint page_fault_user otherwise (totals).
+//! - Block IO: classic tracepoint block_bio_queue, in the submitter's context (fields at
+//!   offsets passed as globals).
+//! - Network: cgroup_skb ingress/egress attached to tracked cgroup2 directories, charged by
+//!   the socket's cgroup (`bpf_skb_cgroup_id`); always lets the packet through.
+//! - exec/exit of tracked cgroups: `ProcEvent`s in the `ACCT_EVENTS` ring buffer; a full
+//!   buffer drops the event and counts it (`ACCT_ERRS`), the kernel never waits.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, generated::bpf_skb_cgroup_id,
+    },
+    macros::{btf_tracepoint, cgroup_skb, kretprobe, map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePointContext, RawTracePointContext, RetProbeContext, SkBuffContext,
+        TracePointContext,
+    },
 };
-use shadow_common::acct::{charge_ns, CgroupAcct, MAX_TRACKED, SLOT_OTHER};
+use shadow_common::acct::{
+    blk, charge_ns, err, event, rq_bucket, rwbs_op, CgroupAcct, ProcEvent, RqHist, TaskRq,
+    EVENTS_BYTES, MAX_TRACKED, RQ_BUCKETS, RQ_TASKS_MAX, SLOT_OTHER,
+};
+use shadow_ebpf::bump;
 
 #[map]
 static ACCT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TRACKED, 0);
@@ -22,21 +50,68 @@ static ACCT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TRACKED, 
 static ACCT: PerCpuArray<CgroupAcct> = PerCpuArray::with_max_entries(MAX_TRACKED, 0);
 #[map]
 static ACCT_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static RQ_HIST: PerCpuArray<RqHist> = PerCpuArray::with_max_entries(MAX_TRACKED, 0);
+#[map]
+static RQ_TASKS: LruHashMap<u32, TaskRq> = LruHashMap::with_max_entries(RQ_TASKS_MAX, 0);
+#[map]
+static ACCT_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static ACCT_ERRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(err::COUNT, 0);
+
+/// Offset of `pid` in the sched_wakeup(_new) record (set by the agent from tracefs).
+#[unsafe(no_mangle)]
+static WAKE_PID_OFF: u32 = 24;
+/// Offsets of `nr_sector` and `rwbs` in the block_bio_queue record (set by the agent).
+#[unsafe(no_mangle)]
+static BIO_NSECT_OFF: u32 = 24;
+#[unsafe(no_mangle)]
+static BIO_RWBS_OFF: u32 = 28;
+
+/// `TASK_RUNNING`: a switched-out task in this state stays on the run queue (preempted).
+const TASK_RUNNING: u32 = 0;
+/// `VM_FAULT_MAJOR` in handle_mm_fault's return value (stable since 2.6).
+const VM_FAULT_MAJOR: u64 = 0x4;
+
+#[inline(always)]
+fn slot_of(cgid: u64) -> u32 {
+    // SAFETY: the value is a plain u32 copied out at once.
+    unsafe { ACCT_CGROUPS.get(cgid) }
+        .copied()
+        .unwrap_or(SLOT_OTHER)
+}
+
+#[inline(always)]
+fn current_slot() -> u32 {
+    // SAFETY: helper without arguments.
+    slot_of(unsafe { bpf_get_current_cgroup_id() })
+}
+
+#[inline(always)]
+fn acct(slot: u32) -> Option<*mut CgroupAcct> {
+    ACCT.get_ptr_mut(slot)
+}
+
+// ---- CPU time and run-queue latency ---------------------------------------------------------
 
 #[btf_tracepoint(function = "sched_switch")]
-pub fn sched_sw_btf(_ctx: BtfTracePointContext) -> i32 {
-    on_switch();
+pub fn sched_sw_btf(ctx: BtfTracePointContext) -> i32 {
+    // Argument 3 of sched_switch is `unsigned int prev_state`, a scalar.
+    let prev_state: u32 = ctx.arg(3);
+    on_switch(prev_state);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_sw_raw(_ctx: RawTracePointContext) -> i32 {
-    on_switch();
+pub fn sched_sw_raw(ctx: RawTracePointContext) -> i32 {
+    // Raw tracepoint args are the same as tp_btf's: args[3] is `prev_state`.
+    let prev_state: u64 = ctx.arg(3);
+    on_switch(prev_state as u32);
     0
 }
 
 #[inline(always)]
-fn on_switch() {
+fn on_switch(prev_state: u32) {
     // SAFETY: plain helper calls without arguments.
     let (now, pid_tgid, cgid) = unsafe {
         (
@@ -54,17 +129,274 @@ fn on_switch() {
         return; // the idle task
     }
     let delta = charge_ns(prev, now);
-    // SAFETY: the value is a plain u32 copied out at once.
-    let slot = unsafe { ACCT_CGROUPS.get(cgid) }
-        .copied()
-        .unwrap_or(SLOT_OTHER);
-    if let Some(a) = ACCT.get_ptr_mut(slot) {
+    let slot = slot_of(cgid);
+    if let Some(a) = acct(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*a).cpu_ns += delta;
             (*a).switches += 1;
         }
     }
+    if slot == SLOT_OTHER {
+        return;
+    }
+    // Run-queue latency of the task switched out: it was switched in at `prev`.
+    let pid = pid_tgid as u32;
+    let enq = match RQ_TASKS.get_ptr_mut(pid) {
+        Some(t) => {
+            // SAFETY: the entry stays valid for the program's run; a concurrent wakeup
+            // writes the same u64 field, a race loses at most one sample.
+            unsafe { core::mem::replace(&mut (*t).enqueued_ns, 0) }
+        }
+        None => {
+            if RQ_TASKS
+                .insert(pid, TaskRq::default(), u64::from(BPF_NOEXIST))
+                .is_err()
+            {
+                bump!(ACCT_ERRS, err::RQ_TASKS_FULL, 1);
+            }
+            0
+        }
+    };
+    if enq != 0 && prev != 0 && enq <= prev {
+        let b = rq_bucket(prev - enq) as usize;
+        if let Some(h) = RQ_HIST.get_ptr_mut(slot) {
+            if b < RQ_BUCKETS {
+                // SAFETY: per-CPU slot; `b` is bounds-checked above.
+                unsafe { (*h).buckets[b] += 1 }
+            }
+        }
+    }
+    if prev_state == TASK_RUNNING {
+        // Preempted: back on the run queue from now.
+        if let Some(t) = RQ_TASKS.get_ptr_mut(pid) {
+            // SAFETY: as above.
+            unsafe { (*t).enqueued_ns = now }
+        }
+    }
+}
+
+/// The woken task's pid from a sched_wakeup(_new) record.
+#[inline(always)]
+fn woken_pid(ctx: &TracePointContext) -> Option<u32> {
+    // SAFETY: rodata global written by the loader before load.
+    let off = unsafe { core::ptr::read_volatile(&WAKE_PID_OFF) } as usize;
+    // SAFETY: `off` is the pid field's offset in this tracepoint's record (from tracefs).
+    match unsafe { ctx.read_at::<i32>(off) } {
+        Ok(pid) => Some(pid as u32),
+        Err(_) => {
+            bump!(ACCT_ERRS, err::TP_READ, 1);
+            None
+        }
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup")]
+pub fn sched_wakeup_tp(ctx: TracePointContext) -> i32 {
+    if let Some(pid) = woken_pid(&ctx) {
+        if let Some(t) = RQ_TASKS.get_ptr_mut(pid) {
+            // SAFETY: plain helper; the entry stays valid for the program's run.
+            unsafe { (*t).enqueued_ns = bpf_ktime_get_ns() }
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup_new")]
+pub fn sched_wknew_tp(ctx: TracePointContext) -> i32 {
+    // The parent (current) decides: a child forked in a tracked cgroup starts there.
+    if current_slot() == SLOT_OTHER {
+        return 0;
+    }
+    if let Some(pid) = woken_pid(&ctx) {
+        let t = TaskRq {
+            // SAFETY: plain helper.
+            enqueued_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        if RQ_TASKS.insert(pid, t, 0).is_err() {
+            bump!(ACCT_ERRS, err::RQ_TASKS_FULL, 1);
+        }
+    }
+    0
+}
+
+// ---- page faults ----------------------------------------------------------------------------
+
+#[inline(always)]
+fn count_fault(major: bool) {
+    if let Some(a) = acct(current_slot()) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*a).faults += 1;
+            if major {
+                (*a).major_faults += 1;
+            }
+        }
+    }
+}
+
+#[kretprobe(function = "handle_mm_fault")]
+pub fn pgfault_kret(ctx: RetProbeContext) -> u32 {
+    let ret: u64 = ctx.ret();
+    count_fault(ret & VM_FAULT_MAJOR != 0);
+    0
+}
+
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn pgfault_btf(_ctx: BtfTracePointContext) -> i32 {
+    count_fault(false);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn pgfault_raw(_ctx: RawTracePointContext) -> i32 {
+    count_fault(false);
+    0
+}
+
+// ---- block IO -------------------------------------------------------------------------------
+
+#[tracepoint(category = "block", name = "block_bio_queue")]
+pub fn blk_bio_tp(ctx: TracePointContext) -> i32 {
+    let slot = current_slot();
+    // SAFETY: rodata globals written by the loader before load.
+    let (nsect_off, rwbs_off) = unsafe {
+        (
+            core::ptr::read_volatile(&BIO_NSECT_OFF) as usize,
+            core::ptr::read_volatile(&BIO_RWBS_OFF) as usize,
+        )
+    };
+    // SAFETY: offsets of this tracepoint's fields, from tracefs.
+    let (Ok(nsect), Ok(rwbs)) = (unsafe { ctx.read_at::<u32>(nsect_off) }, unsafe {
+        ctx.read_at::<[u8; 8]>(rwbs_off)
+    }) else {
+        bump!(ACCT_ERRS, err::TP_READ, 1);
+        return 0;
+    };
+    let bytes = u64::from(nsect) * 512;
+    if let Some(a) = acct(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            match rwbs_op(&rwbs) {
+                blk::READ => {
+                    (*a).io_read_bytes += bytes;
+                    (*a).io_read_ops += 1;
+                }
+                blk::WRITE => {
+                    (*a).io_write_bytes += bytes;
+                    (*a).io_write_ops += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    0
+}
+
+// ---- process exec / exit --------------------------------------------------------------------
+
+#[inline(always)]
+fn proc_event(kind: u32) {
+    // SAFETY: helpers without arguments.
+    let (cgid, pid_tgid) = unsafe { (bpf_get_current_cgroup_id(), bpf_get_current_pid_tgid()) };
+    let pid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    if kind == event::EXIT {
+        // The task is gone: stop following it, whatever its cgroup.
+        let _ = RQ_TASKS.remove(pid);
+        if pid != tgid {
+            return; // a thread, not the process
+        }
+    }
+    let slot = slot_of(cgid);
+    if slot == SLOT_OTHER {
+        return;
+    }
+    if let Some(a) = acct(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            if kind == event::EXEC {
+                (*a).execs += 1;
+            } else {
+                (*a).exits += 1;
+            }
+        }
+    }
+    let Some(mut entry) = ACCT_EVENTS.reserve::<ProcEvent>(0) else {
+        bump!(ACCT_ERRS, err::RINGBUF_FULL, 1);
+        return;
+    };
+    entry.write(ProcEvent {
+        kind,
+        pid,
+        tgid,
+        slot,
+        cgroup_id: cgid,
+        // SAFETY: plain helper.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    });
+    entry.submit(0);
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn proc_exec_btf(_ctx: BtfTracePointContext) -> i32 {
+    proc_event(event::EXEC);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn proc_exec_raw(_ctx: RawTracePointContext) -> i32 {
+    proc_event(event::EXEC);
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn proc_exit_btf(_ctx: BtfTracePointContext) -> i32 {
+    proc_event(event::EXIT);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit_raw(_ctx: RawTracePointContext) -> i32 {
+    proc_event(event::EXIT);
+    0
+}
+
+// ---- network --------------------------------------------------------------------------------
+
+#[inline(always)]
+fn count_skb(ctx: &SkBuffContext, ingress: bool) {
+    // SAFETY: the context's skb pointer is what the helper expects.
+    let cgid = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let len = u64::from(ctx.len());
+    if let Some(a) = acct(slot_of(cgid)) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            if ingress {
+                (*a).net_rx_bytes += len;
+                (*a).net_rx_packets += 1;
+            } else {
+                (*a).net_tx_bytes += len;
+                (*a).net_tx_packets += 1;
+            }
+        }
+    }
+}
+
+/// cgroup_skb verdict: let the packet through.
+const SKB_PASS: i32 = 1;
+
+#[cgroup_skb(ingress)]
+pub fn cg_skb_in(ctx: SkBuffContext) -> i32 {
+    count_skb(&ctx, true);
+    SKB_PASS
+}
+
+#[cgroup_skb(egress)]
+pub fn cg_skb_out(ctx: SkBuffContext) -> i32 {
+    count_skb(&ctx, false);
+    SKB_PASS
 }
 
 #[cfg(not(test))]

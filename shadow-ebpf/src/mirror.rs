@@ -9,18 +9,30 @@
 //!   connections, the earliest load signal for the forecaster. Always `XDP_PASS`.
 #![no_std]
 #![no_main]
+// BPF inline assembly for the atomic add of the token buckets (core has no atomic RMW on bpf).
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_UNSPEC},
-    helpers::generated::bpf_xdp_load_bytes,
+    bindings::{__sk_buff, xdp_action, BPF_F_MARK_MANGLED_0, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    cty::c_void,
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes,
+        bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
+use shadow_common::mask::{
+    in_ranges, mask_byte, seq_check, skip_body, CsumDelta, FlowKey, HttpState, MaskRule, MaskSpec,
+    SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK, F_SEQ_VALID, MASK_HTTP, MASK_RANGES,
+    MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
+};
 use shadow_common::mirror::{
-    ctr, parse_flow, Flow, MirrorConfig, MirrorRule, PacketView, RuleLoad, FLAG_ENABLED, MAX_RULES,
-    TCP_FLAG_ACK, TCP_FLAG_SYN,
+    bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, Flow, MirrorConfig,
+    MirrorRule, PacketView, RuleLoad, TokenBucket, FLAG_ENABLED, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_RULES, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
 use shadow_ebpf::bump;
 
@@ -30,6 +42,18 @@ static MIRROR_CFG: Array<MirrorConfig> = Array::with_max_entries(1, 0);
 static MIRROR_RULES: Array<MirrorRule> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 static MIRROR_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::N, 0);
+#[map]
+static MIRROR_TB: Array<TokenBucket> = Array::with_max_entries(1, 0);
+#[map]
+static MASK_SPEC: Array<MaskSpec> = Array::with_max_entries(1, 0);
+#[map]
+static MASK_RULES: Array<MaskRule> = Array::with_max_entries(MAX_RULES, 0);
+#[map]
+static MASK_FLOWS: LruHashMap<FlowKey, HttpState> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+#[map]
+static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RULE_LOAD: PerCpuArray<RuleLoad> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
@@ -111,17 +135,29 @@ fn try_mirror(ctx: &TcContext) -> u32 {
     let Some(flow) = parse_flow(&Skb(ctx)) else {
         return ctr::NOT_IP;
     };
-    if find_rule(cfg, &flow).is_none() {
+    let Some(rule) = find_rule(cfg, &flow) else {
         return ctr::NO_MATCH;
-    }
+    };
     count(ctr::MATCHED);
+    if !sampled(flow_hash(&flow, cfg.hash_seed), cfg.sample_ppm) {
+        return ctr::SAMPLED_OUT;
+    }
+    if !take_tokens(cfg, ctx.len() as u64) {
+        return ctr::CAPPED;
+    }
     let Ok(orig_dst) = ctx.load::<[u8; 6]>(0) else {
         return ctr::REWRITE_FAILED;
     };
     if ctx.store(0, &cfg.shadow_mac, 0).is_err() {
         return ctr::REWRITE_FAILED;
     }
+    // The clone carries the rule in its mark for the masking program on the shadow
+    // interface; the original gets its own mark back right after.
+    // SAFETY: the context pointer is the program's `__sk_buff`; reading `mark` is allowed.
+    let orig_mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    ctx.set_mark(CLONE_MARK | rule);
     let cloned = ctx.clone_redirect(cfg.shadow_ifindex, 0);
+    ctx.set_mark(orig_mark);
     if ctx.store(0, &orig_dst, 0).is_err() {
         return ctr::RESTORE_FAILED;
     }
@@ -132,6 +168,424 @@ fn try_mirror(ctx: &TcContext) -> u32 {
         }
         Err(_) => ctr::CLONE_FAILED,
     }
+}
+
+/// Charge one clone of `len` bytes to the global token buckets; false when either is empty
+/// (nothing is charged then).
+#[inline(always)]
+fn take_tokens(cfg: &MirrorConfig, len: u64) -> bool {
+    if cfg.cap_pkt_ns == 0 && cfg.cap_byte_ps == 0 {
+        return true;
+    }
+    let Some(tb) = MIRROR_TB.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `tb` points into the map's single value, live for the program's run.
+    let (pkt, byte) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*tb).pkt_tat_ns),
+            core::ptr::addr_of_mut!((*tb).byte_tat_ns),
+        )
+    };
+    // SAFETY (all reads/writes below): aligned 8-byte fields of the map value above. Plain
+    // loads/stores of 8 aligned bytes do not tear on BPF; the adds are atomic.
+    let (pkt_tat, byte_tat) = unsafe { (pkt.read_volatile(), byte.read_volatile()) };
+    let (pkt_base, pkt_ok) = bucket_check(pkt_tat, now, cfg.cap_burst_ns);
+    let (byte_base, byte_ok) = bucket_check(byte_tat, now, cfg.cap_burst_ns);
+    let pkt_ok = cfg.cap_pkt_ns == 0 || pkt_ok;
+    let byte_ok = cfg.cap_byte_ps == 0 || byte_ok;
+    if !(pkt_ok && byte_ok) {
+        return false;
+    }
+    if cfg.cap_pkt_ns != 0 {
+        unsafe {
+            if pkt_base != pkt_tat {
+                pkt.write_volatile(pkt_base);
+            }
+            atomic_add(pkt, cfg.cap_pkt_ns);
+        }
+    }
+    if cfg.cap_byte_ps != 0 {
+        unsafe {
+            if byte_base != byte_tat {
+                byte.write_volatile(byte_base);
+            }
+            atomic_add(byte, byte_cost_ns(len, cfg.cap_byte_ps));
+        }
+    }
+    true
+}
+
+/// `*p += v` as one BPF atomic instruction (`BPF_ATOMIC | BPF_ADD`, no fetch).
+///
+/// # Safety
+/// `p` must be an aligned pointer into a map value.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: per the contract; the instruction touches exactly the 8 bytes at `p`.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) p, in(reg) v);
+    }
+}
+
+/// Payload bytes masked per `bpf_loop` run (one chunk of the per-CPU scratch buffer).
+const CHUNK: usize = 2048;
+/// Chunks per segment at most: `MAX_SCAN_LIMIT` bytes.
+const MAX_CHUNKS: u32 = MAX_SCAN_LIMIT / CHUNK as u32 + 1;
+
+/// The masking program's per-CPU working state: one chunk of payload, the flow's parser
+/// state while it runs, the rule, and the checksum bookkeeping. Kept in a map (not on the
+/// stack) so the `bpf_loop` callback reaches it and the verifier sees the state as opaque
+/// memory, which keeps verification cost independent of the payload length.
+#[repr(C)]
+pub struct Scratch {
+    buf: [u8; CHUNK],
+    st: HttpState,
+    rule: MaskRule,
+    csum: CsumDelta,
+    /// Payload offset of `buf[0]`.
+    base: u32,
+    /// Valid bytes in `buf`.
+    len: u32,
+    /// Bytes changed in this chunk / in the whole segment.
+    changed: u32,
+    total_changed: u32,
+    /// Parse as HTTP.
+    http: u8,
+    /// Mask every byte (the "mask" fallback for bytes that cannot be parsed).
+    all: u8,
+    /// The fallback applied to at least one byte.
+    fell_back: u8,
+    _pad: [u8; 5],
+    /// Payload bytes done so far in this segment.
+    off: u32,
+    _pad2: u32,
+    /// The flow's key in `MASK_FLOWS` (here rather than on the stack: the stack is shared
+    /// with the callbacks and limited to 512 bytes for the whole chain).
+    key: FlowKey,
+}
+
+/// `n` (known to be in 1..=CHUNK) in a form the verifier can bound: the compiler would
+/// otherwise fold the checks away, leaving the helper's size unbounded.
+#[inline(always)]
+fn verifier_bound(n: u32) -> u32 {
+    let mut m = (n - 1) as u64;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= 2047", inout(reg) m) };
+    const _: () = assert!(CHUNK == 2048);
+    m as u32 + 1
+}
+
+/// What `chunk_cb` needs from the program's frame.
+#[repr(C)]
+struct ChunkCtx {
+    skb: *mut __sk_buff,
+    payload_off: u32,
+    plen: u32,
+    limit: u32,
+    err: u32,
+}
+
+/// One chunk of the payload: skip a body by length, or load, mask byte by byte (`mask_cb`)
+/// and store back. Returns 1 to stop.
+extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
+    // SAFETY: `cc` is the `ChunkCtx` `try_mask` passed to `bpf_loop`.
+    let cc = unsafe { &mut *(cc as *mut ChunkCtx) };
+    let Some(sp) = MASK_SCRATCH.get_ptr_mut(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    let plen = cc.plen;
+    let mut off = s.off;
+    if off >= plen {
+        return 1;
+    }
+    if s.http != 0 && s.rule.flags & MASK_RANGES == 0 && s.st.st == ST_BODY_SKIP {
+        off += skip_body(&mut s.st, plen - off);
+        s.off = off;
+        if off >= plen {
+            return 1;
+        }
+    }
+    if off >= cc.limit && s.all == 0 {
+        // Past the scan window with the parser in a state it must see: the rest of the
+        // flow cannot be followed.
+        if s.http != 0 {
+            s.st.st = ST_BROKEN;
+        }
+        s.fell_back = 1;
+        if s.rule.fallback != FALLBACK_MASK {
+            return 1;
+        }
+        s.all = 1;
+    }
+    let rem = plen - off;
+    let n = if rem > CHUNK as u32 {
+        CHUNK as u32
+    } else {
+        rem
+    };
+    if n == 0 {
+        return 1;
+    }
+    let n = verifier_bound(n);
+    let at = cc.payload_off + off;
+    s.base = off;
+    s.len = n;
+    s.changed = 0;
+    // SAFETY: `buf` holds CHUNK bytes and 0 < n <= CHUNK.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            cc.skb as *const c_void,
+            at,
+            s.buf.as_mut_ptr() as *mut c_void,
+            n,
+        )
+    };
+    if rc != 0 {
+        cc.err = 1;
+        return 1;
+    }
+    // SAFETY: `mask_cb` is a static callback; it only touches per-CPU maps.
+    let rc = unsafe { bpf_loop(n, mask_cb as *mut c_void, core::ptr::null_mut(), 0) };
+    if rc < 0 {
+        cc.err = 1;
+        return 1;
+    }
+    if s.changed != 0 {
+        // SAFETY: as for the load.
+        let rc = unsafe { bpf_skb_store_bytes(cc.skb, at, s.buf.as_ptr() as *const c_void, n, 0) };
+        if rc != 0 {
+            cc.err = 1;
+            return 1;
+        }
+        s.total_changed += s.changed;
+    }
+    s.off = off + n;
+    0
+}
+
+/// Per byte of the chunk in `MASK_SCRATCH`: decide, replace, keep the checksum delta.
+extern "C" fn mask_cb(i: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(sp), Some(spec)) = (MASK_SCRATCH.get_ptr_mut(0), MASK_SPEC.get(0)) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    let idx = (i as usize) & (CHUNK - 1);
+    if idx as u32 >= s.len {
+        return 1;
+    }
+    let b = s.buf[idx];
+    let pos = s.base + idx as u32;
+    let mut m = s.all != 0 || (s.rule.flags & MASK_RANGES != 0 && in_ranges(&s.rule, pos));
+    if s.http != 0 {
+        if s.st.st != ST_BROKEN && mask_byte(&mut s.st, spec, b) {
+            m = true;
+        }
+        if s.st.st == ST_BROKEN {
+            s.fell_back = 1;
+            if s.rule.fallback == FALLBACK_MASK {
+                m = true;
+            }
+        }
+    }
+    if m && b != spec.fill {
+        s.csum.replace(pos, b, spec.fill);
+        s.buf[idx] = spec.fill;
+        s.changed += 1;
+    }
+    0
+}
+
+/// TC egress on the shadow interface: masks the clones the ingress program sends there,
+/// length-preserving, fixing the L4 checksum. Packets without the clone mark pass untouched.
+/// A clone that cannot be masked is dropped, never sent as it is.
+#[classifier]
+pub fn shadow_mask(ctx: TcContext) -> i32 {
+    // SAFETY: reading `mark` of the program's own `__sk_buff`.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    if mark & CLONE_MARK_MASK != CLONE_MARK {
+        return TC_ACT_UNSPEC;
+    }
+    let rule = mark & 0xff;
+    let Some(mr) = MASK_RULES.get(rule) else {
+        return TC_ACT_UNSPEC;
+    };
+    if mr.flags == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    match try_mask(&ctx, rule, mr) {
+        Ok(true) => TC_ACT_UNSPEC,
+        Ok(false) => {
+            count(ctr::FALLBACK_DROPPED);
+            TC_ACT_SHOT
+        }
+        Err(()) => {
+            count(ctr::MASK_FAILED);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Mask the clone in place. `Ok(false)`: the "drop" fallback applies.
+// Map keys and values are passed by reference into the per-CPU scratch value on purpose:
+// by value they would be copied to the stack, which the callbacks share (512 bytes).
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
+    let flow = parse_flow(&Skb(ctx)).ok_or(())?;
+    let is_tcp = flow.proto == IPPROTO_TCP;
+    if !flow.has_ports || !(is_tcp || flow.proto == IPPROTO_UDP) {
+        // Fragments and other protocols cannot be masked.
+        count(ctr::UNPARSEABLE);
+        return Ok(false);
+    }
+    let l3 = flow.l3_off as usize;
+    let l4 = flow.l4_off as usize;
+    let end = if flow.family == 4 {
+        l3 + u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 2).map_err(|_| ())?) as usize
+    } else {
+        l3 + 40 + u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 4).map_err(|_| ())?) as usize
+    };
+    let end = end.min(ctx.len() as usize);
+    let (payload_off, csum_off, csum_flags) = if is_tcp {
+        let doff = ((ctx.load::<u8>(l4 + 12).map_err(|_| ())? >> 4) as usize) * 4;
+        (l4 + doff, l4 + 16, 0u64)
+    } else {
+        (l4 + 8, l4 + 6, BPF_F_MARK_MANGLED_0 as u64)
+    };
+    let plen = end.saturating_sub(payload_off) as u32;
+
+    let sp = MASK_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU value, only this program on this CPU touches it (the callback runs
+    // synchronously inside `bpf_loop` below).
+    let s = unsafe { &mut *sp };
+    s.rule = *mr;
+    s.csum = CsumDelta::default();
+    s.total_changed = 0;
+    s.all = 0;
+    s.fell_back = 0;
+    s.http = 0;
+    s.st = HttpState::default();
+
+    let http = mr.flags & MASK_HTTP != 0;
+    s.key = FlowKey::of(&flow);
+    let fin_rst = is_tcp && flow.tcp_flags & 0x05 != 0;
+    // Whether the parser state goes back to the flow's entry afterwards.
+    let mut keep_state = false;
+    if http && !is_tcp {
+        // An HTTP rule on a non-TCP packet: unknown protocol, fallback.
+        s.st.st = ST_BROKEN;
+        s.http = 1;
+    } else if http {
+        let seq = u32::from_be_bytes(ctx.load::<[u8; 4]>(l4 + 4).map_err(|_| ())?);
+        s.http = 1;
+        if flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+            s.st = HttpState::default();
+            s.st.next_seq = seq.wrapping_add(1);
+            s.st.flags = F_SEQ_VALID;
+            let _ = MASK_FLOWS.insert(&s.key, &s.st, 0);
+            keep_state = true;
+        } else {
+            // SAFETY: the value is copied out at once; LRU entries may be evicted later.
+            match unsafe { MASK_FLOWS.get(&s.key) } {
+                Some(st) => {
+                    s.st = *st;
+                    let payload_seq = seq;
+                    match seq_check(&s.st, payload_seq, plen) {
+                        SeqVerdict::InOrder => keep_state = true,
+                        SeqVerdict::Old => s.st.st = ST_BROKEN, // this segment only
+                        SeqVerdict::Lost => {
+                            s.st.st = ST_BROKEN;
+                            keep_state = true;
+                        }
+                    }
+                }
+                None => {
+                    // Joined mid-stream (or evicted): cannot be followed from here on.
+                    s.st.st = ST_BROKEN;
+                    s.st.flags = F_SEQ_VALID;
+                    keep_state = plen > 0;
+                }
+            }
+        }
+    }
+
+    let limit = {
+        let spec = MASK_SPEC.get(0).ok_or(())?;
+        spec.scan_limit.min(MAX_SCAN_LIMIT)
+    };
+    s.off = 0;
+    let mut cc = ChunkCtx {
+        skb: ctx.as_ptr() as *mut __sk_buff,
+        payload_off: payload_off as u32,
+        plen,
+        limit,
+        err: 0,
+    };
+    // SAFETY: `chunk_cb` is a static callback; `cc` outlives the call.
+    let rc = unsafe {
+        bpf_loop(
+            MAX_CHUNKS,
+            chunk_cb as *mut c_void,
+            &mut cc as *mut ChunkCtx as *mut c_void,
+            0,
+        )
+    };
+    if rc < 0 || cc.err != 0 {
+        return Err(());
+    }
+    let off = s.off;
+    if off < plen && s.all == 0 && !(s.http != 0 && s.st.st == ST_BODY_SKIP) {
+        // Bytes left unscanned (drop fallback past the window, or beyond MAX_CHUNKS).
+        s.fell_back = 1;
+        if s.http != 0 {
+            s.st.st = ST_BROKEN;
+        }
+    }
+    if keep_state {
+        if fin_rst {
+            let _ = MASK_FLOWS.remove(&s.key);
+        } else {
+            if s.st.st != ST_BROKEN {
+                s.st.next_seq = s.st.next_seq.wrapping_add(plen);
+            }
+            let _ = MASK_FLOWS.insert(&s.key, &s.st, 0);
+        }
+    } else if fin_rst {
+        let _ = MASK_FLOWS.remove(&s.key);
+    }
+    if s.fell_back != 0 {
+        count(ctr::UNPARSEABLE);
+        if mr.fallback != FALLBACK_MASK {
+            return Ok(false);
+        }
+    }
+    if s.total_changed != 0 {
+        let diff = s.csum.kernel_diff();
+        // SAFETY: checksum field offset inside the packet; `diff` mode (size flags 0).
+        let rc = unsafe {
+            bpf_l4_csum_replace(
+                ctx.as_ptr() as *mut __sk_buff,
+                csum_off as u32,
+                0,
+                diff as u64,
+                csum_flags,
+            )
+        };
+        if rc != 0 {
+            return Err(());
+        }
+        count(ctr::MASKED);
+        bump!(MIRROR_CTRS, ctr::MASKED_BYTES, s.total_changed as u64);
+        bump!(MASK_RULE_CTRS, rule, 1);
+    }
+    Ok(true)
 }
 
 #[xdp]

@@ -7,133 +7,19 @@
 //! ```
 
 use std::{
-    io::ErrorKind,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use shadow_agent::{
-    mirror::{Cidr, Counters, Mirror, MirrorError, MirrorSpec, Ports, Proto, Rule},
+    mirror::{Counters, Mirror, MirrorError, MirrorOptions, MirrorSpec, Ports, Proto},
     sys::link,
 };
-use shadow_tests::harness::{
-    chain, spawn_in, wait_for, TestDir, TestNetns, TestVeth, IPV4_PREFIX, IPV6_PREFIX,
-};
+use shadow_tests::harness::{chain, spawn_in, wait_for, TestDir};
 
-struct World {
-    client: TestNetns,
-    primary: TestNetns,
-    shadow: TestNetns,
-    /// a: client end, b: primary's interface.
-    front: TestVeth,
-    /// a: primary's shadow interface, b: the shadow's end (holds the primary's addresses).
-    back: TestVeth,
-}
-
-impl World {
-    fn new() -> World {
-        let client = TestNetns::new("c");
-        let primary = TestNetns::new("p");
-        let shadow = TestNetns::new("s");
-        let front = TestVeth::builder()
-            .a_netns(&client)
-            .b_netns(&primary)
-            .roles("cl", "pr")
-            .create();
-        let back = TestVeth::builder()
-            .a_netns(&primary)
-            .b_netns(&shadow)
-            .roles("pm", "sh")
-            .without_addresses()
-            .create();
-        let sh = back.b().name.clone();
-        for (addr, len) in [
-            (IpAddr::V4(front.b().ipv4.expect("ipv4")), IPV4_PREFIX),
-            (IpAddr::V6(front.b().ipv6.expect("ipv6")), IPV6_PREFIX),
-        ] {
-            link::add_address(&sh, Some(shadow.netns()), addr, len)
-                .unwrap_or_else(|e| panic!("shadow address {addr}: {}", chain(&e)));
-        }
-        World {
-            client,
-            primary,
-            shadow,
-            front,
-            back,
-        }
-    }
-
-    fn primary_addr(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.front.b().ipv6.expect("ipv6"))
-        } else {
-            IpAddr::V4(self.front.b().ipv4.expect("ipv4"))
-        }
-    }
-
-    fn attach(&self, rules: Vec<Rule>) -> Mirror {
-        let spec = MirrorSpec {
-            interface: self.front.b().name.clone(),
-            shadow_interface: self.back.a().name.clone(),
-            shadow_mac: self.back.b().mac.octets(),
-            rules,
-            xdp: true,
-        };
-        self.primary
-            .run(move || Mirror::attach(spec))
-            .unwrap_or_else(|e| panic!("attaching the mirror: {}", chain(&e)))
-    }
-
-    /// Packets received by the shadow's end.
-    fn shadow_rx(&self) -> u64 {
-        let dev = self.back.b().name.clone();
-        self.shadow.run(move || {
-            let text = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
-            text.lines()
-                .find_map(|l| {
-                    let (name, rest) = l.split_once(':')?;
-                    (name.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
-                })
-                .expect("shadow device in /proc/net/dev")
-        })
-    }
-}
-
-fn rule(addr: IpAddr, proto: Proto, ports: Ports) -> Rule {
-    Rule {
-        dst: Cidr {
-            addr,
-            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
-        },
-        ports,
-        proto: Some(proto),
-    }
-}
-
-fn bind(ns: &TestNetns, addr: SocketAddr) -> UdpSocket {
-    let s = ns
-        .run(move || UdpSocket::bind(addr))
-        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    s
-}
-
-/// Everything waiting on `s`, until it stays quiet for the read timeout.
-fn drain(s: &UdpSocket) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match s.recv(&mut buf) {
-            Ok(n) => out.push(buf[..n].to_vec()),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return out
-            }
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-}
+mod mirror_world;
+use mirror_world::*;
 
 /// Distinct payloads of many sizes, each starting with its index.
 fn payloads(n: usize, tag: u8) -> Vec<Vec<u8>> {
@@ -262,6 +148,7 @@ fn missing_interface_is_a_clear_error() {
         shadow_mac: [2, 0, 0, 0, 0, 1],
         rules: vec![],
         xdp: true,
+        options: MirrorOptions::default(),
     };
     let err = world
         .primary
@@ -340,4 +227,170 @@ fn http_through_the_mirror_is_untouched_for_the_primary() {
         "XDP saw {} new connections",
         load[0].syns
     );
+}
+
+/// Sends `per_flow` datagrams `[flow, seq, ...]` from each of `flows` client sockets (one
+/// flow per source port), paced.
+fn send_flows(world: &World, dst: SocketAddr, flows: u8, per_flow: u8) {
+    world.client.run(move || {
+        let socks: Vec<UdpSocket> = (0..flows)
+            .map(|_| UdpSocket::bind("0.0.0.0:0").expect("client socket"))
+            .collect();
+        for seq in 0..per_flow {
+            for (f, s) in socks.iter().enumerate() {
+                s.send_to(&[f as u8, seq, 0xab, 0xcd], dst).expect("send");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+}
+
+fn udp_world_with(options: MirrorOptions) -> (World, SocketAddr, UdpSocket, UdpSocket, Mirror) {
+    let world = World::new();
+    let addr = world.primary_addr(false);
+    let dst = SocketAddr::new(addr, 7001);
+    let primary_in = bind(&world.primary, dst);
+    let shadow_in = bind(&world.shadow, dst);
+    let spec = MirrorSpec {
+        interface: world.front.b().name.clone(),
+        shadow_interface: world.back.a().name.clone(),
+        shadow_mac: world.back.b().mac.octets(),
+        rules: vec![rule(addr, Proto::Udp, Ports { lo: 7000, hi: 7010 })],
+        xdp: false,
+        options,
+    };
+    let mirror = world
+        .primary
+        .run(move || Mirror::attach(spec))
+        .unwrap_or_else(|e| panic!("attaching the mirror: {}", chain(&e)));
+    (world, dst, primary_in, shadow_in, mirror)
+}
+
+#[test]
+fn sampling_keeps_whole_flows_and_changes_at_run_time() {
+    let (world, dst, primary_in, shadow_in, mut mirror) = udp_world_with(MirrorOptions {
+        sample_rate: 0.5,
+        hash_seed: 0x5eed,
+        ..MirrorOptions::default()
+    });
+    let (flows, per_flow) = (64u8, 5u8);
+    send_flows(&world, dst, flows, per_flow);
+    assert_eq!(
+        drain(&primary_in).len(),
+        flows as usize * per_flow as usize,
+        "the primary lost traffic"
+    );
+    let mut per = [0u32; 256];
+    for m in drain(&shadow_in) {
+        per[m[0] as usize] += 1;
+    }
+    let kept = per.iter().filter(|&&n| n > 0).count() as u64;
+    for (f, &n) in per.iter().enumerate().take(flows as usize) {
+        assert!(
+            n == 0 || n == per_flow as u32,
+            "flow {f} mirrored partly: {n} of {per_flow}"
+        );
+    }
+    assert!(
+        (16..=48).contains(&kept),
+        "{kept} of {flows} flows sampled at 0.5"
+    );
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.cloned, kept * per_flow as u64, "{c:?}");
+    assert_eq!(
+        c.sampled_out,
+        (flows as u64 - kept) * per_flow as u64,
+        "{c:?}"
+    );
+    assert_eq!(c.matched, c.cloned + c.sampled_out, "{c:?}");
+
+    // Off at run time, without reattaching: nothing reaches the shadow.
+    mirror.set_sample_rate(0.0).expect("rate 0");
+    send_flows(&world, dst, 16, 3);
+    assert_eq!(drain(&primary_in).len(), 48);
+    assert!(drain(&shadow_in).is_empty(), "rate 0 still mirrors");
+    let c2 = mirror.counters().expect("counters");
+    assert_eq!(c2.sampled_out - c.sampled_out, 48, "{c2:?}");
+    // And back to everything.
+    mirror.set_sample_rate(1.0).expect("rate 1");
+    send_flows(&world, dst, 16, 3);
+    assert_eq!(drain(&primary_in).len(), 48);
+    assert_eq!(drain(&shadow_in).len(), 48, "rate 1 drops flows");
+    assert!(matches!(
+        mirror.set_sample_rate(1.5),
+        Err(MirrorError::SampleRate { .. })
+    ));
+}
+
+/// Sends `n` datagrams of `len` bytes back to back; returns how long it took.
+fn blast(world: &World, dst: SocketAddr, n: usize, len: usize) -> Duration {
+    world.client.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            let mut m = vec![0x5a; len];
+            m[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            s.send_to(&m, dst).expect("send");
+        }
+        start.elapsed()
+    })
+}
+
+#[test]
+fn packet_cap_drops_clones_never_originals() {
+    let (world, dst, primary_in, shadow_in, mut mirror) = udp_world_with(MirrorOptions {
+        cap_pps: 200,
+        cap_burst_ms: 50,
+        ..MirrorOptions::default()
+    });
+    let n = 500;
+    let took = blast(&world, dst, n, 64);
+    assert_eq!(drain(&primary_in).len(), n, "the primary lost traffic");
+    let got = drain(&shadow_in).len() as u64;
+    let c = mirror.counters().expect("counters");
+    // Burst (50 ms at 200/s = 10, +1) plus the rate over the sending time (+1 per CPU).
+    let allowed = 11 + (took.as_secs_f64() * 200.0).ceil() as u64 + 2;
+    assert!(
+        c.cloned <= allowed,
+        "{} clones in {took:?}, cap allows {allowed}",
+        c.cloned
+    );
+    assert!(c.cloned >= 11, "{c:?}");
+    assert_eq!(got, c.cloned, "clones sent vs received by the shadow");
+    assert_eq!(c.cloned + c.capped, c.matched, "{c:?}");
+    assert_eq!(c.matched, n as u64);
+    // Lifting the cap at run time.
+    mirror.set_caps(0, 0, 100).expect("caps");
+    blast(&world, dst, 100, 64);
+    assert_eq!(drain(&primary_in).len(), 100);
+    assert_eq!(
+        drain(&shadow_in).len(),
+        100,
+        "uncapped mirror dropped clones"
+    );
+}
+
+#[test]
+fn byte_cap_limits_cloned_bytes() {
+    let (world, dst, primary_in, shadow_in, mirror) = udp_world_with(MirrorOptions {
+        cap_bytes_per_sec: 100_000,
+        cap_burst_ms: 100,
+        ..MirrorOptions::default()
+    });
+    let (n, len) = (300, 1000);
+    let took = blast(&world, dst, n, len);
+    assert_eq!(drain(&primary_in).len(), n, "the primary lost traffic");
+    let got = drain(&shadow_in).len() as u64;
+    let c = mirror.counters().expect("counters");
+    let frame = (len + 14 + 20 + 8) as f64;
+    // 10 kB burst plus 100 kB/s while sending, in frames, +1 per CPU.
+    let allowed = ((10_000.0 + took.as_secs_f64() * 100_000.0) / frame).ceil() as u64 + 3;
+    assert!(
+        c.cloned <= allowed,
+        "{} clones in {took:?}, cap allows {allowed}",
+        c.cloned
+    );
+    assert!(c.cloned >= 9, "{c:?}");
+    assert_eq!(got, c.cloned);
+    assert_eq!(c.cloned + c.capped, c.matched, "{c:?}");
 }

@@ -4,7 +4,12 @@
 use std::collections::BTreeSet;
 
 use shadow_agent::ebpf;
-use shadow_common::maps::{PROG_MIRROR_TC, PROG_MIRROR_XDP, PROG_SCHED_BTF, PROG_SCHED_RAW};
+use shadow_common::maps::{
+    PROG_BIO_TP, PROG_CONNECT4, PROG_CONNECT6, PROG_DISCARD_TC, PROG_EXEC_BTF, PROG_EXEC_RAW,
+    PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF, PROG_FAULT_KRET, PROG_FAULT_RAW,
+    PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP, PROG_SCHED_BTF, PROG_SCHED_RAW,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SKB_IN, PROG_SKB_OUT, PROG_WAKEUP_NEW_TP, PROG_WAKEUP_TP,
+};
 use shadow_tests::harness::{chain, require_privileges};
 
 #[test]
@@ -34,8 +39,27 @@ fn every_program_passes_the_verifier() {
     let expected: BTreeSet<String> = [
         PROG_MIRROR_TC,
         PROG_MIRROR_XDP,
+        PROG_MIRROR_MASK,
+        // The shadow group's programs (mirror/discard side).
+        PROG_DISCARD_TC,
+        PROG_CONNECT4,
+        PROG_CONNECT6,
+        PROG_SENDMSG4,
+        PROG_SENDMSG6,
         PROG_SCHED_BTF,
         PROG_SCHED_RAW,
+        PROG_WAKEUP_TP,
+        PROG_WAKEUP_NEW_TP,
+        PROG_FAULT_KRET,
+        PROG_FAULT_BTF,
+        PROG_FAULT_RAW,
+        PROG_BIO_TP,
+        PROG_EXEC_BTF,
+        PROG_EXEC_RAW,
+        PROG_EXIT_BTF,
+        PROG_EXIT_RAW,
+        PROG_SKB_IN,
+        PROG_SKB_OUT,
     ]
     .into_iter()
     .map(String::from)

@@ -8,6 +8,7 @@
 //!
 //! Exit codes: 0 success, 2 a missing prerequisite (see [`prereq::PrereqError`]), 1 anything else.
 
+mod bench;
 mod leftovers;
 mod prereq;
 mod run;
@@ -46,6 +47,11 @@ enum Command {
     },
     /// Setup, build shadow-agent (release) and run `shadow-agent demo`, or
     /// `shadow-agent run ARGS...` when ARGS are given after `--`.
+    /// Benchmarks: `bench profiler [--json PATH]`.
+    Bench {
+        #[command(subcommand)]
+        target: bench::BenchTarget,
+    },
     Run {
         /// Skip `setup` (ignored under CI=true).
         #[arg(long)]
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::setup(),
         Command::Test { no_setup } => test::test(no_setup),
         Command::Run { no_setup, args } => run::run(no_setup, &args),
+        Command::Bench { target } => bench::bench(target),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,10 +15,14 @@ use aya::{
 };
 use shadow_common::{
     maps::{
-        MAP_MIRROR_CFG, MAP_MIRROR_CTRS, MAP_MIRROR_RULES, MAP_RULE_LOAD, PROG_MIRROR_TC,
-        PROG_MIRROR_XDP,
+        MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG, MAP_MIRROR_CTRS,
+        MAP_MIRROR_RULES, MAP_RULE_LOAD, PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
     },
-    mirror::{ctr, MirrorConfig, MirrorRule, RuleLoad, FLAG_ENABLED, MAX_RULES},
+    mask::{
+        MaskRule, MaskSpec, DEFAULT_HEADERS, DEFAULT_SCAN_LIMIT, FALLBACK_DROP, FALLBACK_MASK,
+        MASK_HTTP, MASK_RANGES, MAX_RANGES,
+    },
+    mirror::{ctr, MirrorConfig, MirrorRule, RuleLoad, FLAG_ENABLED, MAX_RULES, SAMPLE_ALL},
 };
 
 pub use rule::{Cidr, Ports, Proto, Rule, RuleError};
@@ -37,6 +41,147 @@ pub struct MirrorSpec {
     pub rules: Vec<Rule>,
     /// Also attach the XDP load counters.
     pub xdp: bool,
+    /// Sampling, rate caps (and masking); `MirrorOptions::default()` mirrors every selected
+    /// packet, uncapped.
+    pub options: MirrorOptions,
+}
+
+/// Flow sampling and the clone rate cap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MirrorOptions {
+    /// Fraction of flows mirrored, 0.0..=1.0, chosen by 5-tuple hash. Default 1.0.
+    pub sample_rate: f64,
+    /// Cap on clones per second; 0 = none. Default 0.
+    pub cap_pps: u64,
+    /// Cap on cloned bytes per second (whole frames); 0 = none. Default 0.
+    pub cap_bytes_per_sec: u64,
+    /// Burst the caps tolerate, in milliseconds of the capped rate. Default 100.
+    pub cap_burst_ms: u64,
+    /// Flow hash seed; 0 picks a random one at attach time.
+    pub hash_seed: u32,
+    /// What masking looks for (header and parameter names, fill byte, scan window).
+    pub mask: MaskOptions,
+    /// Per-rule masking, by index into `MirrorSpec::rules`; a missing entry masks nothing.
+    pub rule_masks: Vec<RuleMask>,
+}
+
+/// Names masked by every rule with HTTP masking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskOptions {
+    /// HTTP header names whose values are masked (case-insensitive).
+    pub headers: Vec<String>,
+    /// Query-string and form parameter names whose values are masked.
+    pub params: Vec<String>,
+    /// The byte a masked value becomes.
+    pub fill: u8,
+    /// Payload bytes scanned per segment at most (1..=65536).
+    pub scan_bytes: u32,
+}
+
+impl Default for MaskOptions {
+    fn default() -> Self {
+        MaskOptions {
+            headers: DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect(),
+            params: DEFAULT_PARAMS.iter().map(|s| s.to_string()).collect(),
+            fill: b'*',
+            scan_bytes: DEFAULT_SCAN_LIMIT,
+        }
+    }
+}
+
+/// Parameter names masked by default.
+pub const DEFAULT_PARAMS: [&str; 3] = ["password", "token", "session"];
+
+/// What to do with bytes of a masked rule's flow that cannot be parsed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fallback {
+    /// Replace them with the fill byte (the clone keeps its length and sequence space).
+    #[default]
+    Mask,
+    /// Do not send that clone.
+    Drop,
+}
+
+/// Masking for one rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMask {
+    /// Parse the flow as HTTP/1.x requests and mask the listed headers and parameters.
+    pub http: bool,
+    /// `(offset, length)` byte ranges of each segment's or datagram's payload.
+    pub ranges: Vec<(u16, u16)>,
+    pub fallback: Fallback,
+}
+
+impl RuleMask {
+    fn to_kernel(&self) -> Result<MaskRule, MirrorError> {
+        if self.ranges.len() > MAX_RANGES {
+            return Err(MirrorError::TooManyRanges {
+                n: self.ranges.len(),
+                max: MAX_RANGES,
+            });
+        }
+        let mut r = MaskRule {
+            flags: if self.http { MASK_HTTP } else { 0 }
+                | if self.ranges.is_empty() {
+                    0
+                } else {
+                    MASK_RANGES
+                },
+            fallback: match self.fallback {
+                Fallback::Mask => FALLBACK_MASK,
+                Fallback::Drop => FALLBACK_DROP,
+            },
+            n_ranges: self.ranges.len() as u8,
+            ..MaskRule::default()
+        };
+        for (d, &(off, len)) in r.ranges.iter_mut().zip(&self.ranges) {
+            *d = [off, len];
+        }
+        Ok(r)
+    }
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        MirrorOptions {
+            sample_rate: 1.0,
+            cap_pps: 0,
+            cap_bytes_per_sec: 0,
+            cap_burst_ms: 100,
+            hash_seed: 0,
+            mask: MaskOptions::default(),
+            rule_masks: Vec::new(),
+        }
+    }
+}
+
+/// `sample_rate` as flows per million.
+pub fn sample_ppm(rate: f64) -> u32 {
+    if rate.is_nan() || rate <= 0.0 {
+        0
+    } else if rate >= 1.0 {
+        SAMPLE_ALL
+    } else {
+        (rate * SAMPLE_ALL as f64).round() as u32
+    }
+}
+
+impl MirrorOptions {
+    /// Write the sampling and cap fields of `cfg`.
+    fn apply(&self, cfg: &mut MirrorConfig) {
+        cfg.sample_ppm = sample_ppm(self.sample_rate);
+        cfg.cap_pkt_ns = if self.cap_pps == 0 {
+            0
+        } else {
+            (1_000_000_000 / self.cap_pps).max(1)
+        };
+        cfg.cap_byte_ps = if self.cap_bytes_per_sec == 0 {
+            0
+        } else {
+            (1_000_000_000_000 / self.cap_bytes_per_sec).max(1)
+        };
+        cfg.cap_burst_ns = self.cap_burst_ms.saturating_mul(1_000_000);
+    }
 }
 
 /// How the TC program was attached.
@@ -66,6 +211,17 @@ pub enum MirrorError {
         interface: String,
         detail: String,
     },
+    #[error("BPF_PROG_TEST_RUN of {program}: {detail}")]
+    TestRun {
+        program: &'static str,
+        detail: String,
+    },
+    #[error("{n} byte ranges in one rule; at most {max}")]
+    TooManyRanges { n: usize, max: usize },
+    #[error("mask specification: {0:?}")]
+    MaskSpec(shadow_common::mask::SpecError),
+    #[error("sample rate {rate} is outside 0.0..=1.0")]
+    SampleRate { rate: f64 },
     #[error("writing map {map}")]
     Map {
         map: &'static str,
@@ -87,6 +243,13 @@ pub struct Counters {
     pub rewrite_failed: u64,
     pub cloned_bytes: u64,
     pub restore_failed: u64,
+    pub sampled_out: u64,
+    pub capped: u64,
+    pub masked: u64,
+    pub masked_bytes: u64,
+    pub unparseable: u64,
+    pub fallback_dropped: u64,
+    pub mask_failed: u64,
 }
 
 impl Counters {
@@ -102,6 +265,13 @@ impl Counters {
             rewrite_failed: v[ctr::REWRITE_FAILED as usize],
             cloned_bytes: v[ctr::CLONED_BYTES as usize],
             restore_failed: v[ctr::RESTORE_FAILED as usize],
+            sampled_out: v[ctr::SAMPLED_OUT as usize],
+            capped: v[ctr::CAPPED as usize],
+            masked: v[ctr::MASKED as usize],
+            masked_bytes: v[ctr::MASKED_BYTES as usize],
+            unparseable: v[ctr::UNPARSEABLE as usize],
+            fallback_dropped: v[ctr::FALLBACK_DROPPED as usize],
+            mask_failed: v[ctr::MASK_FAILED as usize],
         }
     }
 }
@@ -110,6 +280,7 @@ impl Counters {
 pub struct Mirror {
     ebpf: Ebpf,
     spec: MirrorSpec,
+    cfg: MirrorConfig,
     tc_mode: TcMode,
     xdp_mode: Option<XdpMode>,
 }
@@ -148,19 +319,25 @@ impl Mirror {
                     })?;
             }
         }
-        {
-            let mut cfg: Array<&mut MapData, MirrorConfig> = map_mut(&mut bpf, MAP_MIRROR_CFG)?;
-            let c = MirrorConfig {
-                shadow_ifindex,
-                n_rules: spec.rules.len() as u32,
-                shadow_mac: spec.shadow_mac,
-                flags: FLAG_ENABLED,
-            };
-            cfg.set(0, c, 0).map_err(|source| MirrorError::Map {
-                map: MAP_MIRROR_CFG,
-                source,
-            })?;
+        let rate = spec.options.sample_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(MirrorError::SampleRate { rate });
         }
+        let mut c = MirrorConfig {
+            shadow_ifindex,
+            n_rules: spec.rules.len() as u32,
+            shadow_mac: spec.shadow_mac,
+            flags: FLAG_ENABLED,
+            hash_seed: if spec.options.hash_seed != 0 {
+                spec.options.hash_seed
+            } else {
+                random_seed()
+            },
+            ..MirrorConfig::default()
+        };
+        spec.options.apply(&mut c);
+        write_mask(&mut bpf, &spec)?;
+        write_cfg(&mut bpf, c)?;
 
         let attach_err = |program, detail: String| MirrorError::Attach {
             program,
@@ -185,10 +362,27 @@ impl Mirror {
             None
         };
 
+        // The masking program on the shadow interface's egress first, so no clone leaves
+        // unmasked once the ingress program starts cloning.
+        let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_MASK)?;
+        prog.load()
+            .map_err(|e| attach_err(PROG_MIRROR_MASK, format_program_error(&e)))?;
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            if let Err(e) = tc::qdisc_add_clsact(&spec.shadow_interface) {
+                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+            }
+        }
+        prog.attach(&spec.shadow_interface, TcAttachType::Egress)
+            .map_err(|e| MirrorError::Attach {
+                program: PROG_MIRROR_MASK,
+                interface: spec.shadow_interface.clone(),
+                detail: format_program_error(&e),
+            })?;
+
         let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_TC)?;
         prog.load()
             .map_err(|e| attach_err(PROG_MIRROR_TC, format_program_error(&e)))?;
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let tc_mode = if tcx {
             prog.attach(&spec.interface, TcAttachType::Ingress)
                 .map_err(|e| attach_err(PROG_MIRROR_TC, format_program_error(&e)))?;
@@ -213,9 +407,110 @@ impl Mirror {
         Ok(Mirror {
             ebpf: bpf,
             spec,
+            cfg: c,
             tc_mode,
             xdp_mode,
         })
+    }
+
+    /// Change the fraction of flows mirrored, effective from the next packet (no reattach).
+    /// Flows keep their hash: raising the rate adds flows, lowering it removes some.
+    pub fn set_sample_rate(&mut self, rate: f64) -> Result<(), MirrorError> {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(MirrorError::SampleRate { rate });
+        }
+        self.spec.options.sample_rate = rate;
+        self.reapply()
+    }
+
+    /// Change the clone rate caps (0 = none), effective from the next packet.
+    pub fn set_caps(
+        &mut self,
+        pps: u64,
+        bytes_per_sec: u64,
+        burst_ms: u64,
+    ) -> Result<(), MirrorError> {
+        self.spec.options.cap_pps = pps;
+        self.spec.options.cap_bytes_per_sec = bytes_per_sec;
+        self.spec.options.cap_burst_ms = burst_ms;
+        self.reapply()
+    }
+
+    fn reapply(&mut self) -> Result<(), MirrorError> {
+        let mut c = self.cfg;
+        self.spec.options.apply(&mut c);
+        write_cfg(&mut self.ebpf, c)?;
+        self.cfg = c;
+        Ok(())
+    }
+
+    /// Clones with bytes masked, per rule, summed over CPUs.
+    pub fn masked_per_rule(&self) -> Result<Vec<u64>, MirrorError> {
+        let map = self
+            .ebpf
+            .map(MAP_MASK_RULE_CTRS)
+            .ok_or(LoadError::MissingMap {
+                object: ebpf::MIRROR.name,
+                map: MAP_MASK_RULE_CTRS,
+            })?;
+        let c: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| MirrorError::Map {
+                map: MAP_MASK_RULE_CTRS,
+                source,
+            })?;
+        (0..self.spec.rules.len() as u32)
+            .map(|i| {
+                c.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|source| MirrorError::Map {
+                        map: MAP_MASK_RULE_CTRS,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Run one of the mirror's TC programs (`PROG_MIRROR_TC` or `PROG_MIRROR_MASK`) once on
+    /// `frame` through `BPF_PROG_TEST_RUN`, with `skb->mark = mark`, in the calling thread's
+    /// network namespace (a clone made by the TC program really leaves through the shadow
+    /// interface). Returns the program's verdict and the frame as the program left it.
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+    ) -> Result<(u32, Vec<u8>), MirrorError> {
+        let prog = self
+            .ebpf
+            .program(program)
+            .ok_or(LoadError::MissingProgram {
+                object: ebpf::MIRROR.name,
+                program,
+            })?;
+        let prog: &SchedClassifier = prog.try_into().map_err(|source| LoadError::ProgramType {
+            object: ebpf::MIRROR.name,
+            program,
+            source,
+        })?;
+        // The head of `struct __sk_buff`: len, pkt_type (both must be 0), mark.
+        let mut ctx = [0u8; 12];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = aya::programs::TestRun::test_run(
+            prog,
+            aya::programs::TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| MirrorError::TestRun {
+            program,
+            detail: format_program_error(&e),
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     pub fn spec(&self) -> &MirrorSpec {
@@ -281,6 +576,61 @@ impl Mirror {
             }));
         }
         Ok(out)
+    }
+}
+
+fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
+    let m = &spec.options.mask;
+    let headers: Vec<&str> = m.headers.iter().map(String::as_str).collect();
+    let params: Vec<&str> = m.params.iter().map(String::as_str).collect();
+    let ks = MaskSpec::build_with_limit(&headers, &params, m.fill, m.scan_bytes)
+        .map_err(MirrorError::MaskSpec)?;
+    {
+        let mut map: Array<&mut MapData, MaskSpec> = map_mut(bpf, MAP_MASK_SPEC)?;
+        map.set(0, ks, 0).map_err(|source| MirrorError::Map {
+            map: MAP_MASK_SPEC,
+            source,
+        })?;
+    }
+    let mut rules: Array<&mut MapData, MaskRule> = map_mut(bpf, MAP_MASK_RULES)?;
+    for (i, rm) in spec
+        .options
+        .rule_masks
+        .iter()
+        .enumerate()
+        .take(spec.rules.len())
+    {
+        rules
+            .set(i as u32, rm.to_kernel()?, 0)
+            .map_err(|source| MirrorError::Map {
+                map: MAP_MASK_RULES,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn write_cfg(bpf: &mut Ebpf, c: MirrorConfig) -> Result<(), MirrorError> {
+    let mut cfg: Array<&mut MapData, MirrorConfig> = map_mut(bpf, MAP_MIRROR_CFG)?;
+    cfg.set(0, c, 0).map_err(|source| MirrorError::Map {
+        map: MAP_MIRROR_CFG,
+        source,
+    })
+}
+
+/// A per-attach random hash seed (from the kernel's random source; time as a fallback).
+fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    let got = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    if got && b != [0; 4] {
+        u32::from_le_bytes(b)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() | 1)
+            .unwrap_or(1)
     }
 }
 

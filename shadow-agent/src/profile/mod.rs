@@ -1,18 +1,45 @@
-//! Resource profiler: per-cgroup on-CPU time from `sched_switch`, accounted in the kernel.
+//! Resource profiler: per-cgroup CPU time, run-queue latency, page faults, block IO,
+//! network and process exec/exit, accounted in the kernel (`shadow-acct`), plus memory and
+//! pressure from cgroupfs, sampled at fixed intervals into a bounded store.
 //!
-//! The hook is chosen at run time: tp_btf (BTF-typed tracepoint) when the kernel accepts it,
-//! the raw tracepoint otherwise. `Profiler::hook` reports which one serves the metric.
+//! Every metric has an ordered list of candidate hooks; the first that loads and attaches
+//! serves it, and [`Profiler::hooks`] reports the choice and why earlier candidates failed.
+//!
+//! | metric | candidates, in order |
+//! |---|---|
+//! | cpu | tp_btf sched_switch, raw tracepoint sched_switch |
+//! | run-queue latency | the cpu hook (switch-in, preemption) + classic tracepoints sched_wakeup, sched_wakeup_new |
+//! | page faults | kretprobe handle_mm_fault (splits majors), tp_btf page_fault_user, raw page_fault_user |
+//! | block IO | classic tracepoint block_bio_queue |
+//! | exec / exit | tp_btf sched_process_exec/exit, raw tracepoints |
+//! | network | cgroup_skb ingress/egress on each tracked cgroup2 directory |
 
-use std::collections::HashMap;
+pub mod cgroupfs;
+pub mod cli;
+pub mod events;
+pub mod hist;
+pub mod sampler;
+pub mod tracefs;
+
+use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, RawTracePoint},
-    Btf, Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        cgroup_skb::CgroupSkbLinkId, BtfTracePoint, CgroupAttachMode, CgroupSkb,
+        CgroupSkbAttachType, KProbe, RawTracePoint, TracePoint,
+    },
+    Btf, Ebpf, EbpfLoader,
 };
 use shadow_common::{
-    acct::{CgroupAcct, MAX_TRACKED, SLOT_OTHER},
-    maps::{MAP_ACCT, MAP_ACCT_CGROUPS, PROG_SCHED_BTF, PROG_SCHED_RAW},
+    acct::{err, CgroupAcct, RqHist, MAX_TRACKED, RQ_BUCKETS, SLOT_OTHER},
+    maps::{
+        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_WAKE_PID_OFF, MAP_ACCT, MAP_ACCT_CGROUPS,
+        MAP_ACCT_ERRS, MAP_ACCT_EVENTS, MAP_RQ_HIST, PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW,
+        PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF, PROG_FAULT_KRET, PROG_FAULT_RAW,
+        PROG_SCHED_BTF, PROG_SCHED_RAW, PROG_SKB_IN, PROG_SKB_OUT, PROG_WAKEUP_NEW_TP,
+        PROG_WAKEUP_TP,
+    },
 };
 
 use crate::ebpf::{self, format_program_error, LoadError};
@@ -27,12 +54,50 @@ pub enum CpuHook {
     RawTracepoint,
 }
 
-/// Which hooks to try, in order.
+/// Kinds of kernel hook a metric can be served by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    TpBtf,
+    RawTracepoint,
+    /// Classic (tracefs) tracepoint.
+    Tracepoint,
+    Kretprobe,
+    CgroupSkb,
+}
+
+/// What the profiler measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Cpu,
+    RunqLatency,
+    PageFaults,
+    BlockIo,
+    ProcEvents,
+    Network,
+}
+
+/// Which hook serves one metric, and why the candidates before it were not used.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HookReport {
+    pub metric: Metric,
+    /// `None`: no candidate worked, the metric is not measured.
+    pub hook: Option<HookKind>,
+    /// Programs serving it (e.g. `sched_sw_btf`).
+    pub programs: Vec<&'static str>,
+    /// `program: reason` for each candidate that failed, in order.
+    pub fallbacks: Vec<String>,
+    /// Caveats of the chosen hook on this kernel.
+    pub note: Option<String>,
+}
+
+/// Which hooks to try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookPreference {
-    /// tp_btf, then the raw tracepoint.
+    /// Every candidate, best first (kprobe, tp_btf, raw/classic tracepoint).
     Auto,
-    /// Only the raw tracepoint (used to exercise the fallback).
+    /// Only raw and classic tracepoints (exercises the fallbacks).
     RawOnly,
 }
 
@@ -53,173 +118,584 @@ pub enum ProfileError {
     },
     #[error("already tracking {max} cgroups, the most the profiler holds")]
     Full { max: u32 },
+    #[error("{path} is not a cgroup directory")]
+    NotACgroup {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("counting CPUs")]
+    Cpus {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{reason}")]
+    Usage { reason: String },
+    #[error("async runtime")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the exec/exit ring buffer was already taken")]
+    EventsTaken,
+    #[error("watching the exec/exit ring buffer")]
+    Events {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// A running profiler. Dropping it detaches the program.
+/// A tracked cgroup: its slot and, when tracked by directory, its network links.
+struct Tracked {
+    slot: u32,
+    skb_links: Vec<(&'static str, CgroupSkbLinkId)>,
+}
+
+/// A running profiler. Dropping it detaches every program.
 pub struct Profiler {
     ebpf: Ebpf,
     hook: CpuHook,
-    /// Fallback reasons, in order, when the preferred hook was not used.
-    fallbacks: Vec<String>,
-    slots: HashMap<u64, u32>,
+    reports: Vec<HookReport>,
+    /// Whether the cgroup_skb programs loaded (network accounting is possible).
+    skb_loaded: bool,
+    slots: HashMap<u64, Tracked>,
+    nr_cpus: usize,
 }
 
-fn attach_btf(ebpf: &mut Ebpf) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+type Attempt = Result<(), String>;
+
+fn prog_err(e: &aya::programs::ProgramError) -> String {
+    format_program_error(e)
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: Option<&Btf>, program: &str, target: &str) -> Attempt {
+    let btf = btf.ok_or("kernel BTF (/sys/kernel/btf/vmlinux) unavailable")?;
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(PROG_SCHED_BTF)
+        .program_mut(program)
         .ok_or("program missing")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    prog.load("sched_switch", &btf)
-        .map_err(|e| format_program_error(&e))?;
-    prog.attach().map_err(|e| format_program_error(&e))?;
+    prog.load(target, btf).map_err(|e| prog_err(&e))?;
+    prog.attach().map_err(|e| prog_err(&e))?;
     Ok(())
 }
 
-fn attach_raw(ebpf: &mut Ebpf) -> Result<(), String> {
+fn attach_raw(ebpf: &mut Ebpf, program: &str, tp: &str) -> Attempt {
     let prog: &mut RawTracePoint = ebpf
-        .program_mut(PROG_SCHED_RAW)
+        .program_mut(program)
         .ok_or("program missing")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    prog.load().map_err(|e| format_program_error(&e))?;
-    prog.attach("sched_switch")
-        .map_err(|e| format_program_error(&e))?;
+    prog.load().map_err(|e| prog_err(&e))?;
+    prog.attach(tp).map_err(|e| prog_err(&e))?;
     Ok(())
+}
+
+fn attach_tp(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Attempt {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or("program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load().map_err(|e| prog_err(&e))?;
+    prog.attach(category, name).map_err(|e| prog_err(&e))?;
+    Ok(())
+}
+
+/// Runtime probe for kprobes: the PMU must exist, then load and attach must succeed.
+fn attach_kretprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Attempt {
+    let prog: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or("program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load().map_err(|e| prog_err(&e))?;
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe/type");
+    let probe_note = if pmu.exists() {
+        String::new()
+    } else {
+        format!(" ({} missing: kprobes are not available)", pmu.display())
+    };
+    prog.attach(function, 0)
+        .map_err(|e| format!("{}{probe_note}", prog_err(&e)))?;
+    Ok(())
+}
+
+/// One candidate hook of a metric.
+#[derive(Clone, Copy)]
+enum Candidate {
+    Btf(&'static str, &'static str),
+    Raw(&'static str, &'static str),
+    Kret(&'static str, &'static str),
+}
+
+impl Candidate {
+    fn program(self) -> &'static str {
+        match self {
+            Candidate::Btf(p, _) | Candidate::Raw(p, _) | Candidate::Kret(p, _) => p,
+        }
+    }
+
+    fn kind(self) -> HookKind {
+        match self {
+            Candidate::Btf(..) => HookKind::TpBtf,
+            Candidate::Raw(..) => HookKind::RawTracepoint,
+            Candidate::Kret(..) => HookKind::Kretprobe,
+        }
+    }
+
+    fn allowed(self, pref: HookPreference) -> bool {
+        match pref {
+            HookPreference::Auto => true,
+            HookPreference::RawOnly => matches!(self, Candidate::Raw(..)),
+        }
+    }
+
+    fn attach(self, ebpf: &mut Ebpf, btf: Option<&Btf>) -> Attempt {
+        match self {
+            Candidate::Btf(p, t) => attach_btf(ebpf, btf, p, t),
+            Candidate::Raw(p, t) => attach_raw(ebpf, p, t),
+            Candidate::Kret(p, f) => attach_kretprobe(ebpf, p, f),
+        }
+    }
+}
+
+/// Candidates of each metric served by one program, best first.
+const CPU_CANDIDATES: [Candidate; 2] = [
+    Candidate::Btf(PROG_SCHED_BTF, "sched_switch"),
+    Candidate::Raw(PROG_SCHED_RAW, "sched_switch"),
+];
+const FAULT_CANDIDATES: [Candidate; 3] = [
+    Candidate::Kret(PROG_FAULT_KRET, "handle_mm_fault"),
+    Candidate::Btf(PROG_FAULT_BTF, "page_fault_user"),
+    Candidate::Raw(PROG_FAULT_RAW, "page_fault_user"),
+];
+const EXEC_CANDIDATES: [Candidate; 2] = [
+    Candidate::Btf(PROG_EXEC_BTF, "sched_process_exec"),
+    Candidate::Raw(PROG_EXEC_RAW, "sched_process_exec"),
+];
+const EXIT_CANDIDATES: [Candidate; 2] = [
+    Candidate::Btf(PROG_EXIT_BTF, "sched_process_exit"),
+    Candidate::Raw(PROG_EXIT_RAW, "sched_process_exit"),
+];
+
+/// Try `candidates` in order; the first that attaches wins.
+fn attach_first(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    pref: HookPreference,
+    candidates: &[Candidate],
+    fallbacks: &mut Vec<String>,
+) -> Option<Candidate> {
+    for &c in candidates.iter().filter(|c| c.allowed(pref)) {
+        match c.attach(ebpf, btf) {
+            Ok(()) => return Some(c),
+            Err(e) => {
+                tracing::info!(program = c.program(), error = %e, "hook unavailable, trying the next");
+                fallbacks.push(format!("{}: {e}", c.program()));
+            }
+        }
+    }
+    None
+}
+
+/// Load-time globals: record offsets of the classic tracepoints, from tracefs.
+struct Offsets {
+    wake_pid: u32,
+    bio_nsect: u32,
+    bio_rwbs: u32,
+}
+
+fn read_offsets() -> Result<Offsets, tracefs::TracefsError> {
+    let dir = tracefs::tracefs_dir()?;
+    let wake = tracefs::field_in(&dir, "sched", "sched_wakeup", "pid")?;
+    let wake_new = tracefs::field_in(&dir, "sched", "sched_wakeup_new", "pid")?;
+    if wake != wake_new {
+        // Both share one event class on every kernel so far; one global serves both.
+        return Err(tracefs::TracefsError::NoField {
+            path: dir.join("events/sched/sched_wakeup_new/format"),
+            field: "pid (at the same offset as sched_wakeup's)",
+        });
+    }
+    let nsect = tracefs::field_in(&dir, "block", "block_bio_queue", "nr_sector")?;
+    let rwbs = tracefs::field_in(&dir, "block", "block_bio_queue", "rwbs")?;
+    Ok(Offsets {
+        wake_pid: wake.offset,
+        bio_nsect: nsect.offset,
+        bio_rwbs: rwbs.offset,
+    })
 }
 
 impl Profiler {
-    /// Load and attach the CPU accounting with the best hook this kernel offers.
+    /// Load the profiler and attach every metric with the best hook this kernel offers.
+    /// Fails only when CPU accounting cannot be attached; other metrics degrade and say so
+    /// in [`Profiler::hooks`].
     pub fn start(pref: HookPreference) -> Result<Profiler, ProfileError> {
-        let mut ebpf = ebpf::ACCT.open()?;
-        let mut fallbacks = Vec::new();
-        let hook = if pref == HookPreference::Auto {
-            match attach_btf(&mut ebpf) {
-                Ok(()) => Some(CpuHook::TpBtf),
-                Err(e) => {
-                    tracing::warn!(error = %e, "tp_btf/sched_switch unavailable; falling back to the raw tracepoint");
-                    fallbacks.push(format!("{PROG_SCHED_BTF}: {e}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let hook = match hook {
-            Some(h) => h,
-            None => {
-                attach_raw(&mut ebpf).map_err(|detail| ProfileError::Attach {
+        let obj = &ebpf::ACCT;
+        if obj.is_stub() {
+            return Err(LoadError::Stub { object: obj.name }.into());
+        }
+        let btf = Btf::from_sys_fs().ok();
+        let offsets = read_offsets();
+        let mut loader = EbpfLoader::new();
+        loader.btf(btf.as_ref());
+        if let Ok(o) = &offsets {
+            loader
+                .override_global(GLOBAL_WAKE_PID_OFF, &o.wake_pid, true)
+                .override_global(GLOBAL_BIO_NSECT_OFF, &o.bio_nsect, true)
+                .override_global(GLOBAL_BIO_RWBS_OFF, &o.bio_rwbs, true);
+        }
+        let mut ebpf = loader.load(obj.bytes).map_err(|e| LoadError::Parse {
+            object: obj.name,
+            source: Box::new(e),
+        })?;
+        let btf = btf.as_ref();
+        let mut reports = Vec::new();
+
+        // CPU (mandatory).
+        let mut fb = Vec::new();
+        let cpu =
+            attach_first(&mut ebpf, btf, pref, &CPU_CANDIDATES, &mut fb).ok_or_else(|| {
+                ProfileError::Attach {
                     program: PROG_SCHED_RAW,
-                    detail,
-                })?;
-                CpuHook::RawTracepoint
+                    detail: fb.join("; "),
+                }
+            })?;
+        let hook = if cpu.kind() == HookKind::TpBtf {
+            CpuHook::TpBtf
+        } else {
+            CpuHook::RawTracepoint
+        };
+        if !fb.is_empty() {
+            tracing::warn!(fallbacks = ?fb, "sched_switch: preferred hook unavailable");
+        }
+        reports.push(HookReport {
+            metric: Metric::Cpu,
+            hook: Some(cpu.kind()),
+            programs: vec![cpu.program()],
+            fallbacks: fb,
+            note: None,
+        });
+
+        // Run-queue latency: switch-in and preemption come with the CPU hook; wakeups need
+        // the woken pid, a field of the classic tracepoints only (tp_btf/raw give a
+        // task_struct pointer, which Rust eBPF cannot read without CO-RE).
+        let mut fb = Vec::new();
+        let mut progs = vec![cpu.program()];
+        let wake = match &offsets {
+            Err(e) => Err(format!("tracepoint offsets: {e}")),
+            Ok(_) => attach_tp(&mut ebpf, PROG_WAKEUP_TP, "sched", "sched_wakeup").and_then(|()| {
+                attach_tp(&mut ebpf, PROG_WAKEUP_NEW_TP, "sched", "sched_wakeup_new")
+            }),
+        };
+        let note = match wake {
+            Ok(()) => {
+                progs.extend([PROG_WAKEUP_TP, PROG_WAKEUP_NEW_TP]);
+                None
+            }
+            Err(e) => {
+                fb.push(format!("{PROG_WAKEUP_TP}: {e}"));
+                Some("wakeups unavailable: only waits after preemption are measured".to_owned())
             }
         };
+        reports.push(HookReport {
+            metric: Metric::RunqLatency,
+            hook: Some(if note.is_none() {
+                HookKind::Tracepoint
+            } else {
+                cpu.kind()
+            }),
+            programs: progs,
+            fallbacks: fb,
+            note,
+        });
+
+        // Page faults.
+        let mut fb = Vec::new();
+        let fault = attach_first(&mut ebpf, btf, pref, &FAULT_CANDIDATES, &mut fb);
+        reports.push(HookReport {
+            metric: Metric::PageFaults,
+            hook: fault.map(Candidate::kind),
+            programs: fault.map(Candidate::program).into_iter().collect(),
+            fallbacks: fb,
+            note: match fault.map(Candidate::kind) {
+                Some(HookKind::Kretprobe) => Some(
+                    "every handle_mm_fault call (kernel-mode faults on user memory included); \
+                     majors from VM_FAULT_MAJOR"
+                        .to_owned(),
+                ),
+                Some(_) => Some(
+                    "user-mode fault entries, minor and major together; the major count comes \
+                     from the memory controller's pgmajfault"
+                        .to_owned(),
+                ),
+                None => None,
+            },
+        });
+
+        // Block IO.
+        let mut fb = Vec::new();
+        let bio = match &offsets {
+            Err(e) => Err(format!("tracepoint offsets: {e}")),
+            Ok(_) => attach_tp(&mut ebpf, PROG_BIO_TP, "block", "block_bio_queue"),
+        };
+        if let Err(e) = &bio {
+            fb.push(format!("{PROG_BIO_TP}: {e}"));
+        }
+        reports.push(HookReport {
+            metric: Metric::BlockIo,
+            hook: bio.is_ok().then_some(HookKind::Tracepoint),
+            programs: if bio.is_ok() {
+                vec![PROG_BIO_TP]
+            } else {
+                vec![]
+            },
+            fallbacks: fb,
+            note: Some(
+                "bios charged to the submitting task's cgroup: direct IO to the writer, \
+                 buffered writeback to the kworker (\"other\"); a bio split by the block layer \
+                 is counted again for its remainder"
+                    .to_owned(),
+            ),
+        });
+
+        // exec / exit.
+        let mut fb = Vec::new();
+        let exec = attach_first(&mut ebpf, btf, pref, &EXEC_CANDIDATES, &mut fb);
+        let exit = attach_first(&mut ebpf, btf, pref, &EXIT_CANDIDATES, &mut fb);
+        reports.push(HookReport {
+            metric: Metric::ProcEvents,
+            hook: exec.or(exit).map(Candidate::kind),
+            programs: exec
+                .into_iter()
+                .chain(exit)
+                .map(Candidate::program)
+                .collect(),
+            fallbacks: fb,
+            note: None,
+        });
+
+        // Network: load now, attach per tracked cgroup directory.
+        let mut fb = Vec::new();
+        for p in [PROG_SKB_IN, PROG_SKB_OUT] {
+            let r: Attempt = (|| {
+                let prog: &mut CgroupSkb = ebpf
+                    .program_mut(p)
+                    .ok_or("program missing")?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                prog.load().map_err(|e| prog_err(&e))
+            })();
+            if let Err(e) = r {
+                fb.push(format!("{p}: {e}"));
+            }
+        }
+        let skb_loaded = fb.is_empty();
+        reports.push(HookReport {
+            metric: Metric::Network,
+            hook: skb_loaded.then_some(HookKind::CgroupSkb),
+            programs: if skb_loaded {
+                vec![PROG_SKB_IN, PROG_SKB_OUT]
+            } else {
+                vec![]
+            },
+            fallbacks: fb,
+            note: Some(
+                "attached to cgroups tracked by directory; IP packet lengths, charged to the \
+                 socket's cgroup"
+                    .to_owned(),
+            ),
+        });
+
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, source)| ProfileError::Cpus { source })?;
         tracing::info!(?hook, "profiler attached");
         Ok(Profiler {
             ebpf,
             hook,
-            fallbacks,
+            reports,
+            skb_loaded,
             slots: HashMap::new(),
+            nr_cpus,
         })
     }
 
+    /// The hook serving CPU accounting.
     pub fn hook(&self) -> CpuHook {
         self.hook
     }
 
+    /// Fallback reasons of the CPU hook, in order, when the preferred hook was not used.
     pub fn fallbacks(&self) -> &[String] {
-        &self.fallbacks
+        self.report(Metric::Cpu).map_or(&[], |r| &r.fallbacks)
     }
 
-    /// Start charging `cgroup_id` (a cgroup2 id) to its own slot. Idempotent.
+    /// Which hook serves each metric.
+    pub fn hooks(&self) -> &[HookReport] {
+        &self.reports
+    }
+
+    /// The report of one metric.
+    pub fn report(&self, metric: Metric) -> Option<&HookReport> {
+        self.reports.iter().find(|r| r.metric == metric)
+    }
+
+    fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProfileError {
+        move |source| ProfileError::Map { map, source }
+    }
+
+    fn missing(map: &'static str) -> ProfileError {
+        LoadError::MissingMap {
+            object: ebpf::ACCT.name,
+            map,
+        }
+        .into()
+    }
+
+    /// Start charging `cgroup_id` (a cgroup2 id) to its own slot (CPU, run-queue latency,
+    /// faults, block IO, exec/exit; not network, see [`Profiler::track_dir`]). Idempotent.
     pub fn track(&mut self, cgroup_id: u64) -> Result<u32, ProfileError> {
-        if let Some(&slot) = self.slots.get(&cgroup_id) {
-            return Ok(slot);
+        if let Some(t) = self.slots.get(&cgroup_id) {
+            return Ok(t.slot);
         }
         let slot = (1..MAX_TRACKED)
-            .find(|s| !self.slots.values().any(|v| v == s))
+            .find(|s| !self.slots.values().any(|t| t.slot == *s))
             .ok_or(ProfileError::Full {
                 max: MAX_TRACKED - 1,
             })?;
         // Zero the slot first: it may hold counts of a cgroup tracked before.
-        let mut acct = self.acct_map_mut()?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![
-            CgroupAcct::default();
-            aya::util::nr_cpus().map_err(
-                |(_, e)| ProfileError::Map {
-                    map: MAP_ACCT,
-                    source: aya::maps::MapError::IoError(e),
-                }
-            )?
-        ])
-        .map_err(|e| ProfileError::Map {
-            map: MAP_ACCT,
-            source: aya::maps::MapError::IoError(e),
-        })?;
-        acct.set(slot, zeros, 0)
-            .map_err(|source| ProfileError::Map {
-                map: MAP_ACCT,
-                source,
-            })?;
+        let n = self.nr_cpus;
+        let cpus = |source| ProfileError::Cpus { source };
+        {
+            let map = self.ebpf.map_mut(MAP_ACCT).ok_or(Self::missing(MAP_ACCT))?;
+            let mut acct: PerCpuArray<&mut MapData, CgroupAcct> =
+                PerCpuArray::try_from(map).map_err(Self::map_err(MAP_ACCT))?;
+            let zeros = PerCpuValues::try_from(vec![CgroupAcct::default(); n]).map_err(cpus)?;
+            acct.set(slot, zeros, 0).map_err(Self::map_err(MAP_ACCT))?;
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut(MAP_RQ_HIST)
+                .ok_or(Self::missing(MAP_RQ_HIST))?;
+            let mut hist: PerCpuArray<&mut MapData, RqHist> =
+                PerCpuArray::try_from(map).map_err(Self::map_err(MAP_RQ_HIST))?;
+            let zeros = PerCpuValues::try_from(vec![RqHist::default(); n]).map_err(cpus)?;
+            hist.set(slot, zeros, 0)
+                .map_err(Self::map_err(MAP_RQ_HIST))?;
+        }
         let map = self
             .ebpf
             .map_mut(MAP_ACCT_CGROUPS)
-            .ok_or(LoadError::MissingMap {
-                object: ebpf::ACCT.name,
-                map: MAP_ACCT_CGROUPS,
-            })?;
+            .ok_or(Self::missing(MAP_ACCT_CGROUPS))?;
         let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
-            BpfHashMap::try_from(map).map_err(|source| ProfileError::Map {
-                map: MAP_ACCT_CGROUPS,
-                source,
-            })?;
+            BpfHashMap::try_from(map).map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
         cgroups
             .insert(cgroup_id, slot, 0)
-            .map_err(|source| ProfileError::Map {
-                map: MAP_ACCT_CGROUPS,
-                source,
-            })?;
-        self.slots.insert(cgroup_id, slot);
+            .map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
+        self.slots.insert(
+            cgroup_id,
+            Tracked {
+                slot,
+                skb_links: Vec::new(),
+            },
+        );
         Ok(slot)
     }
 
-    fn acct_map_mut(&mut self) -> Result<PerCpuArray<&mut MapData, CgroupAcct>, ProfileError> {
-        let map = self.ebpf.map_mut(MAP_ACCT).ok_or(LoadError::MissingMap {
-            object: ebpf::ACCT.name,
-            map: MAP_ACCT,
-        })?;
-        PerCpuArray::try_from(map).map_err(|source| ProfileError::Map {
-            map: MAP_ACCT,
+    /// Track the cgroup2 directory `dir` (everything [`Profiler::track`] does) and attach the
+    /// network programs to it. Returns the cgroup id. Idempotent.
+    pub fn track_dir(&mut self, dir: &Path) -> Result<u64, ProfileError> {
+        let not_cg = |source| ProfileError::NotACgroup {
+            path: dir.to_owned(),
             source,
-        })
+        };
+        std::fs::metadata(dir.join("cgroup.procs")).map_err(not_cg)?;
+        let id = std::fs::metadata(dir).map_err(not_cg)?.ino();
+        self.track(id)?;
+        let already = self.slots.get(&id).is_some_and(|t| !t.skb_links.is_empty());
+        if !self.skb_loaded || already {
+            return Ok(id);
+        }
+        let file = File::open(dir).map_err(not_cg)?;
+        let mut links = Vec::new();
+        for (p, ty) in [
+            (PROG_SKB_IN, CgroupSkbAttachType::Ingress),
+            (PROG_SKB_OUT, CgroupSkbAttachType::Egress),
+        ] {
+            let prog: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(p)
+                .ok_or(LoadError::MissingProgram {
+                    object: ebpf::ACCT.name,
+                    program: p,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::ProgramType {
+                    object: ebpf::ACCT.name,
+                    program: p,
+                    source,
+                })?;
+            let link = prog
+                // A bpf_link (kernel >= 5.7) coexists with other programs whatever the mode;
+                // link_create refuses the ALLOW_MULTI flag, so pass none.
+                .attach(&file, ty, CgroupAttachMode::Single)
+                .map_err(|e| ProfileError::Attach {
+                    program: p,
+                    detail: format!("{}: {}", dir.display(), prog_err(&e)),
+                })?;
+            links.push((p, link));
+        }
+        if let Some(t) = self.slots.get_mut(&id) {
+            t.skb_links = links;
+        }
+        Ok(id)
+    }
+
+    /// Stop tracking `cgroup_id`: its events go to "other" again, network links detach.
+    pub fn untrack(&mut self, cgroup_id: u64) -> Result<(), ProfileError> {
+        let Some(t) = self.slots.remove(&cgroup_id) else {
+            return Ok(());
+        };
+        for (p, link) in t.skb_links {
+            if let Some(prog) = self.ebpf.program_mut(p) {
+                let prog: Result<&mut CgroupSkb, _> = prog.try_into();
+                if let Ok(prog) = prog {
+                    let _ = prog.detach(link);
+                }
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(MAP_ACCT_CGROUPS)
+            .ok_or(Self::missing(MAP_ACCT_CGROUPS))?;
+        let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
+            BpfHashMap::try_from(map).map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
+        match cgroups.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProfileError::Map {
+                map: MAP_ACCT_CGROUPS,
+                source,
+            }),
+        }
+    }
+
+    /// The tracked cgroup ids.
+    pub fn tracked(&self) -> Vec<u64> {
+        self.slots.keys().copied().collect()
     }
 
     fn read_slot(&self, slot: u32) -> Result<CgroupAcct, ProfileError> {
-        let map = self.ebpf.map(MAP_ACCT).ok_or(LoadError::MissingMap {
-            object: ebpf::ACCT.name,
-            map: MAP_ACCT,
-        })?;
+        let map = self.ebpf.map(MAP_ACCT).ok_or(Self::missing(MAP_ACCT))?;
         let acct: PerCpuArray<&MapData, CgroupAcct> =
-            PerCpuArray::try_from(map).map_err(|source| ProfileError::Map {
-                map: MAP_ACCT,
-                source,
-            })?;
-        let vals = acct.get(&slot, 0).map_err(|source| ProfileError::Map {
-            map: MAP_ACCT,
-            source,
-        })?;
-        Ok(vals.iter().fold(CgroupAcct::default(), |a, v| CgroupAcct {
-            cpu_ns: a.cpu_ns + v.cpu_ns,
-            switches: a.switches + v.switches,
-        }))
+            PerCpuArray::try_from(map).map_err(Self::map_err(MAP_ACCT))?;
+        let vals = acct.get(&slot, 0).map_err(Self::map_err(MAP_ACCT))?;
+        Ok(vals.iter().fold(CgroupAcct::default(), |a, v| a.add(v)))
     }
 
     /// Accounting of a tracked cgroup since `track`, summed over CPUs; `None` if untracked.
     pub fn cgroup(&self, cgroup_id: u64) -> Result<Option<CgroupAcct>, ProfileError> {
         match self.slots.get(&cgroup_id) {
-            Some(&slot) => self.read_slot(slot).map(Some),
+            Some(t) => self.read_slot(t.slot).map(Some),
             None => Ok(None),
         }
     }
@@ -228,4 +704,67 @@ impl Profiler {
     pub fn other(&self) -> Result<CgroupAcct, ProfileError> {
         self.read_slot(SLOT_OTHER)
     }
+
+    /// Cumulative run-queue latency buckets of a tracked cgroup (log2 ns), summed over CPUs.
+    pub fn rq_buckets(&self, cgroup_id: u64) -> Result<Option<hist::Buckets>, ProfileError> {
+        let Some(t) = self.slots.get(&cgroup_id) else {
+            return Ok(None);
+        };
+        let map = self
+            .ebpf
+            .map(MAP_RQ_HIST)
+            .ok_or(Self::missing(MAP_RQ_HIST))?;
+        let h: PerCpuArray<&MapData, RqHist> =
+            PerCpuArray::try_from(map).map_err(Self::map_err(MAP_RQ_HIST))?;
+        let vals = h.get(&t.slot, 0).map_err(Self::map_err(MAP_RQ_HIST))?;
+        let mut out = [0u64; RQ_BUCKETS];
+        for v in vals.iter() {
+            for (o, b) in out.iter_mut().zip(v.buckets.iter()) {
+                *o += b;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The kernel side's error counters (`acct::err::*`), summed over CPUs.
+    pub fn kernel_errors(&self) -> Result<KernelErrors, ProfileError> {
+        let map = self
+            .ebpf
+            .map(MAP_ACCT_ERRS)
+            .ok_or(Self::missing(MAP_ACCT_ERRS))?;
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(Self::map_err(MAP_ACCT_ERRS))?;
+        let sum = |i: u32| -> Result<u64, ProfileError> {
+            Ok(a.get(&i, 0)
+                .map_err(Self::map_err(MAP_ACCT_ERRS))?
+                .iter()
+                .sum())
+        };
+        Ok(KernelErrors {
+            ringbuf_full: sum(err::RINGBUF_FULL)?,
+            rq_tasks_full: sum(err::RQ_TASKS_FULL)?,
+            tracepoint_read: sum(err::TP_READ)?,
+        })
+    }
+
+    /// Take the exec/exit ring buffer (once); read it with [`events::ProcEvents::spawn`].
+    pub fn take_events(&mut self) -> Result<events::ProcEvents, ProfileError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_ACCT_EVENTS)
+            .ok_or(ProfileError::EventsTaken)?;
+        let ring = aya::maps::RingBuf::try_from(map).map_err(Self::map_err(MAP_ACCT_EVENTS))?;
+        Ok(events::ProcEvents::new(ring))
+    }
+}
+
+/// Events the kernel side could not record (cumulative, summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelErrors {
+    /// exec/exit events dropped because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Tasks whose run-queue latency could not be followed (map full).
+    pub rq_tasks_full: u64,
+    /// Tracepoint fields that could not be read.
+    pub tracepoint_read: u64,
 }

@@ -511,6 +511,63 @@ pub fn add_address(name: &str, netns: Option<&NetNs>, addr: IpAddr, prefix_len: 
     })
 }
 
+/// `ip neigh replace IP lladdr MAC dev NAME nud permanent`: a static neighbour entry.
+pub fn set_neighbor(name: &str, netns: Option<&NetNs>, ip: IpAddr, mac: MacAddr) -> Result<()> {
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "set neighbour",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    ctx.netlink_job(|handle| async move {
+        let index = find_link(ctx, &handle).await?.header.index;
+        handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac.octets())
+            .state(rtnetlink::packet_route::neighbour::NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| ctx.netlink(e))
+    })
+}
+
+/// `ip route add DEST/PREFIX [via GATEWAY] dev NAME` (IPv4). Without a gateway the route is
+/// on-link (scope link).
+pub fn add_route_v4(
+    name: &str,
+    netns: Option<&NetNs>,
+    dest: std::net::Ipv4Addr,
+    prefix_len: u8,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Result<()> {
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "add route",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    ctx.netlink_job(|handle| async move {
+        let index = find_link(ctx, &handle).await?.header.index;
+        let mut b = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(dest, prefix_len)
+            .output_interface(index);
+        b = match gateway {
+            Some(gw) => b.gateway(gw),
+            None => b.scope(rtnetlink::packet_route::route::RouteScope::Link),
+        };
+        handle
+            .route()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| ctx.netlink(e))
+    })
+}
+
 /// `ip link del NAME` (for a veth end this removes the pair).
 pub fn delete(name: &str, netns: Option<&NetNs>) -> Result<()> {
     validate_ifname(name)?;

@@ -7,9 +7,11 @@
 //! writer) and `setns(fd, CLONE_NEWNET)`. The child therefore runs its first instruction of the
 //! new program already inside the group and the namespace.
 
+use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
@@ -68,11 +70,45 @@ pub type Result<T, E = ProcessError> = std::result::Result<T, E>;
 /// The command is consumed: its pre-exec hook refers to descriptors that only live for this
 /// call.
 pub fn spawn(
-    mut command: Command,
+    command: Command,
     netns: Option<&NetNs>,
     cgroup: Option<&Cgroup>,
 ) -> Result<ChildGuard> {
+    spawn_with(
+        command,
+        &SpawnOptions {
+            netns,
+            cgroup,
+            ..SpawnOptions::default()
+        },
+    )
+}
+
+/// Where and as whom a child runs. Everything is applied between fork and exec, in this
+/// order: cgroups, network namespace, mount namespace, working directory, groups/gid/uid,
+/// parent-death signal. `Command::current_dir`/`uid`/`gid` must not be used together with
+/// `mntns` (std applies them before the pre-exec hook, i.e. before `setns`): use `cwd` and
+/// `user` here instead.
+#[derive(Default)]
+pub struct SpawnOptions<'a> {
+    pub netns: Option<&'a NetNs>,
+    pub cgroup: Option<&'a Cgroup>,
+    /// A mount namespace to enter (e.g. from `mountns::PrivateMounts`).
+    pub mntns: Option<BorrowedFd<'a>>,
+    /// Working directory, resolved inside the mount namespace.
+    pub cwd: Option<&'a std::path::Path>,
+    /// Run as this uid/gid (supplementary groups are cleared).
+    pub user: Option<(u32, u32)>,
+    /// SIGKILL the child when the thread that spawned it dies, so a killed agent takes its
+    /// shadows with it.
+    pub die_with_parent: bool,
+}
+
+/// [`spawn`] with all [`SpawnOptions`].
+pub fn spawn_with(mut command: Command, opts: &SpawnOptions<'_>) -> Result<ChildGuard> {
     let program = command.get_program().to_string_lossy().into_owned();
+    let netns = opts.netns;
+    let cgroup = opts.cgroup;
 
     let ns_fd: Option<OwnedFd> = netns
         .map(|ns| {
@@ -100,16 +136,33 @@ pub fn spawn(
             procs_files.push(OwnedFd::from(file));
         }
     }
+    let cwd: Option<CString> = opts
+        .cwd
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| ProcessError::Spawn {
+            program: program.clone(),
+            netns: netns.map(|ns| ns.name().to_owned()),
+            cgroup: cgroup.map(|g| g.name().to_owned()),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "working directory contains NUL",
+            ),
+        })?;
 
-    // Plain integers for the child: allocated here, only read after fork.
+    // Plain integers and pointers for the child: allocated here, only read after fork.
     let raw_ns: Option<RawFd> = ns_fd.as_ref().map(AsRawFd::as_raw_fd);
+    let raw_mnt: Option<RawFd> = opts.mntns.as_ref().map(AsRawFd::as_raw_fd);
     let raw_procs: Vec<RawFd> = procs_files.iter().map(AsRawFd::as_raw_fd).collect();
+    let cwd_ptr: Option<usize> = cwd.as_ref().map(|c| c.as_ptr() as usize);
+    let user = opts.user;
+    let die_with_parent = opts.die_with_parent;
 
     // SAFETY: the hook runs in the forked child before exec. It only reads captured integers
-    // and calls write(2) and setns(2), which are async-signal-safe; it does not allocate, lock
-    // or touch any other state. `io::Error::from_raw_os_error` does not allocate. The fds stay
-    // open in the parent (`ns_fd`, `procs_files`) until `spawn` below has returned, so they are
-    // valid in the child.
+    // and calls write(2), setns(2), chdir(2), setgroups(2), setgid(2), setuid(2) and prctl(2),
+    // which are async-signal-safe; it does not allocate, lock or touch any other state.
+    // `io::Error::from_raw_os_error` does not allocate. The fds and the cwd string stay alive
+    // in the parent until `spawn` below has returned, so they are valid in the child.
     unsafe {
         command.pre_exec(move || {
             for fd in &raw_procs {
@@ -122,6 +175,27 @@ pub fn spawn(
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(last_errno());
                 }
+            }
+            if let Some(fd) = raw_mnt {
+                if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                    return Err(last_errno());
+                }
+            }
+            if let Some(p) = cwd_ptr {
+                if libc::chdir(p as *const libc::c_char) != 0 {
+                    return Err(last_errno());
+                }
+            }
+            if let Some((uid, gid)) = user {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(last_errno());
+                }
+            }
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(last_errno());
             }
             Ok(())
         });
@@ -136,6 +210,7 @@ pub fn spawn(
     drop(command);
     drop(procs_files);
     drop(ns_fd);
+    drop(cwd);
     Ok(ChildGuard::new(child))
 }
 

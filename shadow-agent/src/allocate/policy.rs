@@ -1,0 +1,929 @@
+//! The decision of one interval, for one resource: pure functions of the current limit, what
+//! was observed and the forecast, plus a little per-resource memory ([`ResourceState`]).
+//!
+//! Order of evaluation in [`decide`]:
+//! 1. **Target.** A confident forecast ([`ConfidenceRule::assess`]) gives
+//!    `upper × (1 + headroom)`. Reactive signals ([`Signals::active`]) give
+//!    `current × (1 + step_up)`; with both, the larger wins. Nothing: hold.
+//! 2. **Rails**, each recorded in [`Decision::rails`] when it changed the outcome:
+//!    usage floor (memory: usage + margin), per-resource min/max, hysteresis (ignore changes
+//!    smaller than a fraction of the current limit), shrink hold (a shrink only comes from a
+//!    confident forecast and only after it has been proposed K intervals in a row), maximum
+//!    step per interval, cooldown after a change (an urgent step up, OOM or full pressure,
+//!    passes through it).
+//!
+//! An unlimited current value (`None`) counts as the resource's `max` for stepping, so a first
+//! limit is never above `max`, and imposing one is a shrink that needs the K-interval hold.
+
+use serde::{Deserialize, Serialize};
+
+/// What the allocator adjusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    /// CPU quota in cores.
+    Cpu,
+    /// Memory limit in bytes.
+    Memory,
+    /// CPUs the group may run on.
+    Cpuset,
+}
+
+impl Resource {
+    /// Stable name (`cpu`, `memory`, `cpuset`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+            Resource::Cpuset => "cpuset",
+        }
+    }
+}
+
+/// One forecast as the allocator consumes it, in the resource's unit (cores or bytes).
+///
+/// The forecaster fills this from its output: the largest point and upper bound over the
+/// lead time, the interval at `level`, and the empirical coverage of its recent intervals at
+/// that level (the fraction of recent actual values that fell inside).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ForecastInput {
+    /// Point forecast.
+    pub point: f64,
+    /// Lower bound of the prediction interval.
+    pub lower: f64,
+    /// Upper bound of the prediction interval.
+    pub upper: f64,
+    /// Nominal coverage of the interval in (0, 1), e.g. 0.9.
+    pub level: f64,
+    /// Recent empirical coverage at `level` (None: unknown, never confident).
+    pub coverage: Option<f64>,
+    /// How many intervals ahead the bound covers.
+    pub horizon_intervals: u32,
+}
+
+/// When a forecast is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfidenceRule {
+    /// Largest `(upper − lower) / max(point, tiny)` accepted. Default 0.5.
+    pub max_rel_width: f64,
+    /// Largest `level − coverage` accepted (under-coverage: bounds too often exceeded).
+    /// Default 0.05.
+    pub coverage_tolerance: f64,
+    /// Largest `coverage − level` accepted (over-coverage is safe; the width rule already
+    /// bounds the slack it costs). Default 0.10.
+    pub over_coverage_tolerance: f64,
+}
+
+impl Default for ConfidenceRule {
+    fn default() -> Self {
+        ConfidenceRule {
+            max_rel_width: 0.5,
+            coverage_tolerance: 0.05,
+            over_coverage_tolerance: 0.10,
+        }
+    }
+}
+
+/// The verdict on one forecast.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Confidence {
+    pub confident: bool,
+    /// `(upper − lower) / point`.
+    pub rel_width: f64,
+    pub coverage: Option<f64>,
+    /// Why it is (not) trusted.
+    pub why: Verdict,
+}
+
+/// Why a forecast is (not) trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Narrow interval, coverage on target.
+    Confident,
+    /// Non-finite values or upper < lower.
+    Malformed,
+    /// The interval is too wide relative to the level.
+    TooWide,
+    /// No recent coverage given.
+    CoverageUnknown,
+    /// Recent coverage too far from the nominal level.
+    CoverageOffNominal,
+}
+
+impl ConfidenceRule {
+    /// Judges `f`.
+    pub fn assess(&self, f: &ForecastInput) -> Confidence {
+        let finite = [f.point, f.lower, f.upper, f.level].iter().all(|v| v.is_finite());
+        let rel_width = (f.upper - f.lower) / f.point.abs().max(1e-9);
+        let verdict = |confident, why| Confidence {
+            confident,
+            rel_width,
+            coverage: f.coverage,
+            why,
+        };
+        if !finite || f.upper < f.lower || f.upper < 0.0 {
+            return verdict(false, Verdict::Malformed);
+        }
+        if rel_width > self.max_rel_width {
+            return verdict(false, Verdict::TooWide);
+        }
+        match f.coverage {
+            None => verdict(false, Verdict::CoverageUnknown),
+            Some(c)
+                if f.level - c > self.coverage_tolerance
+                    || c - f.level > self.over_coverage_tolerance =>
+            {
+                verdict(false, Verdict::CoverageOffNominal)
+            }
+            Some(_) => verdict(true, Verdict::Confident),
+        }
+    }
+}
+
+/// Thresholds of the reactive fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReactiveRule {
+    /// Usage at or above this fraction of the limit is a signal. Default 0.9.
+    pub near_limit: f64,
+    /// Throttled periods / periods over the interval at or above this is a signal. Default 0.05.
+    pub throttle_ratio: f64,
+    /// PSI `some avg10` (percent) at or above this is a signal. Default 20.
+    pub psi_some_avg10: f64,
+    /// PSI `full avg10` (percent) at or above this is an urgent signal. Default 5.
+    pub psi_full_avg10: f64,
+    /// Fraction a reactive step adds to the current limit. Default 0.25.
+    pub step_up: f64,
+}
+
+impl Default for ReactiveRule {
+    fn default() -> Self {
+        ReactiveRule {
+            near_limit: 0.9,
+            throttle_ratio: 0.05,
+            psi_some_avg10: 20.0,
+            psi_full_avg10: 5.0,
+            step_up: 0.25,
+        }
+    }
+}
+
+/// Safety rails of one resource (units: cores or bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rails {
+    /// Never below this.
+    pub min: f64,
+    /// Never above this; an unlimited limit counts as this for stepping.
+    pub max: f64,
+    /// Largest increase per interval, as a fraction of the current limit.
+    pub max_step_up: f64,
+    /// Largest decrease per interval, as a fraction of the current limit.
+    pub max_step_down: f64,
+    /// Intervals after a change during which no other change is made (urgent steps up
+    /// excepted).
+    pub cooldown_intervals: u32,
+    /// Changes smaller than this fraction of the current limit are not made.
+    pub hysteresis: f64,
+    /// A shrink is made only after a confident forecast proposed it this many intervals in a
+    /// row (K).
+    pub shrink_hold_intervals: u32,
+    /// Floor `usage × (1 + floor_margin_frac) + floor_margin_abs`; both 0 disables it.
+    pub floor_margin_frac: f64,
+    pub floor_margin_abs: f64,
+}
+
+impl Rails {
+    /// Defaults for a CPU quota: 0.05..`cores` cores, +100%/−20% per interval, cooldown 2,
+    /// hysteresis 5%, K = 3, no usage floor (CPU is compressible).
+    pub fn cpu(cores: f64) -> Rails {
+        Rails {
+            min: 0.05,
+            max: cores,
+            max_step_up: 1.0,
+            max_step_down: 0.2,
+            cooldown_intervals: 2,
+            hysteresis: 0.05,
+            shrink_hold_intervals: 3,
+            floor_margin_frac: 0.0,
+            floor_margin_abs: 0.0,
+        }
+    }
+
+    /// Defaults for a memory limit: 64 MiB..`bytes`, +50%/−10% per interval, cooldown 3,
+    /// hysteresis 5%, K = 5, floor usage + 10% + 32 MiB.
+    pub fn memory(bytes: f64) -> Rails {
+        Rails {
+            min: 64.0 * 1024.0 * 1024.0,
+            max: bytes,
+            max_step_up: 0.5,
+            max_step_down: 0.1,
+            cooldown_intervals: 3,
+            hysteresis: 0.05,
+            shrink_hold_intervals: 5,
+            floor_margin_frac: 0.10,
+            floor_margin_abs: 32.0 * 1024.0 * 1024.0,
+        }
+    }
+
+    /// Checks the values; `Err((key, reason))` names the offending key.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        let fin = |v: f64| v.is_finite() && v >= 0.0;
+        if !fin(self.min) || self.min <= 0.0 {
+            return Err(("min", "must be a positive number"));
+        }
+        if !fin(self.max) || self.max < self.min {
+            return Err(("max", "must be a number >= min"));
+        }
+        if !fin(self.max_step_up) || self.max_step_up <= 0.0 {
+            return Err(("max_step_up", "must be a positive fraction"));
+        }
+        if !fin(self.max_step_down) || self.max_step_down >= 1.0 {
+            return Err(("max_step_down", "must be a fraction in [0, 1)"));
+        }
+        if !fin(self.hysteresis) || self.hysteresis >= 1.0 {
+            return Err(("hysteresis", "must be a fraction in [0, 1)"));
+        }
+        if !fin(self.floor_margin_frac) || !fin(self.floor_margin_abs) {
+            return Err(("floor_margin", "must be non-negative numbers"));
+        }
+        Ok(())
+    }
+}
+
+/// The decision policy: confidence, headroom, reactive thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub confidence: ConfidenceRule,
+    /// Fraction added to a confident forecast's upper bound. Default 0.15.
+    pub headroom: f64,
+    pub reactive: ReactiveRule,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            confidence: ConfidenceRule::default(),
+            headroom: 0.15,
+            reactive: ReactiveRule::default(),
+        }
+    }
+}
+
+/// What was observed over the last interval for one resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Mean usage over the interval (cores) or current usage (bytes); None if unknown.
+    pub usage: Option<f64>,
+    /// Throttled periods / periods over the interval (CPU).
+    pub throttled_ratio: Option<f64>,
+    /// Throttled periods added during the interval (CPU).
+    pub throttled_periods: u64,
+    /// PSI `some avg10` / `full avg10` of the resource, where present.
+    pub psi_some_avg10: Option<f64>,
+    pub psi_full_avg10: Option<f64>,
+    /// OOM kills / OOM events during the interval, or the group is under OOM now (memory).
+    pub oom_events: u64,
+    /// Times the limit was hit during the interval (v1 `memory.failcnt`, v2 `memory.events`
+    /// `max`).
+    pub limit_hits: u64,
+}
+
+/// A reason to step a limit up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "signal", rename_all = "snake_case")]
+pub enum Signal {
+    NearLimit { usage: f64, limit: f64 },
+    Throttled { ratio: f64, periods: u64 },
+    PsiSome { avg10: f64 },
+    PsiFull { avg10: f64 },
+    Oom { events: u64 },
+    LimitHit { count: u64 },
+}
+
+impl Signal {
+    /// Urgent signals may step up through a cooldown.
+    pub fn urgent(&self) -> bool {
+        matches!(self, Signal::Oom { .. } | Signal::PsiFull { .. })
+    }
+}
+
+impl Signals {
+    /// The reactive signals present, given the current limit (None: unlimited).
+    pub fn active(&self, rule: &ReactiveRule, limit: Option<f64>) -> Vec<Signal> {
+        let mut out = Vec::new();
+        if let (Some(usage), Some(limit)) = (self.usage, limit) {
+            if limit > 0.0 && usage >= rule.near_limit * limit {
+                out.push(Signal::NearLimit { usage, limit });
+            }
+        }
+        if let Some(ratio) = self.throttled_ratio {
+            if ratio >= rule.throttle_ratio && self.throttled_periods > 0 {
+                out.push(Signal::Throttled {
+                    ratio,
+                    periods: self.throttled_periods,
+                });
+            }
+        }
+        if let Some(avg10) = self.psi_some_avg10 {
+            if avg10 >= rule.psi_some_avg10 {
+                out.push(Signal::PsiSome { avg10 });
+            }
+        }
+        if let Some(avg10) = self.psi_full_avg10 {
+            if avg10 >= rule.psi_full_avg10 {
+                out.push(Signal::PsiFull { avg10 });
+            }
+        }
+        if self.oom_events > 0 {
+            out.push(Signal::Oom {
+                events: self.oom_events,
+            });
+        }
+        if self.limit_hits > 0 {
+            out.push(Signal::LimitHit {
+                count: self.limit_hits,
+            });
+        }
+        out
+    }
+}
+
+/// Per-resource memory between intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceState {
+    /// Intervals since the last change (saturating; large at start).
+    pub since_change: u32,
+    /// Consecutive intervals a confident forecast proposed a shrink.
+    pub shrink_streak: u32,
+}
+
+impl Default for ResourceState {
+    fn default() -> Self {
+        ResourceState {
+            since_change: u32::MAX / 2,
+            shrink_streak: 0,
+        }
+    }
+}
+
+/// Where the target came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// Nothing to do: no confident forecast, no signal.
+    Hold,
+    /// A confident forecast's upper bound plus headroom.
+    Forecast,
+    /// Reactive step up (the signals); with a forecast when it proposed less.
+    Reactive { signals: Vec<Signal> },
+    /// Placement: pinned onto CPUs not used by the shadow group.
+    Placement,
+}
+
+/// A rail that changed the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rail {
+    /// Raised to usage + margin.
+    UsageFloor,
+    Min,
+    Max,
+    /// The change was smaller than the hysteresis band.
+    Hysteresis,
+    /// A shrink not yet proposed for K intervals in a row.
+    ShrinkHold,
+    /// Cut to the largest step per interval.
+    MaxStep,
+    /// Within the cooldown after the last change.
+    Cooldown,
+    /// Pinning would leave no CPU.
+    NoFreeCpu,
+}
+
+/// The outcome for one scalar resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub resource: Resource,
+    /// Current limit (None: unlimited).
+    pub old: Option<f64>,
+    /// Limit to set (equal to `old` when nothing changes).
+    pub new: Option<f64>,
+    /// The target before the rails.
+    pub target: Option<f64>,
+    pub reason: Reason,
+    pub rails: Vec<Rail>,
+    pub forecast: Option<ForecastInput>,
+    pub confidence: Option<Confidence>,
+}
+
+impl Decision {
+    /// Whether the limit changes.
+    pub fn changes(&self) -> bool {
+        self.old != self.new
+    }
+
+    /// Whether something was proposed (a change, or one a rail suppressed): worth auditing.
+    pub fn noteworthy(&self) -> bool {
+        self.changes() || !matches!(self.reason, Reason::Hold) || !self.rails.is_empty()
+    }
+}
+
+/// Decides one interval for a scalar resource (CPU cores or memory bytes) and updates `state`.
+pub fn decide(
+    resource: Resource,
+    cfg: &PolicyConfig,
+    rails: &Rails,
+    state: &mut ResourceState,
+    current: Option<f64>,
+    signals: &Signals,
+    forecast: Option<&ForecastInput>,
+) -> Decision {
+    state.since_change = state.since_change.saturating_add(1);
+    let eff = current.unwrap_or(rails.max);
+    let confidence = forecast.map(|f| cfg.confidence.assess(f));
+    let confident = confidence.is_some_and(|c| c.confident);
+    let active = signals.active(&cfg.reactive, current);
+    let urgent = active.iter().any(Signal::urgent);
+    let mut applied_rails = Vec::new();
+
+    // 1. Target.
+    let forecast_target = forecast
+        .filter(|_| confident)
+        .map(|f| f.upper.max(0.0) * (1.0 + cfg.headroom));
+    // Reactive steps need a limit to step from.
+    let reactive_target = (!active.is_empty() && current.is_some())
+        .then(|| eff * (1.0 + cfg.reactive.step_up));
+    let (target, reason) = match (forecast_target, reactive_target) {
+        (Some(f), Some(r)) if r > f => (
+            r,
+            Reason::Reactive {
+                signals: active.clone(),
+            },
+        ),
+        (Some(f), _) => (f, Reason::Forecast),
+        (None, Some(r)) => (
+            r,
+            Reason::Reactive {
+                signals: active.clone(),
+            },
+        ),
+        (None, None) => (eff, Reason::Hold),
+    };
+    let mut desired = target;
+
+    // 2. Rails.
+    if rails.floor_margin_frac > 0.0 || rails.floor_margin_abs > 0.0 {
+        if let Some(usage) = signals.usage {
+            let floor = usage * (1.0 + rails.floor_margin_frac) + rails.floor_margin_abs;
+            if desired < floor {
+                // Never below usage + margin (a limit already below it is raised).
+                desired = floor;
+                applied_rails.push(Rail::UsageFloor);
+            }
+        }
+    }
+    if desired < rails.min {
+        desired = rails.min;
+        applied_rails.push(Rail::Min);
+    }
+    if desired > rails.max {
+        desired = rails.max;
+        applied_rails.push(Rail::Max);
+    }
+    let forced_by_bounds = current.is_some_and(|c| c < rails.min || c > rails.max);
+    if !forced_by_bounds && (desired - eff).abs() < rails.hysteresis * eff && desired != eff {
+        desired = eff;
+        applied_rails.push(Rail::Hysteresis);
+    }
+    if desired < eff && !forced_by_bounds {
+        // Shrinks come from confident forecasts only, after K proposals in a row.
+        state.shrink_streak = state.shrink_streak.saturating_add(1);
+        if state.shrink_streak < rails.shrink_hold_intervals.max(1) {
+            desired = eff;
+            applied_rails.push(Rail::ShrinkHold);
+        }
+    } else {
+        state.shrink_streak = 0;
+    }
+    let up_cap = eff * (1.0 + rails.max_step_up);
+    let down_cap = eff * (1.0 - rails.max_step_down);
+    if desired > up_cap && !(current.is_some_and(|c| c < rails.min)) {
+        desired = up_cap.min(rails.max);
+        applied_rails.push(Rail::MaxStep);
+    } else if desired < down_cap && !(current.is_some_and(|c| c > rails.max)) {
+        desired = down_cap.max(rails.min);
+        applied_rails.push(Rail::MaxStep);
+    }
+    let in_cooldown = state.since_change <= rails.cooldown_intervals;
+    let urgent_up = urgent && desired > eff;
+    if desired != eff && in_cooldown && !urgent_up && !forced_by_bounds {
+        desired = eff;
+        applied_rails.push(Rail::Cooldown);
+    }
+
+    // Unlimited stays unlimited unless a limit below max is set.
+    let new = if current.is_none() && desired >= rails.max {
+        None
+    } else {
+        Some(desired)
+    };
+    if new != current {
+        state.since_change = 0;
+        state.shrink_streak = 0;
+    }
+    Decision {
+        resource,
+        old: current,
+        new,
+        target: Some(target),
+        reason,
+        rails: applied_rails,
+        forecast: forecast.copied(),
+        confidence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> PolicyConfig {
+        PolicyConfig::default()
+    }
+
+    fn rails() -> Rails {
+        Rails {
+            min: 0.1,
+            max: 8.0,
+            max_step_up: 1.0,
+            max_step_down: 0.25,
+            cooldown_intervals: 0,
+            hysteresis: 0.05,
+            shrink_hold_intervals: 1,
+            floor_margin_frac: 0.0,
+            floor_margin_abs: 0.0,
+        }
+    }
+
+    fn fc(point: f64, lower: f64, upper: f64, coverage: Option<f64>) -> ForecastInput {
+        ForecastInput {
+            point,
+            lower,
+            upper,
+            level: 0.9,
+            coverage,
+            horizon_intervals: 1,
+        }
+    }
+
+    fn run(
+        rails: &Rails,
+        st: &mut ResourceState,
+        cur: Option<f64>,
+        sig: &Signals,
+        f: Option<ForecastInput>,
+    ) -> Decision {
+        decide(Resource::Cpu, &cfg(), rails, st, cur, sig, f.as_ref())
+    }
+
+    #[test]
+    fn confidence_needs_narrow_interval_and_nominal_coverage() {
+        let rule = ConfidenceRule::default();
+        assert!(rule.assess(&fc(2.0, 1.8, 2.4, Some(0.9))).confident);
+        let wide = rule.assess(&fc(2.0, 1.0, 3.5, Some(0.9)));
+        assert!(!wide.confident);
+        assert_eq!(wide.why, Verdict::TooWide);
+        let off = rule.assess(&fc(2.0, 1.8, 2.4, Some(0.7)));
+        assert_eq!(off.why, Verdict::CoverageOffNominal);
+        // Over-coverage is accepted up to the (wider) upper tolerance.
+        assert!(rule.assess(&fc(2.0, 1.8, 2.4, Some(1.0))).confident);
+        let rule = ConfidenceRule {
+            over_coverage_tolerance: 0.05,
+            ..rule
+        };
+        assert!(!rule.assess(&fc(2.0, 1.8, 2.4, Some(1.0))).confident);
+        assert!(!rule.assess(&fc(2.0, 1.8, 2.4, None)).confident);
+        assert!(!rule.assess(&fc(f64::NAN, 1.8, 2.4, Some(0.9))).confident);
+        assert!(!rule.assess(&fc(2.0, 2.4, 1.8, Some(0.9))).confident);
+    }
+
+    #[test]
+    fn confident_forecast_preallocates_upper_plus_headroom() {
+        let mut st = ResourceState::default();
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(1.0),
+            &Signals::default(),
+            Some(fc(1.5, 1.4, 1.6, Some(0.9))),
+        );
+        assert_eq!(d.reason, Reason::Forecast);
+        let want = 1.6 * 1.15;
+        assert!((d.new.unwrap() - want).abs() < 1e-9, "{d:?}");
+        assert!(d.changes());
+        assert_eq!(st.since_change, 0);
+    }
+
+    #[test]
+    fn unconfident_forecast_falls_back_to_reactive() {
+        let mut st = ResourceState::default();
+        let sig = Signals {
+            throttled_ratio: Some(0.5),
+            throttled_periods: 40,
+            ..Signals::default()
+        };
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(1.0),
+            &sig,
+            Some(fc(0.5, 0.0, 3.0, Some(0.9))),
+        );
+        assert!(matches!(d.reason, Reason::Reactive { .. }), "{d:?}");
+        assert_eq!(d.new, Some(1.25));
+        // No signal and no confident forecast: hold.
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(1.0),
+            &Signals::default(),
+            Some(fc(0.5, 0.0, 3.0, Some(0.9))),
+        );
+        assert_eq!(d.reason, Reason::Hold);
+        assert!(!d.changes());
+    }
+
+    #[test]
+    fn every_reactive_signal_steps_up() {
+        let r = ReactiveRule::default();
+        let cases = [
+            Signals {
+                usage: Some(0.95),
+                ..Signals::default()
+            },
+            Signals {
+                throttled_ratio: Some(0.2),
+                throttled_periods: 3,
+                ..Signals::default()
+            },
+            Signals {
+                psi_some_avg10: Some(30.0),
+                ..Signals::default()
+            },
+            Signals {
+                psi_full_avg10: Some(6.0),
+                ..Signals::default()
+            },
+            Signals {
+                oom_events: 1,
+                ..Signals::default()
+            },
+            Signals {
+                limit_hits: 2,
+                ..Signals::default()
+            },
+        ];
+        for sig in cases {
+            assert_eq!(sig.active(&r, Some(1.0)).len(), 1, "{sig:?}");
+            let mut st = ResourceState::default();
+            let d = run(&rails(), &mut st, Some(1.0), &sig, None);
+            assert_eq!(d.new, Some(1.25), "{sig:?}");
+        }
+        // Below every threshold: nothing.
+        let calm = Signals {
+            usage: Some(0.5),
+            throttled_ratio: Some(0.01),
+            throttled_periods: 1,
+            psi_some_avg10: Some(1.0),
+            psi_full_avg10: Some(0.0),
+            ..Signals::default()
+        };
+        assert!(calm.active(&r, Some(1.0)).is_empty());
+        // Reactive never steps an unlimited group.
+        let mut st = ResourceState::default();
+        let d = run(&rails(), &mut st, None, &cases[1], None);
+        assert_eq!(d.new, None);
+    }
+
+    #[test]
+    fn rail_min_and_max() {
+        let mut st = ResourceState::default();
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(0.12),
+            &Signals::default(),
+            Some(fc(0.01, 0.009, 0.011, Some(0.9))),
+        );
+        assert_eq!(d.new, Some(0.1));
+        assert!(d.rails.contains(&Rail::Min));
+        let mut st = ResourceState::default();
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(7.0),
+            &Signals::default(),
+            Some(fc(10.0, 9.5, 10.5, Some(0.9))),
+        );
+        assert_eq!(d.new, Some(8.0));
+        assert!(d.rails.contains(&Rail::Max));
+    }
+
+    #[test]
+    fn rail_max_step_per_interval() {
+        let mut st = ResourceState::default();
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(1.0),
+            &Signals::default(),
+            Some(fc(5.0, 4.8, 5.2, Some(0.9))),
+        );
+        assert_eq!(d.new, Some(2.0)); // +100% at most
+        assert!(d.rails.contains(&Rail::MaxStep));
+        let mut st = ResourceState::default();
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(4.0),
+            &Signals::default(),
+            Some(fc(0.5, 0.45, 0.55, Some(0.9))),
+        );
+        assert_eq!(d.new, Some(3.0)); // −25% at most
+        assert!(d.rails.contains(&Rail::MaxStep));
+    }
+
+    #[test]
+    fn rail_cooldown_blocks_all_but_urgent_steps_up() {
+        let r = Rails {
+            cooldown_intervals: 2,
+            ..rails()
+        };
+        let mut st = ResourceState::default();
+        let thr = Signals {
+            throttled_ratio: Some(0.5),
+            throttled_periods: 10,
+            ..Signals::default()
+        };
+        assert_eq!(run(&r, &mut st, Some(1.0), &thr, None).new, Some(1.25));
+        let d = run(&r, &mut st, Some(1.25), &thr, None);
+        assert_eq!(d.new, Some(1.25));
+        assert!(d.rails.contains(&Rail::Cooldown));
+        let d = run(&r, &mut st, Some(1.25), &thr, None);
+        assert!(d.rails.contains(&Rail::Cooldown));
+        // Cooldown over after 2 intervals.
+        let d = run(&r, &mut st, Some(1.25), &thr, None);
+        assert!(d.changes(), "{d:?}");
+        // OOM passes through the cooldown.
+        let oom = Signals {
+            oom_events: 1,
+            ..Signals::default()
+        };
+        let d = run(&r, &mut st, d.new, &oom, None);
+        assert!(d.changes() && d.rails.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn rail_hysteresis_ignores_small_changes() {
+        let mut st = ResourceState::default();
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(2.0),
+            &Signals::default(),
+            // 1.8 * 1.15 = 2.07: +3.5%, inside the 5% band.
+            Some(fc(1.75, 1.7, 1.8, Some(0.9))),
+        );
+        assert!(!d.changes());
+        assert_eq!(d.rails, vec![Rail::Hysteresis]);
+    }
+
+    #[test]
+    fn rail_shrink_only_after_k_confident_intervals() {
+        let r = Rails {
+            shrink_hold_intervals: 3,
+            max_step_down: 0.9,
+            ..rails()
+        };
+        let low = Some(fc(0.9, 0.85, 0.95, Some(0.9)));
+        let mut st = ResourceState::default();
+        for i in 0..2 {
+            let d = run(&r, &mut st, Some(4.0), &Signals::default(), low);
+            assert!(!d.changes(), "interval {i}: {d:?}");
+            assert!(d.rails.contains(&Rail::ShrinkHold));
+        }
+        // An unconfident interval resets the streak.
+        let d = run(
+            &r,
+            &mut st,
+            Some(4.0),
+            &Signals::default(),
+            Some(fc(0.9, 0.0, 3.0, Some(0.9))),
+        );
+        assert!(!d.changes());
+        assert_eq!(st.shrink_streak, 0);
+        for _ in 0..2 {
+            assert!(!run(&r, &mut st, Some(4.0), &Signals::default(), low).changes());
+        }
+        let d = run(&r, &mut st, Some(4.0), &Signals::default(), low);
+        assert!(d.changes(), "{d:?}");
+        assert!((d.new.unwrap() - 0.95 * 1.15).abs() < 1e-9);
+        // Reactive signals never shrink.
+        let mut st = ResourceState::default();
+        for _ in 0..5 {
+            let d = run(&r, &mut st, Some(4.0), &Signals::default(), None);
+            assert!(!d.changes());
+        }
+    }
+
+    #[test]
+    fn imposing_a_limit_on_an_unlimited_group_is_a_held_shrink() {
+        let r = Rails {
+            shrink_hold_intervals: 2,
+            max_step_down: 0.9,
+            ..rails()
+        };
+        let f = Some(fc(2.0, 1.9, 2.1, Some(0.9)));
+        let mut st = ResourceState::default();
+        assert_eq!(run(&r, &mut st, None, &Signals::default(), f).new, None);
+        let d = run(&r, &mut st, None, &Signals::default(), f);
+        assert!((d.new.unwrap() - 2.1 * 1.15).abs() < 1e-9, "{d:?}");
+    }
+
+    #[test]
+    fn rail_memory_never_below_usage_plus_margin() {
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        let r = Rails {
+            shrink_hold_intervals: 1,
+            max_step_down: 0.9,
+            cooldown_intervals: 0,
+            ..Rails::memory(16.0 * gib)
+        };
+        let sig = Signals {
+            usage: Some(2.0 * gib),
+            ..Signals::default()
+        };
+        // The forecast says 1 GiB, but 2 GiB is in use: floor = 2.2 GiB + 32 MiB.
+        let f = Some(fc(1.0 * gib, 0.95 * gib, 1.0 * gib, Some(0.9)));
+        let mut st = ResourceState::default();
+        let d = decide(Resource::Memory, &cfg(), &r, &mut st, Some(4.0 * gib), &sig, f.as_ref());
+        let floor = 2.0 * gib * 1.1 + 32.0 * 1024.0 * 1024.0;
+        assert_eq!(d.new, Some(floor), "{d:?}");
+        assert!(d.rails.contains(&Rail::UsageFloor));
+        // A limit already below the floor is raised to it (by at most the max step).
+        let mut st = ResourceState::default();
+        let d = decide(
+            Resource::Memory,
+            &cfg(),
+            &r,
+            &mut st,
+            Some(2.1 * gib),
+            &sig,
+            None,
+        );
+        assert!(d.new.unwrap() >= floor.min(2.1 * gib * 1.5), "{d:?}");
+        assert!(d.new.unwrap() > 2.1 * gib);
+    }
+
+    #[test]
+    fn reactive_wins_over_a_lower_forecast() {
+        let mut st = ResourceState::default();
+        let sig = Signals {
+            oom_events: 1,
+            ..Signals::default()
+        };
+        let d = run(
+            &rails(),
+            &mut st,
+            Some(2.0),
+            &sig,
+            Some(fc(1.0, 0.95, 1.05, Some(0.9))),
+        );
+        assert_eq!(d.new, Some(2.5));
+        assert!(matches!(d.reason, Reason::Reactive { .. }));
+    }
+
+    #[test]
+    fn out_of_bounds_limits_are_brought_back() {
+        let mut st = ResourceState {
+            since_change: 0,
+            shrink_streak: 0,
+        };
+        let d = run(&rails(), &mut st, Some(20.0), &Signals::default(), None);
+        assert_eq!(d.new, Some(8.0));
+    }
+
+    #[test]
+    fn rails_validation_names_the_key() {
+        assert!(Rails::cpu(2.0).validate().is_ok());
+        let bad = Rails {
+            max: 0.01,
+            ..Rails::cpu(2.0)
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "max");
+    }
+}

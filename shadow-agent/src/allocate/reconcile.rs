@@ -1,0 +1,559 @@
+//! The reconcile step: read actual, compute desired, apply the difference, record why.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, Limits, Sample};
+use super::cpuset::CpuSet;
+use super::policy::{
+    decide, Decision, ForecastInput, PolicyConfig, Rail, Rails, Reason, Resource, ResourceState,
+};
+use super::state::{error_chain, record_path, unix_ms, AuditEntry, AuditLog, OriginalRecord};
+use super::{AllocateError, RestoreReport, Result};
+
+/// The forecasts of one interval, per resource (cores, bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Forecasts {
+    pub cpu: Option<ForecastInput>,
+    pub memory: Option<ForecastInput>,
+}
+
+/// What the allocator manages and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocatorConfig {
+    pub policy: PolicyConfig,
+    /// Rails of the CPU quota; None: the quota is not managed.
+    pub cpu: Option<Rails>,
+    /// Rails of the memory limit; None: memory is not managed.
+    pub memory: Option<Rails>,
+    /// Pin the group onto the parent's CPUs minus these (the shadow group's); None: cpusets
+    /// are not managed.
+    pub pin_away_from: Option<CpuSet>,
+    /// Decide and audit, never write.
+    pub dry_run: bool,
+    /// Where the original-limits records live.
+    pub state_dir: PathBuf,
+    /// The audit log (default `<state_dir>/audit.jsonl`).
+    pub audit_log: Option<PathBuf>,
+    /// After a failed read or write, skip this many intervals, doubling up to `backoff_max`.
+    pub backoff_initial: u32,
+    pub backoff_max: u32,
+    /// Write cgroups under a `kubepods*` path (normally refused: the kubelet owns them).
+    pub allow_kubelet_owned: bool,
+}
+
+impl AllocatorConfig {
+    /// CPU and memory managed with the default rails up to `max_cores` and `max_bytes`;
+    /// cpusets not managed; not a dry run.
+    pub fn new(state_dir: impl Into<PathBuf>, max_cores: f64, max_bytes: f64) -> AllocatorConfig {
+        AllocatorConfig {
+            policy: PolicyConfig::default(),
+            cpu: Some(Rails::cpu(max_cores)),
+            memory: Some(Rails::memory(max_bytes)),
+            pin_away_from: None,
+            dry_run: false,
+            state_dir: state_dir.into(),
+            audit_log: None,
+            backoff_initial: 1,
+            backoff_max: 32,
+            allow_kubelet_owned: false,
+        }
+    }
+
+    /// Checks every value, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        for (name, rails) in [("cpu", &self.cpu), ("memory", &self.memory)] {
+            if let Some(r) = rails {
+                r.validate().map_err(|(key, reason)| AllocateError::Config {
+                    key: format!("{name}.{key}"),
+                    reason,
+                })?;
+            }
+        }
+        let p = &self.policy;
+        let frac = |v: f64| v.is_finite() && v >= 0.0;
+        let checks: [(&str, bool, &'static str); 5] = [
+            ("policy.headroom", frac(p.headroom), "must be a non-negative fraction"),
+            (
+                "policy.confidence.max_rel_width",
+                frac(p.confidence.max_rel_width),
+                "must be a non-negative number",
+            ),
+            (
+                "policy.confidence.coverage_tolerance",
+                frac(p.confidence.coverage_tolerance) && p.confidence.coverage_tolerance < 1.0,
+                "must be a fraction in [0, 1)",
+            ),
+            (
+                "policy.reactive.step_up",
+                frac(p.reactive.step_up) && p.reactive.step_up > 0.0,
+                "must be a positive fraction",
+            ),
+            (
+                "policy.reactive.near_limit",
+                p.reactive.near_limit > 0.0 && p.reactive.near_limit <= 1.0,
+                "must be a fraction in (0, 1]",
+            ),
+        ];
+        for (key, ok, reason) in checks {
+            if !ok {
+                return Err(AllocateError::Config {
+                    key: key.to_owned(),
+                    reason,
+                });
+            }
+        }
+        if self.backoff_initial == 0 || self.backoff_max < self.backoff_initial {
+            return Err(AllocateError::Config {
+                key: "backoff".to_owned(),
+                reason: "backoff_initial must be >= 1 and <= backoff_max",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A placement decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpusetDecision {
+    pub old: CpuSet,
+    pub new: CpuSet,
+    pub rails: Vec<Rail>,
+}
+
+/// Pure placement: the parent's CPUs minus `avoid`; nothing when that is empty or already set.
+pub fn decide_cpuset(current: &CpuSet, available: &CpuSet, avoid: &CpuSet) -> CpusetDecision {
+    let want = available.difference(avoid);
+    if want.is_empty() {
+        return CpusetDecision {
+            old: current.clone(),
+            new: current.clone(),
+            rails: vec![Rail::NoFreeCpu],
+        };
+    }
+    CpusetDecision {
+        old: current.clone(),
+        new: want,
+        rails: Vec::new(),
+    }
+}
+
+/// The back-off state after failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Backoff {
+    /// Intervals still to skip.
+    pub remaining: u32,
+    /// Length of the next back-off.
+    pub next: u32,
+    /// The error that caused it.
+    pub last_error: Option<String>,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    /// Scalar decisions (CPU, memory), changing or not.
+    pub decisions: Vec<Decision>,
+    pub cpuset: Option<CpusetDecision>,
+    /// Resources whose limits were written this step.
+    pub applied: Vec<Resource>,
+    pub dry_run: bool,
+    /// Set when the step was skipped because of an earlier failure.
+    pub backing_off: Option<Backoff>,
+}
+
+/// One managed group.
+///
+/// Drop restores the original limits (if any were changed); [`Reconciler::abandon`] leaves
+/// them, as a crash would, and the next [`Reconciler::new`] for the group restores them.
+#[derive(Debug)]
+pub struct Reconciler<B: Backend> {
+    backend: B,
+    cfg: AllocatorConfig,
+    audit: AuditLog,
+    record: PathBuf,
+    recorded: bool,
+    cpu: ResourceState,
+    memory: ResourceState,
+    prev: Option<(Instant, Sample)>,
+    step: u64,
+    backoff: Backoff,
+    recovered: Option<RestoreReport>,
+    armed: bool,
+}
+
+fn json_amount(v: Option<f64>) -> serde_json::Value {
+    match v {
+        Some(x) => serde_json::json!(x),
+        None => serde_json::json!("max"),
+    }
+}
+
+/// Whether `name` is below a kubelet-managed slice (`kubepods`, `kubepods.slice`, ...).
+pub fn kubelet_owned(name: &str) -> bool {
+    name.split('/').any(|c| c.starts_with("kubepods"))
+}
+
+impl<B: Backend> Reconciler<B> {
+    /// Manages `backend`'s group. If a record of original limits is found (the previous agent
+    /// crashed), they are restored first; [`Reconciler::recovered`] tells what was restored.
+    pub fn new(backend: B, cfg: AllocatorConfig) -> Result<Reconciler<B>> {
+        cfg.validate()?;
+        if kubelet_owned(backend.name()) && !cfg.allow_kubelet_owned {
+            return Err(AllocateError::KubeletOwned {
+                cgroup: backend.name().to_owned(),
+            });
+        }
+        let audit = AuditLog::new(
+            cfg.audit_log
+                .clone()
+                .unwrap_or_else(|| cfg.state_dir.join("audit.jsonl")),
+        );
+        let record = record_path(&cfg.state_dir, backend.name());
+        let mut r = Reconciler {
+            backend,
+            audit,
+            record,
+            recorded: false,
+            cpu: ResourceState::default(),
+            memory: ResourceState::default(),
+            prev: None,
+            step: 0,
+            backoff: Backoff {
+                next: cfg.backoff_initial,
+                ..Backoff::default()
+            },
+            recovered: None,
+            armed: true,
+            cfg,
+        };
+        if OriginalRecord::load(&r.record)?.is_some() {
+            tracing::warn!(
+                cgroup = r.backend.name(),
+                record = %r.record.display(),
+                "found original limits of a previous run that did not restore them: restoring"
+            );
+            r.recorded = true;
+            let report = r.restore()?;
+            r.recovered = Some(report);
+        }
+        Ok(r)
+    }
+
+    /// What was restored at start from a previous run's record.
+    pub fn recovered(&self) -> Option<&RestoreReport> {
+        self.recovered.as_ref()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The original-limits record file.
+    pub fn record_path(&self) -> &Path {
+        &self.record
+    }
+
+    /// The current back-off.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    /// One reconcile step with this interval's forecasts.
+    pub fn step(&mut self, forecasts: &Forecasts) -> Result<StepReport> {
+        self.step += 1;
+        let mut report = StepReport {
+            step: self.step,
+            decisions: Vec::new(),
+            cpuset: None,
+            applied: Vec::new(),
+            dry_run: self.cfg.dry_run,
+            backing_off: None,
+        };
+        if self.backoff.remaining > 0 {
+            self.backoff.remaining -= 1;
+            tracing::debug!(
+                cgroup = self.backend.name(),
+                remaining = self.backoff.remaining,
+                "backing off"
+            );
+            report.backing_off = Some(self.backoff.clone());
+            return Ok(report);
+        }
+        match self.step_inner(forecasts, &mut report) {
+            Ok(()) => {
+                self.backoff.next = self.cfg.backoff_initial;
+                self.backoff.last_error = None;
+                Ok(report)
+            }
+            Err(e) => {
+                self.backoff.remaining = self.backoff.next;
+                self.backoff.next = (self.backoff.next.saturating_mul(2)).min(self.cfg.backoff_max);
+                self.backoff.last_error = Some(error_chain(&e));
+                tracing::error!(
+                    cgroup = self.backend.name(),
+                    error = %error_chain(&e),
+                    skip_intervals = self.backoff.remaining,
+                    "allocator step failed: backing off"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn step_inner(&mut self, forecasts: &Forecasts, report: &mut StepReport) -> Result<()> {
+        // Read actual.
+        let limits = self.backend.read_limits()?;
+        let sample = self.backend.read_sample()?;
+        let now = Instant::now();
+        let (cpu_sig, mem_sig) = match &self.prev {
+            Some((t, prev)) => {
+                sample.signals_since(Some(prev), now.duration_since(*t).as_micros() as u64)
+            }
+            None => sample.signals_since(None, 1),
+        };
+        self.prev = Some((now, sample));
+
+        // Compute desired (pure).
+        if let Some(rails) = &self.cfg.cpu {
+            report.decisions.push(decide(
+                Resource::Cpu,
+                &self.cfg.policy,
+                rails,
+                &mut self.cpu,
+                limits.cpu_cores,
+                &cpu_sig,
+                forecasts.cpu.as_ref(),
+            ));
+        }
+        if let Some(rails) = &self.cfg.memory {
+            let mut d = decide(
+                Resource::Memory,
+                &self.cfg.policy,
+                rails,
+                &mut self.memory,
+                limits.memory_bytes.map(|b| b as f64),
+                &mem_sig,
+                forecasts.memory.as_ref(),
+            );
+            // Whole pages, rounded up, so the value read back equals the value written.
+            if d.changes() {
+                d.new = d.new.map(|b| ((b / 4096.0).ceil() * 4096.0).max(4096.0));
+            }
+            report.decisions.push(d);
+        }
+        if let (Some(avoid), Some(current)) = (&self.cfg.pin_away_from, &limits.cpuset) {
+            if let Some(available) = self.backend.available_cpus()? {
+                report.cpuset = Some(decide_cpuset(current, &available, avoid));
+            }
+        }
+
+        // Apply the difference, recording why.
+        let decisions = report.decisions.clone();
+        for d in &decisions {
+            if !d.noteworthy() {
+                continue;
+            }
+            let result = if d.changes() && !self.cfg.dry_run {
+                self.apply_scalar(d, &limits)
+            } else {
+                Ok(())
+            };
+            let applied = d.changes() && !self.cfg.dry_run && result.is_ok();
+            if applied {
+                report.applied.push(d.resource);
+            }
+            self.log_scalar(d, applied, result.as_ref().err())?;
+            result?;
+        }
+        if let Some(c) = report.cpuset.clone() {
+            if c.old != c.new || !c.rails.is_empty() {
+                let result = if c.old != c.new && !self.cfg.dry_run {
+                    self.ensure_recorded()
+                        .and_then(|()| self.backend.set_cpuset(&c.new))
+                } else {
+                    Ok(())
+                };
+                let applied = c.old != c.new && !self.cfg.dry_run && result.is_ok();
+                if applied {
+                    report.applied.push(Resource::Cpuset);
+                }
+                let entry = AuditEntry {
+                    time_ms: unix_ms(),
+                    cgroup: self.backend.name().to_owned(),
+                    resource: Resource::Cpuset.as_str().to_owned(),
+                    old: serde_json::json!(c.old.to_string()),
+                    new: serde_json::json!(c.new.to_string()),
+                    reason: Reason::Placement,
+                    rails: c.rails.clone(),
+                    applied,
+                    dry_run: self.cfg.dry_run,
+                    forecast: None,
+                    interval: None,
+                    level: None,
+                    confidence: None,
+                    step: self.step,
+                    error: result.as_ref().err().map(|e| error_chain(e)),
+                };
+                self.audit.append(&entry)?;
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_scalar(&mut self, d: &Decision, limits: &Limits) -> Result<()> {
+        self.ensure_recorded()?;
+        match d.resource {
+            Resource::Cpu => self.backend.set_cpu(d.new, limits.cpu_period_us),
+            Resource::Memory => self.backend.set_memory(d.new.map(|b| b.round() as u64)),
+            Resource::Cpuset => Ok(()),
+        }
+    }
+
+    fn log_scalar(&self, d: &Decision, applied: bool, err: Option<&AllocateError>) -> Result<()> {
+        let verb = if applied {
+            "set"
+        } else if self.cfg.dry_run && d.changes() {
+            "would set (dry run)"
+        } else if err.is_some() {
+            "failed to set"
+        } else {
+            "kept"
+        };
+        tracing::info!(
+            cgroup = self.backend.name(),
+            resource = d.resource.as_str(),
+            old = ?d.old,
+            new = ?d.new,
+            reason = ?d.reason,
+            rails = ?d.rails,
+            "{verb} limit"
+        );
+        let entry = AuditEntry {
+            time_ms: unix_ms(),
+            cgroup: self.backend.name().to_owned(),
+            resource: d.resource.as_str().to_owned(),
+            old: json_amount(d.old),
+            new: json_amount(d.new),
+            reason: d.reason.clone(),
+            rails: d.rails.clone(),
+            applied,
+            dry_run: self.cfg.dry_run,
+            forecast: d.forecast.map(|f| f.point),
+            interval: d.forecast.map(|f| [f.lower, f.upper]),
+            level: d.forecast.map(|f| f.level),
+            confidence: d.confidence,
+            step: self.step,
+            error: err.map(|e| error_chain(e)),
+        };
+        self.audit.append(&entry)
+    }
+
+    /// Records the original limits of every managed resource, once, before the first change.
+    fn ensure_recorded(&mut self) -> Result<()> {
+        if self.recorded {
+            return Ok(());
+        }
+        let mut files = Vec::new();
+        if self.cfg.cpu.is_some() {
+            files.extend(self.backend.control_files(Resource::Cpu));
+        }
+        if self.cfg.memory.is_some() {
+            files.extend(self.backend.control_files(Resource::Memory));
+        }
+        if self.cfg.pin_away_from.is_some() {
+            files.extend(self.backend.control_files(Resource::Cpuset));
+        }
+        let rec = OriginalRecord::capture(self.backend.name(), self.backend.kind(), &files)?;
+        rec.save(&self.record)?;
+        tracing::info!(
+            cgroup = self.backend.name(),
+            record = %self.record.display(),
+            files = rec.files.len(),
+            "recorded the original limits"
+        );
+        self.recorded = true;
+        Ok(())
+    }
+
+    /// Writes the original limits back and removes the record. Nothing to do if no limit was
+    /// changed. On partial failure the record is kept and the error lists the files.
+    pub fn restore(&mut self) -> Result<RestoreReport> {
+        let Some(rec) = OriginalRecord::load(&self.record)? else {
+            self.recorded = false;
+            return Ok(RestoreReport::default());
+        };
+        let report = rec.restore();
+        let entry = AuditEntry {
+            time_ms: unix_ms(),
+            cgroup: rec.cgroup.clone(),
+            resource: "restore".to_owned(),
+            old: serde_json::Value::Null,
+            new: serde_json::json!(rec
+                .files
+                .iter()
+                .map(|f| (f.path.display().to_string(), f.value.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()),
+            reason: Reason::Hold,
+            rails: Vec::new(),
+            applied: report.failed.is_empty(),
+            dry_run: false,
+            forecast: None,
+            interval: None,
+            level: None,
+            confidence: None,
+            step: self.step,
+            error: (!report.failed.is_empty()).then(|| format!("{:?}", report.failed)),
+        };
+        if let Err(e) = self.audit.append(&entry) {
+            tracing::warn!(error = %error_chain(&e), "could not audit the restore");
+        }
+        if !report.failed.is_empty() {
+            return Err(AllocateError::Restore {
+                cgroup: rec.cgroup,
+                record: self.record.clone(),
+                failed: report.failed,
+            });
+        }
+        std::fs::remove_file(&self.record).map_err(|source| AllocateError::Io {
+            op: "remove",
+            path: self.record.clone(),
+            source,
+        })?;
+        tracing::info!(
+            cgroup = rec.cgroup,
+            files = report.restored.len(),
+            "restored the original limits"
+        );
+        self.recorded = false;
+        // Start over: the next change records again, rails start fresh.
+        self.cpu = ResourceState::default();
+        self.memory = ResourceState::default();
+        Ok(report)
+    }
+
+    /// Drops the reconciler without restoring, as a crash would (the record stays).
+    pub fn abandon(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<B: Backend> Drop for Reconciler<B> {
+    fn drop(&mut self) {
+        if self.armed && self.recorded {
+            if let Err(e) = self.restore() {
+                tracing::error!(error = %error_chain(&e), "restoring the original limits on exit failed");
+            }
+        }
+    }
+}

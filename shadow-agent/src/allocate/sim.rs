@@ -1,0 +1,573 @@
+//! Trace-driven simulation (pure): replays a recorded usage trace and decides each interval's
+//! limit ahead of time under four policies, with the allocator's own decision code for the
+//! reactive and predictive ones.
+//!
+//! At interval `t` a policy sets the limit `L[t]` knowing only `u[..t]` and what it observed
+//! under its own earlier limits; then `u[t]` is scored against it:
+//! - slack: mean of `max(0, L − u) / L`;
+//! - shortage: fraction of intervals with `u > L`;
+//! - changes: how many times the limit changed.
+//!
+//! Policies:
+//! - `static`: the peak of the first day, never changed (hand-set limits);
+//! - `reactive`: [`decide`] without forecasts: steps up on usage near the limit or on
+//!   throttling (usage above the limit), never down;
+//! - `vpa`: a VPA-style recommender: decaying-histogram 90th percentile (half-life one day)
+//!   plus 15%, re-set when it moves by more than the hysteresis;
+//! - `predictive`: [`decide`] with a pluggable forecast function; the simulator fills in the
+//!   forecast's recent empirical coverage when the function leaves it out.
+//!
+//! Only intervals after the first day (the warm-up) are scored; every adaptive policy starts
+//! from the static limit.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::policy::{decide, ForecastInput, PolicyConfig, Rails, Resource, ResourceState, Signals};
+use super::{AllocateError, Result};
+
+/// Simulation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    pub policy: PolicyConfig,
+    pub rails: Rails,
+    /// CPU (compressible: usage above the limit is throttling) or memory (an OOM event).
+    pub resource: Resource,
+    /// Intervals in the warm-up (a day: 288 at 5 minutes).
+    pub warmup: usize,
+    /// VPA-style percentile, margin and half-life (intervals).
+    pub vpa_percentile: f64,
+    pub vpa_margin: f64,
+    pub vpa_half_life: f64,
+    /// Intervals over which the forecast's coverage is measured.
+    pub coverage_window: usize,
+}
+
+impl SimConfig {
+    /// CPU-like defaults for a trace sampled every `step_s` seconds whose values never exceed
+    /// `capacity` (e.g. 100 for a percentage of a VM).
+    pub fn cpu(capacity: f64, step_s: f64) -> SimConfig {
+        let per_day = (86_400.0 / step_s.max(1.0)).round() as usize;
+        SimConfig {
+            policy: PolicyConfig::default(),
+            rails: Rails {
+                min: capacity * 0.005,
+                max: capacity,
+                max_step_up: 1.0,
+                max_step_down: 0.2,
+                cooldown_intervals: 1,
+                hysteresis: 0.05,
+                shrink_hold_intervals: 3,
+                floor_margin_frac: 0.0,
+                floor_margin_abs: 0.0,
+            },
+            resource: Resource::Cpu,
+            warmup: per_day.max(1),
+            vpa_percentile: 0.9,
+            vpa_margin: 0.15,
+            vpa_half_life: per_day.max(1) as f64,
+            coverage_window: 48,
+        }
+    }
+}
+
+/// One policy's score.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyResult {
+    pub name: String,
+    /// Mean `max(0, limit − usage) / limit`.
+    pub slack: f64,
+    /// Fraction of intervals where usage exceeded the limit.
+    pub shortage: f64,
+    /// Number of limit changes.
+    pub changes: u64,
+    /// Mean limit (what was allocated).
+    pub mean_limit: f64,
+    /// Scored intervals.
+    pub intervals: u64,
+}
+
+/// The scores of every policy: serialises as `{"policies": [{"name", "slack", ...}]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SimReport {
+    pub policies: Vec<PolicyResult>,
+}
+
+impl SimReport {
+    /// The result of policy `name`.
+    pub fn policy(&self, name: &str) -> Option<&PolicyResult> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<12} {:>8} {:>9} {:>8} {:>11}\n",
+            "policy", "slack", "shortage", "changes", "mean limit"
+        );
+        for p in &self.policies {
+            s.push_str(&format!(
+                "{:<12} {:>7.1}% {:>8.2}% {:>8} {:>11.3}\n",
+                p.name,
+                p.slack * 100.0,
+                p.shortage * 100.0,
+                p.changes,
+                p.mean_limit
+            ));
+        }
+        s
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Score {
+    slack_sum: f64,
+    short: u64,
+    n: u64,
+    changes: u64,
+    limit_sum: f64,
+}
+
+impl Score {
+    fn add(&mut self, limit: f64, usage: f64) {
+        self.n += 1;
+        self.limit_sum += limit;
+        if limit > 0.0 {
+            self.slack_sum += ((limit - usage) / limit).max(0.0);
+        }
+        if usage > limit {
+            self.short += 1;
+        }
+    }
+
+    fn merge(&mut self, o: &Score) {
+        self.slack_sum += o.slack_sum;
+        self.short += o.short;
+        self.n += o.n;
+        self.changes += o.changes;
+        self.limit_sum += o.limit_sum;
+    }
+
+    fn result(&self, name: &str) -> PolicyResult {
+        let n = self.n.max(1) as f64;
+        PolicyResult {
+            name: name.to_owned(),
+            slack: self.slack_sum / n,
+            shortage: self.short as f64 / n,
+            changes: self.changes,
+            mean_limit: self.limit_sum / n,
+            intervals: self.n,
+        }
+    }
+}
+
+/// A decaying histogram with 5%-wide exponential buckets, as the VPA recommender keeps.
+#[derive(Debug, Clone)]
+pub struct DecayingHistogram {
+    first: f64,
+    weights: Vec<f64>,
+    total: f64,
+    half_life: f64,
+    t: f64,
+}
+
+const BUCKET_GROWTH: f64 = 1.05;
+
+impl DecayingHistogram {
+    /// Buckets from `first` up; a sample added at time `t` weighs `2^(t / half_life)`.
+    pub fn new(first: f64, half_life: f64) -> DecayingHistogram {
+        DecayingHistogram {
+            first: first.max(1e-12),
+            weights: Vec::new(),
+            total: 0.0,
+            half_life: half_life.max(1.0),
+            t: 0.0,
+        }
+    }
+
+    fn bucket(&self, v: f64) -> usize {
+        if v <= self.first {
+            0
+        } else {
+            ((v / self.first).ln() / BUCKET_GROWTH.ln()).floor() as usize + 1
+        }
+    }
+
+    /// Adds `v` at the next time step.
+    pub fn add(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        self.t += 1.0;
+        let mut w = (self.t / self.half_life).exp2();
+        if w > 1e200 {
+            // Renormalise: same ratios, smaller numbers.
+            let f = 1.0 / w;
+            self.weights.iter_mut().for_each(|x| *x *= f);
+            self.total *= f;
+            self.t = 0.0;
+            w = 1.0;
+        }
+        let b = self.bucket(v.max(0.0)).min(4096);
+        if self.weights.len() <= b {
+            self.weights.resize(b + 1, 0.0);
+        }
+        self.weights[b] += w;
+        self.total += w;
+    }
+
+    /// The `q` quantile (upper edge of the bucket holding it); None when empty.
+    pub fn percentile(&self, q: f64) -> Option<f64> {
+        if self.total <= 0.0 {
+            return None;
+        }
+        let want = q.clamp(0.0, 1.0) * self.total;
+        let mut acc = 0.0;
+        for (i, w) in self.weights.iter().enumerate() {
+            acc += w;
+            if acc >= want && *w > 0.0 {
+                return Some(self.first * BUCKET_GROWTH.powi(i as i32));
+            }
+        }
+        Some(self.first * BUCKET_GROWTH.powi(self.weights.len() as i32))
+    }
+}
+
+/// A forecast function: the history so far (oldest first) → the next interval's forecast.
+pub type ForecastFn<'a> = dyn FnMut(&[f64]) -> Option<ForecastInput> + 'a;
+
+/// A simple one-step forecaster for simulations: the last value plus split-conformal
+/// quantiles of the last `window` one-step changes, at `level`.
+pub fn naive_conformal(window: usize, level: f64) -> impl FnMut(&[f64]) -> Option<ForecastInput> {
+    move |h: &[f64]| {
+        if h.len() < window.max(4) + 1 {
+            return None;
+        }
+        let last = *h.last()?;
+        let tail = &h[h.len() - window - 1..];
+        let mut diffs: Vec<f64> = tail.windows(2).map(|w| w[1] - w[0]).collect();
+        diffs.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            let i = ((p * (diffs.len() - 1) as f64).round() as usize).min(diffs.len() - 1);
+            diffs[i]
+        };
+        let alpha = (1.0 - level) / 2.0;
+        Some(ForecastInput {
+            point: last,
+            lower: (last + q(alpha)).max(0.0),
+            upper: (last + q(1.0 - alpha)).max(0.0),
+            level,
+            coverage: None,
+            horizon_intervals: 1,
+        })
+    }
+}
+
+/// What a policy observed over an interval under its limit: usage is capped at the limit
+/// (CPU is throttled; memory beyond the limit is an OOM).
+fn observe(resource: Resource, usage: f64, limit: f64) -> Signals {
+    let over = usage > limit;
+    let seen = usage.min(limit);
+    match resource {
+        Resource::Memory => Signals {
+            usage: Some(seen),
+            oom_events: u64::from(over),
+            ..Signals::default()
+        },
+        _ => Signals {
+            usage: Some(seen),
+            throttled_ratio: Some(if over { 1.0 } else { 0.0 }),
+            throttled_periods: u64::from(over),
+            ..Signals::default()
+        },
+    }
+}
+
+fn scores_for_series(
+    u: &[f64],
+    cfg: &SimConfig,
+    forecast: &mut ForecastFn<'_>,
+) -> Option<[Score; 4]> {
+    if u.len() <= cfg.warmup || cfg.warmup == 0 {
+        return None;
+    }
+    let peak = u[..cfg.warmup]
+        .iter()
+        .copied()
+        .fold(f64::NAN, f64::max)
+        .clamp(cfg.rails.min, cfg.rails.max);
+    let mut s_static = Score::default();
+    let mut s_react = Score::default();
+    let mut s_vpa = Score::default();
+    let mut s_pred = Score::default();
+
+    let mut l_react = peak;
+    let mut st_react = ResourceState::default();
+    let mut l_pred = peak;
+    let mut st_pred = ResourceState::default();
+    let mut l_vpa = peak;
+    let mut hist = DecayingHistogram::new(cfg.rails.min * 0.1, cfg.vpa_half_life);
+    for &v in &u[..cfg.warmup] {
+        hist.add(v);
+    }
+    // Recent hits of the forecast intervals (for coverage).
+    let mut hits: Vec<bool> = Vec::new();
+    let mut last_forecast: Option<ForecastInput> = None;
+
+    for t in cfg.warmup..u.len() {
+        let prev = u[t - 1];
+        // Reactive: signals of the previous interval under its own limit.
+        if t > cfg.warmup {
+            let sig = observe(cfg.resource, prev, l_react);
+            let d = decide(
+                cfg.resource,
+                &cfg.policy,
+                &cfg.rails,
+                &mut st_react,
+                Some(l_react),
+                &sig,
+                None,
+            );
+            if let Some(n) = d.new {
+                if d.changes() {
+                    s_react.changes += 1;
+                    l_react = n;
+                }
+            }
+        }
+        // VPA-style.
+        if t > cfg.warmup {
+            hist.add(prev);
+        }
+        if let Some(p) = hist.percentile(cfg.vpa_percentile) {
+            let target = (p * (1.0 + cfg.vpa_margin)).clamp(cfg.rails.min, cfg.rails.max);
+            if (target - l_vpa).abs() > cfg.rails.hysteresis * l_vpa {
+                l_vpa = target;
+                s_vpa.changes += 1;
+            }
+        }
+        // Predictive.
+        if let Some(f) = last_forecast {
+            hits.push(prev >= f.lower && prev <= f.upper);
+            if hits.len() > cfg.coverage_window {
+                hits.remove(0);
+            }
+        }
+        let mut f = forecast(&u[..t]);
+        if let Some(f) = f.as_mut() {
+            if f.coverage.is_none() && hits.len() >= cfg.coverage_window / 2 {
+                f.coverage = Some(hits.iter().filter(|h| **h).count() as f64 / hits.len() as f64);
+            }
+        }
+        last_forecast = f;
+        let sig = if t > cfg.warmup {
+            observe(cfg.resource, prev, l_pred)
+        } else {
+            Signals::default()
+        };
+        let d = decide(
+            cfg.resource,
+            &cfg.policy,
+            &cfg.rails,
+            &mut st_pred,
+            Some(l_pred),
+            &sig,
+            f.as_ref(),
+        );
+        if let Some(n) = d.new {
+            if d.changes() {
+                s_pred.changes += 1;
+                l_pred = n;
+            }
+        }
+
+        let now = u[t];
+        s_static.add(peak, now);
+        s_react.add(l_react, now);
+        s_vpa.add(l_vpa, now);
+        s_pred.add(l_pred, now);
+    }
+    Some([s_static, s_react, s_vpa, s_pred])
+}
+
+/// Policy names, in report order.
+pub const POLICIES: [&str; 4] = ["static", "reactive", "vpa", "predictive"];
+
+/// Simulates one series.
+pub fn simulate(usage: &[f64], cfg: &SimConfig, forecast: &mut ForecastFn<'_>) -> SimReport {
+    let mut total: [Score; 4] = Default::default();
+    if let Some(scores) = scores_for_series(usage, cfg, forecast) {
+        total = scores;
+    }
+    report(&total)
+}
+
+fn report(total: &[Score; 4]) -> SimReport {
+    SimReport {
+        policies: POLICIES
+            .iter()
+            .zip(total.iter())
+            .map(|(n, s)| s.result(n))
+            .collect(),
+    }
+}
+
+/// Simulates every series (each with a fresh forecast function from `make_forecast`) and
+/// pools the scores: slack and shortage over all scored intervals, changes summed.
+pub fn simulate_many<'s, 'f>(
+    series: impl IntoIterator<Item = &'s [f64]>,
+    cfg: &SimConfig,
+    mut make_forecast: impl FnMut() -> Box<ForecastFn<'f>>,
+) -> SimReport {
+    let mut total: [Score; 4] = Default::default();
+    for u in series {
+        let mut f = make_forecast();
+        if let Some(scores) = scores_for_series(u, cfg, &mut *f) {
+            for (t, s) in total.iter_mut().zip(scores.iter()) {
+                t.merge(s);
+            }
+        }
+    }
+    report(&total)
+}
+
+/// Reads a long CSV (`series_id,timestamp_s,<metric>,...`, one row per sample, rows of a
+/// series together and in time order) and returns each series' `metric` column.
+pub fn load_trace_csv(path: &Path, metric: &str) -> Result<Vec<(String, Vec<f64>)>> {
+    let text = std::fs::read_to_string(path).map_err(|source| AllocateError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_trace_csv(path, &text, metric)
+}
+
+fn parse_trace_csv(path: &Path, text: &str, metric: &str) -> Result<Vec<(String, Vec<f64>)>> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+    let find = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| AllocateError::Parse {
+                path: path.to_owned(),
+                value: header.to_owned(),
+                expected: if name == "series_id" {
+                    "a header with a series_id column"
+                } else {
+                    "a header with the requested metric column"
+                },
+            })
+    };
+    let id_col = find("series_id")?;
+    let m_col = find(metric)?;
+    let mut out: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(id), Some(v)) = (fields.get(id_col), fields.get(m_col)) else {
+            return Err(AllocateError::Parse {
+                path: path.to_owned(),
+                value: line.to_owned(),
+                expected: "a row with as many fields as the header",
+            });
+        };
+        let Ok(v) = v.trim().parse::<f64>() else {
+            // Missing values are skipped (the interval is dropped from the series).
+            continue;
+        };
+        let i = *index.entry((*id).to_owned()).or_insert_with(|| {
+            out.push(((*id).to_owned(), Vec::new()));
+            out.len() - 1
+        });
+        out[i].1.push(v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentile() {
+        let mut h = DecayingHistogram::new(0.01, 1e9);
+        for i in 1..=100 {
+            h.add(i as f64);
+        }
+        let p90 = h.percentile(0.9).unwrap();
+        assert!((88.0..=95.0).contains(&p90), "{p90}");
+        // Decay: recent samples dominate.
+        let mut h = DecayingHistogram::new(0.01, 10.0);
+        for _ in 0..200 {
+            h.add(100.0);
+        }
+        for _ in 0..200 {
+            h.add(1.0);
+        }
+        assert!(h.percentile(0.9).unwrap() < 1.1);
+    }
+
+    #[test]
+    fn conformal_forecaster_brackets_a_steady_series() {
+        let mut f = naive_conformal(20, 0.9);
+        let h: Vec<f64> = (0..40).map(|i| 10.0 + (i % 2) as f64).collect();
+        let fc = f(&h).unwrap();
+        assert!(fc.lower <= 10.0 && fc.upper >= 11.0, "{fc:?}");
+        assert!(f(&h[..5]).is_none());
+    }
+
+    #[test]
+    fn constant_trace_scores() {
+        // Constant usage: static = peak = usage, no slack, no shortage, no changes.
+        let u = vec![2.0; 400];
+        let cfg = SimConfig {
+            warmup: 100,
+            ..SimConfig::cpu(10.0, 300.0)
+        };
+        let mut f = naive_conformal(24, 0.9);
+        let r = simulate(&u, &cfg, &mut f);
+        let s = r.policy("static").unwrap();
+        assert_eq!((s.slack, s.shortage, s.changes, s.intervals), (0.0, 0.0, 0, 300));
+        let p = r.policy("predictive").unwrap();
+        assert_eq!(p.shortage, 0.0);
+        // Usage at the limit first steps it up reactively (2.5); once the zero-width
+        // interval's coverage is known the forecast (2.0 + 15%) shrinks it to 2.3.
+        assert_eq!(p.changes, 2, "{p:?}");
+        assert!((p.mean_limit - 2.3).abs() < 0.05, "{p:?}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["policies"][0]["name"], "static");
+        assert!(json["policies"][3]["slack"].is_number());
+    }
+
+    #[test]
+    fn step_increase_reactive_catches_up_static_does_not() {
+        let mut u = vec![1.0; 200];
+        u.extend(vec![3.0; 200]);
+        let cfg = SimConfig {
+            warmup: 100,
+            ..SimConfig::cpu(10.0, 300.0)
+        };
+        let mut none = |_: &[f64]| None;
+        let r = simulate(&u, &cfg, &mut none);
+        let s = r.policy("static").unwrap();
+        assert!((s.shortage - 2.0 / 3.0).abs() < 0.01, "{s:?}");
+        let re = r.policy("reactive").unwrap();
+        assert!(re.shortage < 0.05, "{re:?}");
+        assert!(re.changes >= 2, "{re:?}");
+        // Without forecasts the predictive policy is the reactive one.
+        let p = r.policy("predictive").unwrap();
+        assert!((p.shortage - re.shortage).abs() < 0.02, "{p:?} vs {re:?}");
+    }
+
+    #[test]
+    fn csv_parsing_groups_series() {
+        let text = "series_id,timestamp_s,cpu_pct\na,0,1\na,300,2\nb,0,5\na,600,\n";
+        let s = parse_trace_csv(Path::new("x.csv"), text, "cpu_pct").unwrap();
+        assert_eq!(s, vec![("a".into(), vec![1.0, 2.0]), ("b".into(), vec![5.0])]);
+        let err = parse_trace_csv(Path::new("x.csv"), text, "nope").unwrap_err();
+        assert!(err.to_string().contains("x.csv"), "{err}");
+    }
+}

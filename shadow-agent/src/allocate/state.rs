@@ -1,0 +1,247 @@
+//! What must survive the agent: the original limits (restored on exit and after a crash) and
+//! the audit log of decisions.
+//!
+//! - Original record: `<state_dir>/original-<cgroup>.json` (`/` in the name becomes `%`),
+//!   written atomically (temporary file, fsync, rename) before the first change, holding the
+//!   exact text of every control file the allocator may write. Its presence at start means the
+//!   previous agent did not restore: the new one restores first.
+//! - Audit log: JSON lines appended to a file (one object per decision worth recording).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{self, BackendKind};
+use super::policy::{Confidence, Rail, Reason};
+use super::{AllocateError, Result};
+
+/// Format version of [`OriginalRecord`].
+pub const RECORD_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One control file's original text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginalFile {
+    pub path: PathBuf,
+    pub value: String,
+}
+
+/// The limits of a group before Shadow changed anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginalRecord {
+    pub version: u32,
+    pub cgroup: String,
+    pub backend: BackendKind,
+    pub recorded_unix_ms: u64,
+    /// The agent process that recorded it.
+    pub pid: u32,
+    /// In restore order.
+    pub files: Vec<OriginalFile>,
+}
+
+/// Where the record of `cgroup` lives in `state_dir`.
+pub fn record_path(state_dir: &Path, cgroup: &str) -> PathBuf {
+    state_dir.join(format!("original-{}.json", cgroup.replace('/', "%")))
+}
+
+impl OriginalRecord {
+    /// Reads the current text of `files`.
+    pub fn capture(cgroup: &str, kind: BackendKind, files: &[PathBuf]) -> Result<OriginalRecord> {
+        let files = files
+            .iter()
+            .map(|p| {
+                Ok(OriginalFile {
+                    path: p.clone(),
+                    value: backend::read_text(p)?.trim().to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OriginalRecord {
+            version: RECORD_VERSION,
+            cgroup: cgroup.to_owned(),
+            backend: kind,
+            recorded_unix_ms: unix_ms(),
+            pid: std::process::id(),
+            files,
+        })
+    }
+
+    /// Writes the record atomically to `path` (creating the directory).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let io = |op, p: &Path| {
+            let p = p.to_owned();
+            move |source| AllocateError::Io { op, path: p, source }
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(|source| AllocateError::Json {
+            op: "serialise",
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&text).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+        Ok(())
+    }
+
+    /// Reads the record at `path`; `None` when there is none.
+    pub fn load(path: &Path) -> Result<Option<OriginalRecord>> {
+        let text = match fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(AllocateError::Io {
+                    op: "read",
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|source| AllocateError::Json {
+                op: "parse",
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// Writes every original value back, continuing past failures.
+    pub fn restore(&self) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        for f in &self.files {
+            match backend::write_text(&f.path, &f.value) {
+                Ok(()) => report.restored.push(f.path.clone()),
+                Err(e) => report.failed.push((f.path.clone(), error_chain(&e))),
+            }
+        }
+        report
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    pub restored: Vec<PathBuf>,
+    /// (file, error).
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub cgroup: String,
+    /// `cpu`, `memory`, `cpuset` or `restore`.
+    pub resource: String,
+    /// Old and new value: cores, bytes, a CPU list, or `"max"` for unlimited.
+    pub old: serde_json::Value,
+    pub new: serde_json::Value,
+    pub reason: Reason,
+    /// Rails that changed the outcome.
+    pub rails: Vec<Rail>,
+    /// Whether it was written (false: dry run, suppressed by a rail, or failed).
+    pub applied: bool,
+    pub dry_run: bool,
+    /// The forecast's point, interval [lower, upper] and level, when one was given.
+    pub forecast: Option<f64>,
+    pub interval: Option<[f64; 2]>,
+    pub level: Option<f64>,
+    pub confidence: Option<Confidence>,
+    /// Reconcile step number of this agent.
+    pub step: u64,
+    /// An error, when the write failed.
+    pub error: Option<String>,
+}
+
+/// Appends [`AuditEntry`] lines to a file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// A log at `path` (created on first append, with its directory).
+    pub fn new(path: impl Into<PathBuf>) -> AuditLog {
+        AuditLog { path: path.into() }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line.
+    pub fn append(&self, entry: &AuditEntry) -> Result<()> {
+        let io = |op| {
+            let p = self.path.clone();
+            move |source| AllocateError::Io { op, path: p, source }
+        };
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(io("create directory"))?;
+        }
+        let mut line = serde_json::to_vec(entry).map_err(|source| AllocateError::Json {
+            op: "serialise",
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io("open for appending"))?;
+        f.write_all(&line).map_err(io("append"))
+    }
+
+    /// Every entry so far (for tests and reports).
+    pub fn read_all(&self) -> Result<Vec<AuditEntry>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(AllocateError::Io {
+                    op: "read",
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).map_err(|source| AllocateError::Json {
+                    op: "parse",
+                    path: self.path.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}

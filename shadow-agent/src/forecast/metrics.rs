@@ -1,0 +1,162 @@
+//! Forecast accuracy and calibration metrics.
+//!
+//! - **MASE** of one forecast: its mean absolute error over the horizon divided by the mean
+//!   absolute one-step change of its own training window (the in-sample naive error). A series'
+//!   MASE is the mean over its origins (origins whose window is constant have no scale and are
+//!   counted as `unscaled`, not scored); an aggregate is the mean over series.
+//! - **sMAPE**: `200·|y − ŷ| / (|y| + |ŷ|)` per point (0 when both are 0), in percent.
+//! - **Coverage** at level `l`: the fraction of forecast points inside their `l` interval.
+//! - **Width**: mean `upper − lower` of the 95% interval, in the metric's unit.
+
+use super::Forecast;
+
+/// Mean absolute one-step change of `train`; `None` if it is zero (or `train` too short).
+pub fn mase_scale(train: &[f64]) -> Option<f64> {
+    if train.len() < 2 {
+        return None;
+    }
+    let s = train.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (train.len() - 1) as f64;
+    (s > 0.0 && s.is_finite()).then_some(s)
+}
+
+/// Symmetric absolute percentage error of one point, in percent (0..=200).
+pub fn smape_point(actual: f64, forecast: f64) -> f64 {
+    let d = actual.abs() + forecast.abs();
+    if d == 0.0 {
+        0.0
+    } else {
+        200.0 * (actual - forecast).abs() / d
+    }
+}
+
+/// Running sums for one model on one series.
+#[derive(Debug, Clone, Default)]
+pub struct Accumulator {
+    pub mase_sum: f64,
+    pub mase_n: usize,
+    pub unscaled: usize,
+    pub smape_sum: f64,
+    pub points: usize,
+    /// Points inside the interval, per level (same order as the levels given to `add`).
+    pub covered: Vec<usize>,
+    pub width95_sum: f64,
+    pub width95_n: usize,
+    pub fit_ns: u128,
+    pub fits: usize,
+    pub failures: usize,
+}
+
+impl Accumulator {
+    pub fn new(levels: usize) -> Self {
+        Self {
+            covered: vec![0; levels],
+            ..Self::default()
+        }
+    }
+
+    /// Scores one forecast of `actual` made from `train`.
+    pub fn add(&mut self, train: &[f64], actual: &[f64], f: &Forecast, levels: &[f64]) {
+        let h = actual.len().min(f.point.len());
+        let mae = (0..h).map(|i| (actual[i] - f.point[i]).abs()).sum::<f64>() / h.max(1) as f64;
+        match mase_scale(train) {
+            Some(s) => {
+                self.mase_sum += mae / s;
+                self.mase_n += 1;
+            }
+            None => self.unscaled += 1,
+        }
+        for (a, p) in actual.iter().zip(&f.point).take(h) {
+            self.smape_sum += smape_point(*a, *p);
+        }
+        self.points += h;
+        for (li, &level) in levels.iter().enumerate() {
+            if let Some(iv) = f.interval(level) {
+                self.covered[li] += (0..h)
+                    .filter(|&i| iv.lower[i] <= actual[i] && actual[i] <= iv.upper[i])
+                    .count();
+            }
+            if (level - 0.95).abs() < 1e-9 {
+                if let Some(iv) = f.interval(level) {
+                    self.width95_sum += (0..h).map(|i| iv.upper[i] - iv.lower[i]).sum::<f64>();
+                    self.width95_n += h;
+                }
+            }
+        }
+    }
+
+    pub fn mase(&self) -> f64 {
+        ratio(self.mase_sum, self.mase_n)
+    }
+    pub fn smape(&self) -> f64 {
+        ratio(self.smape_sum, self.points)
+    }
+    pub fn coverage(&self, level_index: usize) -> f64 {
+        ratio(self.covered[level_index] as f64, self.points)
+    }
+    pub fn width95(&self) -> f64 {
+        ratio(self.width95_sum, self.width95_n)
+    }
+    pub fn ms_per_fit(&self) -> f64 {
+        ratio(self.fit_ns as f64 / 1e6, self.fits)
+    }
+}
+
+fn ratio(sum: f64, n: usize) -> f64 {
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::Interval;
+
+    #[test]
+    fn mase_scale_is_the_naive_error() {
+        assert_eq!(mase_scale(&[1.0, 3.0, 2.0]), Some(1.5));
+        assert_eq!(mase_scale(&[4.0, 4.0, 4.0]), None);
+        assert_eq!(mase_scale(&[4.0]), None);
+    }
+
+    #[test]
+    fn smape_bounds() {
+        assert_eq!(smape_point(0.0, 0.0), 0.0);
+        assert_eq!(smape_point(100.0, 100.0), 0.0);
+        assert_eq!(smape_point(0.0, 5.0), 200.0);
+        assert!((smape_point(100.0, 50.0) - 200.0 * 50.0 / 150.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn accumulator_scores_a_forecast() {
+        let train = [0.0, 2.0, 0.0, 2.0, 0.0]; // scale 2
+        let actual = [1.0, 3.0];
+        let f = Forecast {
+            point: vec![1.0, 1.0], // errors 0 and 2: MAE 1, MASE 0.5
+            intervals: vec![
+                Interval {
+                    level: 0.8,
+                    lower: vec![0.5, 0.5],
+                    upper: vec![1.5, 1.5], // covers the first only
+                },
+                Interval {
+                    level: 0.95,
+                    lower: vec![0.0, 0.0],
+                    upper: vec![4.0, 4.0], // covers both, width 4
+                },
+            ],
+        };
+        let mut acc = Accumulator::new(2);
+        acc.add(&train, &actual, &f, &[0.8, 0.95]);
+        assert_eq!(acc.mase(), 0.5);
+        assert_eq!(acc.coverage(0), 0.5);
+        assert_eq!(acc.coverage(1), 1.0);
+        assert_eq!(acc.width95(), 4.0);
+        assert!((acc.smape() - (0.0 + 200.0 * 2.0 / 4.0) / 2.0).abs() < 1e-12);
+        acc.add(&[3.0, 3.0], &actual, &f, &[0.8, 0.95]);
+        assert_eq!(acc.unscaled, 1);
+        assert_eq!(acc.mase_n, 1);
+    }
+}

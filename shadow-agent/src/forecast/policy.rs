@@ -1,0 +1,459 @@
+//! The default policy, [`Adaptive`]: per series and per horizon step, the candidate forecaster
+//! with the lowest recent rolling-origin error, with intervals calibrated on the policy's own
+//! recent errors (split conformal).
+//!
+//! At fit time, on the series' own history:
+//! 1. Candidates (all cheap, O(n) each): the last value; simple exponential smoothing at
+//!    several fixed smoothing constants; medians of the last few samples; and, if the window
+//!    has a season ([`SeasonDetector`]), seasonal naive and seasonal naive shifted to the
+//!    current level.
+//! 2. Every candidate forecasts from every recent origin `t` (history `y[..t]`), so its error
+//!    at each step `h` is known for every origin whose target is in the history.
+//! 3. For step `h`, the candidates are ranked by their absolute error summed over the
+//!    `select_window` origins just before `t` whose targets were already observed at `t`; the
+//!    policy's forecast is the median of the best `combine` of them, keeping only those within
+//!    `combine_within` of the best (a clearly better candidate, e.g. the season, is not diluted). This is replayed for
+//!    every recent origin, so the policy's own out-of-sample errors are known too (the
+//!    selection never sees the error it is scored on).
+//! 4. The final forecast is that rule applied at the end of the history. Its interval at level
+//!    `l` adds the finite-sample conformal quantiles of the policy's last `calibration` signed
+//!    errors at that step (optionally divided by the local volatility at their origin and
+//!    multiplied by today's, `local_scale`; off by default: on the public traces it narrowed
+//!    the miscalibration at 80% but widened the mean 95% interval 2-3x after spikes). If the history is non-negative, forecasts and bounds are clipped at
+//!    zero (resource usage cannot go below it).
+//!
+//! The cost is a few passes over the window per candidate: well under a millisecond for a
+//! 576-sample window.
+
+use super::{
+    check_history, check_request, conformal_offsets, season::SeasonDetector, sort_floats, Fitted,
+    Forecast, ForecastError, Forecaster, Interval,
+};
+
+/// The default policy's parameters; [`Default`] holds the defaults used everywhere.
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    /// Longest horizon the fitted model can forecast.
+    pub max_horizon: usize,
+    /// Origins whose errors rank the candidates (fewer, down to 12, if the history is short).
+    pub select_window: usize,
+    /// Most recent policy errors the intervals are calibrated on, per step.
+    pub calibration: usize,
+    /// Fewest calibration errors a fit accepts.
+    pub min_calibration: usize,
+    /// How many of the best-ranked candidates are combined (median) at most ...
+    pub combine: usize,
+    /// ... of those whose error is within this fraction of the best one's (0.2: 20% worse).
+    pub combine_within: f64,
+    /// Samples over which the local volatility (mean absolute one-step change) that scales
+    /// the calibration errors is measured; 0 calibrates raw errors.
+    pub local_scale: usize,
+    /// Smoothing constants of the exponential-smoothing candidates.
+    pub ses_alphas: Vec<f64>,
+    /// Window lengths of the rolling-median candidates.
+    pub median_windows: Vec<usize>,
+    pub detector: SeasonDetector,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self {
+            max_horizon: 12,
+            select_window: 72,
+            calibration: 240,
+            min_calibration: 20,
+            combine: 5,
+            combine_within: 0.2,
+            local_scale: 0,
+            ses_alphas: vec![0.5, 0.25, 0.1],
+            median_windows: vec![3, 6, 12, 24],
+            detector: SeasonDetector::default(),
+        }
+    }
+}
+
+impl Adaptive {
+    /// A policy fitted for horizons up to `max_horizon`, other parameters default.
+    pub fn with_horizon(max_horizon: usize) -> Self {
+        Self {
+            max_horizon,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Candidate {
+    Last,
+    Ses(f64),
+    Median(usize),
+    Seasonal(usize),
+    SeasonalLevel { period: usize, k: usize },
+}
+
+impl Candidate {
+    fn label(&self) -> String {
+        match self {
+            Candidate::Last => "last".into(),
+            Candidate::Ses(a) => format!("ses{a}"),
+            Candidate::Median(k) => format!("median{k}"),
+            Candidate::Seasonal(p) => format!("snaive{p}"),
+            Candidate::SeasonalLevel { period, k } => format!("snaive{period}+level{k}"),
+        }
+    }
+}
+
+/// A fitted [`Adaptive`]: per step, the forecast, the candidates behind it and the sorted
+/// calibration errors.
+#[derive(Debug, Clone)]
+pub struct FittedAdaptive {
+    point: Vec<f64>,
+    chosen: Vec<Vec<Candidate>>,
+    errors: Vec<Vec<f64>>,
+    /// Multiplies the calibration quantiles (the local volatility at the end of the history).
+    scale_now: f64,
+    clip_at_zero: bool,
+    period: Option<usize>,
+}
+
+impl FittedAdaptive {
+    /// The season found in the history, if any.
+    pub fn period(&self) -> Option<usize> {
+        self.period
+    }
+    /// Labels of the candidates combined at step `h` (1-based), for explanations.
+    pub fn chosen(&self, h: usize) -> Vec<String> {
+        self.chosen
+            .get(h.wrapping_sub(1))
+            .map(|c| c.iter().map(Candidate::label).collect())
+            .unwrap_or_default()
+    }
+    /// Number of calibration errors at step `h` (1-based).
+    pub fn calibration_size(&self, h: usize) -> usize {
+        self.errors.get(h.wrapping_sub(1)).map_or(0, Vec::len)
+    }
+}
+
+/// Median of a small slice (copied).
+fn median(v: &[f64], buf: &mut Vec<f64>) -> f64 {
+    buf.clear();
+    buf.extend_from_slice(v);
+    sort_floats(buf);
+    let n = buf.len();
+    if n % 2 == 1 {
+        buf[n / 2]
+    } else {
+        0.5 * (buf[n / 2 - 1] + buf[n / 2])
+    }
+}
+
+const NAME: &str = "adaptive";
+/// Fewest origins the candidates are ranked on when the history is short.
+const MIN_SELECT: usize = 12;
+
+impl Forecaster for Adaptive {
+    type Fitted = FittedAdaptive;
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn fit(&self, y: &[f64]) -> Result<FittedAdaptive, ForecastError> {
+        let hmax = self.max_horizon.max(1);
+        let longest_median = self.median_windows.iter().copied().max().unwrap_or(1);
+        let base = longest_median.max(self.local_scale + 1) + 2 * hmax + self.min_calibration;
+        let min_select = self.select_window.clamp(1, MIN_SELECT);
+        let needed = base + min_select;
+        check_history(NAME, y, needed)?;
+        let n = y.len();
+        // A short history shrinks the selection window (down to MIN_SELECT origins) so that
+        // at least as many origins are left for calibration.
+        let s = self
+            .select_window
+            .min(((n - base) / 2).max(min_select))
+            .max(1);
+
+        let period = self.detector.detect(y);
+        let mut cands = vec![Candidate::Last];
+        cands.extend(self.ses_alphas.iter().map(|&a| Candidate::Ses(a)));
+        cands.extend(self.median_windows.iter().map(|&k| Candidate::Median(k)));
+        if let Some(p) = period {
+            cands.push(Candidate::Seasonal(p));
+            cands.push(Candidate::SeasonalLevel { period: p, k: 6 });
+        }
+
+        // Origins t in [t0, n]: forecasts from history y[..t].
+        let t0 = n
+            .saturating_sub(s + self.calibration + 2 * hmax)
+            .max(longest_median)
+            .max(self.local_scale + 1);
+        let origins = n - t0 + 1;
+        let nc = cands.len();
+        // fc[(c * origins + (t - t0)) * hmax + (h - 1)]; NaN where a candidate cannot forecast.
+        let mut fc = vec![f64::NAN; nc * origins * hmax];
+        let mut buf = Vec::with_capacity(longest_median);
+        for (ci, cand) in cands.iter().enumerate() {
+            let base = ci * origins * hmax;
+            match *cand {
+                Candidate::Last => {
+                    for t in t0..=n {
+                        fc[base + (t - t0) * hmax..][..hmax].fill(y[t - 1]);
+                    }
+                }
+                Candidate::Ses(alpha) => {
+                    let mut level = y[0];
+                    for (i, &v) in y.iter().enumerate().take(n) {
+                        // `level` is the forecast from origin i (history y[..i]).
+                        if i >= t0 {
+                            fc[base + (i - t0) * hmax..][..hmax].fill(level);
+                        }
+                        level += alpha * (v - level);
+                    }
+                    fc[base + (n - t0) * hmax..][..hmax].fill(level);
+                }
+                Candidate::Median(k) => {
+                    for t in t0..=n {
+                        let m = median(&y[t - k..t], &mut buf);
+                        fc[base + (t - t0) * hmax..][..hmax].fill(m);
+                    }
+                }
+                Candidate::Seasonal(p) => {
+                    for t in t0.max(p)..=n {
+                        for h in 1..=hmax {
+                            fc[base + (t - t0) * hmax + h - 1] = y[t - p + (h - 1) % p];
+                        }
+                    }
+                }
+                Candidate::SeasonalLevel { period: p, k } => {
+                    for t in t0.max(p + k)..=n {
+                        let shift =
+                            median(&y[t - k..t], &mut buf) - median(&y[t - p - k..t - p], &mut buf);
+                        for h in 1..=hmax {
+                            fc[base + (t - t0) * hmax + h - 1] = y[t - p + (h - 1) % p] + shift;
+                        }
+                    }
+                }
+            }
+        }
+        let at = |c: usize, t: usize, h: usize| fc[(c * origins + (t - t0)) * hmax + h - 1];
+
+        // Local volatility at each origin: median |one-step change| over the last
+        // `local_scale` samples (robust to a single spike), plus a tenth of the window's mean
+        // so a flat stretch does not give zero width.
+        let steps: Vec<f64> = y.windows(2).map(|w| (w[1] - w[0]).abs()).collect();
+        let floor = 0.1 * steps.iter().sum::<f64>() / steps.len().max(1) as f64;
+        let floor = if floor > 0.0 { floor } else { 1.0 };
+        let vol: Vec<f64> = (t0..=n)
+            .map(|t| {
+                let k = self.local_scale;
+                if k == 0 {
+                    1.0
+                } else {
+                    median(&steps[t - 1 - k..t - 1], &mut buf) + floor
+                }
+            })
+            .collect();
+
+        let clip_at_zero = y.iter().all(|&v| v >= 0.0);
+        let clip = |v: f64| if clip_at_zero { v.max(0.0) } else { v };
+        let k = self.combine.clamp(1, nc);
+        let mut point = Vec::with_capacity(hmax);
+        let mut chosen = Vec::with_capacity(hmax);
+        let mut errors = Vec::with_capacity(hmax);
+        let mut abs_err = vec![f64::NAN; origins];
+        let mut prefix = vec![0.0; origins + 1];
+        let mut invalid = vec![0usize; origins + 1];
+        // Per candidate prefix sums of |error| and of invalid counts, for this step.
+        let mut scores_prefix: Vec<(Vec<f64>, Vec<usize>)> = Vec::with_capacity(nc);
+        let mut ranked: Vec<(f64, usize)> = Vec::with_capacity(nc);
+        let mut picks: Vec<f64> = Vec::with_capacity(k);
+        for h in 1..=hmax {
+            scores_prefix.clear();
+            for c in 0..nc {
+                for (i, e) in abs_err.iter_mut().enumerate() {
+                    let t = t0 + i;
+                    *e = if t + h - 1 < n {
+                        (y[t + h - 1] - at(c, t, h)).abs()
+                    } else {
+                        f64::NAN
+                    };
+                }
+                for i in 0..origins {
+                    let bad = abs_err[i].is_nan();
+                    prefix[i + 1] = prefix[i] + if bad { 0.0 } else { abs_err[i] };
+                    invalid[i + 1] = invalid[i] + usize::from(bad);
+                }
+                scores_prefix.push((prefix.clone(), invalid.clone()));
+            }
+            // The policy's forecast from origin t at step h, or None before enough history.
+            let mut policy_at = |t: usize, record: Option<&mut Vec<Candidate>>| -> Option<f64> {
+                // Scored origins: [t - h - s + 1, t - h] (targets t' + h - 1 < t).
+                let hi = t.checked_sub(h)?;
+                let lo = (hi + 1).checked_sub(s)?;
+                if lo < t0 {
+                    return None;
+                }
+                let (a, b) = (lo - t0, hi - t0 + 1);
+                ranked.clear();
+                for (c, (p, inv)) in scores_prefix.iter().enumerate() {
+                    if inv[b] - inv[a] == 0 && !at(c, t, h).is_nan() {
+                        ranked.push((p[b] - p[a], c));
+                    }
+                }
+                if ranked.is_empty() {
+                    return None;
+                }
+                ranked.sort_by(|x, z| x.0.total_cmp(&z.0));
+                let cutoff = ranked[0].0 * (1.0 + self.combine_within);
+                let used = ranked
+                    .iter()
+                    .take(k)
+                    .take_while(|r| r.0 <= cutoff)
+                    .count()
+                    .max(1);
+                picks.clear();
+                picks.extend(ranked[..used].iter().map(|&(_, c)| at(c, t, h)));
+                if let Some(rec) = record {
+                    rec.extend(ranked[..used].iter().map(|&(_, c)| cands[c]));
+                }
+                Some(clip(median(&picks, &mut Vec::new())))
+            };
+            let mut errs = Vec::with_capacity(self.calibration);
+            for t in (t0..=n.saturating_sub(h)).rev() {
+                if errs.len() >= self.calibration {
+                    break;
+                }
+                match policy_at(t, None) {
+                    Some(f) => errs.push((y[t + h - 1] - f) / vol[t - t0]),
+                    None => break,
+                }
+            }
+            if errs.len() < self.min_calibration {
+                return Err(ForecastError::TooShort {
+                    model: NAME,
+                    needed: needed + self.min_calibration - errs.len(),
+                    got: n,
+                });
+            }
+            let mut rec = Vec::with_capacity(k);
+            let f = policy_at(n, Some(&mut rec)).ok_or(ForecastError::TooShort {
+                model: NAME,
+                needed,
+                got: n,
+            })?;
+            sort_floats(&mut errs);
+            point.push(f);
+            chosen.push(rec);
+            errors.push(errs);
+        }
+        Ok(FittedAdaptive {
+            point,
+            chosen,
+            errors,
+            scale_now: vol[n - t0],
+            clip_at_zero,
+            period,
+        })
+    }
+}
+
+impl Fitted for FittedAdaptive {
+    fn predict(&self, horizon: usize, levels: &[f64]) -> Result<Forecast, ForecastError> {
+        check_request(horizon, levels)?;
+        if horizon > self.point.len() {
+            return Err(ForecastError::HorizonBeyondFit {
+                model: NAME,
+                requested: horizon,
+                fitted: self.point.len(),
+            });
+        }
+        let clip = |v: f64| if self.clip_at_zero { v.max(0.0) } else { v };
+        let point = self.point[..horizon].to_vec();
+        let intervals = levels
+            .iter()
+            .map(|&level| {
+                let (lower, upper) = (0..horizon)
+                    .map(|h| {
+                        let (lo, hi) = conformal_offsets(&self.errors[h], level);
+                        let (lo, hi) = (lo * self.scale_now, hi * self.scale_now);
+                        (clip(point[h] + lo), clip(point[h] + hi))
+                    })
+                    .unzip();
+                Interval {
+                    level,
+                    lower,
+                    upper,
+                }
+            })
+            .collect();
+        Ok(Forecast { point, intervals })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::test_noise as noise;
+
+    #[test]
+    fn flat_noise_prefers_smoothing_and_covers() {
+        // White noise around 50: averaging candidates beat the last value.
+        let y: Vec<f64> = (0..576).map(|i| 50.0 + 10.0 * noise(i)).collect();
+        let fitted = Adaptive::default().fit(&y).unwrap();
+        assert!(fitted.period().is_none());
+        for h in 1..=12 {
+            let c = fitted.chosen(h);
+            assert_ne!(c[0], "last", "step {h}: {c:?}");
+        }
+        let f = fitted.predict(12, &[0.8, 0.95]).unwrap();
+        assert!(
+            (f.point[0] - 50.0).abs() < 3.0,
+            "{:?} {:?}",
+            f.point,
+            fitted.chosen(1)
+        );
+        // Uniform noise of width 10: the 80% interval is about ±4, the 95% about ±4.75.
+        let i80 = f.interval(0.8).unwrap();
+        let w80 = i80.upper[0] - i80.lower[0];
+        assert!((6.0..10.5).contains(&w80), "80% width {w80}");
+    }
+
+    #[test]
+    fn seasonal_series_uses_the_season() {
+        let p = 48;
+        let y: Vec<f64> = (0..576)
+            .map(|i| 100.0 + 40.0 * (i as f64 * std::f64::consts::TAU / p as f64).sin() + noise(i))
+            .collect();
+        let fitted = Adaptive::default().fit(&y).unwrap();
+        assert_eq!(fitted.period(), Some(p));
+        assert!(
+            fitted.chosen(12)[0].starts_with("snaive"),
+            "{:?}",
+            fitted.chosen(12)
+        );
+        let f = fitted.predict(12, &[]).unwrap();
+        for (h, v) in f.point.iter().enumerate() {
+            let truth = 100.0 + 40.0 * ((576 + h) as f64 * std::f64::consts::TAU / p as f64).sin();
+            assert!((v - truth).abs() < 3.0, "h {}: {v} vs {truth}", h + 1);
+        }
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        let short = vec![1.0; 50];
+        assert!(matches!(
+            Adaptive::default().fit(&short),
+            Err(ForecastError::TooShort { .. })
+        ));
+        let y: Vec<f64> = (0..400).map(noise).collect();
+        let fitted = Adaptive::with_horizon(6).fit(&y).unwrap();
+        assert!(matches!(
+            fitted.predict(7, &[0.8]),
+            Err(ForecastError::HorizonBeyondFit {
+                requested: 7,
+                fitted: 6,
+                ..
+            })
+        ));
+        assert!(fitted.calibration_size(6) >= 20);
+    }
+}

@@ -1,0 +1,324 @@
+//! Prometheus metrics and a health endpoint.
+//!
+//! Kernel counters are absolute; the agent feeds each observation as the delta since the
+//! previous one, so the exported counters are monotonic `_total`s as Prometheus expects
+//! (a counter that went backwards, e.g. after a replica restart, restarts from its new value).
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{mirror::Counters, shadow::ReplicaStatus};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CgroupLabels {
+    cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    replica: String,
+    kind: String,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    mirror_packets: Family<OutcomeLabels, Counter>,
+    mirror_cloned_packets: Counter,
+    mirror_cloned_bytes: Counter,
+    cgroup_cpu: Family<CgroupLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    replicas: Gauge,
+    replica_restarts: Family<ReplicaLabels, Gauge>,
+    discard_dropped: Family<ReplicaLabels, Counter>,
+    discard_refused: Family<RefusedLabels, Counter>,
+    /// Previous absolute values by key, to turn them into deltas.
+    last: Mutex<HashMap<String, f64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let mirror_packets = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "shadow_mirror_packets",
+            "Packets seen by the mirror's TC program, by outcome",
+            mirror_packets.clone(),
+        );
+        let mirror_cloned_packets = Counter::default();
+        registry.register(
+            "shadow_mirror_cloned_packets",
+            "Packets cloned to the shadow",
+            mirror_cloned_packets.clone(),
+        );
+        let mirror_cloned_bytes = Counter::default();
+        registry.register_with_unit(
+            "shadow_mirror_cloned",
+            "Bytes cloned to the shadow (whole frames)",
+            Unit::Bytes,
+            mirror_cloned_bytes.clone(),
+        );
+        let cgroup_cpu =
+            Family::<CgroupLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "shadow_cgroup_cpu",
+            "On-CPU time of a tracked cgroup, accounted from sched_switch in the kernel",
+            Unit::Seconds,
+            cgroup_cpu.clone(),
+        );
+        let replicas = Gauge::default();
+        registry.register(
+            "shadow_replicas",
+            "Shadow replicas running",
+            replicas.clone(),
+        );
+        let replica_restarts = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "shadow_replica_restarts",
+            "Restarts of a shadow replica since the agent started",
+            replica_restarts.clone(),
+        );
+        let discard_dropped = Family::<ReplicaLabels, Counter>::default();
+        registry.register(
+            "shadow_discard_dropped_packets",
+            "Packets a shadow replica transmitted, dropped at its veth",
+            discard_dropped.clone(),
+        );
+        let discard_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "shadow_discard_refused",
+            "Connects (kind=connect) and sends (kind=sendmsg) of a replica refused outside the allowlist",
+            discard_refused.clone(),
+        );
+        Metrics {
+            registry,
+            mirror_packets,
+            mirror_cloned_packets,
+            mirror_cloned_bytes,
+            cgroup_cpu,
+            replicas,
+            replica_restarts,
+            discard_dropped,
+            discard_refused,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The increase of `key` since the last call (the whole value the first time or after
+    /// the source was reset).
+    fn delta(&self, key: String, now: f64) -> f64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = last.insert(key, now).unwrap_or(0.0);
+        if now >= prev {
+            now - prev
+        } else {
+            now
+        }
+    }
+
+    pub fn observe_mirror(&self, c: &Counters) {
+        for (outcome, v) in [
+            ("not_ip", c.not_ip),
+            ("no_match", c.no_match),
+            ("disabled", c.disabled),
+            ("matched", c.matched),
+            ("clone_failed", c.clone_failed),
+            ("rewrite_failed", c.rewrite_failed),
+            ("restore_failed", c.restore_failed),
+        ] {
+            let d = self.delta(format!("mirror/{outcome}"), v as f64) as u64;
+            self.mirror_packets
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(d);
+        }
+        self.mirror_cloned_packets
+            .inc_by(self.delta("mirror/cloned".into(), c.cloned as f64) as u64);
+        self.mirror_cloned_bytes
+            .inc_by(self.delta("mirror/cloned_bytes".into(), c.cloned_bytes as f64) as u64);
+    }
+
+    pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {
+        let d = self.delta(format!("cpu/{cgroup}"), cpu_seconds);
+        self.cgroup_cpu
+            .get_or_create(&CgroupLabels {
+                cgroup: cgroup.to_string(),
+            })
+            .inc_by(d);
+    }
+
+    pub fn observe_replicas(&self, status: &[ReplicaStatus]) {
+        self.replicas
+            .set(status.iter().filter(|r| r.running).count() as i64);
+        for r in status {
+            let replica = r.netns.clone();
+            self.replica_restarts
+                .get_or_create(&ReplicaLabels {
+                    replica: replica.clone(),
+                })
+                .set(i64::from(r.restarts));
+            if let Some(d) = &r.discard {
+                let dropped = self.delta(format!("drop/{replica}"), d.tx_dropped_packets as f64);
+                self.discard_dropped
+                    .get_or_create(&ReplicaLabels {
+                        replica: replica.clone(),
+                    })
+                    .inc_by(dropped as u64);
+                for (kind, v) in [
+                    ("connect", d.connect_refused),
+                    ("sendmsg", d.sendmsg_refused),
+                ] {
+                    let inc = self.delta(format!("refused/{replica}/{kind}"), v as f64);
+                    self.discard_refused
+                        .get_or_create(&RefusedLabels {
+                            replica: replica.clone(),
+                            kind: kind.to_string(),
+                        })
+                        .inc_by(inc as u64);
+                }
+            }
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics.listen: binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Bind `addr` now (so a bad address fails before anything else starts) and return the
+/// listener for [`serve`].
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serve `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_monotonic_deltas_with_conventional_names() {
+        let m = Metrics::new();
+        let c = Counters {
+            seen: 10,
+            matched: 6,
+            cloned: 6,
+            cloned_bytes: 600,
+            no_match: 4,
+            ..Counters::default()
+        };
+        m.observe_mirror(&c);
+        m.observe_mirror(&Counters {
+            cloned: 9,
+            cloned_bytes: 900,
+            ..c.clone()
+        });
+        m.observe_cgroup_cpu("/sys/fs/cgroup/unified/app", 1.5);
+        m.observe_cgroup_cpu("/sys/fs/cgroup/unified/app", 2.0);
+        let text = m.encode();
+        assert!(
+            text.contains("shadow_mirror_cloned_packets_total 9"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shadow_mirror_cloned_bytes_total 900"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shadow_mirror_packets_total{outcome=\"no_match\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "shadow_cgroup_cpu_seconds_total{cgroup=\"/sys/fs/cgroup/unified/app\"} 2.0"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

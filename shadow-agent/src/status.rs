@@ -1,0 +1,150 @@
+//! The running agent's state, published as a file for `shadow-agent status`.
+//!
+//! `run` rewrites [`STATUS_FILE`] atomically (write, then rename) every interval and removes
+//! it on exit. `status` reads it; a file whose agent pid is gone is reported as stale.
+
+use std::path::{Path, PathBuf};
+
+/// Where `run` publishes its state.
+pub const STATUS_FILE: &str = "/run/shadow-agent/status.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no running agent: {path} does not exist")]
+    NotRunning { path: PathBuf },
+    #[error("agent {pid} that wrote {path} is no longer running (stale status)")]
+    Stale { path: PathBuf, pid: u64 },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid status JSON")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Publish `state` (a JSON object; `agent_pid` and `updated_unix_s` are added).
+pub fn publish(path: &Path, mut state: serde_json::Value) -> Result<(), StatusError> {
+    let io = |op, source| StatusError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+    }
+    state["agent_pid"] = std::process::id().into();
+    state["updated_unix_s"] = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+        .into();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, state.to_string()).map_err(|e| io("writing", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("renaming onto", e))
+}
+
+/// Remove the published state (on exit), and the directory when it is empty.
+pub fn withdraw(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Read the state of the running agent.
+pub fn read(path: &Path) -> Result<serde_json::Value, StatusError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StatusError::NotRunning {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(StatusError::Io {
+                op: "reading",
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| StatusError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let pid = v["agent_pid"].as_u64().unwrap_or(0);
+    if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(StatusError::Stale {
+            path: path.to_path_buf(),
+            pid,
+        });
+    }
+    Ok(v)
+}
+
+/// A human-readable rendering of the state.
+pub fn render(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "agent pid {} (updated {:.0} s ago)\n",
+        v["agent_pid"],
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+            - v["updated_unix_s"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(m) = v.get("mirror").filter(|m| !m.is_null()) {
+        out.push_str(&format!(
+            "mirror: seen {} cloned {} clone_failed {}\n",
+            m["seen"], m["cloned"], m["clone_failed"]
+        ));
+    }
+    if let Some(replicas) = v["shadow"].as_array() {
+        out.push_str("replica  pid      netns                 cgroup             up_s   restarts  tx_dropped  refused_connects\n");
+        for r in replicas {
+            let d = &r["discard"];
+            out.push_str(&format!(
+                "{:<8} {:<8} {:<21} {:<18} {:<6.0} {:<9} {:<11} {}\n",
+                r["index"],
+                r["pid"],
+                r["netns"].as_str().unwrap_or(""),
+                r["cgroup"].as_str().unwrap_or(""),
+                r["uptime_s"].as_f64().unwrap_or(0.0),
+                r["restarts"],
+                d["tx_dropped_packets"],
+                d["connect_refused"].as_u64().unwrap_or(0)
+                    + d["sendmsg_refused"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_read_withdraw() {
+        let dir = std::env::temp_dir().join(format!("shdt-status-{}", std::process::id()));
+        let path = dir.join("status.json");
+        assert!(matches!(read(&path), Err(StatusError::NotRunning { .. })));
+        publish(&path, serde_json::json!({"shadow": [], "mirror": null})).unwrap();
+        let v = read(&path).unwrap();
+        assert_eq!(v["agent_pid"].as_u64(), Some(u64::from(std::process::id())));
+        assert!(render(&v).starts_with("agent pid"));
+        // A file left by a dead agent is stale.
+        let mut dead = v.clone();
+        dead["agent_pid"] = 0x7fff_fff0u64.into();
+        std::fs::write(&path, dead.to_string()).unwrap();
+        assert!(matches!(read(&path), Err(StatusError::Stale { .. })));
+        withdraw(&path);
+        assert!(!dir.exists());
+    }
+}

@@ -1,0 +1,332 @@
+extern crate std;
+use std::{string::String, vec::Vec};
+
+use super::*;
+
+fn spec() -> MaskSpec {
+    MaskSpec::build(
+        &DEFAULT_HEADERS,
+        &["password", "token", "session", "pass word"],
+        b'*',
+    )
+    .unwrap()
+}
+
+/// Masks `segments` in order through one state, applying the fallback "mask" to bytes the
+/// parser cannot follow; returns the concatenated output and the final state.
+fn run_segments(spec: &MaskSpec, segments: &[&[u8]]) -> (Vec<u8>, HttpState) {
+    let mut st = HttpState::default();
+    let mut out = Vec::new();
+    for seg in segments {
+        for &b in seg.iter() {
+            let m = mask_byte(&mut st, spec, b);
+            out.push(if m || st.st == ST_BROKEN {
+                spec.fill
+            } else {
+                b
+            });
+        }
+    }
+    (out, st)
+}
+
+fn run(input: &[u8]) -> String {
+    String::from_utf8(run_segments(&spec(), &[input]).0).unwrap()
+}
+
+/// `input` with every `{...}` replaced by stars of the same length (braces removed), and the
+/// plain input with braces removed.
+fn expect(marked: &str) -> (String, String) {
+    let mut plain = String::new();
+    let mut masked = String::new();
+    let mut inside = false;
+    for c in marked.chars() {
+        match c {
+            '{' => inside = true,
+            '}' => inside = false,
+            _ => {
+                plain.push(c);
+                masked.push(if inside { '*' } else { c });
+            }
+        }
+    }
+    (plain, masked)
+}
+
+fn check(marked: &str) {
+    let (plain, masked) = expect(marked);
+    assert_eq!(run(plain.as_bytes()), masked, "input {plain:?}");
+    // Split at every byte position across two segments.
+    for cut in 0..=plain.len() {
+        let (a, b) = plain.as_bytes().split_at(cut);
+        let (out, _) = run_segments(&spec(), &[a, b]);
+        assert_eq!(String::from_utf8(out).unwrap(), masked, "cut at {cut}");
+    }
+}
+
+#[test]
+fn masks_default_headers_and_query_params() {
+    check(
+        "GET /a?x=1&password={hunter2}&token={abc%20def}&y=2 HTTP/1.1\r\n\
+         Host: example\r\n\
+         Authorization: {Bearer canary-1234}\r\n\
+         Cookie: {sid=canary; other=2}\r\n\
+         Accept: */*\r\n\r\n",
+    );
+}
+
+#[test]
+fn header_names_are_case_insensitive_and_exact() {
+    check(
+        "GET / HTTP/1.1\r\nAUTHORIZATION: {Basic Zm9v}\r\ncOoKiE:{a=b}\r\nCookie2: keep\r\n\
+         X-Api-Key-Id: keep\r\nx-api-key:   {k3y}\r\nSet-Cookie: {s=1}\r\n\
+         Proxy-Authorization: {p}\r\n\r\n",
+    );
+}
+
+#[test]
+fn repeated_headers_lf_only_and_obs_fold() {
+    check("GET / HTTP/1.1\nCookie: {a=1}\nCookie: {b=2}\nHost: h\n\n");
+    check(
+        "GET / HTTP/1.1\r\nAuthorization: {first}\r\n {folded-part}\r\n\t{Host-ish: x}\r\n\
+         Host: h\r\n not-masked-fold\r\n\r\n",
+    );
+}
+
+#[test]
+fn empty_and_whitespace_values() {
+    check("GET / HTTP/1.1\r\nCookie:\r\nAuthorization: \r\nX-Api-Key: \t{v}\r\n\r\n");
+}
+
+#[test]
+fn query_parameter_edge_cases() {
+    // Percent-encoded and '+' names, case variants, empty values, repeated names, fragments.
+    check(
+        "GET /p?pass%77ord={s1}&PASSWORD={s2}&pass+word={s3}&pass%20word={s4}&password=&\
+         token={t}&token={u}&tokenx=keep&xtoken=keep&session={%41%42}#frag=keep HTTP/1.1\r\n\r\n",
+    );
+    // Malformed escapes never match (and never break the parser).
+    check("GET /p?pass%7=keep&pass%zzord=keep&%=1&password={ok} HTTP/1.1\r\n\r\n");
+    // No query at all, and a lone '?'.
+    check("GET /plain HTTP/1.1\r\n\r\nGET /? HTTP/1.1\r\n\r\n");
+}
+
+#[test]
+fn form_bodies_and_pipelining() {
+    let body = "user=bob&password={hunter2}&token={t%2Bt}&next=/home";
+    let (plain_body, _) = expect(body);
+    check(&std::format!(
+        "POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
+         Content-Length: {}\r\nCookie: {{c}}\r\n\r\n{body}\
+         GET /next?session={{s}} HTTP/1.1\r\n\r\n",
+        plain_body.len()
+    ));
+}
+
+#[test]
+fn other_bodies_are_skipped_by_length_not_parsed() {
+    let body = "Authorization: not-a-header\r\npassword=not-a-form";
+    check(&std::format!(
+        "POST /x HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}\
+         GET / HTTP/1.1\r\nCookie: {{after}}\r\n\r\n",
+        body.len()
+    ));
+    // A type that merely starts like the form type is not a form.
+    let body = "password=x";
+    check(&std::format!(
+        "POST /x HTTP/1.1\r\nContent-Type: application/x-www-form-urlencodedish\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+}
+
+#[test]
+fn unparseable_input_breaks_and_falls_back() {
+    let s = spec();
+    for bad in [
+        &b"\x16\x03\x01\x02\x00\x01"[..], // TLS ClientHello
+        b"get / HTTP/1.1\r\n\r\n",        // lower-case method
+        b"GET / HTTP/1.1\r\nBad Header: x\r\nCookie: secret\r\n\r\n", // space in a name
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+        b"GET /a\r\n",            // HTTP/0.9
+        b"GET / HTTP/1.1\r\n\rX", // CR not followed by LF
+    ] {
+        let (out, st) = run_segments(&s, &[bad]);
+        assert_eq!(st.st, ST_BROKEN, "{:?}", String::from_utf8_lossy(bad));
+        // Once broken, nothing after the break point passes.
+        let first = out
+            .iter()
+            .zip(bad)
+            .position(|(o, b)| o != b)
+            .unwrap_or(out.len());
+        assert!(
+            out[first..].iter().all(|&b| b == b'*'),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+    }
+}
+
+#[test]
+fn truncated_requests_keep_state_for_the_next_segment() {
+    let s = spec();
+    let (out, st) = run_segments(&s, &[b"GET / HTTP/1.1\r\nAuthoriz"]);
+    assert_eq!(st.st, ST_HNAME);
+    assert_eq!(&out[..], b"GET / HTTP/1.1\r\nAuthoriz");
+    let (out, _) = run_segments(&s, &[b"GET / HTTP/1.1\r\nAuthoriz", b"ation: canary\r\n"]);
+    assert!(out.ends_with(b"ation: ******\r\n"));
+}
+
+#[test]
+fn splits_across_three_segments_everywhere() {
+    let (plain, masked) = expect(
+        "GET /q?token={abc} HTTP/1.1\r\nCookie: {k=v}\r\n\r\nPOST / HTTP/1.1\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\n\r\n\
+         password={abcd}",
+    );
+    let p = plain.as_bytes();
+    for i in 0..p.len() {
+        for j in i..p.len() {
+            let (out, _) = run_segments(&spec(), &[&p[..i], &p[i..j], &p[j..]]);
+            assert_eq!(out, masked.as_bytes(), "cuts {i} {j}");
+        }
+    }
+}
+
+#[test]
+fn garbage_never_panics_and_length_is_preserved() {
+    let s = spec();
+    let mut x: u32 = 12345;
+    for _ in 0..2000 {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(b"GET /?a=b HTTP/1.1\r\n");
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            buf.push(b"ab:= \r\n%&?+Cc0\t#"[(x % 16) as usize]);
+        }
+        let (out, _) = run_segments(&s, &[&buf]);
+        assert_eq!(out.len(), buf.len());
+    }
+}
+
+#[test]
+fn spec_validation() {
+    assert_eq!(
+        MaskSpec::build(&[""], &[], b'*'),
+        Err(SpecError::EmptyName(0))
+    );
+    assert_eq!(
+        MaskSpec::build(&["a b"], &[], b'*'),
+        Err(SpecError::BadHeaderName(0))
+    );
+    assert_eq!(
+        MaskSpec::build(&["a"; 14], &[], b'*'),
+        Err(SpecError::TooManyHeaders)
+    );
+    assert_eq!(
+        MaskSpec::build(&[], &["p"; 9], b'*'),
+        Err(SpecError::TooManyParams)
+    );
+    assert_eq!(MaskSpec::build(&[], &[], b'\n'), Err(SpecError::BadFill));
+    assert_eq!(
+        MaskSpec::build_with_limit(&[], &[], b'*', 0),
+        Err(SpecError::BadScanLimit)
+    );
+    let long = "x".repeat(NAME_LEN + 1);
+    assert_eq!(
+        MaskSpec::build(&[&long], &[], b'*'),
+        Err(SpecError::LongName(0))
+    );
+}
+
+#[test]
+fn byte_ranges() {
+    let r = MaskRule {
+        flags: MASK_RANGES,
+        n_ranges: 2,
+        ranges: [[2, 3], [10, 1], [0, 100], [0, 100]],
+        ..MaskRule::default()
+    };
+    let hits: Vec<u32> = (0..20).filter(|&i| in_ranges(&r, i)).collect();
+    assert_eq!(hits, [2, 3, 4, 10]);
+}
+
+#[test]
+fn sequence_tracking() {
+    let st = HttpState {
+        next_seq: 1000,
+        ..HttpState::default()
+    };
+    assert_eq!(seq_check(&st, 1000, 10), SeqVerdict::InOrder);
+    assert_eq!(seq_check(&st, 990, 10), SeqVerdict::Old);
+    assert_eq!(seq_check(&st, 900, 50), SeqVerdict::Old);
+    assert_eq!(seq_check(&st, 995, 10), SeqVerdict::Lost, "partial overlap");
+    assert_eq!(seq_check(&st, 1010, 10), SeqVerdict::Lost, "gap");
+    let wrap = HttpState {
+        next_seq: 5,
+        ..HttpState::default()
+    };
+    assert_eq!(seq_check(&wrap, u32::MAX - 10, 10), SeqVerdict::Old);
+    let mut body = HttpState {
+        st: ST_BODY_SKIP,
+        body_left: 100,
+        ..HttpState::default()
+    };
+    assert_eq!(skip_body(&mut body, 60), 60);
+    assert_eq!(skip_body(&mut body, 60), 40);
+    assert_eq!(body.st, ST_REQ_START);
+    assert_eq!(skip_body(&mut body, 60), 0);
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut s = 0u64;
+    for (i, &b) in data.iter().enumerate() {
+        s += (b as u64) << if i % 2 == 0 { 8 } else { 0 };
+    }
+    !fold16(s)
+}
+
+#[test]
+fn checksum_delta_matches_a_full_recompute() {
+    let mut x: u32 = 777;
+    for round in 0..500 {
+        let n = 1 + (round * 7) % 300;
+        let mut data: Vec<u8> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let before = checksum(&data);
+        let mut d = CsumDelta::default();
+        for i in (0..n).filter(|i| (i * 31 + round) % 5 < 2) {
+            d.replace(i as u32, data[i], b'*');
+            data[i] = b'*';
+        }
+        let after = checksum(&data);
+        // Equal as ones-complement values (0x0000 and 0xffff are the same number).
+        let got = apply_diff(before, d.diff());
+        assert!(
+            got == after || (got == 0xffff && after == 0) || (got == 0 && after == 0xffff),
+            "round {round}: {got:#x} vs {after:#x}"
+        );
+    }
+}
+
+#[test]
+fn kernel_diff_is_the_byte_swapped_diff() {
+    let mut d = CsumDelta::default();
+    d.replace(0, 0x12, 0x2a);
+    d.replace(3, 0x34, 0x2a);
+    let k = d.kernel_diff();
+    let folded = fold16(k as u64);
+    assert_eq!(u16::from_be(folded), fold16(d.diff() as u64));
+}

@@ -1,0 +1,514 @@
+//! Masking in the clone, end to end and through `BPF_PROG_TEST_RUN`: real programs, real
+//! sockets, captures on both sides.
+
+mod mirror_world;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use mirror_world::*;
+use shadow_agent::mirror::{
+    Fallback, Mirror, MirrorOptions, MirrorSpec, Ports, Proto, Rule, RuleMask,
+};
+use shadow_common::{
+    maps::{PROG_MIRROR_MASK, PROG_MIRROR_TC},
+    mask::{mask_byte, HttpState, MaskSpec, CLONE_MARK, DEFAULT_HEADERS, ST_BROKEN},
+};
+use shadow_tests::harness::{chain, spawn_in, wait_for, TestDir, TestNetns};
+
+// ---------------------------------------------------------------------------------------
+// Packets
+
+fn csum_add(mut s: u64, data: &[u8]) -> u64 {
+    for (i, &b) in data.iter().enumerate() {
+        s += (b as u64) << if i % 2 == 0 { 8 } else { 0 };
+    }
+    s
+}
+
+fn fold(mut s: u64) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The L4 checksum over the IPv4 pseudo-header and `l4` (with its checksum field as is):
+/// 0 (or 0xffff) when the stored checksum is right.
+fn l4_verify(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> u16 {
+    let mut s = csum_add(0, &src.octets());
+    s = csum_add(s, &dst.octets());
+    s += proto as u64 + l4.len() as u64;
+    !fold(csum_add(s, l4))
+}
+
+struct Eth {
+    dst: [u8; 6],
+    src: [u8; 6],
+}
+
+/// Ethernet + IPv4 + (UDP | TCP) with correct checksums.
+fn frame4(eth: &Eth, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&eth.dst);
+    f.extend_from_slice(&eth.src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = !fold(csum_add(0, &ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut l4 = l4.to_vec();
+    let at = if proto == 17 { 6 } else { 16 };
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let mut c = l4_verify(src, dst, proto, &l4);
+    if proto == 17 && c == 0 {
+        c = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+fn tcp(sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&1u32.to_be_bytes());
+    t.push(0x50);
+    t.push(flags);
+    t.extend_from_slice(&65535u16.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    t
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Client-to-server TCP payload per source port, in sequence order, from captured IPv4
+/// frames (retransmissions counted once).
+fn streams(frames: &[Vec<u8>], server: Ipv4Addr, port: u16) -> Vec<(u16, Vec<u8>)> {
+    let mut segs: std::collections::BTreeMap<u16, std::collections::BTreeMap<u32, Vec<u8>>> =
+        Default::default();
+    for f in frames {
+        if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 || f[30..34] != server.octets() {
+            continue;
+        }
+        let ihl = (f[14] & 0x0f) as usize * 4;
+        let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+        let l4 = 14 + ihl;
+        if u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]) != port {
+            continue;
+        }
+        let sport = u16::from_be_bytes([f[l4], f[l4 + 1]]);
+        let seq = u32::from_be_bytes([f[l4 + 4], f[l4 + 5], f[l4 + 6], f[l4 + 7]]);
+        let doff = (f[l4 + 12] >> 4) as usize * 4;
+        let end = (14 + total).min(f.len());
+        if l4 + doff < end {
+            segs.entry(sport)
+                .or_default()
+                .insert(seq, f[l4 + doff..end].to_vec());
+        }
+    }
+    segs.into_iter()
+        .map(|(p, m)| (p, m.into_values().flatten().collect()))
+        .collect()
+}
+
+/// What the masking must turn a client stream into: the shared parser over the whole
+/// stream at once, the "mask" fallback after a parse failure.
+fn masked_reference(spec: &MaskSpec, stream: &[u8]) -> Vec<u8> {
+    let mut st = HttpState::default();
+    stream
+        .iter()
+        .map(|&b| {
+            let m = mask_byte(&mut st, spec, b);
+            if m || st.st == ST_BROKEN {
+                spec.fill
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+fn attach(world: &World, rules: Vec<Rule>, options: MirrorOptions) -> Mirror {
+    let spec = MirrorSpec {
+        interface: world.front.b().name.clone(),
+        shadow_interface: world.back.a().name.clone(),
+        shadow_mac: world.back.b().mac.octets(),
+        rules,
+        xdp: false,
+        options,
+    };
+    world
+        .primary
+        .run(move || Mirror::attach(spec))
+        .unwrap_or_else(|e| panic!("attaching the mirror: {}", chain(&e)))
+}
+
+fn ipv4(world: &World) -> (Ipv4Addr, Ipv4Addr) {
+    (
+        world.front.a().ipv4.expect("client ipv4"),
+        world.front.b().ipv4.expect("primary ipv4"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let dst = SocketAddr::new(IpAddr::V4(server), 7001);
+    let primary_in = bind(&world.primary, dst);
+    let shadow_in = bind(&world.shadow, dst);
+    let mirror = attach(
+        &world,
+        vec![rule(
+            IpAddr::V4(server),
+            Proto::Udp,
+            Ports { lo: 7001, hi: 7001 },
+        )],
+        MirrorOptions {
+            rule_masks: vec![RuleMask {
+                ranges: vec![(0, 4), (9, 5), (100, 1000)],
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    // Frames with full software checksums injected on the client's end, so the shadow's
+    // stack verifies the clone's UDP checksum (CHECKSUM_NONE all the way).
+    let inject = Packet::open(&world.client, &world.front.a().name);
+    let cap = Packet::open(&world.shadow, &world.back.b().name);
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let msgs: Vec<Vec<u8>> = (0..40usize)
+        .map(|i| {
+            (0..(3 + i * 37 % 1200))
+                .map(|j| (j * 7 + i) as u8 | 1)
+                .collect()
+        })
+        .collect();
+    for m in &msgs {
+        inject.send(&frame4(&eth, client, server, 17, &udp(40000, 7001, m)));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        drain(&primary_in),
+        msgs,
+        "the primary must get the originals"
+    );
+    let expect: Vec<Vec<u8>> = msgs
+        .iter()
+        .map(|m| {
+            m.iter()
+                .enumerate()
+                .map(|(i, &b)| {
+                    if i < 4 || (9..14).contains(&i) || (100..1100).contains(&i) {
+                        b'*'
+                    } else {
+                        b
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let got = drain(&shadow_in);
+    assert!(
+        got == expect,
+        "the shadow must get the masked datagrams (bad checksums are dropped): got {} of {}, \
+         first differing #{:?}",
+        got.len(),
+        expect.len(),
+        got.iter().zip(&expect).position(|(a, b)| a != b)
+    );
+    let mut seen = 0;
+    for f in cap.frames() {
+        if f.len() > 42 && f[23] == 17 && f[36..38] == 7001u16.to_be_bytes() {
+            let c = l4_verify(client, server, 17, &f[34..]);
+            assert!(
+                c == 0 || c == 0xffff,
+                "bad UDP checksum on the clone: {c:#x}"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, msgs.len());
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.masked, msgs.len() as u64, "{c:?}");
+    assert_eq!(
+        c.mask_failed + c.unparseable + c.fallback_dropped,
+        0,
+        "{c:?}"
+    );
+    assert_eq!(
+        mirror.masked_per_rule().expect("per rule"),
+        [msgs.len() as u64]
+    );
+}
+
+#[test]
+fn http_canaries_never_reach_the_shadow() {
+    let world = World::new();
+    let (_, server) = ipv4(&world);
+    let addr = IpAddr::V4(server);
+    let root = TestDir::new("www");
+    std::fs::write(root.path().join("index.html"), b"hello").expect("write");
+    let log = root.path().join("server.log");
+    let mut srv = Command::new("python3");
+    srv.args([
+        "-m",
+        "http.server",
+        "--bind",
+        &addr.to_string(),
+        "8080",
+        "--directory",
+    ])
+    .arg(root.path())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).expect("log"));
+    let _server = spawn_in(Some(&world.primary), None, srv);
+    let url = format!("http://{addr}:8080/");
+    let client = &world.client;
+    wait_for("the HTTP server", Duration::from_secs(10), || {
+        let mut c = Command::new("curl");
+        c.args(["-sf", "-o", "/dev/null", &url]);
+        let mut g = spawn_in(Some(client), None, c);
+        g.wait_timeout(Duration::from_secs(5))
+            .ok()
+            .flatten()
+            .filter(|s| s.success())
+    });
+    let mirror = attach(
+        &world,
+        vec![rule(addr, Proto::Tcp, Ports { lo: 8080, hi: 8080 })],
+        MirrorOptions {
+            rule_masks: vec![RuleMask {
+                http: true,
+                fallback: Fallback::Mask,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let cap_primary = Packet::open(&world.primary, &world.front.b().name);
+    let cap_shadow = Packet::open(&world.shadow, &world.back.b().name);
+
+    let canaries = [
+        "CANARYauthZ81x",
+        "CANARYcookie4Q",
+        "CANARYpass77Ws",
+        "CANARYtokenK2p",
+        "CANARYapikeyR5",
+        "CANARYsessN0v",
+        "CANARYproxyAu9",
+    ];
+    let requests: Vec<Vec<String>> = vec![
+        vec![
+            "-H".into(),
+            format!("Authorization: Bearer {}", canaries[0]),
+            "-H".into(),
+            format!("Cookie: a=1; sid={}", canaries[1]),
+            format!("{url}index.html?x=1&password={}&y=2", canaries[2]),
+        ],
+        vec![
+            "-H".into(),
+            format!("X-Api-Key: {}", canaries[4]),
+            "--data".into(),
+            format!("user=bob&token={}&z=3", canaries[3]),
+            url.clone(),
+        ],
+        vec![
+            "-H".into(),
+            format!("proxy-authorization: Basic {}", canaries[6]),
+            format!("{url}?session={}", canaries[5]),
+        ],
+    ];
+    for args in &requests {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "--max-time", "10"])
+            .args(args);
+        let mut g = spawn_in(Some(client), None, c);
+        let status = g
+            .wait_timeout(Duration::from_secs(15))
+            .expect("wait")
+            .expect("curl finished");
+        assert!(status.success(), "curl {args:?}: {status}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let prim = cap_primary.frames();
+    let shad = cap_shadow.frames();
+    for c in canaries {
+        assert!(
+            prim.iter().any(|f| contains(f, c.as_bytes())),
+            "{c} never reached the primary's interface"
+        );
+        assert!(
+            !shad.iter().any(|f| contains(f, c.as_bytes())),
+            "{c} reached the shadow"
+        );
+    }
+    // The server saw the unmasked request.
+    let served = std::fs::read_to_string(&log).expect("server log");
+    assert!(served.contains(canaries[2]), "server log: {served}");
+
+    // Everything else is byte-identical: each client stream on the shadow side is the
+    // primary-side stream masked by the shared parser.
+    let spec =
+        MaskSpec::build(&DEFAULT_HEADERS, &["password", "token", "session"], b'*').expect("spec");
+    let ps = streams(&prim, server, 8080);
+    let ss = streams(&shad, server, 8080);
+    assert_eq!(ps.len(), requests.len(), "client connections seen");
+    assert_eq!(
+        ps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        ss.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "the same connections on both sides"
+    );
+    for ((port, p), (_, s)) in ps.iter().zip(&ss) {
+        assert!(!p.is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(s),
+            String::from_utf8_lossy(&masked_reference(&spec, p)),
+            "connection from port {port}"
+        );
+    }
+    let c = mirror.counters().expect("counters");
+    assert!(c.masked >= requests.len() as u64, "{c:?}");
+    assert_eq!(
+        c.mask_failed + c.unparseable + c.fallback_dropped,
+        0,
+        "{c:?}"
+    );
+}
+
+#[test]
+fn test_run_original_untouched_and_clone_masked() {
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            rule_masks: vec![RuleMask {
+                http: true,
+                ranges: vec![],
+                fallback: Fallback::Drop,
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let req = b"GET /?token=SECRETtok HTTP/1.1\r\nHost: x\r\nCookie: SECRETcookie\r\n\r\n";
+    let syn = frame4(&eth, client, server, 6, &tcp(41000, 80, 999, 0x02, &[]));
+    let data = frame4(&eth, client, server, 6, &tcp(41000, 80, 1000, 0x18, req));
+    world.primary.run(|| {
+        // The TC ingress program: the original comes out byte for byte (and a clone goes
+        // to the shadow interface).
+        for f in [&syn, &data] {
+            let (rc, out) = mirror.test_run(PROG_MIRROR_TC, f, 0).expect("test run");
+            assert_eq!(rc, 0xffff_ffff, "TC_ACT_UNSPEC");
+            assert_eq!(&out, f, "the original was modified");
+        }
+        // The masking program on a clone: the SYN opens the flow state, the request is
+        // masked, its TCP checksum still right.
+        let (rc, _) = mirror
+            .test_run(PROG_MIRROR_MASK, &syn, CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 0xffff_ffff);
+        let (rc, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &data, CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 0xffff_ffff, "the clone passes");
+        let payload = &out[54..];
+        assert_eq!(
+            payload,
+            &b"GET /?token=********* HTTP/1.1\r\nHost: x\r\nCookie: ************\r\n\r\n"[..]
+        );
+        let c = l4_verify(client, server, 6, &out[34..]);
+        assert!(
+            c == 0 || c == 0xffff,
+            "bad TCP checksum on the masked clone: {c:#x}"
+        );
+        assert_eq!(&out[..54], &data[..54]);
+        // Not a clone (no mark): untouched.
+        let (_, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &data, 0)
+            .expect("test run");
+        assert_eq!(out, data);
+        // A segment out of sequence with the "drop" fallback: the clone is dropped.
+        let late = frame4(&eth, client, server, 6, &tcp(41000, 80, 5000, 0x18, req));
+        let (rc, _) = mirror
+            .test_run(PROG_MIRROR_MASK, &late, CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 2, "TC_ACT_SHOT");
+        // TLS on an HTTP rule, mid-flow without state: dropped too.
+        let tls = frame4(
+            &eth,
+            client,
+            server,
+            6,
+            &tcp(41001, 443, 7, 0x18, b"\x16\x03\x01\x00\x10SECRETtls"),
+        );
+        let (rc, _) = mirror
+            .test_run(PROG_MIRROR_MASK, &tls, CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 2, "TC_ACT_SHOT");
+    });
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.fallback_dropped, 2, "{c:?}");
+    assert_eq!(c.mask_failed, 0, "{c:?}");
+}
+
+#[test]
+fn udp_sockets_unaffected_without_masks() {
+    // A mirror with the masking program attached but no masks sends clones unchanged.
+    let world = World::new();
+    let (_, server) = ipv4(&world);
+    let dst = SocketAddr::new(IpAddr::V4(server), 7002);
+    let primary_in = bind(&world.primary, dst);
+    let shadow_in = bind(&world.shadow, dst);
+    let _m = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Udp, Ports::ANY)],
+        MirrorOptions::default(),
+    );
+    world.client.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("socket");
+        for i in 0..10u8 {
+            s.send_to(&[i; 100], dst).expect("send");
+        }
+    });
+    let want: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
+    assert_eq!(drain(&primary_in), want);
+    assert_eq!(drain(&shadow_in), want);
+}
