@@ -11,7 +11,7 @@ pub enum AgentError {
     #[error(transparent)]
     Profile(#[from] ProfileError),
     #[error(transparent)]
-    Shadow(#[from] crate::shadow::GroupError),
+    Shadow(Box<crate::shadow::GroupError>),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("profile.cgroups: {path} is not a cgroup2 directory")]
@@ -32,6 +32,12 @@ pub enum AgentError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl From<crate::shadow::GroupError> for AgentError {
+    fn from(e: crate::shadow::GroupError) -> Self {
+        AgentError::Shadow(Box::new(e))
+    }
 }
 
 impl AgentError {

@@ -81,6 +81,12 @@ enum Cmd {
     },
     /// Rolling-origin backtest of the forecasters on a long-format CSV trace.
     Backtest(shadow_agent::forecast::cli::BacktestArgs),
+    /// Write a self-contained HTML report (plots per cgroup, mirror and shadow counters)
+    /// from `run --json` (or `profile`/`demo --json`) lines and the allocator's audit log.
+    Report(shadow_agent::report::ReportArgs),
+    /// Replay a recorded trace under the allocation policies (static, reactive, VPA-style,
+    /// predictive) and report slack, shortage and changes per policy.
+    Simulate(shadow_agent::allocate::cli::SimulateArgs),
 }
 
 fn init_logs(level: &str) {
@@ -118,6 +124,8 @@ fn main() -> ExitCode {
         },
         Cmd::Verify { json } => verify(json),
         Cmd::Backtest(args) => ExitCode::from(shadow_agent::forecast::cli::backtest(&args)),
+        Cmd::Report(args) => ExitCode::from(shadow_agent::report::cli(&args)),
+        Cmd::Simulate(args) => ExitCode::from(shadow_agent::allocate::cli::simulate(&args)),
         Cmd::Status { json, file } => match shadow_agent::status::read(&file) {
             Ok(v) => {
                 if json {

@@ -64,7 +64,7 @@ memory_mb = 64
     let cfg_path = std::env::temp_dir().join(format!("shdt{tag}-run.toml"));
     std::fs::write(&cfg_path, config).expect("config");
     let status_file = std::env::temp_dir().join(format!("shdt{tag}-none.json"));
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+    let agent = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
         .args(["run", "--json", "--duration", "4", "--config"])
         .arg(&cfg_path)
         .stdout(Stdio::piped())

@@ -140,3 +140,17 @@ fn bad_shadow_values_name_their_keys() {
         assert!(err.contains(key), "{to}: {err}");
     }
 }
+
+#[test]
+fn the_daemonset_config_is_valid() {
+    let cfg = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/agent.toml"
+    );
+    let out = agent(&["check-config", cfg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

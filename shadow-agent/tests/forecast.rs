@@ -39,6 +39,7 @@ fn evaluate(set: &str, metric: &str, window: usize, series: usize, origins: usiz
         max_origins: Some(origins),
         max_series: Some(series),
         threads: 2,
+        mase_season: None,
     };
     let r = backtest::run(&d, &[ModelKind::Adaptive, ModelKind::LastValue], &cfg)
         .unwrap_or_else(|e| panic!("backtest {set}/{metric}: {e}"));
@@ -88,6 +89,7 @@ fn planetlab_cpu() {
         max_origins: None,
         max_series: None,
         threads: 1,
+        mase_season: None,
     };
     let err = backtest::run(&d, &[ModelKind::LastValue], &long).unwrap_err();
     assert!(err.to_string().contains("needs 588"), "{err}");

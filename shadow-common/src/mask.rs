@@ -318,7 +318,7 @@ impl Default for HttpState {
 
 /// Key of the per-flow parser state (`MASK_FLOWS`): the 5-tuple of one direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],

@@ -115,11 +115,11 @@ fn verdict(ctx: &SockAddrContext, v6: bool, refused_ctr: u32, allowed_ctr: u32) 
         return ALLOW;
     }
     bump!(DISCARD_CTRS, refused_ctr, 1);
-    match REFUSED.get_ptr_mut(&d) {
+    match REFUSED.get_ptr_mut(d) {
         // SAFETY: a live map value; a lost increment under a race only undercounts.
         Some(n) => unsafe { *n += 1 },
         None => {
-            let _ = REFUSED.insert(&d, &1, 0);
+            let _ = REFUSED.insert(d, 1, 0);
         }
     }
     REFUSE

@@ -324,11 +324,15 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
         s.all = 1;
     }
     let rem = plen - off;
-    let n = if rem > CHUNK as u32 {
+    let mut n = if rem > CHUNK as u32 {
         CHUNK as u32
     } else {
         rem
     };
+    if s.all == 0 && off < cc.limit && n > cc.limit - off {
+        // Stop this chunk at the scan window; the next one takes the fallback.
+        n = cc.limit - off;
+    }
     if n == 0 {
         return 1;
     }

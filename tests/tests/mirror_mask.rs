@@ -17,7 +17,7 @@ use shadow_common::{
     maps::{PROG_MIRROR_MASK, PROG_MIRROR_TC},
     mask::{mask_byte, HttpState, MaskSpec, CLONE_MARK, DEFAULT_HEADERS, ST_BROKEN},
 };
-use shadow_tests::harness::{chain, spawn_in, wait_for, TestDir, TestNetns};
+use shadow_tests::harness::{chain, spawn_in, wait_for, TestDir};
 
 // ---------------------------------------------------------------------------------------
 // Packets
@@ -459,7 +459,12 @@ fn test_run_original_untouched_and_clone_masked() {
             c == 0 || c == 0xffff,
             "bad TCP checksum on the masked clone: {c:#x}"
         );
-        assert_eq!(&out[..54], &data[..54]);
+        assert_eq!(
+            &out[..50],
+            &data[..50],
+            "headers other than the checksum unchanged"
+        );
+        assert_eq!(&out[52..54], &data[52..54]);
         // Not a clone (no mark): untouched.
         let (_, out) = mirror
             .test_run(PROG_MIRROR_MASK, &data, 0)
@@ -511,4 +516,126 @@ fn udp_sockets_unaffected_without_masks() {
     let want: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100]).collect();
     assert_eq!(drain(&primary_in), want);
     assert_eq!(drain(&shadow_in), want);
+}
+
+#[test]
+fn bytes_past_the_scan_window_take_the_fallback() {
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            mask: shadow_agent::mirror::MaskOptions {
+                scan_bytes: 32,
+                ..Default::default()
+            },
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let body = "x".repeat(3000);
+    let req = format!(
+        "POST /up HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+        body.len()
+    );
+    let (head, rest) = req.as_bytes().split_at(40);
+    let syn = frame4(&eth, client, server, 6, &tcp(42000, 80, 0, 0x02, &[]));
+    let first = frame4(&eth, client, server, 6, &tcp(42000, 80, 1, 0x18, head));
+    world.primary.run(|| {
+        mirror
+            .test_run(PROG_MIRROR_MASK, &syn, CLONE_MARK)
+            .expect("test run");
+        // 40 bytes, window 32: the headers end past the window, so the last 8 bytes are
+        // masked and the flow can no longer be followed.
+        let (rc, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &first, CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 0xffff_ffff);
+        assert_eq!(&out[54..54 + 32], &head[..32]);
+        assert!(
+            out[54 + 32..].iter().all(|&b| b == b'*'),
+            "{:?}",
+            &out[54..]
+        );
+        let c = l4_verify(client, server, 6, &out[34..]);
+        assert!(c == 0 || c == 0xffff, "bad TCP checksum: {c:#x}");
+        // Everything later in the flow is masked whole: its state is broken.
+        let second = frame4(
+            &eth,
+            client,
+            server,
+            6,
+            &tcp(42000, 80, 41, 0x18, &rest[..100]),
+        );
+        let (_, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &second, CLONE_MARK)
+            .expect("test run");
+        assert!(out[54..].iter().all(|&b| b == b'*'));
+    });
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.unparseable, 2, "{c:?}");
+    assert_eq!(c.mask_failed, 0, "{c:?}");
+}
+
+#[test]
+fn large_bodies_are_skipped_by_length_past_the_window() {
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            mask: shadow_agent::mirror::MaskOptions {
+                scan_bytes: 64,
+                ..Default::default()
+            },
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let body = "b".repeat(1200);
+    let req = format!(
+        "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /?token=tok HTTP/1.1\r\n\r\n",
+        body.len()
+    );
+    let syn = frame4(&eth, client, server, 6, &tcp(42001, 80, 0, 0x02, &[]));
+    let data = frame4(
+        &eth,
+        client,
+        server,
+        6,
+        &tcp(42001, 80, 1, 0x18, req.as_bytes()),
+    );
+    world.primary.run(|| {
+        mirror
+            .test_run(PROG_MIRROR_MASK, &syn, CLONE_MARK)
+            .expect("test run");
+        let (rc, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &data, CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 0xffff_ffff);
+        // The body is skipped by its length without scanning; the next request starts past
+        // the window, is not parsed and is masked whole (the fallback).
+        let want = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}{}",
+            body.len(),
+            "*".repeat("GET /?token=tok HTTP/1.1\r\n\r\n".len())
+        );
+        assert_eq!(String::from_utf8_lossy(&out[54..]), want);
+    });
 }

@@ -27,7 +27,7 @@ use shadow_tests::harness::{
 };
 
 struct World {
-    client: TestNetns,
+    _client: TestNetns,
     primary: TestNetns,
     front: TestVeth,
 }
@@ -42,7 +42,7 @@ impl World {
             .roles("cl", "pr")
             .create();
         World {
-            client,
+            _client: client,
             primary,
             front,
         }
@@ -50,10 +50,6 @@ impl World {
 
     fn service_addr(&self) -> Ipv4Addr {
         self.front.b().ipv4.expect("ipv4")
-    }
-
-    fn client_addr(&self) -> Ipv4Addr {
-        self.front.a().ipv4.expect("ipv4")
     }
 
     /// The replicas' host ends go into the primary's namespace.
@@ -595,7 +591,7 @@ fn synacks_out(ifindex: u32, dur: Duration) -> Vec<u16> {
                 &mut from as *mut _ as *mut libc::sockaddr,
                 &mut len,
             );
-            if n <= 0 || from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || from.sll_pkttype != libc::PACKET_OUTGOING {
                 continue;
             }
             let p = &buf[..n as usize];

@@ -84,7 +84,9 @@ impl Sample {
         let psi_some = |cur: &Option<Psi>, prev: Option<&Option<Psi>>| -> Option<f64> {
             let c = cur.as_ref()?;
             match prev.and_then(Option::as_ref) {
-                Some(p) => Some(c.some.total_us.saturating_sub(p.some.total_us) as f64 / el * 100.0),
+                Some(p) => {
+                    Some(c.some.total_us.saturating_sub(p.some.total_us) as f64 / el * 100.0)
+                }
                 None => Some(c.some.avg10),
             }
         };
@@ -200,7 +202,9 @@ fn read_opt(path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Writes `value` to an existing control file in one write (never creates it).
+/// Writes `value` to an existing control file in one write (never creates it). O_TRUNC is
+/// harmless on cgroupfs (as with a shell's `>`) and keeps a mimic directory's regular files
+/// exact.
 pub fn write_text(path: &Path, value: &str) -> Result<()> {
     let io_err = |op| {
         move |source| AllocateError::Io {
@@ -211,6 +215,7 @@ pub fn write_text(path: &Path, value: &str) -> Result<()> {
     };
     let mut file = OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .map_err(io_err("open for writing"))?;
     file.write_all(value.as_bytes()).map_err(io_err("write"))
@@ -422,11 +427,7 @@ impl Backend for V1Backend {
                 self.cpu.join("cpu.cfs_quota_us"),
             ],
             Resource::Memory => vec![self.memory.join("memory.limit_in_bytes")],
-            Resource::Cpuset => self
-                .cpuset
-                .iter()
-                .map(|d| d.join("cpuset.cpus"))
-                .collect(),
+            Resource::Cpuset => self.cpuset.iter().map(|d| d.join("cpuset.cpus")).collect(),
         }
     }
 
@@ -545,10 +546,8 @@ impl Backend for V2Backend {
             cpu_cores,
             cpu_period_us: period,
             memory_bytes: self.max_or("memory.max")?,
-            memory_high_bytes: match read_opt(&self.dir.join("memory.high"))? {
-                Some(_) => self.max_or("memory.high")?,
-                None => None,
-            },
+            // Informational only (decisions use memory.max): unreadable reads as unknown.
+            memory_high_bytes: self.max_or("memory.high").ok().flatten(),
             cpuset,
         })
     }
@@ -615,11 +614,12 @@ impl Backend for V2Backend {
             ),
             None => ("max".to_owned(), "max".to_owned()),
         };
-        write_text(&self.dir.join("memory.max"), &max)?;
+        // memory.high first: it may exceed memory.max, and if it cannot be written nothing
+        // has changed yet.
         if self.dir.join("memory.high").exists() {
             write_text(&self.dir.join("memory.high"), &high)?;
         }
-        Ok(())
+        write_text(&self.dir.join("memory.max"), &max)
     }
 
     fn set_cpuset(&self, cpus: &CpuSet) -> Result<()> {

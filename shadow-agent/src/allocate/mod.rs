@@ -19,11 +19,15 @@
 //! level, recent empirical coverage) per resource. See `docs/allocator.md`.
 
 pub mod backend;
+pub mod cli;
 pub mod cpuset;
 pub mod policy;
 pub mod reconcile;
 pub mod sim;
 pub mod state;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 

@@ -115,7 +115,9 @@ pub enum Verdict {
 impl ConfidenceRule {
     /// Judges `f`.
     pub fn assess(&self, f: &ForecastInput) -> Confidence {
-        let finite = [f.point, f.lower, f.upper, f.level].iter().all(|v| v.is_finite());
+        let finite = [f.point, f.lower, f.upper, f.level]
+            .iter()
+            .all(|v| v.is_finite());
         let rel_width = (f.upper - f.lower) / f.point.abs().max(1e-9);
         let verdict = |confident, why| Confidence {
             confident,
@@ -426,9 +428,10 @@ impl Decision {
         self.old != self.new
     }
 
-    /// Whether something was proposed (a change, or one a rail suppressed): worth auditing.
+    /// Worth auditing: a change, or a change a rail other than hysteresis held back or cut.
+    /// (Differences inside the hysteresis band are the steady state, not news.)
     pub fn noteworthy(&self) -> bool {
-        self.changes() || !matches!(self.reason, Reason::Hold) || !self.rails.is_empty()
+        self.changes() || self.rails.iter().any(|r| *r != Rail::Hysteresis)
     }
 }
 
@@ -455,8 +458,8 @@ pub fn decide(
         .filter(|_| confident)
         .map(|f| f.upper.max(0.0) * (1.0 + cfg.headroom));
     // Reactive steps need a limit to step from.
-    let reactive_target = (!active.is_empty() && current.is_some())
-        .then(|| eff * (1.0 + cfg.reactive.step_up));
+    let reactive_target =
+        (!active.is_empty() && current.is_some()).then_some(eff * (1.0 + cfg.reactive.step_up));
     let (target, reason) = match (forecast_target, reactive_target) {
         (Some(f), Some(r)) if r > f => (
             r,
@@ -870,7 +873,15 @@ mod tests {
         // The forecast says 1 GiB, but 2 GiB is in use: floor = 2.2 GiB + 32 MiB.
         let f = Some(fc(1.0 * gib, 0.95 * gib, 1.0 * gib, Some(0.9)));
         let mut st = ResourceState::default();
-        let d = decide(Resource::Memory, &cfg(), &r, &mut st, Some(4.0 * gib), &sig, f.as_ref());
+        let d = decide(
+            Resource::Memory,
+            &cfg(),
+            &r,
+            &mut st,
+            Some(4.0 * gib),
+            &sig,
+            f.as_ref(),
+        );
         let floor = 2.0 * gib * 1.1 + 32.0 * 1024.0 * 1024.0;
         assert_eq!(d.new, Some(floor), "{d:?}");
         assert!(d.rails.contains(&Rail::UsageFloor));

@@ -66,16 +66,21 @@ impl AllocatorConfig {
     pub fn validate(&self) -> Result<()> {
         for (name, rails) in [("cpu", &self.cpu), ("memory", &self.memory)] {
             if let Some(r) = rails {
-                r.validate().map_err(|(key, reason)| AllocateError::Config {
-                    key: format!("{name}.{key}"),
-                    reason,
-                })?;
+                r.validate()
+                    .map_err(|(key, reason)| AllocateError::Config {
+                        key: format!("{name}.{key}"),
+                        reason,
+                    })?;
             }
         }
         let p = &self.policy;
         let frac = |v: f64| v.is_finite() && v >= 0.0;
         let checks: [(&str, bool, &'static str); 5] = [
-            ("policy.headroom", frac(p.headroom), "must be a non-negative fraction"),
+            (
+                "policy.headroom",
+                frac(p.headroom),
+                "must be a non-negative fraction",
+            ),
             (
                 "policy.confidence.max_rel_width",
                 frac(p.confidence.max_rel_width),

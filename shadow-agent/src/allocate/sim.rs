@@ -25,6 +25,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::forecast::{policy::Adaptive, Fitted, Forecast, Forecaster};
+
 use super::policy::{decide, ForecastInput, PolicyConfig, Rails, Resource, ResourceState, Signals};
 use super::{AllocateError, Result};
 
@@ -71,6 +73,15 @@ impl SimConfig {
             coverage_window: 48,
         }
     }
+
+    /// Memory-like defaults: as [`SimConfig::cpu`], but usage above the limit is an OOM
+    /// event and no limit is set below the observed usage plus 5% (the usage-floor rail).
+    pub fn memory(capacity: f64, step_s: f64) -> SimConfig {
+        let mut c = SimConfig::cpu(capacity, step_s);
+        c.resource = Resource::Memory;
+        c.rails.floor_margin_frac = 0.05;
+        c
+    }
 }
 
 /// One policy's score.
@@ -87,6 +98,8 @@ pub struct PolicyResult {
     pub mean_limit: f64,
     /// Scored intervals.
     pub intervals: u64,
+    /// Fraction of scored intervals decided with a confident forecast (predictive only).
+    pub confident: f64,
 }
 
 /// The scores of every policy: serialises as `{"policies": [{"name", "slack", ...}]}`.
@@ -104,17 +117,18 @@ impl SimReport {
     /// A plain-text table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<12} {:>8} {:>9} {:>8} {:>11}\n",
-            "policy", "slack", "shortage", "changes", "mean limit"
+            "{:<12} {:>8} {:>9} {:>8} {:>11} {:>10}\n",
+            "policy", "slack", "shortage", "changes", "mean limit", "confident"
         );
         for p in &self.policies {
             s.push_str(&format!(
-                "{:<12} {:>7.1}% {:>8.2}% {:>8} {:>11.3}\n",
+                "{:<12} {:>7.1}% {:>8.2}% {:>8} {:>11.3} {:>9.1}%\n",
                 p.name,
                 p.slack * 100.0,
                 p.shortage * 100.0,
                 p.changes,
-                p.mean_limit
+                p.mean_limit,
+                p.confident * 100.0
             ));
         }
         s
@@ -128,6 +142,7 @@ struct Score {
     n: u64,
     changes: u64,
     limit_sum: f64,
+    confident: u64,
 }
 
 impl Score {
@@ -148,6 +163,7 @@ impl Score {
         self.n += o.n;
         self.changes += o.changes;
         self.limit_sum += o.limit_sum;
+        self.confident += o.confident;
     }
 
     fn result(&self, name: &str) -> PolicyResult {
@@ -159,6 +175,7 @@ impl Score {
             changes: self.changes,
             mean_limit: self.limit_sum / n,
             intervals: self.n,
+            confident: self.confident as f64 / n,
         }
     }
 }
@@ -261,6 +278,89 @@ pub fn naive_conformal(window: usize, level: f64) -> impl FnMut(&[f64]) -> Optio
             level,
             coverage: None,
             horizon_intervals: 1,
+        })
+    }
+}
+
+/// Settings of [`adaptive_forecast`]: the agent's default forecaster in a simulation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveSim {
+    /// Most recent samples the model is fitted on.
+    pub window: usize,
+    /// Intervals between refits; in between, the forecast of the last fit is used step by
+    /// step (at `k` intervals after a fit, its step `k + 1` onwards).
+    pub refit_every: usize,
+    /// Lead time in intervals: the bound handed to the allocator is the largest upper bound
+    /// over this many steps from the interval being decided.
+    pub lead: usize,
+    /// Interval level in (0, 1).
+    pub level: f64,
+}
+
+impl Default for AdaptiveSim {
+    fn default() -> Self {
+        AdaptiveSim {
+            window: 576,
+            refit_every: 12,
+            lead: 1,
+            level: 0.9,
+        }
+    }
+}
+
+impl AdaptiveSim {
+    /// Steps the model must forecast so that every interval up to the next refit has its
+    /// whole lead time covered.
+    pub fn horizon(&self) -> usize {
+        (self.refit_every.max(1) + self.lead.max(1) - 1).max(1)
+    }
+}
+
+/// The default forecaster ([`Adaptive`]) as a simulation forecast function: refitted every
+/// `refit_every` intervals on the last `window` samples, it hands the allocator the largest
+/// point and upper bound (and smallest lower bound) of its conformal interval at `level` over
+/// the lead time. Before the history is long enough for a fit (or if a fit fails) it returns
+/// `None`, and the allocator falls back to reacting. The coverage is left to the caller (the
+/// simulator measures it on the intervals it was actually given).
+pub fn adaptive_forecast(p: AdaptiveSim) -> impl FnMut(&[f64]) -> Option<ForecastInput> {
+    let model = Adaptive::with_horizon(p.horizon());
+    let level = p.level;
+    let lead = p.lead.max(1);
+    let mut last: Option<(usize, Forecast)> = None;
+    let mut last_try: Option<usize> = None;
+    move |h: &[f64]| {
+        let t = h.len();
+        let stale = match &last {
+            Some((t0, _)) => t - t0 >= p.refit_every.max(1),
+            None => true,
+        };
+        if stale && last_try.is_none_or(|lt| t - lt >= p.refit_every.max(1)) {
+            last_try = Some(t);
+            let train = &h[t.saturating_sub(p.window.max(2))..];
+            match model
+                .fit(train)
+                .and_then(|f| f.predict(model.max_horizon, &[level]))
+            {
+                Ok(f) => last = Some((t, f)),
+                Err(_) => last = None,
+            }
+        }
+        let (t0, f) = last.as_ref()?;
+        let k = t - t0;
+        let iv = f.interval(level)?;
+        let end = (k + lead).min(f.point.len());
+        if k >= end {
+            return None;
+        }
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        Some(ForecastInput {
+            point: max(&f.point[k..end]),
+            lower: min(&iv.lower[k..end]),
+            upper: max(&iv.upper[k..end]),
+            level,
+            coverage: None,
+            horizon_intervals: u32::try_from(lead).unwrap_or(u32::MAX),
         })
     }
 }
@@ -376,6 +476,9 @@ fn scores_for_series(
             &sig,
             f.as_ref(),
         );
+        if d.confidence.is_some_and(|c| c.confident) {
+            s_pred.confident += 1;
+        }
         if let Some(n) = d.new {
             if d.changes() {
                 s_pred.changes += 1;
@@ -430,6 +533,39 @@ pub fn simulate_many<'s, 'f>(
             }
         }
     }
+    report(&total)
+}
+
+/// Simulates every series with its own settings on up to `threads` threads (a fresh forecast
+/// function per series from `make_forecast`) and pools the scores as [`simulate_many`] does.
+pub fn simulate_par<F>(
+    series: &[(SimConfig, &[f64])],
+    threads: usize,
+    make_forecast: F,
+) -> SimReport
+where
+    F: Fn() -> Box<ForecastFn<'static>> + Sync,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let total: Mutex<[Score; 4]> = Mutex::new(Default::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, series.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((cfg, u)) = series.get(i) else { break };
+                let mut f = make_forecast();
+                if let Some(scores) = scores_for_series(u, cfg, &mut *f) {
+                    let mut t = total.lock().unwrap_or_else(|p| p.into_inner());
+                    for (t, s) in t.iter_mut().zip(scores.iter()) {
+                        t.merge(s);
+                    }
+                }
+            });
+        }
+    });
+    let total = total.into_inner().unwrap_or_else(|p| p.into_inner());
     report(&total)
 }
 
@@ -530,7 +666,10 @@ mod tests {
         let mut f = naive_conformal(24, 0.9);
         let r = simulate(&u, &cfg, &mut f);
         let s = r.policy("static").unwrap();
-        assert_eq!((s.slack, s.shortage, s.changes, s.intervals), (0.0, 0.0, 0, 300));
+        assert_eq!(
+            (s.slack, s.shortage, s.changes, s.intervals),
+            (0.0, 0.0, 0, 300)
+        );
         let p = r.policy("predictive").unwrap();
         assert_eq!(p.shortage, 0.0);
         // Usage at the limit first steps it up reactively (2.5); once the zero-width
@@ -566,8 +705,61 @@ mod tests {
     fn csv_parsing_groups_series() {
         let text = "series_id,timestamp_s,cpu_pct\na,0,1\na,300,2\nb,0,5\na,600,\n";
         let s = parse_trace_csv(Path::new("x.csv"), text, "cpu_pct").unwrap();
-        assert_eq!(s, vec![("a".into(), vec![1.0, 2.0]), ("b".into(), vec![5.0])]);
+        assert_eq!(
+            s,
+            vec![("a".into(), vec![1.0, 2.0]), ("b".into(), vec![5.0])]
+        );
         let err = parse_trace_csv(Path::new("x.csv"), text, "nope").unwrap_err();
         assert!(err.to_string().contains("x.csv"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    fn bitbrains() -> Vec<(String, Vec<f64>)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/traces/bitbrains_rnd/usage.csv");
+        assert!(
+            path.is_file(),
+            "the Bitbrains trace is missing: expected {} (shared data set)",
+            path.display()
+        );
+        load_trace_csv(&path, "cpu_pct")
+            .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    }
+
+    #[test]
+    fn bitbrains_rnd_cpu_policies() {
+        let series = bitbrains();
+        assert!(series.len() >= 50, "{} series", series.len());
+        let cfg = SimConfig::cpu(100.0, 300.0);
+        let r = simulate_many(series.iter().map(|(_, v)| v.as_slice()), &cfg, || {
+            Box::new(naive_conformal(48, 0.9))
+        });
+        eprintln!(
+            "bitbrains_rnd cpu_pct, {} series\n{}",
+            series.len(),
+            r.table()
+        );
+        let get = |n| r.policy(n).unwrap();
+        let (st, re, vpa, pr) = (
+            get("static"),
+            get("reactive"),
+            get("vpa"),
+            get("predictive"),
+        );
+        for p in &r.policies {
+            assert!(p.intervals > 100_000, "{p:?}");
+            assert!((0.0..=1.0).contains(&p.slack) && (0.0..=1.0).contains(&p.shortage));
+        }
+        assert_eq!(st.changes, 0);
+        // Reactive only steps up: never less slack or more shortage than the hand-set peak.
+        assert!(re.shortage <= st.shortage, "{re:?} vs {st:?}");
+        // The predictive policy allocates less than the static peak and the reactive ratchet.
+        assert!(pr.mean_limit < st.mean_limit && pr.mean_limit < re.mean_limit);
+        assert!(pr.slack < st.slack, "{pr:?} vs {st:?}");
+        assert!(vpa.changes > 0 && pr.changes > 0);
     }
 }

@@ -79,7 +79,11 @@ impl OriginalRecord {
     pub fn save(&self, path: &Path) -> Result<()> {
         let io = |op, p: &Path| {
             let p = p.to_owned();
-            move |source| AllocateError::Io { op, path: p, source }
+            move |source| AllocateError::Io {
+                op,
+                path: p,
+                source,
+            }
         };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io("create directory", dir))?;
@@ -201,7 +205,11 @@ impl AuditLog {
     pub fn append(&self, entry: &AuditEntry) -> Result<()> {
         let io = |op| {
             let p = self.path.clone();
-            move |source| AllocateError::Io { op, path: p, source }
+            move |source| AllocateError::Io {
+                op,
+                path: p,
+                source,
+            }
         };
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir).map_err(io("create directory"))?;

@@ -124,6 +124,9 @@ pub struct BacktestConfig {
     pub max_series: Option<usize>,
     /// Worker threads (series are evaluated in parallel).
     pub threads: usize,
+    /// Season of the MASE scale in samples (1: one-step naive). `None`: one day at the
+    /// series' step if that is shorter than the window, else 1 ([`BacktestConfig::mase_season_for`]).
+    pub mase_season: Option<usize>,
 }
 
 impl BacktestConfig {
@@ -143,6 +146,12 @@ impl BacktestConfig {
         if self.stride == 0 {
             return bad("stride", "must be at least 1");
         }
+        if self.mase_season.is_some_and(|m| m == 0 || m >= self.window) {
+            return bad(
+                "MASE season",
+                "must be at least 1 and shorter than the window",
+            );
+        }
         if self.max_origins == Some(0) {
             return bad("max origins", "must be at least 1");
         }
@@ -155,6 +164,21 @@ impl BacktestConfig {
             }
         }
         Ok(())
+    }
+
+    /// The MASE season for a series sampled every `step_s` seconds.
+    pub fn mase_season_for(&self, step_s: f64) -> usize {
+        match self.mase_season {
+            Some(m) => m.max(1),
+            None => {
+                let day = (86_400.0 / step_s.max(1e-9)).round() as usize;
+                if day >= 1 && day < self.window {
+                    day
+                } else {
+                    1
+                }
+            }
+        }
     }
 
     /// Origins for a series of `n` points.
@@ -221,6 +245,8 @@ pub struct Report {
     pub horizon: usize,
     pub stride: usize,
     pub origins: usize,
+    /// Season of the MASE scale (of the first series; 1: one-step naive).
+    pub mase_season: usize,
     pub models: Vec<ModelScore>,
     pub skipped: Vec<Skipped>,
     pub per_series: Vec<SeriesReport>,
@@ -235,14 +261,15 @@ impl Report {
     /// The aggregate table as text.
     pub fn table(&self, levels: &[f64]) -> String {
         let mut s = format!(
-            "{} series ({} skipped), metric {}, window {}, horizons 1-{}, stride {}, {} origins\n",
+            "{} series ({} skipped), metric {}, window {}, horizons 1-{}, stride {}, {} origins, MASE season {}\n",
             self.series,
             self.skipped.len(),
             self.metric,
             self.window,
             self.horizon,
             self.stride,
-            self.origins
+            self.origins,
+            self.mase_season
         );
         s.push_str(&format!("{:<16} {:>7} {:>8}", "model", "MASE", "sMAPE"));
         for l in levels {
@@ -309,7 +336,7 @@ fn evaluate_series(
         .collect();
     let mut accs: Vec<Accumulator> = models
         .iter()
-        .map(|_| Accumulator::new(cfg.levels.len()))
+        .map(|_| Accumulator::with_mase_season(cfg.levels.len(), cfg.mase_season_for(step_s)))
         .collect();
     let origins = cfg.origins(values.len());
     for &t in &origins {
@@ -469,6 +496,7 @@ pub fn run(
         horizon: cfg.horizon,
         stride: cfg.stride,
         origins: total_origins,
+        mase_season: todo.first().map_or(1, |s| cfg.mase_season_for(s.step_s)),
         models: aggregate,
         skipped,
         per_series,
@@ -489,6 +517,7 @@ mod tests {
             max_origins: None,
             max_series: None,
             threads: 2,
+            mase_season: Some(1),
         }
     }
 

@@ -48,6 +48,12 @@ pub struct BacktestArgs {
     /// Worker threads (default: the available cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Season m of the MASE scale, in samples: the forecast's MAE is divided by the in-sample
+    /// MAE of the seasonal naive forecast with season m on the training window (Nixtla's
+    /// `mase(seasonality=m)`); 1 is the one-step naive scale. Default: one day at the
+    /// series' step (288 at 5 minutes) when that is shorter than the window, else 1.
+    #[arg(long)]
+    pub mase_season: Option<usize>,
     /// Also print every series' scores (in the table; the JSON always has them).
     #[arg(long)]
     pub per_series: bool,
@@ -120,6 +126,7 @@ fn run(args: &BacktestArgs) -> Result<(), BacktestCliError> {
         threads: args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        mase_season: args.mase_season,
     };
     let dataset = data::load_csv(&args.data, &args.metric, Resample::default())?;
     let report = backtest::run(&dataset, &models, &cfg)?;

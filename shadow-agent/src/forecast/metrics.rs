@@ -1,7 +1,11 @@
 //! Forecast accuracy and calibration metrics.
 //!
-//! - **MASE** of one forecast: its mean absolute error over the horizon divided by the mean
-//!   absolute one-step change of its own training window (the in-sample naive error). A series'
+//! - **MASE** of one forecast: its mean absolute error over the horizon divided by the in-sample
+//!   mean absolute error of the seasonal naive forecast with season `m` on its own training
+//!   window, `mean |y[t] − y[t − m]|` ([`mase_scale_seasonal`]). `m = 1` is the one-step naive
+//!   scale of Hyndman & Koehler; `m` = one day (288 at 5 minutes) is how Nixtla's
+//!   `utilsforecast.losses.mase(seasonality=m)` scales, which issue 7's reference numbers use.
+//!   The backtest defaults to one day when the window is longer than a day, else 1. A series'
 //!   MASE is the mean over its origins (origins whose window is constant have no scale and are
 //!   counted as `unscaled`, not scored); an aggregate is the mean over series.
 //! - **sMAPE**: `200·|y − ŷ| / (|y| + |ŷ|)` per point (0 when both are 0), in percent.
@@ -16,6 +20,21 @@ pub fn mase_scale(train: &[f64]) -> Option<f64> {
         return None;
     }
     let s = train.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (train.len() - 1) as f64;
+    (s > 0.0 && s.is_finite()).then_some(s)
+}
+
+/// Mean absolute `m`-step seasonal difference of `train` (the in-sample error of the seasonal
+/// naive forecast with season `m`); `m = 1` is [`mase_scale`]. `None` if it is zero, `m` is
+/// zero, or `train` has no more than `m` points.
+pub fn mase_scale_seasonal(train: &[f64], m: usize) -> Option<f64> {
+    if m == 0 || train.len() <= m {
+        return None;
+    }
+    let n = train.len() - m;
+    let s = (m..train.len())
+        .map(|t| (train[t] - train[t - m]).abs())
+        .sum::<f64>()
+        / n as f64;
     (s > 0.0 && s.is_finite()).then_some(s)
 }
 
@@ -44,12 +63,21 @@ pub struct Accumulator {
     pub fit_ns: u128,
     pub fits: usize,
     pub failures: usize,
+    /// Season of the MASE scale (1: one-step naive).
+    pub mase_season: usize,
 }
 
 impl Accumulator {
+    /// An accumulator with the one-step MASE scale.
     pub fn new(levels: usize) -> Self {
+        Self::with_mase_season(levels, 1)
+    }
+
+    /// An accumulator whose MASE is scaled by the seasonal naive error with season `m`.
+    pub fn with_mase_season(levels: usize, m: usize) -> Self {
         Self {
             covered: vec![0; levels],
+            mase_season: m.max(1),
             ..Self::default()
         }
     }
@@ -58,7 +86,7 @@ impl Accumulator {
     pub fn add(&mut self, train: &[f64], actual: &[f64], f: &Forecast, levels: &[f64]) {
         let h = actual.len().min(f.point.len());
         let mae = (0..h).map(|i| (actual[i] - f.point[i]).abs()).sum::<f64>() / h.max(1) as f64;
-        match mase_scale(train) {
+        match mase_scale_seasonal(train, self.mase_season.max(1)) {
             Some(s) => {
                 self.mase_sum += mae / s;
                 self.mase_n += 1;
@@ -119,6 +147,11 @@ mod tests {
         assert_eq!(mase_scale(&[1.0, 3.0, 2.0]), Some(1.5));
         assert_eq!(mase_scale(&[4.0, 4.0, 4.0]), None);
         assert_eq!(mase_scale(&[4.0]), None);
+        assert_eq!(mase_scale_seasonal(&[1.0, 3.0, 2.0], 1), Some(1.5));
+        // Season 2: |2 - 1| and |5 - 3|.
+        assert_eq!(mase_scale_seasonal(&[1.0, 3.0, 2.0, 5.0], 2), Some(1.5));
+        assert_eq!(mase_scale_seasonal(&[1.0, 3.0], 2), None);
+        assert_eq!(mase_scale_seasonal(&[1.0, 3.0, 1.0, 3.0], 2), None);
     }
 
     #[test]

@@ -170,16 +170,13 @@ impl MirrorOptions {
     /// Write the sampling and cap fields of `cfg`.
     fn apply(&self, cfg: &mut MirrorConfig) {
         cfg.sample_ppm = sample_ppm(self.sample_rate);
-        cfg.cap_pkt_ns = if self.cap_pps == 0 {
-            0
-        } else {
-            (1_000_000_000 / self.cap_pps).max(1)
-        };
-        cfg.cap_byte_ps = if self.cap_bytes_per_sec == 0 {
-            0
-        } else {
-            (1_000_000_000_000 / self.cap_bytes_per_sec).max(1)
-        };
+        // 0 (no cap) stays 0; otherwise at least 1 so a cap is never "none" by rounding.
+        cfg.cap_pkt_ns = 1_000_000_000u64
+            .checked_div(self.cap_pps)
+            .map_or(0, |v| v.max(1));
+        cfg.cap_byte_ps = 1_000_000_000_000u64
+            .checked_div(self.cap_bytes_per_sec)
+            .map_or(0, |v| v.max(1));
         cfg.cap_burst_ns = self.cap_burst_ms.saturating_mul(1_000_000);
     }
 }

@@ -259,7 +259,7 @@ impl Discard {
                 attempts: n,
             });
         }
-        out.sort_by(|a, b| b.attempts.cmp(&a.attempts));
+        out.sort_by_key(|r| std::cmp::Reverse(r.attempts));
         Ok(out)
     }
 }

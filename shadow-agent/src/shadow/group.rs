@@ -83,7 +83,13 @@ pub enum GroupError {
         source: CgroupError,
     },
     #[error(transparent)]
-    Replica(#[from] ReplicaError),
+    Replica(Box<ReplicaError>),
+}
+
+impl From<ReplicaError> for GroupError {
+    fn from(e: ReplicaError) -> Self {
+        GroupError::Replica(Box::new(e))
+    }
 }
 
 /// What supervision did, for logs and tests.

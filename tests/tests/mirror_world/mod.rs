@@ -8,8 +8,8 @@
 
 use std::{
     io::ErrorKind,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -257,7 +257,7 @@ impl Packet {
             if n < 0 {
                 return out;
             }
-            if sll.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if sll.sll_pkttype != libc::PACKET_OUTGOING {
                 out.push(buf[..n as usize].to_vec());
             }
         }
@@ -278,4 +278,3 @@ impl Packet {
         }
     }
 }
-

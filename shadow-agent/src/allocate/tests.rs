@@ -1,0 +1,429 @@
+//! The reconciler against a directory that mimics a pure cgroup v2 hierarchy.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::backend::{Backend, V2Backend};
+use super::cpuset::CpuSet;
+use super::policy::{ForecastInput, Rail, Reason, Resource};
+use super::reconcile::{AllocatorConfig, Forecasts, Reconciler};
+use super::AllocateError;
+use crate::sys::cgroup::CgroupRoot;
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// A mimic cgroup2 root with one group `web`, removed on drop.
+struct Mimic {
+    root: PathBuf,
+}
+
+impl Mimic {
+    fn new(tag: &str) -> Mimic {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "shadow-alloc-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&root);
+        let m = Mimic { root };
+        m.put("cgroup.controllers", "cpuset cpu io memory pids\n");
+        m.put("cpuset.cpus.effective", "0-3\n");
+        m.put("web/cgroup.controllers", "cpuset cpu memory\n");
+        m.put("web/cgroup.procs", "");
+        m.put("web/cpu.max", "max 100000\n");
+        m.put("web/memory.max", "max\n");
+        m.put("web/memory.high", "max\n");
+        m.put("web/memory.current", "536870912\n");
+        m.put("web/cpuset.cpus", "\n");
+        m.cpu_stat(0, 0, 0);
+        m.put(
+            "web/memory.events",
+            "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+        );
+        for f in ["cpu.pressure", "memory.pressure"] {
+            m.put(
+                &format!("web/{f}"),
+                "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n\
+                 full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+            );
+        }
+        m
+    }
+
+    fn put(&self, rel: &str, text: &str) {
+        let p = self.root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn get(&self, rel: &str) -> String {
+        fs::read_to_string(self.root.join(rel))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn cpu_stat(&self, periods: u64, throttled: u64, usage_usec: u64) {
+        self.put(
+            "web/cpu.stat",
+            &format!(
+                "usage_usec {usage_usec}\nuser_usec 0\nsystem_usec 0\nnr_periods {periods}\n\
+                 nr_throttled {throttled}\nthrottled_usec {}\n",
+                throttled * 50_000
+            ),
+        );
+    }
+
+    fn backend(&self) -> V2Backend {
+        let root = CgroupRoot::detect(&self.root).unwrap();
+        V2Backend::new(&root, "web").unwrap()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    fn config(&self) -> AllocatorConfig {
+        let mut cfg = AllocatorConfig::new(self.state(), 4.0, 16.0 * GIB);
+        if let Some(c) = cfg.cpu.as_mut() {
+            c.cooldown_intervals = 0;
+        }
+        if let Some(m) = cfg.memory.as_mut() {
+            m.cooldown_intervals = 0;
+        }
+        cfg
+    }
+}
+
+impl Drop for Mimic {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn confident(upper: f64) -> ForecastInput {
+    ForecastInput {
+        point: upper * 0.95,
+        lower: upper * 0.9,
+        upper,
+        level: 0.9,
+        coverage: Some(0.9),
+        horizon_intervals: 6,
+    }
+}
+
+fn record_exists(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("original-"))
+    })
+}
+
+#[test]
+fn v2_reads_the_mimic_files() {
+    let m = Mimic::new("read");
+    m.put("web/cpu.max", "150000 100000\n");
+    m.put("web/memory.max", "1073741824\n");
+    m.put("web/cpuset.cpus", "0-1\n");
+    let b = m.backend();
+    let l = b.read_limits().unwrap();
+    assert_eq!(l.cpu_cores, Some(1.5));
+    assert_eq!(l.cpu_period_us, 100_000);
+    assert_eq!(l.memory_bytes, Some(1 << 30));
+    assert_eq!(l.cpuset.unwrap().to_string(), "0-1");
+    assert_eq!(b.available_cpus().unwrap().unwrap().to_string(), "0-3");
+    m.cpu_stat(10, 4, 777);
+    let s = b.read_sample().unwrap();
+    assert_eq!(
+        (s.nr_periods, s.nr_throttled, s.throttled_us),
+        (10, 4, 200_000)
+    );
+    assert_eq!(s.cpu_usage_us, Some(777));
+    assert_eq!(s.memory_usage, Some(1 << 29));
+    assert!(s.psi_cpu.is_some() && s.psi_memory.is_some());
+}
+
+#[test]
+fn reactive_throttling_steps_the_quota_up_and_records_originals() {
+    let m = Mimic::new("reactive");
+    m.put("web/cpu.max", "50000 100000\n");
+    let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
+    // First step: no earlier sample, so no throttling growth is known yet.
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert!(rep.applied.is_empty(), "{rep:?}");
+    assert!(!record_exists(&m.state()));
+    // 100 periods, 60 of them throttled.
+    m.cpu_stat(100, 60, 50_000);
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpu]);
+    assert_eq!(m.get("web/cpu.max"), "62500 100000");
+    // The originals were recorded before the change.
+    assert!(record_exists(&m.state()));
+    let audit = r.audit().read_all().unwrap();
+    let e = audit.iter().find(|e| e.resource == "cpu").unwrap();
+    assert!(e.applied);
+    assert_eq!(e.old, serde_json::json!(0.5));
+    assert_eq!(e.new, serde_json::json!(0.625));
+    match &e.reason {
+        Reason::Reactive { signals } => assert!(!signals.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // Drop restores the original and removes the record.
+    drop(r);
+    assert_eq!(m.get("web/cpu.max"), "50000 100000");
+    assert!(!record_exists(&m.state()));
+}
+
+#[test]
+fn confident_forecast_preallocates_and_the_step_is_idempotent() {
+    let m = Mimic::new("forecast");
+    m.put("web/cpu.max", "100000 100000\n");
+    m.put("web/memory.max", "1073741824\n");
+    m.put("web/memory.high", "1020054732\n");
+    let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
+    let f = Forecasts {
+        cpu: Some(confident(1.6)),
+        memory: Some(confident(1.2 * GIB)),
+    };
+    let rep = r.step(&f).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpu, Resource::Memory]);
+    // 1.6 cores × 1.15 = 1.84.
+    assert_eq!(m.get("web/cpu.max"), "184000 100000");
+    // 1.2 GiB × 1.15 = 1.38 GiB, page aligned; memory.high at 95% of it.
+    let max: u64 = m.get("web/memory.max").parse().unwrap();
+    assert_eq!(max % 4096, 0);
+    assert!((max as f64 - 1.38 * GIB).abs() < 4096.0, "{max}");
+    let high: u64 = m.get("web/memory.high").parse().unwrap();
+    assert_eq!(high, (max as f64 * 0.95) as u64);
+    let audit = r.audit().read_all().unwrap();
+    let e = audit.iter().find(|e| e.resource == "cpu").unwrap();
+    assert_eq!(e.reason, Reason::Forecast);
+    assert_eq!(e.interval, Some([1.6 * 0.9, 1.6]));
+    assert_eq!(e.level, Some(0.9));
+    assert!(e.confidence.unwrap().confident);
+
+    // Same inputs again: actual == desired, nothing is written, nothing audited.
+    let before = audit.len();
+    for _ in 0..3 {
+        let rep = r.step(&f).unwrap();
+        assert!(rep.applied.is_empty(), "{rep:?}");
+        assert!(rep.decisions.iter().all(|d| !d.changes()));
+    }
+    assert_eq!(r.audit().read_all().unwrap().len(), before);
+    drop(r);
+    assert_eq!(m.get("web/cpu.max"), "100000 100000");
+    assert_eq!(m.get("web/memory.max"), "1073741824");
+    assert_eq!(m.get("web/memory.high"), "1020054732");
+}
+
+#[test]
+fn dry_run_writes_nothing_but_audits_what_it_would_do() {
+    let m = Mimic::new("dry");
+    m.put("web/cpu.max", "100000 100000\n");
+    let mut cfg = m.config();
+    cfg.dry_run = true;
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let rep = r
+        .step(&Forecasts {
+            cpu: Some(confident(1.6)),
+            memory: None,
+        })
+        .unwrap();
+    assert!(rep.dry_run && rep.applied.is_empty());
+    assert!(rep.decisions[0].changes());
+    assert_eq!(m.get("web/cpu.max"), "100000 100000");
+    assert!(!record_exists(&m.state()));
+    let audit = r.audit().read_all().unwrap();
+    assert_eq!(audit.len(), 1);
+    assert!(audit[0].dry_run && !audit[0].applied);
+    assert_eq!(audit[0].new, serde_json::json!(1.84));
+}
+
+#[test]
+fn originals_survive_a_crash_and_are_restored_at_the_next_start() {
+    let m = Mimic::new("crash");
+    m.put("web/cpu.max", "50000 100000\n");
+    m.put("web/memory.max", "1073741824\n");
+    let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
+    r.step(&Forecasts {
+        cpu: Some(confident(1.0)),
+        memory: Some(confident(1.2 * GIB)),
+    })
+    .unwrap();
+    assert_eq!(m.get("web/cpu.max"), "100000 100000"); // capped at +100% per interval
+    assert_ne!(m.get("web/memory.max"), "1073741824");
+    // A crash: no restore.
+    r.abandon();
+    assert_eq!(m.get("web/cpu.max"), "100000 100000");
+    assert!(record_exists(&m.state()));
+    // The next agent finds the record and restores before doing anything else.
+    let r2 = Reconciler::new(m.backend(), m.config()).unwrap();
+    let rec = r2.recovered().expect("a recovery");
+    assert_eq!(rec.restored.len(), 3, "{rec:?}"); // cpu.max, memory.max, memory.high
+    assert!(rec.failed.is_empty());
+    assert_eq!(m.get("web/cpu.max"), "50000 100000");
+    assert_eq!(m.get("web/memory.max"), "1073741824");
+    assert_eq!(m.get("web/memory.high"), "max");
+    assert!(!record_exists(&m.state()));
+    let audit = r2.audit().read_all().unwrap();
+    assert!(audit.iter().any(|e| e.resource == "restore" && e.applied));
+}
+
+#[test]
+fn unwritable_file_backs_off_with_an_error_naming_it() {
+    let m = Mimic::new("unwritable");
+    m.put("web/memory.max", "1073741824\n");
+    // memory.high is a directory: it cannot be opened for writing.
+    fs::remove_file(m.root.join("web/memory.high")).unwrap();
+    fs::create_dir(m.root.join("web/memory.high")).unwrap();
+    let mut cfg = m.config();
+    cfg.cpu = None;
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let f = Forecasts {
+        cpu: None,
+        memory: Some(confident(1.2 * GIB)),
+    };
+    let err = r.step(&f).unwrap_err();
+    let path = m.root.join("web/memory.high");
+    match &err {
+        AllocateError::Io { op, path: p, .. } => {
+            assert_eq!(*op, "open for writing");
+            assert_eq!(p, &path);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    assert_eq!(r.backoff().remaining, 1);
+    // The failure is audited with the error.
+    let audit = r.audit().read_all().unwrap();
+    assert!(audit.iter().any(|e| !e.applied && e.error.is_some()));
+    // Repair the file: the next step still backs off and touches nothing.
+    fs::remove_dir(&path).unwrap();
+    m.put("web/memory.high", "max\n");
+    let rep = r.step(&f).unwrap();
+    assert!(rep.backing_off.is_some() && rep.applied.is_empty());
+    assert_eq!(m.get("web/memory.high"), "max");
+    // Then it works again.
+    let rep = r.step(&f).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Memory]);
+    assert_ne!(m.get("web/memory.high"), "max");
+}
+
+#[test]
+fn missing_file_fails_the_read_and_backs_off_exponentially() {
+    let m = Mimic::new("missing");
+    fs::remove_file(m.root.join("web/cpu.max")).unwrap();
+    let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
+    let err = r.step(&Forecasts::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&*m.root.join("web/cpu.max").to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(r.backoff().remaining, 1);
+    assert!(r.step(&Forecasts::default()).unwrap().backing_off.is_some());
+    // Fails again: twice as long.
+    assert!(r.step(&Forecasts::default()).is_err());
+    assert_eq!(r.backoff().remaining, 2);
+}
+
+#[test]
+fn oom_kill_steps_memory_up() {
+    let m = Mimic::new("oom");
+    m.put("web/memory.max", "1073741824\n");
+    let mut cfg = m.config();
+    cfg.cpu = None;
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    r.step(&Forecasts::default()).unwrap();
+    m.put(
+        "web/memory.events",
+        "low 0\nhigh 3\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
+    );
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Memory]);
+    assert_eq!(m.get("web/memory.max"), (5u64 << 28).to_string()); // 1 GiB × 1.25
+}
+
+#[test]
+fn psi_full_steps_cpu_up() {
+    let m = Mimic::new("psi");
+    m.put("web/cpu.max", "100000 100000\n");
+    let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
+    r.step(&Forecasts::default()).unwrap();
+    // 10 s of full stall within a fraction of a second: far above 5%.
+    m.put(
+        "web/cpu.pressure",
+        "some avg10=50.00 avg60=0.00 avg300=0.00 total=20000000\n\
+         full avg10=30.00 avg60=0.00 avg300=0.00 total=10000000\n",
+    );
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpu]);
+    assert_eq!(m.get("web/cpu.max"), "125000 100000");
+}
+
+#[test]
+fn cpuset_pins_away_from_the_shadow_cpus() {
+    let m = Mimic::new("cpuset");
+    m.put("web/cpuset.cpus", "0-3\n");
+    let mut cfg = m.config();
+    cfg.pin_away_from = Some("2-3".parse::<CpuSet>().unwrap());
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpuset]);
+    assert_eq!(m.get("web/cpuset.cpus"), "0-1");
+    // Idempotent.
+    assert!(r.step(&Forecasts::default()).unwrap().applied.is_empty());
+    drop(r);
+    assert_eq!(m.get("web/cpuset.cpus"), "0-3");
+
+    // Nothing left: refuse, keep, audit the rail.
+    let mut cfg = m.config();
+    cfg.pin_away_from = Some("0-3".parse::<CpuSet>().unwrap());
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert!(rep.applied.is_empty());
+    assert_eq!(rep.cpuset.unwrap().rails, vec![Rail::NoFreeCpu]);
+    assert_eq!(m.get("web/cpuset.cpus"), "0-3");
+}
+
+#[test]
+fn kubelet_owned_groups_are_refused_unless_allowed() {
+    let m = Mimic::new("kube");
+    m.put("kubepods/burstable/pod1/cpu.max", "max 100000\n");
+    let root = CgroupRoot::detect(&m.root).unwrap();
+    let b = V2Backend::new(&root, "kubepods/burstable/pod1").unwrap();
+    let err = Reconciler::new(b.clone(), m.config()).unwrap_err();
+    assert!(matches!(err, AllocateError::KubeletOwned { .. }), "{err}");
+    let mut cfg = m.config();
+    cfg.allow_kubelet_owned = true;
+    assert!(Reconciler::new(b, cfg).is_ok());
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let m = Mimic::new("cfg");
+    let mut cfg = m.config();
+    cfg.policy.headroom = -1.0;
+    let err = Reconciler::new(m.backend(), cfg).unwrap_err();
+    assert!(err.to_string().contains("policy.headroom"), "{err}");
+    let mut cfg = m.config();
+    if let Some(c) = cfg.cpu.as_mut() {
+        c.max = 0.0;
+    }
+    let err = Reconciler::new(m.backend(), cfg).unwrap_err();
+    assert!(err.to_string().contains("cpu.max"), "{err}");
+}
+
+#[test]
+fn missing_group_is_named() {
+    let m = Mimic::new("nogroup");
+    let root = CgroupRoot::detect(&m.root).unwrap();
+    let err = V2Backend::new(&root, "absent").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&*m.root.join("absent").to_string_lossy()),
+        "{err}"
+    );
+}
