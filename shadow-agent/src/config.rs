@@ -35,14 +35,18 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     profile: RawProfile,
+    /// `[allocate]`: the predictive allocator (off when absent).
+    allocate: Option<crate::allocate::live::RawAllocate>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMirror {
     interface: String,
-    shadow_interface: String,
-    shadow_mac: String,
+    shadow_interface: Option<String>,
+    shadow_mac: Option<String>,
+    #[serde(default = "default_tcp_sessions")]
+    tcp_sessions: String,
     #[serde(default = "default_true")]
     xdp: bool,
     #[serde(default)]
@@ -147,6 +151,10 @@ fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
 }
 
+fn default_tcp_sessions() -> String {
+    "translate".into()
+}
+
 fn default_true() -> bool {
     true
 }
@@ -164,13 +172,15 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served (`[metrics] listen`); `None`: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub profile: ProfileConfig,
+    /// The allocator (`[allocate]`); `None`: off.
+    pub allocate: Option<crate::allocate::live::AllocateSpec>,
 }
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
     pub interface: String,
-    pub shadow_interface: String,
-    pub shadow_mac: [u8; 6],
+    /// The clones' interface and destination MAC; `None`: the shadow group's first replica.
+    pub target: Option<(String, [u8; 6])>,
     pub xdp: bool,
     pub rules: Vec<Rule>,
     /// Sampling and caps (and masking).
@@ -287,9 +297,10 @@ impl Config {
             None => None,
             Some(m) => {
                 for (key, name) in [
-                    ("mirror.interface", &m.interface),
-                    ("mirror.shadow_interface", &m.shadow_interface),
+                    ("mirror.interface", Some(&m.interface)),
+                    ("mirror.shadow_interface", m.shadow_interface.as_ref()),
                 ] {
+                    let Some(name) = name else { continue };
                     if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                         return Err(invalid(
                             key.into(),
@@ -297,15 +308,41 @@ impl Config {
                         ));
                     }
                 }
-                let shadow_mac = parse_mac(&m.shadow_mac).ok_or_else(|| {
-                    invalid(
-                        "mirror.shadow_mac".into(),
-                        format!(
-                            "{:?} is not a MAC address like 02:00:00:00:00:01",
-                            m.shadow_mac
-                        ),
-                    )
-                })?;
+                let target = match (&m.shadow_interface, &m.shadow_mac) {
+                    (Some(ifname), Some(mac)) => {
+                        let mac = parse_mac(mac).ok_or_else(|| {
+                            invalid(
+                                "mirror.shadow_mac".into(),
+                                format!("{mac:?} is not a MAC address like 02:00:00:00:00:01"),
+                            )
+                        })?;
+                        Some((ifname.clone(), mac))
+                    }
+                    (None, None) if raw.shadow.is_some() => None,
+                    (None, None) => {
+                        return Err(invalid(
+                            "mirror.shadow_interface".into(),
+                            "required (with mirror.shadow_mac) unless a [shadow] group is configured, whose first replica is then the target".into(),
+                        ))
+                    }
+                    (Some(_), None) | (None, Some(_)) => {
+                        return Err(invalid(
+                            "mirror.shadow_mac".into(),
+                            "mirror.shadow_interface and mirror.shadow_mac go together: give both or neither".into(),
+                        ))
+                    }
+                };
+                let tcp = match m.tcp_sessions.as_str() {
+                    "translate" => crate::mirror::TcpSessions::Translate,
+                    "off" => crate::mirror::TcpSessions::Off,
+                    "track" => crate::mirror::TcpSessions::TrackOnly,
+                    other => {
+                        return Err(invalid(
+                            "mirror.tcp_sessions".into(),
+                            format!("{other:?} is not one of \"translate\", \"off\", \"track\""),
+                        ))
+                    }
+                };
                 if m.rules.is_empty() {
                     return Err(invalid(
                         "mirror.rules".into(),
@@ -412,13 +449,13 @@ impl Config {
                     cap_burst_ms: m.cap_burst_ms,
                     mask,
                     rule_masks,
+                    tcp,
                     ..MirrorOptions::default()
                 };
                 Some(MirrorConfig {
                     options,
                     interface: m.interface,
-                    shadow_interface: m.shadow_interface,
-                    shadow_mac,
+                    target,
                     xdp: m.xdp,
                     rules,
                 })
@@ -446,7 +483,12 @@ impl Config {
                 )
             })?),
         };
+        let allocate = match raw.allocate {
+            None => None,
+            Some(a) => Some(a.validate().map_err(|(k, msg)| invalid(k, msg))?),
+        };
         Ok(Config {
+            allocate,
             mirror,
             shadow,
             metrics_listen,
@@ -490,7 +532,7 @@ interval_ms = 500
         let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
         let m = c.mirror.unwrap();
         assert_eq!(m.rules.len(), 2);
-        assert_eq!(m.shadow_mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(m.target.unwrap().1, [2, 0, 0, 0, 0, 1]);
         assert!(m.xdp);
         assert_eq!(c.profile.interval_ms, 500);
     }
@@ -556,5 +598,28 @@ interval_ms = 500
         assert_eq!(parse_mac("aa:bb:cc:dd:ee"), None);
         assert_eq!(parse_mac("aa:bb:cc:dd:ee:ff:00"), None);
         assert_eq!(parse_mac("aa:bb:cc:dd:ee:fg"), None);
+    }
+
+    #[test]
+    fn mirror_target_is_required_without_a_shadow_group() {
+        let no_target = GOOD
+            .replace("shadow_interface = \"veth-s\"\n", "")
+            .replace("shadow_mac = \"02:00:00:00:00:01\"\n", "");
+        assert!(
+            err(&no_target).contains("mirror.shadow_interface: required"),
+            "{}",
+            err(&no_target)
+        );
+        let half = GOOD.replace("shadow_mac = \"02:00:00:00:00:01\"\n", "");
+        assert!(err(&half).contains("give both or neither"));
+        let bad_tcp = GOOD.replace(
+            "interface = \"veth-p\"",
+            "interface = \"veth-p\"\ntcp_sessions = \"maybe\"",
+        );
+        assert!(
+            err(&bad_tcp).contains("mirror.tcp_sessions"),
+            "{}",
+            err(&bad_tcp)
+        );
     }
 }

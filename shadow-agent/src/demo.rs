@@ -74,6 +74,7 @@ struct World {
     primary: NetNs,
     primary_cg: Cgroup,
     _docroot: TempDir,
+    logs: TempDir,
 }
 
 /// A directory removed on drop.
@@ -137,10 +138,20 @@ fn build_world() -> Result<World, AgentError> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let logs = TempDir(std::env::temp_dir().join(format!("{tag}-logs")));
+    std::fs::create_dir_all(&logs.0).map_err(|source| AgentError::Io {
+        op: format!("creating {}", logs.0.display()),
+        source,
+    })?;
+    let primary_log =
+        std::fs::File::create(logs.0.join("primary.log")).map_err(|source| AgentError::Io {
+            op: "creating the primary's log".into(),
+            source,
+        })?;
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(primary_log);
     let primary_srv = process::spawn(cmd, Some(&primary), Some(&primary_cg))
         .map_err(setup_err("starting the primary (python3 -m http.server)"))?;
     // The shadow: the same server, as a replica of a shadow group whose host ends live in
@@ -150,6 +161,7 @@ fn build_world() -> Result<World, AgentError> {
         prefix: "shd".into(),
         command: CommandSpec {
             argv,
+            stderr: Some(logs.0.join("shadow.log")),
             ..CommandSpec::default()
         },
         replicas_min: 1,
@@ -176,6 +188,7 @@ fn build_world() -> Result<World, AgentError> {
         primary,
         primary_cg,
         _docroot: docroot,
+        logs,
     })
 }
 
@@ -183,7 +196,7 @@ fn build_world() -> Result<World, AgentError> {
 fn get(addr: SocketAddr) -> std::io::Result<usize> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /index.html HTTP/1.1\r\nHost: primary\r\nUser-Agent: shadow-demo\r\nConnection: close\r\n\r\n")?;
+    s.write_all(b"GET /index.html?session=demo-session-42 HTTP/1.1\r\nHost: primary\r\nUser-Agent: shadow-demo\r\nAuthorization: Bearer demo-secret-token\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::with_capacity(16 * 1024);
     s.read_to_end(&mut buf)?;
     if !buf.starts_with(b"HTTP/1.0 200") && !buf.starts_with(b"HTTP/1.1 200") {
@@ -201,6 +214,26 @@ struct Window {
 
 fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Requests an http.server access log on `path` records.
+fn served(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter(|l| l.contains("\"GET ")).count() as u64)
+        .unwrap_or(0)
+}
+
+/// The request part of the last line of an http.server access log.
+fn last_request(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| l.contains("\"GET "))
+                .and_then(|l| l.split('"').nth(1).map(str::to_string))
+        })
+        .unwrap_or_default()
 }
 
 /// Packets received by `dev` in the calling thread's network namespace.
@@ -274,7 +307,18 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             proto: Some(Proto::Tcp),
         }],
         xdp: true,
-        options: Default::default(),
+        // Mask HTTP credentials in what the shadow receives (the client sends a bearer
+        // token with every request).
+        options: crate::mirror::MirrorOptions {
+            rule_masks: vec![crate::mirror::RuleMask {
+                http: true,
+                ..Default::default()
+            }],
+            // Sequence translation: the shadow's own TCP sessions run, so it serves the
+            // mirrored requests (its replies are learned from, then dropped).
+            tcp: crate::mirror::TcpSessions::Translate,
+            ..Default::default()
+        },
     };
     let mirror = world
         .primary
@@ -297,8 +341,8 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             duration.as_secs()
         );
         println!(
-            "{:>4} {:>7} {:>6} {:>5} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>8} | {:>6} {:>6} | {:>9} {:>9} {:>7}",
-            "t_s", "target", "req/s", "err", "p50_ms", "p99_ms", "seen", "cloned", "shd_rx", "shd_drop", "xdp_pk", "syn/s", "cpu_ebpf", "cpu_cg", "shd_cpu"
+            "{:>4} {:>7} {:>6} {:>5} {:>7} {:>7} | {:>7} {:>7} {:>6} {:>7} {:>8} {:>7} | {:>6} {:>6} | {:>9} {:>9} {:>7}",
+            "t_s", "target", "req/s", "err", "p50_ms", "p99_ms", "seen", "cloned", "masked", "shd_rx", "shd_drop", "shd_req", "xdp_pk", "syn/s", "cpu_ebpf", "cpu_cg", "shd_cpu"
         );
     }
 
@@ -313,6 +357,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             .unwrap_or(0)
     };
     let rx0 = shadow_rx();
+    let shadow_log = world.logs.0.join("shadow.log");
     let mut last = (
         mirror.counters()?,
         mirror.rule_load()?.first().copied().unwrap_or_default(),
@@ -325,6 +370,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             .counters()
             .map(|c| c.tx_dropped_packets)
             .unwrap_or(0),
+        served(&shadow_log),
     );
     let first = last.clone();
 
@@ -405,6 +451,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
                 .counters()
                 .map(|c| c.tx_dropped_packets)
                 .unwrap_or(0),
+            served(&shadow_log),
         );
         let q = |p: f64| {
             if hist.is_empty() {
@@ -423,6 +470,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             "mirror_seen": now.0.seen - last.0.seen,
             "mirror_cloned": now.0.cloned - last.0.cloned,
             "mirror_clone_failed": now.0.clone_failed - last.0.clone_failed,
+            "mirror_masked": now.0.masked - last.0.masked,
             "shadow_rx_packets": now.2.saturating_sub(last.2),
             "xdp_packets": now.1.packets - last.1.packets,
             "xdp_new_connections": now.1.syns - last.1.syns,
@@ -430,6 +478,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             "primary_cpu_ms_cgroup": (now.4.saturating_sub(last.4)) as f64 / 1e3,
             "shadow_cpu_ms_ebpf": (now.5.cpu_ns - last.5.cpu_ns) as f64 / 1e6,
             "shadow_tx_dropped": now.6.saturating_sub(last.6),
+            "shadow_requests": now.7.saturating_sub(last.7),
         });
         if json {
             println!("{row}");
@@ -437,7 +486,7 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             let u = |k: &str| row[k].as_u64().unwrap_or(0);
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
             println!(
-                "{:>4.0} {:>7.0} {:>6} {:>5} {:>7.2} {:>7.2} | {:>7} {:>7} {:>7} {:>8} | {:>6} {:>6} | {:>9.1} {:>9.1} {:>7.1}",
+                "{:>4.0} {:>7.0} {:>6} {:>5} {:>7.2} {:>7.2} | {:>7} {:>7} {:>6} {:>7} {:>8} {:>7} | {:>6} {:>6} | {:>9.1} {:>9.1} {:>7.1}",
                 f("t_s"),
                 f("target_rps"),
                 ok,
@@ -446,8 +495,10 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
                 q(0.99),
                 u("mirror_seen"),
                 u("mirror_cloned"),
+                u("mirror_masked"),
                 u("shadow_rx_packets"),
                 u("shadow_tx_dropped"),
+                u("shadow_requests"),
                 u("xdp_packets"),
                 u("xdp_new_connections"),
                 f("primary_cpu_ms_ebpf"),
@@ -460,6 +511,10 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
     stop.store(true, Ordering::Relaxed);
     let _ = client.join();
 
+    // Let the shadow finish the last mirrored requests before counting what it served.
+    std::thread::sleep(Duration::from_millis(500));
+    let shadow_requests = served(&shadow_log).saturating_sub(first.7);
+    let tcp = mirror.tcp_counters()?;
     let cpu_ebpf = (last.3.cpu_ns - first.3.cpu_ns) as f64 / 1e9;
     let cpu_cg = last.4.saturating_sub(first.4) as f64 / 1e6;
     let summary = serde_json::json!({
@@ -474,6 +529,11 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         "shadow_rx_packets": last.2.saturating_sub(first.2),
         "xdp_new_connections": last.1.syns - first.1.syns,
         "shadow_tx_dropped": last.6.saturating_sub(first.6),
+        "shadow_requests": shadow_requests,
+        "shadow_completion": if tot_ok == 0 { 0.0 } else { shadow_requests as f64 / tot_ok as f64 },
+        "tcp": serde_json::to_value(&tcp).unwrap_or_default(),
+        "primary_log_line": last_request(&world.logs.0.join("primary.log")),
+        "shadow_log_line": last_request(&shadow_log),
         "primary_cpu_seconds_ebpf": cpu_ebpf,
         "primary_cpu_seconds_cgroup": cpu_cg,
         "cpu_hook": profiler.hook(),
@@ -482,13 +542,19 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         println!("{summary}");
     } else {
         println!(
-            "\nsummary: {tot_ok} requests served ({tot_err} failed), p50 {:.2} ms p99 {:.2} ms; mirror saw {} packets, cloned {} ({} clone failures, {} restore failures); the shadow namespace received {} packets and everything it sent was dropped at its veth ({} packets); XDP counted {} new connections; primary CPU {:.3} s by eBPF ({:?}) vs {:.3} s by cgroup cpu.stat",
+            "\nsummary: {tot_ok} requests served ({tot_err} failed), p50 {:.2} ms p99 {:.2} ms; mirror saw {} packets, cloned {} ({} held back by design while the shadow's handshake was pending, {} other clone failures, {} restore failures), masked credentials in {} clones; the shadow namespace received {} packets and everything it sent was dropped at its veth ({} packets); XDP counted {} new connections; primary CPU {:.3} s by eBPF ({:?}) vs {:.3} s by cgroup cpu.stat",
             summary["latency_p50_ms"].as_f64().unwrap_or(0.0),
             summary["latency_p99_ms"].as_f64().unwrap_or(0.0),
             last.0.seen - first.0.seen,
             last.0.cloned - first.0.cloned,
-            last.0.clone_failed,
+            tcp.segments_waiting,
+            // The shadow-side program's deliberate drops make bpf_clone_redirect report an
+            // error too; the rest are real failures.
+            last.0.clone_failed.saturating_sub(
+                tcp.segments_waiting + tcp.segments_not_tracked + last.0.fallback_dropped
+            ),
             last.0.restore_failed,
+            last.0.masked - first.0.masked,
             last.2.saturating_sub(first.2),
             last.6.saturating_sub(first.6),
             last.1.syns - first.1.syns,
@@ -496,7 +562,14 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             profiler.hook(),
             cpu_cg,
         );
-        println!("not yet shown: TCP sessions in the shadow (sequence translation), masking, forecasts and allocation (open issues)");
+        println!(
+            "the shadow served {shadow_requests} of the {tot_ok} requests ({:.1}%) in {} TCP sessions it established ({} reset by the shadow), each with its credentials masked:\n  primary log: {}\n  shadow log:  {}",
+            summary["shadow_completion"].as_f64().unwrap_or(0.0) * 100.0,
+            tcp.established,
+            tcp.shadow_resets,
+            summary["primary_log_line"].as_str().unwrap_or("-"),
+            summary["shadow_log_line"].as_str().unwrap_or("-"),
+        );
     }
     drop(mirror);
     drop(profiler);

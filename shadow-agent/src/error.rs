@@ -14,6 +14,8 @@ pub enum AgentError {
     Shadow(Box<crate::shadow::GroupError>),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("allocate")]
+    Allocate(#[from] crate::allocate::AllocateError),
     #[error("profile.cgroups: {path} is not a cgroup2 directory")]
     NotACgroup {
         path: PathBuf,

@@ -53,14 +53,23 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
     };
     let mirror = match &cfg.mirror {
         None => None,
-        Some(m) => Some(Mirror::attach(MirrorSpec {
-            interface: m.interface.clone(),
-            shadow_interface: m.shadow_interface.clone(),
-            shadow_mac: m.shadow_mac,
-            rules: m.rules.clone(),
-            xdp: m.xdp,
-            options: m.options.clone(),
-        })?),
+        Some(m) => {
+            // The configured target, or the first replica of the shadow group.
+            let (shadow_interface, shadow_mac) =
+                match (&m.target, group.as_ref().and_then(|g| g.replica(0))) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(r)) => (r.names().host_if.clone(), r.replica_mac().octets()),
+                    (None, None) => unreachable_target()?,
+                };
+            Some(Mirror::attach(MirrorSpec {
+                interface: m.interface.clone(),
+                shadow_interface,
+                shadow_mac,
+                rules: m.rules.clone(),
+                xdp: m.xdp,
+                options: m.options.clone(),
+            })?)
+        }
     };
     let mut profiler = Profiler::start(HookPreference::Auto)?;
     for (_, id) in &cgroups {
@@ -72,6 +81,11 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             profiler.track(r.cgroup().id())?;
         }
     }
+    // The allocator last: it restores the original limits a crashed run left behind.
+    let mut allocator = match &cfg.allocate {
+        None => None,
+        Some(spec) => Some(crate::allocate::live::LiveAllocator::start(spec)?),
+    };
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| AgentError::Io {
@@ -121,6 +135,9 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 line["shadow"] = serde_json::to_value(status).unwrap_or_default();
             }
             line["cpu_hook"] = serde_json::to_value(profiler.hook()).unwrap_or_default();
+            if let Some(a) = allocator.as_mut() {
+                line["allocate"] = a.tick();
+            }
             if let Some(g) = group.as_ref() {
                 let refused: Vec<_> = g
                     .replicas()
@@ -147,4 +164,13 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
     });
     crate::status::withdraw(std::path::Path::new(crate::status::STATUS_FILE));
     result
+}
+
+/// The config check guarantees a target when there is no shadow group; this is the error
+/// should that ever not hold, rather than a panic.
+fn unreachable_target() -> Result<(String, [u8; 6]), AgentError> {
+    Err(AgentError::Io {
+        op: "mirror.shadow_interface: no target and no shadow replica".into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
 }

@@ -62,6 +62,14 @@ names! {
     MAP_MASK_RULE_CTRS = "MASK_RULE_CTRS";
     /// `PerCpuArray<MaskScratch>`: the egress program's working buffer.
     MAP_MASK_SCRATCH = "MASK_SCRATCH";
+    /// TC egress on the primary's interface: learns the primary's ISN (SYN-ACK) and FIN of
+    /// tracked TCP sessions.
+    PROG_MIRROR_ISN = "shadow_isn";
+    /// TC ingress on the shadow interface (before `shadow_discard`): learns the shadow's ISN,
+    /// SND.NXT, TSval and resets from what it transmits.
+    PROG_MIRROR_LEARN = "shadow_learn";
+    /// `LruHashMap<FlowKey, TcpFlow>`: per-session TCP translation state.
+    MAP_TCP_FLOWS = "TCP_FLOWS";
     /// `Array<TokenBucket>`, one entry: the global clone rate cap.
     MAP_MIRROR_TB = "MIRROR_TB";
 

@@ -343,6 +343,18 @@ impl FlowKey {
             _pad: [0; 2],
         }
     }
+
+    /// The key of the opposite direction (a reply's packet → its request direction).
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..*self
+        }
+    }
 }
 
 /// `skb->mark` the TC ingress program puts on each clone (rule index in the low byte) so the
@@ -381,6 +393,26 @@ fn lookup<const N: usize>(hashes: &[u64; N], lens: &[u8; N], hash: u64, len: u8)
         k += 1;
     }
     None
+}
+
+/// Which framing header (`HDR_*`) the header name just read (`hash`, `len`) is, and
+/// whether the user listed it for masking (a framing header may be both).
+#[inline(always)]
+fn lookup_header(spec: &MaskSpec, hash: u64, len: u8) -> (Option<usize>, bool) {
+    let mut framing = None;
+    let mut user = false;
+    let mut k = 0;
+    while k < MAX_HEADERS {
+        if spec.header_len[k] != 0 && spec.header_len[k] == len && spec.header_hash[k] == hash {
+            if k < HDR_FIRST_USER {
+                framing = Some(k);
+            } else {
+                user = true;
+            }
+        }
+        k += 1;
+    }
+    (framing, user)
 }
 
 /// Start a new request.
@@ -541,27 +573,27 @@ pub fn mask_byte(st: &mut HttpState, spec: &MaskSpec, b: u8) -> bool {
         }
         ST_HNAME => {
             if b == b':' {
-                match lookup(&spec.header_hash, &spec.header_len, st.hash, st.pos) {
-                    Some(k) if k >= HDR_FIRST_USER => st.flags |= F_MASKING,
-                    Some(k) => {
-                        st.special = k as u8;
-                        if k == HDR_CONTENT_LENGTH {
-                            if st.flags & F_CL_SEEN != 0 {
-                                // Repeated Content-Length: ambiguous framing.
-                                st.st = ST_BROKEN;
-                                return false;
-                            }
-                            st.flags |= F_CL_SEEN;
-                            st.content_length = 0;
-                        } else if k == HDR_CONTENT_TYPE {
-                            st.ctype_done = 0;
-                            st.hash = FNV_OFFSET;
-                            st.pos = 0;
-                        } else {
-                            st.flags |= F_CHUNKED;
+                let (framing, user) = lookup_header(spec, st.hash, st.pos);
+                if user {
+                    st.flags |= F_MASKING;
+                }
+                if let Some(k) = framing {
+                    st.special = k as u8;
+                    if k == HDR_CONTENT_LENGTH {
+                        if st.flags & F_CL_SEEN != 0 {
+                            // Repeated Content-Length: ambiguous framing.
+                            st.st = ST_BROKEN;
+                            return false;
                         }
+                        st.flags |= F_CL_SEEN;
+                        st.content_length = 0;
+                    } else if k == HDR_CONTENT_TYPE {
+                        st.ctype_done = 0;
+                        st.hash = FNV_OFFSET;
+                        st.pos = 0;
+                    } else {
+                        st.flags |= F_CHUNKED;
                     }
-                    None => {}
                 }
                 st.st = ST_HOWS;
             } else if is_tchar(b) {

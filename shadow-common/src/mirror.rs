@@ -8,6 +8,11 @@ pub const MAX_RULES: u32 = 16;
 
 /// `MirrorConfig::flags`: the mirror clones matching packets.
 pub const FLAG_ENABLED: u16 = 1;
+/// `MirrorConfig::flags`: TCP sessions are tracked (`shadow::tcp`): only flows whose SYN was
+/// cloned are mirrored, the shadow's ISN, TSval and resets are learned.
+pub const FLAG_TCP_TRACK: u16 = 2;
+/// `MirrorConfig::flags`: tracked sessions are translated (ACK, SACK, TSecr) for the shadow.
+pub const FLAG_TCP_TRANSLATE: u16 = 4;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -40,8 +45,11 @@ pub struct MirrorConfig {
     pub cap_byte_ps: u64,
     /// Burst tolerance of both buckets in ns (how far ahead of real time they may run).
     pub cap_burst_ns: u64,
+    /// A tracked TCP session without a client segment for this long is forgotten (0: never;
+    /// the LRU map bounds the state anyway).
+    pub tcp_idle_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 56);
 
 /// `MirrorConfig::sample_ppm` meaning "every flow".
 pub const SAMPLE_ALL: u32 = 1_000_000;
@@ -117,7 +125,28 @@ pub mod ctr {
     pub const FALLBACK_DROPPED: u32 = 15;
     /// Clones dropped because masking failed (a helper error): never sent unmasked.
     pub const MASK_FAILED: u32 = 16;
-    pub const N: u32 = 17;
+    /// TCP sessions tracked (client SYN cloned, state created).
+    pub const TCP_SESSIONS: u32 = 17;
+    /// Sessions whose shadow SYN-ACK was seen: translation active.
+    pub const TCP_ESTABLISHED: u32 = 18;
+    /// Tracked sessions the shadow reset (counted once per session; the RST is dropped).
+    pub const TCP_SHADOW_RESETS: u32 = 19;
+    /// RSTs from the shadow on flows without state.
+    pub const TCP_SHADOW_RESETS_UNTRACKED: u32 = 20;
+    /// Sessions forgotten after the idle timeout.
+    pub const TCP_IDLE: u32 = 21;
+    /// Client segments dropped because the shadow's ISN was not known yet.
+    pub const TCP_WAITING: u32 = 22;
+    /// Client segments of flows whose SYN was never cloned (began before the mirror, or
+    /// evicted): dropped.
+    pub const TCP_NOT_TRACKED: u32 = 23;
+    /// Client segments translated for the shadow.
+    pub const TCP_TRANSLATED: u32 = 24;
+    /// Sessions ended by the client (RST, or FIN exchange complete): state freed.
+    pub const TCP_CLOSED: u32 = 25;
+    /// Clones dropped because translating failed (helper error).
+    pub const TCP_FAILED: u32 = 26;
+    pub const N: u32 = 27;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -137,6 +166,16 @@ pub mod ctr {
         "unparseable",
         "fallback_dropped",
         "mask_failed",
+        "tcp_sessions",
+        "tcp_established",
+        "tcp_shadow_resets",
+        "tcp_shadow_resets_untracked",
+        "tcp_idle",
+        "tcp_waiting",
+        "tcp_not_tracked",
+        "tcp_translated",
+        "tcp_closed",
+        "tcp_failed",
     ];
 }
 

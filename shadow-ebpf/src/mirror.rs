@@ -5,6 +5,13 @@
 //!   clone's destination MAC rewritten to the shadow end. The original always continues,
 //!   byte for byte: the MAC is rewritten only for the duration of `bpf_clone_redirect` and
 //!   restored right after; every failure is counted and the packet passed (fail open).
+//! * `shadow_mask` (TC egress on the shadow interface): TCP session translation of each clone
+//!   (`shadow_common::tcp`), then masking.
+//! * `shadow_isn` (TC egress on the primary's interface): learns the primary's ISN and FIN
+//!   of tracked TCP sessions. Always passes.
+//! * `shadow_learn` (TC ingress on the shadow interface, first in the chain, before the
+//!   replica's `shadow_discard`): learns the shadow's ISN, SND.NXT, TSval and resets from
+//!   what it transmits. Always passes on to the discard, which drops it all.
 //! * `shadow_load` (XDP on the same interface): per-rule packets, bytes and new TCP
 //!   connections, the earliest load signal for the forecaster. Always `XDP_PASS`.
 #![no_std]
@@ -31,8 +38,13 @@ use shadow_common::mask::{
 };
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, Flow, MirrorConfig,
-    MirrorRule, PacketView, RuleLoad, TokenBucket, FLAG_ENABLED, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RULES, TCP_FLAG_ACK, TCP_FLAG_SYN,
+    MirrorRule, PacketView, RuleLoad, TokenBucket, FLAG_ENABLED, FLAG_TCP_TRACK,
+    FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, TCP_FLAG_ACK, TCP_FLAG_SYN,
+};
+use shadow_common::tcp::{
+    ends_session, get32, idle, learn_shadow, opt_step, translate_with, OptWalk, TcpFlow,
+    F_CLIENT_FIN, F_PRIMARY, F_PRIMARY_FIN, F_SHADOW, F_SYN, MAX_OPT_BYTES, TCP_FIN, TCP_HDR_BUF,
+    TCP_RST,
 };
 use shadow_ebpf::bump;
 
@@ -54,6 +66,10 @@ static MASK_FLOWS: LruHashMap<FlowKey, HttpState> = LruHashMap::with_max_entries
 static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static TCP_SCRATCH: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RULE_LOAD: PerCpuArray<RuleLoad> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
@@ -227,6 +243,355 @@ unsafe fn atomic_add(p: *mut u64, v: u64) {
     // SAFETY: per the contract; the instruction touches exactly the 8 bytes at `p`.
     unsafe {
         core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) p, in(reg) v);
+    }
+}
+
+/// `*p |= v` as one BPF atomic instruction (`BPF_ATOMIC | BPF_OR`, no fetch).
+///
+/// # Safety
+/// `p` must be an aligned pointer into a map value.
+#[inline(always)]
+unsafe fn atomic_or(p: *mut u64, v: u64) {
+    // SAFETY: per the contract; the instruction touches exactly the 8 bytes at `p`.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TCP sessions in the shadow (`shadow_common::tcp`).
+// ---------------------------------------------------------------------------------------
+
+/// Per-CPU working state of the TCP programs (kept off the 512-byte stack the masking
+/// callbacks share).
+#[repr(C)]
+pub struct TcpScratch {
+    hdr: [u8; TCP_HDR_BUF],
+    key: FlowKey,
+    csum: CsumDelta,
+    walk: OptWalk,
+    hlen: u32,
+    snapshot: TcpFlow,
+}
+
+/// One step of the TCP options walk over `TCP_SCRATCH` (from `bpf_loop`). 1 stops.
+extern "C" fn opt_cb(_i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(sp) = TCP_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    if opt_step(&s.hdr, s.hlen as usize, &mut s.walk) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Locate the options of the header in `s.hdr` (`s.hlen`) into `s.walk.opts`.
+#[inline(always)]
+fn walk_options(s: &mut TcpScratch) -> bool {
+    s.walk = OptWalk::new();
+    // SAFETY: `opt_cb` is a static callback that only touches the per-CPU scratch.
+    let rc = unsafe {
+        bpf_loop(
+            MAX_OPT_BYTES as u32,
+            opt_cb as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    rc >= 0
+}
+
+/// `n` (known to be in 1..=64) in a form the verifier can bound.
+#[inline(always)]
+fn bound64(n: u32) -> u32 {
+    let mut m = (n - 1) as u64;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= 63", inout(reg) m) };
+    const _: () = assert!(TCP_HDR_BUF == 64);
+    m as u32 + 1
+}
+
+/// Load the TCP header at `l4` into `s.hdr`; its length (20..=60).
+#[inline(always)]
+fn load_tcp_hdr(ctx: &TcContext, l4: usize, s: &mut TcpScratch) -> Option<u32> {
+    let doff = ((ctx.load::<u8>(l4 + 12).ok()? >> 4) as u32) * 4;
+    if doff < 20 {
+        return None;
+    }
+    let n = bound64(doff);
+    // SAFETY: `hdr` holds 64 bytes and 0 < n <= 64.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr() as *const c_void,
+            l4 as u32,
+            s.hdr.as_mut_ptr() as *mut c_void,
+            n,
+        )
+    };
+    (rc == 0).then_some(n)
+}
+
+/// End of the IP packet (its length field, or the skb's when that is 0, e.g. BIG TCP).
+#[inline(always)]
+fn ip_end(ctx: &TcContext, flow: &Flow) -> Option<usize> {
+    let l3 = flow.l3_off as usize;
+    let len = ctx.len() as usize;
+    let end = if flow.family == 4 {
+        let t = u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 2).ok()?) as usize;
+        if t == 0 {
+            len
+        } else {
+            l3 + t
+        }
+    } else {
+        let t = u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 4).ok()?) as usize;
+        if t == 0 {
+            len
+        } else {
+            l3 + 40 + t
+        }
+    };
+    Some(if end < len { end } else { len })
+}
+
+#[inline(always)]
+fn remove_flow(key: &FlowKey) {
+    let _ = TCP_FLOWS.remove(key);
+}
+
+/// The TCP session part of `shadow_mask` for one clone: create the session on the client's
+/// SYN, drop clones of untracked, idle or not yet established sessions (counted), translate
+/// the rest in place. `Err(counter)`: drop the clone, counted there.
+// Keys by reference into the per-CPU scratch on purpose (see `try_mask`).
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn tcp_clone(ctx: &TcContext, flow: &Flow, cfg: &MirrorConfig) -> Result<(), u32> {
+    let sp = TCP_SCRATCH.get_ptr_mut(0).ok_or(ctr::TCP_FAILED)?;
+    // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
+    let s = unsafe { &mut *sp };
+    s.key = FlowKey::of(flow);
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fl = flow.tcp_flags;
+    if fl & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        if let Some(f) = TCP_FLOWS.get_ptr_mut(&s.key) {
+            // SAFETY: a live map value; `last_ns` has this program as its only writer.
+            unsafe {
+                if !idle(&*f, now, cfg.tcp_idle_ns) {
+                    // A retransmitted SYN of a session already tracked.
+                    (*f).last_ns = now;
+                    return Ok(());
+                }
+            }
+        }
+        let f = TcpFlow {
+            flags: F_SYN,
+            last_ns: now,
+            ..TcpFlow::default()
+        };
+        TCP_FLOWS
+            .insert(&s.key, &f, 0)
+            .map_err(|_| ctr::TCP_FAILED)?;
+        count(ctr::TCP_SESSIONS);
+        return Ok(());
+    }
+    let fp = TCP_FLOWS.get_ptr_mut(&s.key).ok_or(ctr::TCP_NOT_TRACKED)?;
+    // SAFETY: a live map value (an LRU entry may be recycled under us: then this session's
+    // translation is wrong for one segment, and the shadow at worst resets it, counted).
+    let f = unsafe { &mut *fp };
+    if idle(f, now, cfg.tcp_idle_ns) {
+        remove_flow(&s.key);
+        return Err(ctr::TCP_IDLE);
+    }
+    f.last_ns = now;
+    if f.flags & (F_PRIMARY | F_SHADOW) != F_PRIMARY | F_SHADOW {
+        if fl & TCP_RST != 0 {
+            remove_flow(&s.key);
+            count(ctr::TCP_CLOSED);
+        }
+        return Err(ctr::TCP_WAITING);
+    }
+    let l4 = flow.l4_off as usize;
+    let hlen = load_tcp_hdr(ctx, l4, s).ok_or(ctr::TCP_FAILED)?;
+    let end = ip_end(ctx, flow).ok_or(ctr::TCP_FAILED)?;
+    let plen = end.saturating_sub(l4 + hlen as usize) as u32;
+    if cfg.flags & FLAG_TCP_TRANSLATE != 0 {
+        s.csum = CsumDelta::default();
+        s.snapshot = *f;
+        s.hlen = hlen;
+        if !walk_options(s) {
+            return Err(ctr::TCP_FAILED);
+        }
+        // SAFETY: as above (the callback has returned).
+        let s = unsafe { &mut *sp };
+        if translate_with(&mut s.hdr, &s.walk.opts, &s.snapshot, &mut s.csum) {
+            // SAFETY: `hdr` holds 64 bytes and `hlen` is in 1..=64 (bounded above).
+            let rc = unsafe {
+                bpf_skb_store_bytes(
+                    ctx.as_ptr() as *mut __sk_buff,
+                    l4 as u32,
+                    s.hdr.as_ptr() as *const c_void,
+                    bound64(hlen),
+                    0,
+                )
+            };
+            if rc != 0 {
+                return Err(ctr::TCP_FAILED);
+            }
+            let diff = s.csum.kernel_diff();
+            // SAFETY: the TCP checksum field; diff mode (size flags 0).
+            let rc = unsafe {
+                bpf_l4_csum_replace(
+                    ctx.as_ptr() as *mut __sk_buff,
+                    (l4 + 16) as u32,
+                    0,
+                    diff as u64,
+                    0,
+                )
+            };
+            if rc != 0 {
+                return Err(ctr::TCP_FAILED);
+            }
+        }
+        count(ctr::TCP_TRANSLATED);
+    }
+    if fl & TCP_FIN != 0 {
+        // SAFETY: aligned u64 field of a live map value.
+        unsafe { atomic_or(core::ptr::addr_of_mut!((*fp).flags), F_CLIENT_FIN) };
+    }
+    // SAFETY: a live map value (re-read after the atomic update).
+    let f = unsafe { &*fp };
+    if ends_session(f, fl, plen) {
+        remove_flow(&s.key);
+        count(ctr::TCP_CLOSED);
+    }
+    Ok(())
+}
+
+/// TC egress on the primary's interface: the primary's SYN-ACK (its ISN) and FIN of each
+/// tracked session. Never changes or drops anything.
+#[classifier]
+pub fn shadow_isn(ctx: TcContext) -> i32 {
+    try_isn(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn try_isn(ctx: &TcContext) {
+    let Some(cfg) = MIRROR_CFG.get(0) else {
+        return;
+    };
+    if cfg.flags & FLAG_TCP_TRACK == 0 {
+        return;
+    }
+    let Some(flow) = parse_flow(&Skb(ctx)) else {
+        return;
+    };
+    if flow.proto != IPPROTO_TCP
+        || !flow.has_ports
+        || flow.tcp_flags & (TCP_FLAG_SYN | TCP_FIN) == 0
+    {
+        return;
+    }
+    let key = FlowKey::of(&flow).reversed();
+    let Some(fp) = TCP_FLOWS.get_ptr_mut(key) else {
+        return;
+    };
+    let l4 = flow.l4_off as usize;
+    if flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK {
+        let Ok(seq) = ctx.load::<[u8; 4]>(l4 + 4) else {
+            return;
+        };
+        // SAFETY: live map value; `primary_isn` has this program as its only writer, and
+        // the flag is published after it.
+        unsafe {
+            (*fp).primary_isn = u32::from_be_bytes(seq);
+            atomic_or(core::ptr::addr_of_mut!((*fp).flags), F_PRIMARY);
+        }
+    }
+    if flow.tcp_flags & TCP_FIN != 0 {
+        // SAFETY: as above.
+        unsafe { atomic_or(core::ptr::addr_of_mut!((*fp).flags), F_PRIMARY_FIN) };
+    }
+}
+
+/// TC ingress on the shadow interface, first in the chain: learn from what the shadow
+/// transmits. Returns "next": the replica's `shadow_discard` then drops everything.
+#[classifier]
+pub fn shadow_learn(ctx: TcContext) -> i32 {
+    try_learn(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn try_learn(ctx: &TcContext) {
+    let Some(cfg) = MIRROR_CFG.get(0) else {
+        return;
+    };
+    if cfg.flags & FLAG_TCP_TRACK == 0 {
+        return;
+    }
+    let Some(flow) = parse_flow(&Skb(ctx)) else {
+        return;
+    };
+    if flow.proto != IPPROTO_TCP || !flow.has_ports {
+        return;
+    }
+    let Some(sp) = TCP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
+    let s = unsafe { &mut *sp };
+    s.key = FlowKey::of(&flow).reversed();
+    let Some(fp) = TCP_FLOWS.get_ptr_mut(&s.key) else {
+        if flow.tcp_flags & TCP_RST != 0 {
+            count(ctr::TCP_SHADOW_RESETS_UNTRACKED);
+        }
+        return;
+    };
+    let l4 = flow.l4_off as usize;
+    let Some(hlen) = load_tcp_hdr(ctx, l4, s) else {
+        return;
+    };
+    let Some(end) = ip_end(ctx, &flow) else {
+        return;
+    };
+    let plen = end.saturating_sub(l4 + hlen as usize) as u32;
+    s.hlen = hlen;
+    if !walk_options(s) {
+        return;
+    }
+    // SAFETY: as above (the callback has returned).
+    let s = unsafe { &mut *sp };
+    let o = s.walk.opts;
+    let tsval = if o.ts != 0 {
+        Some(get32(&s.hdr, o.ts as usize))
+    } else {
+        None
+    };
+    let seq = get32(&s.hdr, 4);
+    // SAFETY: live map value; the shadow_* fields have this program as their only writer,
+    // flags are ORed atomically after them.
+    unsafe {
+        let mut f = *fp;
+        let before = f.flags;
+        let l = learn_shadow(&mut f, seq, flow.tcp_flags, plen, tsval);
+        (*fp).shadow_isn = f.shadow_isn;
+        (*fp).shadow_nxt = f.shadow_nxt;
+        (*fp).shadow_tsval = f.shadow_tsval;
+        if f.flags & !before != 0 {
+            atomic_or(core::ptr::addr_of_mut!((*fp).flags), f.flags & !before);
+        }
+        if l.established {
+            count(ctr::TCP_ESTABLISHED);
+        }
+        if l.reset {
+            count(ctr::TCP_SHADOW_RESETS);
+        }
     }
 }
 
@@ -417,6 +782,24 @@ pub fn shadow_mask(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let rule = mark & 0xff;
+    if let Some(cfg) = MIRROR_CFG.get(0) {
+        if cfg.flags & FLAG_TCP_TRACK != 0 {
+            match parse_flow(&Skb(&ctx)) {
+                Some(flow) if flow.proto == IPPROTO_TCP && flow.has_ports => {
+                    if let Err(c) = tcp_clone(&ctx, &flow, cfg) {
+                        count(c);
+                        return TC_ACT_SHOT;
+                    }
+                }
+                // Fragments of a tracked session cannot be translated: never sent as they are.
+                Some(flow) if flow.proto == IPPROTO_TCP => {
+                    count(ctr::TCP_FAILED);
+                    return TC_ACT_SHOT;
+                }
+                _ => {}
+            }
+        }
+    }
     let Some(mr) = MASK_RULES.get(rule) else {
         return TC_ACT_UNSPEC;
     };

@@ -18,8 +18,25 @@ fn demo_serves_mirrors_and_measures() {
     assert!(u("requests_ok") >= 50, "{s}");
     assert_eq!(u("request_errors"), 0, "{s}");
     assert!(m("cloned") > 0, "{s}");
-    assert_eq!(m("cloned"), m("matched"), "{s}");
+    // Every match is cloned; clones the shadow-side program holds back while the shadow's
+    // handshake is pending show up as redirect errors, and nothing else fails.
+    assert_eq!(m("cloned") + m("clone_failed"), m("matched"), "{s}");
+    assert_eq!(
+        m("clone_failed"),
+        s["tcp"]["segments_waiting"].as_u64().unwrap_or(0),
+        "{s}"
+    );
     assert_eq!(m("restore_failed"), 0, "{s}");
+    // The shadow really serves the mirrored requests (sequence translation), none reset.
+    let completion = s["shadow_completion"].as_f64().expect("completion");
+    assert!(
+        completion >= 0.8,
+        "the shadow served only {completion:.3} of the requests: {s}"
+    );
+    assert_eq!(s["tcp"]["shadow_resets"].as_u64(), Some(0), "{s}");
+    // Every request the shadow received carries a bearer token: each was masked.
+    assert!(m("masked") >= u("shadow_requests"), "{s}");
+    assert_eq!(m("mask_failed"), 0, "{s}");
     assert!(u("shadow_rx_packets") >= m("cloned"), "{s}");
     assert!(u("xdp_new_connections") >= u("requests_ok"), "{s}");
     let e = s["primary_cpu_seconds_ebpf"].as_f64().expect("cpu");

@@ -388,11 +388,15 @@ fn run_queue_latency_rises_when_two_tasks_share_one_cpu() {
         two_q > 2 * one_q.max(1),
         "queued time one task {one_q} ns vs two tasks {two_q} ns"
     );
+    // The histogram has log2 buckets, and on a busy machine the lone task queues too: the
+    // distribution must shift up (median not lower, and the median or the tail higher).
     assert!(
-        two.p50_us > one.p50_us,
-        "p50 one task {} us vs two tasks {} us",
+        two.p50_us >= one.p50_us && (two.p50_us > one.p50_us || two.p99_us > one.p99_us),
+        "one task p50/p99 {}/{} us vs two tasks {}/{} us",
         one.p50_us,
-        two.p50_us
+        one.p99_us,
+        two.p50_us,
+        two.p99_us
     );
 }
 

@@ -6,6 +6,8 @@
 //!   ratio and the average ns per sched_switch handler from the kernel's BPF run statistics
 //!   (`kernel.bpf_stats_enabled`, `run_time_ns / run_cnt` of `sched_sw_btf`/`sched_sw_raw`
 //!   from `bpftool prog show --json`). Targets: ratio >= 0.97, <= 300 ns per handler.
+//! - `mirror [--json PATH] [--rounds N] [--seconds S] [--no-xdp]`: Shadow's mirror against
+//!   `tc mirred` on one veth topology (`bench_mirror.rs`).
 
 use std::{
     fs,
@@ -34,6 +36,9 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 200_000)]
         loops: u32,
     },
+    /// Shadow's mirror (with and without masking) vs `tc mirred`: UDP pps, TCP Gbit/s,
+    /// clone delivery (see `bench_mirror.rs`).
+    Mirror(crate::bench_mirror::MirrorArgs),
 }
 
 pub fn bench(target: BenchTarget) -> Result<()> {
@@ -43,6 +48,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
             rounds,
             loops,
         } => profiler(json.as_deref(), rounds, loops),
+        BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
     }
 }
 

@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 2 a missing prerequisite (see [`prereq::PrereqError`]), 1 anything else.
 
 mod bench;
+mod bench_mirror;
 mod leftovers;
 mod prereq;
 mod run;
@@ -47,7 +48,7 @@ enum Command {
     },
     /// Setup, build shadow-agent (release) and run `shadow-agent demo`, or
     /// `shadow-agent run ARGS...` when ARGS are given after `--`.
-    /// Benchmarks: `bench profiler [--json PATH]`.
+    /// Benchmarks: `bench profiler [--json PATH]`, `bench mirror [--json PATH]`.
     Bench {
         #[command(subcommand)]
         target: bench::BenchTarget,

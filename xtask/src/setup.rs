@@ -22,8 +22,9 @@ pub const MIN_KERNEL: (u32, u32, u32) = (5, 15, 0);
 const TCX_KERNEL: (u32, u32, u32) = (6, 6, 0);
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Debian packages the integration tests and the demo use.
-pub const DEB_PACKAGES: [&str; 7] = [
-    "iproute2", "iperf3", "curl", "ethtool", "tcpdump", "bpftool", "python3",
+/// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
+pub const DEB_PACKAGES: [&str; 8] = [
+    "iproute2", "iperf3", "curl", "ethtool", "tcpdump", "bpftool", "python3", "chromium",
 ];
 /// Filesystems the agent needs: (fstype, mount point, name in messages).
 const MOUNTS: [(&str, &str, &str); 2] = [
@@ -33,7 +34,7 @@ const MOUNTS: [(&str, &str, &str); 2] = [
 
 /// Runs every check, installs what is missing and prints what it installed.
 pub fn setup() -> Result<()> {
-    println!("setup: checking prerequisites (root, capabilities, kernel, BTF, nightly + rust-src, bpf-linker {BPF_LINKER_VERSION}, Debian packages, bpffs/tracefs)");
+    println!("setup: checking prerequisites (root, capabilities, kernel, BTF, nightly + rust-src, bpf-linker {BPF_LINKER_VERSION}, Debian packages, bpffs/tracefs, cargo-fuzz)");
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     check_root(&status)?;
     check_caps(&status)?;
@@ -45,6 +46,7 @@ pub fn setup() -> Result<()> {
     ensure_bpf_linker(&mut installed)?;
     ensure_packages(&mut installed)?;
     ensure_mounts(&mut installed)?;
+    ensure_cargo_fuzz(&mut installed)?;
 
     if installed.is_empty() {
         println!("setup: nothing to install: all prerequisites present");
@@ -282,6 +284,34 @@ fn ensure_bpf_linker(installed: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// Whether `cargo +nightly fuzz` runs (the fuzz smoke step of `cargo xtask test`).
+fn cargo_fuzz_present() -> Result<bool> {
+    let out = query(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))?;
+    Ok(out.is_some_and(|o| o.status.success()))
+}
+
+/// cargo-fuzz (libFuzzer driver for fuzz/), installed once; any installed version will do.
+fn ensure_cargo_fuzz(installed: &mut Vec<String>) -> Result<()> {
+    if cargo_fuzz_present()? {
+        return Ok(());
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", "cargo-fuzz", "--locked"]);
+    let fix = "check that crates.io is reachable, then run `cargo install cargo-fuzz --locked` \
+               by hand and read its output.";
+    install("cargo-fuzz", std::slice::from_mut(&mut cmd), fix)?;
+    if !cargo_fuzz_present()? {
+        return missing(format!(
+            "cargo-fuzz was installed into {} but `cargo +nightly fuzz --version` still fails. \
+             Fix: put {} on PATH.",
+            cargo_home().join("bin").display(),
+            cargo_home().join("bin").display(),
+        ));
+    }
+    installed.push("cargo-fuzz".to_string());
+    Ok(())
+}
+
 /// The packages of `DEB_PACKAGES` that dpkg does not list as installed.
 fn missing_packages() -> Result<Vec<&'static str>> {
     let mut lacking = Vec::new();
@@ -291,7 +321,7 @@ fn missing_packages() -> Result<Vec<&'static str>> {
                 "dpkg-query is not available, so this does not look like a Debian-based system; \
                  the tests and the demo need these tools: {}. Fix: install their equivalents \
                  with your package manager (tc/ip, iperf3, curl, ethtool, tcpdump, bpftool, \
-                 python3), or use a Debian/Ubuntu machine.",
+                 python3, chromium), or use a Debian/Ubuntu machine.",
                 DEB_PACKAGES.join(", ")
             ));
         };

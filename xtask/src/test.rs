@@ -115,6 +115,66 @@ pub fn ebpf_clippy_cmd() -> Command {
     cmd
 }
 
+/// The cargo-fuzz targets in fuzz/ (see fuzz/Cargo.toml).
+pub const FUZZ_TARGETS: [&str; 6] = [
+    "parse_flow",
+    "http_mask",
+    "param_mask",
+    "range_mask",
+    "checksum",
+    "discard",
+];
+/// Executions per target in the smoke run.
+pub const FUZZ_SMOKE_RUNS: u32 = 20_000;
+
+/// Builds the fuzz targets (no sanitizer: the code under test is safe Rust, and the
+/// invariants are assertions; overflow checks stay on).
+fn fuzz_build_cmd() -> Command {
+    cargo(&["+nightly", "fuzz", "build", "-s", "none"])
+}
+
+/// A short run of one target: its seeds plus the corpus grown by earlier runs (gitignored).
+fn fuzz_run_cmd(target: &str) -> Command {
+    let corpus = format!("fuzz/corpus/{target}");
+    let seeds = format!("fuzz/seeds/{target}");
+    let runs = format!("-runs={FUZZ_SMOKE_RUNS}");
+    cargo(&[
+        "+nightly",
+        "fuzz",
+        "run",
+        "-s",
+        "none",
+        target,
+        &corpus,
+        &seeds,
+        "--",
+        &runs,
+        "-max_len=4096",
+    ])
+}
+
+/// The fuzz smoke step: build once, then each target for `FUZZ_SMOKE_RUNS` executions.
+fn fuzz_smoke() -> Result<()> {
+    run_cmd(fuzz_build_cmd())?;
+    for target in FUZZ_TARGETS {
+        std::fs::create_dir_all(workspace_root().join("fuzz/corpus").join(target))
+            .context("creating the fuzz corpus directory")?;
+        let start = Instant::now();
+        run_cmd(fuzz_run_cmd(target)).with_context(|| {
+            format!(
+                "fuzz target `{target}` failed: the crashing input is under \
+                 fuzz/artifacts/{target}/ (replay it with `cargo +nightly fuzz run -s none \
+                 {target} <file>`)"
+            )
+        })?;
+        println!(
+            "fuzz: {target}: {FUZZ_SMOKE_RUNS} runs, no crash ({})",
+            fmt_duration(start.elapsed())
+        );
+    }
+    Ok(())
+}
+
 /// Unit and integration tests (no doc-tests: the crates have none).
 fn test_cmd() -> Command {
     cargo(&[
@@ -182,6 +242,15 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     let shown = display_cmd(&cmd);
     let mut totals = TestTotals::default();
     let tests = steps.run("tests", &shown, || run_tests(cmd, &mut totals));
+    let fuzz = steps.run(
+        "fuzz smoke",
+        &format!(
+            "{} and {FUZZ_SMOKE_RUNS} runs of each of {}",
+            display_cmd(&fuzz_build_cmd()),
+            FUZZ_TARGETS.join(", ")
+        ),
+        fuzz_smoke,
+    );
     // Check for leftovers even when tests failed: they often explain the failure.
     let leftover_step = steps.run(
         "leftover check",
@@ -193,10 +262,17 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    match (tests, leftover_step) {
-        (Ok(()), leftovers) => leftovers,
-        (Err(tests), Ok(())) => Err(tests),
-        (Err(tests), Err(leftovers)) => Err(anyhow!("{tests:#}\nerror: {leftovers:#}")),
+    let mut errors: Vec<anyhow::Error> = [tests, fuzz, leftover_step]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => {
+            let all: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+            Err(anyhow!(all.join("\nerror: ")))
+        }
     }
 }
 
@@ -289,9 +365,33 @@ mod tests {
              bpfel-unknown-none -Z build-std=core --release -- -D warnings"
         ));
         assert_eq!(
+            display_cmd(&fuzz_run_cmd("parse_flow")),
+            "cargo +nightly fuzz run -s none parse_flow fuzz/corpus/parse_flow \
+             fuzz/seeds/parse_flow -- -runs=20000 -max_len=4096"
+        );
+        assert_eq!(
             display_cmd(&test_cmd()),
             "cargo test --workspace --exclude shadow-ebpf --lib --bins --tests --no-fail-fast"
         );
+    }
+
+    #[test]
+    fn fuzz_targets_are_the_ones_fuzz_cargo_toml_declares() {
+        let manifest = std::fs::read_to_string(workspace_root().join("fuzz/Cargo.toml")).unwrap();
+        let bins: Vec<&str> = manifest
+            .split("[[bin]]")
+            .skip(1)
+            .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = ")))
+            .map(|n| n.trim_matches('"'))
+            .collect();
+        assert_eq!(bins, FUZZ_TARGETS);
+        for t in FUZZ_TARGETS {
+            let seeds = workspace_root().join("fuzz/seeds").join(t);
+            assert!(
+                seeds.read_dir().unwrap().next().is_some(),
+                "no seeds for {t}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 pub mod backend;
 pub mod cli;
 pub mod cpuset;
+pub mod live;
 pub mod policy;
 pub mod reconcile;
 pub mod sim;

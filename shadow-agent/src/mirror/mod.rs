@@ -8,21 +8,30 @@
 pub mod rule;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     util::KernelVersion,
     Ebpf,
 };
 use shadow_common::{
     maps::{
         MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG, MAP_MIRROR_CTRS,
-        MAP_MIRROR_RULES, MAP_RULE_LOAD, PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
+        MAP_MIRROR_RULES, MAP_RULE_LOAD, MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN,
+        PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
     },
+    mask::FlowKey,
     mask::{
         MaskRule, MaskSpec, DEFAULT_HEADERS, DEFAULT_SCAN_LIMIT, FALLBACK_DROP, FALLBACK_MASK,
         MASK_HTTP, MASK_RANGES, MAX_RANGES,
     },
-    mirror::{ctr, MirrorConfig, MirrorRule, RuleLoad, FLAG_ENABLED, MAX_RULES, SAMPLE_ALL},
+    mirror::{
+        ctr, MirrorConfig, MirrorRule, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE,
+        MAX_RULES, SAMPLE_ALL,
+    },
+    tcp::TcpFlow,
 };
 
 pub use rule::{Cidr, Ports, Proto, Rule, RuleError};
@@ -63,6 +72,25 @@ pub struct MirrorOptions {
     pub mask: MaskOptions,
     /// Per-rule masking, by index into `MirrorSpec::rules`; a missing entry masks nothing.
     pub rule_masks: Vec<RuleMask>,
+    /// TCP sessions in the shadow (sequence translation). Default `Off`: raw clones.
+    pub tcp: TcpSessions,
+    /// A tracked TCP session without a client segment for this long is forgotten.
+    pub tcp_idle: std::time::Duration,
+}
+
+/// What the mirror does for TCP flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcpSessions {
+    /// Clone every selected segment as it is (the shadow resets sessions it did not open).
+    #[default]
+    Off,
+    /// Track sessions from their SYN, learn the primary's and the shadow's ISNs, translate
+    /// every clone's ACK, SACK and TSecr so the shadow's own TCP session runs; clones of
+    /// flows that began before the mirror (no SYN seen) are dropped.
+    Translate,
+    /// Track and count as `Translate` does, but send clones untranslated (diagnostics: shows
+    /// what the translation saves — the shadow resets every session).
+    TrackOnly,
 }
 
 /// Names masked by every rule with HTTP masking.
@@ -151,6 +179,8 @@ impl Default for MirrorOptions {
             hash_seed: 0,
             mask: MaskOptions::default(),
             rule_masks: Vec::new(),
+            tcp: TcpSessions::Off,
+            tcp_idle: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -178,6 +208,13 @@ impl MirrorOptions {
             .checked_div(self.cap_bytes_per_sec)
             .map_or(0, |v| v.max(1));
         cfg.cap_burst_ns = self.cap_burst_ms.saturating_mul(1_000_000);
+        cfg.tcp_idle_ns = u64::try_from(self.tcp_idle.as_nanos()).unwrap_or(u64::MAX);
+        cfg.flags &= !(FLAG_TCP_TRACK | FLAG_TCP_TRANSLATE);
+        cfg.flags |= match self.tcp {
+            TcpSessions::Off => 0,
+            TcpSessions::Translate => FLAG_TCP_TRACK | FLAG_TCP_TRANSLATE,
+            TcpSessions::TrackOnly => FLAG_TCP_TRACK,
+        };
     }
 }
 
@@ -247,6 +284,45 @@ pub struct Counters {
     pub unparseable: u64,
     pub fallback_dropped: u64,
     pub mask_failed: u64,
+    pub tcp_sessions: u64,
+    pub tcp_established: u64,
+    pub tcp_shadow_resets: u64,
+    pub tcp_shadow_resets_untracked: u64,
+    pub tcp_idle: u64,
+    pub tcp_waiting: u64,
+    pub tcp_not_tracked: u64,
+    pub tcp_translated: u64,
+    pub tcp_closed: u64,
+    pub tcp_failed: u64,
+}
+
+/// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpCounters {
+    /// Sessions tracked (client SYN cloned).
+    pub sessions: u64,
+    /// Sessions established in the shadow (its SYN-ACK seen, translation active).
+    pub established: u64,
+    /// Tracked sessions the shadow reset (once per session; the RSTs were dropped).
+    pub shadow_resets: u64,
+    /// RSTs from the shadow on flows without state (e.g. began before the mirror).
+    pub shadow_resets_untracked: u64,
+    /// Sessions forgotten after the idle timeout.
+    pub idle: u64,
+    /// Sessions pushed out of the full LRU map (estimated: tracked − closed − idle − live).
+    pub evicted: u64,
+    /// Sessions ended by the client (RST or completed FIN exchange), state freed.
+    pub closed: u64,
+    /// Sessions with state now.
+    pub live: u64,
+    /// Client segments dropped while the shadow's ISN was unknown.
+    pub segments_waiting: u64,
+    /// Client segments of untracked flows (no SYN seen), dropped.
+    pub segments_not_tracked: u64,
+    /// Client segments translated.
+    pub segments_translated: u64,
+    /// Clones dropped because translation failed.
+    pub segments_failed: u64,
 }
 
 impl Counters {
@@ -269,6 +345,16 @@ impl Counters {
             unparseable: v[ctr::UNPARSEABLE as usize],
             fallback_dropped: v[ctr::FALLBACK_DROPPED as usize],
             mask_failed: v[ctr::MASK_FAILED as usize],
+            tcp_sessions: v[ctr::TCP_SESSIONS as usize],
+            tcp_established: v[ctr::TCP_ESTABLISHED as usize],
+            tcp_shadow_resets: v[ctr::TCP_SHADOW_RESETS as usize],
+            tcp_shadow_resets_untracked: v[ctr::TCP_SHADOW_RESETS_UNTRACKED as usize],
+            tcp_idle: v[ctr::TCP_IDLE as usize],
+            tcp_waiting: v[ctr::TCP_WAITING as usize],
+            tcp_not_tracked: v[ctr::TCP_NOT_TRACKED as usize],
+            tcp_translated: v[ctr::TCP_TRANSLATED as usize],
+            tcp_closed: v[ctr::TCP_CLOSED as usize],
+            tcp_failed: v[ctr::TCP_FAILED as usize],
         }
     }
 }
@@ -376,6 +462,10 @@ impl Mirror {
                 interface: spec.shadow_interface.clone(),
                 detail: format_program_error(&e),
             })?;
+
+        if spec.options.tcp != TcpSessions::Off {
+            attach_tcp(&mut bpf, &spec, tcx)?;
+        }
 
         let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_TC)?;
         prog.load()
@@ -549,6 +639,37 @@ impl Mirror {
         Ok(Counters::from_slots(&sums))
     }
 
+    /// The TCP session counters, with the live sessions counted in the flow map.
+    pub fn tcp_counters(&self) -> Result<TcpCounters, MirrorError> {
+        let c = self.counters()?;
+        let map = self.ebpf.map(MAP_TCP_FLOWS).ok_or(LoadError::MissingMap {
+            object: ebpf::MIRROR.name,
+            map: MAP_TCP_FLOWS,
+        })?;
+        let flows: HashMap<&MapData, FlowKey, TcpFlow> =
+            HashMap::try_from(map).map_err(|source| MirrorError::Map {
+                map: MAP_TCP_FLOWS,
+                source,
+            })?;
+        let live = flows.keys().filter(Result::is_ok).count() as u64;
+        Ok(TcpCounters {
+            sessions: c.tcp_sessions,
+            established: c.tcp_established,
+            shadow_resets: c.tcp_shadow_resets,
+            shadow_resets_untracked: c.tcp_shadow_resets_untracked,
+            idle: c.tcp_idle,
+            evicted: c
+                .tcp_sessions
+                .saturating_sub(c.tcp_closed + c.tcp_idle + live),
+            closed: c.tcp_closed,
+            live,
+            segments_waiting: c.tcp_waiting,
+            segments_not_tracked: c.tcp_not_tracked,
+            segments_translated: c.tcp_translated,
+            segments_failed: c.tcp_failed,
+        })
+    }
+
     /// Per-rule load seen by the XDP program, summed over CPUs (one entry per rule).
     pub fn rule_load(&self) -> Result<Vec<RuleLoad>, MirrorError> {
         let map = self.ebpf.map(MAP_RULE_LOAD).ok_or(LoadError::MissingMap {
@@ -574,6 +695,48 @@ impl Mirror {
         }
         Ok(out)
     }
+}
+
+/// The TCP session programs: `shadow_learn` first in the shadow interface's ingress chain
+/// (before the replica's `shadow_discard`, which then drops what it saw), `shadow_isn` on
+/// the primary interface's egress.
+fn attach_tcp(bpf: &mut Ebpf, spec: &MirrorSpec, tcx: bool) -> Result<(), MirrorError> {
+    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_LEARN)?;
+    prog.load().map_err(|e| MirrorError::Attach {
+        program: PROG_MIRROR_LEARN,
+        interface: spec.shadow_interface.clone(),
+        detail: format_program_error(&e),
+    })?;
+    let first = if tcx {
+        TcAttachOptions::TcxOrder(LinkOrder::first())
+    } else {
+        // clsact: the lowest priority number runs first.
+        TcAttachOptions::Netlink(NlOptions {
+            priority: 1,
+            ..NlOptions::default()
+        })
+    };
+    prog.attach_with_options(&spec.shadow_interface, TcAttachType::Ingress, first)
+        .map_err(|e| MirrorError::Attach {
+            program: PROG_MIRROR_LEARN,
+            interface: spec.shadow_interface.clone(),
+            detail: format_program_error(&e),
+        })?;
+    if !tcx {
+        if let Err(e) = tc::qdisc_add_clsact(&spec.interface) {
+            tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+        }
+    }
+    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_ISN)?;
+    let err = |e: aya::programs::ProgramError| MirrorError::Attach {
+        program: PROG_MIRROR_ISN,
+        interface: spec.interface.clone(),
+        detail: format_program_error(&e),
+    };
+    prog.load().map_err(err)?;
+    prog.attach(&spec.interface, TcAttachType::Egress)
+        .map_err(err)?;
+    Ok(())
 }
 
 fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {

@@ -77,7 +77,8 @@ pub struct Chart {
     pub title: String,
     pub x_desc: String,
     pub y_desc: String,
-    pub y_fmt: fn(&f64) -> String,
+    /// Integer labels (counts); otherwise the decimals follow the axis range.
+    pub integer: bool,
     pub series: Vec<Series>,
 }
 
@@ -87,7 +88,7 @@ impl Chart {
             title: title.into(),
             x_desc: x_desc.into(),
             y_desc: y_desc.into(),
-            y_fmt: |v| format!("{v:.2}"),
+            integer: false,
             series: Vec::new(),
         }
     }
@@ -132,9 +133,22 @@ pub fn render(chart: &Chart, size: (u32, u32)) -> Result<String, ReportError> {
     }
     let y_max = pts.iter().map(|&(_, y)| y).fold(0.0_f64, f64::max);
     let y_min = pts.iter().map(|&(_, y)| y).fold(0.0_f64, f64::min);
-    let y1 = if y_max > 0.0 { y_max * 1.12 } else { 1.0 };
+    // Headroom above the data for the legend (upper left), so it never hides a point.
+    let entries = chart.series.len() as f64;
+    let legend_frac = ((entries * 20.0 + 16.0) / (f64::from(size.1) - 110.0)).clamp(0.1, 0.6);
+    let y1 = if y_max > 0.0 {
+        y_max / (1.0 - legend_frac)
+    } else {
+        1.0
+    };
     let y0 = if y_min < 0.0 { y_min * 1.12 } else { 0.0 };
 
+    // Enough decimals to tell the ~10 tick labels apart.
+    let decimals = if chart.integer && y1 - y0 >= 10.0 {
+        0
+    } else {
+        (-((y1 - y0) / 10.0).log10().floor()).clamp(0.0, 6.0) as usize
+    };
     let title = chart.title.as_str();
     let mut svg = String::new();
     {
@@ -150,7 +164,7 @@ pub fn render(chart: &Chart, size: (u32, u32)) -> Result<String, ReportError> {
         ctx.configure_mesh()
             .x_desc(chart.x_desc.as_str())
             .y_desc(chart.y_desc.as_str())
-            .y_label_formatter(&chart.y_fmt)
+            .y_label_formatter(&|v| format!("{v:.decimals$}"))
             .x_label_formatter(&|v| format!("{v:.0}"))
             .light_line_style(RGBColor(238, 238, 238))
             .bold_line_style(RGBColor(215, 215, 215))
@@ -190,11 +204,16 @@ fn draw_series(
             points,
         } => {
             let c = *color;
-            ctx.draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
+            // Grey is for context (e.g. all packets seen): wide and light, so a coloured line
+            // on top of it stays visible.
+            let style = if c == GREY {
+                c.mix(0.45).stroke_width(6)
+            } else {
+                c.stroke_width(2)
+            };
+            ctx.draw_series(LineSeries::new(points.iter().copied(), style))?
                 .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         }
         Series::Band {
             name,

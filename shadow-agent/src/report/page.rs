@@ -48,7 +48,7 @@ fn figure(out: &mut String, id: &str, chart: &Chart) -> Result<(), ReportError> 
     let svg = chart::render(chart, (WIDTH, HEIGHT))?;
     let _ = write!(
         out,
-        "<figure class=\"plot\" id=\"{}\"><figcaption>{}</figcaption>\n{svg}\n</figure>\n",
+        "<figure class=\"plot\" id=\"{}\" title=\"{}\">\n{svg}\n</figure>\n",
         esc(id),
         esc(&chart.title)
     );
@@ -69,6 +69,18 @@ fn fmt_value(v: &Value, r: Option<Resource>) -> String {
         }
         (Value::String(s), _) => s.clone(),
         (Value::Null, _) => "–".into(),
+        // A restore: control file → value written back.
+        (Value::Object(files), _) => files
+            .iter()
+            .map(|(f, v)| {
+                let name = f.rsplit('/').next().unwrap_or(f);
+                format!(
+                    "{name}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         (v, _) => v.to_string(),
     }
 }
@@ -126,7 +138,7 @@ fn resource_chart(
     };
     let mut c = Chart::new(title, x_desc, unit);
     if r == Resource::Memory {
-        c.y_fmt = |v| format!("{v:.0}");
+        c.integer = true;
     }
     let mut notes = Vec::new();
     if let Some(series) = cg.series.filter(|_| with_usage) {
@@ -248,9 +260,34 @@ fn decisions_table(out: &mut String, ds: &[&Decision], clock: Option<Clock>) {
         return;
     }
     out.push_str("<table class=\"decisions\"><thead><tr><th>t (s)</th><th>resource</th><th>old</th><th>new</th><th>reason</th><th>rails</th><th>forecast [interval]</th><th>applied</th></tr></thead><tbody>\n");
-    for d in ds {
+    // Runs of identical decisions that were not applied (held by a rail, dry run) are one
+    // row: an allocator held at its maximum decides the same thing every interval.
+    let key = |d: &Decision| {
+        (
+            d.applied,
+            d.resource.clone(),
+            d.old.to_string(),
+            d.new.to_string(),
+            d.reason.clone(),
+            d.rails.clone(),
+        )
+    };
+    let mut i = 0;
+    while i < ds.len() {
+        let d = ds[i];
+        let mut j = i + 1;
+        while !d.applied && j < ds.len() && key(ds[j]) == key(d) {
+            j += 1;
+        }
+        let last = ds[j - 1];
+        let n = j - i;
+        i = j;
         let r = resource_of(d);
-        let t = clock.map_or(String::from("?"), |c| format!("{:.1}", c.t(d.time_ms)));
+        let t = match clock {
+            None => String::from("?"),
+            Some(c) if n > 1 => format!("{:.1} – {:.1}", c.t(d.time_ms), c.t(last.time_ms)),
+            Some(c) => format!("{:.1}", c.t(d.time_ms)),
+        };
         let mut reason = esc(&d.reason);
         if !d.signals.is_empty() {
             let _ = write!(reason, " ({})", esc(&d.signals.join(", ")));
@@ -270,6 +307,11 @@ fn decisions_table(out: &mut String, ds: &[&Decision], clock: Option<Clock>) {
             (true, _, _) => "yes".into(),
             (false, true, _) => "no (dry run)".into(),
             (false, false, _) => "no".into(),
+        };
+        let applied = if n > 1 {
+            format!("{applied} ({n} intervals)")
+        } else {
+            applied
         };
         let _ = writeln!(
             out,
@@ -293,6 +335,7 @@ fn slug(s: &str) -> String {
 const STYLE: &str = "body{font-family:sans-serif;margin:24px;color:#222;max-width:1140px}\
 h1{margin-bottom:4px}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px}\
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}\
+table.decisions td:nth-child(-n+4),td.num{white-space:nowrap}\
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}\
 figure{margin:12px 0}figcaption{font-size:13px;color:#555}p.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:14px}\
 svg{display:block}";
@@ -404,7 +447,11 @@ pub fn render(
                 Resource::Memory => !s.memory_bytes.is_empty() || s.forecasts.contains_key(&r),
             });
             let has_decisions = cg.decisions.iter().any(|d| d.resource == r.key());
-            let has_limits = cg.series.is_some_and(|s| s.limits.contains_key(&r));
+            let has_limits = cg.series.is_some_and(|s| {
+                s.limits
+                    .get(&r)
+                    .is_some_and(|l| l.iter().any(|(_, v)| v.is_some()))
+            });
             if !has_usage && !has_decisions && !has_limits {
                 if r == Resource::Memory {
                     continue; // memory is optional in every input format
@@ -451,9 +498,13 @@ pub fn render(
         );
     } else {
         let mut c = Chart::new("Mirror: packets per second", X_DESC, "packets/s");
-        c.y_fmt = |v| format!("{v:.0}");
+        c.integer = true;
         for (key, label, color) in [
-            ("seen", "seen by the mirror", chart::GREY),
+            (
+                "seen",
+                "seen by the mirror (all packets on the interface)",
+                chart::GREY,
+            ),
             ("cloned", "cloned to the shadow", chart::BLUE),
             ("clone_failed", "clone failures", chart::RED),
         ] {
@@ -481,13 +532,13 @@ pub fn render(
             X_DESC,
             "packets/s",
         );
-        dropped.y_fmt = |v| format!("{v:.0}");
+        dropped.integer = true;
         let mut refused = Chart::new(
             "Shadow replicas: refused connects and sends (cumulative)",
             X_DESC,
             "attempts",
         );
-        refused.y_fmt = |v| format!("{v:.0}");
+        refused.integer = true;
         for (i, (name, pts)) in run.replicas.iter().enumerate() {
             let color = chart::PALETTE[i % chart::PALETTE.len()];
             let cum: Vec<(f64, f64)> = pts

@@ -31,6 +31,8 @@ pub struct RawShadow {
     memory_mb: Option<u64>,
     #[serde(default)]
     writable_paths: Vec<PathBuf>,
+    /// Append the replicas' stdout and stderr to this file (outside their private mounts).
+    output: Option<PathBuf>,
     addresses: Vec<String>,
     #[serde(default = "yes")]
     allow_loopback: bool,
@@ -162,6 +164,8 @@ impl RawShadow {
                 env: self.env.into_iter().collect(),
                 cwd: self.cwd,
                 user,
+                stdout: self.output.clone(),
+                stderr: self.output,
             },
             replicas_min: self.replicas_min,
             replicas_max: self.replicas_max,

@@ -29,6 +29,22 @@ pub struct CommandSpec {
     pub cwd: Option<PathBuf>,
     /// uid and gid to run as (resolved from a user name by the group).
     pub user: Option<(u32, u32)>,
+    /// Append the command's stdout / stderr to these files (opened by the agent, outside
+    /// the replica's private mounts, created if missing); `None`: discarded.
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+}
+
+/// Open `path` for appending (a replica's log), or the null device.
+fn log_target(path: Option<&Path>) -> std::io::Result<std::process::Stdio> {
+    match path {
+        None => Ok(std::process::Stdio::null()),
+        Some(p) => Ok(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?
+            .into()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +79,20 @@ pub enum ReplicaError {
         #[source]
         source: MountError,
     },
+    #[error("replica {index}: opening the command's log {path}")]
+    Log {
+        index: u32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replica {index}: setting {key} in its network namespace")]
+    Sysctl {
+        index: u32,
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("replica {index}: starting the command")]
     Spawn {
         index: u32,
@@ -70,6 +100,11 @@ pub enum ReplicaError {
         source: ProcessError,
     },
 }
+
+/// The replica's default gateway: a link-local address that only exists as a static
+/// neighbour entry pointing at the host end of the veth.
+pub const REPLICA_GW_V4: [u8; 4] = [169, 254, 0, 1];
+pub const REPLICA_GW_V6: [u16; 8] = [0xfe80, 0, 0, 0, 0, 0, 0, 1];
 
 /// Names of a replica's kernel objects, all derived from the group's prefix and name so a
 /// restarted agent can find leftovers.
@@ -151,13 +186,40 @@ impl Replica {
             VethEnd::in_netns(&names.replica_if, &netns),
         )
         .map_err(link_err)?;
-        for (addr, len) in addresses {
-            link::add_address(&names.replica_if, Some(&netns), *addr, *len).map_err(link_err)?;
+        // The service addresses as host addresses (/32, /128): no subnet is on-link, so every
+        // reply goes to the default route below, i.e. to the host end, where it is learned
+        // from and dropped. (With an on-link subnet the replica would ARP for clients, which
+        // nobody answers, and never send its replies at all.)
+        for (addr, _) in addresses {
+            let host_len = if addr.is_ipv4() { 32 } else { 128 };
+            link::add_address(&names.replica_if, Some(&netns), *addr, host_len)
+                .map_err(link_err)?;
         }
         link::set_up(&names.replica_if, Some(&netns)).map_err(link_err)?;
         link::set_up(&names.host_if, host_ns).map_err(link_err)?;
         let host_mac = link::mac(&names.host_if, host_ns).map_err(link_err)?;
         let replica_mac = link::mac(&names.replica_if, Some(&netns)).map_err(link_err)?;
+        for (family_v4, gw) in [
+            (true, IpAddr::from(REPLICA_GW_V4)),
+            (false, IpAddr::from(REPLICA_GW_V6)),
+        ] {
+            if addresses.iter().any(|(a, _)| a.is_ipv4() == family_v4) {
+                link::set_neighbor(&names.replica_if, Some(&netns), gw, host_mac)
+                    .map_err(link_err)?;
+                link::add_default_route_onlink(&names.replica_if, Some(&netns), gw)
+                    .map_err(link_err)?;
+            }
+        }
+        // The shadow cannot slow the client down (the client paces itself by the primary's
+        // window): give its receive buffers room for bursts of whole multi-MB bodies.
+        netns
+            .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", "4096 4194304 33554432"))
+            .map_err(|source| ReplicaError::Netns { index, source })?
+            .map_err(|source| ReplicaError::Sysctl {
+                index,
+                key: "net.ipv4.tcp_rmem",
+                source,
+            })?;
 
         let cgroup = Cgroup::create(&names.cgroup)
             .map_err(|source| ReplicaError::Cgroup { index, source })?;
@@ -197,11 +259,22 @@ impl Replica {
 
     fn spawn(&mut self) -> Result<(), ReplicaError> {
         let c = &self.command;
+        let open = |p: &Option<PathBuf>| {
+            log_target(p.as_deref()).map_err(|source| ReplicaError::Log {
+                index: self.index,
+                path: p.clone().unwrap_or_default(),
+                source,
+            })
+        };
+        let (stdout, stderr) = (open(&c.stdout)?, open(&c.stderr)?);
         let mut cmd = Command::new(&c.argv[0]);
         cmd.args(&c.argv[1..])
             .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null());
+            .stdout(stdout);
+        if c.stderr.is_some() {
+            cmd.stderr(stderr);
+        }
         let child = process::spawn_with(
             cmd,
             &SpawnOptions {

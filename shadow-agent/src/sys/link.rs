@@ -568,6 +568,39 @@ pub fn add_route_v4(
     })
 }
 
+/// `ip route add default via GATEWAY dev NAME onlink` (IPv4 or IPv6): the gateway need not be
+/// in any subnet of the interface.
+pub fn add_default_route_onlink(name: &str, netns: Option<&NetNs>, gateway: IpAddr) -> Result<()> {
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "add default route",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    ctx.netlink_job(|handle| async move {
+        let index = find_link(ctx, &handle).await?.header.index;
+        let msg = match gateway {
+            IpAddr::V4(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .output_interface(index)
+                .gateway(gw)
+                .onlink()
+                .build(),
+            IpAddr::V6(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .output_interface(index)
+                .gateway(gw)
+                .onlink()
+                .build(),
+        };
+        handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| ctx.netlink(e))
+    })
+}
+
 /// `ip link del NAME` (for a veth end this removes the pair).
 pub fn delete(name: &str, netns: Option<&NetNs>) -> Result<()> {
     validate_ifname(name)?;

@@ -330,3 +330,23 @@ fn kernel_diff_is_the_byte_swapped_diff() {
     let folded = fold16(k as u64);
     assert_eq!(u16::from_be(folded), fold16(d.diff() as u64));
 }
+
+#[test]
+fn user_listed_framing_headers_are_masked_and_still_read() {
+    // Found by fuzz/fuzz_targets/http_mask.rs: a framing header the user lists was never
+    // masked (the framing slot matched first).
+    let s = MaskSpec::build(&["content-type", "content-length"], &["password"], b'*').unwrap();
+    let (out, st) = run_segments(
+        &s,
+        &[
+            b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+            Content-Length: 12\r\n\r\npassword=abcGET / HTTP/1.1\r\n\r\n",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "POST / HTTP/1.1\r\nContent-Type: *********************************\r\n\
+         Content-Length: **\r\n\r\npassword=***GET / HTTP/1.1\r\n\r\n"
+    );
+    assert_eq!(st.st, ST_REQ_START, "framing still followed");
+}

@@ -1,0 +1,319 @@
+//! The allocator in `shadow-agent run`: the `[allocate]` config section and, per managed
+//! cgroup, the loop of one interval: sample the group's CPU and memory from cgroupfs into a
+//! per-group history, refit the default forecaster on schedule, hand the allocator the
+//! forecast's calibrated upper bound over the lead time with its recent empirical coverage,
+//! and run one [`Reconciler::step`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use super::backend::{self, Backend};
+use super::policy::{ForecastInput, PolicyConfig, Rails};
+use super::reconcile::{AllocatorConfig, Forecasts, Reconciler};
+use super::sim::{adaptive_forecast, AdaptiveSim};
+use super::{AllocateError, Result};
+use crate::sys::cgroup::CgroupRoot;
+
+/// `[allocate]` as written in the TOML file (every key optional except `cgroups`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllocate {
+    pub cgroups: Vec<String>,
+    pub dry_run: Option<bool>,
+    pub state_dir: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    pub allow_kubelet_owned: Option<bool>,
+    pub window: Option<usize>,
+    pub refit_every: Option<usize>,
+    pub lead: Option<usize>,
+    pub level: Option<f64>,
+    pub headroom: Option<f64>,
+    pub max_rel_width: Option<f64>,
+    pub cpu: Option<RawRails>,
+    pub memory: Option<RawRails>,
+}
+
+/// `[allocate.cpu]` / `[allocate.memory]`: rails, each key optional (units: cores for CPU,
+/// bytes for memory).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRails {
+    pub enabled: Option<bool>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub max_step_up: Option<f64>,
+    pub max_step_down: Option<f64>,
+    pub cooldown_intervals: Option<u32>,
+    pub hysteresis: Option<f64>,
+    pub shrink_hold_intervals: Option<u32>,
+    pub floor_margin_frac: Option<f64>,
+    pub floor_margin_abs: Option<f64>,
+}
+
+/// The validated `[allocate]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocateSpec {
+    /// Group names relative to the cgroup hierarchies (e.g. `shop/web`).
+    pub cgroups: Vec<String>,
+    /// Where the cgroup file systems are mounted (default `/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    pub allocator: AllocatorConfig,
+    pub forecast: AdaptiveSim,
+}
+
+/// Defaults of the section (documented in `config/agent.example.toml`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/shadow-agent/allocate";
+
+fn host_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+fn host_memory_bytes() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(1024.0 * 1024.0 * 1024.0, |kb| kb * 1024.0)
+}
+
+fn merge_rails(base: Rails, raw: &RawRails) -> Rails {
+    Rails {
+        min: raw.min.unwrap_or(base.min),
+        max: raw.max.unwrap_or(base.max),
+        max_step_up: raw.max_step_up.unwrap_or(base.max_step_up),
+        max_step_down: raw.max_step_down.unwrap_or(base.max_step_down),
+        cooldown_intervals: raw.cooldown_intervals.unwrap_or(base.cooldown_intervals),
+        hysteresis: raw.hysteresis.unwrap_or(base.hysteresis),
+        shrink_hold_intervals: raw
+            .shrink_hold_intervals
+            .unwrap_or(base.shrink_hold_intervals),
+        floor_margin_frac: raw.floor_margin_frac.unwrap_or(base.floor_margin_frac),
+        floor_margin_abs: raw.floor_margin_abs.unwrap_or(base.floor_margin_abs),
+    }
+}
+
+impl RawAllocate {
+    /// Validates the section; errors are `(key path, message)`, e.g.
+    /// `("allocate.cpu.max", "must be a number >= min")`.
+    pub fn validate(self) -> std::result::Result<AllocateSpec, (String, String)> {
+        let bad = |k: &str, m: &str| (format!("allocate.{k}"), m.to_owned());
+        if self.cgroups.is_empty() {
+            return Err(bad("cgroups", "at least one cgroup to manage is needed"));
+        }
+        for (i, c) in self.cgroups.iter().enumerate() {
+            let t = c.trim_matches('/');
+            if t.is_empty() || t.split('/').any(|p| p == ".." || p == ".") {
+                return Err((
+                    format!("allocate.cgroups[{i}]"),
+                    format!(
+                        "{c:?} is not a cgroup name relative to the hierarchy (like \"shop/web\")"
+                    ),
+                ));
+            }
+        }
+        let d = AdaptiveSim::default();
+        let forecast = AdaptiveSim {
+            window: self.window.unwrap_or(d.window),
+            refit_every: self.refit_every.unwrap_or(d.refit_every),
+            lead: self.lead.unwrap_or(d.lead),
+            level: self.level.unwrap_or(d.level),
+        };
+        if forecast.window < 100 {
+            return Err(bad("window", "must be at least 100 samples"));
+        }
+        if forecast.refit_every == 0 {
+            return Err(bad("refit_every", "must be at least 1 interval"));
+        }
+        if forecast.lead == 0 {
+            return Err(bad("lead", "must be at least 1 interval"));
+        }
+        if !(forecast.level > 0.0 && forecast.level < 1.0) {
+            return Err(bad("level", "must be a fraction in (0, 1), e.g. 0.9"));
+        }
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut policy = PolicyConfig::default();
+        if let Some(h) = self.headroom {
+            policy.headroom = h;
+        }
+        if let Some(w) = self.max_rel_width {
+            policy.confidence.max_rel_width = w;
+        }
+        let cpu_raw = self.cpu.unwrap_or_default();
+        let mem_raw = self.memory.unwrap_or_default();
+        let allocator = AllocatorConfig {
+            policy,
+            cpu: cpu_raw
+                .enabled
+                .unwrap_or(true)
+                .then(|| merge_rails(Rails::cpu(host_cores()), &cpu_raw)),
+            memory: mem_raw
+                .enabled
+                .unwrap_or(true)
+                .then(|| merge_rails(Rails::memory(host_memory_bytes()), &mem_raw)),
+            pin_away_from: None,
+            dry_run: self.dry_run.unwrap_or(true),
+            audit_log: self.audit_log,
+            state_dir,
+            backoff_initial: 1,
+            backoff_max: 32,
+            allow_kubelet_owned: self.allow_kubelet_owned.unwrap_or(false),
+        };
+        allocator.validate().map_err(|e| match e {
+            AllocateError::Config { key, reason } => (format!("allocate.{key}"), reason.to_owned()),
+            other => ("allocate".to_owned(), other.to_string()),
+        })?;
+        Ok(AllocateSpec {
+            cgroups: self.cgroups,
+            cgroup_root: self
+                .cgroup_root
+                .unwrap_or_else(|| PathBuf::from(crate::sys::cgroup::DEFAULT_ROOT)),
+            allocator,
+            forecast,
+        })
+    }
+}
+
+/// A sendable simulation-style forecast function.
+type SendForecastFn = Box<dyn FnMut(&[f64]) -> Option<ForecastInput> + Send>;
+
+/// A forecast function with the coverage of the intervals it handed out.
+struct Tracked {
+    forecast: SendForecastFn,
+    history: VecDeque<f64>,
+    window: usize,
+    last: Option<ForecastInput>,
+    hits: VecDeque<bool>,
+}
+
+/// Intervals over which the recent coverage of the forecast is measured.
+const COVERAGE_WINDOW: usize = 48;
+
+impl Tracked {
+    fn new(p: AdaptiveSim) -> Tracked {
+        Tracked {
+            forecast: Box::new(adaptive_forecast(p)),
+            history: VecDeque::with_capacity(p.window + 1),
+            window: p.window,
+            last: None,
+            hits: VecDeque::with_capacity(COVERAGE_WINDOW + 1),
+        }
+    }
+
+    /// Adds this interval's observation and returns the forecast for the next one.
+    fn push(&mut self, v: f64) -> Option<ForecastInput> {
+        if let Some(f) = self.last {
+            self.hits.push_back(v >= f.lower && v <= f.upper);
+            if self.hits.len() > COVERAGE_WINDOW {
+                self.hits.pop_front();
+            }
+        }
+        self.history.push_back(v);
+        if self.history.len() > self.window {
+            self.history.pop_front();
+        }
+        let h = self.history.make_contiguous();
+        let mut f = (self.forecast)(h);
+        if let Some(f) = f.as_mut() {
+            if self.hits.len() >= COVERAGE_WINDOW / 2 {
+                f.coverage =
+                    Some(self.hits.iter().filter(|h| **h).count() as f64 / self.hits.len() as f64);
+            }
+        }
+        self.last = f;
+        f
+    }
+}
+
+struct Managed {
+    name: String,
+    reconciler: Reconciler<Box<dyn Backend + Send>>,
+    cpu: Tracked,
+    memory: Tracked,
+    prev_cpu: Option<(Instant, u64)>,
+}
+
+/// Every managed cgroup of `[allocate]`.
+pub struct LiveAllocator {
+    groups: Vec<Managed>,
+}
+
+impl LiveAllocator {
+    /// Opens every group (restoring the originals a crashed run left behind).
+    pub fn start(spec: &AllocateSpec) -> Result<LiveAllocator> {
+        let root =
+            CgroupRoot::detect(&spec.cgroup_root).map_err(|source| AllocateError::Cgroup {
+                cgroup: spec.cgroup_root.display().to_string(),
+                source,
+            })?;
+        let mut groups = Vec::new();
+        for name in &spec.cgroups {
+            let name = name.trim_matches('/').to_owned();
+            let backend = backend::open(&root, &name)?;
+            let reconciler = Reconciler::new(backend, spec.allocator.clone())?;
+            if let Some(r) = reconciler.recovered() {
+                tracing::warn!(cgroup = %name, restored = ?r, "restored the limits a previous run left");
+            }
+            groups.push(Managed {
+                name,
+                reconciler,
+                cpu: Tracked::new(spec.forecast),
+                memory: Tracked::new(spec.forecast),
+                prev_cpu: None,
+            });
+        }
+        Ok(LiveAllocator { groups })
+    }
+
+    /// One interval for every group; returns a JSON summary (per group: usage, forecasts and
+    /// the step's decisions, or the error). Errors do not stop the other groups: the
+    /// reconciler backs off on its own.
+    pub fn tick(&mut self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for g in &mut self.groups {
+            let v = match g.tick() {
+                Ok(v) => v,
+                Err(e) => serde_json::json!({ "error": super::state::error_chain(&e) }),
+            };
+            out.insert(g.name.clone(), v);
+        }
+        out.into()
+    }
+}
+
+impl Managed {
+    fn tick(&mut self) -> Result<serde_json::Value> {
+        let sample = self.reconciler.backend().read_sample()?;
+        let now = Instant::now();
+        let cores = match (sample.cpu_usage_us, self.prev_cpu) {
+            (Some(us), Some((t, prev))) => {
+                let dt = now.duration_since(t).as_secs_f64();
+                (dt > 0.0).then(|| us.saturating_sub(prev) as f64 / 1e6 / dt)
+            }
+            _ => None,
+        };
+        if let Some(us) = sample.cpu_usage_us {
+            self.prev_cpu = Some((now, us));
+        }
+        let forecasts = Forecasts {
+            cpu: cores.and_then(|c| self.cpu.push(c)),
+            memory: sample.memory_usage.and_then(|b| self.memory.push(b as f64)),
+        };
+        let report = self.reconciler.step(&forecasts)?;
+        Ok(serde_json::json!({
+            "cpu_cores": cores,
+            "memory_bytes": sample.memory_usage,
+            "forecasts": forecasts,
+            "step": report,
+        }))
+    }
+}

@@ -1,0 +1,260 @@
+//! The whole product through its CLI, as an operator runs it: `shadow-agent run` with a
+//! config holding a mirror and a shadow group, on a node (a network namespace this test
+//! makes) that routes between a client and the primary. A real HTTP server is the primary,
+//! the same server is the shadow, curl is the client. The shadow must serve the mirrored
+//! requests (TCP sequence translation) with the credentials masked, and nothing it sends
+//! may reach the client.
+//!
+//! ```text
+//! client ns ──veth── node ns (agent; mirror on nc; replica host ends) ──veth── primary ns
+//!   cl                 nc                       np                              pr
+//! ```
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use shadow_agent::sys::{
+    link::{self, Veth, VethEnd},
+    netns::NetNs,
+    process,
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 7, 1);
+const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 7, 2);
+const NODE_P: Ipv4Addr = Ipv4Addr::new(198, 19, 8, 1);
+const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 19, 8, 2);
+
+fn served(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"GET "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let dir = std::env::temp_dir().join(format!("shdt{tag}-e2e"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = RmDir(dir.clone());
+    std::fs::write(dir.join("index.html"), "hello from the primary\n").expect("page");
+
+    let client = NetNs::create(&format!("shdt{tag}-ec")).expect("client netns");
+    let node = NetNs::create(&format!("shdt{tag}-en")).expect("node netns");
+    let primary = NetNs::create(&format!("shdt{tag}-ep")).expect("primary netns");
+    let (cl, nc, np, pr) = (
+        format!("shdt{tag}cl"),
+        format!("shdt{tag}nc"),
+        format!("shdt{tag}np"),
+        format!("shdt{tag}pr"),
+    );
+    let _front = Veth::create(
+        VethEnd::in_netns(&cl, &client),
+        VethEnd::in_netns(&nc, &node),
+    )
+    .expect("front veth");
+    let _back = Veth::create(
+        VethEnd::in_netns(&np, &node),
+        VethEnd::in_netns(&pr, &primary),
+    )
+    .expect("back veth");
+    for (ifname, ns, addr) in [
+        (&cl, &client, CLIENT),
+        (&nc, &node, NODE_C),
+        (&np, &node, NODE_P),
+        (&pr, &primary, PRIMARY),
+    ] {
+        link::add_address(ifname, Some(ns), IpAddr::V4(addr), 24).expect("address");
+        link::set_up(ifname, Some(ns)).expect("up");
+    }
+    link::add_route_v4(&cl, Some(&client), PRIMARY, 32, Some(NODE_C)).expect("client route");
+    link::add_route_v4(&pr, Some(&primary), CLIENT, 32, Some(NODE_P)).expect("primary route");
+    node.run_in(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .expect("enter node")
+        .expect("ip_forward");
+
+    let server_argv = |log: &str| {
+        format!(
+            r#"["python3", "-m", "http.server", "--bind", "{PRIMARY}", "8080", "--directory", "{}"]"#,
+            dir.display()
+        ) + log
+    };
+    let primary_log = dir.join("primary.log");
+    let mut srv = Command::new("python3");
+    srv.args([
+        "-m",
+        "http.server",
+        "--bind",
+        &PRIMARY.to_string(),
+        "8080",
+        "--directory",
+    ])
+    .arg(&dir)
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&primary_log).expect("log"));
+    let _primary_srv = process::spawn(srv, Some(&primary), None).expect("primary server");
+
+    let shadow_log = dir.join("shadow.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let name = format!("e{}", &tag[..tag.len().min(7)]);
+    let config = format!(
+        r#"
+[mirror]
+interface = "{nc}"
+tcp_sessions = "translate"
+[[mirror.rules]]
+dst = "{PRIMARY}/32"
+ports = "8080"
+proto = "tcp"
+mask_http = true
+
+[shadow]
+name = "{name}"
+command = {argv}
+output = "{shadow_log}"
+addresses = ["{PRIMARY}/24"]
+cpu_cores = 0.5
+memory_mb = 128
+
+[profile]
+interval_ms = 200
+
+[metrics]
+listen = "127.0.0.1:{port}"
+"#,
+        argv = server_argv(""),
+        shadow_log = shadow_log.display(),
+    );
+    let cfg = dir.join("agent.toml");
+    std::fs::write(&cfg, &config).expect("config");
+    let check = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .expect("check-config");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The agent runs in the node's network namespace, as it would on a node.
+    let mut agent_cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+    agent_cmd
+        .args(["run", "--json", "--duration", "12", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut agent = process::spawn(agent_cmd, Some(&node), None).expect("agent");
+
+    // The agent prints one JSON line per interval once everything is attached: wait for
+    // the first, then drive the primary with curl.
+    let out = agent.child_mut().stdout.take().expect("agent stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the agent printed no status line");
+    assert!(first.contains("\"mirror\""), "{first}");
+    let url = |i: usize| format!("http://{PRIMARY}:8080/index.html?session=e2e-secret-{i}");
+    let mut ok = 0;
+    for i in 0..20 {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-sf",
+            "--max-time",
+            "5",
+            "-H",
+            "Authorization: Bearer e2e-token-xyz",
+        ])
+        .arg(url(i))
+        .stdout(Stdio::piped());
+        let mut c = process::spawn(curl, Some(&client), None).expect("curl");
+        let status = c
+            .wait_timeout(Duration::from_secs(10))
+            .expect("wait")
+            .expect("curl ended");
+        ok += usize::from(status.success());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let status = agent
+        .wait_timeout(Duration::from_secs(30))
+        .expect("wait")
+        .expect("agent ended");
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    if let Some(mut e) = agent.child_mut().stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let _ = reader.join();
+    let last_line = rx.try_iter().last().unwrap_or_default();
+    assert!(status.success(), "agent failed: {stderr}");
+    assert_eq!(
+        ok, 20,
+        "the primary failed requests with the mirror attached"
+    );
+
+    let primary_served = served(&primary_log);
+    let shadow_served = served(&shadow_log);
+    assert_eq!(primary_served.len(), 20, "{primary_served:?}");
+    assert!(
+        shadow_served.len() >= 19,
+        "the shadow served {} of 20 mirrored requests: {shadow_served:?}\nagent: {stderr}\nlast status: {last_line}\nshadow log: {}",
+        shadow_served.len(),
+        std::fs::read_to_string(&shadow_log).unwrap_or_default()
+    );
+    assert!(primary_served
+        .iter()
+        .all(|l| l.contains("session=e2e-secret-")));
+    for l in &shadow_served {
+        assert!(
+            !l.contains("e2e-secret"),
+            "an unmasked value reached the shadow: {l}"
+        );
+        assert!(l.contains("session=*"), "{l}");
+    }
+    // Everything the shadow sent (its replies included) was dropped at its veth, and it reset
+    // no session. Had a reply leaked through the forwarding node, the client's connections
+    // would have broken (a second SYN-ACK with the shadow's sequence numbers).
+    let v: serde_json::Value = serde_json::from_str(&last_line).expect("status line");
+    let dropped = v["shadow"][0]["discard"]["tx_dropped_packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        dropped >= 40,
+        "only {dropped} of the shadow's packets dropped: {last_line}"
+    );
+    assert_eq!(
+        v["mirror"]["tcp_shadow_resets"].as_u64(),
+        Some(0),
+        "{last_line}"
+    );
+    assert!(
+        v["mirror"]["tcp_established"].as_u64().unwrap_or(0) >= 19,
+        "{last_line}"
+    );
+    // Nothing the agent made is left in the node.
+    assert!(link::list(Some(&node))
+        .expect("links")
+        .iter()
+        .all(|l| !l.name.starts_with(&format!("shd{name}"))));
+}

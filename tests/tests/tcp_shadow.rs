@@ -1,0 +1,660 @@
+//! TCP sessions that really run in the shadow (issue 4), end to end: a real HTTP server
+//! (python's http.server, HTTP/1.1 keep-alive, with a POST handler) as the primary and the
+//! same server as a shadow replica holding the primary's address; curl in the client
+//! namespace drives the primary; the mirror clones 100% with TCP translation on.
+//!
+//! ```text
+//!  client ns ──veth── primary ns: server, mirror (pr ingress: shadow_mirror, egress: shadow_isn)
+//!                       └─ <host end> egress shadow_mask, ingress shadow_learn → shadow_discard
+//!                             └─ replica ns: the same server, same address
+//! ```
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use shadow_agent::{
+    mirror::{Cidr, Mirror, MirrorOptions, MirrorSpec, Ports, Proto, Rule, TcpSessions},
+    shadow::{Allowlist, CommandSpec, GroupSpec, RestartPolicy, ShadowGroup},
+    sys::link,
+};
+use shadow_common::{
+    maps::{PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK},
+    mask::CLONE_MARK,
+};
+use shadow_tests::harness::{
+    chain, spawn_in, unique_tag, wait_for, TestDir, TestNetns, TestVeth, IPV4_PREFIX, IPV6_PREFIX,
+};
+
+const PORT: u16 = 8080;
+
+/// The server both sides run: http.server, HTTP/1.1 (keep-alive), GET from a directory,
+/// POST answered with the body's length and SHA-256 (also logged, so the shadow's log shows
+/// that it received the whole body).
+const SERVER: &str = r#"
+import hashlib, http.server, socket, sys
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        h = hashlib.sha256()
+        left = n
+        while left > 0:
+            b = self.rfile.read(min(left, 65536))
+            if not b:
+                break
+            h.update(b)
+            left -= len(b)
+        body = ("%d %s\n" % (n - left, h.hexdigest())).encode()
+        sys.stderr.write("BODY %s" % body.decode())
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+import functools
+S((sys.argv[1], int(sys.argv[2])), functools.partial(H, directory=sys.argv[3])).serve_forever()
+"#;
+
+struct World {
+    client: TestNetns,
+    primary: TestNetns,
+    front: TestVeth,
+    dir: TestDir,
+}
+
+impl World {
+    fn new() -> World {
+        let client = TestNetns::new("c");
+        let primary = TestNetns::new("p");
+        let front = TestVeth::builder()
+            .a_netns(&client)
+            .b_netns(&primary)
+            .roles("cl", "pr")
+            .create();
+        let dir = TestDir::new("tcp");
+        std::fs::create_dir(dir.path().join("www")).expect("docroot");
+        // A small page and one spanning many segments.
+        std::fs::write(
+            dir.path().join("www/index.html"),
+            b"hello from the primary\n",
+        )
+        .expect("page");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("www/big.bin"), &big).expect("big page");
+        std::fs::write(dir.path().join("server.py"), SERVER).expect("server");
+        World {
+            client,
+            primary,
+            front,
+            dir,
+        }
+    }
+
+    fn addrs(&self, v6: bool) -> (IpAddr, IpAddr, u8) {
+        if v6 {
+            (
+                IpAddr::V6(self.front.a().ipv6.expect("v6")),
+                IpAddr::V6(self.front.b().ipv6.expect("v6")),
+                IPV6_PREFIX,
+            )
+        } else {
+            (
+                IpAddr::V4(self.front.a().ipv4.expect("v4")),
+                IpAddr::V4(self.front.b().ipv4.expect("v4")),
+                IPV4_PREFIX,
+            )
+        }
+    }
+
+    fn server_argv(&self, service: IpAddr) -> Vec<String> {
+        vec![
+            "python3".into(),
+            "-u".into(),
+            self.dir.path().join("server.py").display().to_string(),
+            service.to_string(),
+            PORT.to_string(),
+            self.dir.path().join("www").display().to_string(),
+        ]
+    }
+
+    fn url(&self, service: IpAddr, path: &str) -> String {
+        match service {
+            IpAddr::V4(a) => format!("http://{a}:{PORT}{path}"),
+            IpAddr::V6(a) => format!("http://[{a}]:{PORT}{path}"),
+        }
+    }
+}
+
+/// The primary, the shadow group (stderr logged) and the mirror, all running.
+struct Setup {
+    mirror: Mirror,
+    _group: ShadowGroup,
+    _primary: shadow_agent::sys::process::ChildGuard,
+    primary_log: PathBuf,
+    shadow_log: PathBuf,
+    service: IpAddr,
+    /// A client connection opened before the mirror attached.
+    early: TcpStream,
+}
+
+fn setup(world: &World, v6: bool, tcp: TcpSessions) -> Setup {
+    let (client_ip, service, prefix) = world.addrs(v6);
+    let primary_log = world.dir.path().join("primary.log");
+    let shadow_log = world.dir.path().join("shadow.log");
+    let argv = world.server_argv(service);
+    let mut server = Command::new(&argv[0]);
+    server
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&primary_log).expect("primary log"));
+    let primary = spawn_in(Some(&world.primary), None, server);
+
+    let spec = GroupSpec {
+        name: unique_tag(),
+        prefix: "shdt".into(),
+        command: CommandSpec {
+            argv: argv.clone(),
+            stderr: Some(shadow_log.clone()),
+            ..CommandSpec::default()
+        },
+        replicas_min: 1,
+        replicas_max: 1,
+        cpu_cores: Some(1.0),
+        memory_bytes: Some(512 << 20),
+        writable_paths: Vec::new(),
+        addresses: vec![(service, prefix)],
+        allow: Allowlist {
+            rules: Vec::new(),
+            loopback: true,
+        },
+        restart: RestartPolicy::default(),
+    };
+    let group = ShadowGroup::start(spec, Some(world.primary.netns().try_clone().expect("ns")))
+        .unwrap_or_else(|e| panic!("starting the shadow group: {}", chain(&e)));
+    let r0 = group.replica(0).expect("r0");
+    // The shadow cannot push back (the client paces itself by the primary's window): give
+    // its receive buffers room for a whole multi-MB body, so a slower shadow never drops.
+    r0.netns()
+        .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", "4096 4194304 33554432"))
+        .expect("enter replica")
+        .expect("tcp_rmem");
+    // The replica answers the client through its veth: a static neighbour (the host end
+    // answers nothing, everything it receives is dropped).
+    link::set_neighbor(
+        &r0.names().replica_if,
+        Some(r0.netns()),
+        client_ip,
+        r0.host_mac(),
+    )
+    .expect("neighbour");
+    let spec = MirrorSpec {
+        interface: world.front.b().name.clone(),
+        shadow_interface: r0.names().host_if.clone(),
+        shadow_mac: r0.replica_mac().octets(),
+        rules: vec![Rule {
+            dst: Cidr {
+                addr: service,
+                prefix_len: if v6 { 128 } else { 32 },
+            },
+            ports: Ports { lo: PORT, hi: PORT },
+            proto: Some(Proto::Tcp),
+        }],
+        xdp: false,
+        options: MirrorOptions {
+            tcp,
+            ..MirrorOptions::default()
+        },
+    };
+    // Both servers listening before traffic starts.
+    let addr = SocketAddr::new(service, PORT);
+    wait_for("the primary", Duration::from_secs(10), || {
+        world
+            .client
+            .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+    });
+    wait_for("the shadow", Duration::from_secs(10), || {
+        r0.netns()
+            .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+            .ok()
+            .flatten()
+    });
+    let early = world
+        .client
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("early connection");
+    let mirror = world
+        .primary
+        .run(move || Mirror::attach(spec))
+        .unwrap_or_else(|e| panic!("mirror: {}", chain(&e)));
+    Setup {
+        early,
+        mirror,
+        _group: group,
+        _primary: primary,
+        primary_log,
+        shadow_log,
+        service,
+    }
+}
+
+/// Requests in an http.server access log (`"GET /x HTTP/1.1" 200 -`).
+fn requests(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"GET ") || l.contains("\"POST "))
+        .count()
+}
+
+fn body_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("BODY "))
+        .map(String::from)
+        .collect()
+}
+
+/// Run curl in the client namespace; returns its stdout.
+fn curl(world: &World, args: &[String]) -> Vec<u8> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "30"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_in(Some(&world.client), None, cmd);
+    let mut out = Vec::new();
+    child
+        .child_mut()
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read");
+    let status = child
+        .wait_timeout(Duration::from_secs(60))
+        .expect("wait")
+        .expect("curl finished");
+    let mut err = String::new();
+    let _ = child
+        .child_mut()
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut err));
+    assert!(status.success(), "curl {args:?}: {status} {err}");
+    out
+}
+
+fn sessions_run_in_the_shadow(v6: bool) {
+    let world = World::new();
+    let (_, service, _) = world.addrs(v6);
+    let page = std::fs::read(world.dir.path().join("www/index.html")).expect("page");
+    let big = std::fs::read(world.dir.path().join("www/big.bin")).expect("big");
+
+    // A connection opened before the mirror attaches: not mirrored (no SYN seen).
+    let s = setup(&world, v6, TcpSessions::Translate);
+    assert_eq!(s.service, service);
+    let mut early = s.early.try_clone().expect("early");
+    early
+        .write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("early request");
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    let n = early.read(&mut buf).expect("early response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "early response");
+    drop(early);
+    let _ = s.early.shutdown(std::net::Shutdown::Both);
+
+    let url = world.url(service, "/index.html");
+    let big_url = world.url(service, "/big.bin");
+    // Keep-alive: 10 connections of 5 requests each; the responses are the files' bytes.
+    for _ in 0..10 {
+        let args: Vec<String> = std::iter::repeat_n(url.clone(), 4)
+            .chain([big_url.clone()])
+            .collect();
+        let out = curl(&world, &args);
+        let mut want = page.repeat(4);
+        want.extend_from_slice(&big);
+        assert!(
+            out == want,
+            "the primary's responses changed under the mirror"
+        );
+    }
+    // New connection per request.
+    for _ in 0..20 {
+        assert_eq!(curl(&world, std::slice::from_ref(&url)), page);
+    }
+    // Multi-MB POST bodies, twice on one connection.
+    let body: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+    let body_path = world.dir.path().join("body.bin");
+    std::fs::write(&body_path, &body).expect("body");
+    let post_url = world.url(service, "/upload");
+    let data = format!("@{}", body_path.display());
+    let out = curl(
+        &world,
+        &[
+            "--data-binary".into(),
+            data.clone(),
+            post_url.clone(),
+            "--next".into(),
+            "--data-binary".into(),
+            data,
+            post_url,
+        ],
+    );
+    let digest = String::from_utf8(out).expect("utf-8");
+    assert_eq!(digest.lines().count(), 2, "{digest}");
+
+    // The shadow catches up (its log is written as it serves).
+    let primary_requests = requests(&s.primary_log);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && requests(&s.shadow_log) * 100 < primary_requests * 99 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shadow_requests = requests(&s.shadow_log);
+    let tcp = s.mirror.tcp_counters().expect("tcp counters");
+    let c = s.mirror.counters().expect("counters");
+    eprintln!(
+        "v6={v6}: primary_requests={primary_requests} shadow_requests={shadow_requests} \
+         tcp={tcp:?} cloned={}",
+        c.cloned
+    );
+    let by_path = |log: &Path| {
+        let mut m = std::collections::BTreeMap::<String, usize>::new();
+        for l in std::fs::read_to_string(log).unwrap_or_default().lines() {
+            if let Some(r) = l.split('"').nth(1) {
+                *m.entry(r.to_string()).or_default() += 1;
+            }
+        }
+        m
+    };
+    eprintln!(
+        "primary: {:?}\nshadow: {:?}",
+        by_path(&s.primary_log),
+        by_path(&s.shadow_log)
+    );
+    // 1 early + 50 keep-alive + 20 + 2 POST; the shadow has all but the early one.
+    assert_eq!(primary_requests, 73, "primary log");
+    let mirrored = primary_requests - 1;
+    assert!(
+        shadow_requests * 100 >= mirrored * 99,
+        "the shadow served {shadow_requests} of {mirrored} mirrored requests; {tcp:?}"
+    );
+    assert!(
+        shadow_requests <= mirrored,
+        "the early flow reached the shadow"
+    );
+    assert_eq!(tcp.shadow_resets, 0, "the shadow reset sessions: {tcp:?}");
+    assert_eq!(tcp.sessions, 31, "{tcp:?}");
+    assert_eq!(tcp.established, tcp.sessions, "{tcp:?}");
+    assert!(tcp.segments_not_tracked >= 1, "the early flow: {tcp:?}");
+    assert!(tcp.segments_translated > 100, "{tcp:?}");
+    assert_eq!(tcp.segments_failed, 0, "{tcp:?}");
+    // Both bodies arrived whole in the shadow, byte for byte.
+    assert_eq!(
+        body_lines(&s.shadow_log),
+        body_lines(&s.primary_log),
+        "POST bodies differ"
+    );
+    assert_eq!(body_lines(&s.shadow_log).len(), 2);
+}
+
+#[test]
+fn tcp_sessions_run_in_the_shadow_ipv4() {
+    sessions_run_in_the_shadow(false);
+}
+
+#[test]
+fn tcp_sessions_run_in_the_shadow_ipv6() {
+    sessions_run_in_the_shadow(true);
+}
+
+/// The failing twin: tracked but not translated, the shadow resets every session and
+/// serves nothing — the translation is what makes the sessions run.
+#[test]
+fn without_translation_the_shadow_resets_every_session() {
+    let world = World::new();
+    let s = setup(&world, false, TcpSessions::TrackOnly);
+    let url = world.url(s.service, "/index.html");
+    for _ in 0..5 {
+        curl(&world, &[url.clone(), url.clone()]);
+    }
+    let tcp = wait_for("the shadow's resets", Duration::from_secs(5), || {
+        let t = s.mirror.tcp_counters().expect("counters");
+        (t.shadow_resets >= 5).then_some(t)
+    });
+    eprintln!(
+        "untranslated: shadow_requests={} {tcp:?}",
+        requests(&s.shadow_log)
+    );
+    assert_eq!(requests(&s.primary_log), 10);
+    assert_eq!(
+        requests(&s.shadow_log),
+        0,
+        "untranslated sessions were served"
+    );
+}
+
+// ---- crafted segments through BPF_PROG_TEST_RUN -----------------------------------------
+
+const CLIENT: [u8; 4] = [10, 9, 0, 1];
+const SERVICE: [u8; 4] = [10, 9, 0, 2];
+
+/// An Ethernet + IPv4 + TCP frame. `from_client`: client → service, else the reverse.
+fn frame(
+    from_client: bool,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    ts: Option<(u32, u32)>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut opts = Vec::new();
+    if let Some((val, ecr)) = ts {
+        opts.extend_from_slice(&[1, 1, 8, 10]);
+        opts.extend_from_slice(&val.to_be_bytes());
+        opts.extend_from_slice(&ecr.to_be_bytes());
+    }
+    let (src, dst, sport, dport) = if from_client {
+        (CLIENT, SERVICE, 40000u16, PORT)
+    } else {
+        (SERVICE, CLIENT, PORT, 40000u16)
+    };
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.push((((20 + opts.len()) / 4) as u8) << 4);
+    tcp.push(flags);
+    tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    tcp.extend_from_slice(&opts);
+    tcp.extend_from_slice(payload);
+    let c = tcp_csum(src, dst, &tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+fn tcp_csum(src: [u8; 4], dst: [u8; 4], seg: &[u8]) -> u16 {
+    let mut s: u64 = 0;
+    let mut words = Vec::new();
+    words.extend_from_slice(&src);
+    words.extend_from_slice(&dst);
+    words.extend_from_slice(&[0, 6]);
+    words.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let mut z = seg.to_vec();
+    z[16] = 0;
+    z[17] = 0;
+    words.extend_from_slice(&z);
+    if words.len() % 2 == 1 {
+        words.push(0);
+    }
+    for w in words.chunks(2) {
+        s += u16::from_be_bytes([w[0], w[1]]) as u64;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+const SHOT: u32 = 2;
+
+/// The early-segment choice, deterministic: a client segment that arrives before the
+/// shadow's ISN is known is dropped and counted (`segments_waiting`); the next one, which
+/// carries the same ACK and data, is translated (ACK, TSecr, checksum) once the shadow's
+/// SYN-ACK has been learned. A pure ACK lost this way completes the shadow's handshake
+/// with the client's first data segment.
+#[test]
+fn segments_before_the_shadows_isn_are_dropped_then_translated() {
+    let world = World::new();
+    let dummy = TestVeth::builder()
+        .a_netns(&world.primary)
+        .b_netns(&world.primary)
+        .roles("sa", "sb")
+        .create();
+    let spec = MirrorSpec {
+        interface: world.front.b().name.clone(),
+        shadow_interface: dummy.a().name.clone(),
+        shadow_mac: dummy.b().mac.octets(),
+        rules: vec![Rule {
+            dst: Cidr {
+                addr: IpAddr::V4(SERVICE.into()),
+                prefix_len: 32,
+            },
+            ports: Ports { lo: PORT, hi: PORT },
+            proto: Some(Proto::Tcp),
+        }],
+        xdp: false,
+        options: MirrorOptions {
+            tcp: TcpSessions::Translate,
+            ..MirrorOptions::default()
+        },
+    };
+    let mirror = world
+        .primary
+        .run(move || Mirror::attach(spec))
+        .unwrap_or_else(|e| panic!("mirror: {}", chain(&e)));
+    // None of these programs redirects, so they run in the test's own thread.
+    let run = |prog: &'static str, f: &[u8], mark: u32| {
+        mirror
+            .test_run(prog, f, mark)
+            .unwrap_or_else(|e| panic!("test run {prog}: {}", chain(&e)))
+    };
+    let (c_isn, p_isn, s_isn) = (1000u32, 0x8000_0000u32, 0x1234_5678u32);
+    // Mid-flow segment of a session never seen: dropped.
+    let (v, _) = run(
+        PROG_MIRROR_MASK,
+        &frame(true, 5, 6, 0x10, None, b"x"),
+        CLONE_MARK,
+    );
+    assert_eq!(v, SHOT);
+    // The client's SYN creates the session and passes.
+    let (v, _) = run(
+        PROG_MIRROR_MASK,
+        &frame(true, c_isn, 0, 0x02, Some((100, 0)), b""),
+        CLONE_MARK,
+    );
+    assert_ne!(v, SHOT);
+    // The primary's SYN-ACK (egress of the primary's interface).
+    run(
+        PROG_MIRROR_ISN,
+        &frame(false, p_isn, c_isn + 1, 0x12, Some((7000, 100)), b""),
+        0,
+    );
+    // The client's ACK arrives before the shadow's SYN-ACK: dropped, counted.
+    let ack = frame(true, c_isn + 1, p_isn + 1, 0x10, Some((101, 7000)), b"");
+    let (v, _) = run(PROG_MIRROR_MASK, &ack, CLONE_MARK);
+    assert_eq!(
+        v, SHOT,
+        "a segment before the shadow's ISN must not be sent"
+    );
+    let t = mirror.tcp_counters().expect("counters");
+    assert_eq!(
+        (t.sessions, t.established, t.segments_waiting),
+        (1, 0, 1),
+        "{t:?}"
+    );
+    // The shadow's SYN-ACK (ingress of the shadow interface).
+    run(
+        PROG_MIRROR_LEARN,
+        &frame(false, s_isn, c_isn + 1, 0x12, Some((555_000, 100)), b""),
+        0,
+    );
+    // The client's first data segment carries the same ACK: translated.
+    let data = frame(
+        true,
+        c_isn + 1,
+        p_isn + 1,
+        0x18,
+        Some((102, 7000)),
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let (v, out) = run(PROG_MIRROR_MASK, &data, CLONE_MARK);
+    assert_ne!(v, SHOT);
+    let l4 = 14 + 20;
+    let got_ack = u32::from_be_bytes(out[l4 + 8..l4 + 12].try_into().unwrap());
+    assert_eq!(
+        got_ack,
+        s_isn + 1,
+        "ACK translated into the shadow's sequence space"
+    );
+    let tsecr = u32::from_be_bytes(out[l4 + 28..l4 + 32].try_into().unwrap());
+    assert_eq!(tsecr, 555_000, "TSecr echoes the shadow's TSval");
+    let csum = u16::from_be_bytes([out[l4 + 16], out[l4 + 17]]);
+    assert_eq!(csum, tcp_csum(CLIENT, SERVICE, &out[l4..]), "checksum");
+    assert_eq!(
+        &out[l4 + 32..],
+        b"GET / HTTP/1.1\r\n\r\n",
+        "payload untouched"
+    );
+    // An ACK beyond what the shadow has sent is clamped to its SND.NXT.
+    let far = frame(true, c_isn + 19, p_isn + 5000, 0x10, Some((103, 7001)), b"");
+    let (_, out) = run(PROG_MIRROR_MASK, &far, CLONE_MARK);
+    let got_ack = u32::from_be_bytes(out[l4 + 8..l4 + 12].try_into().unwrap());
+    assert_eq!(got_ack, s_isn + 1);
+    // The shadow's RST is counted once; the client's RST ends the session.
+    run(
+        PROG_MIRROR_LEARN,
+        &frame(false, s_isn + 1, 0, 0x04, None, b""),
+        0,
+    );
+    run(
+        PROG_MIRROR_LEARN,
+        &frame(false, s_isn + 1, 0, 0x04, None, b""),
+        0,
+    );
+    run(
+        PROG_MIRROR_MASK,
+        &frame(true, c_isn + 19, p_isn + 1, 0x14, None, b""),
+        CLONE_MARK,
+    );
+    let t = mirror.tcp_counters().expect("counters");
+    assert_eq!(
+        (
+            t.established,
+            t.shadow_resets,
+            t.closed,
+            t.live,
+            t.segments_not_tracked
+        ),
+        (1, 1, 1, 0, 1),
+        "{t:?}"
+    );
+    assert_eq!(t.segments_translated, 3, "{t:?}");
+}

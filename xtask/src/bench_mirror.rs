@@ -1,0 +1,1329 @@
+//! `cargo xtask bench mirror [--json PATH] [--rounds N] [--seconds S] [--no-xdp]`: the cost of
+//! Shadow's mirror next to the kernel's own `tc ... action mirred egress mirror`.
+//!
+//! Topology (namespaces `shbm<pid>-c|p|s`, made here and removed on every exit path):
+//!
+//! ```text
+//! client ns  cl0 ──veth── pr0  primary ns  pm0 ──veth── sh0  shadow ns
+//! 10.77.0.1/24            10.77.0.2/24                  10.77.0.2/24, pr0's MAC
+//! ```
+//!
+//! IPv6 is off in all three so nothing but mirrored traffic reaches `sh0`. Each round runs,
+//! in a rotated order, five variants: no mirror; `tc mirred` on pr0's ingress (clsact +
+//! matchall, removed after the round); the agent without a mirror (its profiler is always
+//! on, so this isolates the agent's own cost); Shadow's mirror; Shadow's mirror with masking
+//! (`mask_http` on the TCP rule and a 16-byte `mask_ranges` on the UDP rule, since HTTP
+//! masking does not apply to UDP). Shadow is the unmodified agent binary,
+//! `shadow-agent run --config` inside the primary namespace (`ip netns exec`, with a private
+//! tmpfs on /run so its status file cannot clash with another agent on the host).
+//!
+//! Workloads per variant: UDP, `iperf3 -u -l 64 -b 0` (the primary's rate is pr0's rx
+//! packets per second; the iperf3 server's received datagrams are reported too); TCP bulk
+//! (`iperf3`, Gbit/s received by the primary; its payload is not HTTP, so under masking the
+//! HTTP rule's fallback masks every payload byte: the worst case); and HTTP bulk, one
+//! `curl -T` PUT of a 1 GB sparse file with Content-Length and an Authorization header to a
+//! python sink for at most S seconds (the parser masks the header and skips the body: the
+//! case masking is built for). Clone delivery = packets received by sh0 /
+//! clones sent (the mirror's `cloned` counter; for mirred, every packet pr0 received).
+//! Numbers are medians over rounds.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::{prereq, util};
+
+#[derive(Debug, clap::Args)]
+pub struct MirrorArgs {
+    /// Also write the result as JSON to PATH.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Interleaved rounds (each runs every variant once, in a rotated order).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Length of each iperf3 run in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// Attach Shadow's mirror without its XDP load counters (`mirror.xdp = false`).
+    #[arg(long)]
+    pub no_xdp: bool,
+}
+
+/// Target of issue 3: Shadow with masking vs mirred's primary throughput.
+pub const TARGET_MASKED_VS_MIRRED: f64 = 0.95;
+/// Target of issue 3: clone delivery below the cap.
+pub const TARGET_CLONE_DELIVERY: f64 = 0.999;
+
+const PREFIX: &str = "shbm";
+const CLIENT_IF: &str = "cl0";
+const PRIMARY_IF: &str = "pr0";
+const MIRROR_IF: &str = "pm0";
+const SHADOW_IF: &str = "sh0";
+const CLIENT_ADDR: &str = "10.77.0.1";
+const PRIMARY_ADDR: &str = "10.77.0.2";
+const PORT: u16 = 5201;
+const UDP_LEN: u32 = 64;
+/// Port of the HTTP sink.
+const HTTP_PORT: u16 = 8080;
+/// Body of the one HTTP upload per run (below the parser's 1 GiB Content-Length limit).
+const HTTP_BODY: u64 = 1_000_000_000;
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// iperf3 -u -l 64 -b 0; rate in packets/s.
+    Udp,
+    /// iperf3 TCP bulk; rate in Gbit/s.
+    Tcp,
+    /// One HTTP/1.1 PUT with Content-Length and an Authorization header (curl -T); Gbit/s.
+    Http,
+}
+
+impl Load {
+    pub const ALL: [Load; 3] = [Load::Udp, Load::Tcp, Load::Http];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Load::Udp => "udp",
+            Load::Tcp => "tcp",
+            Load::Http => "http",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Variant {
+    Baseline,
+    Mirred,
+    Agent,
+    Shadow,
+    ShadowMasked,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Baseline,
+        Variant::Mirred,
+        Variant::Agent,
+        Variant::Shadow,
+        Variant::ShadowMasked,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline",
+            Variant::Mirred => "mirred",
+            Variant::Agent => "agent",
+            Variant::Shadow => "shadow",
+            Variant::ShadowMasked => "shadow_masked",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Baseline => "no mirror",
+            Variant::Mirred => "tc mirred",
+            Variant::Agent => "agent, no mirror",
+            Variant::Shadow => "Shadow mirror",
+            Variant::ShadowMasked => "Shadow + masking",
+        }
+    }
+
+    /// Variants that send clones to the shadow.
+    fn mirrors(self) -> bool {
+        matches!(
+            self,
+            Variant::Mirred | Variant::Shadow | Variant::ShadowMasked
+        )
+    }
+}
+
+/// One workload run under one variant.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measure {
+    /// The primary's rate: UDP pr0 rx packets/s, TCP Gbit/s received by the iperf3 server.
+    pub rate: f64,
+    /// UDP only: datagrams/s the primary's iperf3 server received.
+    pub app_rate: Option<f64>,
+    /// Packets sh0 received.
+    pub shadow_rx: u64,
+    /// Clones sent: the mirror's `cloned`; for mirred, packets pr0 received.
+    pub clones_sent: u64,
+    /// Deltas of the agent's mirror counters (Shadow variants only).
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub round: u32,
+    pub variant: Variant,
+    pub udp: Measure,
+    pub tcp: Measure,
+    pub http: Measure,
+}
+
+impl Sample {
+    pub fn of(&self, load: Load) -> &Measure {
+        match load {
+            Load::Udp => &self.udp,
+            Load::Tcp => &self.tcp,
+            Load::Http => &self.http,
+        }
+    }
+}
+
+/// Run parameters echoed into the JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Meta {
+    pub rounds: u32,
+    pub seconds: u32,
+    pub xdp: bool,
+    pub host: String,
+    /// The tc classifier carrying the mirred action.
+    pub mirred_classifier: String,
+}
+
+// ---- statistics and JSON ----------------------------------------------------------------
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// `a / b`, `None` when either is missing or `b` is not positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() => Some(a / b),
+        _ => None,
+    }
+}
+
+fn workload(samples: &[Sample], load: Load) -> Value {
+    let udp = load == Load::Udp;
+    let unit = if udp { "pps" } else { "gbps" };
+    let of = |v: Variant| {
+        samples
+            .iter()
+            .filter(move |s| s.variant == v)
+            .map(move |s| s.of(load))
+    };
+    let rate = |v: Variant| median(&of(v).map(|x| x.rate).collect::<Vec<_>>());
+    let delivery = |vs: &[Variant]| {
+        let (rx, sent) = vs
+            .iter()
+            .flat_map(|&v| of(v))
+            .fold((0u64, 0u64), |(r, s), x| {
+                (r + x.shadow_rx, s + x.clones_sent)
+            });
+        ratio(Some(rx as f64), Some(sent as f64))
+    };
+    let mut out = serde_json::Map::new();
+    let mut per_round = serde_json::Map::new();
+    let mut received = serde_json::Map::new();
+    let mut sent = serde_json::Map::new();
+    let mut by_variant = serde_json::Map::new();
+    let mut counters = serde_json::Map::new();
+    for v in Variant::ALL {
+        out.insert(format!("{}_{unit}", v.key()), json!(rate(v)));
+        if udp {
+            let app: Vec<f64> = of(v).filter_map(|x| x.app_rate).collect();
+            out.insert(format!("{}_app_pps", v.key()), json!(median(&app)));
+        }
+        per_round.insert(
+            v.key().into(),
+            json!(of(v).map(|x| x.rate).collect::<Vec<_>>()),
+        );
+        if v.mirrors() {
+            received.insert(
+                v.key().into(),
+                json!(of(v).map(|x| x.shadow_rx).sum::<u64>()),
+            );
+            sent.insert(
+                v.key().into(),
+                json!(of(v).map(|x| x.clones_sent).sum::<u64>()),
+            );
+            by_variant.insert(v.key().into(), json!(delivery(&[v])));
+        }
+        let mut sum = BTreeMap::<String, u64>::new();
+        for x in of(v) {
+            for (k, n) in &x.counters {
+                *sum.entry(k.clone()).or_default() += n;
+            }
+        }
+        if !sum.is_empty() {
+            counters.insert(v.key().into(), json!(sum));
+        }
+    }
+    let mirred = rate(Variant::Mirred);
+    let base = rate(Variant::Baseline);
+    out.insert(
+        "shadow_vs_mirred".into(),
+        json!(ratio(rate(Variant::Shadow), mirred)),
+    );
+    out.insert(
+        "shadow_masked_vs_mirred".into(),
+        json!(ratio(rate(Variant::ShadowMasked), mirred)),
+    );
+    let mut vs_base = serde_json::Map::new();
+    for v in &Variant::ALL[1..] {
+        vs_base.insert(v.key().into(), json!(ratio(rate(*v), base)));
+    }
+    out.insert("vs_baseline".into(), vs_base.into());
+    out.insert(
+        "clone_delivery".into(),
+        json!(delivery(&[Variant::Shadow, Variant::ShadowMasked])),
+    );
+    out.insert("clone_delivery_by_variant".into(), by_variant.into());
+    out.insert("shadow_received".into(), received.into());
+    out.insert("clones_sent".into(), sent.into());
+    out.insert("mirror_counters".into(), counters.into());
+    out.insert("per_round".into(), per_round.into());
+    out.into()
+}
+
+/// The result document: `udp.*`, `tcp.*`, targets and whether they were met.
+pub fn summarize(samples: &[Sample], meta: &Meta) -> Value {
+    let udp = workload(samples, Load::Udp);
+    let tcp = workload(samples, Load::Tcp);
+    let http = workload(samples, Load::Http);
+    let at_least = |v: &Value, min: f64| v.as_f64().map(|x| x >= min);
+    let met = json!({
+        "udp_shadow_masked_vs_mirred": at_least(&udp["shadow_masked_vs_mirred"], TARGET_MASKED_VS_MIRRED),
+        "tcp_shadow_masked_vs_mirred": at_least(&tcp["shadow_masked_vs_mirred"], TARGET_MASKED_VS_MIRRED),
+        "udp_clone_delivery": at_least(&udp["clone_delivery"], TARGET_CLONE_DELIVERY),
+        "http_shadow_masked_vs_mirred": at_least(&http["shadow_masked_vs_mirred"], TARGET_MASKED_VS_MIRRED),
+    });
+    json!({
+        "udp": udp,
+        "tcp": tcp,
+        "http": http,
+        "targets": {
+            "shadow_masked_vs_mirred_min": TARGET_MASKED_VS_MIRRED,
+            "clone_delivery_min": TARGET_CLONE_DELIVERY,
+            "met": met,
+        },
+        "rounds": meta.rounds,
+        "seconds": meta.seconds,
+        "xdp": meta.xdp,
+        "mirred_classifier": meta.mirred_classifier,
+        "udp_payload_bytes": UDP_LEN,
+        "host": meta.host,
+    })
+}
+
+fn fmt_opt(v: &Value, scale: f64, prec: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |x| format!("{:.prec$}", x * scale))
+}
+
+/// The human-readable table of a [`summarize`] document.
+pub fn table(doc: &Value) -> String {
+    let (u, t, h) = (&doc["udp"], &doc["tcp"], &doc["http"]);
+    let mut s = format!(
+        "{:<17} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>7} {:>7} | {:>9} {:>7} {:>7}\n",
+        "variant",
+        "UDP kpps",
+        "app kpps",
+        "vs mirr",
+        "deliv",
+        "TCP Gb/s",
+        "vs mirr",
+        "deliv",
+        "HTTP Gb/s",
+        "vs mirr",
+        "deliv",
+    );
+    for v in Variant::ALL {
+        let k = v.key();
+        let vs = |w: &Value| match v {
+            Variant::Mirred => "1.000".to_string(),
+            Variant::Shadow | Variant::ShadowMasked => {
+                fmt_opt(&w[format!("{k}_vs_mirred")], 1.0, 3)
+            }
+            _ => "-".into(),
+        };
+        let deliv = |w: &Value| fmt_opt(&w["clone_delivery_by_variant"][k], 1.0, 4);
+        s += &format!(
+            "{:<17} {:>8} {:>8} {:>7} {:>7} | {:>8} {:>7} {:>7} | {:>9} {:>7} {:>7}\n",
+            v.label(),
+            fmt_opt(&u[format!("{k}_pps")], 1e-3, 1),
+            fmt_opt(&u[format!("{k}_app_pps")], 1e-3, 1),
+            vs(u),
+            deliv(u),
+            fmt_opt(&t[format!("{k}_gbps")], 1.0, 2),
+            vs(t),
+            deliv(t),
+            fmt_opt(&h[format!("{k}_gbps")], 1.0, 2),
+            vs(h),
+            deliv(h),
+        );
+    }
+    s
+}
+
+// ---- kernel objects behind guards -------------------------------------------------------
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn add(name: String) -> Result<Netns> {
+        ip(&["netns", "add", &name])?;
+        let ns = Netns(name);
+        ns.run(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ])?;
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .cmd(args)
+            .output()
+            .with_context(|| format!("running {} in {}", args.join(" "), self.0))?;
+        if !out.status.success() {
+            bail!(
+                "{} in {} failed: {}",
+                args.join(" "),
+                self.0,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (rx packets, rx bytes) of `dev`, from /proc/net/dev in this namespace.
+    fn rx(&self, dev: &str) -> Result<u64> {
+        let text = self.run(&["cat", "/proc/net/dev"])?;
+        parse_rx_packets(&text, dev).ok_or_else(|| anyhow!("{dev} not in {}'s net/dev", self.0))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn parse_rx_packets(net_dev: &str, dev: &str) -> Option<u64> {
+    net_dev.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        (name.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
+    })
+}
+
+/// Deletes `shbm<pid>-*` namespaces whose xtask is gone (a killed earlier run).
+fn sweep_stale() {
+    let Ok(dir) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(p, _)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing namespace {name} left by an earlier run");
+            drop(Netns(name));
+        }
+    }
+}
+
+/// The three namespaces and two veth pairs.
+struct Topology {
+    client: Netns,
+    primary: Netns,
+    shadow: Netns,
+    /// pr0's MAC, also given to sh0 so clones are accepted without a rewrite.
+    primary_mac: String,
+}
+
+impl Topology {
+    fn create() -> Result<Topology> {
+        let pid = std::process::id();
+        let client = Netns::add(format!("{PREFIX}{pid}-c"))?;
+        let primary = Netns::add(format!("{PREFIX}{pid}-p"))?;
+        let shadow = Netns::add(format!("{PREFIX}{pid}-s"))?;
+        let (c, p, s) = (&client.0, &primary.0, &shadow.0);
+        ip(&[
+            "link", "add", CLIENT_IF, "netns", c, "type", "veth", "peer", "name", PRIMARY_IF,
+            "netns", p,
+        ])?;
+        ip(&[
+            "link", "add", MIRROR_IF, "netns", p, "type", "veth", "peer", "name", SHADOW_IF,
+            "netns", s,
+        ])?;
+        let primary_mac = fs_in(&primary, &format!("/sys/class/net/{PRIMARY_IF}/address"))?;
+        ip(&["-n", s, "link", "set", SHADOW_IF, "address", &primary_mac])?;
+        ip(&[
+            "-n",
+            c,
+            "addr",
+            "add",
+            &format!("{CLIENT_ADDR}/24"),
+            "dev",
+            CLIENT_IF,
+        ])?;
+        ip(&[
+            "-n",
+            p,
+            "addr",
+            "add",
+            &format!("{PRIMARY_ADDR}/24"),
+            "dev",
+            PRIMARY_IF,
+        ])?;
+        ip(&[
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("{PRIMARY_ADDR}/24"),
+            "dev",
+            SHADOW_IF,
+        ])?;
+        for (ns, dev) in [
+            (c, CLIENT_IF),
+            (p, PRIMARY_IF),
+            (p, MIRROR_IF),
+            (s, SHADOW_IF),
+        ] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(Topology {
+            client,
+            primary,
+            shadow,
+            primary_mac,
+        })
+    }
+}
+
+/// A sysfs file as seen from inside `ns` (ip netns exec remounts /sys).
+fn fs_in(ns: &Netns, path: &str) -> Result<String> {
+    Ok(ns.run(&["cat", path])?.trim().to_owned())
+}
+
+/// `tc mirred` on pr0's ingress; the clsact qdisc (and with it the filter) goes on drop.
+/// The filter is `matchall`, or `u32 match u32 0 0` (every frame) on kernels built without
+/// cls_matchall.
+struct Mirred<'a> {
+    ns: &'a Netns,
+    classifier: &'static str,
+}
+
+impl<'a> Mirred<'a> {
+    fn add(ns: &'a Netns) -> Result<Mirred<'a>> {
+        ns.run(&["tc", "qdisc", "add", "dev", PRIMARY_IF, "clsact"])?;
+        let mut guard = Mirred {
+            ns,
+            classifier: "matchall",
+        };
+        let action = ["action", "mirred", "egress", "mirror", "dev", MIRROR_IF];
+        let base = ["tc", "filter", "add", "dev", PRIMARY_IF, "ingress"];
+        let matchall: Vec<&str> = base
+            .iter()
+            .chain(&["matchall"])
+            .chain(&action)
+            .copied()
+            .collect();
+        if let Err(first) = ns.run(&matchall) {
+            let u32_all: Vec<&str> = base
+                .iter()
+                .chain(&["protocol", "all", "u32", "match", "u32", "0", "0"])
+                .chain(&action)
+                .copied()
+                .collect();
+            ns.run(&u32_all)
+                .with_context(|| format!("after matchall failed: {first:#}"))?;
+            guard.classifier = "u32 match u32 0 0";
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Mirred<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .ns
+            .cmd(&["tc", "qdisc", "del", "dev", PRIMARY_IF, "clsact"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process: SIGINT, then SIGKILL after 5 s, on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory removed with its contents on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SIGINT/SIGTERM seen: stop at the next step, letting the guards clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` to completion with a deadline (killed when it passes).
+fn output_within(mut cmd: Command, limit: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", util::display_cmd(&cmd)))?;
+    let mut out = child.stdout.take().ok_or_else(|| anyhow!("stdout"))?;
+    let mut err = child.stderr.take().ok_or_else(|| anyhow!("stderr"))?;
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{} did not finish within {limit:?}",
+                util::display_cmd(&cmd)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+// ---- the agent --------------------------------------------------------------------------
+
+#[derive(Default)]
+struct AgentLines {
+    seq: u64,
+    mirror: Option<Value>,
+    done: bool,
+}
+
+/// `shadow-agent run --config` in the primary namespace, its JSON lines read by a thread.
+struct Agent {
+    _proc: Proc,
+    lines: Arc<Mutex<AgentLines>>,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    fn start(agent: &Path, ns: &Netns, config: &Path, stderr: PathBuf) -> Result<Agent> {
+        let err = fs::File::create(&stderr).context("agent stderr file")?;
+        // ip netns exec gives a private mount namespace; a tmpfs on /run there keeps the
+        // agent's status file away from any other agent on the host.
+        let mut child = ns
+            .cmd(&["sh", "-c", "mount -t tmpfs shbm /run && exec \"$@\"", "sh"])
+            .arg(agent)
+            .args(["run", "--json", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .context("starting shadow-agent")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("agent stdout"))?;
+        let lines = Arc::new(Mutex::new(AgentLines::default()));
+        let shared = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let mut l = shared.lock().unwrap_or_else(|e| e.into_inner());
+                l.seq += 1;
+                l.mirror = v.get("mirror").cloned().filter(|m| !m.is_null());
+            }
+            shared.lock().unwrap_or_else(|e| e.into_inner()).done = true;
+        });
+        let agent = Agent {
+            _proc: Proc(child),
+            lines,
+            stderr,
+        };
+        agent.wait_lines(1, Duration::from_secs(60))?;
+        Ok(agent)
+    }
+
+    /// Waits until `n` more report lines arrived; returns the newest mirror counters.
+    fn wait_lines(&self, n: u64, limit: Duration) -> Result<Option<Value>> {
+        let start = self.lines.lock().unwrap_or_else(|e| e.into_inner()).seq;
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let l = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if l.seq >= start + n {
+                    return Ok(l.mirror.clone());
+                }
+                if l.done {
+                    let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+                    bail!("shadow-agent exited: {}", util::tail(&text, 10));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("shadow-agent reported nothing for {limit:?}");
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn agent_config(shadow_mac: &str, variant: Variant, xdp: bool) -> String {
+    let mut s = String::from("[profile]\ninterval_ms = 100\n\n[metrics]\nlisten = \"off\"\n");
+    if variant == Variant::Agent {
+        return s;
+    }
+    let masked = variant == Variant::ShadowMasked;
+    s += &format!(
+        "\n[mirror]\ninterface = \"{PRIMARY_IF}\"\nshadow_interface = \"{MIRROR_IF}\"\n\
+         shadow_mac = \"{}\"\nxdp = {xdp}\n\n\
+         [[mirror.rules]]\ndst = \"{PRIMARY_ADDR}/32\"\nproto = \"tcp\"\nmask_http = {masked}\n\n\
+         [[mirror.rules]]\ndst = \"{PRIMARY_ADDR}/32\"\nproto = \"udp\"\nmask_ranges = [{}]\n",
+        shadow_mac,
+        if masked { "\"0:16\"" } else { "" },
+    );
+    s
+}
+
+/// Counter deltas `after - before` of the agent's mirror JSON.
+fn counter_deltas(before: &Value, after: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Some(a) = after.as_object() {
+        for (k, v) in a {
+            if let Some(n) = v.as_u64() {
+                let d = n.saturating_sub(before[k].as_u64().unwrap_or(0));
+                if d > 0 {
+                    out.insert(k.clone(), d);
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---- workloads --------------------------------------------------------------------------
+
+/// Waits until the namespace of `proc` has a TCP listener on PRIMARY_ADDR:`port` (as
+/// /proc/net/tcp writes it: the address's bytes in host order, the port big-endian).
+fn wait_listen(proc: &Proc, port: u16) -> Result<()> {
+    let hex = format!("{}:{port:04X}", listen_hex(PRIMARY_ADDR));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tcp = fs::read_to_string(format!("/proc/{}/net/tcp", proc.0.id())).unwrap_or_default();
+        if tcp.lines().any(|l| {
+            l.split_whitespace().nth(1).is_some_and(|a| a == hex)
+                && l.split_whitespace().nth(3) == Some("0A")
+        }) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no listener on port {port} in the primary namespace within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The HTTP sink: accepts one connection and discards everything it receives.
+const SINK: &str = "import socket,sys\n\
+s=socket.socket()\n\
+s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+s.bind((sys.argv[1],int(sys.argv[2])))\n\
+s.listen(1)\n\
+c,_=s.accept()\n\
+b=bytearray(1<<20)\n\
+while c.recv_into(b):\n pass\n";
+
+/// One HTTP upload (curl -T of a sparse file, Content-Length known, an Authorization header
+/// to mask) for at most `seconds`: Gbit/s.
+fn http(topo: &Topology, seconds: u32, body: &Path) -> Result<f64> {
+    let port = HTTP_PORT.to_string();
+    let sink = topo
+        .primary
+        .cmd(&["python3", "-c", SINK, PRIMARY_ADDR, &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the HTTP sink (python3)")?;
+    let sink = Proc(sink);
+    wait_listen(&sink, HTTP_PORT)?;
+    let url = format!("http://{PRIMARY_ADDR}:{port}/upload?token=bench-secret");
+    let max = seconds.to_string();
+    let mut cmd = topo.client.cmd(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Expect:",
+        "-H",
+        "Authorization: Bearer bench-secret-value",
+        "--max-time",
+        &max,
+        "-w",
+        "%{size_upload} %{time_total}",
+        "-T",
+    ]);
+    cmd.arg(body).arg(&url);
+    let out = output_within(cmd, Duration::from_secs(u64::from(seconds) + 30))?;
+    drop(sink);
+    // Exit 28 is --max-time: the upload ran for `seconds`, which is what we want.
+    let code = out.status.code();
+    if code != Some(0) && code != Some(28) && code != Some(52) && code != Some(56) {
+        bail!(
+            "curl failed ({code:?}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    curl_gbps(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Gbit/s from curl's `-w "%{size_upload} %{time_total}"`.
+pub fn curl_gbps(w: &str) -> Result<f64> {
+    let mut it = w.split_whitespace().map(str::parse::<f64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(bytes)), Some(Ok(secs))) if secs > 0.0 && bytes > 0.0 => {
+            Ok(bytes * 8.0 / secs / 1e9)
+        }
+        _ => bail!("unexpected curl output {w:?}"),
+    }
+}
+
+/// One iperf3 run: the client JSON.
+fn iperf(topo: &Topology, seconds: u32, udp: bool) -> Result<Value> {
+    let port = PORT.to_string();
+    let server = topo
+        .primary
+        .cmd(&["iperf3", "-s", "-1", "-B", PRIMARY_ADDR, "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    let server = Proc(server);
+    wait_listen(&server, PORT)?;
+    let t = seconds.to_string();
+    let len = UDP_LEN.to_string();
+    let mut args = vec![
+        "iperf3",
+        "-c",
+        PRIMARY_ADDR,
+        "-p",
+        &port,
+        "-t",
+        &t,
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ];
+    if udp {
+        args.extend(["-u", "-l", &len, "-b", "0"]);
+    }
+    let out = output_within(
+        topo.client.cmd(&args),
+        Duration::from_secs(u64::from(seconds) + 30),
+    )?;
+    drop(server);
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 client output is not JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if !out.status.success() || v.get("error").is_some() {
+        bail!("iperf3 client failed: {}", v["error"]);
+    }
+    Ok(v)
+}
+
+/// An IPv4 address as /proc/net/tcp prints it on little-endian hosts ("10.77.0.2" ->
+/// "02004D0A").
+pub fn listen_hex(addr: &str) -> String {
+    addr.split('.')
+        .rev()
+        .map(|o| format!("{:02X}", o.parse::<u8>().unwrap_or(0)))
+        .collect()
+}
+
+/// (primary rx pps, server-received datagrams/s) from a UDP run's JSON and pr0's rx delta.
+pub fn udp_rates(v: &Value, primary_rx: u64) -> Result<(f64, f64)> {
+    let sent = &v["end"]["sum_sent"];
+    let recv = &v["end"]["sum_received"];
+    let secs = sent["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .ok_or_else(|| anyhow!("no end.sum_sent.seconds in iperf3 JSON"))?;
+    let packets = recv["packets"].as_f64().unwrap_or(0.0);
+    let lost = recv["lost_packets"].as_f64().unwrap_or(0.0);
+    let rsecs = recv["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .unwrap_or(secs);
+    Ok((primary_rx as f64 / secs, (packets - lost).max(0.0) / rsecs))
+}
+
+pub fn tcp_gbps(v: &Value) -> Result<f64> {
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .ok_or_else(|| anyhow!("no end.sum_received.bits_per_second in iperf3 JSON"))
+}
+
+fn measure(
+    topo: &Topology,
+    seconds: u32,
+    load: Load,
+    agent: Option<&Agent>,
+    mirred: bool,
+    body: &Path,
+) -> Result<Measure> {
+    check_interrupted()?;
+    let before_c = match agent {
+        Some(a) => a.wait_lines(1, Duration::from_secs(10))?,
+        None => None,
+    };
+    let (p0, s0) = (topo.primary.rx(PRIMARY_IF)?, topo.shadow.rx(SHADOW_IF)?);
+    let (rate, app_rate, primary_rx) = match load {
+        Load::Udp => {
+            let v = iperf(topo, seconds, true)?;
+            let p1 = topo.primary.rx(PRIMARY_IF)?;
+            let (r, a) = udp_rates(&v, p1.saturating_sub(p0))?;
+            (r, Some(a), None)
+        }
+        Load::Tcp => (tcp_gbps(&iperf(topo, seconds, false)?)?, None, None),
+        Load::Http => (http(topo, seconds, body)?, None, None),
+    };
+    // Let the last clones land and the agent report counters from after the run.
+    std::thread::sleep(Duration::from_millis(200));
+    let after_c = match agent {
+        Some(a) => a.wait_lines(2, Duration::from_secs(10))?,
+        None => None,
+    };
+    let (p1, s1) = (topo.primary.rx(PRIMARY_IF)?, topo.shadow.rx(SHADOW_IF)?);
+    let primary_rx: u64 = primary_rx.unwrap_or(p1.saturating_sub(p0));
+    let counters = match (&before_c, &after_c) {
+        (Some(b), Some(a)) => counter_deltas(b, a),
+        _ => BTreeMap::new(),
+    };
+    let clones_sent = if mirred {
+        primary_rx
+    } else {
+        counters.get("cloned").copied().unwrap_or(0)
+    };
+    Ok(Measure {
+        rate,
+        app_rate,
+        shadow_rx: s1.saturating_sub(s0),
+        clones_sent,
+        counters,
+    })
+}
+
+// ---- the bench --------------------------------------------------------------------------
+
+fn require_tools() -> Result<()> {
+    for tool in ["ip", "tc", "iperf3", "curl", "python3"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return prereq::missing(format!(
+                "{tool} is not installed; run `cargo xtask setup` (it installs iproute2, iperf3, curl \
+                 and python3)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn host_line() -> String {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{} CPUs, Linux {}", cpus, kernel.trim())
+}
+
+pub fn mirror(args: MirrorArgs) -> Result<()> {
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    require_tools()?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic flag.
+        unsafe {
+            signal_hook::low_level::register(sig, || INTERRUPTED.store(true, Ordering::Relaxed))
+        }
+        .context("installing the signal handler")?;
+    }
+    let root = util::workspace_root();
+    let status = Command::new("cargo")
+        .current_dir(&root)
+        .env("SHADOW_REQUIRE_EBPF", "1")
+        .args(["build", "-p", "shadow-agent"])
+        .status()
+        .context("building shadow-agent")?;
+    if !status.success() {
+        bail!("building shadow-agent failed");
+    }
+    let agent_bin = util::target_dir().join("debug/shadow-agent");
+    sweep_stale();
+
+    let topo = Topology::create().context("creating the bench topology")?;
+    let dir = TempDir(std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id())));
+    fs::create_dir_all(&dir.0).with_context(|| format!("mkdir {}", dir.0.display()))?;
+    let xdp = !args.no_xdp;
+    // The HTTP upload's body: a sparse file (no disk space, zeros read from the page cache).
+    let body = dir.0.join("body");
+    fs::File::create(&body)
+        .and_then(|f| f.set_len(HTTP_BODY))
+        .context("creating the sparse upload body")?;
+    for v in [Variant::Agent, Variant::Shadow, Variant::ShadowMasked] {
+        let path = dir.0.join(format!("{}.toml", v.key()));
+        fs::write(&path, agent_config(&topo.primary_mac, v, xdp))?;
+        let out = Command::new(&agent_bin)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .context("shadow-agent check-config")?;
+        if !out.status.success() {
+            bail!(
+                "generated config {} rejected: {}{}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    let mut samples = Vec::new();
+    let mut classifier = String::new();
+    for round in 0..args.rounds {
+        let n = Variant::ALL.len();
+        for i in 0..n {
+            let variant = Variant::ALL[(i + round as usize) % n];
+            check_interrupted()?;
+            let _mirred = match variant {
+                Variant::Mirred => {
+                    let m = Mirred::add(&topo.primary).context("adding tc mirred")?;
+                    classifier = m.classifier.to_string();
+                    Some(m)
+                }
+                _ => None,
+            };
+            let agent = match variant {
+                Variant::Agent | Variant::Shadow | Variant::ShadowMasked => Some(
+                    Agent::start(
+                        &agent_bin,
+                        &topo.primary,
+                        &dir.0.join(format!("{}.toml", variant.key())),
+                        dir.0.join("agent.stderr"),
+                    )
+                    .with_context(|| format!("starting the agent ({})", variant.label()))?,
+                ),
+                _ => None,
+            };
+            let mirred = variant == Variant::Mirred;
+            let mut m = Vec::new();
+            for load in Load::ALL {
+                m.push(
+                    measure(&topo, args.seconds, load, agent.as_ref(), mirred, &body)
+                        .with_context(|| format!("{} under {}", load.key(), variant.label()))?,
+                );
+            }
+            let (udp, tcp, http) = (m[0].clone(), m[1].clone(), m[2].clone());
+            eprintln!(
+                "round {round} {:<17} UDP {:>7.0} pps (app {:>7.0}) shadow {}/{} | TCP {:>6.2} Gbit/s \
+                 shadow {}/{} | HTTP {:>6.2} Gbit/s shadow {}/{}",
+                variant.label(),
+                udp.rate,
+                udp.app_rate.unwrap_or(0.0),
+                udp.shadow_rx,
+                udp.clones_sent,
+                tcp.rate,
+                tcp.shadow_rx,
+                tcp.clones_sent,
+                http.rate,
+                http.shadow_rx,
+                http.clones_sent,
+            );
+            samples.push(Sample {
+                round,
+                variant,
+                udp,
+                tcp,
+                http,
+            });
+        }
+    }
+
+    let meta = Meta {
+        rounds: args.rounds,
+        seconds: args.seconds,
+        xdp,
+        host: host_line(),
+        mirred_classifier: classifier,
+    };
+    let doc = summarize(&samples, &meta);
+    println!("{doc:#}");
+    println!();
+    println!(
+        "Mirror bench: medians of {} rounds x {} s, {}; UDP {UDP_LEN}-byte datagrams, \
+         kpps = primary rx; deliv = shadow rx / clones sent",
+        args.rounds, args.seconds, meta.host
+    );
+    print!("{}", table(&doc));
+    if let Some(p) = &args.json {
+        fs::write(p, format!("{doc:#}\n")).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(rate: f64, app: Option<f64>, rx: u64, sent: u64) -> Measure {
+        Measure {
+            rate,
+            app_rate: app,
+            shadow_rx: rx,
+            clones_sent: sent,
+            counters: BTreeMap::new(),
+        }
+    }
+
+    fn sample(round: u32, variant: Variant, udp: f64, tcp: f64, rx: u64, sent: u64) -> Sample {
+        Sample {
+            round,
+            variant,
+            udp: m(udp, Some(udp / 2.0), rx, sent),
+            tcp: m(tcp, None, rx / 10, sent / 10),
+            http: m(tcp / 2.0, None, rx / 100, sent / 100),
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+        assert_eq!(ratio(Some(1.0), Some(2.0)), Some(0.5));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(2.0)), None);
+    }
+
+    #[test]
+    fn summary_has_the_issue_keys_and_right_math() {
+        let mut s = Vec::new();
+        for r in 0..3 {
+            let k = f64::from(r);
+            s.push(sample(r, Variant::Baseline, 1000.0 + k, 10.0, 0, 0));
+            s.push(sample(r, Variant::Mirred, 800.0 + k, 8.0, 1000, 1000));
+            s.push(sample(r, Variant::Agent, 990.0 + k, 9.9, 0, 0));
+            s.push(sample(r, Variant::Shadow, 780.0 + k, 7.6, 999, 1000));
+            s.push(sample(r, Variant::ShadowMasked, 760.0 + k, 7.2, 1000, 1000));
+        }
+        let meta = Meta {
+            rounds: 3,
+            seconds: 5,
+            xdp: true,
+            host: "test".into(),
+            mirred_classifier: "matchall".into(),
+        };
+        let d = summarize(&s, &meta);
+        let f = |p: &str| d.pointer(p).and_then(Value::as_f64).unwrap();
+        assert_eq!(f("/udp/baseline_pps"), 1001.0);
+        assert_eq!(f("/udp/mirred_pps"), 801.0);
+        assert_eq!(f("/udp/shadow_pps"), 781.0);
+        assert_eq!(f("/udp/shadow_masked_pps"), 761.0);
+        assert_eq!(f("/udp/shadow_masked_app_pps"), 380.5);
+        assert!((f("/udp/shadow_vs_mirred") - 781.0 / 801.0).abs() < 1e-12);
+        assert!((f("/udp/shadow_masked_vs_mirred") - 761.0 / 801.0).abs() < 1e-12);
+        assert!((f("/udp/vs_baseline/mirred") - 801.0 / 1001.0).abs() < 1e-12);
+        // Pooled over both Shadow variants: (3*999 + 3*1000) / 6000.
+        assert!((f("/udp/clone_delivery") - 5997.0 / 6000.0).abs() < 1e-12);
+        assert_eq!(f("/udp/clone_delivery_by_variant/mirred"), 1.0);
+        assert_eq!(d["udp"]["shadow_received"]["shadow"], 2997);
+        assert_eq!(d["udp"]["clones_sent"]["shadow_masked"], 3000);
+        assert!(d["udp"]["clone_delivery_by_variant"]
+            .get("baseline")
+            .is_none());
+        assert_eq!(f("/tcp/baseline_gbps"), 10.0);
+        assert_eq!(f("/tcp/mirred_gbps"), 8.0);
+        assert_eq!(f("/tcp/shadow_gbps"), 7.6);
+        assert_eq!(f("/tcp/shadow_masked_gbps"), 7.2);
+        assert!((f("/tcp/shadow_masked_vs_mirred") - 0.9).abs() < 1e-12);
+        assert_eq!(f("/http/shadow_masked_gbps"), 3.6);
+        assert!((f("/http/shadow_masked_vs_mirred") - 0.9).abs() < 1e-12);
+        assert!(d["http"]["shadow_masked_app_pps"].is_null());
+        assert_eq!(
+            d["udp"]["per_round"]["mirred"],
+            json!([800.0, 801.0, 802.0])
+        );
+        // 761/801 = 0.950..., 0.9 < 0.95, 0.9995 >= 0.999.
+        assert_eq!(d["targets"]["met"]["udp_shadow_masked_vs_mirred"], true);
+        assert_eq!(d["targets"]["met"]["tcp_shadow_masked_vs_mirred"], false);
+        assert_eq!(d["targets"]["met"]["udp_clone_delivery"], true);
+        let t = table(&d);
+        assert_eq!(t.lines().count(), 6);
+        assert!(t.contains("Shadow + masking"), "{t}");
+    }
+
+    #[test]
+    fn missing_variants_give_nulls_not_nan() {
+        let s = vec![sample(0, Variant::Baseline, 100.0, 1.0, 0, 0)];
+        let meta = Meta {
+            rounds: 1,
+            seconds: 1,
+            xdp: false,
+            host: String::new(),
+            mirred_classifier: String::new(),
+        };
+        let d = summarize(&s, &meta);
+        assert!(d["udp"]["mirred_pps"].is_null());
+        assert!(d["udp"]["shadow_vs_mirred"].is_null());
+        assert!(d["udp"]["clone_delivery"].is_null());
+        assert!(d["targets"]["met"]["udp_clone_delivery"].is_null());
+        // Serialises as valid JSON.
+        serde_json::from_str::<Value>(&d.to_string()).unwrap();
+    }
+
+    #[test]
+    fn parses_iperf_and_net_dev() {
+        let dev = "Inter-|   Receive\n face |bytes    packets errs\n    lo: 0 0 0\n   pr0: 28336908  267333    0    0\n";
+        assert_eq!(parse_rx_packets(dev, "pr0"), Some(267_333));
+        assert_eq!(parse_rx_packets(dev, "sh0"), None);
+        let v = json!({"end": {
+            "sum_sent": {"seconds": 2.0, "packets": 1000},
+            "sum_received": {"seconds": 2.0, "packets": 1000, "lost_packets": 400},
+        }});
+        assert_eq!(udp_rates(&v, 900).unwrap(), (450.0, 300.0));
+        let v = json!({"end": {"sum_received": {"bits_per_second": 2.5e9}}});
+        assert_eq!(tcp_gbps(&v).unwrap(), 2.5);
+        assert!(tcp_gbps(&json!({})).is_err());
+        assert_eq!(listen_hex("10.77.0.2"), "02004D0A");
+        assert_eq!(curl_gbps("1250000000 2.0").unwrap(), 5.0);
+        assert!(curl_gbps("0 0.0").is_err() && curl_gbps("").is_err());
+    }
+
+    #[test]
+    fn agent_configs_and_counter_deltas() {
+        let mac = "02:00:00:00:00:01";
+        let plain = agent_config(mac, Variant::Shadow, true);
+        assert!(
+            plain.contains("shadow_mac = \"02:00:00:00:00:01\""),
+            "{plain}"
+        );
+        assert!(plain.contains("mask_http = false") && plain.contains("mask_ranges = []"));
+        assert!(plain.contains("xdp = true") && plain.contains("listen = \"off\""));
+        let masked = agent_config(mac, Variant::ShadowMasked, false);
+        assert!(masked.contains("mask_http = true") && masked.contains("mask_ranges = [\"0:16\"]"));
+        assert!(masked.contains("xdp = false"));
+        let none = agent_config(mac, Variant::Agent, true);
+        assert!(!none.contains("[mirror]"), "{none}");
+        let deltas = counter_deltas(
+            &json!({"cloned": 10, "masked": 0, "x": "s"}),
+            &json!({"cloned": 25, "masked": 0, "x": "s"}),
+        );
+        assert_eq!(deltas, BTreeMap::from([("cloned".to_string(), 15)]));
+    }
+}
