@@ -513,6 +513,12 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
 
     // Let the shadow finish the last mirrored requests before counting what it served.
     std::thread::sleep(Duration::from_millis(500));
+    // The mirror's totals once the last packets are through: a snapshot taken while traffic
+    // flows can catch a packet between "matched" and its outcome. The shadow's receive
+    // count last, so it covers every clone counted.
+    last.0 = mirror.counters()?;
+    last.1 = mirror.rule_load()?.first().copied().unwrap_or_default();
+    last.2 = shadow_rx();
     let shadow_requests = served(&shadow_log).saturating_sub(first.7);
     let tcp = mirror.tcp_counters()?;
     let cpu_ebpf = (last.3.cpu_ns - first.3.cpu_ns) as f64 / 1e9;

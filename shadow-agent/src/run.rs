@@ -54,21 +54,26 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
     let mirror = match &cfg.mirror {
         None => None,
         Some(m) => {
-            // The configured target, or the first replica of the shadow group.
+            // The configured target, or the replicas of the shadow group (first one here,
+            // all of them right after attaching).
             let (shadow_interface, shadow_mac) =
                 match (&m.target, group.as_ref().and_then(|g| g.replica(0))) {
                     (Some(t), _) => t.clone(),
                     (None, Some(r)) => (r.names().host_if.clone(), r.replica_mac().octets()),
                     (None, None) => unreachable_target()?,
                 };
-            Some(Mirror::attach(MirrorSpec {
+            let mut mirror = Mirror::attach(MirrorSpec {
                 interface: m.interface.clone(),
                 shadow_interface,
                 shadow_mac,
                 rules: m.rules.clone(),
                 xdp: m.xdp,
                 options: m.options.clone(),
-            })?)
+            })?;
+            if let (None, Some(g)) = (&m.target, group.as_ref()) {
+                mirror.set_targets(&g.mirror_targets())?;
+            }
+            Some(mirror)
         }
     };
     let mut profiler = Profiler::start(HookPreference::Auto)?;
@@ -164,6 +169,40 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
     });
     crate::status::withdraw(std::path::Path::new(crate::status::STATUS_FILE));
     result
+}
+
+/// Scale `group` to `n` replicas (clamped to its [min, max]) and keep `mirror`'s targets
+/// equal to the replicas: on the way down the mirror stops cloning to the replicas about to
+/// go before they are removed, on the way up it learns of the new ones once they run. Flows
+/// already mirrored keep their replica; only new flows are spread over the new count (a
+/// removed replica's flows get no more clones). Returns the count reached.
+pub fn scale_group(
+    group: &mut crate::shadow::ShadowGroup,
+    mirror: Option<&mut Mirror>,
+    n: u32,
+) -> Result<u32, AgentError> {
+    let spec = group.spec();
+    let n = n.clamp(spec.replicas_min, spec.replicas_max);
+    let Some(mirror) = mirror else {
+        return Ok(group.scale_to(n)?);
+    };
+    let mut targets = group.mirror_targets();
+    if (n as usize) < targets.len() {
+        targets.truncate(n as usize);
+        mirror.set_targets(&targets)?;
+        tracing::info!(
+            replicas = n,
+            reason = "scale down",
+            "mirror targets follow the group"
+        );
+    }
+    let reached = group.scale_to(n)?;
+    let targets = group.mirror_targets();
+    if targets != mirror.targets() {
+        mirror.set_targets(&targets)?;
+        tracing::info!(replicas = reached, "mirror targets follow the group");
+    }
+    Ok(reached)
 }
 
 /// The config check guarantees a target when there is no shadow group; this is the error

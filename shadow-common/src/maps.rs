@@ -44,6 +44,12 @@ names! {
 
     /// `Array<MirrorConfig>`, one entry.
     MAP_MIRROR_CFG = "MIRROR_CFG";
+    /// `Array<MirrorTarget>`, `MAX_TARGETS` entries; `MirrorConfig::n_targets` are live.
+    MAP_MIRROR_TARGETS = "MIRROR_TARGETS";
+    /// `LruHashMap<FlowKey, FlowTarget>`: the target each mirrored flow was assigned to.
+    MAP_MIRROR_FLOWS = "MIRROR_FLOWS";
+    /// `PerCpuArray<u64>`, `MAX_TARGETS` entries: flows assigned to each target.
+    MAP_TARGET_FLOWS = "TARGET_FLOWS";
     /// `Array<MirrorRule>`, `MAX_RULES` entries; `MirrorConfig::n_rules` are live.
     MAP_MIRROR_RULES = "MIRROR_RULES";
     /// `PerCpuArray<u64>`, indexed by `mirror::ctr::*`.

@@ -48,8 +48,40 @@ pub struct MirrorConfig {
     /// A tracked TCP session without a client segment for this long is forgotten (0: never;
     /// the LRU map bounds the state anyway).
     pub tcp_idle_ns: u64,
+    /// Live entries at the start of `MIRROR_TARGETS` (the shadow group's replicas). 0: the
+    /// clones go to `shadow_ifindex`/`shadow_mac` (one target, no flow table).
+    pub n_targets: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 64);
+
+/// Most targets (shadow replicas) the mirror spreads flows over.
+pub const MAX_TARGETS: u32 = 16;
+
+/// One entry of `MIRROR_TARGETS`: where the clones of the flows assigned to it go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorTarget {
+    /// Interface the clones are redirected to (egress), in the primary interface's netns.
+    pub ifindex: u32,
+    /// Changes whenever the slot gets a different interface: flows assigned under another
+    /// generation are not moved to the new occupant.
+    pub gen: u32,
+    /// Destination MAC written into each clone.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<MirrorTarget>() == 16);
+
+/// Value of `MIRROR_FLOWS`: the target a flow was assigned to on its first clone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTarget {
+    pub index: u32,
+    /// `MirrorTarget::gen` of the slot at assignment.
+    pub gen: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowTarget>() == 8);
 
 /// `MirrorConfig::sample_ppm` meaning "every flow".
 pub const SAMPLE_ALL: u32 = 1_000_000;
@@ -94,7 +126,14 @@ pub struct RuleLoad {
 }
 const _: () = assert!(core::mem::size_of::<RuleLoad>() == 24);
 
-crate::impl_pod!(MirrorConfig, MirrorRule, RuleLoad, TokenBucket);
+crate::impl_pod!(
+    MirrorConfig,
+    MirrorRule,
+    RuleLoad,
+    TokenBucket,
+    MirrorTarget,
+    FlowTarget
+);
 
 /// Indices into `MIRROR_CTRS`. Every packet the TC program sees lands in exactly one of
 /// `NOT_IP`, `NO_MATCH`, `DISABLED` or `MATCHED`; every matched one in `CLONED` or one of the
@@ -146,7 +185,12 @@ pub mod ctr {
     pub const TCP_CLOSED: u32 = 25;
     /// Clones dropped because translating failed (helper error).
     pub const TCP_FAILED: u32 = 26;
-    pub const N: u32 = 27;
+    /// Clones not made because the flow's target (replica) is gone: flows are never moved
+    /// to another replica.
+    pub const TARGET_GONE: u32 = 27;
+    /// Flows assigned to a target (first clone of a UDP flow, SYN of a TCP one).
+    pub const FLOWS_ASSIGNED: u32 = 28;
+    pub const N: u32 = 29;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -176,6 +220,8 @@ pub mod ctr {
         "tcp_translated",
         "tcp_closed",
         "tcp_failed",
+        "target_gone",
+        "flows_assigned",
     ];
 }
 
@@ -413,6 +459,13 @@ pub fn sampled(h: u32, ppm: u32) -> bool {
     ppm >= SAMPLE_ALL || ((h as u64 * SAMPLE_ALL as u64) >> 32) < ppm as u64
 }
 
+/// The target (of `n` >= 1) a new flow with hash `h` is assigned to: remixed so the choice
+/// is independent of [`sampled`]'s (which uses the high bits of `h` itself).
+#[inline(always)]
+pub fn target_index(h: u32, n: u32) -> u32 {
+    ((fmix32(h ^ 0x5bd1_e995) as u64 * n as u64) >> 32) as u32
+}
+
 /// One GCRA token bucket step without atomics: given the bucket's spent-up-to time `tat`,
 /// the current time and the burst tolerance, returns `(base, admit)` where `base` is the
 /// time the cost must be added to (`now` when the bucket had fully refilled) and `admit`
@@ -599,6 +652,39 @@ mod tests {
         other.sport += 1;
         assert_ne!(flow_hash(&syn, 7), flow_hash(&other, 7));
         assert_ne!(flow_hash(&syn, 7), flow_hash(&syn, 8), "the seed matters");
+    }
+
+    #[test]
+    fn targets_are_spread_evenly_and_independently_of_sampling() {
+        let mut f = parse_flow(&ipv4_tcp([198, 18, 0, 2], 80, 0)[..]).unwrap();
+        for n in 1..=MAX_TARGETS {
+            let mut per = [0u32; MAX_TARGETS as usize];
+            let mut sampled_per = [0u32; MAX_TARGETS as usize];
+            for sport in 0..16_000u16 {
+                f.sport = sport;
+                let h = flow_hash(&f, 3);
+                let t = target_index(h, n);
+                assert!(t < n);
+                per[t as usize] += 1;
+                if sampled(h, 250_000) {
+                    sampled_per[t as usize] += 1;
+                }
+            }
+            let even = 16_000 / n;
+            for t in 0..n as usize {
+                assert!(
+                    per[t] > even * 8 / 10 && per[t] < even * 12 / 10,
+                    "n {n}: target {t} got {} of 16000",
+                    per[t]
+                );
+                // A quarter sample still reaches every target about evenly.
+                assert!(
+                    sampled_per[t] > even / 4 * 6 / 10,
+                    "n {n}: target {t} got {} sampled flows",
+                    sampled_per[t]
+                );
+            }
+        }
     }
 
     #[test]

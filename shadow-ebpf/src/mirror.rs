@@ -37,9 +37,10 @@ use shadow_common::mask::{
     MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
 };
 use shadow_common::mirror::{
-    bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, Flow, MirrorConfig,
-    MirrorRule, PacketView, RuleLoad, TokenBucket, FLAG_ENABLED, FLAG_TCP_TRACK,
-    FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES, TCP_FLAG_ACK, TCP_FLAG_SYN,
+    bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
+    FlowTarget, MirrorConfig, MirrorRule, MirrorTarget, PacketView, RuleLoad, TokenBucket,
+    FLAG_ENABLED, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,
+    MAX_TARGETS, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
 use shadow_common::tcp::{
     ends_session, get32, idle, learn_shadow, opt_step, translate_with, OptWalk, TcpFlow,
@@ -52,6 +53,12 @@ use shadow_ebpf::bump;
 static MIRROR_CFG: Array<MirrorConfig> = Array::with_max_entries(1, 0);
 #[map]
 static MIRROR_RULES: Array<MirrorRule> = Array::with_max_entries(MAX_RULES, 0);
+#[map]
+static MIRROR_TARGETS: Array<MirrorTarget> = Array::with_max_entries(MAX_TARGETS, 0);
+#[map]
+static MIRROR_FLOWS: LruHashMap<FlowKey, FlowTarget> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static TARGET_FLOWS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 #[map]
 static MIRROR_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::N, 0);
 #[map]
@@ -155,16 +162,21 @@ fn try_mirror(ctx: &TcContext) -> u32 {
         return ctr::NO_MATCH;
     };
     count(ctr::MATCHED);
-    if !sampled(flow_hash(&flow, cfg.hash_seed), cfg.sample_ppm) {
+    let h = flow_hash(&flow, cfg.hash_seed);
+    if !sampled(h, cfg.sample_ppm) {
         return ctr::SAMPLED_OUT;
     }
+    let (ifindex, mac) = match pick_target(cfg, &flow, h) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
     if !take_tokens(cfg, ctx.len() as u64) {
         return ctr::CAPPED;
     }
     let Ok(orig_dst) = ctx.load::<[u8; 6]>(0) else {
         return ctr::REWRITE_FAILED;
     };
-    if ctx.store(0, &cfg.shadow_mac, 0).is_err() {
+    if ctx.store(0, &mac, 0).is_err() {
         return ctr::REWRITE_FAILED;
     }
     // The clone carries the rule in its mark for the masking program on the shadow
@@ -172,7 +184,7 @@ fn try_mirror(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is the program's `__sk_buff`; reading `mark` is allowed.
     let orig_mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
     ctx.set_mark(CLONE_MARK | rule);
-    let cloned = ctx.clone_redirect(cfg.shadow_ifindex, 0);
+    let cloned = ctx.clone_redirect(ifindex, 0);
     ctx.set_mark(orig_mark);
     if ctx.store(0, &orig_dst, 0).is_err() {
         return ctr::RESTORE_FAILED;
@@ -184,6 +196,53 @@ fn try_mirror(ctx: &TcContext) -> u32 {
         }
         Err(_) => ctr::CLONE_FAILED,
     }
+}
+
+/// The interface and MAC this packet's clone goes to: the target its flow was assigned to
+/// on its first clone (a TCP flow: on its SYN), by hash over the live targets. A flow whose
+/// target is gone (the replica was removed, or its slot now holds another) gets no clone,
+/// `Err(ctr::TARGET_GONE)`: flows never move between replicas; only new flows see a new
+/// replica count.
+#[inline(always)]
+fn pick_target(cfg: &MirrorConfig, flow: &Flow, h: u32) -> Result<(u32, [u8; 6]), u32> {
+    if cfg.n_targets == 0 {
+        return Ok((cfg.shadow_ifindex, cfg.shadow_mac));
+    }
+    let n = if cfg.n_targets < MAX_TARGETS {
+        cfg.n_targets
+    } else {
+        MAX_TARGETS
+    };
+    let key = FlowKey::of(flow);
+    let tcp = flow.proto == IPPROTO_TCP;
+    let syn = tcp && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    // SAFETY: the value is copied out at once; LRU entries may be evicted later.
+    if let Some(ft) = unsafe { MIRROR_FLOWS.get(key) } {
+        let ft = *ft;
+        if ft.index < n {
+            if let Some(t) = MIRROR_TARGETS.get(ft.index) {
+                if t.gen == ft.gen {
+                    return Ok((t.ifindex, t.mac));
+                }
+            }
+        }
+        if !syn {
+            return Err(ctr::TARGET_GONE);
+        }
+        // A new connection on the 5-tuple of one whose replica is gone: assigned afresh.
+    }
+    let index = target_index(h, n);
+    let t = MIRROR_TARGETS.get(index).ok_or(ctr::TARGET_GONE)?;
+    if tcp && !syn && cfg.flags & FLAG_TCP_TRACK != 0 {
+        // Joined mid-stream: the masking program drops it as untracked; not assigned.
+        return Ok((t.ifindex, t.mac));
+    }
+    let ft = FlowTarget { index, gen: t.gen };
+    if MIRROR_FLOWS.insert(key, ft, 0).is_ok() {
+        count(ctr::FLOWS_ASSIGNED);
+        bump!(TARGET_FLOWS, index, 1);
+    }
+    Ok((t.ifindex, t.mac))
 }
 
 /// Charge one clone of `len` bytes to the global token buckets; false when either is empty

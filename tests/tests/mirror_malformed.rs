@@ -652,7 +652,8 @@ fn malformed_frames_reach_the_primary_intact_and_are_all_counted() {
                 + c.capped
                 + c.tcp_not_tracked
                 + c.tcp_waiting
-                + c.tcp_failed,
+                + c.tcp_failed
+                + c.target_gone,
             "{name}: matched is not the sum of the clone outcomes: {c:?}"
         );
         assert_eq!(

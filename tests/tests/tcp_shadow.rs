@@ -134,7 +134,7 @@ impl World {
 /// The primary, the shadow group (stderr logged) and the mirror, all running.
 struct Setup {
     mirror: Mirror,
-    _group: ShadowGroup,
+    group: ShadowGroup,
     _primary: shadow_agent::sys::process::ChildGuard,
     primary_log: PathBuf,
     shadow_log: PathBuf,
@@ -144,6 +144,11 @@ struct Setup {
 }
 
 fn setup(world: &World, v6: bool, tcp: TcpSessions) -> Setup {
+    setup_replicas(world, v6, tcp, 1)
+}
+
+/// As `setup`, with `replicas` replicas (sharing one stderr log), all mirror targets.
+fn setup_replicas(world: &World, v6: bool, tcp: TcpSessions, replicas: u32) -> Setup {
     let (client_ip, service, prefix) = world.addrs(v6);
     let primary_log = world.dir.path().join("primary.log");
     let shadow_log = world.dir.path().join("shadow.log");
@@ -163,8 +168,8 @@ fn setup(world: &World, v6: bool, tcp: TcpSessions) -> Setup {
             stderr: Some(shadow_log.clone()),
             ..CommandSpec::default()
         },
-        replicas_min: 1,
-        replicas_max: 1,
+        replicas_min: replicas,
+        replicas_max: replicas,
         cpu_cores: Some(1.0),
         memory_bytes: Some(512 << 20),
         writable_paths: Vec::new(),
@@ -177,22 +182,25 @@ fn setup(world: &World, v6: bool, tcp: TcpSessions) -> Setup {
     };
     let group = ShadowGroup::start(spec, Some(world.primary.netns().try_clone().expect("ns")))
         .unwrap_or_else(|e| panic!("starting the shadow group: {}", chain(&e)));
+    for r in group.replicas() {
+        // The shadow cannot push back (the client paces itself by the primary's window):
+        // give its receive buffers room for a whole multi-MB body, so a slower shadow never
+        // drops.
+        r.netns()
+            .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", "4096 4194304 33554432"))
+            .expect("enter replica")
+            .expect("tcp_rmem");
+        // The replica answers the client through its veth: a static neighbour (the host end
+        // answers nothing, everything it receives is dropped).
+        link::set_neighbor(
+            &r.names().replica_if,
+            Some(r.netns()),
+            client_ip,
+            r.host_mac(),
+        )
+        .expect("neighbour");
+    }
     let r0 = group.replica(0).expect("r0");
-    // The shadow cannot push back (the client paces itself by the primary's window): give
-    // its receive buffers room for a whole multi-MB body, so a slower shadow never drops.
-    r0.netns()
-        .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", "4096 4194304 33554432"))
-        .expect("enter replica")
-        .expect("tcp_rmem");
-    // The replica answers the client through its veth: a static neighbour (the host end
-    // answers nothing, everything it receives is dropped).
-    link::set_neighbor(
-        &r0.names().replica_if,
-        Some(r0.netns()),
-        client_ip,
-        r0.host_mac(),
-    )
-    .expect("neighbour");
     let spec = MirrorSpec {
         interface: world.front.b().name.clone(),
         shadow_interface: r0.names().host_if.clone(),
@@ -218,24 +226,31 @@ fn setup(world: &World, v6: bool, tcp: TcpSessions) -> Setup {
             .client
             .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
     });
-    wait_for("the shadow", Duration::from_secs(10), || {
-        r0.netns()
-            .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
-            .ok()
-            .flatten()
-    });
+    for r in group.replicas() {
+        wait_for("the shadow", Duration::from_secs(10), || {
+            r.netns()
+                .run_in(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+                .ok()
+                .flatten()
+        });
+    }
     let early = world
         .client
         .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
         .expect("early connection");
-    let mirror = world
+    let mut mirror = world
         .primary
         .run(move || Mirror::attach(spec))
         .unwrap_or_else(|e| panic!("mirror: {}", chain(&e)));
+    if replicas > 1 {
+        mirror
+            .set_targets(&group.mirror_targets())
+            .unwrap_or_else(|e| panic!("mirror targets: {}", chain(&e)));
+    }
     Setup {
         early,
         mirror,
-        _group: group,
+        group,
         _primary: primary,
         primary_log,
         shadow_log,
@@ -415,6 +430,45 @@ fn tcp_sessions_run_in_the_shadow_ipv4() {
 #[test]
 fn tcp_sessions_run_in_the_shadow_ipv6() {
     sessions_run_in_the_shadow(true);
+}
+
+/// Sessions spread over two replicas: each runs whole in the replica its SYN was sent to
+/// (the per-target `shadow_learn` on each replica's veth learns its ISN), both get a share.
+#[test]
+fn tcp_sessions_are_spread_over_replicas() {
+    let world = World::new();
+    let s = setup_replicas(&world, false, TcpSessions::Translate, 2);
+    let url = world.url(s.service, "/index.html");
+    for _ in 0..20 {
+        curl(&world, &[url.clone(), url.clone()]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && requests(&s.shadow_log) < 40 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tcp = s.mirror.tcp_counters().expect("tcp counters");
+    let per = s.mirror.flows_per_target().expect("flows per target");
+    eprintln!(
+        "2 replicas: per target {per:?}, shadow requests {}, {tcp:?}",
+        requests(&s.shadow_log)
+    );
+    assert_eq!(requests(&s.primary_log), 40);
+    assert_eq!(requests(&s.shadow_log), 40, "{tcp:?}");
+    assert_eq!(tcp.sessions, 20, "{tcp:?}");
+    assert_eq!(tcp.established, 20, "{tcp:?}");
+    assert_eq!(tcp.shadow_resets, 0, "{tcp:?}");
+    assert_eq!(per.iter().sum::<u64>(), 20);
+    for (i, n) in per.iter().enumerate() {
+        assert!(*n >= 4, "replica {i} got {n} of 20 sessions: {per:?}");
+    }
+    for r in s.group.replicas() {
+        let d = r.discard().counters().expect("discard");
+        assert!(
+            d.tx_dropped_packets > 0,
+            "replica {} served nothing",
+            r.index()
+        );
+    }
 }
 
 /// The failing twin: tracked but not translated, the shadow resets every session and

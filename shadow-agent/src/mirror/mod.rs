@@ -10,7 +10,7 @@ pub mod rule;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        tc::{self, NlOptions, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
@@ -19,8 +19,8 @@ use aya::{
 use shadow_common::{
     maps::{
         MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG, MAP_MIRROR_CTRS,
-        MAP_MIRROR_RULES, MAP_RULE_LOAD, MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN,
-        PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
+        MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_RULE_LOAD, MAP_TARGET_FLOWS, MAP_TCP_FLOWS,
+        PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
     },
     mask::FlowKey,
     mask::{
@@ -28,15 +28,18 @@ use shadow_common::{
         MASK_HTTP, MASK_RANGES, MAX_RANGES,
     },
     mirror::{
-        ctr, MirrorConfig, MirrorRule, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE,
-        MAX_RULES, SAMPLE_ALL,
+        ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
+        FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, SAMPLE_ALL,
     },
     tcp::TcpFlow,
 };
 
 pub use rule::{Cidr, Ports, Proto, Rule, RuleError};
 
-use crate::ebpf::{self, format_program_error, LoadError};
+use crate::{
+    ebpf::{self, format_program_error, LoadError},
+    sys::netns::NetNs,
+};
 
 /// What to mirror, from where, to where.
 #[derive(Clone, Debug)]
@@ -256,6 +259,12 @@ pub enum MirrorError {
     MaskSpec(shadow_common::mask::SpecError),
     #[error("sample rate {rate} is outside 0.0..=1.0")]
     SampleRate { rate: f64 },
+    #[error("{n} mirror targets given; between 1 and {max}")]
+    Targets { n: usize, max: u32 },
+    #[error("mirror target {interface:?} listed twice")]
+    DuplicateTarget { interface: String },
+    #[error("entering the mirror's network namespace")]
+    Netns(#[source] crate::sys::netns::NetnsError),
     #[error("writing map {map}")]
     Map {
         map: &'static str,
@@ -294,6 +303,8 @@ pub struct Counters {
     pub tcp_translated: u64,
     pub tcp_closed: u64,
     pub tcp_failed: u64,
+    pub target_gone: u64,
+    pub flows_assigned: u64,
 }
 
 /// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
@@ -355,17 +366,37 @@ impl Counters {
             tcp_translated: v[ctr::TCP_TRANSLATED as usize],
             tcp_closed: v[ctr::TCP_CLOSED as usize],
             tcp_failed: v[ctr::TCP_FAILED as usize],
+            target_gone: v[ctr::TARGET_GONE as usize],
+            flows_assigned: v[ctr::FLOWS_ASSIGNED as usize],
         }
     }
 }
 
-/// A running mirror. Dropping it detaches both programs.
+/// One interface clones are sent to (a shadow replica's host veth end), with the
+/// per-target programs attached to it.
+struct Target {
+    name: String,
+    ifindex: u32,
+    mac: [u8; 6],
+    /// `MirrorTarget::gen` of the slot it occupies.
+    gen: u32,
+    mask_link: Option<SchedClassifierLinkId>,
+    learn_link: Option<SchedClassifierLinkId>,
+}
+
+/// A running mirror. Dropping it detaches every program.
 pub struct Mirror {
     ebpf: Ebpf,
     spec: MirrorSpec,
     cfg: MirrorConfig,
     tc_mode: TcMode,
     xdp_mode: Option<XdpMode>,
+    /// The network namespace it was attached in (where its interfaces are).
+    netns: NetNs,
+    tcx: bool,
+    /// The live targets, in `MIRROR_TARGETS` order.
+    targets: Vec<Target>,
+    next_gen: u32,
 }
 
 fn ifindex(name: &str, role: &'static str) -> Result<u32, MirrorError> {
@@ -388,6 +419,7 @@ impl Mirror {
         }
         ifindex(&spec.interface, "mirror.interface")?;
         let shadow_ifindex = ifindex(&spec.shadow_interface, "mirror.shadow_interface")?;
+        let netns = NetNs::current().map_err(MirrorError::Netns)?;
         let mut bpf = ebpf::MIRROR.open()?;
 
         // Policy first, so the programs never run with a half-written rule set.
@@ -416,10 +448,21 @@ impl Mirror {
             } else {
                 random_seed()
             },
+            n_targets: 1,
             ..MirrorConfig::default()
         };
         spec.options.apply(&mut c);
         write_mask(&mut bpf, &spec)?;
+        write_target(
+            &mut bpf,
+            0,
+            MirrorTarget {
+                ifindex: shadow_ifindex,
+                gen: 1,
+                mac: spec.shadow_mac,
+                _pad: [0; 2],
+            },
+        )?;
         write_cfg(&mut bpf, c)?;
 
         let attach_err = |program, detail: String| MirrorError::Attach {
@@ -445,26 +488,30 @@ impl Mirror {
             None
         };
 
-        // The masking program on the shadow interface's egress first, so no clone leaves
-        // unmasked once the ingress program starts cloning.
+        // The per-target programs on the shadow interface first (masking on its egress, so
+        // no clone leaves unmasked once the ingress program starts cloning).
+        let tcp = spec.options.tcp != TcpSessions::Off;
         let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_MASK)?;
         prog.load()
             .map_err(|e| attach_err(PROG_MIRROR_MASK, format_program_error(&e)))?;
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        if !tcx {
-            if let Err(e) = tc::qdisc_add_clsact(&spec.shadow_interface) {
-                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
-            }
+        if tcp {
+            let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_LEARN)?;
+            prog.load()
+                .map_err(|e| attach_err(PROG_MIRROR_LEARN, format_program_error(&e)))?;
         }
-        prog.attach(&spec.shadow_interface, TcAttachType::Egress)
-            .map_err(|e| MirrorError::Attach {
-                program: PROG_MIRROR_MASK,
-                interface: spec.shadow_interface.clone(),
-                detail: format_program_error(&e),
-            })?;
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let (mask_link, learn_link) = attach_target(&mut bpf, &spec.shadow_interface, tcx, tcp)?;
+        let first = Target {
+            name: spec.shadow_interface.clone(),
+            ifindex: shadow_ifindex,
+            mac: spec.shadow_mac,
+            gen: 1,
+            mask_link: Some(mask_link),
+            learn_link,
+        };
 
-        if spec.options.tcp != TcpSessions::Off {
-            attach_tcp(&mut bpf, &spec, tcx)?;
+        if tcp {
+            attach_isn(&mut bpf, &spec, tcx)?;
         }
 
         let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_TC)?;
@@ -497,7 +544,199 @@ impl Mirror {
             cfg: c,
             tc_mode,
             xdp_mode,
+            netns,
+            tcx,
+            targets: vec![first],
+            next_gen: 2,
         })
+    }
+
+    /// Spread the mirrored flows over `targets` (interface, MAC of its far end), in the
+    /// mirror's network namespace, without reattaching the mirror. Each flow keeps the
+    /// target it was assigned on its first clone (TCP: its SYN) for as long as that target
+    /// stays in the same slot; a flow whose target was removed gets no more clones
+    /// (`target_gone`). New flows are assigned by flow hash over the new count. The
+    /// per-target programs (masking, TCP learning) are attached to new targets before any
+    /// clone can reach them and detached from removed ones.
+    pub fn set_targets(&mut self, targets: &[(String, [u8; 6])]) -> Result<(), MirrorError> {
+        if targets.is_empty() || targets.len() > MAX_TARGETS as usize {
+            return Err(MirrorError::Targets {
+                n: targets.len(),
+                max: MAX_TARGETS,
+            });
+        }
+        for (i, (name, _)) in targets.iter().enumerate() {
+            if targets[..i].iter().any(|(n, _)| n == name) {
+                return Err(MirrorError::DuplicateTarget {
+                    interface: name.clone(),
+                });
+            }
+        }
+        let netns = self.netns.try_clone().map_err(MirrorError::Netns)?;
+        netns
+            .run_in(|| self.set_targets_here(targets))
+            .map_err(MirrorError::Netns)?
+    }
+
+    fn set_targets_here(&mut self, targets: &[(String, [u8; 6])]) -> Result<(), MirrorError> {
+        // Resolve every name before changing anything.
+        let idx = targets
+            .iter()
+            .map(|(name, _)| ifindex(name, "mirror target"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tcp = self.spec.options.tcp != TcpSessions::Off;
+        let known = |t: &Target, name: &str, ifx: u32| t.ifindex == ifx && t.name == name;
+        // Phase 1: attach the per-target programs to new interfaces; on failure detach what
+        // this call attached and leave the mirror as it was.
+        let mut attached: Vec<Target> = Vec::new();
+        for ((name, mac), &ifx) in targets.iter().zip(&idx) {
+            if self.targets.iter().any(|t| known(t, name, ifx))
+                || attached.iter().any(|t| known(t, name, ifx))
+            {
+                continue;
+            }
+            match attach_target(&mut self.ebpf, name, self.tcx, tcp) {
+                Ok((m, l)) => attached.push(Target {
+                    name: name.clone(),
+                    ifindex: ifx,
+                    mac: *mac,
+                    gen: 0,
+                    mask_link: Some(m),
+                    learn_link: l,
+                }),
+                Err(e) => {
+                    for mut t in attached {
+                        self.detach_target(&mut t);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // Phase 2: the new slot list; a slot keeps its generation (and so its flows) when it
+        // holds the same interface and MAC as before.
+        let mut old: Vec<Target> = std::mem::take(&mut self.targets);
+        let mut new = Vec::with_capacity(targets.len());
+        for (slot, ((name, mac), &ifx)) in targets.iter().zip(&idx).enumerate() {
+            let same_slot = self
+                .cfg_target(slot as u32)
+                .is_some_and(|t| t.ifindex == ifx && t.mac == *mac);
+            let mut t = if let Some(i) = old.iter().position(|t| known(t, name, ifx)) {
+                old.swap_remove(i)
+            } else {
+                // Attached in phase 1 (names are unique).
+                let i = attached
+                    .iter()
+                    .position(|t| known(t, name, ifx))
+                    .unwrap_or_default();
+                attached.swap_remove(i)
+            };
+            let prev_gen = self.cfg_target(slot as u32).map(|t| t.gen);
+            t.gen = match (same_slot, prev_gen) {
+                (true, Some(g)) => g,
+                _ => {
+                    let g = self.next_gen;
+                    self.next_gen = self.next_gen.wrapping_add(1).max(1);
+                    g
+                }
+            };
+            t.mac = *mac;
+            new.push(t);
+        }
+        let mut c = self.cfg;
+        c.n_targets = new.len() as u32;
+        c.shadow_ifindex = new[0].ifindex;
+        c.shadow_mac = new[0].mac;
+        let shrink = c.n_targets < self.cfg.n_targets;
+        if shrink {
+            // Fewer slots first: no clone goes to a slot about to change.
+            write_cfg(&mut self.ebpf, c)?;
+            self.cfg.n_targets = c.n_targets;
+        }
+        for (slot, t) in new.iter().enumerate() {
+            write_target(
+                &mut self.ebpf,
+                slot as u32,
+                MirrorTarget {
+                    ifindex: t.ifindex,
+                    gen: t.gen,
+                    mac: t.mac,
+                    _pad: [0; 2],
+                },
+            )?;
+        }
+        write_cfg(&mut self.ebpf, c)?;
+        self.cfg = c;
+        self.spec.shadow_interface = new[0].name.clone();
+        self.spec.shadow_mac = new[0].mac;
+        // Interfaces no longer targets: detach (they may be gone already with their links).
+        for mut t in old {
+            self.detach_target(&mut t);
+        }
+        tracing::info!(
+            targets = ?new.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            "mirror targets set"
+        );
+        self.targets = new;
+        Ok(())
+    }
+
+    /// Detach the per-target programs of `t` (errors ignored: its interface may be gone).
+    fn detach_target(&mut self, t: &mut Target) {
+        for (program, link) in [
+            (PROG_MIRROR_MASK, t.mask_link.take()),
+            (PROG_MIRROR_LEARN, t.learn_link.take()),
+        ] {
+            let Some(link) = link else { continue };
+            if let Ok(prog) = program_mut::<SchedClassifier>(&mut self.ebpf, program) {
+                if let Err(e) = prog.detach(link) {
+                    tracing::debug!(interface = %t.name, program, error = %e, "detach");
+                }
+            }
+        }
+    }
+
+    fn cfg_target(&mut self, slot: u32) -> Option<MirrorTarget> {
+        if slot >= self.cfg.n_targets {
+            return None;
+        }
+        let map: Array<&mut MapData, MirrorTarget> =
+            map_mut(&mut self.ebpf, MAP_MIRROR_TARGETS).ok()?;
+        map.get(&slot, 0).ok()
+    }
+
+    /// The live targets (interface, MAC), in slot order.
+    pub fn targets(&self) -> Vec<(String, [u8; 6])> {
+        self.targets
+            .iter()
+            .map(|t| (t.name.clone(), t.mac))
+            .collect()
+    }
+
+    /// Flows assigned to each live target so far (summed over CPUs), in slot order. A slot
+    /// reused by another interface keeps counting.
+    pub fn flows_per_target(&self) -> Result<Vec<u64>, MirrorError> {
+        let map = self
+            .ebpf
+            .map(MAP_TARGET_FLOWS)
+            .ok_or(LoadError::MissingMap {
+                object: ebpf::MIRROR.name,
+                map: MAP_TARGET_FLOWS,
+            })?;
+        let c: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| MirrorError::Map {
+                map: MAP_TARGET_FLOWS,
+                source,
+            })?;
+        (0..self.targets.len() as u32)
+            .map(|i| {
+                c.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|source| MirrorError::Map {
+                        map: MAP_TARGET_FLOWS,
+                        source,
+                    })
+            })
+            .collect()
     }
 
     /// Change the fraction of flows mirrored, effective from the next packet (no reattach).
@@ -697,16 +936,32 @@ impl Mirror {
     }
 }
 
-/// The TCP session programs: `shadow_learn` first in the shadow interface's ingress chain
-/// (before the replica's `shadow_discard`, which then drops what it saw), `shadow_isn` on
-/// the primary interface's egress.
-fn attach_tcp(bpf: &mut Ebpf, spec: &MirrorSpec, tcx: bool) -> Result<(), MirrorError> {
-    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_LEARN)?;
-    prog.load().map_err(|e| MirrorError::Attach {
-        program: PROG_MIRROR_LEARN,
-        interface: spec.shadow_interface.clone(),
+/// The per-target programs on one target interface: `shadow_mask` on its egress and, with
+/// TCP sessions, `shadow_learn` first in its ingress chain (before the replica's
+/// `shadow_discard`, which then drops what it saw). The programs must be loaded.
+fn attach_target(
+    bpf: &mut Ebpf,
+    interface: &str,
+    tcx: bool,
+    tcp: bool,
+) -> Result<(SchedClassifierLinkId, Option<SchedClassifierLinkId>), MirrorError> {
+    let err = |program, e: aya::programs::ProgramError| MirrorError::Attach {
+        program,
+        interface: interface.to_string(),
         detail: format_program_error(&e),
-    })?;
+    };
+    if !tcx {
+        if let Err(e) = tc::qdisc_add_clsact(interface) {
+            tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+        }
+    }
+    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_MASK)?;
+    let mask = prog
+        .attach(interface, TcAttachType::Egress)
+        .map_err(|e| err(PROG_MIRROR_MASK, e))?;
+    if !tcp {
+        return Ok((mask, None));
+    }
     let first = if tcx {
         TcAttachOptions::TcxOrder(LinkOrder::first())
     } else {
@@ -716,12 +971,21 @@ fn attach_tcp(bpf: &mut Ebpf, spec: &MirrorSpec, tcx: bool) -> Result<(), Mirror
             ..NlOptions::default()
         })
     };
-    prog.attach_with_options(&spec.shadow_interface, TcAttachType::Ingress, first)
-        .map_err(|e| MirrorError::Attach {
-            program: PROG_MIRROR_LEARN,
-            interface: spec.shadow_interface.clone(),
-            detail: format_program_error(&e),
-        })?;
+    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_LEARN)?;
+    match prog.attach_with_options(interface, TcAttachType::Ingress, first) {
+        Ok(learn) => Ok((mask, Some(learn))),
+        Err(e) => {
+            let e = err(PROG_MIRROR_LEARN, e);
+            if let Ok(prog) = program_mut::<SchedClassifier>(bpf, PROG_MIRROR_MASK) {
+                let _ = prog.detach(mask);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `shadow_isn` on the primary interface's egress (TCP sessions).
+fn attach_isn(bpf: &mut Ebpf, spec: &MirrorSpec, tcx: bool) -> Result<(), MirrorError> {
     if !tcx {
         if let Err(e) = tc::qdisc_add_clsact(&spec.interface) {
             tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
@@ -737,6 +1001,14 @@ fn attach_tcp(bpf: &mut Ebpf, spec: &MirrorSpec, tcx: bool) -> Result<(), Mirror
     prog.attach(&spec.interface, TcAttachType::Egress)
         .map_err(err)?;
     Ok(())
+}
+
+fn write_target(bpf: &mut Ebpf, slot: u32, t: MirrorTarget) -> Result<(), MirrorError> {
+    let mut map: Array<&mut MapData, MirrorTarget> = map_mut(bpf, MAP_MIRROR_TARGETS)?;
+    map.set(slot, t, 0).map_err(|source| MirrorError::Map {
+        map: MAP_MIRROR_TARGETS,
+        source,
+    })
 }
 
 fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {

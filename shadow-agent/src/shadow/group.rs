@@ -352,6 +352,14 @@ impl ShadowGroup {
         self.slots.iter().map(|s| &s.replica)
     }
 
+    /// Where a mirror sends the clones for this group: each replica's host veth end and the
+    /// MAC of its replica end, by index.
+    pub fn mirror_targets(&self) -> Vec<(String, [u8; 6])> {
+        self.replicas()
+            .map(|r| (r.names().host_if.clone(), r.replica_mac().octets()))
+            .collect()
+    }
+
     pub fn replica(&self, index: u32) -> Option<&Replica> {
         self.slots.get(index as usize).map(|s| &s.replica)
     }
