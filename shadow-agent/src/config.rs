@@ -47,7 +47,7 @@ struct RawMirror {
     shadow_mac: Option<String>,
     #[serde(default = "default_tcp_sessions")]
     tcp_sessions: String,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     xdp: bool,
     #[serde(default)]
     rules: Vec<RawRule>,
@@ -153,10 +153,6 @@ fn default_metrics_listen() -> String {
 
 fn default_tcp_sessions() -> String {
     "translate".into()
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_interval_ms() -> u64 {
@@ -533,7 +529,7 @@ interval_ms = 500
         let m = c.mirror.unwrap();
         assert_eq!(m.rules.len(), 2);
         assert_eq!(m.target.unwrap().1, [2, 0, 0, 0, 0, 1]);
-        assert!(m.xdp);
+        assert!(!m.xdp, "XDP is off unless asked for");
         assert_eq!(c.profile.interval_ms, 500);
     }
 

@@ -1034,7 +1034,11 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     Ok(true)
 }
 
-#[xdp]
+// Multi-buffer aware (`xdp.frags`), so it accepts frames larger than a page (the parser reads
+// through bpf_xdp_load_bytes, which handles fragments). Note: on veth, attaching any XDP
+// program turns off GSO on the peer, which `cargo xtask bench mirror` measured as a large
+// TCP throughput loss; the agent therefore leaves XDP off unless configured.
+#[xdp(frags)]
 pub fn shadow_load(ctx: XdpContext) -> u32 {
     try_load(&ctx);
     xdp_action::XDP_PASS
