@@ -74,14 +74,25 @@ memory_mb = 64
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut metrics = None;
+    let mut metrics_seen = None;
     while Instant::now() < deadline {
         if let Some(body) = http_get(port, "/metrics") {
-            if body.contains("shadow_replicas 1")
-                && body.contains("shadow_cgroup_cpu_seconds_total")
-            {
+            // The first intervals may not have charged the burner's CPU yet: wait for a
+            // scrape that shows more than 0.1 s of it.
+            let cpu = body
+                .lines()
+                .find(|l| {
+                    l.starts_with("shadow_cgroup_cpu_seconds_total")
+                        && l.contains(&format!("shdt{tag}-app"))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if body.contains("shadow_replicas 1") && cpu > 0.1 {
                 metrics = Some(body);
                 break;
             }
+            metrics_seen = Some(body);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -100,7 +111,9 @@ memory_mb = 64
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "agent failed: {stderr}");
 
-    let metrics = metrics.unwrap_or_else(|| panic!("no complete scrape; agent stderr: {stderr}"));
+    let metrics = metrics.unwrap_or_else(|| {
+        panic!("no complete scrape; last one: {metrics_seen:?}; agent stderr: {stderr}")
+    });
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     let cpu_line = metrics
         .lines()
