@@ -171,15 +171,6 @@ pub fn format_program_error(e: &ProgramError) -> String {
             io_error,
             verifier_log,
         } => format!("{io_error}\nverifier log:\n{verifier_log}"),
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(e) = src {
-                s.push_str(": ");
-                s.push_str(&e.to_string());
-                src = e.source();
-            }
-            s
-        }
+        other => crate::error::chain(other),
     }
 }

@@ -36,6 +36,18 @@ pub enum AgentError {
     },
 }
 
+/// `error: cause: cause ...` on one line: how every command reports an error.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    s
+}
+
 impl From<crate::shadow::GroupError> for AgentError {
     fn from(e: crate::shadow::GroupError) -> Self {
         AgentError::Shadow(Box::new(e))

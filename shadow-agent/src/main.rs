@@ -6,6 +6,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use shadow_agent::error::chain as error_chain;
 use shadow_agent::{config::Config, demo, ebpf, run};
 use tracing_subscriber::EnvFilter;
 
@@ -95,17 +96,6 @@ fn init_logs(level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 fn main() -> ExitCode {

@@ -446,17 +446,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-/// `error: cause: cause ...` on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        cur = cause.source();
-    }
-    s
-}
+/// `error: cause: cause ...` on one line (the agent's own rendering).
+pub use shadow_agent::error::chain;
 
 // ---- leftovers -----------------------------------------------------------------------------
 

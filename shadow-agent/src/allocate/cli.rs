@@ -3,6 +3,7 @@
 //! slack, shortage and changes per policy. Exit codes: 0 success, 2 bad input or usage, 1 a
 //! failure writing the report.
 
+use crate::error::chain;
 use std::{io::Write, path::PathBuf};
 
 use serde::Serialize;
@@ -120,17 +121,6 @@ fn usage(arg: &'static str, reason: impl Into<String>) -> SimulateError {
         arg,
         reason: reason.into(),
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Runs the command; returns the exit code (errors are printed on stderr).

@@ -1,6 +1,7 @@
 //! The `shadow-agent backtest` command: arguments, output and exit codes (0 success, 2 bad
 //! input or usage, 1 runtime failure).
 
+use crate::error::chain;
 use std::{io::Write, path::PathBuf};
 
 use super::{
@@ -83,17 +84,6 @@ impl BacktestCliError {
             BacktestCliError::Output { .. } => 1,
         }
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Runs the command; returns the exit code (errors are printed on stderr).
