@@ -144,12 +144,19 @@ fn start_agent(agent: &Path, group: &Path) -> Result<Agent> {
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("agent stdout"))?;
     let agent = Agent(child);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("reading the agent")?;
+    let mut reader = BufReader::new(stdout);
+    reader.read_line(&mut line).context("reading the agent")?;
     if !line.contains("\"hooks\"") {
         bail!("the agent did not start: {line:?}");
     }
+    // Keep reading: the agent stops when its output pipe closes, which would detach the
+    // programs being measured.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
     Ok(agent)
 }
 
