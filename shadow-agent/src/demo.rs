@@ -236,15 +236,6 @@ fn last_request(path: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
-/// Packets received by `dev` in the calling thread's network namespace.
-fn rx_packets(dev: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
-    text.lines().find_map(|l| {
-        let (name, rest) = l.split_once(':')?;
-        (name.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
-    })
-}
-
 /// cgroup2 `cpu.stat` usage in microseconds.
 fn cgroup_usage_usec(cg: &Cgroup) -> Option<u64> {
     let text = std::fs::read_to_string(cg.unified_path().join("cpu.stat")).ok()?;
@@ -347,11 +338,8 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
     }
 
     // Counters before the client starts, so every request it makes is inside the totals.
-    let replica_if = replica.names().replica_if.clone();
     let shadow_rx = || {
-        replica
-            .netns()
-            .run_in(|| rx_packets(&replica_if))
+        link::rx_packets(&replica.names().replica_if, Some(replica.netns()))
             .ok()
             .flatten()
             .unwrap_or(0)

@@ -1,6 +1,6 @@
 //! The `[shadow]` section of the agent's config, validated into a [`GroupSpec`].
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -185,9 +185,4 @@ impl RawShadow {
             },
         })
     }
-}
-
-/// The first address as the service address, for messages.
-pub fn first_address(spec: &GroupSpec) -> Option<IpAddr> {
-    spec.addresses.first().map(|a| a.0)
 }

@@ -601,6 +601,25 @@ pub fn add_default_route_onlink(name: &str, netns: Option<&NetNs>, gateway: IpAd
     })
 }
 
+/// Packets received by interface `name`, from `/proc/net/dev` as seen from `netns` (or the
+/// caller's namespace). `None` when the interface is not listed.
+pub fn rx_packets(name: &str, netns: Option<&NetNs>) -> Result<Option<u64>> {
+    let ctx = Ctx {
+        op: "read rx packets",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    let dev = name.to_owned();
+    ctx.run(move || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| ctx.io(e))?;
+        Ok(text.lines().find_map(|l| {
+            let (n, rest) = l.split_once(':')?;
+            (n.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
+        }))
+    })
+}
+
 /// `ip link del NAME` (for a veth end this removes the pair).
 pub fn delete(name: &str, netns: Option<&NetNs>) -> Result<()> {
     validate_ifname(name)?;

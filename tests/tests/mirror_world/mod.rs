@@ -86,16 +86,9 @@ impl World {
 
     /// Packets received by the shadow's end.
     pub fn shadow_rx(&self) -> u64 {
-        let dev = self.back.b().name.clone();
-        self.shadow.run(move || {
-            let text = std::fs::read_to_string("/proc/thread-self/net/dev").expect("net/dev");
-            text.lines()
-                .find_map(|l| {
-                    let (name, rest) = l.split_once(':')?;
-                    (name.trim() == dev).then(|| rest.split_whitespace().nth(1)?.parse().ok())?
-                })
-                .expect("shadow device in /proc/net/dev")
-        })
+        link::rx_packets(&self.back.b().name, Some(self.shadow.netns()))
+            .unwrap_or_else(|e| panic!("reading the shadow's rx counter: {}", chain(&e)))
+            .expect("shadow device in /proc/net/dev")
     }
 }
 
