@@ -9,6 +9,7 @@ pub mod forecast;
 pub mod metrics;
 pub mod mirror;
 pub mod profile;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod shadow;

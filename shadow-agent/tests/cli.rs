@@ -154,3 +154,107 @@ fn the_daemonset_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The public trace the progress tests replay (beside the repository, as tests/simulate.rs).
+fn planetlab() -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/traces/planetlab/usage.csv");
+    assert!(
+        p.is_file(),
+        "trace {} is missing: clone the shared data beside the repository (../shared/data)",
+        p.display()
+    );
+    p.to_str().expect("utf-8 path").to_owned()
+}
+
+/// Runs the agent with `args` on a pseudo-terminal (util-linux `script`), as a person at a
+/// terminal would; returns everything the terminal showed (stdout and stderr together).
+fn agent_on_a_tty(args: &[&str]) -> (bool, String) {
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_shadow-agent"))
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .output()
+        .expect("run `script` (util-linux) to give the agent a terminal");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Long `simulate` and `backtest` runs show a progress bar on a terminal, and none (no
+/// control codes at all) under `--json` or when stderr is not a terminal.
+#[test]
+fn progress_bars_only_for_a_person_at_a_terminal() {
+    let data = planetlab();
+    let runs: [(&str, Vec<&str>); 2] = [
+        (
+            "series simulated",
+            vec![
+                "simulate",
+                "--data",
+                &data,
+                "--metric",
+                "cpu_pct",
+                "--max-series",
+                "3",
+                "--threads",
+                "1",
+            ],
+        ),
+        (
+            "series backtested",
+            vec![
+                "backtest",
+                "--data",
+                &data,
+                "--metric",
+                "cpu_pct",
+                "--models",
+                "last_value,seasonal_naive",
+                "--window",
+                "100",
+                "--horizon",
+                "4",
+                "--max-series",
+                "3",
+                "--threads",
+                "1",
+            ],
+        ),
+    ];
+    for (label, args) in runs {
+        // A pipe (not a terminal): no bar, with or without --json.
+        for json in [false, true] {
+            let mut a = args.clone();
+            if json {
+                a.push("--json");
+            }
+            let out = agent(&a);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{a:?}: {err}");
+            assert!(
+                !err.contains('\u{1b}') && !err.contains('\r') && !err.contains(label),
+                "{a:?} drew a bar into a pipe: {err:?}"
+            );
+        }
+        // A terminal: the bar is drawn (and cleared) ...
+        let (ok, shown) = agent_on_a_tty(&args);
+        assert!(ok, "{args:?}: {shown}");
+        assert!(
+            shown.contains(label) && shown.contains('\u{1b}'),
+            "{args:?} drew no bar on a terminal: {shown:?}"
+        );
+        // ... but not under --json, even on a terminal.
+        let mut a = args.clone();
+        a.push("--json");
+        let (ok, shown) = agent_on_a_tty(&a);
+        assert!(ok, "{a:?}: {shown}");
+        assert!(
+            !shown.contains(label) && !shown.contains('\u{1b}'),
+            "{a:?} drew a bar under --json: {shown:?}"
+        );
+    }
+}

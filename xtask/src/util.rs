@@ -128,10 +128,40 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Whether a progress spinner is drawn: only when stderr is a terminal (a person waits); CI
+/// logs and pipes get the plain "installing ..." lines alone.
+pub fn spinner_visible(stderr_is_terminal: bool, ci: bool) -> bool {
+    stderr_is_terminal && !ci
+}
+
+/// A spinner on stderr with `msg` and the elapsed time while a long step runs (an install,
+/// a build); hidden unless [`spinner_visible`]. Call `finish_and_clear` when the step ends.
+pub fn spinner(msg: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !spinner_visible(std::io::stderr().is_terminal(), is_ci()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_owned());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn spinners_only_for_a_person_at_a_terminal() {
+        assert!(super::spinner_visible(true, false));
+        assert!(!super::spinner_visible(false, false));
+        assert!(!super::spinner_visible(true, true));
+    }
 
     #[test]
     fn durations() {

@@ -216,7 +216,14 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let report = sim::simulate_par(&todo, threads, || Box::new(sim::adaptive_forecast(pred)));
+    let bar = crate::progress::bar(todo.len() as u64, "series simulated", args.json);
+    let report = sim::simulate_par_with_progress(
+        &todo,
+        threads,
+        || Box::new(sim::adaptive_forecast(pred)),
+        &|done| bar.set_position(done as u64),
+    );
+    bar.finish_and_clear();
     Ok(SimulateOutput {
         metric: args.metric.clone(),
         resource,

@@ -565,9 +565,23 @@ pub fn simulate_par<F>(
 where
     F: Fn() -> Box<ForecastFn<'static>> + Sync,
 {
+    simulate_par_with_progress(series, threads, make_forecast, &|_| {})
+}
+
+/// [`simulate_par`], calling `progress(done)` as each series is simulated.
+pub fn simulate_par_with_progress<F>(
+    series: &[(SimConfig, &[f64])],
+    threads: usize,
+    make_forecast: F,
+    progress: &(dyn Fn(usize) + Sync),
+) -> SimReport
+where
+    F: Fn() -> Box<ForecastFn<'static>> + Sync,
+{
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
     let total: Mutex<[Score; 4]> = Mutex::new(Default::default());
     std::thread::scope(|scope| {
         for _ in 0..threads.clamp(1, series.len().max(1)) {
@@ -581,6 +595,7 @@ where
                         t.merge(s);
                     }
                 }
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1);
             });
         }
     });

@@ -375,6 +375,16 @@ pub fn run(
     models: &[ModelKind],
     cfg: &BacktestConfig,
 ) -> Result<Report, BacktestError> {
+    run_with_progress(dataset, models, cfg, &|_, _| {})
+}
+
+/// [`run`], calling `progress(done, total)` (series) as each series is evaluated.
+pub fn run_with_progress(
+    dataset: &Dataset,
+    models: &[ModelKind],
+    cfg: &BacktestConfig,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Report, BacktestError> {
     cfg.validate()?;
     if models.is_empty() {
         return Err(BacktestError::InvalidConfig {
@@ -409,6 +419,8 @@ pub fn run(
     }
 
     let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    progress(0, todo.len());
     let results: Mutex<Vec<Option<SeriesAccs>>> = Mutex::new(vec![None; todo.len()]);
     let threads = cfg.threads.clamp(1, todo.len());
     std::thread::scope(|scope| {
@@ -420,6 +432,7 @@ pub fn run(
                 if let Ok(mut all) = results.lock() {
                     all[i] = Some(r);
                 }
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, todo.len());
             });
         }
     });

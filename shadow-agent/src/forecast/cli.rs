@@ -119,7 +119,13 @@ fn run(args: &BacktestArgs) -> Result<(), BacktestCliError> {
         mase_season: args.mase_season,
     };
     let dataset = data::load_csv(&args.data, &args.metric, Resample::default())?;
-    let report = backtest::run(&dataset, &models, &cfg)?;
+    let bar = crate::progress::bar(0, "series backtested", args.json);
+    let report = backtest::run_with_progress(&dataset, &models, &cfg, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let report = report?;
     let out = if args.json {
         serde_json::to_string_pretty(&report).map_err(|e| BacktestCliError::Output {
             source: Box::new(e),
