@@ -17,9 +17,19 @@
 //! that arrived in the shadow namespace, new connections counted by XDP, and the primary's
 //! CPU from eBPF next to the cgroup's own cpu.stat.
 //!
-//! The shadow receives the clones but cannot yet hold TCP sessions (in-kernel sequence
-//! translation is a later piece of work), so its server sees connection attempts, not
-//! requests; the demo says so rather than hiding it.
+//! The mirror translates TCP sequence numbers, so the shadow's own server holds the mirrored
+//! sessions and serves the requests (with credentials masked); the summary compares the two
+//! servers' access logs.
+//!
+//! Every 250 ms the default forecaster ([`Adaptive`], set for a short history) is refitted on
+//! the primary's CPU series as it accumulates (eBPF, cores per 250 ms) and forecasts the next
+//! second with a 90% interval; the allocator ([`Reconciler`]: the policy, its rails and the
+//! audit log, as `run` uses it) sizes the primary's CPU quota from that forecast and from
+//! throttling, live on the demo's own cgroup, starting from a static 0.1-core quota. Each row
+//! shows the forecast made a second earlier for that second, its band and the quota; every
+//! change of the quota is printed under its row. At the end the demo writes its rows
+//! (`run.jsonl`), the audit log (`audit.jsonl`) and the HTML report (`report/index.html`,
+//! [`crate::report`]) into its output directory and prints where the report is.
 
 use std::{
     io::{Read as _, Write as _},
@@ -35,7 +45,12 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::{
+    allocate::{
+        backend::{self, Backend},
+        AllocatorConfig, Decision, ForecastInput, Forecasts, Reconciler,
+    },
     error::AgentError,
+    forecast::{policy::Adaptive, Fitted as _, Forecaster as _},
     mirror::{Mirror, MirrorSpec, Ports, Proto, Rule},
     profile::{HookPreference, Profiler},
     shadow::{Allowlist, CommandSpec, GroupSpec, RestartPolicy, ShadowGroup},
@@ -266,9 +281,259 @@ fn wait_ready(ns: &NetNs, addr: SocketAddr) -> Result<(), AgentError> {
     }
 }
 
-/// Run the demo for `duration`, printing one line per second (a JSON object with `json`),
-/// and return the summary that it prints last.
-pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentError> {
+/// What `shadow-agent demo` is asked to do.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Length of the client's run.
+    pub duration: Duration,
+    /// One JSON object per second on stdout instead of the table.
+    pub json: bool,
+    /// Where the rows (`run.jsonl`), the audit log (`audit.jsonl`), the allocator's state and
+    /// the report (`report/index.html`) are written (created if missing).
+    pub out: PathBuf,
+}
+
+/// Forecaster and allocator steps per printed second (every 250 ms).
+pub const SUBTICKS: u32 = 4;
+/// Level of the forecast intervals.
+pub const LEVEL: f64 = 0.9;
+/// The primary's CPU quota (cores) when the demo starts: a static limit, as an operator might
+/// have set it, too small for the load's peaks (the primary needs about 0.1-0.15 core at
+/// 200-280 requests/s), which the allocator then sizes. Restored when the demo ends.
+pub const INITIAL_QUOTA_CORES: f64 = 0.1;
+/// The allocator keeps the primary's quota within these (cores).
+pub const MIN_QUOTA_CORES: f64 = 0.05;
+pub const MAX_QUOTA_CORES: f64 = 1.0;
+/// Samples (250 ms each) the forecaster is fitted on at most.
+const HISTORY: usize = 240;
+/// One-step interval outcomes the empirical coverage is measured over.
+const COVERAGE_WINDOW: usize = 40;
+
+/// The default policy set for a short history: it forecasts after about 9 s of samples.
+fn demo_forecaster() -> Adaptive {
+    Adaptive {
+        max_horizon: SUBTICKS as usize,
+        select_window: 12,
+        calibration: 60,
+        min_calibration: 8,
+        median_windows: vec![3, 6],
+        ..Adaptive::default()
+    }
+}
+
+/// A forecast of the primary's mean CPU over the next second (cores): the mean of the
+/// per-step points and bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SecondForecast {
+    point: f64,
+    lower: f64,
+    upper: f64,
+}
+
+/// The forecaster and the allocator on the primary's cgroup.
+struct Planner {
+    reconciler: Reconciler<Box<dyn Backend + Send>>,
+    usage: std::collections::VecDeque<f64>,
+    last_cpu: Option<(Instant, u64)>,
+    /// The last one-step interval handed out, scored against the next sample.
+    pending: Option<(f64, f64)>,
+    hits: std::collections::VecDeque<bool>,
+    /// The forecast for the coming second, made at the last second boundary.
+    next_second: Option<SecondForecast>,
+    forecasts: u64,
+}
+
+impl Planner {
+    /// Sets the initial quota on `cg` and opens the allocator on it (audit log and the record of
+    /// the original limits under `out`).
+    fn start(cg: &Cgroup, out: &std::path::Path) -> Result<Planner, AgentError> {
+        let backend = backend::for_cgroup(cg)?;
+        let period = backend.read_limits()?.cpu_period_us;
+        backend.set_cpu(Some(INITIAL_QUOTA_CORES), period)?;
+        let mut cfg = AllocatorConfig::new(out.join("state"), MAX_QUOTA_CORES, f64::MAX);
+        cfg.memory = None;
+        cfg.audit_log = Some(out.join("audit.jsonl"));
+        if let Some(cpu) = cfg.cpu.as_mut() {
+            cpu.min = MIN_QUOTA_CORES;
+            cpu.max = MAX_QUOTA_CORES;
+            cpu.cooldown_intervals = 2;
+        }
+        let reconciler = Reconciler::new(backend, cfg)?;
+        Ok(Planner {
+            reconciler,
+            usage: std::collections::VecDeque::with_capacity(HISTORY + 1),
+            last_cpu: None,
+            pending: None,
+            hits: std::collections::VecDeque::with_capacity(COVERAGE_WINDOW + 1),
+            next_second: None,
+            forecasts: 0,
+        })
+    }
+
+    /// One 250 ms interval: the primary's CPU so far (`cpu_ns`, eBPF) extends the series, the
+    /// forecaster is refitted, and the allocator takes one step. Returns the step's decisions
+    /// that changed the quota. At a second boundary (`second`), also forecasts the next second.
+    fn step(&mut self, cpu_ns: u64, second: bool) -> Vec<Decision> {
+        let now = Instant::now();
+        if let Some((t0, c0)) = self.last_cpu {
+            let dt = now.duration_since(t0).as_secs_f64();
+            if dt > 0.0 {
+                let cores = cpu_ns.saturating_sub(c0) as f64 / 1e9 / dt;
+                if let Some((lo, hi)) = self.pending.take() {
+                    self.hits.push_back(lo <= cores && cores <= hi);
+                    if self.hits.len() > COVERAGE_WINDOW {
+                        self.hits.pop_front();
+                    }
+                }
+                self.usage.push_back(cores);
+                if self.usage.len() > HISTORY {
+                    self.usage.pop_front();
+                }
+            }
+        }
+        self.last_cpu = Some((now, cpu_ns));
+        let steps = SUBTICKS as usize;
+        let forecast = demo_forecaster()
+            .fit(self.usage.make_contiguous())
+            .and_then(|f| f.predict(steps, &[LEVEL]))
+            .ok();
+        let mut input = None;
+        if let Some(f) = &forecast {
+            if let Some(iv) = f.interval(LEVEL) {
+                let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+                self.pending = Some((iv.lower[0], iv.upper[0]));
+                let coverage = (self.hits.len() >= 8).then(|| {
+                    self.hits.iter().filter(|h| **h).count() as f64 / self.hits.len() as f64
+                });
+                // The allocator gets the largest bound over the next second.
+                input = Some(ForecastInput {
+                    point: max(&f.point),
+                    lower: iv.lower.iter().copied().fold(f64::MAX, f64::min),
+                    upper: max(&iv.upper),
+                    level: LEVEL,
+                    coverage,
+                    horizon_intervals: SUBTICKS,
+                });
+                if second {
+                    self.forecasts += 1;
+                    self.next_second = Some(SecondForecast {
+                        point: mean(&f.point),
+                        lower: mean(&iv.lower),
+                        upper: mean(&iv.upper),
+                    });
+                }
+            }
+        }
+        if second && input.is_none() {
+            self.next_second = None;
+        }
+        match self.reconciler.step(&Forecasts {
+            cpu: input,
+            memory: None,
+        }) {
+            Ok(report) => report
+                .decisions
+                .into_iter()
+                .filter(Decision::changes)
+                .collect(),
+            // The reconciler backs off by itself; the primary keeps its limits.
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "demo allocator step failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The primary's CPU quota now (cores; None: unlimited or unreadable).
+    fn quota(&self) -> Option<f64> {
+        self.reconciler
+            .backend()
+            .read_limits()
+            .ok()
+            .and_then(|l| l.cpu_cores)
+    }
+}
+
+/// A decision as the demo prints it under its row.
+fn decision_line(t: f64, d: &Decision, dry_run: bool) -> String {
+    let ms = |v: Option<f64>| v.map_or("unlimited".to_string(), |c| format!("{:.0}", c * 1e3));
+    let why = match &d.reason {
+        crate::allocate::Reason::Forecast => match &d.forecast {
+            Some(f) => format!(
+                "forecast: upper bound {:.1} ms/s over the next second at {:.0}% + headroom",
+                f.upper * 1e3,
+                f.level * 100.0
+            ),
+            None => "forecast".to_string(),
+        },
+        crate::allocate::Reason::Reactive { signals } => format!(
+            "reactive: {}",
+            signals
+                .iter()
+                .map(|s| serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.get("signal").and_then(|x| x.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| format!("{s:?}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    let rails = if d.rails.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; rails: {}",
+            d.rails
+                .iter()
+                .map(|r| serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "      allocator t={t:.2}s: {} quota {} -> {} ms/s ({why}{rails}){}",
+        d.resource.as_str(),
+        ms(d.old),
+        ms(d.new),
+        if dry_run { " [dry run]" } else { "" }
+    )
+}
+
+/// Wall clock in ms since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn io_err(op: String) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |source| AgentError::Io { op, source }
+}
+
+/// Run the demo for `opts.duration`, printing one line per second (a JSON object with
+/// `opts.json`), write the report into `opts.out` and return the summary that it prints last.
+pub fn run(opts: &DemoOptions) -> Result<serde_json::Value, AgentError> {
+    let (duration, json) = (opts.duration, opts.json);
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
+    let rows_path = out.join("run.jsonl");
+    let audit_path = out.join("audit.jsonl");
+    // A fresh audit log per run (the report reads all of it).
+    match std::fs::remove_file(&audit_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err(format!("removing {}", audit_path.display()))(e))
+        }
+        _ => {}
+    }
+    let mut rows_file = std::io::BufWriter::new(
+        std::fs::File::create(&rows_path)
+            .map_err(io_err(format!("creating {}", rows_path.display())))?,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|source| AgentError::Io {
@@ -319,21 +584,25 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
     profiler.track(world.primary_cg.id())?;
     let shadow_cg = replica.cgroup().id();
     profiler.track(shadow_cg)?;
+    let mut planner = Planner::start(&world.primary_cg, out)?;
+    let primary_name = world.primary_cg.name().to_owned();
 
     if !json {
         println!(
-            "shadow demo: primary http.server pid {} on 198.18.0.2:{PORT}, shadow replica pid {} in netns {}; mirror {:?} on pr0 -> {shadow_if} (XDP {}), CPU hook {:?}; {} s",
+            "shadow demo: primary http.server pid {} on 198.18.0.2:{PORT}, shadow replica pid {} in netns {}; mirror {:?} on pr0 -> {shadow_if} (XDP {}), CPU hook {:?}; {} s\nforecaster: default adaptive policy refitted every 250 ms on the primary's CPU, {:.0}% interval; allocator: live on the primary's cgroup {primary_name}, quota from {INITIAL_QUOTA_CORES} core (rails {MIN_QUOTA_CORES}..{MAX_QUOTA_CORES}), audit log {}",
             world.primary_srv.pid(),
             replica.pid().unwrap_or(0),
             replica.names().netns,
             mirror.tc_mode(),
             if mirror.xdp_attached() { "on" } else { "off" },
             profiler.hook(),
-            duration.as_secs()
+            duration.as_secs(),
+            LEVEL * 100.0,
+            audit_path.display()
         );
         println!(
-            "{:>4} {:>7} {:>6} {:>5} {:>7} {:>7} | {:>7} {:>7} {:>6} {:>7} {:>8} {:>7} | {:>6} {:>6} | {:>9} {:>9} {:>7}",
-            "t_s", "target", "req/s", "err", "p50_ms", "p99_ms", "seen", "cloned", "masked", "shd_rx", "shd_drop", "shd_req", "xdp_pk", "syn/s", "cpu_ebpf", "cpu_cg", "shd_cpu"
+            "{:>4} {:>7} {:>6} {:>5} {:>7} {:>7} | {:>7} {:>7} {:>6} {:>7} {:>8} {:>7} | {:>6} {:>6} | {:>9} {:>9} {:>7} | {:>6} {:>13} {:>7}",
+            "t_s", "target", "req/s", "err", "p50_ms", "p99_ms", "seen", "cloned", "masked", "shd_rx", "shd_drop", "shd_req", "xdp_pk", "syn/s", "cpu_ebpf", "cpu_cg", "shd_cpu", "fc_cpu", "fc_band", "quota"
         );
     }
 
@@ -410,11 +679,28 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
     let (mut tot_ok, mut tot_err) = (0u64, 0u64);
     let mut tick = started;
     let mut all = new_hist();
+    let mut decisions_total = 0u64;
+    let (mut fc_seconds, mut fc_hits) = (0u64, 0u64);
+    let primary_cpu_ns = |p: &Profiler| -> Result<u64, AgentError> {
+        Ok(p.cgroup(world.primary_cg.id())?.unwrap_or_default().cpu_ns)
+    };
+    planner.step(primary_cpu_ns(&profiler)?, false);
     while !stop.load(Ordering::Relaxed) && started.elapsed() < duration {
-        tick += Duration::from_secs(1);
-        if let Some(wait) = tick.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        // The forecaster and the allocator every 250 ms; the row once a second.
+        let this_second = planner.next_second;
+        let mut changed = Vec::new();
+        for sub in 1..=SUBTICKS {
+            tick += Duration::from_secs(1) / SUBTICKS;
+            if let Some(wait) = tick.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let at = started.elapsed().as_secs_f64();
+            for d in planner.step(primary_cpu_ns(&profiler)?, sub == SUBTICKS) {
+                changed.push((at, d));
+            }
         }
+        decisions_total += changed.len() as u64;
+        let quota = planner.quota();
         let t = started.elapsed().as_secs_f64();
         let (ok, err, hist) = {
             let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
@@ -468,13 +754,50 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             "shadow_tx_dropped": now.6.saturating_sub(last.6),
             "shadow_requests": now.7.saturating_sub(last.7),
         });
+        let mut row = row;
+        let cpu_ms = row["primary_cpu_ms_ebpf"].as_f64().unwrap_or(0.0);
+        if let Some(f) = this_second {
+            fc_seconds += 1;
+            fc_hits += u64::from(f.lower * 1e3 <= cpu_ms && cpu_ms <= f.upper * 1e3);
+        }
+        let fc_ms = |v: Option<f64>| v.map(|c| c * 1e3);
+        row["forecast_cpu_ms"] = fc_ms(this_second.map(|f| f.point)).into();
+        row["forecast_cpu_lower_ms"] = fc_ms(this_second.map(|f| f.lower)).into();
+        row["forecast_cpu_upper_ms"] = fc_ms(this_second.map(|f| f.upper)).into();
+        row["forecast_level"] = LEVEL.into();
+        row["cpu_quota_cores"] = quota.into();
+        row["decisions"] = changed
+            .iter()
+            .map(|(at, d)| {
+                serde_json::json!({
+                    "t_s": at,
+                    "resource": d.resource,
+                    "old": d.old,
+                    "new": d.new,
+                    "reason": d.reason,
+                    "rails": d.rails,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+        // The report's view of the primary's cgroup (its name matches the audit log's).
+        row["time_ms"] = now_ms().into();
+        row["primary_cgroup"] = primary_name.clone().into();
+        let mut entry = serde_json::json!({ "limits": { "cpu_cores": quota } });
+        if let Some(f) = this_second {
+            entry["forecasts"] = serde_json::json!({ "cpu": {
+                "point": f.point, "lower": f.lower, "upper": f.upper, "level": LEVEL, "horizon_s": 0.0,
+            }});
+        }
+        row["cgroups"] = serde_json::json!({ primary_name.clone(): entry });
+        writeln!(rows_file, "{row}").map_err(io_err(format!("writing {}", rows_path.display())))?;
         if json {
             println!("{row}");
         } else {
             let u = |k: &str| row[k].as_u64().unwrap_or(0);
             let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
             println!(
-                "{:>4.0} {:>7.0} {:>6} {:>5} {:>7.2} {:>7.2} | {:>7} {:>7} {:>6} {:>7} {:>8} {:>7} | {:>6} {:>6} | {:>9.1} {:>9.1} {:>7.1}",
+                "{:>4.0} {:>7.0} {:>6} {:>5} {:>7.2} {:>7.2} | {:>7} {:>7} {:>6} {:>7} {:>8} {:>7} | {:>6} {:>6} | {:>9.1} {:>9.1} {:>7.1} | {:>6} {:>13} {:>7}",
                 f("t_s"),
                 f("target_rps"),
                 ok,
@@ -492,7 +815,17 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
                 f("primary_cpu_ms_ebpf"),
                 f("primary_cpu_ms_cgroup"),
                 f("shadow_cpu_ms_ebpf"),
+                this_second.map_or("-".to_string(), |f| format!("{:.1}", f.point * 1e3)),
+                this_second.map_or("-".to_string(), |f| format!(
+                    "{:.1}-{:.1}",
+                    f.lower * 1e3,
+                    f.upper * 1e3
+                )),
+                quota.map_or("max".to_string(), |q| format!("{:.0}", q * 1e3)),
             );
+            for (at, d) in &changed {
+                println!("{}", decision_line(*at, d, false));
+            }
         }
         last = now;
     }
@@ -531,7 +864,23 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
         "primary_cpu_seconds_ebpf": cpu_ebpf,
         "primary_cpu_seconds_cgroup": cpu_cg,
         "cpu_hook": profiler.hook(),
+        "forecast_seconds": fc_seconds,
+        "forecast_hits": fc_hits,
+        "forecast_level": LEVEL,
+        "forecasts_made": planner.forecasts,
+        "quota_changes": decisions_total,
+        "audit_log": audit_path,
     });
+    writeln!(rows_file, "{summary}")
+        .and_then(|()| rows_file.flush())
+        .map_err(io_err(format!("writing {}", rows_path.display())))?;
+    drop(rows_file);
+    // The original quota back (an audit entry too), then the report of this run.
+    drop(planner);
+    let report = crate::report::generate(&rows_path, Some(&audit_path), &out.join("report"))?;
+    let mut summary = summary;
+    summary["report"] = report.display().to_string().into();
+    summary["run_jsonl"] = rows_path.display().to_string().into();
     if json {
         println!("{summary}");
     } else {
@@ -563,6 +912,14 @@ pub fn run(duration: Duration, json: bool) -> Result<serde_json::Value, AgentErr
             tcp.shadow_resets,
             summary["primary_log_line"].as_str().unwrap_or("-"),
             summary["shadow_log_line"].as_str().unwrap_or("-"),
+        );
+    }
+    if !json {
+        println!(
+            "forecasts: {fc_seconds} seconds forecast, {fc_hits} within their {:.0}% band; allocator: {decisions_total} quota changes (audit log {})\nreport: {}",
+            LEVEL * 100.0,
+            audit_path.display(),
+            report.display()
         );
     }
     drop(mirror);

@@ -16,6 +16,8 @@ pub enum AgentError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("allocate")]
     Allocate(#[from] crate::allocate::AllocateError),
+    #[error("report")]
+    Report(#[from] crate::report::ReportError),
     #[error("profile.cgroups: {path} is not a cgroup2 directory")]
     NotACgroup {
         path: PathBuf,

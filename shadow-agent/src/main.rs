@@ -48,6 +48,10 @@ enum Cmd {
         /// One JSON object per second on stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Directory for the run's rows (run.jsonl), the allocator's audit log (audit.jsonl)
+        /// and the HTML report (report/index.html); created if missing.
+        #[arg(long, value_name = "DIR", default_value = "shadow-demo")]
+        out: PathBuf,
     },
     /// Validate a config file without attaching or changing anything.
     CheckConfig { file: PathBuf },
@@ -168,8 +172,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Demo { duration, json } => {
-            match demo::run(std::time::Duration::from_secs(duration), json) {
+        Cmd::Demo {
+            duration,
+            json,
+            out,
+        } => {
+            let opts = demo::DemoOptions {
+                duration: std::time::Duration::from_secs(duration),
+                json,
+                out,
+            };
+            match demo::run(&opts) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));

@@ -7,10 +7,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{display_cmd, is_ci, target_dir, workspace_root};
 
-/// The agent's command line: `demo` without ARGS, else `run ARGS...`.
+/// The agent's command line: `demo --out <target>/shadow-demo` without ARGS (its report
+/// lands beside the build), else `run ARGS...`.
 pub fn agent_args(args: &[String]) -> Vec<String> {
     if args.is_empty() {
-        vec!["demo".to_string()]
+        vec![
+            "demo".to_string(),
+            "--out".to_string(),
+            target_dir().join("shadow-demo").display().to_string(),
+        ]
     } else {
         std::iter::once("run".to_string())
             .chain(args.iter().cloned())
@@ -50,7 +55,9 @@ mod tests {
 
     #[test]
     fn demo_without_args_run_with_args() {
-        assert_eq!(agent_args(&[]), ["demo"]);
+        let demo = agent_args(&[]);
+        assert_eq!(demo[..2], ["demo", "--out"]);
+        assert!(demo[2].ends_with("shadow-demo"), "{demo:?}");
         let args = ["--config".to_string(), "a.toml".to_string()];
         assert_eq!(agent_args(&args), ["run", "--config", "a.toml"]);
     }

@@ -432,8 +432,10 @@ impl Run {
             }
         }
         self.mirror.push((t, c));
+        // The demo names the primary's cgroup (as the audit log does) when it has one.
+        let primary = string(row, "primary_cgroup")?.unwrap_or("primary");
         for (key, cgroup) in [
-            ("primary_cpu_ms_ebpf", "primary"),
+            ("primary_cpu_ms_ebpf", primary),
             ("shadow_cpu_ms_ebpf", "shadow"),
         ] {
             if let Some(ms) = num(row, key)? {
