@@ -23,9 +23,23 @@ const TCX_KERNEL: (u32, u32, u32) = (6, 6, 0);
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Debian packages the integration tests and the demo use.
 /// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
-pub const DEB_PACKAGES: [&str; 8] = [
-    "iproute2", "iperf3", "curl", "ethtool", "tcpdump", "bpftool", "python3", "chromium",
+/// `python3-venv`: the virtual environment of the Kubernetes manifest validator.
+pub const DEB_PACKAGES: [&str; 9] = [
+    "iproute2",
+    "iperf3",
+    "curl",
+    "ethtool",
+    "tcpdump",
+    "bpftool",
+    "python3",
+    "python3-venv",
+    "chromium",
 ];
+/// The Kubernetes manifest validator (PyPI `kubernetes-validate`, which bundles the
+/// Kubernetes JSON schemas, so validation needs no network) and where its venv lives; the
+/// deploy test (tests/tests/deploy.rs) runs `<venv>/bin/kubernetes-validate`.
+pub const K8S_VALIDATE_VERSION: &str = "1.37.0";
+pub const K8S_VALIDATE_VENV: &str = "/opt/shadow-tools/kubernetes-validate-1.37.0";
 /// Filesystems the agent needs: (fstype, mount point, name in messages).
 const MOUNTS: [(&str, &str, &str); 2] = [
     ("bpf", "/sys/fs/bpf", "bpffs"),
@@ -34,7 +48,7 @@ const MOUNTS: [(&str, &str, &str); 2] = [
 
 /// Runs every check, installs what is missing and prints what it installed.
 pub fn setup() -> Result<()> {
-    println!("setup: checking prerequisites (root, capabilities, kernel, BTF, nightly + rust-src, bpf-linker {BPF_LINKER_VERSION}, Debian packages, bpffs/tracefs, cargo-fuzz)");
+    println!("setup: checking prerequisites (root, capabilities, kernel, BTF, nightly + rust-src, bpf-linker {BPF_LINKER_VERSION}, Debian packages, bpffs/tracefs, cargo-fuzz, kubernetes-validate)");
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     check_root(&status)?;
     check_caps(&status)?;
@@ -47,6 +61,7 @@ pub fn setup() -> Result<()> {
     ensure_packages(&mut installed)?;
     ensure_mounts(&mut installed)?;
     ensure_cargo_fuzz(&mut installed)?;
+    ensure_k8s_validate(&mut installed)?;
 
     if installed.is_empty() {
         println!("setup: nothing to install: all prerequisites present");
@@ -144,7 +159,10 @@ fn install(what: &str, cmds: &mut [Command], fix: &str) -> Result<()> {
     let shown: Vec<String> = cmds.iter().map(display_cmd).collect();
     println!("installing {what} ({})...", shown.join(" && "));
     for (cmd, shown) in cmds.iter_mut().zip(&shown) {
-        let out = match cmd.stdin(Stdio::null()).output() {
+        let spinner = crate::util::spinner(&format!("installing {what}: {shown}"));
+        let out = cmd.stdin(Stdio::null()).output();
+        spinner.finish_and_clear();
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
                 return missing(format!(
@@ -404,5 +422,53 @@ fn ensure_mounts(installed: &mut Vec<String>) -> Result<()> {
         }
         installed.push(format!("{name} mounted at {target}"));
     }
+    Ok(())
+}
+
+/// Whether the pinned kubernetes-validate runs from its venv.
+fn k8s_validate_present() -> Result<bool> {
+    let bin = Path::new(K8S_VALIDATE_VENV).join("bin/kubernetes-validate");
+    let out = query(Command::new(&bin).arg("--version"))?;
+    Ok(out.is_some_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w == K8S_VALIDATE_VERSION)
+    }))
+}
+
+/// kubernetes-validate (PyPI) in a venv of Debian's python3, pinned, installed once.
+fn ensure_k8s_validate(installed: &mut Vec<String>) -> Result<()> {
+    if k8s_validate_present()? {
+        return Ok(());
+    }
+    let mut venv = Command::new("/usr/bin/python3");
+    venv.args(["-m", "venv", "--clear", K8S_VALIDATE_VENV]);
+    let mut pip = Command::new(Path::new(K8S_VALIDATE_VENV).join("bin/pip"));
+    pip.args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={K8S_VALIDATE_VERSION}"),
+    ]);
+    let what = format!("kubernetes-validate {K8S_VALIDATE_VERSION} (PyPI) in {K8S_VALIDATE_VENV}");
+    install(
+        &what,
+        &mut [venv, pip],
+        &format!(
+            "check that PyPI is reachable (`pip download kubernetes-validate=={K8S_VALIDATE_VERSION}`) \
+             and that python3-venv is installed, then run `/usr/bin/python3 -m venv \
+             {K8S_VALIDATE_VENV} && {K8S_VALIDATE_VENV}/bin/pip install \
+             kubernetes-validate=={K8S_VALIDATE_VERSION}` by hand."
+        ),
+    )?;
+    if !k8s_validate_present()? {
+        return missing(format!(
+            "kubernetes-validate was installed into {K8S_VALIDATE_VENV} but \
+             `{K8S_VALIDATE_VENV}/bin/kubernetes-validate --version` does not report \
+             {K8S_VALIDATE_VERSION}. Fix: remove {K8S_VALIDATE_VENV} and run the setup again."
+        ));
+    }
+    installed.push(format!("kubernetes-validate {K8S_VALIDATE_VERSION}"));
     Ok(())
 }
