@@ -15,11 +15,12 @@ use tracing_subscriber::EnvFilter;
     name = "shadow-agent",
     version,
     about = "Runs a shadow copy of a primary application on live, anonymised traffic and sizes the primary ahead of demand",
-    after_help = "Examples:\n  shadow-agent demo --duration 60\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent check-config agent.toml\n  shadow-agent verify --json"
+    after_help = "Exit codes: 0 success, 2 usage or configuration error (nothing attached or changed), 1 runtime failure. Logs go to stderr (--log-level or RUST_LOG); --json output goes to stdout.\n\nExamples:\n  shadow-agent demo --duration 60\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent check-config agent.toml\n  shadow-agent verify --json"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "warn")]
+    /// Log level on stderr; RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -28,6 +29,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the agent on this host from a config file.
+    #[command(
+        after_help = "Examples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml"
+    )]
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -41,6 +45,9 @@ enum Cmd {
     /// Self-contained demo: a real HTTP server as the primary, a client with a varying
     /// request rate, the mirror and the profiler, all in namespaces and cgroups it makes
     /// and removes.
+    #[command(
+        after_help = "Examples:\n  shadow-agent demo                      # 60 s, writes ./shadow-demo/report/index.html\n  shadow-agent demo --duration 20 --out /tmp/demo\n  shadow-agent demo --json > demo.jsonl"
+    )]
     Demo {
         /// Length of the demo in seconds.
         #[arg(long, default_value_t = 60)]
@@ -53,31 +60,53 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "shadow-demo")]
         out: PathBuf,
     },
-    /// Validate a config file without attaching or changing anything.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file without attaching or changing anything (exit 2 when invalid).
+    #[command(
+        after_help = "Examples:\n  shadow-agent check-config /etc/shadow/agent.toml\n  shadow-agent check-config agent.toml --json"
+    )]
+    CheckConfig {
+        file: PathBuf,
+        /// `{\"file\", \"valid\", \"error\"}` on stdout instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream per-cgroup resource samples (CPU, run-queue latency, faults, block IO,
     /// network, exec/exit, memory, PSI) of cgroup2 directories; JSON lines with --json
     /// (schema: docs/profiler.md).
+    #[command(
+        after_help = "Examples:\n  shadow-agent profile --cgroup /sys/fs/cgroup/unified/shop/web --duration 10\n  shadow-agent profile --cgroup /sys/fs/cgroup/shop/web --interval-ms 500 --json > samples.jsonl"
+    )]
     Profile {
         /// A cgroup2 directory to track (repeatable).
         #[arg(long = "cgroup", value_name = "PATH", required = true)]
         cgroups: Vec<PathBuf>,
+        /// Sampling interval in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
         /// Stop after this many seconds (default: until SIGINT/SIGTERM).
         #[arg(long)]
         duration: Option<u64>,
+        /// One JSON object per sample on stdout instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// Load every eBPF program of the agent into the kernel (no attach) and report the
-    /// verifier's verdict for each.
+    /// verifier's verdict for each (exit 1 if any is rejected).
+    #[command(
+        after_help = "Examples:\n  shadow-agent verify\n  shadow-agent verify --json | jq '.[] | select(.accepted | not)'"
+    )]
     Verify {
+        /// A JSON array of {object, program, accepted, error} on stdout instead of the table.
         #[arg(long)]
         json: bool,
     },
-    /// Show the running agent's replicas, discard counters and mirror counters.
+    /// Show the running agent's replicas, discard counters and mirror counters (exit 1 when
+    /// no agent publishes its status).
+    #[command(
+        after_help = "Examples:\n  shadow-agent status\n  shadow-agent status --json\n  kubectl -n shadow-system exec ds/shadow-agent -- shadow-agent status --json"
+    )]
     Status {
+        /// The status as published (JSON) on stdout instead of the table.
         #[arg(long)]
         json: bool,
         /// The status file the agent publishes.
@@ -106,13 +135,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log_level);
     match cli.cmd {
-        Cmd::CheckConfig { file } => match Config::load(&file) {
+        Cmd::CheckConfig { file, json } => match Config::load(&file) {
             Ok(_) => {
-                println!("{}: ok", file.display());
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "file": file, "valid": true, "error": null })
+                    );
+                } else {
+                    println!("{}: ok", file.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {}", error_chain(&e));
+                let msg = error_chain(&e);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "file": file, "valid": false, "error": msg })
+                    );
+                }
+                eprintln!("error: {msg}");
                 ExitCode::from(2)
             }
         },

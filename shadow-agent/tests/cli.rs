@@ -258,3 +258,112 @@ fn progress_bars_only_for_a_person_at_a_terminal() {
         );
     }
 }
+
+/// The subcommands `shadow-agent --help` lists (every one, including those added later).
+fn subcommands() -> Vec<String> {
+    let out = agent(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let section = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|s| s.split("Options:").next())
+        .expect("a Commands: section")
+        .to_owned();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+        .filter(|c| *c != "help" && !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples() {
+    let subs = subcommands();
+    for known in ["run", "demo", "check-config", "profile", "status", "report"] {
+        assert!(subs.iter().any(|s| s == known), "{known} not in {subs:?}");
+    }
+    for sub in &subs {
+        let out = agent(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{sub} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Example") && help.contains(&format!("shadow-agent {sub}")),
+            "`shadow-agent {sub} --help` shows no example:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["no-such-command"],
+        vec!["demo", "--no-such-flag"],
+        vec!["--log-level", "loud", "verify"],
+        vec!["check-config"],
+    ] {
+        let out = agent(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: no message");
+    }
+}
+
+#[test]
+fn check_config_json_for_programs() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+    let out = agent(&["check-config", example, "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["file"], example, "{v}");
+
+    let p = scratch("json-unknown.toml", "[mirror]\nno_such_key = 1\n");
+    let out = agent(&["check-config", p.to_str().expect("utf-8"), "--json"]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["valid"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no_such_key")),
+        "{v}"
+    );
+}
+
+#[test]
+fn report_json_names_the_page() {
+    let dir = std::env::temp_dir().join(format!("shdt-cli-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let input = dir.join("in.jsonl");
+    let mut lines = String::new();
+    for i in 0..5 {
+        lines.push_str(&format!(
+            "{{\"t_s\":{i},\"cgroups\":{{\"/cg/web\":{{\"cpu_seconds\":{}}}}},\"mirror\":{{\"seen\":{}}}}}\n",
+            i as f64 * 0.5,
+            i * 10
+        ));
+    }
+    std::fs::write(&input, lines).expect("input");
+    let out_dir = dir.join("out");
+    let out = agent(&[
+        "report",
+        "--input",
+        input.to_str().expect("utf-8"),
+        "--out",
+        out_dir.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let page = out_dir.join("index.html");
+    let exists = page.is_file();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["report"], page.to_str().expect("utf-8"), "{v}");
+    assert!(exists);
+}

@@ -69,7 +69,7 @@ impl ReportError {
 /// `shadow-agent report` arguments.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Examples:\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  shadow-agent report --input run.jsonl --audit /var/lib/shadow/audit.jsonl --out report/"
+    after_help = "Examples:\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  shadow-agent report --input run.jsonl --audit /var/lib/shadow/audit.jsonl --out report/\n  shadow-agent report --input demo.jsonl --out /tmp/report --json"
 )]
 pub struct ReportArgs {
     /// JSON lines of `run --json`, `profile --json` or `demo --json`.
@@ -81,6 +81,9 @@ pub struct ReportArgs {
     /// Directory to write index.html into (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// `{"report": PATH}` on stdout instead of the text line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn read_lines(
@@ -157,7 +160,11 @@ pub fn generate(input: &Path, audit: Option<&Path>, out: &Path) -> Result<PathBu
 pub fn cli(args: &ReportArgs) -> u8 {
     match generate(&args.input, args.audit.as_deref(), &args.out) {
         Ok(path) => {
-            println!("report: {}", path.display());
+            if args.json {
+                println!("{}", serde_json::json!({ "report": path }));
+            } else {
+                println!("report: {}", path.display());
+            }
             0
         }
         Err(e) => {
