@@ -14,6 +14,9 @@
 //! - [`reconcile`]: the [`Reconciler`] tying them together, with dry run and back-off.
 //! - [`sim`]: trace-driven simulation of policies with the same decision code.
 //! - [`cpuset`]: CPU lists.
+//! - [`scale`]: scale-out / scale-in events when the forecast exceeds (or stays well below)
+//!   what the node can give the primary; webhook.
+//! - [`irq`]: NIC/IRQ locality of network-IO-heavy primaries (which CPUs serve the NIC).
 //!
 //! The forecaster is not wired in yet: it will fill [`ForecastInput`] (point, interval at a
 //! level, recent empirical coverage) per resource. See `docs/allocator.md`.
@@ -21,9 +24,11 @@
 pub mod backend;
 pub mod cli;
 pub mod cpuset;
+pub mod irq;
 pub mod live;
 pub mod policy;
 pub mod reconcile;
+pub mod scale;
 pub mod sim;
 pub mod state;
 

@@ -197,9 +197,32 @@ fn json_amount(v: Option<f64>) -> serde_json::Value {
     }
 }
 
-/// Whether `name` is below a kubelet-managed slice (`kubepods`, `kubepods.slice`, ...).
+/// Whether `name` is a kubelet-managed group: below a `kubepods*` slice (`kubepods`,
+/// `kubepods.slice`, `kubepods-burstable.slice`, ...), or with a component laid out as a pod
+/// UID, which the kubelet also creates under a renamed root (`--cgroup-root`):
+/// `pod<uuid>` (cgroupfs driver) or `*-pod<uuid with _>.slice` (systemd driver).
 pub fn kubelet_owned(name: &str) -> bool {
-    name.split('/').any(|c| c.starts_with("kubepods"))
+    name.split('/')
+        .any(|c| c.starts_with("kubepods") || pod_uid_component(c))
+}
+
+/// `pod` + a 36-character UUID (`-` or `_` separators), optionally after `<prefix>-` and
+/// before `.slice`.
+fn pod_uid_component(c: &str) -> bool {
+    let c = c.strip_suffix(".slice").unwrap_or(c);
+    let rest = match c.rfind("-pod") {
+        Some(i) => &c[i + 4..],
+        None => match c.strip_prefix("pod") {
+            Some(r) => r,
+            None => return false,
+        },
+    };
+    let b = rest.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, ch)| match i {
+            8 | 13 | 18 | 23 => *ch == b'-' || *ch == b'_',
+            _ => ch.is_ascii_hexdigit(),
+        })
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -256,6 +279,11 @@ impl<B: Backend> Reconciler<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AllocatorConfig {
+        &self.cfg
     }
 
     /// The audit log.

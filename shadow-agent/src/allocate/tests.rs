@@ -402,6 +402,44 @@ fn kubelet_owned_groups_are_refused_unless_allowed() {
 }
 
 #[test]
+fn kubelet_layouts_are_recognised() {
+    use crate::allocate::reconcile::kubelet_owned;
+    let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+    let owned = [
+        "kubepods".to_owned(),
+        "kubepods.slice/kubepods-besteffort.slice".to_owned(),
+        format!("custom-root/burstable/pod{uid}"),
+        format!(
+            "k8s.slice/k8s-burstable.slice/k8s-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        ),
+        format!("custom-root/pod{uid}/0123456789abcdef"),
+    ];
+    for n in &owned {
+        assert!(kubelet_owned(n), "{n}");
+    }
+    let not_owned = [
+        "shop/web",
+        "pod-web",
+        "podcast/worker",
+        "shop/pod0f1e2d3c",
+        "system.slice/kubelet.service",
+    ];
+    for n in not_owned {
+        assert!(!kubelet_owned(n), "{n}");
+    }
+    // The refusal names the group's path.
+    let m = Mimic::new("kubeuid");
+    let name = format!("custom/pod{uid}");
+    m.put(&format!("{name}/cpu.max"), "max 100000\n");
+    let root = CgroupRoot::detect(&m.root).unwrap();
+    let b = V2Backend::new(&root, &name).unwrap();
+    let err = Reconciler::new(b, m.config()).unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
+    assert!(err.to_string().contains("allow_kubelet_owned"), "{err}");
+}
+
+#[test]
 fn config_errors_name_the_key() {
     let m = Mimic::new("cfg");
     let mut cfg = m.config();

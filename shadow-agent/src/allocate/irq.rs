@@ -1,0 +1,1 @@
+//! NIC/IRQ locality (placeholder, filled below).
