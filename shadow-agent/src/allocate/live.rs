@@ -41,6 +41,22 @@ pub struct RawAllocate {
     pub cpu: Option<RawRails>,
     pub memory: Option<RawRails>,
     pub scale: Option<RawScale>,
+    pub placement: Option<RawPlacement>,
+}
+
+/// `[allocate.placement]`: cpusets (off when absent).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlacement {
+    /// CPUs the primary must not use (the shadow group's), e.g. `"3"` or `"2-3"`.
+    pub avoid_cpus: String,
+    /// The primary's network interface: record its IRQ/RPS CPUs and, when it is
+    /// network-heavy, pin the primary onto the free ones.
+    pub nic: Option<String>,
+    /// Received packets per second at or above which the primary is network-heavy.
+    pub heavy_rx_pps: Option<f64>,
+    pub proc_root: Option<PathBuf>,
+    pub sys_root: Option<PathBuf>,
 }
 
 /// `[allocate.scale]`: scaling events (see [`ScaleRule`]) and the optional webhook.
@@ -201,11 +217,49 @@ impl RawAllocate {
             backoff_initial: 1,
             backoff_max: 32,
             allow_kubelet_owned: self.allow_kubelet_owned.unwrap_or(false),
+            nic: None,
         };
+
         allocator.validate().map_err(|e| match e {
             AllocateError::Config { key, reason } => (format!("allocate.{key}"), reason.to_owned()),
             other => ("allocate".to_owned(), other.to_string()),
         })?;
+        let (pin_away_from, nic) = match self.placement {
+            None => (None, None),
+            Some(p) => {
+                let avoid = p.avoid_cpus.parse::<super::cpuset::CpuSet>().map_err(|e| {
+                    bad("placement.avoid_cpus", &format!("{:?}: {e}", p.avoid_cpus))
+                })?;
+                let heavy = p.heavy_rx_pps.unwrap_or(10_000.0);
+                if !(heavy.is_finite() && heavy >= 0.0) {
+                    return Err(bad(
+                        "placement.heavy_rx_pps",
+                        "must be a non-negative number",
+                    ));
+                }
+                let nic = match p.nic {
+                    Some(n) if n.is_empty() || n.contains('/') => {
+                        return Err(bad(
+                            "placement.nic",
+                            &format!("{n:?} is not an interface name"),
+                        ))
+                    }
+                    Some(interface) => Some(super::reconcile::NicPlacement {
+                        interface,
+                        proc_root: p.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
+                        sys_root: p.sys_root.unwrap_or_else(|| PathBuf::from("/sys")),
+                        heavy_rx_pps: heavy,
+                    }),
+                    None => None,
+                };
+                (Some(avoid), nic)
+            }
+        };
+        let allocator = AllocatorConfig {
+            pin_away_from,
+            nic,
+            ..allocator
+        };
         let raw_scale = self.scale.unwrap_or_default();
         let d = ScaleRule::default();
         let scale = ScaleRule {
@@ -488,5 +542,75 @@ impl Managed {
         });
         events.extend(scale);
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<AllocateSpec, (String, String)> {
+        toml::from_str::<RawAllocate>(text)
+            .map_err(|e| ("toml".to_owned(), e.to_string()))?
+            .validate()
+    }
+
+    #[test]
+    fn kubelet_owned_groups_are_refused_at_config_time() {
+        let err = parse(r#"cgroups = ["kubepods.slice/kubepods-burstable.slice"]"#).unwrap_err();
+        assert_eq!(err.0, "allocate.cgroups[0]");
+        assert!(err.1.contains("allow_kubelet_owned"), "{err:?}");
+        let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let err = parse(&format!(r#"cgroups = ["web", "root/pod{uid}"]"#)).unwrap_err();
+        assert_eq!(err.0, "allocate.cgroups[1]");
+        let ok = parse(&format!(
+            "cgroups = [\"root/pod{uid}\"]\nallow_kubelet_owned = true"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn scale_and_placement_sections() {
+        let s = parse(
+            r#"
+cgroups = ["web"]
+predictive = false
+[allocate.scale]
+out_hold_intervals = 3
+webhook = "http://127.0.0.1:9000/scale"
+webhook_timeout_ms = 500
+[allocate.placement]
+avoid_cpus = "2-3"
+nic = "eth0"
+heavy_rx_pps = 5000
+"#
+            .replace("[allocate.", "[")
+            .as_str(),
+        )
+        .unwrap();
+        assert!(!s.predictive);
+        assert_eq!(s.scale.out_hold_intervals, 3);
+        assert_eq!(
+            s.webhook,
+            Some((
+                "http://127.0.0.1:9000/scale".to_owned(),
+                Duration::from_millis(500)
+            ))
+        );
+        assert_eq!(
+            s.allocator.pin_away_from.as_ref().map(|c| c.to_string()),
+            Some("2-3".to_owned())
+        );
+        let nic = s.allocator.nic.unwrap();
+        assert_eq!((nic.interface.as_str(), nic.heavy_rx_pps), ("eth0", 5000.0));
+        let d = parse(r#"cgroups = ["web"]"#).unwrap();
+        assert!(d.predictive && d.webhook.is_none() && d.allocator.nic.is_none());
+
+        let err = parse("cgroups = [\"web\"]\n[scale]\nwebhook = \"https://x/\"").unwrap_err();
+        assert_eq!(err.0, "allocate.scale.webhook");
+        let err = parse("cgroups = [\"web\"]\n[scale]\nin_hold_intervals = 0").unwrap_err();
+        assert_eq!(err.0, "allocate.scale.in_hold_intervals");
+        let err = parse("cgroups = [\"web\"]\n[placement]\navoid_cpus = \"x\"").unwrap_err();
+        assert_eq!(err.0, "allocate.placement.avoid_cpus");
     }
 }

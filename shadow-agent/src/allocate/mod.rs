@@ -95,6 +95,10 @@ pub enum AllocateError {
     #[error("allocator config: {key}: {reason}")]
     Config { key: String, reason: &'static str },
 
+    /// A network interface named in the config does not exist.
+    #[error("network interface {interface:?} not found ({} is missing)", path.display())]
+    NoInterface { interface: String, path: PathBuf },
+
     /// The group belongs to the kubelet, which rewrites its limits.
     #[error(
         "cgroup {cgroup:?} is owned by the kubelet; resize it through the pod resize API, or set \

@@ -389,6 +389,63 @@ fn cpuset_pins_away_from_the_shadow_cpus() {
 }
 
 #[test]
+fn placement_of_a_network_heavy_primary_follows_its_nic_and_is_audited() {
+    use super::reconcile::NicPlacement;
+    let m = Mimic::new("nic");
+    m.put("web/cpuset.cpus", "0-3\n");
+    m.put("web/cpu.max", "100000 100000\n"); // 1 core
+                                             // A fake procfs/sysfs: eth9's IRQ on CPU 1, RPS onto CPU 2.
+    m.put(
+        "proc/interrupts",
+        "           CPU0       CPU1       CPU2       CPU3\n\
+         \x20 60:          0       9000          0          0  PCI-MSI 1-edge      eth9-rx-0\n",
+    );
+    m.put("proc/irq/60/smp_affinity_list", "1\n");
+    m.put("sys/class/net/eth9/queues/rx-0/rps_cpus", "4\n");
+    m.put("sys/class/net/eth9/statistics/rx_packets", "1000\n");
+    let mut cfg = m.config();
+    cfg.cpu = None;
+    cfg.memory = None;
+    cfg.pin_away_from = Some("3".parse::<CpuSet>().unwrap());
+    cfg.nic = Some(NicPlacement {
+        interface: "eth9".into(),
+        proc_root: m.root.join("proc"),
+        sys_root: m.root.join("sys"),
+        heavy_rx_pps: 10_000.0,
+    });
+    let mut r = Reconciler::new(m.backend(), cfg.clone()).unwrap();
+    // First step: the packet rate is not known yet, so every free CPU.
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(m.get("web/cpuset.cpus"), "0-2");
+    let note = rep.locality.expect("locality recorded");
+    assert_eq!(note.serving.to_string(), "1-2");
+    assert_eq!(note.why, "not_network_heavy");
+    // 1,000,000 packets in a fraction of a second: network-heavy; pinned onto CPUs 1-2.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    m.put("sys/class/net/eth9/statistics/rx_packets", "1001000\n");
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpuset]);
+    assert_eq!(m.get("web/cpuset.cpus"), "1-2");
+    assert_eq!(rep.locality.unwrap().choice, "nic_local");
+    let audit = r.audit().read_all().unwrap();
+    let last = audit.iter().rev().find(|e| e.resource == "cpuset").unwrap();
+    let loc = last.locality.as_ref().expect("locality in the audit entry");
+    assert_eq!(loc["interface"], "eth9");
+    assert_eq!(loc["serving"], "1-2");
+    assert_eq!(loc["why"], "nic_local");
+    assert_eq!(last.new, serde_json::json!("1-2"));
+    drop(r);
+    assert_eq!(m.get("web/cpuset.cpus"), "0-3");
+
+    // A missing interface is an error naming it, and nothing is written.
+    cfg.nic.as_mut().unwrap().interface = "nope9".into();
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let err = r.step(&Forecasts::default()).unwrap_err();
+    assert!(err.to_string().contains("nope9"), "{err}");
+    assert_eq!(m.get("web/cpuset.cpus"), "0-3");
+}
+
+#[test]
 fn kubelet_owned_groups_are_refused_unless_allowed() {
     let m = Mimic::new("kube");
     m.put("kubepods/burstable/pod1/cpu.max", "max 100000\n");
