@@ -202,6 +202,9 @@ struct Kid(Child);
 
 impl Drop for Kid {
     fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();

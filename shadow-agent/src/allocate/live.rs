@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::backend::{self, Backend};
 use super::policy::Resource;
-use super::policy::{ForecastInput, PolicyConfig, Rails};
+use super::policy::{ForecastInput, Rails};
 use super::reconcile::{AllocatorConfig, Forecasts, Reconciler};
 use super::scale::{ScaleDetector, ScaleEvent, ScaleRule, Webhook, WebhookUrl};
 use super::sim::{adaptive_forecast, AdaptiveSim};
@@ -35,6 +35,8 @@ pub struct RawAllocate {
     pub level: Option<f64>,
     pub headroom: Option<f64>,
     pub max_rel_width: Option<f64>,
+    /// Calibrate the forecast target towards this shortage rate (default: off).
+    pub shortage_target: Option<f64>,
     /// false: reactive policy only (forecasts are still made, for scaling events, but not
     /// handed to the decision). Default true.
     pub predictive: Option<bool>,
@@ -191,12 +193,22 @@ impl RawAllocate {
         let state_dir = self
             .state_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let mut policy = PolicyConfig::default();
+        // The tuned predictive settings of the simulator (headroom 0.12, max_rel_width 2.0).
+        let mut policy = super::sim::tuned_policy();
         if let Some(h) = self.headroom {
             policy.headroom = h;
         }
         if let Some(w) = self.max_rel_width {
             policy.confidence.max_rel_width = w;
+        }
+        if let Some(t) = self.shortage_target {
+            if !(t > 0.0 && t < 1.0) {
+                return Err(bad(
+                    "shortage_target",
+                    "must be a fraction in (0, 1), e.g. 0.03",
+                ));
+            }
+            policy.shortage_target = Some(t);
         }
         let cpu_raw = self.cpu.unwrap_or_default();
         let mem_raw = self.memory.unwrap_or_default();

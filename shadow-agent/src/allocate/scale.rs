@@ -271,7 +271,11 @@ impl Webhook {
                     }
                 };
                 while let Ok(ev) = rx.recv() {
-                    match rt.block_on(tokio::time::timeout(timeout, post(&target, &ev))) {
+                    // The timeout is made inside the runtime (it needs its timer).
+                    let result = rt.block_on(async {
+                        tokio::time::timeout(timeout, post(&target, &ev)).await
+                    });
+                    match result {
                         Ok(Ok(())) => {
                             st.sent.fetch_add(1, Ordering::Relaxed);
                         }

@@ -352,12 +352,24 @@ fn psi_full_steps_cpu_up() {
     m.put("web/cpu.max", "100000 100000\n");
     let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
     r.step(&Forecasts::default()).unwrap();
-    // 10 s of full stall within a fraction of a second: far above 5%.
+    // 10 s of full stall within a fraction of a second: far above 5%; but no throttling:
+    // contention for the host's CPUs, which a larger quota does not relieve.
     m.put(
         "web/cpu.pressure",
         "some avg10=50.00 avg60=0.00 avg300=0.00 total=20000000\n\
          full avg10=30.00 avg60=0.00 avg300=0.00 total=10000000\n",
     );
+    m.cpu_stat(100, 0, 0);
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert!(rep.applied.is_empty(), "{rep:?}");
+    // The same stall with the quota throttling the group (1 period in 100: below the
+    // throttle-ratio threshold, so the pressure is what steps it up).
+    m.put(
+        "web/cpu.pressure",
+        "some avg10=50.00 avg60=0.00 avg300=0.00 total=40000000\n\
+         full avg10=30.00 avg60=0.00 avg300=0.00 total=20000000\n",
+    );
+    m.cpu_stat(200, 1, 0);
     let rep = r.step(&Forecasts::default()).unwrap();
     assert_eq!(rep.applied, vec![Resource::Cpu]);
     assert_eq!(m.get("web/cpu.max"), "125000 100000");
