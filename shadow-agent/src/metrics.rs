@@ -33,6 +33,13 @@ struct CgroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleLabels {
+    direction: String,
+    resource: String,
+    cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabels {
     replica: String,
 }
@@ -54,6 +61,7 @@ pub struct Metrics {
     replica_restarts: Family<ReplicaLabels, Gauge>,
     discard_dropped: Family<ReplicaLabels, Counter>,
     discard_refused: Family<RefusedLabels, Counter>,
+    scale_events: Family<ScaleLabels, Counter>,
     /// Previous absolute values by key, to turn them into deltas.
     last: Mutex<HashMap<String, f64>>,
 }
@@ -118,7 +126,15 @@ impl Metrics {
             "Connects (kind=connect) and sends (kind=sendmsg) of a replica refused outside the allowlist",
             discard_refused.clone(),
         );
+        let scale_events = Family::<ScaleLabels, Counter>::default();
+        registry.register(
+            "shadow_scale_events",
+            "Scaling events of the allocator: the forecast need exceeds what the node can give \
+             the primary (direction=out) or stays well below it (direction=in, a suggestion)",
+            scale_events.clone(),
+        );
         Metrics {
+            scale_events,
             registry,
             mirror_packets,
             mirror_cloned_packets,
@@ -165,6 +181,17 @@ impl Metrics {
             .inc_by(self.delta("mirror/cloned".into(), c.cloned as f64) as u64);
         self.mirror_cloned_bytes
             .inc_by(self.delta("mirror/cloned_bytes".into(), c.cloned_bytes as f64) as u64);
+    }
+
+    /// One scaling event of the allocator.
+    pub fn observe_scale_event(&self, direction: &str, resource: &str, cgroup: &str) {
+        self.scale_events
+            .get_or_create(&ScaleLabels {
+                direction: direction.to_owned(),
+                resource: resource.to_owned(),
+                cgroup: cgroup.to_owned(),
+            })
+            .inc();
     }
 
     pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {
@@ -280,6 +307,25 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scale_events_are_counted_by_direction() {
+        let m = Metrics::new();
+        m.observe_scale_event("out", "cpu", "shop/web");
+        m.observe_scale_event("out", "cpu", "shop/web");
+        m.observe_scale_event("in", "memory", "shop/web");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "shadow_scale_events_total{direction=\"out\",resource=\"cpu\",cgroup=\"shop/web\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("direction=\"in\",resource=\"memory\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_are_monotonic_deltas_with_conventional_names() {

@@ -140,8 +140,17 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 line["shadow"] = serde_json::to_value(status).unwrap_or_default();
             }
             line["cpu_hook"] = serde_json::to_value(profiler.hook()).unwrap_or_default();
+            let mut scale_events = Vec::new();
             if let Some(a) = allocator.as_mut() {
                 line["allocate"] = a.tick();
+                scale_events = a.take_events();
+                for ev in &scale_events {
+                    metrics.observe_scale_event(
+                        ev.direction.as_str(),
+                        ev.resource.as_str(),
+                        &ev.cgroup,
+                    );
+                }
             }
             if let Some(g) = group.as_ref() {
                 let refused: Vec<_> = g
@@ -161,6 +170,10 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             }
             if json {
                 println!("{line}");
+                // Scaling events also get a line of their own (`"event": "scale"`).
+                for ev in &scale_events {
+                    println!("{}", serde_json::to_string(ev).unwrap_or_default());
+                }
             } else {
                 println!("{line:#}");
             }

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shadow_agent::allocate::backend::{self, Backend};
+use shadow_agent::allocate::scale::Direction;
 use shadow_agent::allocate::{
     AllocatorConfig, ForecastInput, Forecasts, Reason, Reconciler, Resource, Signal,
 };
@@ -242,4 +243,142 @@ fn dry_run_leaves_the_kernel_files_alone() {
     assert!(audit
         .iter()
         .any(|e| e.dry_run && !e.applied && e.resource == "cpu"));
+}
+
+/// Issue 8, scaling events, live: a burner whose demand ramps up in a test cgroup, the
+/// allocator of `run` (`LiveAllocator`, dry run, CPU capacity 0.5 cores) and a real HTTP
+/// receiver (Python's `http.server`) on loopback. The scale-out event must come while the
+/// measured usage is still within the capacity, and reach the receiver as the same JSON.
+#[test]
+fn scale_out_event_reaches_a_webhook_before_the_shortfall() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+    require_hybrid();
+    let _serial = heavy();
+    let cg = TestCgroup::new("aw");
+    let state = TestDir::new("aw");
+    let received = state.path().join("received.jsonl");
+
+    // The receiver: logs every POST body as a line, answers 204; prints its port.
+    let mut rx = Command::new("python3");
+    rx.args([
+        "-c",
+        r#"
+import http.server, sys
+out = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(out, "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#,
+    ])
+    .arg(&received)
+    .stdout(Stdio::piped());
+    let mut receiver = spawn_in(None, None, rx);
+    let mut port = String::new();
+    BufReader::new(receiver.child_mut().stdout.take().expect("receiver stdout"))
+        .read_line(&mut port)
+        .expect("receiver port");
+    let port: u16 = port.trim().parse().expect("a port number");
+
+    // Demand: 0.1 core for 20 s (the forecaster's history), then +0.7 core over 40 s.
+    let mut burner = Command::new("python3");
+    burner.args([
+        "-c",
+        r#"
+import time
+t0 = time.monotonic()
+while True:
+    t = time.monotonic() - t0
+    d = 0.1 if t < 20 else min(0.9, 0.1 + 0.7 * (t - 20) / 40)
+    s = time.monotonic()
+    while time.monotonic() - s < d * 0.01:
+        pass
+    time.sleep((1 - d) * 0.01)
+"#,
+    ]);
+    let _burner = spawn_in(None, Some(&cg), burner);
+
+    let toml = format!(
+        r#"
+cgroups = ["{name}"]
+dry_run = true
+state_dir = "{state}"
+window = 100
+lead = 4
+[cpu]
+max = 0.5
+[memory]
+enabled = false
+[scale]
+out_hold_intervals = 2
+webhook = "http://127.0.0.1:{port}/scale"
+"#,
+        name = cg.name(),
+        state = state.path().display()
+    );
+    let spec = toml::from_str::<shadow_agent::allocate::live::RawAllocate>(&toml)
+        .expect("toml")
+        .validate()
+        .expect("valid [allocate]");
+    let mut alloc = shadow_agent::allocate::live::LiveAllocator::start(&spec).expect("start");
+    let mut event = None;
+    let mut usage_at_event = None;
+    let mut peak_usage: f64 = 0.0;
+    for _ in 0..300 {
+        std::thread::sleep(Duration::from_millis(250));
+        let summary = alloc.tick();
+        let cores = summary[cg.name()]["cpu_cores"].as_f64();
+        peak_usage = peak_usage.max(cores.unwrap_or(0.0));
+        let evs = alloc.take_events();
+        if let Some(ev) = evs.into_iter().find(|e| e.direction == Direction::Out) {
+            usage_at_event = cores;
+            event = Some(ev);
+            break;
+        }
+    }
+    let ev = event.unwrap_or_else(|| {
+        panic!("no scale-out event; peak usage {peak_usage:.2} cores against a capacity of 0.5")
+    });
+    eprintln!("scale-out event: {}", serde_json::to_string(&ev).unwrap());
+    let usage = usage_at_event.expect("usage at the event");
+    assert!(
+        usage <= 0.5,
+        "the event came after the shortfall: usage {usage:.3} cores > capacity 0.5"
+    );
+    assert!(ev.need > 0.5 && ev.capacity == 0.5 && !ev.acted, "{ev:?}");
+    assert_eq!(ev.resource, Resource::Cpu);
+    assert_eq!(ev.lead_intervals, 4);
+    assert!(ev.lead_s > 0.5, "{ev:?}");
+    // The same event reaches the receiver.
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = std::fs::read_to_string(&received).unwrap_or_default();
+        if !got.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let posted: serde_json::Value =
+        serde_json::from_str(got.lines().next().expect("a POST received")).expect("JSON body");
+    assert_eq!(posted["event"], "scale");
+    assert_eq!(posted["direction"], "out");
+    assert_eq!(posted["cgroup"], cg.name());
+    assert_eq!(posted["need"].as_f64(), Some(ev.need));
+    let stats = alloc.webhook().expect("webhook").stats();
+    assert_eq!(
+        stats.sent.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "{stats:?}"
+    );
+    // Dry run: the kernel's quota was never touched.
+    assert_eq!(kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us"), "-1");
 }

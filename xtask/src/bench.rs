@@ -8,6 +8,9 @@
 //!   from `bpftool prog show --json`). Targets: ratio >= 0.97, <= 300 ns per handler.
 //! - `mirror [--json PATH] [--rounds N] [--seconds S] [--no-xdp]`: Shadow's mirror against
 //!   `tc mirred` on one veth topology (`bench_mirror.rs`).
+//! - `allocate [--json PATH] [--series IDS] [--intervals N] [--interval-ms MS]`: the
+//!   allocator's live closed loop, Shadow vs the reactive policy alone on a replayed trace
+//!   (`bench_allocate.rs`).
 
 use std::{
     fs,
@@ -39,6 +42,9 @@ pub enum BenchTarget {
     /// Shadow's mirror (with and without masking) vs `tc mirred`: UDP pps, TCP Gbit/s,
     /// clone delivery (see `bench_mirror.rs`).
     Mirror(crate::bench_mirror::MirrorArgs),
+    /// The allocator's live closed loop: throttled time and CPU allocated, Shadow vs the
+    /// reactive policy alone, on a time-compressed trace (see `bench_allocate.rs`).
+    Allocate(crate::bench_allocate::AllocateArgs),
 }
 
 pub fn bench(target: BenchTarget) -> Result<()> {
@@ -49,6 +55,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
             loops,
         } => profiler(json.as_deref(), rounds, loops),
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
+        BenchTarget::Allocate(args) => crate::bench_allocate::allocate(args),
     }
 }
 

@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 2 a missing prerequisite (see [`prereq::PrereqError`]), 1 anything else.
 
 mod bench;
+mod bench_allocate;
 mod bench_mirror;
 mod leftovers;
 mod prereq;
@@ -48,10 +49,21 @@ enum Command {
     },
     /// Setup, build shadow-agent (release) and run `shadow-agent demo`, or
     /// `shadow-agent run ARGS...` when ARGS are given after `--`.
-    /// Benchmarks: `bench profiler [--json PATH]`, `bench mirror [--json PATH]`.
+    /// Benchmarks: `bench profiler [--json PATH]`, `bench mirror [--json PATH]`,
+    /// `bench allocate [--json PATH]`.
     Bench {
         #[command(subcommand)]
         target: bench::BenchTarget,
+    },
+    /// The trace-following CPU burner of `bench allocate` (internal).
+    #[command(name = "__burn-trace", hide = true)]
+    BurnTrace {
+        #[arg(long)]
+        interval_ms: u64,
+        #[arg(long)]
+        start_unix_ms: u64,
+        /// Demand in cores, one interval per line.
+        file: std::path::PathBuf,
     },
     Run {
         /// Skip `setup` (ignored under CI=true).
@@ -82,6 +94,11 @@ fn main() -> ExitCode {
         Command::Test { no_setup } => test::test(no_setup),
         Command::Run { no_setup, args } => run::run(no_setup, &args),
         Command::Bench { target } => bench::bench(target),
+        Command::BurnTrace {
+            interval_ms,
+            start_unix_ms,
+            file,
+        } => bench_allocate::burn_trace(&file, interval_ms, start_unix_ms),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,6 +71,9 @@ pub struct SimulateArgs {
     /// Largest (upper - lower) / point of a confident forecast.
     #[arg(long)]
     pub max_rel_width: Option<f64>,
+    /// Calibrate the predictive target per series towards this shortage rate (fraction).
+    #[arg(long)]
+    pub shortage_target: Option<f64>,
     /// Worker threads (default: the available cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -191,6 +194,9 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
         cfg.vpa_half_life = per_day.max(1) as f64;
         if let Some(h) = args.headroom {
             cfg.policy.headroom = h;
+        }
+        if let Some(t) = args.shortage_target {
+            cfg.policy.shortage_target = Some(t);
         }
         if let Some(h) = args.hysteresis {
             cfg.rails.hysteresis = h;

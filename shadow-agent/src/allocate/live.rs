@@ -6,13 +6,15 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::backend::{self, Backend};
-use super::policy::{ForecastInput, PolicyConfig, Rails};
+use super::policy::Resource;
+use super::policy::{ForecastInput, Rails};
 use super::reconcile::{AllocatorConfig, Forecasts, Reconciler};
+use super::scale::{ScaleDetector, ScaleEvent, ScaleRule, Webhook, WebhookUrl};
 use super::sim::{adaptive_forecast, AdaptiveSim};
 use super::{AllocateError, Result};
 use crate::sys::cgroup::CgroupRoot;
@@ -33,8 +35,43 @@ pub struct RawAllocate {
     pub level: Option<f64>,
     pub headroom: Option<f64>,
     pub max_rel_width: Option<f64>,
+    /// Calibrate the forecast target towards this shortage rate (default: off).
+    pub shortage_target: Option<f64>,
+    /// false: reactive policy only (forecasts are still made, for scaling events, but not
+    /// handed to the decision). Default true.
+    pub predictive: Option<bool>,
     pub cpu: Option<RawRails>,
     pub memory: Option<RawRails>,
+    pub scale: Option<RawScale>,
+    pub placement: Option<RawPlacement>,
+}
+
+/// `[allocate.placement]`: cpusets (off when absent).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlacement {
+    /// CPUs the primary must not use (the shadow group's), e.g. `"3"` or `"2-3"`.
+    pub avoid_cpus: String,
+    /// The primary's network interface: record its IRQ/RPS CPUs and, when it is
+    /// network-heavy, pin the primary onto the free ones.
+    pub nic: Option<String>,
+    /// Received packets per second at or above which the primary is network-heavy.
+    pub heavy_rx_pps: Option<f64>,
+    pub proc_root: Option<PathBuf>,
+    pub sys_root: Option<PathBuf>,
+}
+
+/// `[allocate.scale]`: scaling events (see [`ScaleRule`]) and the optional webhook.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScale {
+    pub enabled: Option<bool>,
+    pub out_hold_intervals: Option<u32>,
+    pub in_surplus_frac: Option<f64>,
+    pub in_hold_intervals: Option<u32>,
+    /// `http://host:port/path` to POST every event to (JSON); none by default.
+    pub webhook: Option<String>,
+    pub webhook_timeout_ms: Option<u64>,
 }
 
 /// `[allocate.cpu]` / `[allocate.memory]`: rails, each key optional (units: cores for CPU,
@@ -63,6 +100,11 @@ pub struct AllocateSpec {
     pub cgroup_root: PathBuf,
     pub allocator: AllocatorConfig,
     pub forecast: AdaptiveSim,
+    /// Hand the forecasts to the decision (false: reactive only).
+    pub predictive: bool,
+    pub scale: ScaleRule,
+    /// Validated webhook URL and its timeout.
+    pub webhook: Option<(String, Duration)>,
 }
 
 /// Defaults of the section (documented in `config/agent.example.toml`).
@@ -118,6 +160,16 @@ impl RawAllocate {
                     ),
                 ));
             }
+            if super::reconcile::kubelet_owned(t) && !self.allow_kubelet_owned.unwrap_or(false) {
+                return Err((
+                    format!("allocate.cgroups[{i}]"),
+                    format!(
+                        "{c:?} is owned by the kubelet (kubepods* or pod-UID path), which rewrites \
+                         its limits: resize the pod through the in-place pod resize API, or set \
+                         allocate.allow_kubelet_owned = true"
+                    ),
+                ));
+            }
         }
         let d = AdaptiveSim::default();
         let forecast = AdaptiveSim {
@@ -141,12 +193,22 @@ impl RawAllocate {
         let state_dir = self
             .state_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let mut policy = PolicyConfig::default();
+        // The tuned predictive settings of the simulator (headroom 0.12, max_rel_width 2.0).
+        let mut policy = super::sim::tuned_policy();
         if let Some(h) = self.headroom {
             policy.headroom = h;
         }
         if let Some(w) = self.max_rel_width {
             policy.confidence.max_rel_width = w;
+        }
+        if let Some(t) = self.shortage_target {
+            if !(t > 0.0 && t < 1.0) {
+                return Err(bad(
+                    "shortage_target",
+                    "must be a fraction in (0, 1), e.g. 0.03",
+                ));
+            }
+            policy.shortage_target = Some(t);
         }
         let cpu_raw = self.cpu.unwrap_or_default();
         let mem_raw = self.memory.unwrap_or_default();
@@ -167,12 +229,75 @@ impl RawAllocate {
             backoff_initial: 1,
             backoff_max: 32,
             allow_kubelet_owned: self.allow_kubelet_owned.unwrap_or(false),
+            nic: None,
         };
+
         allocator.validate().map_err(|e| match e {
             AllocateError::Config { key, reason } => (format!("allocate.{key}"), reason.to_owned()),
             other => ("allocate".to_owned(), other.to_string()),
         })?;
+        let (pin_away_from, nic) = match self.placement {
+            None => (None, None),
+            Some(p) => {
+                let avoid = p.avoid_cpus.parse::<super::cpuset::CpuSet>().map_err(|e| {
+                    bad("placement.avoid_cpus", &format!("{:?}: {e}", p.avoid_cpus))
+                })?;
+                let heavy = p.heavy_rx_pps.unwrap_or(10_000.0);
+                if !(heavy.is_finite() && heavy >= 0.0) {
+                    return Err(bad(
+                        "placement.heavy_rx_pps",
+                        "must be a non-negative number",
+                    ));
+                }
+                let nic = match p.nic {
+                    Some(n) if n.is_empty() || n.contains('/') => {
+                        return Err(bad(
+                            "placement.nic",
+                            &format!("{n:?} is not an interface name"),
+                        ))
+                    }
+                    Some(interface) => Some(super::reconcile::NicPlacement {
+                        interface,
+                        proc_root: p.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
+                        sys_root: p.sys_root.unwrap_or_else(|| PathBuf::from("/sys")),
+                        heavy_rx_pps: heavy,
+                    }),
+                    None => None,
+                };
+                (Some(avoid), nic)
+            }
+        };
+        let allocator = AllocatorConfig {
+            pin_away_from,
+            nic,
+            ..allocator
+        };
+        let raw_scale = self.scale.unwrap_or_default();
+        let d = ScaleRule::default();
+        let scale = ScaleRule {
+            enabled: raw_scale.enabled.unwrap_or(d.enabled),
+            out_hold_intervals: raw_scale.out_hold_intervals.unwrap_or(d.out_hold_intervals),
+            in_surplus_frac: raw_scale.in_surplus_frac.unwrap_or(d.in_surplus_frac),
+            in_hold_intervals: raw_scale.in_hold_intervals.unwrap_or(d.in_hold_intervals),
+        };
+        scale
+            .validate()
+            .map_err(|(k, m)| bad(&format!("scale.{k}"), m))?;
+        let webhook = match raw_scale.webhook {
+            None => None,
+            Some(url) => {
+                WebhookUrl::parse(&url).map_err(|m| bad("scale.webhook", &m))?;
+                let ms = raw_scale.webhook_timeout_ms.unwrap_or(2000);
+                if ms == 0 {
+                    return Err(bad("scale.webhook_timeout_ms", "must be at least 1 ms"));
+                }
+                Some((url, Duration::from_millis(ms)))
+            }
+        };
         Ok(AllocateSpec {
+            predictive: self.predictive.unwrap_or(true),
+            scale,
+            webhook,
             cgroups: self.cgroups,
             cgroup_root: self
                 .cgroup_root
@@ -240,11 +365,20 @@ struct Managed {
     cpu: Tracked,
     memory: Tracked,
     prev_cpu: Option<(Instant, u64)>,
+    /// Measured interval length (seconds), for the lead time of scaling events.
+    interval_s: Option<f64>,
+    scale_cpu: ScaleDetector,
+    scale_memory: ScaleDetector,
 }
 
 /// Every managed cgroup of `[allocate]`.
 pub struct LiveAllocator {
     groups: Vec<Managed>,
+    predictive: bool,
+    scale: ScaleRule,
+    webhook: Option<Webhook>,
+    /// Scaling events of the last tick (see [`LiveAllocator::take_events`]).
+    events: Vec<ScaleEvent>,
 }
 
 impl LiveAllocator {
@@ -269,9 +403,39 @@ impl LiveAllocator {
                 cpu: Tracked::new(spec.forecast),
                 memory: Tracked::new(spec.forecast),
                 prev_cpu: None,
+                interval_s: None,
+                scale_cpu: ScaleDetector::default(),
+                scale_memory: ScaleDetector::default(),
             });
         }
-        Ok(LiveAllocator { groups })
+        let webhook = match &spec.webhook {
+            None => None,
+            Some((url, timeout)) => Some(Webhook::start(url, *timeout).map_err(|e| {
+                tracing::error!(url = %url, error = %e, "scale webhook");
+                AllocateError::Config {
+                    key: "allocate.scale.webhook".to_owned(),
+                    reason: "the webhook could not be started (see the log)",
+                }
+            })?),
+        };
+        Ok(LiveAllocator {
+            groups,
+            predictive: spec.predictive,
+            scale: spec.scale,
+            webhook,
+            events: Vec::new(),
+        })
+    }
+
+    /// The scaling events of the last [`LiveAllocator::tick`] (already queued to the
+    /// webhook, if one is configured).
+    pub fn take_events(&mut self) -> Vec<ScaleEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The webhook, if configured.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
     }
 
     /// One interval for every group; returns a JSON summary (per group: usage, forecasts and
@@ -279,24 +443,47 @@ impl LiveAllocator {
     /// reconciler backs off on its own.
     pub fn tick(&mut self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
+        self.events.clear();
         for g in &mut self.groups {
-            let v = match g.tick() {
+            let v = match g.tick(self.predictive, &self.scale, &mut self.events) {
                 Ok(v) => v,
                 Err(e) => serde_json::json!({ "error": super::state::error_chain(&e) }),
             };
             out.insert(g.name.clone(), v);
+        }
+        for ev in &self.events {
+            tracing::warn!(
+                cgroup = %ev.cgroup,
+                resource = ev.resource.as_str(),
+                direction = ev.direction.as_str(),
+                need = ev.need,
+                capacity = ev.capacity,
+                lead_s = ev.lead_s,
+                "scaling event"
+            );
+            if let Some(w) = &self.webhook {
+                w.send(ev);
+            }
         }
         out.into()
     }
 }
 
 impl Managed {
-    fn tick(&mut self) -> Result<serde_json::Value> {
+    fn tick(
+        &mut self,
+        predictive: bool,
+        rule: &ScaleRule,
+        events: &mut Vec<ScaleEvent>,
+    ) -> Result<serde_json::Value> {
         let sample = self.reconciler.backend().read_sample()?;
         let now = Instant::now();
         let cores = match (sample.cpu_usage_us, self.prev_cpu) {
             (Some(us), Some((t, prev))) => {
                 let dt = now.duration_since(t).as_secs_f64();
+                if dt > 0.0 {
+                    self.interval_s = Some(self.interval_s.map_or(dt, |s| 0.8 * s + 0.2 * dt));
+                }
                 (dt > 0.0).then(|| us.saturating_sub(prev) as f64 / 1e6 / dt)
             }
             _ => None,
@@ -308,12 +495,134 @@ impl Managed {
             cpu: cores.and_then(|c| self.cpu.push(c)),
             memory: sample.memory_usage.and_then(|b| self.memory.push(b as f64)),
         };
-        let report = self.reconciler.step(&forecasts)?;
-        Ok(serde_json::json!({
+        // Reactive only: the forecasts are still made (scaling events use them) but the
+        // decision does not see them.
+        let decided = if predictive {
+            forecasts
+        } else {
+            Forecasts::default()
+        };
+        let report = self.reconciler.step(&decided)?;
+        let cfg = self.reconciler.config();
+        let mut scale = Vec::new();
+        for (resource, rails, f, det, usage) in [
+            (
+                Resource::Cpu,
+                cfg.cpu.as_ref(),
+                forecasts.cpu,
+                &mut self.scale_cpu,
+                cores,
+            ),
+            (
+                Resource::Memory,
+                cfg.memory.as_ref(),
+                forecasts.memory,
+                &mut self.scale_memory,
+                sample.memory_usage.map(|b| b as f64),
+            ),
+        ] {
+            let (Some(rails), Some(f)) = (rails, f) else {
+                continue;
+            };
+            if let Some(s) = det.observe(rule, &cfg.policy, rails, Some(&f)) {
+                let ev = ScaleEvent {
+                    event: "scale".to_owned(),
+                    direction: s.direction,
+                    cgroup: self.name.clone(),
+                    resource,
+                    time_ms: super::state::unix_ms(),
+                    need: s.need,
+                    capacity: s.capacity,
+                    shortfall: s.need - s.capacity,
+                    forecast: f,
+                    lead_intervals: f.horizon_intervals,
+                    lead_s: f64::from(f.horizon_intervals) * self.interval_s.unwrap_or(0.0),
+                    usage,
+                    held_intervals: s.held_intervals,
+                    acted: false,
+                };
+                scale.push(ev);
+            }
+        }
+        let value = serde_json::json!({
             "cpu_cores": cores,
             "memory_bytes": sample.memory_usage,
             "forecasts": forecasts,
+            "predictive": predictive,
             "step": report,
-        }))
+            "scale_events": scale,
+        });
+        events.extend(scale);
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<AllocateSpec, (String, String)> {
+        toml::from_str::<RawAllocate>(text)
+            .map_err(|e| ("toml".to_owned(), e.to_string()))?
+            .validate()
+    }
+
+    #[test]
+    fn kubelet_owned_groups_are_refused_at_config_time() {
+        let err = parse(r#"cgroups = ["kubepods.slice/kubepods-burstable.slice"]"#).unwrap_err();
+        assert_eq!(err.0, "allocate.cgroups[0]");
+        assert!(err.1.contains("allow_kubelet_owned"), "{err:?}");
+        let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let err = parse(&format!(r#"cgroups = ["web", "root/pod{uid}"]"#)).unwrap_err();
+        assert_eq!(err.0, "allocate.cgroups[1]");
+        let ok = parse(&format!(
+            "cgroups = [\"root/pod{uid}\"]\nallow_kubelet_owned = true"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn scale_and_placement_sections() {
+        let s = parse(
+            r#"
+cgroups = ["web"]
+predictive = false
+[allocate.scale]
+out_hold_intervals = 3
+webhook = "http://127.0.0.1:9000/scale"
+webhook_timeout_ms = 500
+[allocate.placement]
+avoid_cpus = "2-3"
+nic = "eth0"
+heavy_rx_pps = 5000
+"#
+            .replace("[allocate.", "[")
+            .as_str(),
+        )
+        .unwrap();
+        assert!(!s.predictive);
+        assert_eq!(s.scale.out_hold_intervals, 3);
+        assert_eq!(
+            s.webhook,
+            Some((
+                "http://127.0.0.1:9000/scale".to_owned(),
+                Duration::from_millis(500)
+            ))
+        );
+        assert_eq!(
+            s.allocator.pin_away_from.as_ref().map(|c| c.to_string()),
+            Some("2-3".to_owned())
+        );
+        let nic = s.allocator.nic.unwrap();
+        assert_eq!((nic.interface.as_str(), nic.heavy_rx_pps), ("eth0", 5000.0));
+        let d = parse(r#"cgroups = ["web"]"#).unwrap();
+        assert!(d.predictive && d.webhook.is_none() && d.allocator.nic.is_none());
+
+        let err = parse("cgroups = [\"web\"]\n[scale]\nwebhook = \"https://x/\"").unwrap_err();
+        assert_eq!(err.0, "allocate.scale.webhook");
+        let err = parse("cgroups = [\"web\"]\n[scale]\nin_hold_intervals = 0").unwrap_err();
+        assert_eq!(err.0, "allocate.scale.in_hold_intervals");
+        let err = parse("cgroups = [\"web\"]\n[placement]\navoid_cpus = \"x\"").unwrap_err();
+        assert_eq!(err.0, "allocate.placement.avoid_cpus");
     }
 }

@@ -14,6 +14,9 @@
 //! - [`reconcile`]: the [`Reconciler`] tying them together, with dry run and back-off.
 //! - [`sim`]: trace-driven simulation of policies with the same decision code.
 //! - [`cpuset`]: CPU lists.
+//! - [`scale`]: scale-out / scale-in events when the forecast exceeds (or stays well below)
+//!   what the node can give the primary; webhook.
+//! - [`irq`]: NIC/IRQ locality of network-IO-heavy primaries (which CPUs serve the NIC).
 //!
 //! The forecaster is not wired in yet: it will fill [`ForecastInput`] (point, interval at a
 //! level, recent empirical coverage) per resource. See `docs/allocator.md`.
@@ -21,9 +24,11 @@
 pub mod backend;
 pub mod cli;
 pub mod cpuset;
+pub mod irq;
 pub mod live;
 pub mod policy;
 pub mod reconcile;
+pub mod scale;
 pub mod sim;
 pub mod state;
 
@@ -89,6 +94,10 @@ pub enum AllocateError {
     /// A configuration value is out of range.
     #[error("allocator config: {key}: {reason}")]
     Config { key: String, reason: &'static str },
+
+    /// A network interface named in the config does not exist.
+    #[error("network interface {interface:?} not found ({} is missing)", path.display())]
+    NoInterface { interface: String, path: PathBuf },
 
     /// The group belongs to the kubelet, which rewrites its limits.
     #[error(

@@ -263,7 +263,16 @@ pub struct PolicyConfig {
     /// Fraction added to a confident forecast's upper bound. Default 0.15.
     pub headroom: f64,
     pub reactive: ReactiveRule,
+    /// Per-series calibration of the forecast target towards this shortage rate (fraction of
+    /// intervals short: throttled, OOM, limit hit), online as adaptive conformal inference
+    /// does: the target is multiplied by a scale that grows by `exp(gain × (1 − target))` after
+    /// a short interval and shrinks by `exp(−gain × target)` after any other, within
+    /// [0.5, 2]. None (default): off.
+    pub shortage_target: Option<f64>,
 }
+
+/// Step size of the shortage calibration (see [`PolicyConfig::shortage_target`]).
+pub const CALIBRATION_GAIN: f64 = 0.05;
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -271,6 +280,7 @@ impl Default for PolicyConfig {
             confidence: ConfidenceRule::default(),
             headroom: 0.15,
             reactive: ReactiveRule::default(),
+            shortage_target: None,
         }
     }
 }
@@ -330,12 +340,17 @@ impl Signals {
                 });
             }
         }
-        if let Some(avg10) = self.psi_some_avg10 {
+        // CPU pressure counts only when the quota throttled the group during the interval:
+        // without throttling the stall comes from contention for the host's CPUs (other
+        // groups), which a larger quota does not relieve. (Memory has no throttle counter:
+        // `throttled_ratio` is None there and pressure always counts.)
+        let pressure_from_limit = self.throttled_ratio.is_none() || self.throttled_periods > 0;
+        if let Some(avg10) = self.psi_some_avg10.filter(|_| pressure_from_limit) {
             if avg10 >= rule.psi_some_avg10 {
                 out.push(Signal::PsiSome { avg10 });
             }
         }
-        if let Some(avg10) = self.psi_full_avg10 {
+        if let Some(avg10) = self.psi_full_avg10.filter(|_| pressure_from_limit) {
             if avg10 >= rule.psi_full_avg10 {
                 out.push(Signal::PsiFull { avg10 });
             }
@@ -355,12 +370,14 @@ impl Signals {
 }
 
 /// Per-resource memory between intervals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ResourceState {
     /// Intervals since the last change (saturating; large at start).
     pub since_change: u32,
     /// Consecutive intervals a confident forecast proposed a shrink.
     pub shrink_streak: u32,
+    /// Multiplier of the forecast target from the shortage calibration (1: none).
+    pub scale: f64,
 }
 
 impl Default for ResourceState {
@@ -368,6 +385,7 @@ impl Default for ResourceState {
         ResourceState {
             since_change: u32::MAX / 2,
             shrink_streak: 0,
+            scale: 1.0,
         }
     }
 }
@@ -453,10 +471,22 @@ pub fn decide(
     let urgent = active.iter().any(Signal::urgent);
     let mut applied_rails = Vec::new();
 
+    // 0. Shortage calibration from the interval just observed.
+    if let Some(target) = cfg.shortage_target {
+        let short = active.iter().any(|s| {
+            matches!(
+                s,
+                Signal::Throttled { .. } | Signal::Oom { .. } | Signal::LimitHit { .. }
+            )
+        });
+        let step = if short { 1.0 - target } else { -target };
+        state.scale = (state.scale * (CALIBRATION_GAIN * step).exp()).clamp(0.5, 2.0);
+    }
+
     // 1. Target.
     let forecast_target = forecast
         .filter(|_| confident)
-        .map(|f| f.upper.max(0.0) * (1.0 + cfg.headroom));
+        .map(|f| f.upper.max(0.0) * (1.0 + cfg.headroom) * state.scale);
     // Reactive steps need a limit to step from.
     let reactive_target =
         (!active.is_empty() && current.is_some()).then_some(eff * (1.0 + cfg.reactive.step_up));
@@ -713,6 +743,104 @@ mod tests {
     }
 
     #[test]
+    fn cpu_pressure_without_throttling_is_contention_not_the_quota() {
+        let r = ReactiveRule::default();
+        let contended = Signals {
+            usage: Some(0.3),
+            throttled_ratio: Some(0.0),
+            throttled_periods: 0,
+            psi_some_avg10: Some(80.0),
+            psi_full_avg10: Some(80.0),
+            ..Signals::default()
+        };
+        assert!(contended.active(&r, Some(1.0)).is_empty());
+        let throttled = Signals {
+            throttled_ratio: Some(0.02),
+            throttled_periods: 1,
+            ..contended
+        };
+        let a = throttled.active(&r, Some(1.0));
+        assert!(
+            a.iter().any(|s| matches!(s, Signal::PsiFull { .. })),
+            "{a:?}"
+        );
+        // Memory (no throttle counter): pressure counts.
+        let mem = Signals {
+            psi_full_avg10: Some(10.0),
+            ..Signals::default()
+        };
+        assert_eq!(mem.active(&r, Some(1.0)).len(), 1);
+    }
+
+    #[test]
+    fn shortage_calibration_scales_the_forecast_target() {
+        let cfg = PolicyConfig {
+            shortage_target: Some(0.1),
+            ..cfg()
+        };
+        let f = fc(1.0, 0.9, 1.0, Some(0.9));
+        let short = Signals {
+            throttled_ratio: Some(1.0),
+            throttled_periods: 10,
+            ..Signals::default()
+        };
+        let mut st = ResourceState::default();
+        // Short intervals raise the scale; calm ones lower it, ten times more slowly.
+        decide(
+            Resource::Cpu,
+            &cfg,
+            &rails(),
+            &mut st,
+            Some(2.0),
+            &short,
+            Some(&f),
+        );
+        let up = st.scale;
+        assert!((up - (0.05f64 * 0.9).exp()).abs() < 1e-12, "{up}");
+        for _ in 0..9 {
+            decide(
+                Resource::Cpu,
+                &cfg,
+                &rails(),
+                &mut st,
+                Some(2.0),
+                &Signals::default(),
+                Some(&f),
+            );
+        }
+        assert!((st.scale - 1.0).abs() < 1e-9, "{}", st.scale);
+        // The target carries the scale; bounded to [0.5, 2].
+        st.scale = 1.5;
+        let d = decide(
+            Resource::Cpu,
+            &cfg,
+            &rails(),
+            &mut st,
+            Some(1.0),
+            &Signals::default(),
+            Some(&f),
+        );
+        let want = 1.0 * 1.15 * 1.5 * (-0.05f64 * 0.1).exp();
+        assert!((d.target.unwrap() - want).abs() < 1e-9, "{d:?}");
+        for _ in 0..10_000 {
+            decide(
+                Resource::Cpu,
+                &cfg,
+                &rails(),
+                &mut st,
+                Some(1.0),
+                &Signals::default(),
+                None,
+            );
+        }
+        assert_eq!(st.scale, 0.5);
+        // Off by default: the scale stays 1.
+        let mut st = ResourceState::default();
+        run(&rails(), &mut st, Some(2.0), &short, Some(f));
+        assert_eq!(st.scale, 1.0);
+    }
+
+    #[test]
     fn rail_min_and_max() {
         let mut st = ResourceState::default();
         let d = run(
@@ -923,6 +1051,7 @@ mod tests {
         let mut st = ResourceState {
             since_change: 0,
             shrink_streak: 0,
+            scale: 1.0,
         };
         let d = run(&rails(), &mut st, Some(20.0), &Signals::default(), None);
         assert_eq!(d.new, Some(8.0));

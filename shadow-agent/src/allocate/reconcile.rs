@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, Limits, Sample};
 use super::cpuset::CpuSet;
+use super::irq::{decide_placement, read_nic_locality, rx_packets, LocalityNote};
 use super::policy::{
     decide, Decision, ForecastInput, PolicyConfig, Rail, Rails, Reason, Resource, ResourceState,
 };
@@ -42,6 +43,20 @@ pub struct AllocatorConfig {
     pub backoff_max: u32,
     /// Write cgroups under a `kubepods*` path (normally refused: the kubelet owns them).
     pub allow_kubelet_owned: bool,
+    /// NIC locality for the placement (with `pin_away_from`); None: not considered.
+    pub nic: Option<NicPlacement>,
+}
+
+/// The primary's network interface, for NIC/IRQ-aware placement (`allocate/irq.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NicPlacement {
+    /// Interface the primary serves on (e.g. `eth0`).
+    pub interface: String,
+    /// Where procfs and sysfs are mounted (`/proc`, `/sys`; a fake tree in tests).
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    /// Received packets per second at or above which the primary counts as network-heavy.
+    pub heavy_rx_pps: f64,
 }
 
 impl AllocatorConfig {
@@ -59,6 +74,7 @@ impl AllocatorConfig {
             backoff_initial: 1,
             backoff_max: 32,
             allow_kubelet_owned: false,
+            nic: None,
         }
     }
 
@@ -163,6 +179,8 @@ pub struct StepReport {
     /// Scalar decisions (CPU, memory), changing or not.
     pub decisions: Vec<Decision>,
     pub cpuset: Option<CpusetDecision>,
+    /// The NIC locality the placement used (with `nic` configured).
+    pub locality: Option<LocalityNote>,
     /// Resources whose limits were written this step.
     pub applied: Vec<Resource>,
     pub dry_run: bool,
@@ -184,6 +202,8 @@ pub struct Reconciler<B: Backend> {
     cpu: ResourceState,
     memory: ResourceState,
     prev: Option<(Instant, Sample)>,
+    /// The NIC's received packets at the previous step (for its rate).
+    prev_rx: Option<(Instant, u64)>,
     step: u64,
     backoff: Backoff,
     recovered: Option<RestoreReport>,
@@ -197,9 +217,32 @@ fn json_amount(v: Option<f64>) -> serde_json::Value {
     }
 }
 
-/// Whether `name` is below a kubelet-managed slice (`kubepods`, `kubepods.slice`, ...).
+/// Whether `name` is a kubelet-managed group: below a `kubepods*` slice (`kubepods`,
+/// `kubepods.slice`, `kubepods-burstable.slice`, ...), or with a component laid out as a pod
+/// UID, which the kubelet also creates under a renamed root (`--cgroup-root`):
+/// `pod<uuid>` (cgroupfs driver) or `*-pod<uuid with _>.slice` (systemd driver).
 pub fn kubelet_owned(name: &str) -> bool {
-    name.split('/').any(|c| c.starts_with("kubepods"))
+    name.split('/')
+        .any(|c| c.starts_with("kubepods") || pod_uid_component(c))
+}
+
+/// `pod` + a 36-character UUID (`-` or `_` separators), optionally after `<prefix>-` and
+/// before `.slice`.
+fn pod_uid_component(c: &str) -> bool {
+    let c = c.strip_suffix(".slice").unwrap_or(c);
+    let rest = match c.rfind("-pod") {
+        Some(i) => &c[i + 4..],
+        None => match c.strip_prefix("pod") {
+            Some(r) => r,
+            None => return false,
+        },
+    };
+    let b = rest.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, ch)| match i {
+            8 | 13 | 18 | 23 => *ch == b'-' || *ch == b'_',
+            _ => ch.is_ascii_hexdigit(),
+        })
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -226,6 +269,7 @@ impl<B: Backend> Reconciler<B> {
             cpu: ResourceState::default(),
             memory: ResourceState::default(),
             prev: None,
+            prev_rx: None,
             step: 0,
             backoff: Backoff {
                 next: cfg.backoff_initial,
@@ -258,6 +302,11 @@ impl<B: Backend> Reconciler<B> {
         &self.backend
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &AllocatorConfig {
+        &self.cfg
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -280,6 +329,7 @@ impl<B: Backend> Reconciler<B> {
             step: self.step,
             decisions: Vec::new(),
             cpuset: None,
+            locality: None,
             applied: Vec::new(),
             dry_run: self.cfg.dry_run,
             backing_off: None,
@@ -358,7 +408,29 @@ impl<B: Backend> Reconciler<B> {
         }
         if let (Some(avoid), Some(current)) = (&self.cfg.pin_away_from, &limits.cpuset) {
             if let Some(available) = self.backend.available_cpus()? {
-                report.cpuset = Some(decide_cpuset(current, &available, avoid));
+                match &self.cfg.nic {
+                    None => report.cpuset = Some(decide_cpuset(current, &available, avoid)),
+                    Some(nic) => {
+                        let loc = read_nic_locality(&nic.proc_root, &nic.sys_root, &nic.interface)?;
+                        let rx = rx_packets(&nic.sys_root, &nic.interface)?;
+                        let pps = self.prev_rx.and_then(|(t, prev)| {
+                            let dt = now.duration_since(t).as_secs_f64();
+                            (dt > 0.0).then(|| rx.saturating_sub(prev) as f64 / dt)
+                        });
+                        self.prev_rx = Some((now, rx));
+                        let (d, note) = decide_placement(
+                            current,
+                            &available,
+                            avoid,
+                            &loc,
+                            pps,
+                            nic.heavy_rx_pps,
+                            limits.cpu_cores,
+                        );
+                        report.cpuset = Some(d);
+                        report.locality = Some(note);
+                    }
+                }
             }
         }
 
@@ -380,6 +452,7 @@ impl<B: Backend> Reconciler<B> {
             self.log_scalar(d, applied, result.as_ref().err())?;
             result?;
         }
+        let locality = report.locality.clone();
         if let Some(c) = report.cpuset.clone() {
             if c.old != c.new || !c.rails.is_empty() {
                 let result = if c.old != c.new && !self.cfg.dry_run {
@@ -408,6 +481,7 @@ impl<B: Backend> Reconciler<B> {
                     confidence: None,
                     step: self.step,
                     error: result.as_ref().err().map(|e| error_chain(e)),
+                    locality: locality.as_ref().and_then(|n| serde_json::to_value(n).ok()),
                 };
                 self.audit.append(&entry)?;
                 result?;
@@ -460,6 +534,7 @@ impl<B: Backend> Reconciler<B> {
             confidence: d.confidence,
             step: self.step,
             error: err.map(|e| error_chain(e)),
+            locality: None,
         };
         self.audit.append(&entry)
     }
@@ -519,6 +594,7 @@ impl<B: Backend> Reconciler<B> {
             confidence: None,
             step: self.step,
             error: (!report.failed.is_empty()).then(|| format!("{:?}", report.failed)),
+            locality: None,
         };
         if let Err(e) = self.audit.append(&entry) {
             tracing::warn!(error = %error_chain(&e), "could not audit the restore");

@@ -60,14 +60,7 @@ impl SimConfig {
             // VPA-style policy's on all three. The headroom stays above
             // 1 / near_limit - 1 (11%): below it a confident target sits inside the
             // near-limit band and the reactive rule fights it (a change every interval).
-            policy: PolicyConfig {
-                headroom: 0.12,
-                confidence: ConfidenceRule {
-                    max_rel_width: 2.0,
-                    ..ConfidenceRule::default()
-                },
-                ..PolicyConfig::default()
-            },
+            policy: tuned_policy(),
             rails: Rails {
                 min: capacity * 0.005,
                 max: capacity,
@@ -98,12 +91,32 @@ impl SimConfig {
     }
 }
 
+/// The predictive policy's tuned decision settings (headroom 0.12, `max_rel_width` 2.0),
+/// shared by the simulator and the agent's `[allocate]` defaults: chosen on Bitbrains
+/// cpu_pct and mem_used_kb and PlanetLab cpu_pct together (`docs/allocator.md`).
+pub fn tuned_policy() -> PolicyConfig {
+    PolicyConfig {
+        headroom: 0.12,
+        confidence: ConfidenceRule {
+            max_rel_width: 2.0,
+            ..ConfidenceRule::default()
+        },
+        ..PolicyConfig::default()
+    }
+}
+
 /// One policy's score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyResult {
     pub name: String,
     /// Mean `max(0, limit − usage) / limit`.
     pub slack: f64,
+    /// Allocation-weighted slack: `Σ max(0, limit − usage) / Σ limit` (idle intervals weigh
+    /// by their limit instead of counting as 100% each).
+    pub slack_weighted: f64,
+    /// Lower bound of `slack` for any policy under the rails: the intervals with usage
+    /// below the `min` limit contribute `(min − usage) / min` whatever the policy does.
+    pub slack_floor: f64,
     /// Fraction of intervals where usage exceeded the limit.
     pub shortage: f64,
     /// Number of limit changes.
@@ -131,18 +144,25 @@ impl SimReport {
     /// A plain-text table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<12} {:>8} {:>9} {:>8} {:>11} {:>10}\n",
-            "policy", "slack", "shortage", "changes", "mean limit", "confident"
+            "{:<12} {:>8} {:>9} {:>9} {:>8} {:>11} {:>10}\n",
+            "policy", "slack", "weighted", "shortage", "changes", "mean limit", "confident"
         );
         for p in &self.policies {
             s.push_str(&format!(
-                "{:<12} {:>7.1}% {:>8.2}% {:>8} {:>11.3} {:>9.1}%\n",
+                "{:<12} {:>7.1}% {:>8.1}% {:>8.2}% {:>8} {:>11.3} {:>9.1}%\n",
                 p.name,
                 p.slack * 100.0,
+                p.slack_weighted * 100.0,
                 p.shortage * 100.0,
                 p.changes,
                 p.mean_limit,
                 p.confident * 100.0
+            ));
+        }
+        if let Some(p) = self.policies.first() {
+            s.push_str(&format!(
+                "slack floor (any policy, usage below the min limit): {:.1}%\n",
+                p.slack_floor * 100.0
             ));
         }
         s
@@ -152,6 +172,8 @@ impl SimReport {
 #[derive(Debug, Default, Clone)]
 struct Score {
     slack_sum: f64,
+    slack_abs: f64,
+    floor_sum: f64,
     short: u64,
     n: u64,
     changes: u64,
@@ -166,6 +188,7 @@ impl Score {
         if limit > 0.0 {
             self.slack_sum += ((limit - usage) / limit).max(0.0);
         }
+        self.slack_abs += (limit - usage).max(0.0);
         if usage > limit {
             self.short += 1;
         }
@@ -173,6 +196,8 @@ impl Score {
 
     fn merge(&mut self, o: &Score) {
         self.slack_sum += o.slack_sum;
+        self.slack_abs += o.slack_abs;
+        self.floor_sum += o.floor_sum;
         self.short += o.short;
         self.n += o.n;
         self.changes += o.changes;
@@ -185,6 +210,8 @@ impl Score {
         PolicyResult {
             name: name.to_owned(),
             slack: self.slack_sum / n,
+            slack_weighted: self.slack_abs / self.limit_sum.max(1e-12),
+            slack_floor: self.floor_sum / n,
             shortage: self.short as f64 / n,
             changes: self.changes,
             mean_limit: self.limit_sum / n,
@@ -355,7 +382,10 @@ pub fn adaptive_forecast(p: AdaptiveSim) -> impl FnMut(&[f64]) -> Option<Forecas
         };
         if stale && last_try.is_none_or(|lt| t - lt >= p.refit_every.max(1)) {
             last_try = Some(t);
-            let train = &h[t.saturating_sub(p.window.max(2))..];
+            // The last `window` samples, whether `h` is the whole history or a sliding window
+            // (the live agent passes one of fixed length: indexing by the call count would run
+            // past its end after `2 × window` intervals).
+            let train = &h[h.len().saturating_sub(p.window.max(2))..];
             match model
                 .fit(train)
                 .and_then(|f| f.predict(model.max_horizon, &[level]))
@@ -506,6 +536,12 @@ fn scores_for_series(
         }
 
         let now = u[t];
+        if now < cfg.rails.min {
+            let f = (cfg.rails.min - now) / cfg.rails.min;
+            for s in [&mut s_static, &mut s_react, &mut s_vpa, &mut s_pred] {
+                s.floor_sum += f;
+            }
+        }
         s_static.add(peak, now);
         s_react.add(l_react, now);
         s_vpa.add(l_vpa, now);
@@ -716,6 +752,28 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_forecast_takes_a_sliding_window_for_ever() {
+        // The live agent passes the last `window` samples every interval, for as long as it
+        // runs: past 2 × window calls this used to index beyond the slice.
+        let p = AdaptiveSim {
+            window: 100,
+            refit_every: 5,
+            lead: 2,
+            level: 0.8,
+        };
+        let y: Vec<f64> = (0..400)
+            .map(|i| 5.0 + crate::forecast::test_noise(i))
+            .collect();
+        let mut f = adaptive_forecast(p);
+        let mut some = 0;
+        for t in 1..y.len() {
+            let h = &y[t.saturating_sub(p.window)..t];
+            some += usize::from(f(h).is_some());
+        }
+        assert!(some > 250, "{some} forecasts");
+    }
+
+    #[test]
     fn constant_trace_scores() {
         // Constant usage: static = peak = usage, no slack, no shortage, no changes.
         let u = vec![2.0; 400];
@@ -812,6 +870,12 @@ mod trace_tests {
         );
         for p in &r.policies {
             assert!(p.intervals > 100_000, "{p:?}");
+            // No policy beats the floor the min limit imposes on idle intervals.
+            assert!(p.slack >= p.slack_floor - 1e-9, "{p:?}");
+            assert!(
+                p.slack_floor > 0.0 && (0.0..=1.0).contains(&p.slack_weighted),
+                "{p:?}"
+            );
             assert!((0.0..=1.0).contains(&p.slack) && (0.0..=1.0).contains(&p.shortage));
         }
         assert_eq!(st.changes, 0);

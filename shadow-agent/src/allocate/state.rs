@@ -173,6 +173,9 @@ pub struct AuditEntry {
     pub step: u64,
     /// An error, when the write failed.
     pub error: Option<String>,
+    /// Placement only: the NIC/IRQ locality the decision used (see `allocate/irq.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<serde_json::Value>,
 }
 
 /// Appends [`AuditEntry`] lines to a file.

@@ -352,12 +352,24 @@ fn psi_full_steps_cpu_up() {
     m.put("web/cpu.max", "100000 100000\n");
     let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
     r.step(&Forecasts::default()).unwrap();
-    // 10 s of full stall within a fraction of a second: far above 5%.
+    // 10 s of full stall within a fraction of a second: far above 5%; but no throttling:
+    // contention for the host's CPUs, which a larger quota does not relieve.
     m.put(
         "web/cpu.pressure",
         "some avg10=50.00 avg60=0.00 avg300=0.00 total=20000000\n\
          full avg10=30.00 avg60=0.00 avg300=0.00 total=10000000\n",
     );
+    m.cpu_stat(100, 0, 0);
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert!(rep.applied.is_empty(), "{rep:?}");
+    // The same stall with the quota throttling the group (1 period in 100: below the
+    // throttle-ratio threshold, so the pressure is what steps it up).
+    m.put(
+        "web/cpu.pressure",
+        "some avg10=50.00 avg60=0.00 avg300=0.00 total=40000000\n\
+         full avg10=30.00 avg60=0.00 avg300=0.00 total=20000000\n",
+    );
+    m.cpu_stat(200, 1, 0);
     let rep = r.step(&Forecasts::default()).unwrap();
     assert_eq!(rep.applied, vec![Resource::Cpu]);
     assert_eq!(m.get("web/cpu.max"), "125000 100000");
@@ -389,6 +401,63 @@ fn cpuset_pins_away_from_the_shadow_cpus() {
 }
 
 #[test]
+fn placement_of_a_network_heavy_primary_follows_its_nic_and_is_audited() {
+    use super::reconcile::NicPlacement;
+    let m = Mimic::new("nic");
+    m.put("web/cpuset.cpus", "0-3\n");
+    m.put("web/cpu.max", "100000 100000\n"); // 1 core
+                                             // A fake procfs/sysfs: eth9's IRQ on CPU 1, RPS onto CPU 2.
+    m.put(
+        "proc/interrupts",
+        "           CPU0       CPU1       CPU2       CPU3\n\
+         \x20 60:          0       9000          0          0  PCI-MSI 1-edge      eth9-rx-0\n",
+    );
+    m.put("proc/irq/60/smp_affinity_list", "1\n");
+    m.put("sys/class/net/eth9/queues/rx-0/rps_cpus", "4\n");
+    m.put("sys/class/net/eth9/statistics/rx_packets", "1000\n");
+    let mut cfg = m.config();
+    cfg.cpu = None;
+    cfg.memory = None;
+    cfg.pin_away_from = Some("3".parse::<CpuSet>().unwrap());
+    cfg.nic = Some(NicPlacement {
+        interface: "eth9".into(),
+        proc_root: m.root.join("proc"),
+        sys_root: m.root.join("sys"),
+        heavy_rx_pps: 10_000.0,
+    });
+    let mut r = Reconciler::new(m.backend(), cfg.clone()).unwrap();
+    // First step: the packet rate is not known yet, so every free CPU.
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(m.get("web/cpuset.cpus"), "0-2");
+    let note = rep.locality.expect("locality recorded");
+    assert_eq!(note.serving.to_string(), "1-2");
+    assert_eq!(note.why, "not_network_heavy");
+    // 1,000,000 packets in a fraction of a second: network-heavy; pinned onto CPUs 1-2.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    m.put("sys/class/net/eth9/statistics/rx_packets", "1001000\n");
+    let rep = r.step(&Forecasts::default()).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpuset]);
+    assert_eq!(m.get("web/cpuset.cpus"), "1-2");
+    assert_eq!(rep.locality.unwrap().choice, "nic_local");
+    let audit = r.audit().read_all().unwrap();
+    let last = audit.iter().rev().find(|e| e.resource == "cpuset").unwrap();
+    let loc = last.locality.as_ref().expect("locality in the audit entry");
+    assert_eq!(loc["interface"], "eth9");
+    assert_eq!(loc["serving"], "1-2");
+    assert_eq!(loc["why"], "nic_local");
+    assert_eq!(last.new, serde_json::json!("1-2"));
+    drop(r);
+    assert_eq!(m.get("web/cpuset.cpus"), "0-3");
+
+    // A missing interface is an error naming it, and nothing is written.
+    cfg.nic.as_mut().unwrap().interface = "nope9".into();
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let err = r.step(&Forecasts::default()).unwrap_err();
+    assert!(err.to_string().contains("nope9"), "{err}");
+    assert_eq!(m.get("web/cpuset.cpus"), "0-3");
+}
+
+#[test]
 fn kubelet_owned_groups_are_refused_unless_allowed() {
     let m = Mimic::new("kube");
     m.put("kubepods/burstable/pod1/cpu.max", "max 100000\n");
@@ -399,6 +468,44 @@ fn kubelet_owned_groups_are_refused_unless_allowed() {
     let mut cfg = m.config();
     cfg.allow_kubelet_owned = true;
     assert!(Reconciler::new(b, cfg).is_ok());
+}
+
+#[test]
+fn kubelet_layouts_are_recognised() {
+    use crate::allocate::reconcile::kubelet_owned;
+    let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+    let owned = [
+        "kubepods".to_owned(),
+        "kubepods.slice/kubepods-besteffort.slice".to_owned(),
+        format!("custom-root/burstable/pod{uid}"),
+        format!(
+            "k8s.slice/k8s-burstable.slice/k8s-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        ),
+        format!("custom-root/pod{uid}/0123456789abcdef"),
+    ];
+    for n in &owned {
+        assert!(kubelet_owned(n), "{n}");
+    }
+    let not_owned = [
+        "shop/web",
+        "pod-web",
+        "podcast/worker",
+        "shop/pod0f1e2d3c",
+        "system.slice/kubelet.service",
+    ];
+    for n in not_owned {
+        assert!(!kubelet_owned(n), "{n}");
+    }
+    // The refusal names the group's path.
+    let m = Mimic::new("kubeuid");
+    let name = format!("custom/pod{uid}");
+    m.put(&format!("{name}/cpu.max"), "max 100000\n");
+    let root = CgroupRoot::detect(&m.root).unwrap();
+    let b = V2Backend::new(&root, &name).unwrap();
+    let err = Reconciler::new(b, m.config()).unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
+    assert!(err.to_string().contains("allow_kubelet_owned"), "{err}");
 }
 
 #[test]
