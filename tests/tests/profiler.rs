@@ -554,3 +554,56 @@ fn wakeups_fall_back_to_the_classic_tracepoint() {
         "sched_wakeup_tp",
     );
 }
+
+/// The per-CPU cgroup-to-slot cache of the sched_switch handler must not outlive a change
+/// of `ACCT_CGROUPS`: once a cgroup is untracked and its slot handed to another cgroup, the
+/// first cgroup's CPU time goes to "other", never to the new owner of the slot.
+#[test]
+fn an_untracked_cgroup_stops_being_charged_even_to_a_reused_slot() {
+    let _serial = heavy();
+    let a = TestCgroup::new("ua");
+    let b = TestCgroup::new("ub");
+    // Two processes of `a` ping-pong through pipes on one CPU for 2 s, so most switch-outs
+    // there are `a`'s, one after the other: the case the cache serves from memory.
+    a.write(Controller::Cpuset, "cpuset.cpus", "0")
+        .unwrap_or_else(|e| panic!("pinning to CPU 0: {}", chain(&e)));
+    let mut prof = start(HookPreference::Auto);
+    let slot_a = prof.track(a.id()).expect("track a");
+    let pingpong = "import os, sys, time\n\
+                    r1, w1 = os.pipe(); r2, w2 = os.pipe()\n\
+                    if os.fork() == 0:\n\
+                    \x20   while os.read(r1, 1) == b'x': os.write(w2, b'x')\n\
+                    \x20   os._exit(0)\n\
+                    start = time.time(); said = False\n\
+                    while time.time() < start + 2.0:\n\
+                    \x20   os.write(w1, b'x'); os.read(r2, 1)\n\
+                    \x20   if not said and time.time() > start + 0.3:\n\
+                    \x20       sys.stdout.write('ready\\n'); sys.stdout.flush(); said = True\n\
+                    os.write(w1, b'q'); os.wait()\n";
+    let mut cmd = python(pingpong);
+    cmd.stdout(Stdio::piped());
+    let mut child = spawn_in(None, Some(&a), cmd);
+    let mut stdout = BufReader::new(child.child_mut().stdout.take().expect("stdout"));
+    expect_line(&mut stdout, "ready");
+    let charged = prof.cgroup(a.id()).expect("read").expect("tracked");
+    assert!(
+        charged.switches > 1000,
+        "a switched out only {} times",
+        charged.switches
+    );
+    prof.untrack(a.id()).expect("untrack a");
+    let slot_b = prof.track(b.id()).expect("track b");
+    assert_eq!(slot_a, slot_b, "the freed slot is reused");
+    wait_ok(&mut child, "the ping-pong", Duration::from_secs(60));
+    let b_acct = prof.cgroup(b.id()).expect("read").expect("tracked");
+    eprintln!(
+        "untrack: a {} switches / {} ns while tracked; b (empty) {} switches / {} ns after",
+        charged.switches, charged.cpu_ns, b_acct.switches, b_acct.cpu_ns
+    );
+    // b holds no task: anything charged to it is a's, through a stale cache.
+    assert_eq!(
+        (b_acct.switches, b_acct.cpu_ns),
+        (0, 0),
+        "the empty cgroup that took a's slot was charged"
+    );
+}
