@@ -389,10 +389,12 @@ fn run_queue_latency_rises_when_two_tasks_share_one_cpu() {
         two_q > 2 * one_q.max(1),
         "queued time one task {one_q} ns vs two tasks {two_q} ns"
     );
-    // The histogram has log2 buckets, and on a busy machine the lone task queues too: the
-    // distribution must shift up (median not lower, and the median or the tail higher).
+    // The histogram has log2 buckets, and on a busy machine the lone task queues too (behind
+    // other users' tasks on CPU 0): the quantiles must not fall, but they can land in the
+    // same buckets (seen at load average 7: p50 and p99 equal), so the rise itself is the
+    // total queued time above.
     assert!(
-        two.p50_us >= one.p50_us && (two.p50_us > one.p50_us || two.p99_us > one.p99_us),
+        two.p50_us >= one.p50_us && two.p99_us >= one.p99_us,
         "one task p50/p99 {}/{} us vs two tasks {}/{} us",
         one.p50_us,
         one.p99_us,
@@ -563,10 +565,14 @@ fn an_untracked_cgroup_stops_being_charged_even_to_a_reused_slot() {
     let _serial = heavy();
     let a = TestCgroup::new("ua");
     let b = TestCgroup::new("ub");
-    // Two processes of `a` ping-pong through pipes on one CPU for 2 s, so most switch-outs
-    // there are `a`'s, one after the other: the case the cache serves from memory.
+    // Two processes of `a` ping-pong through pipes on one CPU for 2 s. As SCHED_FIFO tasks
+    // they run before any other task there, so that CPU's switch-outs are `a`'s one after
+    // the other (the case the cache serves from memory), across the untrack. Their group
+    // may use 20% of each second at real-time priority; the rest goes to everyone else.
     a.write(Controller::Cpuset, "cpuset.cpus", "0")
         .unwrap_or_else(|e| panic!("pinning to CPU 0: {}", chain(&e)));
+    a.write(Controller::Cpu, "cpu.rt_runtime_us", "200000")
+        .unwrap_or_else(|e| panic!("real-time budget: {}", chain(&e)));
     let mut prof = start(HookPreference::Auto);
     let slot_a = prof.track(a.id()).expect("track a");
     let pingpong = "import os, sys, time\n\
@@ -580,7 +586,8 @@ fn an_untracked_cgroup_stops_being_charged_even_to_a_reused_slot() {
                     \x20   if not said and time.time() > start + 0.3:\n\
                     \x20       sys.stdout.write('ready\\n'); sys.stdout.flush(); said = True\n\
                     os.write(w1, b'q'); os.wait()\n";
-    let mut cmd = python(pingpong);
+    let mut cmd = Command::new("chrt");
+    cmd.args(["-f", "1", "python3", "-c", pingpong]);
     cmd.stdout(Stdio::piped());
     let mut child = spawn_in(None, Some(&a), cmd);
     let mut stdout = BufReader::new(child.child_mut().stdout.take().expect("stdout"));
