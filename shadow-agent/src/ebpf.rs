@@ -106,6 +106,8 @@ impl Object {
 fn btf_target(program: &str) -> &'static str {
     match program {
         shadow_common::maps::PROG_SCHED_BTF => "sched_switch",
+        shadow_common::maps::PROG_WAKEUP_BTF => "sched_wakeup",
+        shadow_common::maps::PROG_WAKEUP_NEW_BTF => "sched_wakeup_new",
         shadow_common::maps::PROG_FAULT_BTF => "page_fault_user",
         shadow_common::maps::PROG_EXEC_BTF => "sched_process_exec",
         shadow_common::maps::PROG_EXIT_BTF => "sched_process_exit",

@@ -117,6 +117,27 @@ pub struct TaskRq {
 const _: () = assert!(core::mem::size_of::<TaskRq>() == 8);
 crate::impl_pod!(TaskRq);
 
+/// Per-CPU state of the sched_switch handler (`ACCT_LAST`, one entry per CPU).
+///
+/// Besides the time of the last switch it caches the slot of the last cgroup it looked up,
+/// valid while `gen` equals the generation in `ACCT_GEN` (the agent bumps it after every
+/// change to `ACCT_CGROUPS`): consecutive switch-outs of one cgroup, the common case on a
+/// busy CPU, then skip the hash lookup. Only sched_switch (interrupts off) touches it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// `bpf_ktime_get_ns` at the last context switch on this CPU (0 = none yet).
+    pub last_ns: u64,
+    /// cgroup2 id and slot of the cached lookup, and the `ACCT_GEN` value it was made under
+    /// (0 = nothing cached: the agent's generations start at 1).
+    pub cg_id: u64,
+    pub cg_slot: u32,
+    pub _pad: u32,
+    pub gen: u64,
+}
+const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+crate::impl_pod!(CpuState);
+
 /// [`ProcEvent::kind`] values.
 pub mod event {
     /// The task called execve successfully.

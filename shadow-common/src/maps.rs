@@ -20,9 +20,14 @@ names! {
     PROG_SCHED_BTF = "sched_sw_btf";
     /// sched_switch through a raw tracepoint (fallback when BTF tracing is unavailable).
     PROG_SCHED_RAW = "sched_sw_raw";
-    /// Classic tracepoint sched/sched_wakeup: the woken pid starts waiting (run-queue latency).
+    /// tp_btf sched_wakeup: the woken task starts waiting (run-queue latency; preferred).
+    PROG_WAKEUP_BTF = "sched_wake_btf";
+    /// tp_btf sched_wakeup_new: a new task of a tracked cgroup starts waiting (preferred).
+    PROG_WAKEUP_NEW_BTF = "sched_wknew_btf";
+    /// Classic tracepoint sched/sched_wakeup: the woken pid starts waiting (fallback).
     PROG_WAKEUP_TP = "sched_wakeup_tp";
-    /// Classic tracepoint sched/sched_wakeup_new: a new task of a tracked cgroup starts waiting.
+    /// Classic tracepoint sched/sched_wakeup_new: a new task of a tracked cgroup starts waiting
+    /// (fallback).
     PROG_WAKEUP_NEW_TP = "sched_wknew_tp";
     /// Page faults: kretprobe on handle_mm_fault (preferred where kprobes exist; tells major).
     PROG_FAULT_KRET = "pgfault_kret";
@@ -83,8 +88,12 @@ names! {
     MAP_ACCT_CGROUPS = "ACCT_CGROUPS";
     /// `PerCpuArray<CgroupAcct>`, indexed by slot; slot 0 is "everything else".
     MAP_ACCT = "ACCT";
-    /// `PerCpuArray<u64>`: time of the last context switch on this CPU.
+    /// `PerCpuArray<acct::CpuState>`: time of the last context switch on this CPU and its
+    /// cgroup-to-slot cache.
     MAP_ACCT_LAST = "ACCT_LAST";
+    /// `Array<u64>`, one entry: generation of `ACCT_CGROUPS`, bumped by the agent after every
+    /// change (invalidates the per-CPU slot caches).
+    MAP_ACCT_GEN = "ACCT_GEN";
     /// `PerCpuArray<RqHist>`, indexed by slot: run-queue latency log2 histograms.
     MAP_RQ_HIST = "RQ_HIST";
     /// `LruHashMap<u32 pid, TaskRq>`: when each followed task became runnable.
@@ -94,6 +103,8 @@ names! {
     /// `PerCpuArray<u64>`, indexed by `acct::err::*`.
     MAP_ACCT_ERRS = "ACCT_ERRS";
 
+    /// Global (rodata) `u32`: byte offset of `pid` in `struct task_struct` (kernel BTF).
+    GLOBAL_TASK_PID_OFF = "TASK_PID_OFF";
     /// Global (rodata) `u32`: offset of `pid` in the sched_wakeup tracepoint record.
     GLOBAL_WAKE_PID_OFF = "WAKE_PID_OFF";
     /// Global (rodata) `u32`: offset of `nr_sector` in the block_bio_queue record.

@@ -5,11 +5,14 @@
 //! `ACCT` / `RQ_HIST`; nothing is logged per event.
 //!
 //! - CPU: at every context switch the time since the previous switch on this CPU is charged
-//!   to the task switched out, whose cgroup is still current; the idle task is not charged.
-//!   tp_btf (preferred) and raw tracepoint entry points share the code.
-//! - Run-queue latency: a task becomes runnable at a wakeup (classic tracepoints
-//!   sched_wakeup / sched_wakeup_new: the woken pid is a record field whose offset the agent
-//!   reads from tracefs and passes as a global) or when it is preempted (sched_switch with
+//!   to the task switched out, whose cgroup is still current; the idle task is not charged
+//!   and costs no lookup. The cgroup's slot is cached per CPU (`CpuState`) while the
+//!   generation in `ACCT_GEN` is unchanged. tp_btf (preferred) and raw tracepoint entry
+//!   points share the code.
+//! - Run-queue latency: a task becomes runnable at a wakeup (tp_btf sched_wakeup /
+//!   sched_wakeup_new: `task->pid` at the offset the agent reads from the kernel's BTF; or,
+//!   as the fallback, the classic tracepoints' `pid` record field at its tracefs offset;
+//!   both offsets are load-time globals) or when it is preempted (sched_switch with
 //!   `prev_state == TASK_RUNNING`, a scalar tp_btf/raw argument). It was switched in at the
 //!   previous switch on its CPU, which is known when it is switched out again: the latency
 //!   is recorded then, under the cgroup that is current. Only tasks seen running in a
@@ -32,15 +35,15 @@ use aya_ebpf::{
         bpf_ktime_get_ns, generated::bpf_skb_cgroup_id,
     },
     macros::{btf_tracepoint, cgroup_skb, kretprobe, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, RawTracePointContext, RetProbeContext, SkBuffContext,
         TracePointContext,
     },
 };
 use shadow_common::acct::{
-    blk, charge_ns, err, event, rq_bucket, rwbs_op, CgroupAcct, ProcEvent, RqHist, TaskRq,
-    EVENTS_BYTES, MAX_TRACKED, RQ_BUCKETS, RQ_TASKS_MAX, SLOT_OTHER,
+    blk, charge_ns, err, event, rq_bucket, rwbs_op, CgroupAcct, CpuState, ProcEvent, RqHist,
+    TaskRq, EVENTS_BYTES, MAX_TRACKED, RQ_BUCKETS, RQ_TASKS_MAX, SLOT_OTHER,
 };
 use shadow_ebpf::bump;
 
@@ -49,7 +52,9 @@ static ACCT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TRACKED, 
 #[map]
 static ACCT: PerCpuArray<CgroupAcct> = PerCpuArray::with_max_entries(MAX_TRACKED, 0);
 #[map]
-static ACCT_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static ACCT_LAST: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static ACCT_GEN: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static RQ_HIST: PerCpuArray<RqHist> = PerCpuArray::with_max_entries(MAX_TRACKED, 0);
 #[map]
@@ -59,6 +64,9 @@ static ACCT_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 static ACCT_ERRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(err::COUNT, 0);
 
+/// Byte offset of `pid` in `struct task_struct` (set by the agent from the kernel's BTF).
+#[unsafe(no_mangle)]
+static TASK_PID_OFF: u32 = 0;
 /// Offset of `pid` in the sched_wakeup(_new) record (set by the agent from tracefs).
 #[unsafe(no_mangle)]
 static WAKE_PID_OFF: u32 = 24;
@@ -113,23 +121,31 @@ pub fn sched_sw_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn on_switch(prev_state: u32) {
     // SAFETY: plain helper calls without arguments.
-    let (now, pid_tgid, cgid) = unsafe {
-        (
-            bpf_ktime_get_ns(),
-            bpf_get_current_pid_tgid(),
-            bpf_get_current_cgroup_id(),
-        )
-    };
-    let Some(last) = ACCT_LAST.get_ptr_mut(0) else {
+    let (now, pid_tgid) = unsafe { (bpf_ktime_get_ns(), bpf_get_current_pid_tgid()) };
+    let Some(st) = ACCT_LAST.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
-    let prev = unsafe { core::mem::replace(&mut *last, now) };
+    // SAFETY: per-CPU entry; only sched_switch touches it, with interrupts off.
+    let st = unsafe { &mut *st };
+    let prev = core::mem::replace(&mut st.last_ns, now);
     if pid_tgid == 0 {
-        return; // the idle task
+        return; // the idle task: nothing to charge, no cgroup to look up
     }
     let delta = charge_ns(prev, now);
-    let slot = slot_of(cgid);
+    // SAFETY: helper without arguments.
+    let cgid = unsafe { bpf_get_current_cgroup_id() };
+    let gen = ACCT_GEN.get(0).copied().unwrap_or(0);
+    let slot = if gen != 0 && st.gen == gen && st.cg_id == cgid {
+        st.cg_slot
+    } else {
+        // Read the generation before the lookup: a change in between leaves an older
+        // generation in the cache, which the next switch refreshes.
+        let slot = slot_of(cgid);
+        st.cg_id = cgid;
+        st.cg_slot = slot;
+        st.gen = gen;
+        slot
+    };
     if let Some(a) = acct(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
@@ -140,19 +156,21 @@ fn on_switch(prev_state: u32) {
     if slot == SLOT_OTHER {
         return;
     }
-    // Run-queue latency of the task switched out: it was switched in at `prev`.
+    // Run-queue latency of the task switched out: it was switched in at `prev`. A preempted
+    // task is back on the run queue from now; one lookup serves both.
     let pid = pid_tgid as u32;
+    let requeued = if prev_state == TASK_RUNNING { now } else { 0 };
     let enq = match RQ_TASKS.get_ptr_mut(pid) {
         Some(t) => {
             // SAFETY: the entry stays valid for the program's run; a concurrent wakeup
             // writes the same u64 field, a race loses at most one sample.
-            unsafe { core::mem::replace(&mut (*t).enqueued_ns, 0) }
+            unsafe { core::mem::replace(&mut (*t).enqueued_ns, requeued) }
         }
         None => {
-            if RQ_TASKS
-                .insert(pid, TaskRq::default(), u64::from(BPF_NOEXIST))
-                .is_err()
-            {
+            let t = TaskRq {
+                enqueued_ns: requeued,
+            };
+            if RQ_TASKS.insert(pid, t, u64::from(BPF_NOEXIST)).is_err() {
                 bump!(ACCT_ERRS, err::RQ_TASKS_FULL, 1);
             }
             0
@@ -167,13 +185,55 @@ fn on_switch(prev_state: u32) {
             }
         }
     }
-    if prev_state == TASK_RUNNING {
-        // Preempted: back on the run queue from now.
-        if let Some(t) = RQ_TASKS.get_ptr_mut(pid) {
-            // SAFETY: as above.
-            unsafe { (*t).enqueued_ns = now }
-        }
+}
+
+/// A task became runnable: if it is followed, it waits from now.
+#[inline(always)]
+fn on_wakeup(pid: u32) {
+    if let Some(t) = RQ_TASKS.get_ptr_mut(pid) {
+        // SAFETY: plain helper; the entry stays valid for the program's run.
+        unsafe { (*t).enqueued_ns = bpf_ktime_get_ns() }
     }
+}
+
+/// A new task became runnable; the parent (current) decides: a child forked in a tracked
+/// cgroup starts there, and is followed from now.
+#[inline(always)]
+fn on_wakeup_new(pid: u32) {
+    if current_slot() == SLOT_OTHER {
+        return;
+    }
+    let t = TaskRq {
+        // SAFETY: plain helper.
+        enqueued_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if RQ_TASKS.insert(pid, t, 0).is_err() {
+        bump!(ACCT_ERRS, err::RQ_TASKS_FULL, 1);
+    }
+}
+
+/// `task->pid` of a `struct task_struct *` tp_btf argument: a plain load at the offset the
+/// agent found in the kernel's BTF, which the verifier checks against the same BTF.
+#[inline(always)]
+fn task_pid(task: *const u8) -> u32 {
+    // SAFETY: rodata global written by the loader before load.
+    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFF) } as usize;
+    // SAFETY: a BTF-typed pointer from the tracepoint; the kernel turns the load into a
+    // fault-safe one and the verifier checks the offset is task_struct's pid.
+    unsafe { core::ptr::read_volatile(task.wrapping_add(off).cast::<i32>()) as u32 }
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wake_btf(ctx: BtfTracePointContext) -> i32 {
+    // Argument 0 of sched_wakeup is `struct task_struct *p`, the woken task.
+    on_wakeup(task_pid(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wknew_btf(ctx: BtfTracePointContext) -> i32 {
+    on_wakeup_new(task_pid(ctx.arg(0)));
+    0
 }
 
 /// The woken task's pid from a sched_wakeup(_new) record.
@@ -194,28 +254,15 @@ fn woken_pid(ctx: &TracePointContext) -> Option<u32> {
 #[tracepoint(category = "sched", name = "sched_wakeup")]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> i32 {
     if let Some(pid) = woken_pid(&ctx) {
-        if let Some(t) = RQ_TASKS.get_ptr_mut(pid) {
-            // SAFETY: plain helper; the entry stays valid for the program's run.
-            unsafe { (*t).enqueued_ns = bpf_ktime_get_ns() }
-        }
+        on_wakeup(pid);
     }
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_wakeup_new")]
 pub fn sched_wknew_tp(ctx: TracePointContext) -> i32 {
-    // The parent (current) decides: a child forked in a tracked cgroup starts there.
-    if current_slot() == SLOT_OTHER {
-        return 0;
-    }
     if let Some(pid) = woken_pid(&ctx) {
-        let t = TaskRq {
-            // SAFETY: plain helper.
-            enqueued_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        if RQ_TASKS.insert(pid, t, 0).is_err() {
-            bump!(ACCT_ERRS, err::RQ_TASKS_FULL, 1);
-        }
+        on_wakeup_new(pid);
     }
     0
 }

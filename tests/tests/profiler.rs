@@ -12,7 +12,7 @@ use std::{
 use shadow_agent::profile::{
     hist,
     sampler::{Drops, Sampler},
-    CpuHook, HookKind, HookPreference, Metric, Profiler,
+    CpuHook, HookKind, HookPreference, HookReport, Metric, Profiler,
 };
 use shadow_agent::sys::cgroup::Controller;
 use shadow_tests::harness::{chain, spawn_in, ChildGuard, TestCgroup, TestDir, TestNetns};
@@ -200,9 +200,10 @@ fn kprobe_collector_falls_back_to_the_tracepoint_and_reports_it() {
             .unwrap_or_else(|| panic!("no report for {m:?}"));
         assert!(r.hook.is_some(), "{m:?} has no hook: {r:?}");
     }
+    // Wakeups through tp_btf here (the classic tracepoints are the tested fallback).
     assert_eq!(
         prof.report(Metric::RunqLatency).and_then(|r| r.hook),
-        Some(HookKind::Tracepoint)
+        Some(HookKind::TpBtf)
     );
     // The fallback counts: a child touching 16 MiB faults at least once per page.
     let cg = TestCgroup::new("flt");
@@ -388,10 +389,12 @@ fn run_queue_latency_rises_when_two_tasks_share_one_cpu() {
         two_q > 2 * one_q.max(1),
         "queued time one task {one_q} ns vs two tasks {two_q} ns"
     );
-    // The histogram has log2 buckets, and on a busy machine the lone task queues too: the
-    // distribution must shift up (median not lower, and the median or the tail higher).
+    // The histogram has log2 buckets, and on a busy machine the lone task queues too (behind
+    // other users' tasks on CPU 0): the quantiles must not fall, but they can land in the
+    // same buckets (seen at load average 7: p50 and p99 equal), so the rise itself is the
+    // total queued time above.
     assert!(
-        two.p50_us >= one.p50_us && (two.p50_us > one.p50_us || two.p99_us > one.p99_us),
+        two.p50_us >= one.p50_us && two.p99_us >= one.p99_us,
         "one task p50/p99 {}/{} us vs two tasks {}/{} us",
         one.p50_us,
         one.p99_us,
@@ -431,4 +434,183 @@ fn exec_and_exit_of_a_tracked_cgroup_arrive_through_the_ring_buffer() {
     assert_eq!(stats.snapshot().1, 0, "channel drops");
     let a = prof.cgroup(cg.id()).expect("read").expect("tracked");
     assert_eq!((a.execs, a.exits), (1, 1));
+}
+
+/// What [`sleeper_next_to_a_burner`] saw.
+struct Sleeper {
+    /// eBPF run-queue samples of the tracked cgroup, their total (ns), its switch-outs.
+    samples: u64,
+    queued_ns: u64,
+    switches: u64,
+    /// The sleeper's own `run_delay` (ns) from `/proc/self/schedstat`, and its lifetime.
+    run_delay_ns: u64,
+    wall_ns: u64,
+    report: HookReport,
+}
+
+/// A task that sleeps 2 ms at a time, 400 times, on CPU 0 next to an untracked CPU burner
+/// pinned there too.
+fn sleeper_next_to_a_burner(pref: HookPreference) -> Sleeper {
+    let tracked = TestCgroup::new("wk");
+    let other = TestCgroup::new("wkb");
+    for cg in [&tracked, &other] {
+        cg.write(Controller::Cpuset, "cpuset.cpus", "0")
+            .unwrap_or_else(|e| panic!("pinning to CPU 0: {}", chain(&e)));
+    }
+    let mut prof = start(pref);
+    let report = prof
+        .report(Metric::RunqLatency)
+        .expect("run-queue report")
+        .clone();
+    prof.track(tracked.id()).expect("track");
+    let mut burner = spawn_in(
+        None,
+        Some(&other),
+        python("import time\nwhile time.process_time() < 4.0: pass"),
+    );
+    let sleeper = "import time, sys\n\
+                   for _ in range(400): time.sleep(0.002)\n\
+                   sys.stdout.write(open('/proc/self/schedstat').read())";
+    let mut c = python(sleeper);
+    c.stdout(Stdio::piped());
+    let started = std::time::Instant::now();
+    let mut k = spawn_in(None, Some(&tracked), c);
+    let mut out = String::new();
+    std::io::Read::read_to_string(k.child_mut().stdout.as_mut().expect("stdout"), &mut out)
+        .expect("reading schedstat");
+    wait_ok(&mut k, "the sleeper", Duration::from_secs(60));
+    let wall_ns = started.elapsed().as_nanos() as u64;
+    let b = prof
+        .rq_buckets(tracked.id())
+        .expect("read")
+        .expect("tracked");
+    let switches = prof
+        .cgroup(tracked.id())
+        .expect("read")
+        .expect("tracked")
+        .switches;
+    drop(burner.child_mut().kill());
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .map(|x| {
+            x.parse()
+                .unwrap_or_else(|_| panic!("bad schedstat {out:?}"))
+        })
+        .collect();
+    assert_eq!(v.len(), 3, "bad schedstat {out:?}");
+    Sleeper {
+        samples: b.iter().sum(),
+        queued_ns: queued_ns(&b),
+        switches,
+        run_delay_ns: v[1],
+        wall_ns,
+        report,
+    }
+}
+
+fn check_wakeups(pref: HookPreference, hook: HookKind, program: &str) {
+    let _serial = heavy();
+    let s = sleeper_next_to_a_burner(pref);
+    eprintln!(
+        "wakeups via {hook:?}: {} samples over {} switch-outs, queued eBPF {} ns; schedstat \
+         run_delay {} ns; {} ns wall",
+        s.samples, s.switches, s.queued_ns, s.run_delay_ns, s.wall_ns
+    );
+    assert_eq!(s.report.hook, Some(hook), "{:?}", s.report);
+    assert!(s.report.programs.contains(&program), "{:?}", s.report);
+    // A sleeper is almost never preempted: its samples come from its 400 wakeups (without
+    // the wakeup hook there would be only a handful). Each sample is taken at a switch-out.
+    assert!(
+        s.samples >= 380 && s.samples <= s.switches,
+        "{} run-queue samples for 400 wakeups and {} switch-outs",
+        s.samples,
+        s.switches
+    );
+    // The scheduler's own run_delay is a lower bound, not a match: it skips the waits of a
+    // task woken while still queued (EEVDF's delayed dequeue, frequent next to a burner),
+    // which the wakeup hook sees. Bucket midpoints are within a third either way, and no
+    // task queues longer than it lives.
+    assert!(
+        s.queued_ns as f64 >= 0.67 * s.run_delay_ns as f64,
+        "eBPF queued {} ns < schedstat run_delay {} ns",
+        s.queued_ns,
+        s.run_delay_ns
+    );
+    assert!(
+        (s.queued_ns as f64) <= 1.5 * s.wall_ns as f64,
+        "eBPF queued {} ns in {} ns of the sleeper's life",
+        s.queued_ns,
+        s.wall_ns
+    );
+}
+#[test]
+fn wakeups_are_measured_through_tp_btf() {
+    check_wakeups(HookPreference::Auto, HookKind::TpBtf, "sched_wake_btf");
+}
+
+#[test]
+fn wakeups_fall_back_to_the_classic_tracepoint() {
+    check_wakeups(
+        HookPreference::RawOnly,
+        HookKind::Tracepoint,
+        "sched_wakeup_tp",
+    );
+}
+
+/// The per-CPU cgroup-to-slot cache of the sched_switch handler must not outlive a change
+/// of `ACCT_CGROUPS`: once a cgroup is untracked and its slot handed to another cgroup, the
+/// first cgroup's CPU time goes to "other", never to the new owner of the slot.
+#[test]
+fn an_untracked_cgroup_stops_being_charged_even_to_a_reused_slot() {
+    let _serial = heavy();
+    let a = TestCgroup::new("ua");
+    let b = TestCgroup::new("ub");
+    // Two processes of `a` ping-pong through pipes on one CPU for 2 s. As SCHED_FIFO tasks
+    // they run before any other task there, so that CPU's switch-outs are `a`'s one after
+    // the other (the case the cache serves from memory), across the untrack. Their group
+    // may use 20% of each second at real-time priority; the rest goes to everyone else.
+    a.write(Controller::Cpuset, "cpuset.cpus", "0")
+        .unwrap_or_else(|e| panic!("pinning to CPU 0: {}", chain(&e)));
+    a.write(Controller::Cpu, "cpu.rt_runtime_us", "200000")
+        .unwrap_or_else(|e| panic!("real-time budget: {}", chain(&e)));
+    let mut prof = start(HookPreference::Auto);
+    let slot_a = prof.track(a.id()).expect("track a");
+    let pingpong = "import os, sys, time\n\
+                    r1, w1 = os.pipe(); r2, w2 = os.pipe()\n\
+                    if os.fork() == 0:\n\
+                    \x20   while os.read(r1, 1) == b'x': os.write(w2, b'x')\n\
+                    \x20   os._exit(0)\n\
+                    start = time.time(); said = False\n\
+                    while time.time() < start + 2.0:\n\
+                    \x20   os.write(w1, b'x'); os.read(r2, 1)\n\
+                    \x20   if not said and time.time() > start + 0.3:\n\
+                    \x20       sys.stdout.write('ready\\n'); sys.stdout.flush(); said = True\n\
+                    os.write(w1, b'q'); os.wait()\n";
+    let mut cmd = Command::new("chrt");
+    cmd.args(["-f", "1", "python3", "-c", pingpong]);
+    cmd.stdout(Stdio::piped());
+    let mut child = spawn_in(None, Some(&a), cmd);
+    let mut stdout = BufReader::new(child.child_mut().stdout.take().expect("stdout"));
+    expect_line(&mut stdout, "ready");
+    let charged = prof.cgroup(a.id()).expect("read").expect("tracked");
+    assert!(
+        charged.switches > 1000,
+        "a switched out only {} times",
+        charged.switches
+    );
+    prof.untrack(a.id()).expect("untrack a");
+    let slot_b = prof.track(b.id()).expect("track b");
+    assert_eq!(slot_a, slot_b, "the freed slot is reused");
+    wait_ok(&mut child, "the ping-pong", Duration::from_secs(60));
+    let b_acct = prof.cgroup(b.id()).expect("read").expect("tracked");
+    eprintln!(
+        "untrack: a {} switches / {} ns while tracked; b (empty) {} switches / {} ns after",
+        charged.switches, charged.cpu_ns, b_acct.switches, b_acct.cpu_ns
+    );
+    // b holds no task: anything charged to it is a's, through a stale cache.
+    assert_eq!(
+        (b_acct.switches, b_acct.cpu_ns),
+        (0, 0),
+        "the empty cgroup that took a's slot was charged"
+    );
 }

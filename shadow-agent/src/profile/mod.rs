@@ -8,12 +8,13 @@
 //! | metric | candidates, in order |
 //! |---|---|
 //! | cpu | tp_btf sched_switch, raw tracepoint sched_switch |
-//! | run-queue latency | the cpu hook (switch-in, preemption) + classic tracepoints sched_wakeup, sched_wakeup_new |
+//! | run-queue latency | the cpu hook (switch-in, preemption) + tp_btf sched_wakeup, sched_wakeup_new (pid offset from BTF), classic tracepoints |
 //! | page faults | kretprobe handle_mm_fault (splits majors), tp_btf page_fault_user, raw page_fault_user |
 //! | block IO | classic tracepoint block_bio_queue |
 //! | exec / exit | tp_btf sched_process_exec/exit, raw tracepoints |
 //! | network | cgroup_skb ingress/egress on each tracked cgroup2 directory |
 
+pub mod btf;
 pub mod cgroupfs;
 pub mod cli;
 pub mod events;
@@ -24,21 +25,21 @@ pub mod tracefs;
 use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         cgroup_skb::CgroupSkbLinkId, BtfTracePoint, CgroupAttachMode, CgroupSkb,
-        CgroupSkbAttachType, KProbe, RawTracePoint, TracePoint,
+        CgroupSkbAttachType, KProbe, Program, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
 use shadow_common::{
     acct::{err, CgroupAcct, RqHist, MAX_TRACKED, RQ_BUCKETS, SLOT_OTHER},
     maps::{
-        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_WAKE_PID_OFF, MAP_ACCT, MAP_ACCT_CGROUPS,
-        MAP_ACCT_ERRS, MAP_ACCT_EVENTS, MAP_RQ_HIST, PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW,
-        PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF, PROG_FAULT_KRET, PROG_FAULT_RAW,
-        PROG_SCHED_BTF, PROG_SCHED_RAW, PROG_SKB_IN, PROG_SKB_OUT, PROG_WAKEUP_NEW_TP,
-        PROG_WAKEUP_TP,
+        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_TASK_PID_OFF, GLOBAL_WAKE_PID_OFF,
+        MAP_ACCT, MAP_ACCT_CGROUPS, MAP_ACCT_ERRS, MAP_ACCT_EVENTS, MAP_ACCT_GEN, MAP_RQ_HIST,
+        PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW, PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF,
+        PROG_FAULT_KRET, PROG_FAULT_RAW, PROG_SCHED_BTF, PROG_SCHED_RAW, PROG_SKB_IN, PROG_SKB_OUT,
+        PROG_WAKEUP_BTF, PROG_WAKEUP_NEW_BTF, PROG_WAKEUP_NEW_TP, PROG_WAKEUP_TP,
     },
 };
 
@@ -191,6 +192,27 @@ fn attach_raw(ebpf: &mut Ebpf, program: &str, tp: &str) -> Attempt {
     Ok(())
 }
 
+/// Attach two programs that only work together; if the second fails, the first is unloaded
+/// (which detaches it) so a fallback pair can take over without counting twice.
+fn attach_pair(
+    ebpf: &mut Ebpf,
+    first: &str,
+    second: &str,
+    attach: impl Fn(&mut Ebpf, &str) -> Attempt,
+) -> Attempt {
+    attach(ebpf, first)?;
+    attach(ebpf, second).inspect_err(|_| {
+        let r = match ebpf.program_mut(first) {
+            Some(Program::BtfTracePoint(p)) => p.unload(),
+            Some(Program::TracePoint(p)) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(program = first, error = %e, "unloading after a failed pair");
+        }
+    })
+}
+
 fn attach_tp(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Attempt {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
@@ -337,8 +359,29 @@ impl Profiler {
         }
         let btf = Btf::from_sys_fs().ok();
         let offsets = read_offsets();
+        // Offset of task_struct.pid for the tp_btf wakeup programs (tracking tp_btf only).
+        let task_pid = match pref {
+            HookPreference::Auto => btf::Btf::kernel()
+                .and_then(|b| b.int_member("task_struct", "pid"))
+                .and_then(|(off, size)| {
+                    if size == 4 {
+                        Ok(off)
+                    } else {
+                        Err(btf::BtfError::BadMember {
+                            path: btf::VMLINUX.into(),
+                            strukt: "task_struct".into(),
+                            member: "pid".into(),
+                            reason: format!("{size} bytes, not 4"),
+                        })
+                    }
+                }),
+            HookPreference::RawOnly => Ok(0),
+        };
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
+        if let Ok(off) = &task_pid {
+            loader.override_global(GLOBAL_TASK_PID_OFF, off, true);
+        }
         if let Ok(o) = &offsets {
             loader
                 .override_global(GLOBAL_WAKE_PID_OFF, &o.wake_pid, true)
@@ -378,36 +421,63 @@ impl Profiler {
         });
 
         // Run-queue latency: switch-in and preemption come with the CPU hook; wakeups need
-        // the woken pid, a field of the classic tracepoints only (tp_btf/raw give a
-        // task_struct pointer, which Rust eBPF cannot read without CO-RE).
+        // the woken pid: `task->pid` of the tp_btf argument (offset from the kernel's BTF,
+        // checked by the verifier), or the `pid` field of the classic tracepoints (offset
+        // from tracefs) as the fallback.
         let mut fb = Vec::new();
         let mut progs = vec![cpu.program()];
-        let wake = match &offsets {
-            Err(e) => Err(format!("tracepoint offsets: {e}")),
-            Ok(_) => attach_tp(&mut ebpf, PROG_WAKEUP_TP, "sched", "sched_wakeup").and_then(|()| {
-                attach_tp(&mut ebpf, PROG_WAKEUP_NEW_TP, "sched", "sched_wakeup_new")
-            }),
-        };
-        let note = match wake {
-            Ok(()) => {
-                progs.extend([PROG_WAKEUP_TP, PROG_WAKEUP_NEW_TP]);
-                None
+        let mut wake_hook = None;
+        if pref == HookPreference::Auto {
+            let r = match &task_pid {
+                Err(e) => Err(format!("task_struct.pid offset: {e}")),
+                Ok(_) => attach_pair(&mut ebpf, PROG_WAKEUP_BTF, PROG_WAKEUP_NEW_BTF, |e, p| {
+                    let tp = if p == PROG_WAKEUP_BTF {
+                        "sched_wakeup"
+                    } else {
+                        "sched_wakeup_new"
+                    };
+                    attach_btf(e, btf, p, tp)
+                }),
+            };
+            match r {
+                Ok(()) => {
+                    progs.extend([PROG_WAKEUP_BTF, PROG_WAKEUP_NEW_BTF]);
+                    wake_hook = Some(HookKind::TpBtf);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "tp_btf wakeups unavailable, trying the tracepoints");
+                    fb.push(format!("{PROG_WAKEUP_BTF}: {e}"));
+                }
             }
-            Err(e) => {
-                fb.push(format!("{PROG_WAKEUP_TP}: {e}"));
-                Some("wakeups unavailable: only waits after preemption are measured".to_owned())
+        }
+        if wake_hook.is_none() {
+            let r = match &offsets {
+                Err(e) => Err(format!("tracepoint offsets: {e}")),
+                Ok(_) => attach_pair(&mut ebpf, PROG_WAKEUP_TP, PROG_WAKEUP_NEW_TP, |e, p| {
+                    let tp = if p == PROG_WAKEUP_TP {
+                        "sched_wakeup"
+                    } else {
+                        "sched_wakeup_new"
+                    };
+                    attach_tp(e, p, "sched", tp)
+                }),
+            };
+            match r {
+                Ok(()) => {
+                    progs.extend([PROG_WAKEUP_TP, PROG_WAKEUP_NEW_TP]);
+                    wake_hook = Some(HookKind::Tracepoint);
+                }
+                Err(e) => fb.push(format!("{PROG_WAKEUP_TP}: {e}")),
             }
-        };
+        }
         reports.push(HookReport {
             metric: Metric::RunqLatency,
-            hook: Some(if note.is_none() {
-                HookKind::Tracepoint
-            } else {
-                cpu.kind()
-            }),
+            hook: Some(wake_hook.unwrap_or(cpu.kind())),
             programs: progs,
             fallbacks: fb,
-            note,
+            note: wake_hook.is_none().then(|| {
+                "wakeups unavailable: only waits after preemption are measured".to_owned()
+            }),
         });
 
         // Page faults.
@@ -592,6 +662,7 @@ impl Profiler {
         cgroups
             .insert(cgroup_id, slot, 0)
             .map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
+        self.bump_generation()?;
         self.slots.insert(
             cgroup_id,
             Tracked {
@@ -671,12 +742,28 @@ impl Profiler {
         let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
             BpfHashMap::try_from(map).map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
         match cgroups.remove(&cgroup_id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProfileError::Map {
-                map: MAP_ACCT_CGROUPS,
-                source,
-            }),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(ProfileError::Map {
+                    map: MAP_ACCT_CGROUPS,
+                    source,
+                })
+            }
         }
+        self.bump_generation()
+    }
+
+    /// Tell the sched_switch handlers that `ACCT_CGROUPS` changed: their per-CPU
+    /// cgroup-to-slot caches are stale from now (`acct::CpuState`).
+    fn bump_generation(&mut self) -> Result<(), ProfileError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_ACCT_GEN)
+            .ok_or(Self::missing(MAP_ACCT_GEN))?;
+        let mut gen: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(Self::map_err(MAP_ACCT_GEN))?;
+        let next = gen.get(&0, 0).map_err(Self::map_err(MAP_ACCT_GEN))? + 1;
+        gen.set(0, next, 0).map_err(Self::map_err(MAP_ACCT_GEN))
     }
 
     /// The tracked cgroup ids.
