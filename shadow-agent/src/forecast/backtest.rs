@@ -215,7 +215,10 @@ pub fn level_key(level: f64) -> String {
 pub struct ModelScore {
     pub name: &'static str,
     pub default: bool,
+    /// Per-series MASE (ratio of means, [`super::metrics`]); aggregated: mean over series.
     pub mase: f64,
+    /// Mean over origins of each origin's MAE / scale (the earlier definition).
+    pub mase_per_origin: f64,
     pub smape: f64,
     pub coverage: BTreeMap<String, f64>,
     pub width95: f64,
@@ -308,6 +311,7 @@ fn score(kind: ModelKind, acc: &Accumulator, levels: &[f64], fit_ms: Option<f64>
         name: kind.name(),
         default: kind.is_default(),
         mase: acc.mase(),
+        mase_per_origin: acc.mase_per_origin(),
         smape: acc.smape(),
         coverage: levels
             .iter()
@@ -468,6 +472,7 @@ pub fn run(
             name: m.name(),
             default: m.is_default(),
             mase: mean_over(mi, &|s| s.mase),
+            mase_per_origin: mean_over(mi, &|s| s.mase_per_origin),
             smape: mean_over(mi, &|s| s.smape),
             coverage: cfg
                 .levels
