@@ -43,6 +43,12 @@ struct RefusedLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForecastLabels {
+    cgroup: String,
+    level: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +60,7 @@ pub struct Metrics {
     replica_restarts: Family<ReplicaLabels, Gauge>,
     discard_dropped: Family<ReplicaLabels, Counter>,
     discard_refused: Family<RefusedLabels, Counter>,
+    forecast_upper: Family<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Previous absolute values by key, to turn them into deltas.
     last: Mutex<HashMap<String, f64>>,
 }
@@ -118,7 +125,15 @@ impl Metrics {
             "Connects (kind=connect) and sends (kind=sendmsg) of a replica refused outside the allowlist",
             discard_refused.clone(),
         );
+        let forecast_upper =
+            Family::<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "shadow_forecast_upper_bound",
+            "Highest upper bound of a tracked cgroup's forecast interval (by level, percent) over the forecast horizon, in the series' unit (CPU: cores)",
+            forecast_upper.clone(),
+        );
         Metrics {
+            forecast_upper,
             registry,
             mirror_packets,
             mirror_cloned_packets,
@@ -165,6 +180,16 @@ impl Metrics {
             .inc_by(self.delta("mirror/cloned".into(), c.cloned as f64) as u64);
         self.mirror_cloned_bytes
             .inc_by(self.delta("mirror/cloned_bytes".into(), c.cloned_bytes as f64) as u64);
+    }
+
+    /// The latest forecast's highest upper bound over the horizon at `level` (percent).
+    pub fn observe_forecast_upper(&self, cgroup: &str, level: f64, upper: f64) {
+        self.forecast_upper
+            .get_or_create(&ForecastLabels {
+                cgroup: cgroup.to_string(),
+                level: format!("{level}"),
+            })
+            .set(upper);
     }
 
     pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {

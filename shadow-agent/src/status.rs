@@ -8,6 +8,14 @@ use std::path::{Path, PathBuf};
 /// Where `run` publishes its state.
 pub const STATUS_FILE: &str = "/run/shadow-agent/status.json";
 
+/// Where this `run` publishes: `$SHADOW_STATUS_FILE` if set (several agents on one host, or
+/// tests beside a running agent), else [`STATUS_FILE`].
+pub fn status_path() -> PathBuf {
+    std::env::var_os("SHADOW_STATUS_FILE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(STATUS_FILE), PathBuf::from)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("no running agent: {path} does not exist")]

@@ -16,7 +16,10 @@
 
 pub mod backtest;
 pub mod cli;
+pub mod cmd;
 pub mod data;
+pub mod demand;
+pub mod live;
 pub mod metrics;
 pub mod models;
 pub mod policy;

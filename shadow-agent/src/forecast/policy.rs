@@ -98,6 +98,14 @@ impl Adaptive {
             ..Self::default()
         }
     }
+
+    /// Fewest samples a fit needs (enough to rank candidates and calibrate intervals).
+    pub fn min_history(&self) -> usize {
+        let hmax = self.max_horizon.max(1);
+        let longest_median = self.median_windows.iter().copied().max().unwrap_or(1);
+        let base = longest_median.max(self.local_scale + 1) + 2 * hmax + self.min_calibration;
+        base + self.select_window.clamp(1, MIN_SELECT) + self.min_calibration + hmax
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -391,45 +399,79 @@ impl FittedAdaptive {
     /// miscoverage rate moves by `gamma · (alpha − missed)`, so a series whose recent
     /// intervals covered too often gets narrower ones and one that missed gets wider ones.
     fn offsets(&self, h: usize, level: f64) -> (f64, f64) {
-        let e = &self.errors[h];
-        let n = e.len();
-        // A short history splits its errors: up to half replayed, the rest calibrate.
-        let q = self
-            .calibration
-            .min(n - (n / 2).min(self.aci_replay))
-            .max(1);
-        let alpha0 = 1.0 - level;
-        let mut alpha = alpha0;
-        // The step is relative to the nominal miscoverage, so a 95% interval (misses rare)
-        // moves as cautiously, in relative terms, as an 80% one.
-        let gamma = self.aci_gamma * alpha0;
-        // Replayed origins j (index into e): those with a full window of errors before
-        // them; at origin j the errors known are e[..=j - (h + 1)] (step h + 1 ahead).
-        let lag = h + 1;
-        let first = q + lag - 1;
-        if self.aci_gamma > 0.0 && n > first + 1 {
-            let mut window: Vec<f64> = e[first + 1 - lag - q..first + 1 - lag].to_vec();
-            sort_floats(&mut window);
-            for j in first..n {
-                let (lo, hi) = conformal_offsets(&window, (1.0 - alpha).clamp(0.0, 1.0));
-                let missed = if lo <= e[j] && e[j] <= hi { 0.0 } else { 1.0 };
-                alpha = (alpha + gamma * (alpha0 - missed)).clamp(0.0, 1.0);
-                // Slide: e[j + 1 - lag] becomes known, e[j + 1 - lag - q] drops out.
-                if j + 1 < n {
-                    let add = e[j + 1 - lag];
-                    let drop = e[j + 1 - lag - q];
-                    if let Ok(i) = window.binary_search_by(|x| x.total_cmp(&drop)) {
-                        window.remove(i);
-                    }
-                    let i = window.partition_point(|x| x.total_cmp(&add).is_lt());
-                    window.insert(i, add);
+        aci_offsets(
+            &self.errors[h],
+            self.calibration,
+            self.aci_replay,
+            self.aci_gamma,
+            h + 1,
+            level,
+        )
+    }
+
+    /// The policy's recent out-of-sample errors (`actual − forecast`) at step `h`
+    /// (1-based), oldest first; the last is the error of the forecast made `h` samples before
+    /// the end of the history for its last sample. In the series' unit when `local_scale` is 0
+    /// (the default).
+    pub fn recent_errors(&self, h: usize) -> &[f64] {
+        self.errors
+            .get(h.wrapping_sub(1))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Interval offsets (added to the point forecast) at `level` for a forecast `lag` steps
+/// ahead, from that step's recent errors `e` (oldest first): the conformal quantiles of the
+/// newest `calibration` errors at a level recalibrated by replaying adaptive conformal
+/// inference (Gibbs & Candès 2021) over the older ones: at each replayed origin the interval
+/// is built only from errors whose targets were observed by then (`lag` origins earlier), and
+/// the miscoverage rate moves by `gamma · alpha0 · (alpha0 − missed)`, so a series whose recent
+/// intervals covered too often gets narrower ones and one that missed gets wider ones.
+pub(crate) fn aci_offsets(
+    e: &[f64],
+    calibration: usize,
+    aci_replay: usize,
+    aci_gamma: f64,
+    lag: usize,
+    level: f64,
+) -> (f64, f64) {
+    let n = e.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let lag = lag.max(1);
+    // A short history splits its errors: up to half replayed, the rest calibrate.
+    let q = calibration.min(n - (n / 2).min(aci_replay)).max(1);
+    let alpha0 = 1.0 - level;
+    let mut alpha = alpha0;
+    // The step is relative to the nominal miscoverage, so a 95% interval (misses rare)
+    // moves as cautiously, in relative terms, as an 80% one.
+    let gamma = aci_gamma * alpha0;
+    // Replayed origins j (index into e): those with a full window of errors before
+    // them; at origin j the errors known are e[..=j - lag].
+    let first = q + lag - 1;
+    if aci_gamma > 0.0 && n > first + 1 {
+        let mut window: Vec<f64> = e[first + 1 - lag - q..first + 1 - lag].to_vec();
+        sort_floats(&mut window);
+        for j in first..n {
+            let (lo, hi) = conformal_offsets(&window, (1.0 - alpha).clamp(0.0, 1.0));
+            let missed = if lo <= e[j] && e[j] <= hi { 0.0 } else { 1.0 };
+            alpha = (alpha + gamma * (alpha0 - missed)).clamp(0.0, 1.0);
+            // Slide: e[j + 1 - lag] becomes known, e[j + 1 - lag - q] drops out.
+            if j + 1 < n {
+                let add = e[j + 1 - lag];
+                let drop = e[j + 1 - lag - q];
+                if let Ok(i) = window.binary_search_by(|x| x.total_cmp(&drop)) {
+                    window.remove(i);
                 }
+                let i = window.partition_point(|x| x.total_cmp(&add).is_lt());
+                window.insert(i, add);
             }
         }
-        let mut last: Vec<f64> = e[n.saturating_sub(q)..].to_vec();
-        sort_floats(&mut last);
-        conformal_offsets(&last, (1.0 - alpha).clamp(0.0, 1.0))
     }
+    let mut last: Vec<f64> = e[n.saturating_sub(q)..].to_vec();
+    sort_floats(&mut last);
+    conformal_offsets(&last, (1.0 - alpha).clamp(0.0, 1.0))
 }
 
 impl Fitted for FittedAdaptive {
@@ -539,6 +581,17 @@ mod tests {
             w_aci > 1.0,
             "recalibrated width {w_aci} below the noise's own spread"
         );
+    }
+
+    #[test]
+    fn min_history_is_enough() {
+        let y: Vec<f64> = (0..1000).map(|i| 10.0 + noise(i)).collect();
+        for h in [1, 6, 12, 48] {
+            let p = Adaptive::with_horizon(h);
+            let n = p.min_history();
+            p.fit(&y[..n])
+                .unwrap_or_else(|e| panic!("horizon {h}, {n} samples: {e}"));
+        }
     }
 
     #[test]
