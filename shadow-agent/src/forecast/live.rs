@@ -251,6 +251,21 @@ impl LiveForecaster {
         });
     }
 
+    /// Seed the history of `key` with whole steps (oldest first), e.g. from a recorded trace;
+    /// only the last `window` are kept. The series is due for a refit at the next interval.
+    pub fn preload(&mut self, key: &str, steps: &[f64]) {
+        let window = self.spec.window;
+        let Some(t) = self.tracks.get_mut(key) else {
+            return;
+        };
+        t.history
+            .extend(steps.iter().copied().filter(|v| v.is_finite()));
+        while t.history.len() > window {
+            t.history.pop_front();
+        }
+        t.new_steps = t.new_steps.max(self.spec.refit_every);
+    }
+
     /// One profiler interval's sample of `key`.
     pub fn observe(&mut self, key: &str, value: f64) {
         let Some(t) = self.tracks.get_mut(key) else {
