@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::{
     demand::{self, CostModel, Source},
     policy::{Adaptive, FittedAdaptive},
-    Fitted as _, Forecaster as _,
+    thread_cpu_ns, Fitted as _, Forecaster as _,
 };
 
 /// The `[forecast]` section as written.
@@ -191,20 +191,6 @@ pub struct LiveForecaster {
     fits: u64,
     fit_cpu_ns: u128,
     started: std::time::Instant,
-}
-
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 impl LiveForecaster {

@@ -70,6 +70,8 @@ pub struct Accumulator {
     pub width95_sum: f64,
     pub width95_n: usize,
     pub fit_ns: u128,
+    /// Thread CPU time of the fits and forecasts.
+    pub fit_cpu_ns: u128,
     pub fits: usize,
     pub failures: usize,
     /// Season of the MASE scale (1: one-step naive).
