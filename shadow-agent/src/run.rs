@@ -185,6 +185,33 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                             let top = i.upper.iter().copied().fold(f64::NAN, f64::max);
                             metrics.observe_forecast_upper(&key, i.level, top);
                         }
+                        // The cgroup's line carries it in the shape `report` draws (levels
+                        // as fractions, the first step `horizon_s` ahead).
+                        if let Some(c) = line["cgroups"]
+                            .get_mut(key.as_str())
+                            .and_then(|c| c.as_object_mut())
+                        {
+                            let intervals: Vec<serde_json::Value> = p
+                                .intervals
+                                .iter()
+                                .map(|i| {
+                                    serde_json::json!({
+                                        "level": i.level / 100.0,
+                                        "lower": i.lower,
+                                        "upper": i.upper,
+                                    })
+                                })
+                                .collect();
+                            c.insert(
+                                "forecast".into(),
+                                serde_json::json!({
+                                    "point": p.point,
+                                    "intervals": intervals,
+                                    "horizon_s": p.step_s,
+                                    "source": p.source,
+                                }),
+                            );
+                        }
                     }
                 }
                 line["forecast"] = f.status();

@@ -198,6 +198,11 @@ window = 150
         "{reason}"
     );
     assert_eq!(p["point"].as_array().unwrap().len(), 3, "{p}");
+    // The cgroup's own entry in the line carries it in the shape `shadow-agent report` draws.
+    let c = &v["cgroups"][key.as_str()]["forecast"];
+    assert_eq!(c["point"], p["point"], "{c}");
+    assert_eq!(c["intervals"][0]["level"], 0.8, "{c}");
+    assert_eq!(c["horizon_s"], 0.1, "{c}");
     eprintln!("source {source}: {reason}\ncost {cost}");
     // The agent withdrew its status file on exit.
     assert!(!status_file.exists());
