@@ -46,6 +46,21 @@ fn check_steps(v: &serde_json::Value, horizon: usize) {
     }
 }
 
+fn metrics(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
 #[test]
 fn forecast_a_recorded_series() {
     let file = trace("bitbrains_rnd");
@@ -125,6 +140,10 @@ fn forecast_a_cgroup_of_the_running_agent() {
         "import time\nend=time.time()+40\nwhile time.time()<end: pass",
     ]);
     let _burner = process::spawn(burn, None, Some(&cg)).expect("burner");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     // 100 ms intervals, one interval per step, horizon 3: the policy needs 85 steps.
     let config = format!(
         r#"
@@ -133,7 +152,7 @@ cgroups = ["{path}"]
 interval_ms = 100
 
 [metrics]
-listen = "off"
+listen = "127.0.0.1:{port}"
 
 [forecast]
 step_intervals = 1
@@ -248,6 +267,21 @@ window = 120
         err.contains(other) && err.contains("not tracked") && err.contains(&path),
         "{err}"
     );
+    // /metrics has the highest upper bound over the horizon, per level, at least the point.
+    let scrape = metrics(port);
+    let upper = |level: &str| -> f64 {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with("shadow_forecast_upper_bound{")
+                    && l.contains(&format!("cgroup=\"{path}\""))
+                    && l.contains(&format!("level=\"{level}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no upper bound at {level}% for {path}: {scrape}"))
+    };
+    assert!(upper("95") >= upper("80") && upper("80") >= p, "{scrape}");
     // The status file carries the fitting cost.
     let st = agent(&["status", "--json", "--file", status_file]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status JSON");
