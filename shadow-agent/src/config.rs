@@ -37,6 +37,9 @@ struct RawConfig {
     profile: RawProfile,
     /// `[allocate]`: the predictive allocator (off when absent).
     allocate: Option<crate::allocate::live::RawAllocate>,
+    /// `[forecast]`: live forecasts of the tracked cgroups (on by default).
+    #[serde(default)]
+    forecast: crate::forecast::live::RawForecast,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +173,8 @@ pub struct Config {
     pub profile: ProfileConfig,
     /// The allocator (`[allocate]`); `None`: off.
     pub allocate: Option<crate::allocate::live::AllocateSpec>,
+    /// Live forecasting (`[forecast]`).
+    pub forecast: crate::forecast::live::LiveSpec,
 }
 
 #[derive(Debug, Clone)]
@@ -483,8 +488,13 @@ impl Config {
             None => None,
             Some(a) => Some(a.validate().map_err(|(k, msg)| invalid(k, msg))?),
         };
+        let forecast = raw
+            .forecast
+            .validate()
+            .map_err(|(k, msg)| invalid(k, msg))?;
         Ok(Config {
             allocate,
+            forecast,
             mirror,
             shadow,
             metrics_listen,

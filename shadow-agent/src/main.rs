@@ -115,6 +115,9 @@ enum Cmd {
     },
     /// Rolling-origin backtest of the forecasters on a long-format CSV trace.
     Backtest(shadow_agent::forecast::cli::BacktestArgs),
+    /// Point forecasts and intervals for a cgroup the running agent tracks, or for a
+    /// series of a recorded trace.
+    Forecast(shadow_agent::forecast::cmd::ForecastArgs),
     /// Write a self-contained HTML report (plots per cgroup, mirror and shadow counters)
     /// from `run --json` (or `profile`/`demo --json`) lines and the allocator's audit log.
     Report(shadow_agent::report::ReportArgs),
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         },
         Cmd::Verify { json } => verify(json),
         Cmd::Backtest(args) => ExitCode::from(shadow_agent::forecast::cli::backtest(&args)),
+        Cmd::Forecast(args) => ExitCode::from(shadow_agent::forecast::cmd::forecast(&args)),
         Cmd::Report(args) => ExitCode::from(shadow_agent::report::cli(&args)),
         Cmd::Simulate(args) => ExitCode::from(shadow_agent::allocate::cli::simulate(&args)),
         Cmd::Status { json, file } => match shadow_agent::status::read(&file) {

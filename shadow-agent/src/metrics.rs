@@ -50,6 +50,12 @@ struct RefusedLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForecastLabels {
+    cgroup: String,
+    level: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +68,7 @@ pub struct Metrics {
     discard_dropped: Family<ReplicaLabels, Counter>,
     discard_refused: Family<RefusedLabels, Counter>,
     scale_events: Family<ScaleLabels, Counter>,
+    forecast_upper: Family<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Previous absolute values by key, to turn them into deltas.
     last: Mutex<HashMap<String, f64>>,
 }
@@ -133,8 +140,16 @@ impl Metrics {
              the primary (direction=out) or stays well below it (direction=in, a suggestion)",
             scale_events.clone(),
         );
+        let forecast_upper =
+            Family::<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "shadow_forecast_upper_bound",
+            "Highest upper bound of a tracked cgroup's forecast interval (by level, percent) over the forecast horizon, in the series' unit (CPU: cores)",
+            forecast_upper.clone(),
+        );
         Metrics {
             scale_events,
+            forecast_upper,
             registry,
             mirror_packets,
             mirror_cloned_packets,
@@ -192,6 +207,16 @@ impl Metrics {
                 cgroup: cgroup.to_owned(),
             })
             .inc();
+    }
+
+    /// The latest forecast's highest upper bound over the horizon at `level` (percent).
+    pub fn observe_forecast_upper(&self, cgroup: &str, level: f64, upper: f64) {
+        self.forecast_upper
+            .get_or_create(&ForecastLabels {
+                cgroup: cgroup.to_string(),
+                level: format!("{level}"),
+            })
+            .set(upper);
     }
 
     pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {

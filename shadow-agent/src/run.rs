@@ -91,6 +91,21 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
         None => None,
         Some(spec) => Some(crate::allocate::live::LiveAllocator::start(spec)?),
     };
+    // Live forecasts of every tracked cgroup's CPU (and, with a mirror and a shadow group,
+    // the shadow-derived alternative from the mirror's load and the replicas' CPU).
+    let interval_s = cfg.profile.interval_ms as f64 / 1000.0;
+    let mut forecaster = cfg.forecast.enabled.then(|| {
+        let mut f = crate::forecast::live::LiveForecaster::new(cfg.forecast.clone(), interval_s);
+        for (path, _) in &cgroups {
+            f.track(&path.display().to_string(), "cores");
+        }
+        if mirror.is_some() && group.is_some() {
+            f.use_shadow(LOAD_MATCHED, LOAD_CLONED, SHADOW_CPU);
+        }
+        f
+    });
+    let mut prev: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+    let status_path = crate::status::status_path();
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| AgentError::Io {
@@ -112,14 +127,38 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 break;
             }
             let mut line = serde_json::json!({ "t_s": start.elapsed().as_secs_f64() });
+            // Per-second rates since the previous interval (none on the first).
+            let mut rate = |key: &str, total: f64| -> Option<f64> {
+                let last = prev.insert(key.to_owned(), total)?;
+                Some(((total - last).max(0.0)) / interval_s)
+            };
+            let mut samples: Vec<(String, f64)> = Vec::new();
             if let Some(m) = &mirror {
                 let c = m.counters()?;
+                if let Some(v) = rate(LOAD_MATCHED, c.matched as f64) {
+                    samples.push((LOAD_MATCHED.into(), v));
+                }
+                if let Some(v) = rate(LOAD_CLONED, c.cloned as f64) {
+                    samples.push((LOAD_CLONED.into(), v));
+                }
                 metrics.observe_mirror(&c);
                 line["mirror"] = serde_json::to_value(c).unwrap_or_default();
             }
             let mut cg = serde_json::Map::new();
+            let replica_ids: Vec<u64> = group
+                .as_ref()
+                .map(|g| g.replicas().map(|r| r.cgroup().id()).collect())
+                .unwrap_or_default();
+            let mut shadow_cpu: Option<f64> = None;
             for (path, id) in &cgroups {
                 if let Some(a) = profiler.cgroup(*id)? {
+                    let key = path.display().to_string();
+                    if let Some(v) = rate(&key, a.cpu_ns as f64 / 1e9) {
+                        samples.push((key, v));
+                        if replica_ids.contains(id) {
+                            *shadow_cpu.get_or_insert(0.0) += v;
+                        }
+                    }
                     metrics.observe_cgroup_cpu(&path.display().to_string(), a.cpu_ns as f64 / 1e9);
                     cg.insert(
                         path.display().to_string(),
@@ -131,6 +170,52 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 }
             }
             line["cgroups"] = cg.into();
+            if let Some(f) = forecaster.as_mut() {
+                if let Some(v) = shadow_cpu {
+                    samples.push((SHADOW_CPU.into(), v));
+                }
+                for (k, v) in &samples {
+                    f.observe(k, *v);
+                }
+                f.refit_due();
+                for (path, _) in &cgroups {
+                    let key = path.display().to_string();
+                    if let Some(p) = f.latest(&key) {
+                        for i in &p.intervals {
+                            let top = i.upper.iter().copied().fold(f64::NAN, f64::max);
+                            metrics.observe_forecast_upper(&key, i.level, top);
+                        }
+                        // The cgroup's line carries it in the shape `report` draws (levels
+                        // as fractions, the first step `horizon_s` ahead).
+                        if let Some(c) = line["cgroups"]
+                            .get_mut(key.as_str())
+                            .and_then(|c| c.as_object_mut())
+                        {
+                            let intervals: Vec<serde_json::Value> = p
+                                .intervals
+                                .iter()
+                                .map(|i| {
+                                    serde_json::json!({
+                                        "level": i.level / 100.0,
+                                        "lower": i.lower,
+                                        "upper": i.upper,
+                                    })
+                                })
+                                .collect();
+                            c.insert(
+                                "forecast".into(),
+                                serde_json::json!({
+                                    "point": p.point,
+                                    "intervals": intervals,
+                                    "horizon_s": p.step_s,
+                                    "source": p.source,
+                                }),
+                            );
+                        }
+                    }
+                }
+                line["forecast"] = f.status();
+            }
             if let Some(g) = group.as_mut() {
                 for ev in g.supervise() {
                     tracing::warn!(?ev, "shadow group");
@@ -162,10 +247,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                     .collect();
                 line["refused"] = refused.into();
             }
-            if let Err(e) = crate::status::publish(
-                std::path::Path::new(crate::status::STATUS_FILE),
-                line.clone(),
-            ) {
+            if let Err(e) = crate::status::publish(&status_path, line.clone()) {
                 tracing::warn!(error = %e, "could not publish the status file");
             }
             if json {
@@ -180,9 +262,15 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
         }
         Ok::<(), AgentError>(())
     });
-    crate::status::withdraw(std::path::Path::new(crate::status::STATUS_FILE));
+    crate::status::withdraw(&status_path);
     result
 }
+
+/// Series keys of the shadow-derived demand model: the mirror's matched and cloned packets
+/// per second and the shadow replicas' CPU (cores).
+const LOAD_MATCHED: &str = "mirror/matched_pps";
+const LOAD_CLONED: &str = "mirror/cloned_pps";
+const SHADOW_CPU: &str = "shadow/cpu_cores";
 
 /// Scale `group` to `n` replicas (clamped to its [min, max]) and keep `mirror`'s targets
 /// equal to the replicas: on the way down the mirror stops cloning to the replicas about to

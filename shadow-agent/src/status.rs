@@ -8,6 +8,14 @@ use std::path::{Path, PathBuf};
 /// Where `run` publishes its state.
 pub const STATUS_FILE: &str = "/run/shadow-agent/status.json";
 
+/// Where this `run` publishes: `$SHADOW_STATUS_FILE` if set (several agents on one host, or
+/// tests beside a running agent), else [`STATUS_FILE`].
+pub fn status_path() -> PathBuf {
+    std::env::var_os("SHADOW_STATUS_FILE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(STATUS_FILE), PathBuf::from)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("no running agent: {path} does not exist")]
@@ -104,6 +112,29 @@ pub fn render(v: &serde_json::Value) -> String {
             "mirror: seen {} cloned {} clone_failed {}\n",
             m["seen"], m["cloned"], m["clone_failed"]
         ));
+    }
+    if let Some(series) = v["forecast"]["series"].as_object() {
+        let f = &v["forecast"];
+        out.push_str(&format!(
+            "forecast: step {} s, {} fits, {:.3}% of one core fitting (`shadow-agent forecast --cgroup PATH` for every step)\n",
+            f["step_s"],
+            f["fits"],
+            f["fit_cpu_share_of_one_core"].as_f64().unwrap_or(0.0) * 100.0
+        ));
+        for (path, s) in series {
+            match s["point"].as_array().and_then(|p| p.first()) {
+                Some(p) => out.push_str(&format!(
+                    "  {path}: next step {:.3} {} ({})\n",
+                    p.as_f64().unwrap_or(f64::NAN),
+                    s["unit"].as_str().unwrap_or(""),
+                    s["source"].as_str().unwrap_or("")
+                )),
+                None => out.push_str(&format!(
+                    "  {path}: warming up ({})\n",
+                    s["warming_up"].as_str().unwrap_or("")
+                )),
+            }
+        }
     }
     if let Some(replicas) = v["shadow"].as_array() {
         out.push_str("replica  pid      netns                 cgroup             up_s   restarts  tx_dropped  refused_connects\n");

@@ -215,11 +215,18 @@ pub fn level_key(level: f64) -> String {
 pub struct ModelScore {
     pub name: &'static str,
     pub default: bool,
+    /// Per-series MASE (ratio of means, [`super::metrics`]); aggregated: mean over series.
     pub mase: f64,
+    /// Mean over origins of each origin's MAE / scale (the earlier definition).
+    pub mase_per_origin: f64,
     pub smape: f64,
     pub coverage: BTreeMap<String, f64>,
     pub width95: f64,
+    /// Wall-clock milliseconds per fit + forecast.
     pub ms_per_fit: f64,
+    /// CPU milliseconds (thread CPU clock) per fit + forecast: what a fit costs on a busy
+    /// machine, where the wall clock also counts time waiting for a core.
+    pub cpu_ms_per_fit: f64,
     pub fits: usize,
     pub failures: usize,
 }
@@ -276,8 +283,8 @@ impl Report {
             s.push_str(&format!(" {:>7}", format!("cov{}", level_key(*l))));
         }
         s.push_str(&format!(
-            " {:>12} {:>9} {:>8}\n",
-            "width95", "ms/fit", "failures"
+            " {:>12} {:>9} {:>9} {:>8}\n",
+            "width95", "ms/fit", "cpu_ms", "failures"
         ));
         for m in &self.models {
             let name = if m.default {
@@ -291,8 +298,8 @@ impl Report {
                 s.push_str(&format!(" {:>7.3}", c));
             }
             s.push_str(&format!(
-                " {:>12.4} {:>9.3} {:>8}\n",
-                m.width95, m.ms_per_fit, m.failures
+                " {:>12.4} {:>9.3} {:>9.3} {:>8}\n",
+                m.width95, m.ms_per_fit, m.cpu_ms_per_fit, m.failures
             ));
         }
         s.push_str("* default policy\n");
@@ -308,6 +315,7 @@ fn score(kind: ModelKind, acc: &Accumulator, levels: &[f64], fit_ms: Option<f64>
         name: kind.name(),
         default: kind.is_default(),
         mase: acc.mase(),
+        mase_per_origin: acc.mase_per_origin(),
         smape: acc.smape(),
         coverage: levels
             .iter()
@@ -316,6 +324,11 @@ fn score(kind: ModelKind, acc: &Accumulator, levels: &[f64], fit_ms: Option<f64>
             .collect(),
         width95: acc.width95(),
         ms_per_fit: fit_ms.unwrap_or_else(|| acc.ms_per_fit()),
+        cpu_ms_per_fit: if acc.fits == 0 {
+            f64::NAN
+        } else {
+            acc.fit_cpu_ns as f64 / 1e6 / acc.fits as f64
+        },
         fits: acc.fits,
         failures: acc.failures,
     }
@@ -344,9 +357,11 @@ fn evaluate_series(
         let actual = &values[t..t + cfg.horizon];
         for (model, acc) in built.iter().zip(accs.iter_mut()) {
             let start = Instant::now();
+            let cpu_start = super::thread_cpu_ns();
             let result = model
                 .fit_dyn(train)
                 .and_then(|f| f.predict(cfg.horizon, &cfg.levels));
+            acc.fit_cpu_ns += super::thread_cpu_ns().saturating_sub(cpu_start);
             acc.fit_ns += start.elapsed().as_nanos();
             acc.fits += 1;
             let forecast = match result {
@@ -439,7 +454,7 @@ pub fn run_with_progress(
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
 
     let mut per_series = Vec::with_capacity(todo.len());
-    let mut totals: Vec<(f64, usize)> = vec![(0.0, 0); models.len()]; // (ns, fits)
+    let mut totals: Vec<(f64, usize, f64)> = vec![(0.0, 0, 0.0); models.len()]; // (ns, fits, cpu ns)
     let mut total_origins = 0;
     for (series, r) in todo.iter().zip(results) {
         let Some((accs, origins)) = r else { continue };
@@ -447,6 +462,7 @@ pub fn run_with_progress(
         for (tot, acc) in totals.iter_mut().zip(&accs) {
             tot.0 += acc.fit_ns as f64;
             tot.1 += acc.fits;
+            tot.2 += acc.fit_cpu_ns as f64;
         }
         per_series.push(SeriesReport {
             id: series.id.clone(),
@@ -481,6 +497,7 @@ pub fn run_with_progress(
             name: m.name(),
             default: m.is_default(),
             mase: mean_over(mi, &|s| s.mase),
+            mase_per_origin: mean_over(mi, &|s| s.mase_per_origin),
             smape: mean_over(mi, &|s| s.smape),
             coverage: cfg
                 .levels
@@ -496,6 +513,11 @@ pub fn run_with_progress(
                 f64::NAN
             } else {
                 totals[mi].0 / 1e6 / totals[mi].1 as f64
+            },
+            cpu_ms_per_fit: if totals[mi].1 == 0 {
+                f64::NAN
+            } else {
+                totals[mi].2 / 1e6 / totals[mi].1 as f64
             },
             fits: per_series.iter().map(|s| s.models[mi].fits).sum(),
             failures: per_series.iter().map(|s| s.models[mi].failures).sum(),

@@ -1,13 +1,17 @@
 //! Forecast accuracy and calibration metrics.
 //!
-//! - **MASE** of one forecast: its mean absolute error over the horizon divided by the in-sample
-//!   mean absolute error of the seasonal naive forecast with season `m` on its own training
-//!   window, `mean |y[t] − y[t − m]|` ([`mase_scale_seasonal`]). `m = 1` is the one-step naive
-//!   scale of Hyndman & Koehler; `m` = one day (288 at 5 minutes) is how Nixtla's
-//!   `utilsforecast.losses.mase(seasonality=m)` scales, which issue 7's reference numbers use.
-//!   The backtest defaults to one day when the window is longer than a day, else 1. A series'
-//!   MASE is the mean over its origins (origins whose window is constant have no scale and are
-//!   counted as `unscaled`, not scored); an aggregate is the mean over series.
+//! - **MASE** of a series: the mean absolute error of all its forecasts (every origin, steps
+//!   1..=H) divided by the mean, over the same origins, of the in-sample mean absolute error of
+//!   the seasonal naive forecast with season `m` on each training window,
+//!   `mean |y[t] − y[t − m]|` ([`mase_scale_seasonal`]). This is Nixtla's per-series
+//!   `utilsforecast.losses.mase(seasonality=m)` over a cross-validation frame (errors pooled
+//!   per series, one scale per series), the definition issue 7's reference numbers name;
+//!   `m = 1` is the one-step naive scale of Hyndman & Koehler. The backtest defaults to
+//!   `m` = one day (288 at 5 minutes) when the window is longer than a day, else 1. A ratio of
+//!   means, not a mean of per-origin ratios: a quiet window with a tiny scale cannot dominate
+//!   the series' score (the per-origin mean is kept as `mase_per_origin`). Origins whose
+//!   window is constant add their error and a zero scale (counted as `unscaled`); a series
+//!   whose every window is constant has no MASE. An aggregate is the mean over series.
 //! - **sMAPE**: `200·|y − ŷ| / (|y| + |ŷ|)` per point (0 when both are 0), in percent.
 //! - **Coverage** at level `l`: the fraction of forecast points inside their `l` interval.
 //! - **Width**: mean `upper − lower` of the 95% interval, in the metric's unit.
@@ -51,8 +55,13 @@ pub fn smape_point(actual: f64, forecast: f64) -> f64 {
 /// Running sums for one model on one series.
 #[derive(Debug, Clone, Default)]
 pub struct Accumulator {
+    /// Sum over origins of the per-origin ratio MAE / scale (origins with a scale).
     pub mase_sum: f64,
     pub mase_n: usize,
+    /// Sum over origins of the horizon-averaged MAE and of the scale.
+    pub mae_sum: f64,
+    pub scale_sum: f64,
+    pub origins: usize,
     pub unscaled: usize,
     pub smape_sum: f64,
     pub points: usize,
@@ -61,6 +70,8 @@ pub struct Accumulator {
     pub width95_sum: f64,
     pub width95_n: usize,
     pub fit_ns: u128,
+    /// Thread CPU time of the fits and forecasts.
+    pub fit_cpu_ns: u128,
     pub fits: usize,
     pub failures: usize,
     /// Season of the MASE scale (1: one-step naive).
@@ -86,10 +97,13 @@ impl Accumulator {
     pub fn add(&mut self, train: &[f64], actual: &[f64], f: &Forecast, levels: &[f64]) {
         let h = actual.len().min(f.point.len());
         let mae = (0..h).map(|i| (actual[i] - f.point[i]).abs()).sum::<f64>() / h.max(1) as f64;
+        self.mae_sum += mae;
+        self.origins += 1;
         match mase_scale_seasonal(train, self.mase_season.max(1)) {
             Some(s) => {
                 self.mase_sum += mae / s;
                 self.mase_n += 1;
+                self.scale_sum += s;
             }
             None => self.unscaled += 1,
         }
@@ -112,7 +126,16 @@ impl Accumulator {
         }
     }
 
+    /// The series' MASE: mean MAE over mean scale (see the module documentation).
     pub fn mase(&self) -> f64 {
+        if self.scale_sum > 0.0 {
+            self.mae_sum / self.scale_sum
+        } else {
+            f64::NAN
+        }
+    }
+    /// The mean over origins of each origin's MAE / scale (the definition before issue 7's).
+    pub fn mase_per_origin(&self) -> f64 {
         ratio(self.mase_sum, self.mase_n)
     }
     pub fn smape(&self) -> f64 {
@@ -188,8 +211,12 @@ mod tests {
         assert_eq!(acc.coverage(1), 1.0);
         assert_eq!(acc.width95(), 4.0);
         assert!((acc.smape() - (0.0 + 200.0 * 2.0 / 4.0) / 2.0).abs() < 1e-12);
+        // A constant window: its error counts, its scale is zero.
         acc.add(&[3.0, 3.0], &actual, &f, &[0.8, 0.95]);
         assert_eq!(acc.unscaled, 1);
         assert_eq!(acc.mase_n, 1);
+        assert_eq!(acc.mase_per_origin(), 0.5);
+        // Ratio of means: (1 + 1) / (2 + 0).
+        assert_eq!(acc.mase(), 1.0);
     }
 }

@@ -16,7 +16,10 @@
 
 pub mod backtest;
 pub mod cli;
+pub mod cmd;
 pub mod data;
+pub mod demand;
+pub mod live;
 pub mod metrics;
 pub mod models;
 pub mod policy;
@@ -186,6 +189,20 @@ pub(crate) fn conformal_offsets(sorted_errors: &[f64], level: f64) -> (f64, f64)
     let lo = sorted_errors[lo_rank.clamp(1, n) - 1];
     let hi = sorted_errors[hi_rank.clamp(1, n) - 1];
     (lo, hi)
+}
+
+/// CPU time of the calling thread, in nanoseconds (0 if the clock cannot be read).
+pub fn thread_cpu_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 pub(crate) fn sort_floats(v: &mut [f64]) {

@@ -1,0 +1,551 @@
+//! Live forecasting in `shadow-agent run`: every tracked cgroup's CPU series from the
+//! profiler, refitted on a schedule with a bounded number of fits per interval, published in
+//! the status file (for `shadow-agent forecast --cgroup`) and as
+//! `shadow_forecast_upper_bound`.
+//!
+//! Samples arrive once per profiler interval; `step_intervals` of them are averaged into one
+//! forecast step (60 one-second intervals: one-minute steps). A series is due for a refit
+//! when `refit_every` new steps have arrived and it has the policy's minimum history; each
+//! interval at most `max_refits_per_interval` due series are refitted, longest-waiting first,
+//! so a node with many series spreads the work instead of spiking. The CPU time spent in fits
+//! is measured (thread CPU time) and published.
+//!
+//! When the run has a mirror and a shadow group, the mirror's matched packets per step are
+//! the primary's load signal, the replicas' summed CPU against the clones per step is the
+//! shadow's cost per packet ([`super::demand`]), and each tracked cgroup's published forecast
+//! is the better of the direct and the shadow-derived one on recent targets, with the reason.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Deserialize;
+
+use super::{
+    demand::{self, CostModel, Source},
+    policy::{Adaptive, FittedAdaptive},
+    thread_cpu_ns, Fitted as _, Forecaster as _,
+};
+
+/// The `[forecast]` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForecast {
+    enabled: Option<bool>,
+    step_intervals: Option<u32>,
+    window: Option<usize>,
+    horizon: Option<usize>,
+    refit_every: Option<usize>,
+    max_refits_per_interval: Option<usize>,
+    levels: Option<Vec<f64>>,
+}
+
+/// The validated `[forecast]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSpec {
+    pub enabled: bool,
+    /// Profiler intervals averaged into one forecast step.
+    pub step_intervals: u32,
+    /// Steps kept and fitted on.
+    pub window: usize,
+    /// Steps forecast.
+    pub horizon: usize,
+    /// New steps between refits of a series.
+    pub refit_every: usize,
+    /// Fits per profiler interval at most (all series together).
+    pub max_refits_per_interval: usize,
+    /// Interval levels, fractions in (0, 1).
+    pub levels: Vec<f64>,
+}
+
+impl Default for LiveSpec {
+    fn default() -> Self {
+        LiveSpec {
+            enabled: true,
+            step_intervals: 60,
+            window: 576,
+            horizon: 12,
+            refit_every: 1,
+            max_refits_per_interval: 8,
+            levels: vec![0.8, 0.95],
+        }
+    }
+}
+
+impl RawForecast {
+    /// Validates the section; errors are `(key path, message)`.
+    pub fn validate(self) -> Result<LiveSpec, (String, String)> {
+        let d = LiveSpec::default();
+        let bad = |k: &str, m: String| (format!("forecast.{k}"), m);
+        let spec = LiveSpec {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            step_intervals: self.step_intervals.unwrap_or(d.step_intervals),
+            window: self.window.unwrap_or(d.window),
+            horizon: self.horizon.unwrap_or(d.horizon),
+            refit_every: self.refit_every.unwrap_or(d.refit_every),
+            max_refits_per_interval: self
+                .max_refits_per_interval
+                .unwrap_or(d.max_refits_per_interval),
+            levels: match self.levels {
+                None => d.levels,
+                Some(l) => l.iter().map(|p| p / 100.0).collect(),
+            },
+        };
+        if spec.step_intervals == 0 {
+            return Err(bad("step_intervals", "must be at least 1".into()));
+        }
+        if !(1..=288).contains(&spec.horizon) {
+            return Err(bad(
+                "horizon",
+                format!("{} is not between 1 and 288 steps", spec.horizon),
+            ));
+        }
+        let needed = Adaptive::with_horizon(spec.horizon).min_history();
+        if spec.window < needed || spec.window > 100_000 {
+            return Err(bad(
+                "window",
+                format!(
+                    "{} steps: the default policy needs {needed} to {} for horizon {}",
+                    spec.window, 100_000, spec.horizon
+                ),
+            ));
+        }
+        if spec.refit_every == 0 {
+            return Err(bad("refit_every", "must be at least 1 step".into()));
+        }
+        if spec.max_refits_per_interval == 0 {
+            return Err(bad("max_refits_per_interval", "must be at least 1".into()));
+        }
+        if spec.levels.is_empty() || spec.levels.len() > 4 {
+            return Err(bad("levels", "give 1 to 4 levels in percent".into()));
+        }
+        if let Some(l) = spec.levels.iter().find(|l| !(**l > 0.0 && **l < 1.0)) {
+            return Err(bad(
+                "levels",
+                format!("{} is not a percentage in (0, 100)", l * 100.0),
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+/// One interval of a published forecast.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PublishedInterval {
+    /// Percent, e.g. 80.
+    pub level: f64,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+}
+
+/// A series' latest forecast as published in the status file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub metric: String,
+    pub unit: String,
+    /// Seconds per step.
+    pub step_s: f64,
+    /// Steps of history the fit used.
+    pub samples: usize,
+    /// Wall clock of the fit (Unix seconds).
+    pub fitted_unix_s: f64,
+    pub point: Vec<f64>,
+    pub intervals: Vec<PublishedInterval>,
+    /// "direct" or "shadow_derived".
+    pub source: String,
+    /// Why that source.
+    pub reason: String,
+    /// The season the policy found, in steps.
+    pub period: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    unit: String,
+    acc: f64,
+    acc_n: u32,
+    history: VecDeque<f64>,
+    new_steps: usize,
+    /// Interval at which the series became due (for fairness).
+    due_since: Option<u64>,
+    latest: Option<Published>,
+}
+
+/// The mirror's load signal and the shadow's CPU, per step, when both exist.
+#[derive(Debug, Default)]
+struct ShadowSignals {
+    primary_load: String,
+    shadow_load: String,
+    shadow_cpu: String,
+    cost: Option<CostModel>,
+}
+
+/// The live forecaster of one agent run.
+pub struct LiveForecaster {
+    spec: LiveSpec,
+    policy: Adaptive,
+    step_s: f64,
+    tracks: BTreeMap<String, Track>,
+    /// Keys of series that are forecast and published (the others are signals only).
+    published: Vec<String>,
+    shadow: Option<ShadowSignals>,
+    interval: u64,
+    fits: u64,
+    fit_cpu_ns: u128,
+    started: std::time::Instant,
+}
+
+impl LiveForecaster {
+    /// A forecaster for samples arriving every `interval_s` seconds.
+    pub fn new(spec: LiveSpec, interval_s: f64) -> Self {
+        LiveForecaster {
+            policy: Adaptive::with_horizon(spec.horizon),
+            step_s: interval_s * f64::from(spec.step_intervals),
+            spec,
+            tracks: BTreeMap::new(),
+            published: Vec::new(),
+            shadow: None,
+            interval: 0,
+            fits: 0,
+            fit_cpu_ns: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Forecast and publish the series `key` (e.g. a cgroup path) in `unit`.
+    pub fn track(&mut self, key: &str, unit: &str) {
+        self.tracks.entry(key.to_owned()).or_default().unit = unit.to_owned();
+        if !self.published.iter().any(|k| k == key) {
+            self.published.push(key.to_owned());
+        }
+    }
+
+    /// Learn the shadow's cost from `shadow_cpu` against `shadow_load`, and offer the
+    /// published series a forecast derived from `primary_load` (all three are keys fed by
+    /// [`LiveForecaster::observe`]).
+    pub fn use_shadow(&mut self, primary_load: &str, shadow_load: &str, shadow_cpu: &str) {
+        for (k, unit) in [
+            (primary_load, "packets/s"),
+            (shadow_load, "packets/s"),
+            (shadow_cpu, "cores"),
+        ] {
+            self.tracks.entry(k.to_owned()).or_default().unit = unit.to_owned();
+        }
+        self.shadow = Some(ShadowSignals {
+            primary_load: primary_load.to_owned(),
+            shadow_load: shadow_load.to_owned(),
+            shadow_cpu: shadow_cpu.to_owned(),
+            cost: None,
+        });
+    }
+
+    /// Seed the history of `key` with whole steps (oldest first), e.g. from a recorded trace;
+    /// only the last `window` are kept. The series is due for a refit at the next interval.
+    pub fn preload(&mut self, key: &str, steps: &[f64]) {
+        let window = self.spec.window;
+        let Some(t) = self.tracks.get_mut(key) else {
+            return;
+        };
+        t.history
+            .extend(steps.iter().copied().filter(|v| v.is_finite()));
+        while t.history.len() > window {
+            t.history.pop_front();
+        }
+        t.new_steps = t.new_steps.max(self.spec.refit_every);
+    }
+
+    /// One profiler interval's sample of `key`.
+    pub fn observe(&mut self, key: &str, value: f64) {
+        let Some(t) = self.tracks.get_mut(key) else {
+            return;
+        };
+        if !value.is_finite() {
+            return;
+        }
+        t.acc += value;
+        t.acc_n += 1;
+        if t.acc_n >= self.spec.step_intervals {
+            t.history.push_back(t.acc / f64::from(t.acc_n));
+            t.acc = 0.0;
+            t.acc_n = 0;
+            if t.history.len() > self.spec.window {
+                t.history.pop_front();
+            }
+            t.new_steps += 1;
+        }
+    }
+
+    /// End of an interval: refit at most `max_refits_per_interval` due series.
+    pub fn refit_due(&mut self) {
+        self.interval += 1;
+        let need = self.policy.min_history();
+        let now = self.interval;
+        let mut due: Vec<(u64, String)> = Vec::new();
+        for key in &self.published {
+            let Some(t) = self.tracks.get_mut(key) else {
+                continue;
+            };
+            if t.history.len() >= need && t.new_steps >= self.spec.refit_every {
+                due.push((*t.due_since.get_or_insert(now), key.clone()));
+            }
+        }
+        due.sort();
+        for (_, key) in due.into_iter().take(self.spec.max_refits_per_interval) {
+            let start = thread_cpu_ns();
+            self.refit(&key);
+            self.fit_cpu_ns += thread_cpu_ns().saturating_sub(start);
+            self.fits += 1;
+            if let Some(t) = self.tracks.get_mut(&key) {
+                t.new_steps = 0;
+                t.due_since = None;
+            }
+        }
+    }
+
+    fn history(&self, key: &str) -> Vec<f64> {
+        self.tracks
+            .get(key)
+            .map(|t| t.history.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn refit(&mut self, key: &str) {
+        let y = self.history(key);
+        let levels = self.spec.levels.clone();
+        let direct = match self.policy.fit(&y) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(series = key, error = %e, "forecast fit failed");
+                return;
+            }
+        };
+        let (forecast, source, reason) = match self.derived(&y, &direct) {
+            Some(Ok(c)) => {
+                let src = match c.source {
+                    Source::Direct => "direct",
+                    Source::ShadowDerived => "shadow_derived",
+                };
+                (c.forecast, src, c.reason)
+            }
+            other => {
+                let why = match other {
+                    Some(Err(e)) => format!("direct: shadow-derived unavailable ({e})"),
+                    _ => self.no_shadow_reason(),
+                };
+                match direct.predict(self.spec.horizon, &levels) {
+                    Ok(f) => (f, "direct", why),
+                    Err(e) => {
+                        tracing::debug!(series = key, error = %e, "forecast failed");
+                        return;
+                    }
+                }
+            }
+        };
+        let fitted_unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let step_s = self.step_s;
+        let Some(t) = self.tracks.get_mut(key) else {
+            return;
+        };
+        t.latest = Some(Published {
+            metric: "cpu".into(),
+            unit: t.unit.clone(),
+            step_s,
+            samples: y.len(),
+            fitted_unix_s,
+            point: forecast.point,
+            intervals: forecast
+                .intervals
+                .into_iter()
+                .map(|i| PublishedInterval {
+                    level: (i.level * 1e4).round() / 100.0,
+                    lower: i.lower,
+                    upper: i.upper,
+                })
+                .collect(),
+            source: source.into(),
+            reason,
+            period: direct.period(),
+        });
+    }
+
+    fn no_shadow_reason(&self) -> String {
+        match &self.shadow {
+            None => "direct: the run has no mirror and shadow group".into(),
+            Some(s) if s.cost.is_none() => {
+                "direct: the shadow's cost per packet is not learned yet (needs varying load)"
+                    .into()
+            }
+            Some(_) => "direct: not enough load history for the shadow-derived forecast".into(),
+        }
+    }
+
+    /// The shadow-derived alternative for the primary series `y`, if the run has one.
+    fn derived(
+        &mut self,
+        y: &[f64],
+        direct: &FittedAdaptive,
+    ) -> Option<Result<demand::Choice, super::ForecastError>> {
+        let s = self.shadow.as_ref()?;
+        let (pl, sl, sc) = (
+            self.history(&s.primary_load),
+            self.history(&s.shadow_load),
+            self.history(&s.shadow_cpu),
+        );
+        let n = sl.len().min(sc.len());
+        let cost = demand::theil_sen(&sl[sl.len() - n..], &sc[sc.len() - n..]);
+        if let Some(sh) = self.shadow.as_mut() {
+            sh.cost = cost;
+        }
+        let cost = cost?;
+        if pl.len() < self.policy.min_history() {
+            return None;
+        }
+        let load_fit = match self.policy.fit(&pl) {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(demand::choose(
+            &self.policy,
+            y,
+            direct,
+            &pl,
+            &load_fit,
+            cost,
+            self.spec.horizon,
+            &self.spec.levels,
+        ))
+    }
+
+    /// The latest forecast of `key`.
+    pub fn latest(&self, key: &str) -> Option<&Published> {
+        self.tracks.get(key)?.latest.as_ref()
+    }
+
+    /// CPU seconds spent fitting so far, and fits done.
+    pub fn spent(&self) -> (f64, u64) {
+        (self.fit_cpu_ns as f64 / 1e9, self.fits)
+    }
+
+    /// The status-file section: per published series its latest forecast (or how much
+    /// history it still needs), the shadow's cost model and the fitting cost.
+    pub fn status(&self) -> serde_json::Value {
+        let need = self.policy.min_history();
+        let mut series = serde_json::Map::new();
+        for key in &self.published {
+            let Some(t) = self.tracks.get(key) else {
+                continue;
+            };
+            let v = match &t.latest {
+                Some(p) => serde_json::to_value(p).unwrap_or_default(),
+                None => serde_json::json!({
+                    "warming_up": format!("{} of {need} steps of {} s", t.history.len(), self.step_s),
+                }),
+            };
+            series.insert(key.clone(), v);
+        }
+        let wall = self.started.elapsed().as_secs_f64();
+        let (cpu_s, fits) = self.spent();
+        serde_json::json!({
+            "step_s": self.step_s,
+            "horizon": self.spec.horizon,
+            "fits": fits,
+            "fit_cpu_seconds": cpu_s,
+            "fit_cpu_share_of_one_core": if wall > 0.0 { cpu_s / wall } else { 0.0 },
+            "shadow_cost": self.shadow.as_ref().and_then(|s| s.cost),
+            "series": series,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::test_noise as noise;
+
+    fn spec(step_intervals: u32) -> LiveSpec {
+        LiveSpec {
+            step_intervals,
+            horizon: 6,
+            window: 200,
+            ..LiveSpec::default()
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let raw = |s: &str| -> RawForecast { toml::from_str(s).unwrap() };
+        assert_eq!(raw("").validate().unwrap(), LiveSpec::default());
+        let e = raw("window = 10").validate().unwrap_err();
+        assert_eq!(e.0, "forecast.window");
+        assert!(e.1.contains("needs"), "{}", e.1);
+        assert_eq!(
+            raw("levels = [80, 100]").validate().unwrap_err().0,
+            "forecast.levels"
+        );
+        assert_eq!(
+            raw("step_intervals = 0").validate().unwrap_err().0,
+            "forecast.step_intervals"
+        );
+        assert!(toml::from_str::<RawForecast>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn steps_average_intervals_and_refits_are_bounded() {
+        let mut f = LiveForecaster::new(
+            LiveSpec {
+                max_refits_per_interval: 2,
+                ..spec(2)
+            },
+            1.0,
+        );
+        for i in 0..5 {
+            f.track(&format!("/cg/{i}"), "cores");
+        }
+        let need = Adaptive::with_horizon(6).min_history();
+        assert!(f.status()["series"]["/cg/0"]["warming_up"].is_string());
+        for s in 0..need * 2 + 6 {
+            for i in 0..5 {
+                f.observe(&format!("/cg/{i}"), 1.0 + 0.1 * noise(s * 5 + i));
+            }
+            let before = f.spent().1;
+            f.refit_due();
+            assert!(f.spent().1 - before <= 2);
+        }
+        // Two intervals per step: the histories reach `need` steps, and every series has a
+        // forecast (the bound spreads the fits, it does not starve anyone).
+        for i in 0..5 {
+            let p = f.latest(&format!("/cg/{i}")).expect("forecast");
+            assert_eq!(p.point.len(), 6);
+            assert_eq!(p.step_s, 2.0);
+            assert_eq!(p.source, "direct");
+            assert!((p.point[0] - 1.0).abs() < 0.1, "{:?}", p.point);
+            assert_eq!(p.intervals[0].level, 80.0);
+            assert!(p.intervals[1].upper[0] >= p.intervals[0].upper[0]);
+        }
+        let st = f.status();
+        assert!(st["fit_cpu_seconds"].as_f64().unwrap() > 0.0, "{st}");
+    }
+
+    #[test]
+    fn shadow_signals_feed_a_derived_forecast() {
+        let mut f = LiveForecaster::new(spec(1), 1.0);
+        f.track("/primary", "cores");
+        f.use_shadow("load", "shadow_load", "shadow_cpu");
+        for i in 0..200 {
+            let load = 200.0 + 150.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin() + noise(i);
+            f.observe("load", load);
+            f.observe("shadow_load", 0.5 * load);
+            f.observe(
+                "shadow_cpu",
+                0.02 + 0.001 * 0.5 * load + 0.005 * noise(i + 500),
+            );
+            f.observe("/primary", 0.02 + 0.001 * load + 0.08 * noise(i + 900));
+            f.refit_due();
+        }
+        let p = f.latest("/primary").expect("forecast");
+        assert_eq!(p.source, "shadow_derived", "{}", p.reason);
+        let st = f.status();
+        let slope = st["shadow_cost"]["slope"].as_f64().unwrap();
+        assert!((slope - 0.001).abs() < 0.0002, "{st}");
+    }
+}
