@@ -17,7 +17,10 @@ use super::{
 /// Print forecasts: `--cgroup PATH` from the running agent, or `--data FILE --metric COL`
 /// for a recorded trace.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["cgroup", "data"])))]
+#[command(
+    group(clap::ArgGroup::new("source").required(true).args(["cgroup", "data"])),
+    after_help = "Examples:\n  shadow-agent forecast --cgroup /sys/fs/cgroup/unified/shop/web\n  shadow-agent forecast --cgroup /sys/fs/cgroup/unified/shop/web --horizon 12 --json\n  shadow-agent forecast --data ../shared/data/traces/bitbrains_rnd/usage.csv --metric cpu_pct --series bitbrains_rnd_2013-8_vm10"
+)]
 pub struct ForecastArgs {
     /// A cgroup the running agent tracks (as in its config's profile.cgroups).
     #[arg(long)]
