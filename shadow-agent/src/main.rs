@@ -49,6 +49,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compare what-if replicas with a baseline on the same mirrored traffic: each
+    /// `[[shadow.whatif]]` candidate (CPU quota, memory limit, cpuset, command) beside a
+    /// baseline replica of `[shadow]`, all fed the flows `[mirror]` selects; reports
+    /// request latency percentiles (measured in the kernel), CPU, memory and run-queue
+    /// latency per replica, and whether each candidate passes as a shrink.
+    Whatif {
+        #[arg(long)]
+        config: PathBuf,
+        /// Length of the comparison in seconds (SIGINT/SIGTERM ends it early).
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// One JSON object (the report) on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file without attaching or changing anything.
     CheckConfig { file: PathBuf },
     /// Stream per-cgroup resource samples (CPU, run-queue latency, faults, block IO,
@@ -162,6 +177,36 @@ fn main() -> ExitCode {
             };
             match run::run(&cfg, duration.map(std::time::Duration::from_secs), json) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Cmd::Whatif {
+            config,
+            duration,
+            json,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    return ExitCode::from(2);
+                }
+            };
+            match shadow_agent::shadow::whatif::from_config(
+                &cfg,
+                std::time::Duration::from_secs(duration),
+            ) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_value(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", shadow_agent::shadow::whatif::render(&r));
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));
                     ExitCode::from(e.exit_code())

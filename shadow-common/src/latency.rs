@@ -40,9 +40,13 @@ pub struct LatHist {
     pub sum_us: u64,
     /// Replies to requests older than `LAT_MAX_NS` (not recorded).
     pub expired: u64,
+    /// Payload segments from the replica with no request pending (the rest of a reply,
+    /// or output the replica sent on its own).
+    pub unmatched: u64,
+    pub _pad: u64,
     pub buckets: [u64; LAT_BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<LatHist>() == 32 + 8 * LAT_BUCKETS);
+const _: () = assert!(core::mem::size_of::<LatHist>() == 48 + 8 * LAT_BUCKETS);
 
 impl Default for LatHist {
     fn default() -> Self {
@@ -51,6 +55,8 @@ impl Default for LatHist {
             replies: 0,
             sum_us: 0,
             expired: 0,
+            unmatched: 0,
+            _pad: 0,
             buckets: [0; LAT_BUCKETS],
         }
     }

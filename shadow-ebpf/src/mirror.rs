@@ -774,6 +774,10 @@ fn lat_reply(ctx: &TcContext) {
     s.key = FlowKey::of(&flow).reversed();
     // SAFETY: the value is copied out at once.
     let Some(p) = (unsafe { LAT_PENDING.get(&s.key) }) else {
+        if let Some(h) = LAT_HIST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { (*h).unmatched += 1 };
+        }
         return;
     };
     let p = *p;
@@ -802,7 +806,9 @@ fn lat_reply(ctx: &TcContext) {
         // Bounded in a form the verifier sees (the compiler folds a plain mask away).
         core::arch::asm!("{0} &= 255", inout(reg) b);
         const _: () = assert!(LAT_BUCKETS == 256);
-        (*h).buckets[b as usize] += 1;
+        // No Rust bounds check (its panic path would end the program without an exit):
+        // `b` <= 255 < LAT_BUCKETS by the mask above.
+        *(*h).buckets.as_mut_ptr().add(b as usize) += 1;
     }
 }
 

@@ -18,6 +18,8 @@ pub struct LatencyCounts {
     pub requests: u64,
     pub replies: u64,
     pub expired: u64,
+    /// Payload segments from the replica with no request pending (counted in slot 0).
+    pub unmatched: u64,
     pub sum_us: u64,
     pub buckets: Vec<u64>,
 }
@@ -28,6 +30,7 @@ impl Default for LatencyCounts {
             requests: 0,
             replies: 0,
             expired: 0,
+            unmatched: 0,
             sum_us: 0,
             buckets: vec![0; LAT_BUCKETS],
         }
@@ -41,6 +44,10 @@ pub struct LatencySummary {
     pub requests: u64,
     /// Replies timed (the percentiles are over these).
     pub replies: u64,
+    /// Replies to requests pending longer than 60 s (not in the percentiles).
+    pub expired: u64,
+    /// Payload segments from the replica with no request pending.
+    pub unmatched: u64,
     pub mean_ms: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
@@ -55,6 +62,7 @@ impl LatencyCounts {
             requests: self.requests.saturating_sub(earlier.requests),
             replies: self.replies.saturating_sub(earlier.replies),
             expired: self.expired.saturating_sub(earlier.expired),
+            unmatched: self.unmatched.saturating_sub(earlier.unmatched),
             sum_us: self.sum_us.saturating_sub(earlier.sum_us),
             buckets: self
                 .buckets
@@ -70,6 +78,7 @@ impl LatencyCounts {
         self.requests += other.requests;
         self.replies += other.replies;
         self.expired += other.expired;
+        self.unmatched += other.unmatched;
         self.sum_us += other.sum_us;
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
@@ -93,6 +102,8 @@ impl LatencyCounts {
         let mut s = LatencySummary {
             requests: self.requests,
             replies: self.replies,
+            expired: self.expired,
+            unmatched: self.unmatched,
             ..LatencySummary::default()
         };
         if self.replies > 0 {
@@ -147,6 +158,7 @@ impl Mirror {
                     c.requests += v.requests;
                     c.replies += v.replies;
                     c.expired += v.expired;
+                    c.unmatched += v.unmatched;
                     c.sum_us += v.sum_us;
                     for (a, b) in c.buckets.iter_mut().zip(v.buckets.iter()) {
                         *a += b;

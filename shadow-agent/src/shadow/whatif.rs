@@ -491,6 +491,50 @@ fn measure(
     })
 }
 
+/// `shadow-agent whatif`: the comparison the config describes (`[mirror]` for the traffic,
+/// `[shadow]` for the baseline, `[[shadow.whatif]]` for the candidates).
+pub fn from_config(
+    cfg: &crate::config::Config,
+    duration: Duration,
+) -> Result<WhatifReport, AgentError> {
+    let need = |key: &str, why: &str| -> AgentError {
+        GroupError::Whatif {
+            key: key.into(),
+            why: why.into(),
+        }
+        .into()
+    };
+    let base = cfg
+        .shadow
+        .as_ref()
+        .ok_or_else(|| need("shadow", "required: the baseline replica's spec"))?;
+    let m = cfg.mirror.as_ref().ok_or_else(|| {
+        need(
+            "mirror",
+            "required: the primary's interface and the rules selecting its traffic",
+        )
+    })?;
+    if m.target.is_some() {
+        return Err(need(
+            "mirror.shadow_interface",
+            "must not be set for whatif: each what-if replica is the target of its own mirror",
+        ));
+    }
+    let mirror = WhatifMirror {
+        interface: m.interface.clone(),
+        rules: m.rules.clone(),
+        options: m.options.clone(),
+    };
+    run(base, &cfg.whatif, &mirror, duration, |r| {
+        tracing::info!(
+            t_s = r.duration_s,
+            baseline_replies = r.baseline.latency.replies,
+            baseline_p99_ms = r.baseline.latency.p99_ms,
+            "what-if progress"
+        );
+    })
+}
+
 /// The report as a table.
 pub fn render(r: &WhatifReport) -> String {
     let mut out = format!(
