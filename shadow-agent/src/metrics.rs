@@ -43,8 +43,15 @@ struct RefusedLabels {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
+    autoscale_decisions: Family<ActionLabels, Counter>,
+    sample_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: Registry,
     mirror_packets: Family<OutcomeLabels, Counter>,
     mirror_cloned_packets: Counter,
@@ -118,7 +125,21 @@ impl Metrics {
             "Connects (kind=connect) and sends (kind=sendmsg) of a replica refused outside the allowlist",
             discard_refused.clone(),
         );
+        let autoscale_decisions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "shadow_autoscale_decisions",
+            "Autoscaling decisions of the shadow group, by action (hold, scale_up, scale_down, lower_sample, raise_sample)",
+            autoscale_decisions.clone(),
+        );
+        let sample_rate = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "shadow_mirror_sample_rate",
+            "Fraction of the selected flows the mirror currently clones",
+            sample_rate.clone(),
+        );
         Metrics {
+            autoscale_decisions,
+            sample_rate,
             registry,
             mirror_packets,
             mirror_cloned_packets,
@@ -165,6 +186,19 @@ impl Metrics {
             .inc_by(self.delta("mirror/cloned".into(), c.cloned as f64) as u64);
         self.mirror_cloned_bytes
             .inc_by(self.delta("mirror/cloned_bytes".into(), c.cloned_bytes as f64) as u64);
+    }
+
+    /// One autoscaling decision (`Action::as_str`).
+    pub fn observe_autoscale(&self, action: &str) {
+        self.autoscale_decisions
+            .get_or_create(&ActionLabels {
+                action: action.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn set_sample_rate(&self, rate: f64) {
+        self.sample_rate.set(rate);
     }
 
     pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {

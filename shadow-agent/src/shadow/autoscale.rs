@@ -270,6 +270,86 @@ pub fn decide(
     }
 }
 
+/// Measures a running group's [`Load`] between two calls: CPU from the group's cgroup2
+/// `cpu.stat` (hierarchical, so replicas added or removed in between count), memory from
+/// cgroupfs, run-queue latency p99 from the profiler's histograms of the replicas, backlog
+/// from the mirror's latency counters (requests started minus replies).
+#[derive(Default)]
+pub struct LoadMeter {
+    last: Option<(std::time::Instant, u64)>,
+    rq: std::collections::HashMap<u64, crate::profile::hist::Buckets>,
+    lat: Option<(u64, u64)>,
+}
+
+/// `usage_usec` of a cgroup2 `cpu.stat`.
+pub fn cpu_usage_usec(dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    crate::profile::cgroupfs::stat_value(&text, "usage_usec")
+}
+
+impl LoadMeter {
+    pub fn measure(
+        &mut self,
+        group: &crate::shadow::ShadowGroup,
+        profiler: &crate::profile::Profiler,
+        mirror: Option<&crate::mirror::Mirror>,
+        sample_rate: f64,
+    ) -> Load {
+        let now = std::time::Instant::now();
+        let dir = group.cgroup().unified_path();
+        let usage = cpu_usage_usec(dir).unwrap_or(0);
+        let cpu_cores = match self.last {
+            Some((t, u)) => {
+                let dt = now.duration_since(t).as_secs_f64();
+                if dt > 0.0 {
+                    usage.saturating_sub(u) as f64 / 1e6 / dt
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, usage));
+        let root = std::path::Path::new(crate::sys::cgroup::DEFAULT_ROOT);
+        let memory_bytes = crate::profile::cgroupfs::memory_source(root, dir)
+            .as_ref()
+            .and_then(crate::profile::cgroupfs::read_memory)
+            .map_or(0, |m| m.usage_bytes);
+        let mut runq_p99_us: f64 = 0.0;
+        let mut seen = std::collections::HashMap::new();
+        for r in group.replicas() {
+            let id = r.cgroup().id();
+            if let Ok(Some(b)) = profiler.rq_buckets(id) {
+                if let Some(prev) = self.rq.get(&id) {
+                    let q = crate::profile::hist::quantiles(&crate::profile::hist::delta(&b, prev));
+                    runq_p99_us = runq_p99_us.max(q.p99_us);
+                }
+                seen.insert(id, b);
+            }
+        }
+        self.rq = seen;
+        let mut backlog = 0;
+        if let Some(Ok(lat)) = mirror.map(|m| m.latency()) {
+            let req: u64 = lat.iter().map(|c| c.requests).sum();
+            let done: u64 = lat.iter().map(|c| c.replies + c.expired).sum();
+            if let Some((r0, d0)) = self.lat {
+                backlog = req
+                    .saturating_sub(r0)
+                    .saturating_sub(done.saturating_sub(d0));
+            }
+            self.lat = Some((req, done));
+        }
+        Load {
+            replicas: group.replicas().count() as u32,
+            cpu_cores,
+            memory_bytes,
+            runq_p99_us,
+            backlog,
+            sample_rate,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
