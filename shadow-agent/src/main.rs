@@ -37,6 +37,9 @@ enum Cmd {
         /// One JSON object per interval on stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Where to publish the state `status` reads.
+        #[arg(long, default_value = shadow_agent::status::STATUS_FILE)]
+        status_file: PathBuf,
     },
     /// Self-contained demo: a real HTTP server as the primary, a client with a varying
     /// request rate, the mirror and the profiler, all in namespaces and cgroups it makes
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             config,
             duration,
             json,
+            status_file,
         } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -175,7 +179,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run::run(&cfg, duration.map(std::time::Duration::from_secs), json) {
+            match run::run_with_status(
+                &cfg,
+                duration.map(std::time::Duration::from_secs),
+                json,
+                &status_file,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));

@@ -12,6 +12,21 @@ use crate::{
 /// Attach what the config asks for and report every interval until SIGINT/SIGTERM or
 /// `duration`. Everything attached is detached on return.
 pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), AgentError> {
+    run_with_status(
+        cfg,
+        duration,
+        json,
+        std::path::Path::new(crate::status::STATUS_FILE),
+    )
+}
+
+/// [`run`], publishing the status file at `status_file`.
+pub fn run_with_status(
+    cfg: &Config,
+    duration: Option<Duration>,
+    json: bool,
+    status_file: &std::path::Path,
+) -> Result<(), AgentError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -203,10 +218,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                     .collect();
                 line["refused"] = refused.into();
             }
-            if let Err(e) = crate::status::publish(
-                std::path::Path::new(crate::status::STATUS_FILE),
-                line.clone(),
-            ) {
+            if let Err(e) = crate::status::publish(status_file, line.clone()) {
                 tracing::warn!(error = %e, "could not publish the status file");
             }
             if json {
@@ -217,7 +229,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
         }
         Ok::<(), AgentError>(())
     });
-    crate::status::withdraw(std::path::Path::new(crate::status::STATUS_FILE));
+    crate::status::withdraw(status_file);
     result
 }
 
