@@ -55,6 +55,22 @@ pub fn run_with_status(
             .ino();
         cgroups.push((path.clone(), id));
     }
+    // The mirror's interfaces exist before the group is created: bad input changes nothing.
+    if let Some(m) = &cfg.mirror {
+        let mut check = vec![(m.interface.as_str(), "mirror.interface")];
+        if let Some((t, _)) = &m.target {
+            check.push((t.as_str(), "mirror.shadow_interface"));
+        }
+        for (name, role) in check {
+            nix::net::if_::if_nametoindex(name).map_err(|source| {
+                crate::mirror::MirrorError::NoInterface {
+                    interface: name.to_string(),
+                    role,
+                    source,
+                }
+            })?;
+        }
+    }
     // The shadow group first: the mirror's target is its first replica's veth.
     let mut group = match &cfg.shadow {
         None => None,
