@@ -296,7 +296,7 @@ fn autoscale_step(
                 Err(e) => Err(crate::error::chain(&e)),
             }
         }
-        Action::LowerSample | Action::RaiseSample => match mirror.as_deref_mut() {
+        Action::LowerSample | Action::RaiseSample => match mirror {
             None => Err("no mirror to change the sample rate of".into()),
             Some(m) => match m.set_sample_rate(d.sample_rate) {
                 Ok(()) => {

@@ -60,7 +60,7 @@ impl AutoscaleSpec {
     /// Check the values; `Err((key, why))` with the key under `shadow.autoscale`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let key = |k: &str| format!("shadow.autoscale.{k}");
-        if !(self.scale_up_cores > 0.0) {
+        if self.scale_up_cores.is_nan() || self.scale_up_cores <= 0.0 {
             return Err((key("scale_up_cores"), "must be > 0".into()));
         }
         if !(self.scale_down_cores >= 0.0 && self.scale_down_cores < self.scale_up_cores) {
@@ -72,7 +72,7 @@ impl AutoscaleSpec {
                 ),
             ));
         }
-        if !(self.scale_up_runq_p99_us >= 0.0) {
+        if self.scale_up_runq_p99_us.is_nan() || self.scale_up_runq_p99_us < 0.0 {
             return Err((key("scale_up_runq_p99_us"), "must be >= 0".into()));
         }
         if !(self.budget_low > 0.0 && self.budget_low < self.budget_high && self.budget_high <= 1.0)
