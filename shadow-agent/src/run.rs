@@ -213,6 +213,15 @@ pub fn run_with_status(
                             r["mirrored_flows"] = n.into();
                         }
                     }
+                    // Request->reply latency per replica since the mirror attached (slot
+                    // order; a slot reused after a scale-down keeps counting).
+                    if let (Some(arr), Some(Ok(lat))) =
+                        (shadow.as_array_mut(), mirror.as_ref().map(|m| m.latency()))
+                    {
+                        for (r, c) in arr.iter_mut().zip(lat) {
+                            r["latency"] = serde_json::to_value(c.summary()).unwrap_or_default();
+                        }
+                    }
                 }
                 line["shadow"] = shadow;
                 line["replicas"] = g.replicas().count().into();

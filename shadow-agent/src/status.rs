@@ -128,11 +128,11 @@ pub fn render(v: &serde_json::Value) -> String {
         ));
     }
     if let Some(replicas) = v["shadow"].as_array() {
-        out.push_str("replica  pid      netns                 cgroup             up_s   restarts  flows    tx_dropped_pkts  tx_dropped_bytes  refused_connects\n");
+        out.push_str("replica  pid      netns                 cgroup             up_s   restarts  flows    tx_dropped_pkts  tx_dropped_bytes  refused_connects  p50_ms  p99_ms\n");
         for r in replicas {
             let d = &r["discard"];
             out.push_str(&format!(
-                "{:<8} {:<8} {:<21} {:<18} {:<6.0} {:<9} {:<8} {:<16} {:<17} {}\n",
+                "{:<8} {:<8} {:<21} {:<18} {:<6.0} {:<9} {:<8} {:<16} {:<17} {:<17} {:<7} {}\n",
                 r["index"],
                 r["pid"],
                 r["netns"].as_str().unwrap_or(""),
@@ -144,6 +144,8 @@ pub fn render(v: &serde_json::Value) -> String {
                 d["tx_dropped_bytes"],
                 d["connect_refused"].as_u64().unwrap_or(0)
                     + d["sendmsg_refused"].as_u64().unwrap_or(0),
+                r["latency"]["p50_ms"],
+                r["latency"]["p99_ms"],
             ));
         }
     }
@@ -184,6 +186,7 @@ mod tests {
                 "sample_rate": 0.25, "reason": "at replicas_max 3"},
             "shadow": [{"index": 0, "pid": 42, "netns": "shd-web-0", "cgroup": "shd-web/r0",
                 "uptime_s": 3.0, "restarts": 1, "mirrored_flows": 17,
+                "latency": {"p50_ms": 1.5, "p99_ms": 9.0},
                 "discard": {"tx_dropped_packets": 5, "tx_dropped_bytes": 300,
                     "connect_refused": 2, "sendmsg_refused": 1}}],
             "refused": [[{"addr": "10.0.0.1", "port": 53, "proto": "udp", "attempts": 3}]],
@@ -211,7 +214,9 @@ mod tests {
                 "17",
                 "5",
                 "300",
-                "3"
+                "3",
+                "1.5",
+                "9.0"
             ]
         );
         assert!(

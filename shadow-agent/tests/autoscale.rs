@@ -184,6 +184,10 @@ interval_ms = 500
         sv["shadow"][0]["mirrored_flows"].as_u64().unwrap_or(0) > 0,
         "no flows on replica 0: {sv}"
     );
+    // The latency of the mirrored requests, measured in the kernel at replica 0's veth.
+    let lat = &sv["shadow"][0]["latency"];
+    assert!(lat["replies"].as_u64().unwrap_or(0) > 0, "{sv}");
+    assert!(lat["p50_ms"].as_f64().unwrap_or(0.0) > 0.0, "{sv}");
     let table = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
         .args(["status", "--file"])
         .arg(&status_file)
