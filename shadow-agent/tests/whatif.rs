@@ -2,7 +2,9 @@
 //! and a candidate under a tight CPU quota (0.03 CPU) beside it, both fed the same mirrored
 //! flows of a real HTTP server driven by curl; the latency each replica shows is measured
 //! in the kernel at its veth. The candidate's percentiles must come out higher, and its
-//! shrink verdict must fail, while the baseline's passes the sanity bounds.
+//! shrink verdict must fail, while the baseline's passes the sanity bounds. A third
+//! replica, pinned to CPU 0 by a candidate cpuset, must report that cpuset as the kernel's
+//! effective one.
 //!
 //! ```text
 //! client ns ──veth── node ns (whatif: two mirrors on nc, two replica host ends) ──veth── primary ns
@@ -111,6 +113,10 @@ memory_mb = 256
 [[shadow.whatif]]
 name = "tight-cpu"
 cpu_cores = 0.03
+
+[[shadow.whatif]]
+name = "cpu0"
+cpuset = "0"
 "#,
         dir = dir.display(),
     );
@@ -188,7 +194,7 @@ cpu_cores = 0.03
         .lines()
         .filter(|l| l.contains("\"GET "))
         .count();
-    println!("requests served by the two replicas together: {served}");
+    println!("requests served by the replicas together: {served}");
     let b = &r["baseline"]["latency"];
     let c = &r["candidates"][0]["latency"];
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -220,6 +226,13 @@ cpu_cores = 0.03
         Some(0.03)
     );
     assert_eq!(r["verdicts"][0]["pass"], false, "{r}");
+    // The cpuset candidate ran on CPU 0 only (as the kernel reports it), with the
+    // baseline's CPU quota, and answered the same flows.
+    let pinned = &r["candidates"][1];
+    assert_eq!(pinned["name"], "cpu0", "{r}");
+    assert_eq!(pinned["effective_cpus"], "0", "{r}");
+    assert_eq!(pinned["limits"]["cpu_cores"].as_f64(), Some(1.0), "{r}");
+    assert!(f(&pinned["latency"], "replies") >= 300.0, "{r}");
     // Nothing whatif made is left in the node.
     assert!(link::list(Some(&node))
         .expect("links")

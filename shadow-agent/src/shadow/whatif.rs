@@ -86,6 +86,9 @@ pub struct ReplicaProfile {
     pub runq_p99_us: f64,
     /// Crash restarts during the comparison.
     pub restarts: u32,
+    /// The CPUs the replica's cgroup may run on, as the kernel reports them
+    /// (`cpuset.effective_cpus`; `None` where the file is absent).
+    pub effective_cpus: Option<String>,
 }
 
 /// The result of a comparison.
@@ -393,6 +396,16 @@ pub fn run(
     Ok(report)
 }
 
+/// `cpuset.effective_cpus` of `cg` (v2 file in the unified directory, else v1 cpuset).
+fn effective_cpus(cg: &crate::sys::cgroup::Cgroup) -> Option<String> {
+    use crate::sys::cgroup::Controller;
+    [Controller::Unified, Controller::Cpuset]
+        .into_iter()
+        .find_map(|c| cg.read(c, "cpuset.effective_cpus").ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
 /// SIGINT/SIGTERM as a flag, so a comparison ends early but still tears down and reports.
 struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
@@ -473,6 +486,7 @@ fn measure(
             runq_p95_us: rq.p95_us,
             runq_p99_us: rq.p99_us,
             restarts: s.group.replica(0).map_or(0, |r| r.restarts()),
+            effective_cpus: s.group.replica(0).and_then(|r| effective_cpus(r.cgroup())),
         });
     }
     let mut it = profiles.into_iter();
