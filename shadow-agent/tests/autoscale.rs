@@ -91,6 +91,8 @@ fn run_scales_the_group_up_under_load_lowers_the_sample_at_its_budget_and_recove
 
     let name = format!("a{}", &tag[..tag.len().min(6)]);
     let status_file = dir.join("status.json");
+    // Any port: the agent's loopback is the node namespace's own.
+    let port = 9464 + (std::process::id() % 500) as u16;
     let config = format!(
         r#"
 [mirror]
@@ -122,6 +124,9 @@ cooldown_s = 1
 
 [profile]
 interval_ms = 500
+
+[metrics]
+listen = "127.0.0.1:{port}"
 "#,
         dir = dir.display(),
     );
@@ -188,6 +193,20 @@ interval_ms = 500
     let lat = &sv["shadow"][0]["latency"];
     assert!(lat["replies"].as_u64().unwrap_or(0) > 0, "{sv}");
     assert!(lat["p50_ms"].as_f64().unwrap_or(0.0) > 0.0, "{sv}");
+    // The decisions and the sample rate are metrics too.
+    let mut m = Command::new("curl");
+    m.args(["-sf", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .stdout(Stdio::piped());
+    let mut mc = process::spawn(m, Some(&node), None).expect("curl metrics");
+    let metrics =
+        std::io::read_to_string(mc.child_mut().stdout.take().expect("stdout")).unwrap_or_default();
+    let _ = mc.wait_timeout(Duration::from_secs(10));
+    assert!(
+        metrics.contains("shadow_autoscale_decisions_total{action=\"scale_up\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shadow_mirror_sample_rate "), "{metrics}");
     let table = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
         .args(["status", "--file"])
         .arg(&status_file)
