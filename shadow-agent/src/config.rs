@@ -175,6 +175,10 @@ pub struct Config {
     pub allocate: Option<crate::allocate::live::AllocateSpec>,
     /// Live forecasting (`[forecast]`).
     pub forecast: crate::forecast::live::LiveSpec,
+    /// `[shadow.autoscale]`: `run` scales the shadow group from its load; `None`: off.
+    pub autoscale: Option<crate::shadow::autoscale::AutoscaleSpec>,
+    /// `[[shadow.whatif]]`: the candidates `shadow-agent whatif` compares.
+    pub whatif: Vec<crate::shadow::whatif::Candidate>,
 }
 
 #[derive(Debug, Clone)]
@@ -468,6 +472,10 @@ impl Config {
                 format!("{} is below the minimum of 100 ms", raw.profile.interval_ms),
             ));
         }
+        let (autoscale, whatif) = match &raw.shadow {
+            None => (None, Vec::new()),
+            Some(s) => s.extras().map_err(|(key, message)| invalid(key, message))?,
+        };
         let shadow = match raw.shadow {
             None => None,
             Some(s) => Some(
@@ -493,6 +501,8 @@ impl Config {
             .validate()
             .map_err(|(k, msg)| invalid(k, msg))?;
         Ok(Config {
+            autoscale,
+            whatif,
             allocate,
             forecast,
             mirror,

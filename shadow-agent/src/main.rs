@@ -41,6 +41,10 @@ enum Cmd {
         /// One JSON object per interval on stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Where to publish the state `status` reads (default: $SHADOW_STATUS_FILE, else
+        /// /run/shadow-agent/status.json).
+        #[arg(long)]
+        status_file: Option<PathBuf>,
     },
     /// Self-contained demo: a real HTTP server as the primary, a client with a varying
     /// request rate, the mirror and the profiler, all in namespaces and cgroups it makes
@@ -67,6 +71,24 @@ enum Cmd {
     CheckConfig {
         file: PathBuf,
         /// `{\"file\", \"valid\", \"error\"}` on stdout instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare what-if replicas with a baseline on the same mirrored traffic: each
+    /// `[[shadow.whatif]]` candidate (CPU quota, memory limit, cpuset, command) beside a
+    /// baseline replica of `[shadow]`, all fed the flows `[mirror]` selects; reports
+    /// request latency percentiles (measured in the kernel), CPU, memory and run-queue
+    /// latency per replica, and whether each candidate passes as a shrink.
+    #[command(
+        after_help = "Examples:\n  shadow-agent whatif --config agent.toml\n  shadow-agent whatif --config agent.toml --duration 120 --json > whatif.json"
+    )]
+    Whatif {
+        #[arg(long)]
+        config: PathBuf,
+        /// Length of the comparison in seconds (SIGINT/SIGTERM ends it early).
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// One JSON object (the report) on stdout instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -203,6 +225,7 @@ fn main() -> ExitCode {
             config,
             duration,
             json,
+            status_file,
         } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -211,8 +234,43 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run::run(&cfg, duration.map(std::time::Duration::from_secs), json) {
+            match run::run_with_status(
+                &cfg,
+                duration.map(std::time::Duration::from_secs),
+                json,
+                &status_file.unwrap_or_else(shadow_agent::status::status_path),
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Cmd::Whatif {
+            config,
+            duration,
+            json,
+        } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    return ExitCode::from(2);
+                }
+            };
+            match shadow_agent::shadow::whatif::from_config(
+                &cfg,
+                std::time::Duration::from_secs(duration),
+            ) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_value(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", shadow_agent::shadow::whatif::render(&r));
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));
                     ExitCode::from(e.exit_code())

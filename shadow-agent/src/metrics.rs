@@ -56,8 +56,15 @@ struct ForecastLabels {
     level: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
+    autoscale_decisions: Family<ActionLabels, Counter>,
+    sample_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: Registry,
     mirror_packets: Family<OutcomeLabels, Counter>,
     mirror_cloned_packets: Counter,
@@ -147,9 +154,23 @@ impl Metrics {
             "Highest upper bound of a tracked cgroup's forecast interval (by level, percent) over the forecast horizon, in the series' unit (CPU: cores)",
             forecast_upper.clone(),
         );
+        let autoscale_decisions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "shadow_autoscale_decisions",
+            "Autoscaling decisions of the shadow group, by action (hold, scale_up, scale_down, lower_sample, raise_sample)",
+            autoscale_decisions.clone(),
+        );
+        let sample_rate = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "shadow_mirror_sample_rate",
+            "Fraction of the selected flows the mirror currently clones",
+            sample_rate.clone(),
+        );
         Metrics {
             scale_events,
             forecast_upper,
+            autoscale_decisions,
+            sample_rate,
             registry,
             mirror_packets,
             mirror_cloned_packets,
@@ -209,6 +230,15 @@ impl Metrics {
             .inc();
     }
 
+    /// One autoscaling decision (`Action::as_str`).
+    pub fn observe_autoscale(&self, action: &str) {
+        self.autoscale_decisions
+            .get_or_create(&ActionLabels {
+                action: action.to_string(),
+            })
+            .inc();
+    }
+
     /// The latest forecast's highest upper bound over the horizon at `level` (percent).
     pub fn observe_forecast_upper(&self, cgroup: &str, level: f64, upper: f64) {
         self.forecast_upper
@@ -217,6 +247,10 @@ impl Metrics {
                 level: format!("{level}"),
             })
             .set(upper);
+    }
+
+    pub fn set_sample_rate(&self, rate: f64) {
+        self.sample_rate.set(rate);
     }
 
     pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {

@@ -12,6 +12,21 @@ use crate::{
 /// Attach what the config asks for and report every interval until SIGINT/SIGTERM or
 /// `duration`. Everything attached is detached on return.
 pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), AgentError> {
+    run_with_status(
+        cfg,
+        duration,
+        json,
+        std::path::Path::new(crate::status::STATUS_FILE),
+    )
+}
+
+/// [`run`], publishing the status file at `status_file`.
+pub fn run_with_status(
+    cfg: &Config,
+    duration: Option<Duration>,
+    json: bool,
+    status_file: &std::path::Path,
+) -> Result<(), AgentError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,6 +55,22 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             .ino();
         cgroups.push((path.clone(), id));
     }
+    // The mirror's interfaces exist before the group is created: bad input changes nothing.
+    if let Some(m) = &cfg.mirror {
+        let mut check = vec![(m.interface.as_str(), "mirror.interface")];
+        if let Some((t, _)) = &m.target {
+            check.push((t.as_str(), "mirror.shadow_interface"));
+        }
+        for (name, role) in check {
+            nix::net::if_::if_nametoindex(name).map_err(|source| {
+                crate::mirror::MirrorError::NoInterface {
+                    interface: name.to_string(),
+                    role,
+                    source,
+                }
+            })?;
+        }
+    }
     // The shadow group first: the mirror's target is its first replica's veth.
     let mut group = match &cfg.shadow {
         None => None,
@@ -51,7 +82,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             Some(crate::shadow::ShadowGroup::start(spec.clone(), None)?)
         }
     };
-    let mirror = match &cfg.mirror {
+    let mut mirror = match &cfg.mirror {
         None => None,
         Some(m) => {
             // The configured target, or the replicas of the shadow group (first one here,
@@ -72,6 +103,8 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
             })?;
             if let (None, Some(g)) = (&m.target, group.as_ref()) {
                 mirror.set_targets(&g.mirror_targets())?;
+                // Request->reply latency per replica (autoscaling's backlog, status).
+                mirror.set_latency(true)?;
             }
             Some(mirror)
         }
@@ -82,10 +115,17 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
     }
     if let Some(g) = &group {
         for r in g.replicas() {
-            cgroups.push((r.cgroup().unified_path().to_path_buf(), r.cgroup().id()));
             profiler.track(r.cgroup().id())?;
         }
     }
+    // Autoscaling: only for a group the mirror feeds (its own target list).
+    let autoscale = cfg.autoscale.clone().filter(|_| group.is_some());
+    let sample_max = cfg.mirror.as_ref().map_or(1.0, |m| m.options.sample_rate);
+    let mut sample_rate = sample_max;
+    let mut meter = crate::shadow::autoscale::LoadMeter::default();
+    let mut last_change: Option<std::time::Instant> = None;
+    let mut last_decision = serde_json::Value::Null;
+    metrics.set_sample_rate(sample_rate);
     // The allocator last: it restores the original limits a crashed run left behind.
     let mut allocator = match &cfg.allocate {
         None => None,
@@ -105,7 +145,6 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
         f
     });
     let mut prev: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
-    let status_path = crate::status::status_path();
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| AgentError::Io {
@@ -145,12 +184,14 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 line["mirror"] = serde_json::to_value(c).unwrap_or_default();
             }
             let mut cg = serde_json::Map::new();
-            let replica_ids: Vec<u64> = group
-                .as_ref()
-                .map(|g| g.replicas().map(|r| r.cgroup().id()).collect())
-                .unwrap_or_default();
+            let replica_cgroups: Vec<_> = group
+                .iter()
+                .flat_map(|g| g.replicas())
+                .map(|r| (r.cgroup().unified_path().to_path_buf(), r.cgroup().id()))
+                .collect();
+            let replica_ids: Vec<u64> = replica_cgroups.iter().map(|(_, id)| *id).collect();
             let mut shadow_cpu: Option<f64> = None;
-            for (path, id) in &cgroups {
+            for (path, id) in cgroups.iter().chain(&replica_cgroups) {
                 if let Some(a) = profiler.cgroup(*id)? {
                     let key = path.display().to_string();
                     if let Some(v) = rate(&key, a.cpu_ns as f64 / 1e9) {
@@ -220,9 +261,54 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                 for ev in g.supervise() {
                     tracing::warn!(?ev, "shadow group");
                 }
+                if let Some(spec) = &autoscale {
+                    let d = autoscale_step(
+                        spec,
+                        g,
+                        mirror.as_mut(),
+                        &mut profiler,
+                        &mut meter,
+                        &mut sample_rate,
+                        sample_max,
+                        &mut last_change,
+                    );
+                    metrics.observe_autoscale(d["action"].as_str().unwrap_or("hold"));
+                    metrics.set_sample_rate(sample_rate);
+                    if d["action"] != "hold" {
+                        last_decision = d.clone();
+                    }
+                    line["autoscale"] = d;
+                    line["autoscale_last_change"] = last_decision.clone();
+                }
                 let status = g.status();
                 metrics.observe_replicas(&status);
-                line["shadow"] = serde_json::to_value(status).unwrap_or_default();
+                let mut shadow = serde_json::to_value(status).unwrap_or_default();
+                // Flows the mirror assigned to each replica (slot order = replica order).
+                if let Some(Ok(flows)) = mirror
+                    .as_ref()
+                    .filter(|_| cfg.mirror.as_ref().is_some_and(|m| m.target.is_none()))
+                    .map(|m| m.flows_per_target())
+                {
+                    if let Some(arr) = shadow.as_array_mut() {
+                        for (r, n) in arr.iter_mut().zip(flows) {
+                            r["mirrored_flows"] = n.into();
+                        }
+                    }
+                    // Request->reply latency per replica since the mirror attached (slot
+                    // order; a slot reused after a scale-down keeps counting).
+                    if let (Some(arr), Some(Ok(lat))) =
+                        (shadow.as_array_mut(), mirror.as_ref().map(|m| m.latency()))
+                    {
+                        for (r, c) in arr.iter_mut().zip(lat) {
+                            r["latency"] = serde_json::to_value(c.summary()).unwrap_or_default();
+                        }
+                    }
+                }
+                line["shadow"] = shadow;
+                line["replicas"] = g.replicas().count().into();
+            }
+            if mirror.is_some() {
+                line["sample_rate"] = sample_rate.into();
             }
             line["cpu_hook"] = serde_json::to_value(profiler.hook()).unwrap_or_default();
             let mut scale_events = Vec::new();
@@ -247,7 +333,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
                     .collect();
                 line["refused"] = refused.into();
             }
-            if let Err(e) = crate::status::publish(&status_path, line.clone()) {
+            if let Err(e) = crate::status::publish(status_file, line.clone()) {
                 tracing::warn!(error = %e, "could not publish the status file");
             }
             if json {
@@ -262,7 +348,7 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
         }
         Ok::<(), AgentError>(())
     });
-    crate::status::withdraw(&status_path);
+    crate::status::withdraw(status_file);
     result
 }
 
@@ -271,6 +357,91 @@ pub fn run(cfg: &Config, duration: Option<Duration>, json: bool) -> Result<(), A
 const LOAD_MATCHED: &str = "mirror/matched_pps";
 const LOAD_CLONED: &str = "mirror/cloned_pps";
 const SHADOW_CPU: &str = "shadow/cpu_cores";
+
+/// One autoscaling step: measure the group's load, decide, apply (replica count through
+/// [`scale_group`], sample rate through the mirror), log the decision with its reason, and
+/// return it as JSON for the status line. A failure to apply is logged and reported, never
+/// fatal: the primary and the running replicas are unaffected.
+#[allow(clippy::too_many_arguments)]
+fn autoscale_step(
+    spec: &crate::shadow::autoscale::AutoscaleSpec,
+    group: &mut crate::shadow::ShadowGroup,
+    mut mirror: Option<&mut Mirror>,
+    profiler: &mut Profiler,
+    meter: &mut crate::shadow::autoscale::LoadMeter,
+    sample_rate: &mut f64,
+    sample_max: f64,
+    last_change: &mut Option<std::time::Instant>,
+) -> serde_json::Value {
+    use crate::shadow::autoscale::{decide, Action, Bounds};
+    let load = meter.measure(group, profiler, mirror.as_deref(), *sample_rate);
+    let gs = group.spec();
+    let bounds = Bounds {
+        replicas_min: gs.replicas_min,
+        replicas_max: gs.replicas_max,
+        cpu_cap: gs.cpu_cores,
+        memory_cap: gs.memory_bytes,
+        sample_max,
+    };
+    let mut d = decide(spec, &bounds, &load, last_change.map(|t| t.elapsed()));
+    let applied: Result<(), String> = match d.action {
+        Action::Hold => Ok(()),
+        Action::ScaleUp | Action::ScaleDown => {
+            let before: Vec<u64> = group.replicas().map(|r| r.cgroup().id()).collect();
+            match scale_group(group, mirror.as_deref_mut(), d.replicas) {
+                Ok(n) => {
+                    d.replicas = n;
+                    let after: Vec<u64> = group.replicas().map(|r| r.cgroup().id()).collect();
+                    for id in after.iter().filter(|id| !before.contains(id)) {
+                        if let Err(e) = profiler.track(*id) {
+                            tracing::warn!(error = %e, "new replica not profiled");
+                        }
+                    }
+                    for id in before.iter().filter(|id| !after.contains(id)) {
+                        let _ = profiler.untrack(*id);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(crate::error::chain(&e)),
+            }
+        }
+        Action::LowerSample | Action::RaiseSample => match mirror {
+            None => Err("no mirror to change the sample rate of".into()),
+            Some(m) => match m.set_sample_rate(d.sample_rate) {
+                Ok(()) => {
+                    *sample_rate = d.sample_rate;
+                    Ok(())
+                }
+                Err(e) => Err(crate::error::chain(&e)),
+            },
+        },
+    };
+    let mut v = serde_json::json!({
+        "action": d.action.as_str(),
+        "reason": d.reason,
+        "replicas": d.replicas,
+        "sample_rate": d.sample_rate,
+        "load": load,
+    });
+    match applied {
+        Ok(()) if d.action != Action::Hold => {
+            *last_change = Some(std::time::Instant::now());
+            tracing::info!(
+                action = d.action.as_str(),
+                replicas = d.replicas,
+                sample_rate = d.sample_rate,
+                reason = %d.reason,
+                "shadow group autoscaling"
+            );
+        }
+        Ok(()) => tracing::debug!(reason = %d.reason, "shadow group autoscaling: hold"),
+        Err(e) => {
+            tracing::warn!(action = d.action.as_str(), error = %e, reason = %d.reason, "autoscaling decision not applied");
+            v["error"] = e.into();
+        }
+    }
+    v
+}
 
 /// Scale `group` to `n` replicas (clamped to its [min, max]) and keep `mirror`'s targets
 /// equal to the replicas: on the way down the mirror stops cloning to the replicas about to

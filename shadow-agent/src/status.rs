@@ -136,22 +136,61 @@ pub fn render(v: &serde_json::Value) -> String {
             }
         }
     }
+    if let Some(rate) = v["sample_rate"].as_f64() {
+        out.push_str(&format!("sample rate: {rate}\n"));
+    }
+    if let Some(a) = v.get("autoscale").filter(|a| !a.is_null()) {
+        out.push_str(&format!(
+            "autoscale: {} ({})\n",
+            a["action"].as_str().unwrap_or("?"),
+            a["reason"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(a) = v
+        .get("autoscale_last_change")
+        .filter(|a| !a.is_null() && a["action"].is_string())
+    {
+        out.push_str(&format!(
+            "last change: {} to {} replicas, sample rate {} ({})\n",
+            a["action"].as_str().unwrap_or("?"),
+            a["replicas"],
+            a["sample_rate"],
+            a["reason"].as_str().unwrap_or("")
+        ));
+    }
     if let Some(replicas) = v["shadow"].as_array() {
-        out.push_str("replica  pid      netns                 cgroup             up_s   restarts  tx_dropped  refused_connects\n");
+        out.push_str("replica  pid      netns                 cgroup             up_s   restarts  flows    tx_dropped_pkts  tx_dropped_bytes  refused_connects  p50_ms  p99_ms\n");
         for r in replicas {
             let d = &r["discard"];
             out.push_str(&format!(
-                "{:<8} {:<8} {:<21} {:<18} {:<6.0} {:<9} {:<11} {}\n",
+                "{:<8} {:<8} {:<21} {:<18} {:<6.0} {:<9} {:<8} {:<16} {:<17} {:<17} {:<7} {}\n",
                 r["index"],
                 r["pid"],
                 r["netns"].as_str().unwrap_or(""),
                 r["cgroup"].as_str().unwrap_or(""),
                 r["uptime_s"].as_f64().unwrap_or(0.0),
                 r["restarts"],
+                r["mirrored_flows"],
                 d["tx_dropped_packets"],
+                d["tx_dropped_bytes"],
                 d["connect_refused"].as_u64().unwrap_or(0)
                     + d["sendmsg_refused"].as_u64().unwrap_or(0),
+                r["latency"]["p50_ms"],
+                r["latency"]["p99_ms"],
             ));
+        }
+    }
+    if let Some(refused) = v["refused"].as_array() {
+        for (i, per) in refused.iter().enumerate() {
+            for d in per.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "refused by replica {i}: {} port {} {} ({} attempts)\n",
+                    d["addr"].as_str().unwrap_or("?"),
+                    d["port"],
+                    d["proto"].as_str().unwrap_or("?"),
+                    d["attempts"]
+                ));
+            }
         }
     }
     out
@@ -170,6 +209,51 @@ mod tests {
         let v = read(&path).unwrap();
         assert_eq!(v["agent_pid"].as_u64(), Some(u64::from(std::process::id())));
         assert!(render(&v).starts_with("agent pid"));
+        // What a run with a group, a mirror and autoscaling publishes shows up in the table.
+        let full = serde_json::json!({
+            "agent_pid": 1, "updated_unix_s": 0.0, "sample_rate": 0.25,
+            "autoscale": {"action": "hold", "reason": "cooldown"},
+            "autoscale_last_change": {"action": "lower_sample", "replicas": 3,
+                "sample_rate": 0.25, "reason": "at replicas_max 3"},
+            "shadow": [{"index": 0, "pid": 42, "netns": "shd-web-0", "cgroup": "shd-web/r0",
+                "uptime_s": 3.0, "restarts": 1, "mirrored_flows": 17,
+                "latency": {"p50_ms": 1.5, "p99_ms": 9.0},
+                "discard": {"tx_dropped_packets": 5, "tx_dropped_bytes": 300,
+                    "connect_refused": 2, "sendmsg_refused": 1}}],
+            "refused": [[{"addr": "10.0.0.1", "port": 53, "proto": "udp", "attempts": 3}]],
+        });
+        let text = render(&full);
+        assert!(text.contains("sample rate: 0.25"), "{text}");
+        assert!(
+            text.contains("last change: lower_sample to 3 replicas"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("0 "))
+            .expect("replica row");
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "0",
+                "42",
+                "shd-web-0",
+                "shd-web/r0",
+                "3",
+                "1",
+                "17",
+                "5",
+                "300",
+                "3",
+                "1.5",
+                "9.0"
+            ]
+        );
+        assert!(
+            text.contains("refused by replica 0: 10.0.0.1 port 53 udp (3 attempts)"),
+            "{text}"
+        );
         // A file left by a dead agent is stale.
         let mut dead = v.clone();
         dead["agent_pid"] = 0x7fff_fff0u64.into();

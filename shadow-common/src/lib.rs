@@ -8,6 +8,7 @@
 
 pub mod acct;
 pub mod discard;
+pub mod latency;
 pub mod maps;
 pub mod mask;
 pub mod mirror;

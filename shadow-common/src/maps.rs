@@ -81,6 +81,10 @@ names! {
     PROG_MIRROR_LEARN = "shadow_learn";
     /// `LruHashMap<FlowKey, TcpFlow>`: per-session TCP translation state.
     MAP_TCP_FLOWS = "TCP_FLOWS";
+    /// `LruHashMap<FlowKey, LatPending>`: the unanswered request of each mirrored flow.
+    MAP_LAT_PENDING = "LAT_PENDING";
+    /// `PerCpuArray<LatHist>`, `MAX_TARGETS` entries: request→reply latency per target.
+    MAP_LAT_HIST = "LAT_HIST";
     /// `Array<TokenBucket>`, one entry: the global clone rate cap.
     MAP_MIRROR_TB = "MIRROR_TB";
 

@@ -13,6 +13,9 @@ pub const FLAG_ENABLED: u16 = 1;
 pub const FLAG_TCP_TRACK: u16 = 2;
 /// `MirrorConfig::flags`: tracked sessions are translated (ACK, SACK, TSecr) for the shadow.
 pub const FLAG_TCP_TRANSLATE: u16 = 4;
+/// `MirrorConfig::flags`: time each mirrored request to the replica's reply
+/// (`shadow_common::latency`).
+pub const FLAG_LATENCY: u16 = 8;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;

@@ -31,6 +31,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
+use shadow_common::latency::{lat_bucket, LatHist, LatPending, LAT_BUCKETS, LAT_MAX_NS};
 use shadow_common::mask::{
     in_ranges, mask_byte, seq_check, skip_body, CsumDelta, FlowKey, HttpState, MaskRule, MaskSpec,
     SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK, F_SEQ_VALID, MASK_HTTP, MASK_RANGES,
@@ -39,8 +40,8 @@ use shadow_common::mask::{
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
     FlowTarget, MirrorConfig, MirrorRule, MirrorTarget, PacketView, RuleLoad, TokenBucket,
-    FLAG_ENABLED, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,
-    MAX_TARGETS, TCP_FLAG_ACK, TCP_FLAG_SYN,
+    FLAG_ENABLED, FLAG_LATENCY, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_RULES, MAX_TARGETS, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
 use shadow_common::tcp::{
     ends_session, get32, idle, learn_shadow, opt_step, translate_with, OptWalk, TcpFlow,
@@ -79,6 +80,12 @@ static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65
 static TCP_SCRATCH: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RULE_LOAD: PerCpuArray<RuleLoad> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+#[map]
+static LAT_PENDING: LruHashMap<FlowKey, LatPending> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static LAT_HIST: PerCpuArray<LatHist> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+#[map]
+static LAT_SCRATCH: PerCpuArray<LatScratch> = PerCpuArray::with_max_entries(1, 0);
 
 struct Skb<'a>(&'a TcContext);
 
@@ -581,6 +588,7 @@ fn try_isn(ctx: &TcContext) {
 /// transmits. Returns "next": the replica's `shadow_discard` then drops everything.
 #[classifier]
 pub fn shadow_learn(ctx: TcContext) -> i32 {
+    lat_reply(&ctx);
     try_learn(&ctx);
     TC_ACT_UNSPEC
 }
@@ -651,6 +659,156 @@ fn try_learn(ctx: &TcContext) {
         if l.reset {
             count(ctr::TCP_SHADOW_RESETS);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Request→reply latency per replica (`shadow_common::latency`).
+// ---------------------------------------------------------------------------------------
+
+/// Per-CPU room for the latency helpers' map key and value (off the stack).
+#[repr(C)]
+pub struct LatScratch {
+    key: FlowKey,
+    pend: LatPending,
+}
+
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const NOEXIST: u64 = 1;
+
+/// Payload bytes of a TCP or UDP packet with ports (0 when unknown).
+#[inline(always)]
+fn l4_payload(ctx: &TcContext, flow: &Flow) -> u32 {
+    let l4 = flow.l4_off as usize;
+    let hlen = if flow.proto == IPPROTO_TCP {
+        match ctx.load::<u8>(l4 + 12) {
+            Ok(b) => ((b >> 4) as usize) * 4,
+            Err(_) => return 0,
+        }
+    } else {
+        8
+    };
+    match ip_end(ctx, flow) {
+        Some(end) => end.saturating_sub(l4 + hlen) as u32,
+        None => 0,
+    }
+}
+
+/// The flow of a TCP/UDP packet carrying payload, with its payload length.
+#[inline(always)]
+fn lat_flow(ctx: &TcContext) -> Option<(MirrorConfig, Flow)> {
+    let cfg = *MIRROR_CFG.get(0)?;
+    if cfg.flags & FLAG_LATENCY == 0 {
+        return None;
+    }
+    let flow = parse_flow(&Skb(ctx))?;
+    if !flow.has_ports || !(flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP) {
+        return None;
+    }
+    Some((cfg, flow))
+}
+
+/// A clone leaves for the replica (`shadow_mask` passed it): start timing its flow's
+/// request unless one is already pending. A new TCP session forgets any stale entry.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn lat_request(ctx: &TcContext) {
+    let Some((cfg, flow)) = lat_flow(ctx) else {
+        return;
+    };
+    let Some(sp) = LAT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
+    let s = unsafe { &mut *sp };
+    s.key = FlowKey::of(&flow);
+    if flow.proto == IPPROTO_TCP && flow.tcp_flags & TCP_FLAG_SYN != 0 {
+        let _ = LAT_PENDING.remove(&s.key);
+        return;
+    }
+    if l4_payload(ctx, &flow) == 0 {
+        return;
+    }
+    let slot = if cfg.n_targets == 0 {
+        0
+    } else {
+        // SAFETY: the value is copied out at once.
+        match unsafe { MIRROR_FLOWS.get(&s.key) } {
+            Some(ft) => ft.index,
+            None => return,
+        }
+    };
+    if slot >= MAX_TARGETS {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    s.pend = LatPending {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        slot,
+        _pad: 0,
+    };
+    if LAT_PENDING.insert(&s.key, &s.pend, NOEXIST).is_ok() {
+        if let Some(h) = LAT_HIST.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { (*h).requests += 1 };
+        }
+    }
+}
+
+/// The replica transmits (`shadow_learn`, before the discard): its first payload segment
+/// after a pending request ends the timing.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn lat_reply(ctx: &TcContext) {
+    let Some((_, flow)) = lat_flow(ctx) else {
+        return;
+    };
+    if l4_payload(ctx, &flow) == 0 {
+        return;
+    }
+    let Some(sp) = LAT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
+    let s = unsafe { &mut *sp };
+    s.key = FlowKey::of(&flow).reversed();
+    // SAFETY: the value is copied out at once.
+    let Some(p) = (unsafe { LAT_PENDING.get(&s.key) }) else {
+        if let Some(h) = LAT_HIST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { (*h).unmatched += 1 };
+        }
+        return;
+    };
+    let p = *p;
+    if LAT_PENDING.remove(&s.key).is_err() {
+        // Another CPU took it first.
+        return;
+    }
+    if p.slot >= MAX_TARGETS {
+        return;
+    }
+    let Some(h) = LAT_HIST.get_ptr_mut(p.slot) else {
+        return;
+    };
+    // SAFETY: helper without arguments.
+    let d = unsafe { bpf_ktime_get_ns() }.saturating_sub(p.ts_ns);
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    unsafe {
+        if d > LAT_MAX_NS {
+            (*h).expired += 1;
+            return;
+        }
+        let us = d / 1000;
+        (*h).replies += 1;
+        (*h).sum_us += us;
+        let mut b = lat_bucket(us) as u64;
+        // Bounded in a form the verifier sees (the compiler folds a plain mask away).
+        core::arch::asm!("{0} &= 255", inout(reg) b);
+        const _: () = assert!(LAT_BUCKETS == 256);
+        // No Rust bounds check (its panic path would end the program without an exit):
+        // `b` <= 255 < LAT_BUCKETS by the mask above.
+        *(*h).buckets.as_mut_ptr().add(b as usize) += 1;
     }
 }
 
@@ -835,6 +993,16 @@ extern "C" fn mask_cb(i: u64, _ctx: *mut c_void) -> i64 {
 /// A clone that cannot be masked is dropped, never sent as it is.
 #[classifier]
 pub fn shadow_mask(ctx: TcContext) -> i32 {
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    let verdict = mask_verdict(ctx);
+    if verdict != TC_ACT_SHOT {
+        lat_request(&TcContext::new(skb));
+    }
+    verdict
+}
+
+#[inline(always)]
+fn mask_verdict(ctx: TcContext) -> i32 {
     // SAFETY: reading `mark` of the program's own `__sk_buff`.
     let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
     if mark & CLONE_MARK_MASK != CLONE_MARK {

@@ -5,6 +5,7 @@
 //! clsact qdisc otherwise. TCX links belong to this process: if the agent dies, the kernel
 //! detaches the mirror and the primary's traffic flows exactly as without Shadow.
 
+pub mod latency;
 pub mod rule;
 
 use aya::{

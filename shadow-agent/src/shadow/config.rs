@@ -7,9 +7,11 @@ use serde::Deserialize;
 use crate::{
     mirror::{Cidr, Ports, Proto, Rule, RuleError},
     shadow::{
+        autoscale::AutoscaleSpec,
         discard::Allowlist,
-        group::{GroupSpec, RestartPolicy},
+        group::{GroupError, GroupSpec, RestartPolicy},
         replica::CommandSpec,
+        whatif::{validate_candidate, Candidate, MAX_CANDIDATES},
     },
 };
 
@@ -40,6 +42,54 @@ pub struct RawShadow {
     allow: Vec<RawAllow>,
     #[serde(default)]
     restart: RawRestart,
+    /// `[shadow.autoscale]`: scale the group from measured load (off when absent).
+    autoscale: Option<RawAutoscale>,
+    /// `[[shadow.whatif]]`: candidates `shadow-agent whatif` compares with the baseline.
+    #[serde(default)]
+    whatif: Vec<RawWhatif>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAutoscale {
+    scale_up_cores: f64,
+    scale_down_cores: f64,
+    scale_up_runq_p99_us: f64,
+    scale_up_backlog: u64,
+    budget_high: f64,
+    budget_low: f64,
+    sample_step: f64,
+    sample_min: f64,
+    cooldown_s: f64,
+}
+
+impl Default for RawAutoscale {
+    fn default() -> Self {
+        let d = AutoscaleSpec::default();
+        RawAutoscale {
+            scale_up_cores: d.scale_up_cores,
+            scale_down_cores: d.scale_down_cores,
+            scale_up_runq_p99_us: d.scale_up_runq_p99_us,
+            scale_up_backlog: d.scale_up_backlog,
+            budget_high: d.budget_high,
+            budget_low: d.budget_low,
+            sample_step: d.sample_step,
+            sample_min: d.sample_min,
+            cooldown_s: d.cooldown.as_secs_f64(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhatif {
+    name: String,
+    cpu_cores: Option<f64>,
+    memory_mb: Option<u64>,
+    cpuset: Option<String>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +147,70 @@ fn d_window() -> u64 {
 pub type KeyError = (String, String);
 
 impl RawShadow {
+    /// `[shadow.autoscale]` and `[[shadow.whatif]]`, checked (host checks of the what-if
+    /// candidates happen when `whatif` starts, before anything is created).
+    pub fn extras(&self) -> Result<(Option<AutoscaleSpec>, Vec<Candidate>), KeyError> {
+        let autoscale = match &self.autoscale {
+            None => None,
+            Some(a) => {
+                if !(a.cooldown_s >= 0.0 && a.cooldown_s <= 86_400.0) {
+                    return Err((
+                        "shadow.autoscale.cooldown_s".into(),
+                        format!("{} must be within 0..=86400 seconds", a.cooldown_s),
+                    ));
+                }
+                let spec = AutoscaleSpec {
+                    scale_up_cores: a.scale_up_cores,
+                    scale_down_cores: a.scale_down_cores,
+                    scale_up_runq_p99_us: a.scale_up_runq_p99_us,
+                    scale_up_backlog: a.scale_up_backlog,
+                    budget_high: a.budget_high,
+                    budget_low: a.budget_low,
+                    sample_step: a.sample_step,
+                    sample_min: a.sample_min,
+                    cooldown: Duration::from_secs_f64(a.cooldown_s),
+                };
+                spec.validate()?;
+                Some(spec)
+            }
+        };
+        let mut whatif = Vec::new();
+        for (i, w) in self.whatif.iter().enumerate() {
+            if w.command.as_ref().is_some_and(Vec::is_empty) {
+                return Err((
+                    format!("shadow.whatif[{i}].command"),
+                    "is empty: name the program to run, or leave the key out".into(),
+                ));
+            }
+            let c = Candidate {
+                name: w.name.clone(),
+                cpu_cores: w.cpu_cores,
+                memory_bytes: w.memory_mb.map(|m| m << 20),
+                cpuset: w.cpuset.clone(),
+                command: w.command.clone(),
+                env: w.env.clone().into_iter().collect(),
+            };
+            validate_candidate(&c, i).map_err(|e| match e {
+                GroupError::Whatif { key, why } => (key, why),
+                e => (format!("shadow.whatif[{i}]"), e.to_string()),
+            })?;
+            if whatif.iter().any(|o: &Candidate| o.name == c.name) {
+                return Err((
+                    format!("shadow.whatif[{i}].name"),
+                    format!("{:?} is used twice", c.name),
+                ));
+            }
+            whatif.push(c);
+        }
+        if whatif.len() > MAX_CANDIDATES {
+            return Err((
+                "shadow.whatif".into(),
+                format!("{} candidates; at most {MAX_CANDIDATES}", whatif.len()),
+            ));
+        }
+        Ok((autoscale, whatif))
+    }
+
     /// Validate the values that need no kernel (names, addresses, rules, the user).
     /// The group re-checks command, caps and paths against the host before creating anything.
     pub fn into_spec(self) -> Result<GroupSpec, KeyError> {

@@ -74,6 +74,10 @@ pub enum GroupError {
     Cpu { cores: f64, host: usize },
     #[error("shadow.memory_mb: {bytes} bytes exceed the host's {host} bytes of memory")]
     Memory { bytes: u64, host: u64 },
+    #[error("{key}: {why}")]
+    Whatif { key: String, why: String },
+    #[error("cpuset {list:?}: {why}")]
+    Cpuset { list: String, why: String },
     #[error("shadow.writable_paths")]
     Paths(#[source] MountError),
     #[error("shadow group cgroup {name}")]
@@ -128,11 +132,11 @@ pub struct ShadowGroup {
     host_ns: Option<NetNs>,
 }
 
-fn host_cpus() -> usize {
+pub(crate) fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn host_memory() -> u64 {
+pub(crate) fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
@@ -200,6 +204,39 @@ pub fn validate(spec: &GroupSpec) -> Result<(), GroupError> {
     Ok(())
 }
 
+/// Check a cpuset list (`"0"`, `"0-1,3"`): well formed, and every CPU exists on this host.
+pub fn validate_cpuset(list: &str) -> Result<Vec<usize>, GroupError> {
+    let host = host_cpus();
+    let bad = |why: String| GroupError::Cpuset {
+        list: list.to_string(),
+        why,
+    };
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let (Ok(lo), Ok(hi)) = (lo.parse::<usize>(), hi.parse::<usize>()) else {
+            return Err(bad(format!(
+                "{part:?} is not a CPU number or a range like 0-1"
+            )));
+        };
+        if lo > hi {
+            return Err(bad(format!("{part:?}: the range is reversed")));
+        }
+        if hi >= host {
+            return Err(bad(format!(
+                "CPU {hi} does not exist (this host has CPUs 0-{})",
+                host - 1
+            )));
+        }
+        cpus.extend(lo..=hi);
+    }
+    Ok(cpus)
+}
+
 const CFS_PERIOD_US: u64 = 100_000;
 
 fn apply_caps(cg: &Cgroup, spec: &GroupSpec) -> Result<(), CgroupError> {
@@ -239,7 +276,21 @@ impl ShadowGroup {
     /// Validate, create the group cgroup with its caps, and start `replicas_min` replicas.
     /// `host_ns`: where the replicas' host veth ends go (`None`: the caller's namespace).
     pub fn start(spec: GroupSpec, host_ns: Option<NetNs>) -> Result<ShadowGroup, GroupError> {
+        Self::start_with_cpuset(spec, host_ns, None)
+    }
+
+    /// [`ShadowGroup::start`], with the group's CPUs restricted to `cpuset` (a cpuset list
+    /// such as `"0"` or `"0-1"`, checked by [`validate_cpuset`]) before any replica starts:
+    /// what-if replicas under a candidate cpuset.
+    pub fn start_with_cpuset(
+        spec: GroupSpec,
+        host_ns: Option<NetNs>,
+        cpuset: Option<&str>,
+    ) -> Result<ShadowGroup, GroupError> {
         validate(&spec)?;
+        if let Some(c) = cpuset {
+            validate_cpuset(c)?;
+        }
         let cg_name = format!("{}-{}", spec.prefix, spec.name);
         let cgroup = Cgroup::create(&cg_name).map_err(|source| GroupError::Cgroup {
             name: cg_name.clone(),
@@ -249,6 +300,20 @@ impl ShadowGroup {
             name: cg_name.clone(),
             source,
         })?;
+        if let Some(c) = cpuset {
+            // Children copy their parent's cpuset when created (v1) or are bounded by it (v2).
+            let (ctl, file) = if matches!(cgroup.root().layout(), CgroupLayout::Unified) {
+                (Controller::Unified, "cpuset.cpus")
+            } else {
+                (Controller::Cpuset, "cpuset.cpus")
+            };
+            cgroup
+                .write(ctl, file, c)
+                .map_err(|source| GroupError::Cgroup {
+                    name: cg_name.clone(),
+                    source,
+                })?;
+        }
         let mut group = ShadowGroup {
             slots: Vec::new(),
             cgroup,

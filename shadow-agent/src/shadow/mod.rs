@@ -7,11 +7,13 @@
 //! overlays on the configured paths, and the discard programs: TC drop at the host end and
 //! cgroup connect/sendmsg refusal outside the allowlist.
 
+pub mod autoscale;
 pub mod config;
 pub mod discard;
 pub mod group;
 pub mod mountns;
 pub mod replica;
+pub mod whatif;
 
 pub use discard::{Allowlist, Discard, DiscardCounters, DiscardError, Refused};
 pub use group::{GroupError, GroupSpec, RestartPolicy, ShadowGroup};
