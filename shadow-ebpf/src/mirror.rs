@@ -23,8 +23,8 @@ use aya_ebpf::{
     bindings::{__sk_buff, xdp_action, BPF_F_MARK_MANGLED_0, TC_ACT_SHOT, TC_ACT_UNSPEC},
     cty::c_void,
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes,
-        bpf_xdp_load_bytes,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_loop, bpf_skb_load_bytes,
+        bpf_skb_store_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -32,9 +32,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use shadow_common::mask::{
-    in_ranges, mask_byte, seq_check, skip_body, CsumDelta, FlowKey, HttpState, MaskRule, MaskSpec,
-    SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK, F_SEQ_VALID, MASK_HTTP, MASK_RANGES,
-    MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
+    body_segment, in_ranges, mask_byte, seq_check, skip_body, BodyFit, CsumDelta, FlowKey,
+    HttpState, MaskRule, MaskSpec, SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK,
+    F_SEQ_VALID, MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
 };
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
@@ -73,6 +73,8 @@ static MASK_FLOWS: LruHashMap<FlowKey, HttpState> = LruHashMap::with_max_entries
 static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static MASK_FILL: Array<[u8; MASK_FILL_LEN]> = Array::with_max_entries(1, 0);
 #[map]
 static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -655,7 +657,7 @@ fn try_learn(ctx: &TcContext) {
 }
 
 /// Payload bytes masked per `bpf_loop` run (one chunk of the per-CPU scratch buffer).
-const CHUNK: usize = 2048;
+const CHUNK: usize = MASK_FILL_LEN;
 /// Chunks per segment at most: `MAX_SCAN_LIMIT` bytes.
 const MAX_CHUNKS: u32 = MAX_SCAN_LIMIT / CHUNK as u32 + 1;
 
@@ -665,7 +667,8 @@ const MAX_CHUNKS: u32 = MAX_SCAN_LIMIT / CHUNK as u32 + 1;
 /// memory, which keeps verification cost independent of the payload length.
 #[repr(C)]
 pub struct Scratch {
-    buf: [u8; CHUNK],
+    /// One chunk, plus room for the zero padding of the bulk fill's checksum.
+    buf: [u8; CHUNK + 8],
     st: HttpState,
     rule: MaskRule,
     csum: CsumDelta,
@@ -682,10 +685,13 @@ pub struct Scratch {
     all: u8,
     /// The fallback applied to at least one byte.
     fell_back: u8,
-    _pad: [u8; 5],
+    /// The spec's fill byte (for the bulk fill, off the callback's stack).
+    fill: u8,
+    _pad: [u8; 4],
     /// Payload bytes done so far in this segment.
     off: u32,
-    _pad2: u32,
+    /// Running `bpf_csum_diff` sum of the chunk being bulk-filled.
+    sum: u32,
     /// The flow's key in `MASK_FLOWS` (here rather than on the stack: the stack is shared
     /// with the callbacks and limited to 512 bytes for the whole chain).
     key: FlowKey,
@@ -735,6 +741,15 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
             return 1;
         }
     }
+    if s.http != 0 && s.st.st == ST_BROKEN && s.all == 0 {
+        // The flow (or this segment) cannot be followed: the rest of the segment takes the
+        // fallback at once, decided here rather than per byte.
+        s.fell_back = 1;
+        if s.rule.fallback != FALLBACK_MASK {
+            return 1;
+        }
+        s.all = 1;
+    }
     if off >= cc.limit && s.all == 0 {
         // Past the scan window with the parser in a state it must see: the rest of the
         // flow cannot be followed.
@@ -761,6 +776,9 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
         return 1;
     }
     let n = verifier_bound(n);
+    if s.all != 0 {
+        return bulk_fill(cc, s, off, n);
+    }
     let at = cc.payload_off + off;
     s.base = off;
     s.len = n;
@@ -795,6 +813,106 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
     }
     s.off = off + n;
     0
+}
+
+/// `n` (known to be in 1..=512) in a form the verifier can bound.
+#[inline(always)]
+fn bound512(n: u32) -> u32 {
+    let mut m = (n - 1) as u64;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= 511", inout(reg) m) };
+    m as u32 + 1
+}
+
+/// Replace `n` payload bytes at `off` by the fill byte in bulk: load them (their old sum is
+/// needed for the checksum), sum them with `bpf_csum_diff` (512 bytes per call, its limit),
+/// and store the agent's pre-filled `MASK_FILL` buffer over them. The "mask" fallback for a
+/// flow that cannot be parsed (e.g. not HTTP): a few helper calls per 2 KiB instead of a
+/// callback per byte. Working values live in the scratch map: the callback's stack is
+/// shared with the program's (512 bytes for the chain).
+#[inline(always)]
+fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
+    s.base = off;
+    s.len = n;
+    // SAFETY: `buf` holds CHUNK + 8 bytes and 0 < n <= CHUNK.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            cc.skb as *const c_void,
+            cc.payload_off + off,
+            s.buf.as_mut_ptr() as *mut c_void,
+            n,
+        )
+    };
+    if rc != 0 {
+        cc.err = 1;
+        return 1;
+    }
+    // Zero padding to a multiple of 4 (the helper's unit) adds nothing to the sum.
+    // SAFETY: n <= CHUNK and `buf` has 8 bytes beyond CHUNK.
+    unsafe { core::ptr::write_bytes(s.buf.as_mut_ptr().add(n as usize), 0, 3) };
+    s.sum = 0;
+    csum_part(cc, s, 0);
+    csum_part(cc, s, 1);
+    csum_part(cc, s, 2);
+    csum_part(cc, s, 3);
+    if cc.err != 0 {
+        return 1;
+    }
+    s.csum.replace_run(s.base, s.len, s.sum, s.fill);
+    let Some(fill) = MASK_FILL.get(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    if fill[0] != s.fill || fill[CHUNK - 1] != s.fill {
+        // The agent has not written the buffer for this fill byte: never send unmasked.
+        cc.err = 1;
+        return 1;
+    }
+    let n = verifier_bound(s.len);
+    // SAFETY: `fill` is a CHUNK-byte map value and 0 < n <= CHUNK.
+    let rc = unsafe {
+        bpf_skb_store_bytes(
+            cc.skb,
+            cc.payload_off + s.base,
+            fill.as_ptr() as *const c_void,
+            n,
+            0,
+        )
+    };
+    if rc != 0 {
+        cc.err = 1;
+        return 1;
+    }
+    s.total_changed += n;
+    s.off = s.base + n;
+    0
+}
+
+/// Add part `k` (bytes `512k..512(k+1)`) of the chunk in `s.buf` to `s.sum`.
+#[inline(always)]
+fn csum_part(cc: &mut ChunkCtx, s: &mut Scratch, k: u32) {
+    let n4 = (s.len + 3) & !3;
+    let a = k * 512;
+    if a >= n4 {
+        return;
+    }
+    let rem = n4 - a;
+    let sz = bound512(if rem > 512 { 512 } else { rem });
+    // SAFETY: `a + sz <= n4 <= CHUNK`: inside `buf`; the helper only reads.
+    let rc = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            s.buf.as_mut_ptr().add(a as usize) as *mut u32,
+            sz,
+            s.sum,
+        )
+    };
+    if rc < 0 {
+        cc.err = 1;
+    } else {
+        s.sum = rc as u32;
+    }
 }
 
 /// Per byte of the chunk in `MASK_SCRATCH`: decide, replace, keep the checksum delta.
@@ -891,14 +1009,10 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         count(ctr::UNPARSEABLE);
         return Ok(false);
     }
-    let l3 = flow.l3_off as usize;
     let l4 = flow.l4_off as usize;
-    let end = if flow.family == 4 {
-        l3 + u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 2).map_err(|_| ())?) as usize
-    } else {
-        l3 + 40 + u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 4).map_err(|_| ())?) as usize
-    };
-    let end = end.min(ctx.len() as usize);
+    // The IP length field, or the skb's when it is 0 (BIG TCP / jumbograms): a 0 read as
+    // "no payload" would send the payload unmasked.
+    let end = ip_end(ctx, &flow).ok_or(())?;
     let (payload_off, csum_off, csum_flags) = if is_tcp {
         let doff = ((ctx.load::<u8>(l4 + 12).map_err(|_| ())? >> 4) as usize) * 4;
         (l4 + doff, l4 + 16, 0u64)
@@ -906,6 +1020,12 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         (l4 + 8, l4 + 6, BPF_F_MARK_MANGLED_0 as u64)
     };
     let plen = end.saturating_sub(payload_off) as u32;
+    if plen == 0 && (!is_tcp || flow.tcp_flags & (TCP_FLAG_SYN | TCP_FIN | TCP_RST) == 0) {
+        // Nothing to mask and no state to create or free (a pure ACK): the flow's state is
+        // not touched, so an ACK processed ahead of a data segment on another CPU cannot
+        // break the sequence tracking.
+        return Ok(true);
+    }
 
     let sp = MASK_SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: per-CPU value, only this program on this CPU touches it (the callback runs
@@ -915,6 +1035,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     s.csum = CsumDelta::default();
     s.total_changed = 0;
     s.all = 0;
+    s.fill = MASK_SPEC.get(0).ok_or(())?.fill;
     s.fell_back = 0;
     s.http = 0;
     s.st = HttpState::default();
@@ -942,11 +1063,24 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
             match unsafe { MASK_FLOWS.get(&s.key) } {
                 Some(st) => {
                     s.st = *st;
-                    let payload_seq = seq;
-                    match seq_check(&s.st, payload_seq, plen) {
+                    let fit = if mr.flags & MASK_RANGES == 0 && !fin_rst {
+                        body_segment(&mut s.st, seq, plen)
+                    } else {
+                        BodyFit::No
+                    };
+                    if fit == BodyFit::Inside {
+                        // Body bytes only, skipped by length: O(1), and the flow's state is
+                        // left as it is (its body end does not move).
+                        count(ctr::MASK_BODY_PASSED);
+                        return Ok(true);
+                    }
+                    match seq_check(&s.st, seq, plen) {
                         SeqVerdict::InOrder => keep_state = true,
                         SeqVerdict::Old => s.st.st = ST_BROKEN, // this segment only
                         SeqVerdict::Lost => {
+                            if s.st.st != ST_BROKEN {
+                                count(ctr::MASK_SEQ_LOST);
+                            }
                             s.st.st = ST_BROKEN;
                             keep_state = true;
                         }
@@ -954,6 +1088,9 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
                 }
                 None => {
                     // Joined mid-stream (or evicted): cannot be followed from here on.
+                    if plen > 0 {
+                        count(ctr::MASK_UNTRACKED);
+                    }
                     s.st.st = ST_BROKEN;
                     s.st.flags = F_SEQ_VALID;
                     keep_state = plen > 0;
@@ -987,6 +1124,10 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         return Err(());
     }
     let off = s.off;
+    if off < plen && s.all != 0 {
+        // The fill did not reach the end (beyond MAX_CHUNKS): never sent partly unmasked.
+        return Err(());
+    }
     if off < plen && s.all == 0 && !(s.http != 0 && s.st.st == ST_BODY_SKIP) {
         // Bytes left unscanned (drop fallback past the window, or beyond MAX_CHUNKS).
         s.fell_back = 1;

@@ -639,3 +639,148 @@ fn large_bodies_are_skipped_by_length_past_the_window() {
         assert_eq!(String::from_utf8_lossy(&out[54..]), want);
     });
 }
+
+/// A deterministic pseudo-random payload (no canary-like structure, every byte value).
+fn noise(n: usize, mut x: u32) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn unparseable_flows_are_filled_in_bulk_with_valid_checksums() {
+    // Not HTTP on an HTTP rule (the "mask" fallback): every payload byte of every segment
+    // becomes the fill byte, through the bulk path (segments of one and two 2 KiB chunks, odd lengths,
+    // a start past an odd number of parsed bytes), and the TCP checksum stays right.
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            mask: shadow_agent::mirror::MaskOptions {
+                fill: b'#',
+                ..Default::default()
+            },
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let syn = frame4(&eth, client, server, 6, &tcp(42100, 5201, 0, 0x02, &[]));
+    world.primary.run(|| {
+        mirror
+            .test_run(PROG_MIRROR_MASK, &syn, CLONE_MARK)
+            .expect("test run");
+        let mut seq = 1u32;
+        for (i, len) in [37usize, 1, 2049, 2048, 3001, 3].into_iter().enumerate() {
+            let payload = noise(len, 7 + i as u32);
+            let f = frame4(
+                &eth,
+                client,
+                server,
+                6,
+                &tcp(42100, 5201, seq, 0x18, &payload),
+            );
+            seq += len as u32;
+            let (rc, out) = mirror
+                .test_run(PROG_MIRROR_MASK, &f, CLONE_MARK)
+                .expect("test run");
+            assert_eq!(
+                rc, 0xffff_ffff,
+                "segment {i}: the clone passes (mask fallback)"
+            );
+            assert_eq!(out.len(), f.len(), "segment {i}: length preserved");
+            assert!(
+                out[54..].iter().all(|&b| b == b'#'),
+                "segment {i}: a payload byte survived"
+            );
+            assert_eq!(&out[..50], &f[..50], "segment {i}: headers unchanged");
+            let c = l4_verify(client, server, 6, &out[34..]);
+            assert!(
+                c == 0 || c == 0xffff,
+                "segment {i}: bad TCP checksum {c:#x}"
+            );
+        }
+    });
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.unparseable, 6, "{c:?}");
+    assert_eq!(c.masked, 6, "{c:?}");
+    assert_eq!(c.mask_failed, 0, "{c:?}");
+}
+
+#[test]
+fn body_segments_out_of_order_do_not_break_the_flow() {
+    // A body with Content-Length whose segments arrive out of order (as they can when two
+    // CPUs process one flow): they are passed without parsing, and the request after the
+    // body is still masked, not taken by the fallback.
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let head =
+        b"PUT /up HTTP/1.1\r\nAuthorization: Bearer SECRETone\r\nContent-Length: 3000\r\n\r\n";
+    let next = b"GET /n?token=SECRETtwo HTTP/1.1\r\nCookie: SECRETthree\r\n\r\n";
+    let body = noise(3000, 99);
+    let mut tail = body[2500..].to_vec();
+    tail.extend_from_slice(next);
+    let start = 1 + head.len() as u32;
+    let seg = |seq: u32, p: &[u8]| frame4(&eth, client, server, 6, &tcp(42200, 80, seq, 0x18, p));
+    let syn = frame4(&eth, client, server, 6, &tcp(42200, 80, 0, 0x02, &[]));
+    world.primary.run(|| {
+        let run = |f: &Vec<u8>| {
+            let (rc, out) = mirror
+                .test_run(PROG_MIRROR_MASK, f, CLONE_MARK)
+                .expect("test run");
+            assert_eq!(rc, 0xffff_ffff, "the clone passes");
+            out
+        };
+        run(&syn);
+        let out = run(&seg(1, head));
+        assert!(!contains(&out, b"SECRETone"));
+        // Body bytes 1000..2500, then 0..1000, then an ACK-only segment ahead of them.
+        let b2 = seg(start + 1000, &body[1000..2500]);
+        assert_eq!(run(&b2), b2, "body bytes pass unchanged");
+        let b1 = seg(start, &body[..1000]);
+        assert_eq!(run(&b1), b1);
+        let ack = seg(start + 3000, &[]);
+        assert_eq!(run(&ack), ack);
+        // The end of the body and the next request.
+        let out = run(&seg(start + 2500, &tail));
+        assert_eq!(&out[54..54 + 500], &body[2500..]);
+        assert_eq!(
+            String::from_utf8_lossy(&out[54 + 500..]),
+            "GET /n?token=********* HTTP/1.1\r\nCookie: ***********\r\n\r\n"
+        );
+        let c = l4_verify(client, server, 6, &out[34..]);
+        assert!(c == 0 || c == 0xffff, "bad TCP checksum: {c:#x}");
+    });
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.mask_body_passed, 2, "{c:?}");
+    assert_eq!(c.unparseable, 0, "{c:?}");
+    assert_eq!(c.mask_seq_lost, 0, "{c:?}");
+}

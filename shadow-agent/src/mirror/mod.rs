@@ -18,14 +18,15 @@ use aya::{
 };
 use shadow_common::{
     maps::{
-        MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG, MAP_MIRROR_CTRS,
-        MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_RULE_LOAD, MAP_TARGET_FLOWS, MAP_TCP_FLOWS,
-        PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
+        MAP_MASK_FILL, MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG,
+        MAP_MIRROR_CTRS, MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_RULE_LOAD, MAP_TARGET_FLOWS,
+        MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK, PROG_MIRROR_TC,
+        PROG_MIRROR_XDP,
     },
     mask::FlowKey,
     mask::{
         MaskRule, MaskSpec, DEFAULT_HEADERS, DEFAULT_SCAN_LIMIT, FALLBACK_DROP, FALLBACK_MASK,
-        MASK_HTTP, MASK_RANGES, MAX_RANGES,
+        MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES,
     },
     mirror::{
         ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
@@ -305,6 +306,9 @@ pub struct Counters {
     pub tcp_failed: u64,
     pub target_gone: u64,
     pub flows_assigned: u64,
+    pub mask_body_passed: u64,
+    pub mask_seq_lost: u64,
+    pub mask_untracked: u64,
 }
 
 /// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
@@ -368,6 +372,9 @@ impl Counters {
             tcp_failed: v[ctr::TCP_FAILED as usize],
             target_gone: v[ctr::TARGET_GONE as usize],
             flows_assigned: v[ctr::FLOWS_ASSIGNED as usize],
+            mask_body_passed: v[ctr::MASK_BODY_PASSED as usize],
+            mask_seq_lost: v[ctr::MASK_SEQ_LOST as usize],
+            mask_untracked: v[ctr::MASK_UNTRACKED as usize],
         }
     }
 }
@@ -1023,6 +1030,15 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
             map: MAP_MASK_SPEC,
             source,
         })?;
+    }
+    {
+        // The bulk fill of the "mask" fallback stores from this buffer.
+        let mut map: Array<&mut MapData, [u8; MASK_FILL_LEN]> = map_mut(bpf, MAP_MASK_FILL)?;
+        map.set(0, [m.fill; MASK_FILL_LEN], 0)
+            .map_err(|source| MirrorError::Map {
+                map: MAP_MASK_FILL,
+                source,
+            })?;
     }
     let mut rules: Array<&mut MapData, MaskRule> = map_mut(bpf, MAP_MASK_RULES)?;
     for (i, rm) in spec
