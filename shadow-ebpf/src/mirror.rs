@@ -34,7 +34,8 @@ use aya_ebpf::{
 use shadow_common::mask::{
     body_segment, in_ranges, mask_byte, seq_check, skip_body, BodyFit, CsumDelta, FlowKey,
     HttpState, MaskRule, MaskSpec, SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK,
-    F_SEQ_VALID, MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
+    F_SEQ_VALID, MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP,
+    ST_BROKEN,
 };
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
@@ -692,6 +693,9 @@ pub struct Scratch {
     off: u32,
     /// Running `bpf_csum_diff` sum of the chunk being bulk-filled.
     sum: u32,
+    /// The chunk `fill_ranges` works on: `[chunk_start, chunk_end)`.
+    chunk_start: u32,
+    chunk_end: u32,
     /// The flow's key in `MASK_FLOWS` (here rather than on the stack: the stack is shared
     /// with the callbacks and limited to 512 bytes for the whole chain).
     key: FlowKey,
@@ -778,6 +782,9 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
     let n = verifier_bound(n);
     if s.all != 0 {
         return bulk_fill(cc, s, off, n);
+    }
+    if s.http == 0 {
+        return fill_ranges(cc, s, off, n);
     }
     let at = cc.payload_off + off;
     s.base = off;
@@ -885,6 +892,38 @@ fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     }
     s.total_changed += n;
     s.off = s.base + n;
+    0
+}
+
+/// A rule with byte ranges and no HTTP parsing: fill each range's part of the chunk
+/// `[off, off + n)` in bulk (no per-byte work).
+#[inline(always)]
+fn fill_ranges(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
+    s.chunk_start = off;
+    s.chunk_end = off + n;
+    let mut k = 0;
+    while k < MAX_RANGES {
+        if k >= s.rule.n_ranges as usize {
+            break;
+        }
+        let [ro, rl] = s.rule.ranges[k];
+        let lo = ro as u32;
+        let hi = lo + rl as u32;
+        let a = if lo > s.chunk_start {
+            lo
+        } else {
+            s.chunk_start
+        };
+        let b = if hi < s.chunk_end { hi } else { s.chunk_end };
+        if a < b && b - a <= CHUNK as u32 {
+            let len = verifier_bound(b - a);
+            if bulk_fill(cc, s, a, len) != 0 {
+                return 1;
+            }
+        }
+        k += 1;
+    }
+    s.off = s.chunk_end;
     0
 }
 
@@ -1078,7 +1117,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
                         SeqVerdict::InOrder => keep_state = true,
                         SeqVerdict::Old => s.st.st = ST_BROKEN, // this segment only
                         SeqVerdict::Lost => {
-                            if s.st.st != ST_BROKEN {
+                            if s.st.st != ST_BROKEN && plen > 0 {
                                 count(ctr::MASK_SEQ_LOST);
                             }
                             s.st.st = ST_BROKEN;
