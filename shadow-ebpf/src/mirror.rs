@@ -753,6 +753,9 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
             return 1;
         }
         s.all = 1;
+        // The rest is filled in bulk by `fill_cb`, outside this callback (the callbacks'
+        // stacks add up along the chain main → chunk_cb → mask_cb).
+        return 1;
     }
     if off >= cc.limit && s.all == 0 {
         // Past the scan window with the parser in a state it must see: the rest of the
@@ -781,10 +784,8 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
     }
     let n = verifier_bound(n);
     if s.all != 0 {
-        return bulk_fill(cc, s, off, n);
-    }
-    if s.http == 0 {
-        return fill_ranges(cc, s, off, n);
+        // Past the window with the "mask" fallback: `fill_cb` takes it from here.
+        return 1;
     }
     let at = cc.payload_off + off;
     s.base = off;
@@ -820,6 +821,65 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
     }
     s.off = off + n;
     0
+}
+
+/// One chunk of a rule with byte ranges and no HTTP parsing: the ranges' parts of it are
+/// filled in bulk. Past the scan window the fallback applies. Returns 1 to stop.
+extern "C" fn range_cb(_i: u64, cc: *mut c_void) -> i64 {
+    // SAFETY: `cc` is the `ChunkCtx` `try_mask` passed to `bpf_loop`.
+    let cc = unsafe { &mut *(cc as *mut ChunkCtx) };
+    let Some(sp) = MASK_SCRATCH.get_ptr_mut(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    let off = s.off;
+    if off >= cc.plen {
+        return 1;
+    }
+    if off >= cc.limit {
+        s.fell_back = 1;
+        if s.rule.fallback == FALLBACK_MASK {
+            s.all = 1;
+        }
+        return 1;
+    }
+    let mut n = cc.plen - off;
+    if n > CHUNK as u32 {
+        n = CHUNK as u32;
+    }
+    if n > cc.limit - off {
+        n = cc.limit - off;
+    }
+    if n == 0 {
+        return 1;
+    }
+    fill_ranges(cc, s, off, verifier_bound(n))
+}
+
+/// One chunk of the bulk fill (the "mask" fallback) from `s.off` to the end of the payload.
+/// Returns 1 to stop.
+extern "C" fn fill_cb(_i: u64, cc: *mut c_void) -> i64 {
+    // SAFETY: `cc` is the `ChunkCtx` `try_mask` passed to `bpf_loop`.
+    let cc = unsafe { &mut *(cc as *mut ChunkCtx) };
+    let Some(sp) = MASK_SCRATCH.get_ptr_mut(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    let off = s.off;
+    if off >= cc.plen {
+        return 1;
+    }
+    let rem = cc.plen - off;
+    let n = if rem > CHUNK as u32 {
+        CHUNK as u32
+    } else {
+        rem
+    };
+    bulk_fill(cc, s, off, verifier_bound(n))
 }
 
 /// `n` (known to be in 1..=512) in a form the verifier can bound.
@@ -1150,17 +1210,32 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         limit,
         err: 0,
     };
-    // SAFETY: `chunk_cb` is a static callback; `cc` outlives the call.
-    let rc = unsafe {
-        bpf_loop(
-            MAX_CHUNKS,
-            chunk_cb as *mut c_void,
-            &mut cc as *mut ChunkCtx as *mut c_void,
-            0,
-        )
+    // Parse (HTTP, with or without ranges) or fill the ranges of each chunk; then, when the
+    // "mask" fallback took over, fill the rest in bulk. Separate loops: each callback's
+    // stack adds to the program's, so none nests another's work.
+    let cb = if s.http != 0 {
+        chunk_cb as *mut c_void
+    } else {
+        range_cb as *mut c_void
     };
+    // SAFETY: the callbacks are static; `cc` outlives the calls.
+    let rc = unsafe { bpf_loop(MAX_CHUNKS, cb, &mut cc as *mut ChunkCtx as *mut c_void, 0) };
     if rc < 0 || cc.err != 0 {
         return Err(());
+    }
+    if s.all != 0 && s.off < plen {
+        // SAFETY: as above.
+        let rc = unsafe {
+            bpf_loop(
+                MAX_CHUNKS,
+                fill_cb as *mut c_void,
+                &mut cc as *mut ChunkCtx as *mut c_void,
+                0,
+            )
+        };
+        if rc < 0 || cc.err != 0 {
+            return Err(());
+        }
     }
     let off = s.off;
     if off < plen && s.all != 0 {

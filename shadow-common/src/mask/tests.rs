@@ -391,9 +391,9 @@ fn bulk_fill_checksum_matches_per_byte_and_full_recompute() {
             bulk.replace_run(at as u32, k as u32, native_sum(&data[at..at + k]), fill);
             at += k;
         }
-        for i in start..start + len {
-            bytewise.replace(i as u32, data[i], fill);
-            data[i] = fill;
+        for (i, b) in data.iter_mut().enumerate().skip(start).take(len) {
+            bytewise.replace(i as u32, *b, fill);
+            *b = fill;
         }
         let after = checksum(&data);
         let same = |a: u16, b: u16| a == b || (a | b == 0xffff && (a == 0 || b == 0));
