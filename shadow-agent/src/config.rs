@@ -61,6 +61,97 @@ struct RawMirror {
     cap_burst_ms: u64,
     #[serde(default)]
     mask: RawMask,
+    pseudonymise: Option<RawPseudonymise>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPseudonymise {
+    key_file: PathBuf,
+    #[serde(default = "default_pseudo_v4")]
+    prefix_v4: String,
+    #[serde(default = "default_pseudo_v6")]
+    prefix_v6: String,
+}
+
+fn default_pseudo_v4() -> String {
+    "100.64.0.0/10".into()
+}
+
+fn default_pseudo_v6() -> String {
+    "fd5d::/16".into()
+}
+
+/// Check `mirror.pseudonymise`: read the key file (32 hex digits, whitespace around them
+/// ignored) and the prefixes. Errors are `(key, message)`.
+fn validate_pseudonymise(
+    p: &RawPseudonymise,
+    tcp: crate::mirror::TcpSessions,
+) -> Result<crate::mirror::Pseudonymise, (String, String)> {
+    use std::net::IpAddr;
+    if tcp != crate::mirror::TcpSessions::Off {
+        return Err((
+            "mirror.pseudonymise".into(),
+            "needs mirror.tcp_sessions = \"off\": the shadow's replies go to the pseudonym, \
+             which the TCP session translation does not map back yet"
+                .into(),
+        ));
+    }
+    let kf = "mirror.pseudonymise.key_file".to_string();
+    let text = std::fs::read_to_string(&p.key_file).map_err(|e| {
+        (
+            kf.clone(),
+            format!("cannot read {}: {e}", p.key_file.display()),
+        )
+    })?;
+    let hex = text.trim();
+    let bad = || {
+        (
+            kf.clone(),
+            format!(
+                "{} does not hold a key of 32 hex digits (16 bytes; e.g. from \
+                 `head -c16 /dev/urandom | xxd -p`)",
+                p.key_file.display()
+            ),
+        )
+    };
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    if key == [0; 16] {
+        return Err((kf, "the key is all zeros; generate a random one".into()));
+    }
+    let v4 = match p.prefix_v4.parse::<crate::mirror::Cidr>() {
+        Ok(crate::mirror::Cidr {
+            addr: IpAddr::V4(a),
+            prefix_len,
+        }) if prefix_len <= 30 => (a, prefix_len),
+        Ok(_) => {
+            return Err((
+                "mirror.pseudonymise.prefix_v4".into(),
+                format!("{:?} is not an IPv4 prefix of length 0..=30", p.prefix_v4),
+            ))
+        }
+        Err(e) => return Err(("mirror.pseudonymise.prefix_v4".into(), e.to_string())),
+    };
+    let v6 = match p.prefix_v6.parse::<crate::mirror::Cidr>() {
+        Ok(crate::mirror::Cidr {
+            addr: IpAddr::V6(a),
+            prefix_len,
+        }) if prefix_len <= 126 => (a, prefix_len),
+        Ok(_) => {
+            return Err((
+                "mirror.pseudonymise.prefix_v6".into(),
+                format!("{:?} is not an IPv6 prefix of length 0..=126", p.prefix_v6),
+            ))
+        }
+        Err(e) => return Err(("mirror.pseudonymise.prefix_v6".into(), e.to_string())),
+    };
+    Ok(crate::mirror::Pseudonymise { key, v4, v6 })
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,6 +625,7 @@ impl RawMirror {
             cap_bytes_per_sec: 0,
             cap_burst_ms: default_burst_ms(),
             mask: RawMask::default(),
+            pseudonymise: None,
         }
     }
 }
@@ -750,7 +842,14 @@ impl Config {
                         format!("{} is outside 1..=10000 ms", m.cap_burst_ms),
                     ));
                 }
+                let pseudonymise = match &m.pseudonymise {
+                    None => None,
+                    Some(p) => {
+                        Some(validate_pseudonymise(p, tcp).map_err(|(k, msg)| invalid(k, msg))?)
+                    }
+                };
                 let options = MirrorOptions {
+                    pseudonymise,
                     sample_rate: m.sample_rate,
                     cap_pps: m.cap_pps,
                     cap_bytes_per_sec: m.cap_bytes_per_sec,
@@ -1094,6 +1193,74 @@ interval_ms = 500
             let e = only(f.clone());
             assert!(e.contains(want), "{f:?}: {e}");
         }
+    }
+
+    #[test]
+    fn pseudonymise_reads_its_key_and_checks_its_prefixes() {
+        let dir = std::env::temp_dir().join(format!("shdt-pseudo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap();
+        let cfg = |extra: &str, tcp: &str| {
+            format!(
+                "{TWO_RULES}tcp_sessions = \"{tcp}\"\n[[mirror.rules]]\ndst = \"10.0.0.1\"\n\
+                 [mirror.pseudonymise]\nkey_file = \"{}\"\n{extra}",
+                key.display()
+            )
+        };
+        let c = Config::parse(&cfg("", "off"), Path::new("x.toml")).unwrap();
+        let p = c.mirror.unwrap().options.pseudonymise.unwrap();
+        assert_eq!(p.key[0], 0x00);
+        assert_eq!(p.key[15], 0xff);
+        assert_eq!(p.v4, (std::net::Ipv4Addr::new(100, 64, 0, 0), 10));
+        assert_eq!(p.v6.1, 16);
+        for (extra, tcp, want) in [
+            (
+                "",
+                "translate",
+                "mirror.pseudonymise: needs mirror.tcp_sessions = \"off\"",
+            ),
+            (
+                "prefix_v4 = \"10.0.0.0/31\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v4: \"10.0.0.0/31\" is not an IPv4 prefix",
+            ),
+            (
+                "prefix_v4 = \"fd00::/8\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v4:",
+            ),
+            (
+                "prefix_v6 = \"10.0.0.0/8\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v6:",
+            ),
+            (
+                "prefix_v6 = \"fd00::/200\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v6:",
+            ),
+            ("salt = 1\n", "off", "unknown field `salt`"),
+        ] {
+            let e = err(&cfg(extra, tcp));
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        for bad in [
+            "0011",
+            "zz112233445566778899aabbccddeeff",
+            "00000000000000000000000000000000",
+        ] {
+            std::fs::write(&key, bad).unwrap();
+            let e = err(&cfg("", "off"));
+            assert!(e.contains("mirror.pseudonymise.key_file:"), "{bad}: {e}");
+        }
+        std::fs::remove_file(&key).unwrap();
+        let e = err(&cfg("", "off"));
+        assert!(
+            e.contains("mirror.pseudonymise.key_file: cannot read"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod discard;
 pub mod maps;
 pub mod mask;
 pub mod mirror;
+pub mod pseudo;
 pub mod tcp;
 
 /// Implements `aya::Pod` for the userspace side (feature `user`).

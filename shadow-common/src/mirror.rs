@@ -199,7 +199,12 @@ pub mod ctr {
     /// Data segments of HTTP-masked flows without parse state (joined mid-stream, or
     /// evicted from the LRU): fallback.
     pub const MASK_UNTRACKED: u32 = 31;
-    pub const N: u32 = 32;
+    /// Clones whose source address was replaced by its keyed pseudonym.
+    pub const PSEUDONYMISED: u32 = 32;
+    /// Clones dropped because their source could not be pseudonymised (fragments, other
+    /// protocols, helper errors): never sent with the real address.
+    pub const PSEUDO_FAILED: u32 = 33;
+    pub const N: u32 = 34;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -234,6 +239,8 @@ pub mod ctr {
         "mask_body_passed",
         "mask_seq_lost",
         "mask_untracked",
+        "pseudonymised",
+        "pseudo_failed",
     ];
 }
 

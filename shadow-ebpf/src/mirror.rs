@@ -20,11 +20,13 @@
 #![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_action, BPF_F_MARK_MANGLED_0, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     cty::c_void,
     helpers::generated::{
-        bpf_csum_diff, bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_loop, bpf_skb_load_bytes,
-        bpf_skb_store_bytes, bpf_xdp_load_bytes,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_loop,
+        bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -43,6 +45,7 @@ use shadow_common::mirror::{
     FLAG_ENABLED, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP, MAX_RULES,
     MAX_TARGETS, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
+use shadow_common::pseudo::{pseudonym_v4, pseudonym_v6, PseudoConfig};
 use shadow_common::tcp::{
     ends_session, get32, idle, learn_shadow, opt_step, translate_with, OptWalk, TcpFlow,
     F_CLIENT_FIN, F_PRIMARY, F_PRIMARY_FIN, F_SHADOW, F_SYN, MAX_OPT_BYTES, TCP_FIN, TCP_HDR_BUF,
@@ -76,6 +79,8 @@ static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE
 static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static MASK_FILL: Array<[u8; MASK_FILL_LEN]> = Array::with_max_entries(1, 0);
+#[map]
+static PSEUDO_CFG: Array<PseudoConfig> = Array::with_max_entries(1, 0);
 #[map]
 static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -1076,23 +1081,91 @@ pub fn shadow_mask(ctx: TcContext) -> i32 {
             }
         }
     }
-    let Some(mr) = MASK_RULES.get(rule) else {
-        return TC_ACT_UNSPEC;
+    if let Some(mr) = MASK_RULES.get(rule) {
+        if mr.flags != 0 {
+            match try_mask(&ctx, rule, mr) {
+                Ok(true) => {}
+                Ok(false) => {
+                    count(ctr::FALLBACK_DROPPED);
+                    return TC_ACT_SHOT;
+                }
+                Err(()) => {
+                    count(ctr::MASK_FAILED);
+                    return TC_ACT_SHOT;
+                }
+            }
+        }
+    }
+    // After masking: the masking state is keyed by the real 5-tuple.
+    if let Some(pc) = PSEUDO_CFG.get(0) {
+        if pc.enabled != 0 {
+            if pseudonymise(&ctx, pc).is_err() {
+                count(ctr::PSEUDO_FAILED);
+                return TC_ACT_SHOT;
+            }
+            count(ctr::PSEUDONYMISED);
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Replace the clone's source address by its keyed pseudonym, fixing the IPv4 header
+/// checksum and the TCP/UDP checksum (whose pseudo-header holds the address). Fragments and
+/// other protocols are refused (`Err`: the clone is dropped, never sent with the real
+/// address).
+#[inline(always)]
+fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
+    let flow = parse_flow(&Skb(ctx)).ok_or(())?;
+    let tcp = flow.proto == IPPROTO_TCP;
+    if !flow.has_ports || !(tcp || flow.proto == IPPROTO_UDP) {
+        return Err(());
+    }
+    let l3 = flow.l3_off as u32;
+    let l4 = flow.l4_off as u32;
+    let (csum_off, flags) = if tcp {
+        (l4 + 16, BPF_F_PSEUDO_HDR as u64 | 4)
+    } else {
+        (
+            l4 + 6,
+            BPF_F_PSEUDO_HDR as u64 | BPF_F_MARK_MANGLED_0 as u64 | 4,
+        )
     };
-    if mr.flags == 0 {
-        return TC_ACT_UNSPEC;
-    }
-    match try_mask(&ctx, rule, mr) {
-        Ok(true) => TC_ACT_UNSPEC,
-        Ok(false) => {
-            count(ctr::FALLBACK_DROPPED);
-            TC_ACT_SHOT
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    if flow.family == 4 {
+        let old: [u8; 4] = ctx.load(l3 as usize + 12).map_err(|_| ())?;
+        let new = pseudonym_v4(&pc.key, old, pc.v4_prefix, pc.v4_len);
+        let (o, n) = (
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+        );
+        // SAFETY: checksum field offsets inside the packet; 4-byte replacements.
+        unsafe {
+            if bpf_l4_csum_replace(skb, csum_off, o, n, flags) != 0 {
+                return Err(());
+            }
+            if bpf_l3_csum_replace(skb, l3 + 10, o, n, 4) != 0 {
+                return Err(());
+            }
         }
-        Err(()) => {
-            count(ctr::MASK_FAILED);
-            TC_ACT_SHOT
+        ctx.store(l3 as usize + 12, &new, 0).map_err(|_| ())?;
+    } else {
+        let old: [u8; 16] = ctx.load(l3 as usize + 8).map_err(|_| ())?;
+        let new = pseudonym_v6(&pc.key, old, pc.v6_prefix, pc.v6_len);
+        let mut i = 0;
+        while i < 4 {
+            let o =
+                u32::from_ne_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
+            let n =
+                u32::from_ne_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]);
+            // SAFETY: as above.
+            if unsafe { bpf_l4_csum_replace(skb, csum_off, o as u64, n as u64, flags) } != 0 {
+                return Err(());
+            }
+            i += 1;
         }
+        ctx.store(l3 as usize + 8, &new, 0).map_err(|_| ())?;
     }
+    Ok(())
 }
 
 /// Mask the clone in place. `Ok(false)`: the "drop" fallback applies.

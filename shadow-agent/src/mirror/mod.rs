@@ -19,9 +19,9 @@ use aya::{
 use shadow_common::{
     maps::{
         MAP_MASK_FILL, MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG,
-        MAP_MIRROR_CTRS, MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_RULE_LOAD, MAP_TARGET_FLOWS,
-        MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK, PROG_MIRROR_TC,
-        PROG_MIRROR_XDP,
+        MAP_MIRROR_CTRS, MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_PSEUDO_CFG, MAP_RULE_LOAD,
+        MAP_TARGET_FLOWS, MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK,
+        PROG_MIRROR_TC, PROG_MIRROR_XDP,
     },
     mask::FlowKey,
     mask::{
@@ -32,6 +32,7 @@ use shadow_common::{
         ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
         FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, SAMPLE_ALL,
     },
+    pseudo::{PrfKey, PseudoConfig},
     tcp::TcpFlow,
 };
 
@@ -80,6 +81,33 @@ pub struct MirrorOptions {
     pub tcp: TcpSessions,
     /// A tracked TCP session without a client segment for this long is forgotten.
     pub tcp_idle: std::time::Duration,
+    /// Replace each clone's source address by a keyed pseudonym; `None`: off (default).
+    pub pseudonymise: Option<Pseudonymise>,
+}
+
+/// Source-address pseudonymisation of the clones (`mirror.pseudonymise`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pseudonymise {
+    /// The per-deployment secret (SipHash-2-4 key).
+    pub key: [u8; 16],
+    /// IPv4 pseudonyms are drawn inside this prefix (length <= 30).
+    pub v4: (std::net::Ipv4Addr, u8),
+    /// IPv6 pseudonyms are drawn inside this prefix (length <= 126).
+    pub v6: (std::net::Ipv6Addr, u8),
+}
+
+impl Pseudonymise {
+    pub fn to_kernel(&self) -> PseudoConfig {
+        PseudoConfig {
+            key: PrfKey::from_bytes(self.key),
+            v6_prefix: self.v6.0.octets(),
+            v4_prefix: self.v4.0.octets(),
+            v4_len: self.v4.1,
+            v6_len: self.v6.1,
+            enabled: 1,
+            _pad: 0,
+        }
+    }
 }
 
 /// What the mirror does for TCP flows.
@@ -185,6 +213,7 @@ impl Default for MirrorOptions {
             rule_masks: Vec::new(),
             tcp: TcpSessions::Off,
             tcp_idle: std::time::Duration::from_secs(300),
+            pseudonymise: None,
         }
     }
 }
@@ -309,6 +338,8 @@ pub struct Counters {
     pub mask_body_passed: u64,
     pub mask_seq_lost: u64,
     pub mask_untracked: u64,
+    pub pseudonymised: u64,
+    pub pseudo_failed: u64,
 }
 
 /// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
@@ -375,6 +406,8 @@ impl Counters {
             mask_body_passed: v[ctr::MASK_BODY_PASSED as usize],
             mask_seq_lost: v[ctr::MASK_SEQ_LOST as usize],
             mask_untracked: v[ctr::MASK_UNTRACKED as usize],
+            pseudonymised: v[ctr::PSEUDONYMISED as usize],
+            pseudo_failed: v[ctr::PSEUDO_FAILED as usize],
         }
     }
 }
@@ -1028,6 +1061,18 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
         let mut map: Array<&mut MapData, MaskSpec> = map_mut(bpf, MAP_MASK_SPEC)?;
         map.set(0, ks, 0).map_err(|source| MirrorError::Map {
             map: MAP_MASK_SPEC,
+            source,
+        })?;
+    }
+    {
+        let pc = spec
+            .options
+            .pseudonymise
+            .map(|p| p.to_kernel())
+            .unwrap_or_default();
+        let mut map: Array<&mut MapData, PseudoConfig> = map_mut(bpf, MAP_PSEUDO_CFG)?;
+        map.set(0, pc, 0).map_err(|source| MirrorError::Map {
+            map: MAP_PSEUDO_CFG,
             source,
         })?;
     }
