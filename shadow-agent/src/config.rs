@@ -64,6 +64,97 @@ struct RawMirror {
     cap_burst_ms: u64,
     #[serde(default)]
     mask: RawMask,
+    pseudonymise: Option<RawPseudonymise>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPseudonymise {
+    key_file: PathBuf,
+    #[serde(default = "default_pseudo_v4")]
+    prefix_v4: String,
+    #[serde(default = "default_pseudo_v6")]
+    prefix_v6: String,
+}
+
+fn default_pseudo_v4() -> String {
+    "100.64.0.0/10".into()
+}
+
+fn default_pseudo_v6() -> String {
+    "fd5d::/16".into()
+}
+
+/// Check `mirror.pseudonymise`: read the key file (32 hex digits, whitespace around them
+/// ignored) and the prefixes. Errors are `(key, message)`.
+fn validate_pseudonymise(
+    p: &RawPseudonymise,
+    tcp: crate::mirror::TcpSessions,
+) -> Result<crate::mirror::Pseudonymise, (String, String)> {
+    use std::net::IpAddr;
+    if tcp != crate::mirror::TcpSessions::Off {
+        return Err((
+            "mirror.pseudonymise".into(),
+            "needs mirror.tcp_sessions = \"off\": the shadow's replies go to the pseudonym, \
+             which the TCP session translation does not map back yet"
+                .into(),
+        ));
+    }
+    let kf = "mirror.pseudonymise.key_file".to_string();
+    let text = std::fs::read_to_string(&p.key_file).map_err(|e| {
+        (
+            kf.clone(),
+            format!("cannot read {}: {e}", p.key_file.display()),
+        )
+    })?;
+    let hex = text.trim();
+    let bad = || {
+        (
+            kf.clone(),
+            format!(
+                "{} does not hold a key of 32 hex digits (16 bytes; e.g. from \
+                 `head -c16 /dev/urandom | xxd -p`)",
+                p.key_file.display()
+            ),
+        )
+    };
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    if key == [0; 16] {
+        return Err((kf, "the key is all zeros; generate a random one".into()));
+    }
+    let v4 = match p.prefix_v4.parse::<crate::mirror::Cidr>() {
+        Ok(crate::mirror::Cidr {
+            addr: IpAddr::V4(a),
+            prefix_len,
+        }) if prefix_len <= 30 => (a, prefix_len),
+        Ok(_) => {
+            return Err((
+                "mirror.pseudonymise.prefix_v4".into(),
+                format!("{:?} is not an IPv4 prefix of length 0..=30", p.prefix_v4),
+            ))
+        }
+        Err(e) => return Err(("mirror.pseudonymise.prefix_v4".into(), e.to_string())),
+    };
+    let v6 = match p.prefix_v6.parse::<crate::mirror::Cidr>() {
+        Ok(crate::mirror::Cidr {
+            addr: IpAddr::V6(a),
+            prefix_len,
+        }) if prefix_len <= 126 => (a, prefix_len),
+        Ok(_) => {
+            return Err((
+                "mirror.pseudonymise.prefix_v6".into(),
+                format!("{:?} is not an IPv6 prefix of length 0..=126", p.prefix_v6),
+            ))
+        }
+        Err(e) => return Err(("mirror.pseudonymise.prefix_v6".into(), e.to_string())),
+    };
+    Ok(crate::mirror::Pseudonymise { key, v4, v6 })
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +369,276 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// The first pair of rules `(i, j)`, `i < j`, that can select the same packet: protocols
+/// equal or either unset, destination prefixes intersecting, port ranges intersecting.
+pub fn first_overlap(rules: &[Rule]) -> Option<(usize, usize)> {
+    for j in 0..rules.len() {
+        for i in 0..j {
+            if rules_overlap(&rules[i], &rules[j]) {
+                return Some((i, j));
+            }
+        }
+    }
+    None
+}
+
+fn rules_overlap(a: &Rule, b: &Rule) -> bool {
+    let proto = match (a.proto, b.proto) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    };
+    proto && cidrs_overlap(&a.dst, &b.dst) && a.ports.lo <= b.ports.hi && b.ports.lo <= a.ports.hi
+}
+
+/// Two prefixes intersect when they agree on the bits of the shorter one.
+fn cidrs_overlap(a: &crate::mirror::Cidr, b: &crate::mirror::Cidr) -> bool {
+    use std::net::IpAddr;
+    let n = a.prefix_len.min(b.prefix_len) as u32;
+    let (x, y, bits) = match (a.addr, b.addr) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => (u32::from(x) as u128, u32::from(y) as u128, 32),
+        (IpAddr::V6(x), IpAddr::V6(y)) => (u128::from(x), u128::from(y), 128),
+        _ => return false,
+    };
+    if n == 0 {
+        return true;
+    }
+    let shift = bits - n;
+    (x >> shift) == (y >> shift)
+}
+
+/// What two overlapping rules both select, for the error message.
+fn describe_overlap(a: &Rule, b: &Rule) -> String {
+    let proto = match a.proto.or(b.proto) {
+        Some(Proto::Tcp) => "tcp",
+        Some(Proto::Udp) => "udp",
+        None => "tcp and udp",
+    };
+    let dst = if a.dst.prefix_len >= b.dst.prefix_len {
+        a.dst
+    } else {
+        b.dst
+    };
+    let lo = a.ports.lo.max(b.ports.lo);
+    let hi = a.ports.hi.min(b.ports.hi);
+    let ports = if lo == hi {
+        format!("port {lo}")
+    } else if (lo, hi) == (0, u16::MAX) {
+        "any port".to_string()
+    } else {
+        format!("ports {lo}-{hi}")
+    };
+    format!("{proto} packets to {dst} {ports}")
+}
+
+/// The mirror's settings given on the command line of `run` (and `check-config`); each
+/// replaces the config key it names. Rules and mask name lists given here replace the file's
+/// lists whole.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MirrorFlags {
+    /// `--mirror-iface`: `mirror.interface`.
+    pub interface: Option<String>,
+    /// `--shadow-iface`: `mirror.shadow_interface`.
+    pub shadow_interface: Option<String>,
+    /// `--shadow-mac`: `mirror.shadow_mac`.
+    pub shadow_mac: Option<String>,
+    /// `--mirror-rule`: `mirror.rules`, as `PROTO:CIDR[:PORTS][,OPTION...]`.
+    pub rules: Vec<String>,
+    /// `--sample-rate`: `mirror.sample_rate`.
+    pub sample_rate: Option<f64>,
+    /// `--cap-pps`: `mirror.cap_pps`.
+    pub cap_pps: Option<u64>,
+    /// `--cap-bps`: `mirror.cap_bytes_per_sec` (bytes per second).
+    pub cap_bps: Option<u64>,
+    /// `--mask-header`: `mirror.mask.headers`.
+    pub mask_headers: Vec<String>,
+    /// `--mask-param`: `mirror.mask.params`.
+    pub mask_params: Vec<String>,
+    /// `--mask-fill`: `mirror.mask.fill`.
+    pub mask_fill: Option<String>,
+}
+
+/// `(config key prefix, flag)` pairs: errors about a key set by a flag name the flag.
+type Renames = Vec<(&'static str, &'static str)>;
+
+impl MirrorFlags {
+    pub fn is_empty(&self) -> bool {
+        *self == MirrorFlags::default()
+    }
+
+    /// Write the flags into the raw `[mirror]` table (made when absent and the flags name
+    /// an interface). Returns the key renames for error messages.
+    fn apply(&self, mirror: &mut Option<RawMirror>) -> Result<Renames, (String, String)> {
+        let mut renames = Renames::new();
+        if self.is_empty() {
+            return Ok(renames);
+        }
+        if mirror.is_none() {
+            let Some(interface) = &self.interface else {
+                return Err((
+                    "--mirror-iface".into(),
+                    "required when the config has no [mirror] table and mirror flags are given"
+                        .into(),
+                ));
+            };
+            *mirror = Some(RawMirror::new(interface.clone()));
+        }
+        let m = mirror.as_mut().expect("set above");
+        if let Some(v) = &self.interface {
+            m.interface = v.clone();
+            renames.push(("mirror.interface", "--mirror-iface"));
+        }
+        if let Some(v) = &self.shadow_interface {
+            m.shadow_interface = Some(v.clone());
+            renames.push(("mirror.shadow_interface", "--shadow-iface"));
+        }
+        if let Some(v) = &self.shadow_mac {
+            m.shadow_mac = Some(v.clone());
+            renames.push(("mirror.shadow_mac", "--shadow-mac"));
+        }
+        if !self.rules.is_empty() {
+            m.rules = self
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| parse_rule_flag(r).map_err(|e| (format!("--mirror-rule[{i}]"), e)))
+                .collect::<Result<_, _>>()?;
+            renames.push(("mirror.rules", "--mirror-rule"));
+        }
+        if let Some(v) = self.sample_rate {
+            m.sample_rate = v;
+            renames.push(("mirror.sample_rate", "--sample-rate"));
+        }
+        if let Some(v) = self.cap_pps {
+            m.cap_pps = v;
+            renames.push(("mirror.cap_pps", "--cap-pps"));
+        }
+        if let Some(v) = self.cap_bps {
+            m.cap_bytes_per_sec = v;
+            renames.push(("mirror.cap_bytes_per_sec", "--cap-bps"));
+        }
+        if !self.mask_headers.is_empty() {
+            m.mask.headers = Some(self.mask_headers.clone());
+            renames.push(("mirror.mask.headers", "--mask-header"));
+        }
+        if !self.mask_params.is_empty() {
+            m.mask.params = Some(self.mask_params.clone());
+            renames.push(("mirror.mask.params", "--mask-param"));
+        }
+        if let Some(v) = &self.mask_fill {
+            m.mask.fill = v.clone();
+            renames.push(("mirror.mask.fill", "--mask-fill"));
+        }
+        Ok(renames)
+    }
+}
+
+/// `PROTO:CIDR[:PORTS][,OPTION...]`: PROTO is `tcp`, `udp` or `any`; an IPv6 CIDR keeps its
+/// colons (`tcp:fd00::/64:443`; without a prefix length write it in brackets,
+/// `tcp:[fd00::1]:443`); OPTIONs are `http` (mask_http), `range=OFFSET:LENGTH` (mask_ranges,
+/// repeatable) and `fallback=mask|drop`. Field values are validated later, like config keys.
+fn parse_rule_flag(s: &str) -> Result<RawRule, String> {
+    let (base, opts) = match s.split_once(',') {
+        Some((b, o)) => (b, Some(o)),
+        None => (s, None),
+    };
+    let bad = |why: &str| {
+        format!("{s:?} is not PROTO:CIDR[:PORTS][,OPTION...] (e.g. \"tcp:10.0.0.0/24:80-81,http\"): {why}")
+    };
+    let (proto, rest) = base
+        .split_once(':')
+        .ok_or_else(|| bad("no ':' after the protocol"))?;
+    let proto = match proto {
+        "any" | "" => None,
+        p => Some(p.to_string()),
+    };
+    let (dst, ports) = if let Some(r) = rest.strip_prefix('[') {
+        let (a, tail) = r.split_once(']').ok_or_else(|| bad("'[' without ']'"))?;
+        let ports = match tail {
+            "" => None,
+            t => Some(
+                t.strip_prefix(':')
+                    .ok_or_else(|| bad("expected ':' after ']'"))?
+                    .to_string(),
+            ),
+        };
+        (a.to_string(), ports)
+    } else if let Some(slash) = rest.find('/') {
+        match rest[slash..].split_once(':') {
+            Some((pfx, p)) => (format!("{}{pfx}", &rest[..slash]), Some(p.to_string())),
+            None => (rest.to_string(), None),
+        }
+    } else if rest.parse::<std::net::IpAddr>().is_ok() {
+        (rest.to_string(), None)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((a, p)) => (a.to_string(), Some(p.to_string())),
+            None => (rest.to_string(), None),
+        }
+    };
+    let mut rule = RawRule {
+        dst,
+        ports,
+        proto,
+        mask_http: false,
+        mask_ranges: Vec::new(),
+        fallback: None,
+    };
+    for o in opts.into_iter().flat_map(|o| o.split(',')) {
+        match o.split_once('=') {
+            None if o == "http" => rule.mask_http = true,
+            Some(("range", r)) => rule.mask_ranges.push(r.to_string()),
+            Some(("fallback", f)) => rule.fallback = Some(f.to_string()),
+            _ => {
+                return Err(bad(&format!(
+                    "unknown option {o:?} (expected http, range=OFFSET:LENGTH, fallback=mask|drop)"
+                )))
+            }
+        }
+    }
+    Ok(rule)
+}
+
+/// Replace config key prefixes set by flags with the flags' names in an error.
+fn rename_keys(e: ConfigError, renames: &Renames) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            path,
+            mut key,
+            mut message,
+        } => {
+            for (from, to) in renames {
+                if key.starts_with(from) {
+                    key = key.replacen(from, to, 1);
+                }
+                if *from == "mirror.rules" {
+                    message = message.replace("mirror.rules[", "--mirror-rule[");
+                }
+            }
+            ConfigError::Invalid { path, key, message }
+        }
+        other => other,
+    }
+}
+
+impl RawMirror {
+    fn new(interface: String) -> RawMirror {
+        RawMirror {
+            interface,
+            shadow_interface: None,
+            shadow_mac: None,
+            tcp_sessions: default_tcp_sessions(),
+            xdp: false,
+            rules: Vec::new(),
+            sample_rate: default_sample_rate(),
+            cap_pps: 0,
+            cap_bytes_per_sec: 0,
+            cap_burst_ms: default_burst_ms(),
+            mask: RawMask::default(),
+            pseudonymise: None,
+        }
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -289,10 +650,43 @@ impl Config {
 
     /// Parse and validate `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        Config::parse_with(text, path, &MirrorFlags::default())
+    }
+
+    /// [`Config::load`] with the mirror's command-line flags applied over the file (or over
+    /// an empty config when `path` is `None`), validated like the keys they set; errors name
+    /// the flag (e.g. `--mirror-rule[1].dst`).
+    pub fn load_with(path: Option<&Path>, flags: &MirrorFlags) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse_with(&text, p, flags)
+            }
+            None => Config::parse_with("", Path::new("<command line>"), flags),
+        }
+    }
+
+    /// [`Config::parse`] with `flags` applied over the file's `[mirror]` table.
+    pub fn parse_with(text: &str, path: &Path, flags: &MirrorFlags) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let renames =
+            flags
+                .apply(&mut raw.mirror)
+                .map_err(|(key, message)| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key,
+                    message,
+                })?;
+        Config::validate(raw, path).map_err(|e| rename_keys(e, &renames))
+    }
+
+    fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             key,
@@ -423,6 +817,16 @@ impl Config {
                         fallback,
                     });
                 }
+                if let Some((i, j)) = first_overlap(&rules) {
+                    return Err(invalid(
+                        format!("mirror.rules[{j}]"),
+                        format!(
+                            "overlaps mirror.rules[{i}]: both select {} (a packet can match only one rule; \
+                             narrow the CIDR, ports or proto of one of them)",
+                            describe_overlap(&rules[i], &rules[j])
+                        ),
+                    ));
+                }
                 let mask = validate_mask(&m.mask).map_err(|(k, msg)| invalid(k, msg))?;
                 if !(0.0..=1.0).contains(&m.sample_rate) {
                     return Err(invalid(
@@ -447,7 +851,14 @@ impl Config {
                         format!("{} is outside 1..=10000 ms", m.cap_burst_ms),
                     ));
                 }
+                let pseudonymise = match &m.pseudonymise {
+                    None => None,
+                    Some(p) => {
+                        Some(validate_pseudonymise(p, tcp).map_err(|(k, msg)| invalid(k, msg))?)
+                    }
+                };
                 let options = MirrorOptions {
+                    pseudonymise,
                     sample_rate: m.sample_rate,
                     cap_pps: m.cap_pps,
                     cap_bytes_per_sec: m.cap_bytes_per_sec,
@@ -541,6 +952,335 @@ interval_ms = 500
         Config::parse(text, Path::new("x.toml"))
             .unwrap_err()
             .to_string()
+    }
+
+    const TWO_RULES: &str = "[mirror]\ninterface = \"veth-p\"\nshadow_interface = \"veth-s\"\n\
+        shadow_mac = \"02:00:00:00:00:01\"\n";
+
+    fn with_rules(rules: &[(&str, &str, &str)]) -> String {
+        let mut t = TWO_RULES.to_string();
+        for (dst, ports, proto) in rules {
+            t += &format!("[[mirror.rules]]\ndst = \"{dst}\"\n");
+            if !ports.is_empty() {
+                t += &format!("ports = \"{ports}\"\n");
+            }
+            if !proto.is_empty() {
+                t += &format!("proto = \"{proto}\"\n");
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn overlapping_rules_are_refused_naming_both() {
+        for (rules, a, b) in [
+            (
+                vec![("10.0.0.0/24", "80-81", "tcp"), ("10.0.0.128/25", "81", "")],
+                0,
+                1,
+            ),
+            (
+                vec![
+                    ("10.0.0.5", "", ""),
+                    ("10.1.0.0/16", "", ""),
+                    ("0.0.0.0/0", "53", "udp"),
+                ],
+                0,
+                2,
+            ),
+            (
+                vec![("fd00::/64", "443", "tcp"), ("fd00::1", "400-500", "tcp")],
+                0,
+                1,
+            ),
+            (
+                vec![
+                    ("10.0.0.1", "1-10", "udp"),
+                    ("10.0.0.2", "", ""),
+                    ("10.0.0.1", "10", ""),
+                ],
+                0,
+                2,
+            ),
+        ] {
+            let e = err(&with_rules(&rules));
+            assert!(
+                e.contains(&format!("mirror.rules[{b}]: overlaps mirror.rules[{a}]")),
+                "{rules:?}: {e}"
+            );
+        }
+        let e = err(&with_rules(&[
+            ("10.0.0.0/24", "80-81", "tcp"),
+            ("10.0.0.128/25", "81", ""),
+        ]));
+        assert!(
+            e.contains("both select tcp packets to 10.0.0.128/25 port 81"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn disjoint_rules_are_accepted() {
+        for rules in [
+            // Same destination, other protocol.
+            vec![("10.0.0.2", "", "tcp"), ("10.0.0.2", "", "udp")],
+            // Adjacent prefixes, adjacent port ranges.
+            vec![("10.0.0.0/25", "", ""), ("10.0.0.128/25", "", "")],
+            vec![("10.0.0.0/24", "1-80", ""), ("10.0.0.0/24", "81-90", "")],
+            // IPv4 and IPv6 never overlap.
+            vec![("0.0.0.0/0", "", ""), ("::/0", "", "")],
+        ] {
+            Config::parse(&with_rules(&rules), Path::new("x.toml"))
+                .unwrap_or_else(|e| panic!("{rules:?}: {e}"));
+        }
+    }
+
+    fn flags_err(text: &str, flags: &MirrorFlags) -> String {
+        Config::parse_with(text, Path::new("x.toml"), flags)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn mirror_flags_override_the_file() {
+        let flags = MirrorFlags {
+            interface: Some("pr9".into()),
+            rules: vec![
+                "tcp:10.0.0.0/24:80-81,http,fallback=drop".into(),
+                "udp:[fd00::1]:53,range=0:16,range=20:4".into(),
+                "any:fd00:1::/64".into(),
+                "tcp:192.0.2.1:8080".into(),
+            ],
+            sample_rate: Some(0.25),
+            cap_pps: Some(1000),
+            cap_bps: Some(5_000_000),
+            mask_headers: vec!["X-Token".into()],
+            mask_params: vec!["sid".into()],
+            mask_fill: Some("#".into()),
+            ..MirrorFlags::default()
+        };
+        let c = Config::parse_with(GOOD, Path::new("x.toml"), &flags).unwrap();
+        let m = c.mirror.unwrap();
+        assert_eq!(m.interface, "pr9");
+        assert_eq!(
+            m.target.unwrap().0,
+            "veth-s",
+            "unflagged keys come from the file"
+        );
+        let r: Vec<String> = m
+            .rules
+            .iter()
+            .map(|r| format!("{:?} {} {}-{}", r.proto, r.dst, r.ports.lo, r.ports.hi))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                "Some(Tcp) 10.0.0.0/24 80-81",
+                "Some(Udp) fd00::1/128 53-53",
+                "None fd00:1::/64 0-65535",
+                "Some(Tcp) 192.0.2.1/32 8080-8080",
+            ]
+        );
+        let o = &m.options;
+        assert!(o.rule_masks[0].http && o.rule_masks[0].fallback == Fallback::Drop);
+        assert_eq!(o.rule_masks[1].ranges, vec![(0, 16), (20, 4)]);
+        assert_eq!(
+            (o.sample_rate, o.cap_pps, o.cap_bytes_per_sec),
+            (0.25, 1000, 5_000_000)
+        );
+        assert_eq!(o.mask.headers, vec!["X-Token".to_string()]);
+        assert_eq!(o.mask.params, vec!["sid".to_string()]);
+        assert_eq!(o.mask.fill, b'#');
+    }
+
+    #[test]
+    fn mirror_flags_without_a_file_need_an_interface_and_are_validated() {
+        let only = |f: MirrorFlags| flags_err("", &f);
+        let e = only(MirrorFlags {
+            rules: vec!["tcp:10.0.0.1:80".into()],
+            ..MirrorFlags::default()
+        });
+        assert!(e.contains("--mirror-iface: required"), "{e}");
+        let base = MirrorFlags {
+            interface: Some("pr0".into()),
+            shadow_interface: Some("sh0".into()),
+            shadow_mac: Some("02:00:00:00:00:02".into()),
+            rules: vec!["tcp:10.0.0.1:80".into()],
+            ..MirrorFlags::default()
+        };
+        let c = Config::parse_with("", Path::new("<command line>"), &base).unwrap();
+        assert_eq!(c.mirror.unwrap().rules.len(), 1);
+        for (f, want) in [
+            (
+                MirrorFlags {
+                    rules: vec!["tcp:10.0.0.0/33:80".into()],
+                    ..base.clone()
+                },
+                "--mirror-rule[0].dst: \"10.0.0.0/33\" is not a valid CIDR",
+            ),
+            (
+                MirrorFlags {
+                    rules: vec!["tcp:10.0.0.1:99999".into()],
+                    ..base.clone()
+                },
+                "--mirror-rule[0].ports:",
+            ),
+            (
+                MirrorFlags {
+                    rules: vec!["tcp10.0.0.1".into()],
+                    ..base.clone()
+                },
+                "--mirror-rule[0]: \"tcp10.0.0.1\" is not PROTO:CIDR",
+            ),
+            (
+                MirrorFlags {
+                    rules: vec!["tcp:10.0.0.1,gzip".into()],
+                    ..base.clone()
+                },
+                "unknown option \"gzip\"",
+            ),
+            (
+                MirrorFlags {
+                    rules: vec!["sctp:10.0.0.1".into()],
+                    ..base.clone()
+                },
+                "--mirror-rule[0].proto:",
+            ),
+            (
+                MirrorFlags {
+                    rules: vec!["tcp:10.0.0.0/24".into(), "any:10.0.0.9:80".into()],
+                    ..base.clone()
+                },
+                "--mirror-rule[1]: overlaps --mirror-rule[0]",
+            ),
+            (
+                MirrorFlags {
+                    sample_rate: Some(1.5),
+                    ..base.clone()
+                },
+                "--sample-rate: 1.5",
+            ),
+            (
+                MirrorFlags {
+                    cap_pps: Some(u64::MAX),
+                    ..base.clone()
+                },
+                "--cap-pps:",
+            ),
+            (
+                MirrorFlags {
+                    cap_bps: Some(u64::MAX),
+                    ..base.clone()
+                },
+                "--cap-bps:",
+            ),
+            (
+                MirrorFlags {
+                    mask_headers: vec!["".into()],
+                    ..base.clone()
+                },
+                "--mask-header[0]: empty name",
+            ),
+            (
+                MirrorFlags {
+                    mask_params: vec!["".into()],
+                    ..base.clone()
+                },
+                "--mask-param[0]: empty name",
+            ),
+            (
+                MirrorFlags {
+                    mask_fill: Some("ab".into()),
+                    ..base.clone()
+                },
+                "--mask-fill:",
+            ),
+            (
+                MirrorFlags {
+                    shadow_mac: Some("nope".into()),
+                    ..base.clone()
+                },
+                "--shadow-mac:",
+            ),
+            (
+                MirrorFlags {
+                    interface: Some("a/b".into()),
+                    ..base.clone()
+                },
+                "--mirror-iface:",
+            ),
+        ] {
+            let e = only(f.clone());
+            assert!(e.contains(want), "{f:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn pseudonymise_reads_its_key_and_checks_its_prefixes() {
+        let dir = std::env::temp_dir().join(format!("shdt-pseudo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap();
+        let cfg = |extra: &str, tcp: &str| {
+            format!(
+                "{TWO_RULES}tcp_sessions = \"{tcp}\"\n[[mirror.rules]]\ndst = \"10.0.0.1\"\n\
+                 [mirror.pseudonymise]\nkey_file = \"{}\"\n{extra}",
+                key.display()
+            )
+        };
+        let c = Config::parse(&cfg("", "off"), Path::new("x.toml")).unwrap();
+        let p = c.mirror.unwrap().options.pseudonymise.unwrap();
+        assert_eq!(p.key[0], 0x00);
+        assert_eq!(p.key[15], 0xff);
+        assert_eq!(p.v4, (std::net::Ipv4Addr::new(100, 64, 0, 0), 10));
+        assert_eq!(p.v6.1, 16);
+        for (extra, tcp, want) in [
+            (
+                "",
+                "translate",
+                "mirror.pseudonymise: needs mirror.tcp_sessions = \"off\"",
+            ),
+            (
+                "prefix_v4 = \"10.0.0.0/31\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v4: \"10.0.0.0/31\" is not an IPv4 prefix",
+            ),
+            (
+                "prefix_v4 = \"fd00::/8\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v4:",
+            ),
+            (
+                "prefix_v6 = \"10.0.0.0/8\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v6:",
+            ),
+            (
+                "prefix_v6 = \"fd00::/200\"\n",
+                "off",
+                "mirror.pseudonymise.prefix_v6:",
+            ),
+            ("salt = 1\n", "off", "unknown field `salt`"),
+        ] {
+            let e = err(&cfg(extra, tcp));
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        for bad in [
+            "0011",
+            "zz112233445566778899aabbccddeeff",
+            "00000000000000000000000000000000",
+        ] {
+            std::fs::write(&key, bad).unwrap();
+            let e = err(&cfg("", "off"));
+            assert!(e.contains("mirror.pseudonymise.key_file:"), "{bad}: {e}");
+        }
+        std::fs::remove_file(&key).unwrap();
+        let e = err(&cfg("", "off"));
+        assert!(
+            e.contains("mirror.pseudonymise.key_file: cannot read"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]

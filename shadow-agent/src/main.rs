@@ -7,7 +7,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use shadow_agent::error::chain as error_chain;
-use shadow_agent::{config::Config, demo, ebpf, run};
+use shadow_agent::{
+    config::{Config, MirrorFlags},
+    demo, ebpf, run,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -28,13 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the agent on this host from a config file and/or the mirror flags.
     /// Run the agent on this host from a config file.
     #[command(
         after_help = "Examples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml"
     )]
     Run {
-        #[arg(long)]
-        config: PathBuf,
+        /// The TOML config (`config/agent.example.toml`); the mirror flags override it.
+        #[arg(long, required_unless_present = "interface")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        mirror: MirrorArgs,
         /// Stop after this many seconds (default: until SIGINT/SIGTERM).
         #[arg(long)]
         duration: Option<u64>,
@@ -64,7 +71,8 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "shadow-demo")]
         out: PathBuf,
     },
-    /// Validate a config file without attaching or changing anything (exit 2 when invalid).
+    /// Validate a config file (with the mirror flags applied) without attaching or changing
+    /// anything (exit 2 when invalid).
     #[command(
         after_help = "Examples:\n  shadow-agent check-config /etc/shadow/agent.toml\n  shadow-agent check-config agent.toml --json"
     )]
@@ -73,6 +81,8 @@ enum Cmd {
         /// `{\"file\", \"valid\", \"error\"}` on stdout instead of the text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        mirror: MirrorArgs,
     },
     /// Compare what-if replicas with a baseline on the same mirrored traffic: each
     /// `[[shadow.whatif]]` candidate (CPU quota, memory limit, cpuset, command) beside a
@@ -148,6 +158,61 @@ enum Cmd {
     Simulate(shadow_agent::allocate::cli::SimulateArgs),
 }
 
+/// The mirror's settings on the command line; each overrides the config key it names and is
+/// validated like it.
+#[derive(clap::Args, Debug, Default)]
+struct MirrorArgs {
+    /// mirror.interface: the primary's interface.
+    #[arg(long = "mirror-iface", value_name = "IFACE", id = "interface")]
+    interface: Option<String>,
+    /// mirror.shadow_interface: the interface clones leave through (with --shadow-mac).
+    #[arg(long = "shadow-iface", value_name = "IFACE")]
+    shadow_interface: Option<String>,
+    /// mirror.shadow_mac: the MAC written as the clones' destination.
+    #[arg(long = "shadow-mac", value_name = "MAC")]
+    shadow_mac: Option<String>,
+    /// mirror.rules (repeatable; replaces the file's rules): PROTO:CIDR[:PORTS][,OPTION...],
+    /// PROTO tcp|udp|any, OPTIONs http, range=OFFSET:LENGTH, fallback=mask|drop;
+    /// e.g. "tcp:10.0.0.0/24:80-81,http", "udp:[fd00::1]:53,range=0:16".
+    #[arg(long = "mirror-rule", value_name = "RULE")]
+    rules: Vec<String>,
+    /// mirror.sample_rate: fraction of flows mirrored, 0.0 to 1.0.
+    #[arg(long = "sample-rate", value_name = "FRACTION")]
+    sample_rate: Option<f64>,
+    /// mirror.cap_pps: clones per second at most (0: no cap).
+    #[arg(long = "cap-pps", value_name = "PPS")]
+    cap_pps: Option<u64>,
+    /// mirror.cap_bytes_per_sec: cloned bytes per second at most (0: no cap).
+    #[arg(long = "cap-bps", value_name = "BYTES_PER_SEC")]
+    cap_bps: Option<u64>,
+    /// mirror.mask.headers (repeatable; replaces the list): a header whose value is masked.
+    #[arg(long = "mask-header", value_name = "NAME")]
+    mask_headers: Vec<String>,
+    /// mirror.mask.params (repeatable; replaces the list): a parameter whose value is masked.
+    #[arg(long = "mask-param", value_name = "NAME")]
+    mask_params: Vec<String>,
+    /// mirror.mask.fill: the byte masked values become.
+    #[arg(long = "mask-fill", value_name = "CHAR")]
+    mask_fill: Option<String>,
+}
+
+impl MirrorArgs {
+    fn flags(self) -> MirrorFlags {
+        MirrorFlags {
+            interface: self.interface,
+            shadow_interface: self.shadow_interface,
+            shadow_mac: self.shadow_mac,
+            rules: self.rules,
+            sample_rate: self.sample_rate,
+            cap_pps: self.cap_pps,
+            cap_bps: self.cap_bps,
+            mask_headers: self.mask_headers,
+            mask_params: self.mask_params,
+            mask_fill: self.mask_fill,
+        }
+    }
+}
+
 fn init_logs(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
@@ -160,30 +225,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log_level);
     match cli.cmd {
-        Cmd::CheckConfig { file, json } => match Config::load(&file) {
-            Ok(_) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "file": file, "valid": true, "error": null })
-                    );
-                } else {
-                    println!("{}: ok", file.display());
+        Cmd::CheckConfig { file, json, mirror } => {
+            match Config::load_with(Some(&file), &mirror.flags()) {
+                Ok(_) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "file": file, "valid": true, "error": null })
+                        );
+                    } else {
+                        println!("{}: ok", file.display());
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                let msg = error_chain(&e);
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "file": file, "valid": false, "error": msg })
-                    );
+                Err(e) => {
+                    let msg = error_chain(&e);
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "file": file, "valid": false, "error": msg })
+                        );
+                    }
+                    eprintln!("error: {msg}");
+                    ExitCode::from(2)
                 }
-                eprintln!("error: {msg}");
-                ExitCode::from(2)
             }
-        },
+        }
         Cmd::Verify { json } => verify(json),
         Cmd::Backtest(args) => ExitCode::from(shadow_agent::forecast::cli::backtest(&args)),
         Cmd::Forecast(args) => ExitCode::from(shadow_agent::forecast::cmd::forecast(&args)),
@@ -223,11 +290,12 @@ fn main() -> ExitCode {
         }
         Cmd::Run {
             config,
+            mirror,
             duration,
             json,
             status_file,
         } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match Config::load_with(config.as_deref(), &mirror.flags()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));

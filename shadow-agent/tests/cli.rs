@@ -367,3 +367,88 @@ fn report_json_names_the_page() {
     assert_eq!(v["report"], page.to_str().expect("utf-8"), "{v}");
     assert!(exists);
 }
+
+#[test]
+fn overlapping_rules_exit_2_naming_both_keys() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/agent.example.toml"
+    ))
+    .expect("example")
+    .replace(
+        "dst = \"fd00:5d::/64\"",
+        "dst = \"198.18.0.0/24\"\nports = \"8000-8100\"",
+    );
+    let p = scratch("overlap.toml", &text);
+    let out = agent(&["check-config", p.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "mirror.rules[1]: overlaps mirror.rules[0]: both select tcp packets to 198.18.0.2/32 port 8080"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_flags_are_validated_like_config_keys_before_anything_is_attached() {
+    // The interface does not exist: each error below is found before it is looked up (and
+    // so before anything could be attached).
+    let base = [
+        "run",
+        "--mirror-iface",
+        "shdt-absent0",
+        "--shadow-iface",
+        "shdt-absent1",
+        "--shadow-mac",
+        "02:00:00:00:00:01",
+        "--duration",
+        "1",
+    ];
+    for (extra, want) in [
+        (
+            &["--mirror-rule", "tcp:10.0.0.0/24:80-81", "--mirror-rule", "any:10.0.0.7:81"][..],
+            "--mirror-rule[1]: overlaps --mirror-rule[0]: both select tcp packets to 10.0.0.7/32 port 81",
+        ),
+        (
+            &["--mirror-rule", "tcp:10.0.0.0/33:80"][..],
+            "--mirror-rule[0].dst: \"10.0.0.0/33\" is not a valid CIDR",
+        ),
+        (
+            &["--mirror-rule", "udp:10.0.0.1:70000"][..],
+            "--mirror-rule[0].ports: \"70000\" is not a valid port",
+        ),
+        (
+            &["--mirror-rule", "tcp:10.0.0.1:80", "--sample-rate", "1.5"][..],
+            "--sample-rate: 1.5 is not a fraction",
+        ),
+        (
+            &["--mirror-rule", "tcp:10.0.0.1:80", "--mask-header", ""][..],
+            "--mask-header[0]: empty name",
+        ),
+        (
+            &["--mirror-rule", "tcp:10.0.0.1:80", "--cap-pps", "2000000000000"][..],
+            "--cap-pps: 2000000000000 is above the maximum",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = agent(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!err.contains("not found"), "validated before the interface lookup: {err}");
+    }
+    // Valid flags get as far as the interface lookup, which names the flag's key.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--mirror-rule", "tcp:10.0.0.0/24:80-81,http"]);
+    let out = agent(&args);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"shdt-absent0\" (mirror.interface) not found"),
+        "{err}"
+    );
+}

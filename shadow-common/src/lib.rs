@@ -12,6 +12,7 @@ pub mod latency;
 pub mod maps;
 pub mod mask;
 pub mod mirror;
+pub mod pseudo;
 pub mod tcp;
 
 /// Implements `aya::Pod` for the userspace side (feature `user`).

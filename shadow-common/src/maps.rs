@@ -71,6 +71,11 @@ names! {
     MAP_MASK_FLOWS = "MASK_FLOWS";
     /// `PerCpuArray<u64>`, one entry per rule: clones with bytes masked.
     MAP_MASK_RULE_CTRS = "MASK_RULE_CTRS";
+    /// `Array<[u8; MASK_FILL_LEN]>`, one entry: the fill byte repeated, written by the
+    /// agent; the bulk fill of the "mask" fallback stores from it.
+    MAP_MASK_FILL = "MASK_FILL";
+    /// `Array<PseudoConfig>`, one entry: source-address pseudonymisation of the clones.
+    MAP_PSEUDO_CFG = "PSEUDO_CFG";
     /// `PerCpuArray<MaskScratch>`: the egress program's working buffer.
     MAP_MASK_SCRATCH = "MASK_SCRATCH";
     /// TC egress on the primary's interface: learns the primary's ISN (SYN-ACK) and FIN of

@@ -42,6 +42,9 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 4096;
 /// Largest `MaskSpec::scan_limit`: one whole GSO frame.
 pub const MAX_SCAN_LIMIT: u32 = 65536;
 
+/// Bytes of the fill buffer (`MASK_FILL`) the bulk fill stores from: the datapath's chunk.
+pub const MASK_FILL_LEN: usize = 2048;
+
 /// The default masked headers.
 pub const DEFAULT_HEADERS: [&str; 5] = [
     "authorization",
@@ -795,6 +798,74 @@ impl CsumDelta {
         let new = fold16(self.new);
         u16::from_be(new) as u32 + u16::from_be(!old) as u32
     }
+}
+
+impl CsumDelta {
+    /// Account for a run of `n` payload bytes at payload position `pos`, all replaced by
+    /// `fill`, given `old_sum`: the 32-bit ones-complement sum of their old contents as
+    /// 32-bit words loaded in the machine's byte order from the run's first byte, zero
+    /// padded to a multiple of 4 (what `bpf_csum_diff(NULL, 0, buf, len4, seed)` returns for
+    /// them). Equivalent to [`CsumDelta::replace`] on every byte, in O(1) once the sum is
+    /// known: the datapath's bulk fill for the "mask" fallback.
+    #[inline(always)]
+    pub fn replace_run(&mut self, pos: u32, n: u32, old_sum: u32, fill: u8) {
+        // The machine-order 16-bit sum has the run's first byte in its low half (BPF and the
+        // hosts this runs on are little-endian); `replace` keeps bytes at even positions in
+        // the high half.
+        let mut v = fold16(old_sum as u64);
+        if cfg!(target_endian = "little") {
+            v = v.swap_bytes();
+        }
+        if pos & 1 == 1 {
+            v = v.swap_bytes();
+        }
+        self.old += v as u64;
+        let even = if pos & 1 == 0 { n.div_ceil(2) } else { n / 2 };
+        let odd = n - even;
+        self.new += (even as u64) * ((fill as u64) << 8) + (odd as u64) * (fill as u64);
+    }
+}
+
+/// Where a TCP segment falls relative to a request body the parser skips by length
+/// ([`body_segment`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFit {
+    /// The flow is not inside a skipped body (or the segment starts before the parser's
+    /// position): the ordinary in-order check applies.
+    No,
+    /// Every byte of the segment lies inside the body: nothing to parse or mask, and the
+    /// state needs no update (`next_seq + body_left`, the body's end, is unchanged).
+    Inside,
+    /// The segment starts inside the body and runs past its end: the state was moved to the
+    /// segment's start (`next_seq = seq`, `body_left` shortened), so it is parsed in order
+    /// from there, skipping the rest of the body by length.
+    Resync,
+}
+
+/// Classify a segment of `len` payload bytes at sequence `seq` against a flow whose parser is
+/// skipping a body by length (`ST_BODY_SKIP`, `next_seq + body_left` = the body's end).
+/// Body bytes are never masked, so a segment ahead of `next_seq` within the body (after a
+/// reordering, or one processed on another CPU first) needs no parsing and breaks nothing;
+/// only bytes after the body's end must be seen in order.
+#[inline(always)]
+pub fn body_segment(st: &mut HttpState, seq: u32, len: u32) -> BodyFit {
+    if st.st != ST_BODY_SKIP || st.flags & F_SEQ_VALID == 0 {
+        return BodyFit::No;
+    }
+    let ahead = seq.wrapping_sub(st.next_seq);
+    if ahead >= 0x8000_0000 || ahead > st.body_left {
+        return BodyFit::No;
+    }
+    let room = st.body_left - ahead;
+    if len <= room {
+        return BodyFit::Inside;
+    }
+    st.next_seq = seq;
+    st.body_left = room;
+    if room == 0 {
+        reset_request(st);
+    }
+    BodyFit::Resync
 }
 
 /// Fold a 64-bit sum into 16 bits with end-around carry.

@@ -193,7 +193,21 @@ pub mod ctr {
     pub const TARGET_GONE: u32 = 27;
     /// Flows assigned to a target (first clone of a UDP flow, SYN of a TCP one).
     pub const FLOWS_ASSIGNED: u32 = 28;
-    pub const N: u32 = 29;
+    /// Clones of TCP segments lying wholly inside a request body the HTTP parser skips by
+    /// length: passed on without per-byte work or a state update.
+    pub const MASK_BODY_PASSED: u32 = 29;
+    /// Segments of an HTTP-masked flow that left a gap or partly overlapped the parsed
+    /// stream: the flow can no longer be followed (fallback from then on).
+    pub const MASK_SEQ_LOST: u32 = 30;
+    /// Data segments of HTTP-masked flows without parse state (joined mid-stream, or
+    /// evicted from the LRU): fallback.
+    pub const MASK_UNTRACKED: u32 = 31;
+    /// Clones whose source address was replaced by its keyed pseudonym.
+    pub const PSEUDONYMISED: u32 = 32;
+    /// Clones dropped because their source could not be pseudonymised (fragments, other
+    /// protocols, helper errors): never sent with the real address.
+    pub const PSEUDO_FAILED: u32 = 33;
+    pub const N: u32 = 34;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -225,6 +239,11 @@ pub mod ctr {
         "tcp_failed",
         "target_gone",
         "flows_assigned",
+        "mask_body_passed",
+        "mask_seq_lost",
+        "mask_untracked",
+        "pseudonymised",
+        "pseudo_failed",
     ];
 }
 

@@ -20,11 +20,13 @@
 #![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_action, BPF_F_MARK_MANGLED_0, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     cty::c_void,
     helpers::generated::{
-        bpf_ktime_get_ns, bpf_l4_csum_replace, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes,
-        bpf_xdp_load_bytes,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_loop,
+        bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -33,9 +35,10 @@ use aya_ebpf::{
 };
 use shadow_common::latency::{lat_bucket, LatHist, LatPending, LAT_BUCKETS, LAT_MAX_NS};
 use shadow_common::mask::{
-    in_ranges, mask_byte, seq_check, skip_body, CsumDelta, FlowKey, HttpState, MaskRule, MaskSpec,
-    SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK, F_SEQ_VALID, MASK_HTTP, MASK_RANGES,
-    MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
+    body_segment, in_ranges, mask_byte, seq_check, skip_body, BodyFit, CsumDelta, FlowKey,
+    HttpState, MaskRule, MaskSpec, SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK,
+    F_SEQ_VALID, MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP,
+    ST_BROKEN,
 };
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
@@ -43,6 +46,7 @@ use shadow_common::mirror::{
     FLAG_ENABLED, FLAG_LATENCY, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP,
     MAX_RULES, MAX_TARGETS, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
+use shadow_common::pseudo::{pseudonym_v4, pseudonym_v6, PseudoConfig};
 use shadow_common::tcp::{
     ends_session, get32, idle, learn_shadow, opt_step, translate_with, OptWalk, TcpFlow,
     F_CLIENT_FIN, F_PRIMARY, F_PRIMARY_FIN, F_SHADOW, F_SYN, MAX_OPT_BYTES, TCP_FIN, TCP_HDR_BUF,
@@ -74,6 +78,10 @@ static MASK_FLOWS: LruHashMap<FlowKey, HttpState> = LruHashMap::with_max_entries
 static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
 static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static MASK_FILL: Array<[u8; MASK_FILL_LEN]> = Array::with_max_entries(1, 0);
+#[map]
+static PSEUDO_CFG: Array<PseudoConfig> = Array::with_max_entries(1, 0);
 #[map]
 static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -813,7 +821,7 @@ fn lat_reply(ctx: &TcContext) {
 }
 
 /// Payload bytes masked per `bpf_loop` run (one chunk of the per-CPU scratch buffer).
-const CHUNK: usize = 2048;
+const CHUNK: usize = MASK_FILL_LEN;
 /// Chunks per segment at most: `MAX_SCAN_LIMIT` bytes.
 const MAX_CHUNKS: u32 = MAX_SCAN_LIMIT / CHUNK as u32 + 1;
 
@@ -823,7 +831,8 @@ const MAX_CHUNKS: u32 = MAX_SCAN_LIMIT / CHUNK as u32 + 1;
 /// memory, which keeps verification cost independent of the payload length.
 #[repr(C)]
 pub struct Scratch {
-    buf: [u8; CHUNK],
+    /// One chunk, plus room for the zero padding of the bulk fill's checksum.
+    buf: [u8; CHUNK + 8],
     st: HttpState,
     rule: MaskRule,
     csum: CsumDelta,
@@ -840,10 +849,16 @@ pub struct Scratch {
     all: u8,
     /// The fallback applied to at least one byte.
     fell_back: u8,
-    _pad: [u8; 5],
+    /// The spec's fill byte (for the bulk fill, off the callback's stack).
+    fill: u8,
+    _pad: [u8; 4],
     /// Payload bytes done so far in this segment.
     off: u32,
-    _pad2: u32,
+    /// Running `bpf_csum_diff` sum of the chunk being bulk-filled.
+    sum: u32,
+    /// The chunk `fill_ranges` works on: `[chunk_start, chunk_end)`.
+    chunk_start: u32,
+    chunk_end: u32,
     /// The flow's key in `MASK_FLOWS` (here rather than on the stack: the stack is shared
     /// with the callbacks and limited to 512 bytes for the whole chain).
     key: FlowKey,
@@ -893,6 +908,18 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
             return 1;
         }
     }
+    if s.http != 0 && s.st.st == ST_BROKEN && s.all == 0 {
+        // The flow (or this segment) cannot be followed: the rest of the segment takes the
+        // fallback at once, decided here rather than per byte.
+        s.fell_back = 1;
+        if s.rule.fallback != FALLBACK_MASK {
+            return 1;
+        }
+        s.all = 1;
+        // The rest is filled in bulk by `fill_cb`, outside this callback (the callbacks'
+        // stacks add up along the chain main → chunk_cb → mask_cb).
+        return 1;
+    }
     if off >= cc.limit && s.all == 0 {
         // Past the scan window with the parser in a state it must see: the rest of the
         // flow cannot be followed.
@@ -919,6 +946,10 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
         return 1;
     }
     let n = verifier_bound(n);
+    if s.all != 0 {
+        // Past the window with the "mask" fallback: `fill_cb` takes it from here.
+        return 1;
+    }
     let at = cc.payload_off + off;
     s.base = off;
     s.len = n;
@@ -953,6 +984,197 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
     }
     s.off = off + n;
     0
+}
+
+/// One chunk of a rule with byte ranges and no HTTP parsing: the ranges' parts of it are
+/// filled in bulk. Past the scan window the fallback applies. Returns 1 to stop.
+extern "C" fn range_cb(_i: u64, cc: *mut c_void) -> i64 {
+    // SAFETY: `cc` is the `ChunkCtx` `try_mask` passed to `bpf_loop`.
+    let cc = unsafe { &mut *(cc as *mut ChunkCtx) };
+    let Some(sp) = MASK_SCRATCH.get_ptr_mut(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    let off = s.off;
+    if off >= cc.plen {
+        return 1;
+    }
+    if off >= cc.limit {
+        s.fell_back = 1;
+        if s.rule.fallback == FALLBACK_MASK {
+            s.all = 1;
+        }
+        return 1;
+    }
+    let mut n = cc.plen - off;
+    if n > CHUNK as u32 {
+        n = CHUNK as u32;
+    }
+    if n > cc.limit - off {
+        n = cc.limit - off;
+    }
+    if n == 0 {
+        return 1;
+    }
+    fill_ranges(cc, s, off, verifier_bound(n))
+}
+
+/// One chunk of the bulk fill (the "mask" fallback) from `s.off` to the end of the payload.
+/// Returns 1 to stop.
+extern "C" fn fill_cb(_i: u64, cc: *mut c_void) -> i64 {
+    // SAFETY: `cc` is the `ChunkCtx` `try_mask` passed to `bpf_loop`.
+    let cc = unsafe { &mut *(cc as *mut ChunkCtx) };
+    let Some(sp) = MASK_SCRATCH.get_ptr_mut(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    // SAFETY: per-CPU value, only this program on this CPU touches it.
+    let s = unsafe { &mut *sp };
+    let off = s.off;
+    if off >= cc.plen {
+        return 1;
+    }
+    let rem = cc.plen - off;
+    let n = if rem > CHUNK as u32 {
+        CHUNK as u32
+    } else {
+        rem
+    };
+    bulk_fill(cc, s, off, verifier_bound(n))
+}
+
+/// `n` (known to be in 1..=512) in a form the verifier can bound.
+#[inline(always)]
+fn bound512(n: u32) -> u32 {
+    let mut m = (n - 1) as u64;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= 511", inout(reg) m) };
+    m as u32 + 1
+}
+
+/// Replace `n` payload bytes at `off` by the fill byte in bulk: load them (their old sum is
+/// needed for the checksum), sum them with `bpf_csum_diff` (512 bytes per call, its limit),
+/// and store the agent's pre-filled `MASK_FILL` buffer over them. The "mask" fallback for a
+/// flow that cannot be parsed (e.g. not HTTP): a few helper calls per 2 KiB instead of a
+/// callback per byte. Working values live in the scratch map: the callback's stack is
+/// shared with the program's (512 bytes for the chain).
+#[inline(always)]
+fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
+    s.base = off;
+    s.len = n;
+    // SAFETY: `buf` holds CHUNK + 8 bytes and 0 < n <= CHUNK.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            cc.skb as *const c_void,
+            cc.payload_off + off,
+            s.buf.as_mut_ptr() as *mut c_void,
+            n,
+        )
+    };
+    if rc != 0 {
+        cc.err = 1;
+        return 1;
+    }
+    // Zero padding to a multiple of 4 (the helper's unit) adds nothing to the sum.
+    // SAFETY: n <= CHUNK and `buf` has 8 bytes beyond CHUNK.
+    unsafe { core::ptr::write_bytes(s.buf.as_mut_ptr().add(n as usize), 0, 3) };
+    s.sum = 0;
+    csum_part(cc, s, 0);
+    csum_part(cc, s, 1);
+    csum_part(cc, s, 2);
+    csum_part(cc, s, 3);
+    if cc.err != 0 {
+        return 1;
+    }
+    s.csum.replace_run(s.base, s.len, s.sum, s.fill);
+    let Some(fill) = MASK_FILL.get(0) else {
+        cc.err = 1;
+        return 1;
+    };
+    if fill[0] != s.fill || fill[CHUNK - 1] != s.fill {
+        // The agent has not written the buffer for this fill byte: never send unmasked.
+        cc.err = 1;
+        return 1;
+    }
+    let n = verifier_bound(s.len);
+    // SAFETY: `fill` is a CHUNK-byte map value and 0 < n <= CHUNK.
+    let rc = unsafe {
+        bpf_skb_store_bytes(
+            cc.skb,
+            cc.payload_off + s.base,
+            fill.as_ptr() as *const c_void,
+            n,
+            0,
+        )
+    };
+    if rc != 0 {
+        cc.err = 1;
+        return 1;
+    }
+    s.total_changed += n;
+    s.off = s.base + n;
+    0
+}
+
+/// A rule with byte ranges and no HTTP parsing: fill each range's part of the chunk
+/// `[off, off + n)` in bulk (no per-byte work).
+#[inline(always)]
+fn fill_ranges(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
+    s.chunk_start = off;
+    s.chunk_end = off + n;
+    let mut k = 0;
+    while k < MAX_RANGES {
+        if k >= s.rule.n_ranges as usize {
+            break;
+        }
+        let [ro, rl] = s.rule.ranges[k];
+        let lo = ro as u32;
+        let hi = lo + rl as u32;
+        let a = if lo > s.chunk_start {
+            lo
+        } else {
+            s.chunk_start
+        };
+        let b = if hi < s.chunk_end { hi } else { s.chunk_end };
+        if a < b && b - a <= CHUNK as u32 {
+            let len = verifier_bound(b - a);
+            if bulk_fill(cc, s, a, len) != 0 {
+                return 1;
+            }
+        }
+        k += 1;
+    }
+    s.off = s.chunk_end;
+    0
+}
+
+/// Add part `k` (bytes `512k..512(k+1)`) of the chunk in `s.buf` to `s.sum`.
+#[inline(always)]
+fn csum_part(cc: &mut ChunkCtx, s: &mut Scratch, k: u32) {
+    let n4 = (s.len + 3) & !3;
+    let a = k * 512;
+    if a >= n4 {
+        return;
+    }
+    let rem = n4 - a;
+    let sz = bound512(if rem > 512 { 512 } else { rem });
+    // SAFETY: `a + sz <= n4 <= CHUNK`: inside `buf`; the helper only reads.
+    let rc = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            s.buf.as_mut_ptr().add(a as usize) as *mut u32,
+            sz,
+            s.sum,
+        )
+    };
+    if rc < 0 {
+        cc.err = 1;
+    } else {
+        s.sum = rc as u32;
+    }
 }
 
 /// Per byte of the chunk in `MASK_SCRATCH`: decide, replace, keep the checksum delta.
@@ -1027,23 +1249,91 @@ fn mask_verdict(ctx: TcContext) -> i32 {
             }
         }
     }
-    let Some(mr) = MASK_RULES.get(rule) else {
-        return TC_ACT_UNSPEC;
+    if let Some(mr) = MASK_RULES.get(rule) {
+        if mr.flags != 0 {
+            match try_mask(&ctx, rule, mr) {
+                Ok(true) => {}
+                Ok(false) => {
+                    count(ctr::FALLBACK_DROPPED);
+                    return TC_ACT_SHOT;
+                }
+                Err(()) => {
+                    count(ctr::MASK_FAILED);
+                    return TC_ACT_SHOT;
+                }
+            }
+        }
+    }
+    // After masking: the masking state is keyed by the real 5-tuple.
+    if let Some(pc) = PSEUDO_CFG.get(0) {
+        if pc.enabled != 0 {
+            if pseudonymise(&ctx, pc).is_err() {
+                count(ctr::PSEUDO_FAILED);
+                return TC_ACT_SHOT;
+            }
+            count(ctr::PSEUDONYMISED);
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Replace the clone's source address by its keyed pseudonym, fixing the IPv4 header
+/// checksum and the TCP/UDP checksum (whose pseudo-header holds the address). Fragments and
+/// other protocols are refused (`Err`: the clone is dropped, never sent with the real
+/// address).
+#[inline(always)]
+fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
+    let flow = parse_flow(&Skb(ctx)).ok_or(())?;
+    let tcp = flow.proto == IPPROTO_TCP;
+    if !flow.has_ports || !(tcp || flow.proto == IPPROTO_UDP) {
+        return Err(());
+    }
+    let l3 = flow.l3_off as u32;
+    let l4 = flow.l4_off as u32;
+    let (csum_off, flags) = if tcp {
+        (l4 + 16, BPF_F_PSEUDO_HDR as u64 | 4)
+    } else {
+        (
+            l4 + 6,
+            BPF_F_PSEUDO_HDR as u64 | BPF_F_MARK_MANGLED_0 as u64 | 4,
+        )
     };
-    if mr.flags == 0 {
-        return TC_ACT_UNSPEC;
-    }
-    match try_mask(&ctx, rule, mr) {
-        Ok(true) => TC_ACT_UNSPEC,
-        Ok(false) => {
-            count(ctr::FALLBACK_DROPPED);
-            TC_ACT_SHOT
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    if flow.family == 4 {
+        let old: [u8; 4] = ctx.load(l3 as usize + 12).map_err(|_| ())?;
+        let new = pseudonym_v4(&pc.key, old, pc.v4_prefix, pc.v4_len);
+        let (o, n) = (
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+        );
+        // SAFETY: checksum field offsets inside the packet; 4-byte replacements.
+        unsafe {
+            if bpf_l4_csum_replace(skb, csum_off, o, n, flags) != 0 {
+                return Err(());
+            }
+            if bpf_l3_csum_replace(skb, l3 + 10, o, n, 4) != 0 {
+                return Err(());
+            }
         }
-        Err(()) => {
-            count(ctr::MASK_FAILED);
-            TC_ACT_SHOT
+        ctx.store(l3 as usize + 12, &new, 0).map_err(|_| ())?;
+    } else {
+        let old: [u8; 16] = ctx.load(l3 as usize + 8).map_err(|_| ())?;
+        let new = pseudonym_v6(&pc.key, old, pc.v6_prefix, pc.v6_len);
+        let mut i = 0;
+        while i < 4 {
+            let o =
+                u32::from_ne_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
+            let n =
+                u32::from_ne_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]);
+            // SAFETY: as above.
+            if unsafe { bpf_l4_csum_replace(skb, csum_off, o as u64, n as u64, flags) } != 0 {
+                return Err(());
+            }
+            i += 1;
         }
+        ctx.store(l3 as usize + 8, &new, 0).map_err(|_| ())?;
     }
+    Ok(())
 }
 
 /// Mask the clone in place. `Ok(false)`: the "drop" fallback applies.
@@ -1059,14 +1349,10 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         count(ctr::UNPARSEABLE);
         return Ok(false);
     }
-    let l3 = flow.l3_off as usize;
     let l4 = flow.l4_off as usize;
-    let end = if flow.family == 4 {
-        l3 + u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 2).map_err(|_| ())?) as usize
-    } else {
-        l3 + 40 + u16::from_be_bytes(ctx.load::<[u8; 2]>(l3 + 4).map_err(|_| ())?) as usize
-    };
-    let end = end.min(ctx.len() as usize);
+    // The IP length field, or the skb's when it is 0 (BIG TCP / jumbograms): a 0 read as
+    // "no payload" would send the payload unmasked.
+    let end = ip_end(ctx, &flow).ok_or(())?;
     let (payload_off, csum_off, csum_flags) = if is_tcp {
         let doff = ((ctx.load::<u8>(l4 + 12).map_err(|_| ())? >> 4) as usize) * 4;
         (l4 + doff, l4 + 16, 0u64)
@@ -1074,6 +1360,12 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         (l4 + 8, l4 + 6, BPF_F_MARK_MANGLED_0 as u64)
     };
     let plen = end.saturating_sub(payload_off) as u32;
+    if plen == 0 && (!is_tcp || flow.tcp_flags & (TCP_FLAG_SYN | TCP_FIN | TCP_RST) == 0) {
+        // Nothing to mask and no state to create or free (a pure ACK): the flow's state is
+        // not touched, so an ACK processed ahead of a data segment on another CPU cannot
+        // break the sequence tracking.
+        return Ok(true);
+    }
 
     let sp = MASK_SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: per-CPU value, only this program on this CPU touches it (the callback runs
@@ -1083,6 +1375,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     s.csum = CsumDelta::default();
     s.total_changed = 0;
     s.all = 0;
+    s.fill = MASK_SPEC.get(0).ok_or(())?.fill;
     s.fell_back = 0;
     s.http = 0;
     s.st = HttpState::default();
@@ -1110,11 +1403,24 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
             match unsafe { MASK_FLOWS.get(&s.key) } {
                 Some(st) => {
                     s.st = *st;
-                    let payload_seq = seq;
-                    match seq_check(&s.st, payload_seq, plen) {
+                    let fit = if mr.flags & MASK_RANGES == 0 && !fin_rst {
+                        body_segment(&mut s.st, seq, plen)
+                    } else {
+                        BodyFit::No
+                    };
+                    if fit == BodyFit::Inside {
+                        // Body bytes only, skipped by length: O(1), and the flow's state is
+                        // left as it is (its body end does not move).
+                        count(ctr::MASK_BODY_PASSED);
+                        return Ok(true);
+                    }
+                    match seq_check(&s.st, seq, plen) {
                         SeqVerdict::InOrder => keep_state = true,
                         SeqVerdict::Old => s.st.st = ST_BROKEN, // this segment only
                         SeqVerdict::Lost => {
+                            if s.st.st != ST_BROKEN && plen > 0 {
+                                count(ctr::MASK_SEQ_LOST);
+                            }
                             s.st.st = ST_BROKEN;
                             keep_state = true;
                         }
@@ -1122,6 +1428,9 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
                 }
                 None => {
                     // Joined mid-stream (or evicted): cannot be followed from here on.
+                    if plen > 0 {
+                        count(ctr::MASK_UNTRACKED);
+                    }
                     s.st.st = ST_BROKEN;
                     s.st.flags = F_SEQ_VALID;
                     keep_state = plen > 0;
@@ -1142,19 +1451,38 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         limit,
         err: 0,
     };
-    // SAFETY: `chunk_cb` is a static callback; `cc` outlives the call.
-    let rc = unsafe {
-        bpf_loop(
-            MAX_CHUNKS,
-            chunk_cb as *mut c_void,
-            &mut cc as *mut ChunkCtx as *mut c_void,
-            0,
-        )
+    // Parse (HTTP, with or without ranges) or fill the ranges of each chunk; then, when the
+    // "mask" fallback took over, fill the rest in bulk. Separate loops: each callback's
+    // stack adds to the program's, so none nests another's work.
+    let cb = if s.http != 0 {
+        chunk_cb as *mut c_void
+    } else {
+        range_cb as *mut c_void
     };
+    // SAFETY: the callbacks are static; `cc` outlives the calls.
+    let rc = unsafe { bpf_loop(MAX_CHUNKS, cb, &mut cc as *mut ChunkCtx as *mut c_void, 0) };
     if rc < 0 || cc.err != 0 {
         return Err(());
     }
+    if s.all != 0 && s.off < plen {
+        // SAFETY: as above.
+        let rc = unsafe {
+            bpf_loop(
+                MAX_CHUNKS,
+                fill_cb as *mut c_void,
+                &mut cc as *mut ChunkCtx as *mut c_void,
+                0,
+            )
+        };
+        if rc < 0 || cc.err != 0 {
+            return Err(());
+        }
+    }
     let off = s.off;
+    if off < plen && s.all != 0 {
+        // The fill did not reach the end (beyond MAX_CHUNKS): never sent partly unmasked.
+        return Err(());
+    }
     if off < plen && s.all == 0 && !(s.http != 0 && s.st.st == ST_BODY_SKIP) {
         // Bytes left unscanned (drop fallback past the window, or beyond MAX_CHUNKS).
         s.fell_back = 1;

@@ -11,11 +11,12 @@ use std::{
 
 use mirror_world::*;
 use shadow_agent::mirror::{
-    Fallback, Mirror, MirrorOptions, MirrorSpec, Ports, Proto, Rule, RuleMask,
+    Fallback, Mirror, MirrorOptions, MirrorSpec, Ports, Proto, Pseudonymise, Rule, RuleMask,
 };
 use shadow_common::{
     maps::{PROG_MIRROR_MASK, PROG_MIRROR_TC},
     mask::{mask_byte, HttpState, MaskSpec, CLONE_MARK, DEFAULT_HEADERS, ST_BROKEN},
+    pseudo::{pseudonym_v4, pseudonym_v6, PrfKey},
 };
 use shadow_tests::harness::{chain, spawn_in, wait_for, TestDir};
 
@@ -638,4 +639,416 @@ fn large_bodies_are_skipped_by_length_past_the_window() {
         );
         assert_eq!(String::from_utf8_lossy(&out[54..]), want);
     });
+}
+
+/// A deterministic pseudo-random payload (no canary-like structure, every byte value).
+fn noise(n: usize, mut x: u32) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn unparseable_flows_are_filled_in_bulk_with_valid_checksums() {
+    // Not HTTP on an HTTP rule (the "mask" fallback): every payload byte of every segment
+    // becomes the fill byte, through the bulk path (segments of one and two 2 KiB chunks, odd lengths,
+    // a start past an odd number of parsed bytes), and the TCP checksum stays right.
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            mask: shadow_agent::mirror::MaskOptions {
+                fill: b'#',
+                ..Default::default()
+            },
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let syn = frame4(&eth, client, server, 6, &tcp(42100, 5201, 0, 0x02, &[]));
+    world.primary.run(|| {
+        mirror
+            .test_run(PROG_MIRROR_MASK, &syn, CLONE_MARK)
+            .expect("test run");
+        let mut seq = 1u32;
+        for (i, len) in [37usize, 1, 2049, 2048, 3001, 3].into_iter().enumerate() {
+            let payload = noise(len, 7 + i as u32);
+            let f = frame4(
+                &eth,
+                client,
+                server,
+                6,
+                &tcp(42100, 5201, seq, 0x18, &payload),
+            );
+            seq += len as u32;
+            let (rc, out) = mirror
+                .test_run(PROG_MIRROR_MASK, &f, CLONE_MARK)
+                .expect("test run");
+            assert_eq!(
+                rc, 0xffff_ffff,
+                "segment {i}: the clone passes (mask fallback)"
+            );
+            assert_eq!(out.len(), f.len(), "segment {i}: length preserved");
+            assert!(
+                out[54..].iter().all(|&b| b == b'#'),
+                "segment {i}: a payload byte survived"
+            );
+            assert_eq!(&out[..50], &f[..50], "segment {i}: headers unchanged");
+            let c = l4_verify(client, server, 6, &out[34..]);
+            assert!(
+                c == 0 || c == 0xffff,
+                "segment {i}: bad TCP checksum {c:#x}"
+            );
+        }
+    });
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.unparseable, 6, "{c:?}");
+    assert_eq!(c.masked, 6, "{c:?}");
+    assert_eq!(c.mask_failed, 0, "{c:?}");
+}
+
+#[test]
+fn body_segments_out_of_order_do_not_break_the_flow() {
+    // A body with Content-Length whose segments arrive out of order (as they can when two
+    // CPUs process one flow): they are passed without parsing, and the request after the
+    // body is still masked, not taken by the fallback.
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let mirror = attach(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let head =
+        b"PUT /up HTTP/1.1\r\nAuthorization: Bearer SECRETone\r\nContent-Length: 3000\r\n\r\n";
+    let next = b"GET /n?token=SECRETtwo HTTP/1.1\r\nCookie: SECRETthree\r\n\r\n";
+    let body = noise(3000, 99);
+    let mut tail = body[2500..].to_vec();
+    tail.extend_from_slice(next);
+    let start = 1 + head.len() as u32;
+    let seg = |seq: u32, p: &[u8]| frame4(&eth, client, server, 6, &tcp(42200, 80, seq, 0x18, p));
+    let syn = frame4(&eth, client, server, 6, &tcp(42200, 80, 0, 0x02, &[]));
+    world.primary.run(|| {
+        let run = |f: &Vec<u8>| {
+            let (rc, out) = mirror
+                .test_run(PROG_MIRROR_MASK, f, CLONE_MARK)
+                .expect("test run");
+            assert_eq!(rc, 0xffff_ffff, "the clone passes");
+            out
+        };
+        run(&syn);
+        let out = run(&seg(1, head));
+        assert!(!contains(&out, b"SECRETone"));
+        // Body bytes 1000..2500, then 0..1000, then an ACK-only segment ahead of them.
+        let b2 = seg(start + 1000, &body[1000..2500]);
+        assert_eq!(run(&b2), b2, "body bytes pass unchanged");
+        let b1 = seg(start, &body[..1000]);
+        assert_eq!(run(&b1), b1);
+        let ack = seg(start + 3000, &[]);
+        assert_eq!(run(&ack), ack);
+        // The end of the body and the next request.
+        let out = run(&seg(start + 2500, &tail));
+        assert_eq!(&out[54..54 + 500], &body[2500..]);
+        assert_eq!(
+            String::from_utf8_lossy(&out[54 + 500..]),
+            "GET /n?token=********* HTTP/1.1\r\nCookie: ***********\r\n\r\n"
+        );
+        let c = l4_verify(client, server, 6, &out[34..]);
+        assert!(c == 0 || c == 0xffff, "bad TCP checksum: {c:#x}");
+    });
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.mask_body_passed, 2, "{c:?}");
+    assert_eq!(c.unparseable, 0, "{c:?}");
+    assert_eq!(c.mask_seq_lost, 0, "{c:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Source-address pseudonymisation
+
+const PSEUDO_KEY: [u8; 16] = *b"shadow-test-key1";
+
+fn pseudo(key: [u8; 16]) -> Pseudonymise {
+    Pseudonymise {
+        key,
+        v4: (Ipv4Addr::new(100, 64, 0, 0), 10),
+        v6: ("fd5d::".parse().expect("v6"), 16),
+    }
+}
+
+fn expected_v4(key: [u8; 16], a: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(pseudonym_v4(
+        &PrfKey::from_bytes(key),
+        a.octets(),
+        [100, 64, 0, 0],
+        10,
+    ))
+}
+
+/// The IPv6 L4 checksum check: 0 (or 0xffff) when right.
+fn l4_verify6(src: &[u8], dst: &[u8], proto: u8, l4: &[u8]) -> u16 {
+    let mut s = csum_add(0, src);
+    s = csum_add(s, dst);
+    s += proto as u64 + l4.len() as u64;
+    !fold(csum_add(s, l4))
+}
+
+/// Ethernet + IPv6 + (UDP | TCP) with a correct checksum.
+fn frame6(eth: &Eth, src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&eth.dst);
+    f.extend_from_slice(&eth.src);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.push(proto);
+    f.push(64);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    let mut l4 = l4.to_vec();
+    let at = if proto == 17 { 6 } else { 16 };
+    l4[at..at + 2].copy_from_slice(&[0, 0]);
+    let mut c = l4_verify6(&src, &dst, proto, &l4);
+    if proto == 17 && c == 0 {
+        c = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn attach_pseudo(world: &World, rules: Vec<Rule>, key: [u8; 16], http: bool) -> Mirror {
+    attach(
+        world,
+        rules,
+        MirrorOptions {
+            rule_masks: vec![RuleMask {
+                http,
+                ..RuleMask::default()
+            }],
+            pseudonymise: Some(pseudo(key)),
+            ..MirrorOptions::default()
+        },
+    )
+}
+
+#[test]
+fn clones_carry_the_keyed_pseudonym_as_source_end_to_end() {
+    // UDP datagrams with full software checksums (CHECKSUM_NONE): the shadow's stack
+    // verifies the rewritten UDP checksum and delivers to a real socket, whose recvfrom
+    // shows the pseudonym; the primary's socket sees the real client.
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let dst = SocketAddr::new(IpAddr::V4(server), 7003);
+    let primary_in = bind(&world.primary, dst);
+    let shadow_in = bind(&world.shadow, dst);
+    let mirror = attach_pseudo(
+        &world,
+        vec![rule(IpAddr::V4(server), Proto::Udp, Ports::ANY)],
+        PSEUDO_KEY,
+        false,
+    );
+    let inject = Packet::open(&world.client, &world.front.a().name);
+    let cap = Packet::open(&world.shadow, &world.back.b().name);
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    for i in 0..20u8 {
+        inject.send(&frame4(
+            &eth,
+            client,
+            server,
+            17,
+            &udp(40100, 7003, &[i; 33]),
+        ));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let want = expected_v4(PSEUDO_KEY, client);
+    assert_ne!(want, client);
+    let recv_all = |s: &UdpSocket| {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            out.push((buf[..n].to_vec(), from.ip()));
+        }
+        out
+    };
+    let p = recv_all(&primary_in);
+    let s = recv_all(&shadow_in);
+    assert_eq!(p.len(), 20, "the primary gets every datagram");
+    assert!(
+        p.iter().all(|(_, from)| *from == IpAddr::V4(client)),
+        "{p:?}"
+    );
+    assert_eq!(
+        s.len(),
+        20,
+        "the shadow gets every clone (bad checksums would be dropped)"
+    );
+    assert!(s.iter().all(|(_, from)| *from == IpAddr::V4(want)), "{s:?}");
+    assert_eq!(
+        p.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        s.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    let mut seen = 0;
+    for f in cap.frames() {
+        if f.len() > 42 && f[12..14] == [8, 0] && f[23] == 17 {
+            assert_eq!(f[26..30], want.octets(), "source on the shadow side");
+            assert_ne!(f[26..30], client.octets());
+            assert_eq!(
+                fold(csum_add(0, &f[14..34])),
+                0xffff,
+                "IPv4 header checksum"
+            );
+            let c = l4_verify(want, server, 17, &f[34..]);
+            assert!(c == 0 || c == 0xffff, "bad UDP checksum: {c:#x}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 20);
+    let c = mirror.counters().expect("counters");
+    assert_eq!(c.pseudonymised, 20, "{c:?}");
+    assert_eq!(c.pseudo_failed, 0, "{c:?}");
+}
+
+#[test]
+fn pseudonyms_for_tcp_and_ipv6_are_keyed_and_survive_a_restart() {
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let server6 = match world.primary_addr(true) {
+        IpAddr::V6(a) => a.octets(),
+        _ => unreachable!(),
+    };
+    let client6: [u8; 16] = "2001:db8::77"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("v6")
+        .octets();
+    let eth = Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    };
+    let req = b"GET /?token=SECRETtok HTTP/1.1\r\nCookie: SECRETc\r\n\r\n";
+    let syn4 = frame4(&eth, client, server, 6, &tcp(41500, 80, 9, 0x02, &[]));
+    let data4 = frame4(&eth, client, server, 6, &tcp(41500, 80, 10, 0x18, req));
+    let udp6 = frame6(
+        &eth,
+        client6,
+        server6,
+        17,
+        &udp(5353, 53, b"dns-ish payload"),
+    );
+    let tcp6 = frame6(&eth, client6, server6, 6, &tcp(41501, 80, 1, 0x10, b"xyz"));
+    let rules = || {
+        vec![
+            rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY),
+            rule(IpAddr::V6(server6.into()), Proto::Udp, Ports::ANY),
+            rule(IpAddr::V6(server6.into()), Proto::Tcp, Ports::ANY),
+        ]
+    };
+    // One run of the four clones through shadow_mask under `key`.
+    let run = |key: [u8; 16]| -> Vec<Vec<u8>> {
+        let mirror = attach(
+            &world,
+            rules(),
+            MirrorOptions {
+                rule_masks: vec![
+                    RuleMask {
+                        http: true,
+                        ..RuleMask::default()
+                    },
+                    RuleMask::default(),
+                    RuleMask::default(),
+                ],
+                pseudonymise: Some(pseudo(key)),
+                ..MirrorOptions::default()
+            },
+        );
+        let outs = world.primary.run(|| {
+            // The original leaves the TC ingress program untouched.
+            for f in [&syn4, &data4, &udp6, &tcp6] {
+                let (rc, out) = mirror.test_run(PROG_MIRROR_TC, f, 0).expect("test run");
+                assert_eq!(rc, 0xffff_ffff);
+                assert_eq!(&out, f, "the original was modified");
+            }
+            let mut outs = Vec::new();
+            for (f, rule) in [(&syn4, 0), (&data4, 0), (&udp6, 1), (&tcp6, 2)] {
+                let (rc, out) = mirror
+                    .test_run(PROG_MIRROR_MASK, f, CLONE_MARK | rule)
+                    .expect("test run");
+                assert_eq!(rc, 0xffff_ffff, "the clone passes");
+                assert_eq!(out.len(), f.len());
+                outs.push(out);
+            }
+            outs
+        });
+        let c = mirror.counters().expect("counters");
+        // 4 test runs of shadow_mask, plus the 4 real clones the test runs of the ingress
+        // program sent out of the shadow interface (through shadow_mask on its egress).
+        assert_eq!((c.pseudonymised, c.pseudo_failed), (8, 0), "{c:?}");
+        outs
+    };
+    let a = run(PSEUDO_KEY);
+    // IPv4 TCP: masked (keyed by the real 5-tuple), then the source rewritten.
+    let want4 = expected_v4(PSEUDO_KEY, client);
+    for out in &a[..2] {
+        assert_eq!(out[26..30], want4.octets());
+        assert_eq!(
+            fold(csum_add(0, &out[14..34])),
+            0xffff,
+            "IPv4 header checksum"
+        );
+        let c = l4_verify(want4, server, 6, &out[34..]);
+        assert!(c == 0 || c == 0xffff, "bad TCP checksum: {c:#x}");
+    }
+    assert_eq!(
+        &a[1][54..],
+        &b"GET /?token=********* HTTP/1.1\r\nCookie: *******\r\n\r\n"[..]
+    );
+    // IPv6: UDP and TCP.
+    let want6 = pseudonym_v6(
+        &PrfKey::from_bytes(PSEUDO_KEY),
+        client6,
+        "fd5d::".parse::<std::net::Ipv6Addr>().expect("v6").octets(),
+        16,
+    );
+    for (out, proto) in [(&a[2], 17u8), (&a[3], 6u8)] {
+        assert_eq!(out[22..38], want6);
+        assert_eq!(out[22..24], [0xfd, 0x5d]);
+        assert_eq!(out[38..54], server6, "destination unchanged");
+        let c = l4_verify6(&want6, &server6, proto, &out[54..]);
+        assert!(
+            c == 0 || c == 0xffff,
+            "bad checksum (proto {proto}): {c:#x}"
+        );
+    }
+    // A restart (a new Mirror, fresh maps) with the same key: the same bytes.
+    assert_eq!(run(PSEUDO_KEY), a);
+    // Another key: other pseudonyms.
+    let b = run(*b"another-key-0002");
+    assert_ne!(b[0][26..30], a[0][26..30]);
+    assert_ne!(b[2][22..38], a[2][22..38]);
 }

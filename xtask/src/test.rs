@@ -116,13 +116,14 @@ pub fn ebpf_clippy_cmd() -> Command {
 }
 
 /// The cargo-fuzz targets in fuzz/ (see fuzz/Cargo.toml).
-pub const FUZZ_TARGETS: [&str; 6] = [
+pub const FUZZ_TARGETS: [&str; 7] = [
     "parse_flow",
     "http_mask",
     "param_mask",
     "range_mask",
     "checksum",
     "discard",
+    "pseudonym",
 ];
 /// Executions per target in the smoke run.
 pub const FUZZ_SMOKE_RUNS: u32 = 20_000;

@@ -19,19 +19,21 @@ use aya::{
 };
 use shadow_common::{
     maps::{
-        MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG, MAP_MIRROR_CTRS,
-        MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_RULE_LOAD, MAP_TARGET_FLOWS, MAP_TCP_FLOWS,
-        PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_XDP,
+        MAP_MASK_FILL, MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG,
+        MAP_MIRROR_CTRS, MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_PSEUDO_CFG, MAP_RULE_LOAD,
+        MAP_TARGET_FLOWS, MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK,
+        PROG_MIRROR_TC, PROG_MIRROR_XDP,
     },
     mask::FlowKey,
     mask::{
         MaskRule, MaskSpec, DEFAULT_HEADERS, DEFAULT_SCAN_LIMIT, FALLBACK_DROP, FALLBACK_MASK,
-        MASK_HTTP, MASK_RANGES, MAX_RANGES,
+        MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES,
     },
     mirror::{
         ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
         FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, SAMPLE_ALL,
     },
+    pseudo::{PrfKey, PseudoConfig},
     tcp::TcpFlow,
 };
 
@@ -80,6 +82,33 @@ pub struct MirrorOptions {
     pub tcp: TcpSessions,
     /// A tracked TCP session without a client segment for this long is forgotten.
     pub tcp_idle: std::time::Duration,
+    /// Replace each clone's source address by a keyed pseudonym; `None`: off (default).
+    pub pseudonymise: Option<Pseudonymise>,
+}
+
+/// Source-address pseudonymisation of the clones (`mirror.pseudonymise`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pseudonymise {
+    /// The per-deployment secret (SipHash-2-4 key).
+    pub key: [u8; 16],
+    /// IPv4 pseudonyms are drawn inside this prefix (length <= 30).
+    pub v4: (std::net::Ipv4Addr, u8),
+    /// IPv6 pseudonyms are drawn inside this prefix (length <= 126).
+    pub v6: (std::net::Ipv6Addr, u8),
+}
+
+impl Pseudonymise {
+    pub fn to_kernel(&self) -> PseudoConfig {
+        PseudoConfig {
+            key: PrfKey::from_bytes(self.key),
+            v6_prefix: self.v6.0.octets(),
+            v4_prefix: self.v4.0.octets(),
+            v4_len: self.v4.1,
+            v6_len: self.v6.1,
+            enabled: 1,
+            _pad: 0,
+        }
+    }
 }
 
 /// What the mirror does for TCP flows.
@@ -185,6 +214,7 @@ impl Default for MirrorOptions {
             rule_masks: Vec::new(),
             tcp: TcpSessions::Off,
             tcp_idle: std::time::Duration::from_secs(300),
+            pseudonymise: None,
         }
     }
 }
@@ -306,6 +336,11 @@ pub struct Counters {
     pub tcp_failed: u64,
     pub target_gone: u64,
     pub flows_assigned: u64,
+    pub mask_body_passed: u64,
+    pub mask_seq_lost: u64,
+    pub mask_untracked: u64,
+    pub pseudonymised: u64,
+    pub pseudo_failed: u64,
 }
 
 /// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
@@ -369,6 +404,11 @@ impl Counters {
             tcp_failed: v[ctr::TCP_FAILED as usize],
             target_gone: v[ctr::TARGET_GONE as usize],
             flows_assigned: v[ctr::FLOWS_ASSIGNED as usize],
+            mask_body_passed: v[ctr::MASK_BODY_PASSED as usize],
+            mask_seq_lost: v[ctr::MASK_SEQ_LOST as usize],
+            mask_untracked: v[ctr::MASK_UNTRACKED as usize],
+            pseudonymised: v[ctr::PSEUDONYMISED as usize],
+            pseudo_failed: v[ctr::PSEUDO_FAILED as usize],
         }
     }
 }
@@ -1024,6 +1064,27 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
             map: MAP_MASK_SPEC,
             source,
         })?;
+    }
+    {
+        let pc = spec
+            .options
+            .pseudonymise
+            .map(|p| p.to_kernel())
+            .unwrap_or_default();
+        let mut map: Array<&mut MapData, PseudoConfig> = map_mut(bpf, MAP_PSEUDO_CFG)?;
+        map.set(0, pc, 0).map_err(|source| MirrorError::Map {
+            map: MAP_PSEUDO_CFG,
+            source,
+        })?;
+    }
+    {
+        // The bulk fill of the "mask" fallback stores from this buffer.
+        let mut map: Array<&mut MapData, [u8; MASK_FILL_LEN]> = map_mut(bpf, MAP_MASK_FILL)?;
+        map.set(0, [m.fill; MASK_FILL_LEN], 0)
+            .map_err(|source| MirrorError::Map {
+                map: MAP_MASK_FILL,
+                source,
+            })?;
     }
     let mut rules: Array<&mut MapData, MaskRule> = map_mut(bpf, MAP_MASK_RULES)?;
     for (i, rm) in spec

@@ -350,3 +350,152 @@ fn user_listed_framing_headers_are_masked_and_still_read() {
     );
     assert_eq!(st.st, ST_REQ_START, "framing still followed");
 }
+
+/// The machine-order 32-bit ones-complement sum `bpf_csum_diff(NULL, 0, buf, len4, 0)`
+/// returns: little-endian 32-bit words of `data` zero padded to a multiple of 4.
+fn native_sum(data: &[u8]) -> u32 {
+    let mut s = 0u64;
+    for w in data.chunks(4) {
+        let mut b = [0u8; 4];
+        b[..w.len()].copy_from_slice(w);
+        s += u32::from_le_bytes(b) as u64;
+    }
+    while s >> 32 != 0 {
+        s = (s & 0xffff_ffff) + (s >> 32);
+    }
+    s as u32
+}
+
+#[test]
+fn bulk_fill_checksum_matches_per_byte_and_full_recompute() {
+    let mut x: u32 = 4242;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    for round in 0..2000u32 {
+        let n = 1 + (rnd() % 700) as usize;
+        let mut data: Vec<u8> = (0..n).map(|_| rnd() as u8).collect();
+        let before = checksum(&data);
+        let start = (rnd() as usize) % n;
+        let len = 1 + (rnd() as usize) % (n - start);
+        let fill = [b'*', b'x', b'#'][round as usize % 3];
+        let mut bulk = CsumDelta::default();
+        let mut bytewise = CsumDelta::default();
+        // A run may be cut into several helper calls (chunks of the scratch buffer).
+        let mut at = start;
+        while at < start + len {
+            let k = (1 + (rnd() as usize) % 64).min(start + len - at);
+            bulk.replace_run(at as u32, k as u32, native_sum(&data[at..at + k]), fill);
+            at += k;
+        }
+        for (i, b) in data.iter_mut().enumerate().skip(start).take(len) {
+            bytewise.replace(i as u32, *b, fill);
+            *b = fill;
+        }
+        let after = checksum(&data);
+        let same = |a: u16, b: u16| a == b || (a | b == 0xffff && (a == 0 || b == 0));
+        let got = apply_diff(before, bulk.diff());
+        assert!(same(got, after), "round {round}: {got:#x} vs {after:#x}");
+        assert!(same(
+            fold16(bulk.kernel_diff() as u64),
+            fold16(bytewise.kernel_diff() as u64)
+        ));
+    }
+}
+
+/// State right after the headers of a request with a `len`-byte body whose first body byte
+/// has sequence number `seq`.
+fn in_body(seq: u32, len: u32) -> HttpState {
+    let mut st = HttpState {
+        next_seq: seq,
+        flags: F_SEQ_VALID,
+        ..HttpState::default()
+    };
+    let req = std::format!("PUT /u HTTP/1.1\r\nContent-Length: {len}\r\n\r\n");
+    for &b in req.as_bytes() {
+        assert!(!mask_byte(&mut st, &spec(), b));
+    }
+    assert_eq!(st.st, ST_BODY_SKIP);
+    st
+}
+
+#[test]
+fn body_segments_ahead_or_out_of_order_are_skipped_without_state_changes() {
+    let base = 0xffff_ff00u32; // the body wraps the sequence space
+    let st0 = in_body(base, 1000);
+    for (seq_off, len) in [
+        (0u32, 1000u32),
+        (0, 1),
+        (999, 1),
+        (500, 200),
+        (1000, 0),
+        (10, 0),
+    ] {
+        let mut st = st0;
+        assert_eq!(
+            body_segment(&mut st, base.wrapping_add(seq_off), len),
+            BodyFit::Inside,
+            "{seq_off}+{len}"
+        );
+        assert_eq!(st, st0, "an inside segment leaves the state alone");
+    }
+    // Before the parser's position (could be a retransmitted header) or beyond the body.
+    for (seq_off, len) in [(-1i64, 10u32), (-100, 50), (1001, 5), (5000, 5)] {
+        let mut st = st0;
+        let seq = (base as i64 + seq_off) as u32;
+        assert_eq!(body_segment(&mut st, seq, len), BodyFit::No, "{seq_off}");
+        assert_eq!(st, st0);
+    }
+    // Not in a body at all.
+    let mut hdr = HttpState {
+        flags: F_SEQ_VALID,
+        ..HttpState::default()
+    };
+    assert_eq!(body_segment(&mut hdr, 0, 10), BodyFit::No);
+}
+
+#[test]
+fn a_request_after_a_reordered_body_is_still_masked() {
+    let spec = spec();
+    let body_len = 300u32;
+    let next = b"GET /x?token=abc HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n";
+    let base = 1000u32;
+    let mut st = in_body(base, body_len);
+    // Body in three segments delivered 2, 1, 3; the third carries the body's last 50
+    // bytes and the next request.
+    let mut seg3 = std::vec![b'z'; 50];
+    seg3.extend_from_slice(next);
+    let segs: [(u32, Vec<u8>); 3] = [
+        (base + 100, std::vec![b'y'; 150]),
+        (base, std::vec![b'x'; 100]),
+        (base + 250, seg3),
+    ];
+    let mut out = Vec::new();
+    for (i, (seq, payload)) in segs.iter().enumerate() {
+        let fit = body_segment(&mut st, *seq, payload.len() as u32);
+        if i < 2 {
+            assert_eq!(fit, BodyFit::Inside);
+            continue;
+        }
+        assert_eq!(fit, BodyFit::Resync);
+        assert_eq!(
+            seq_check(&st, *seq, payload.len() as u32),
+            SeqVerdict::InOrder
+        );
+        let skipped = skip_body(&mut st, payload.len() as u32) as usize;
+        assert_eq!(skipped, 50);
+        out.extend_from_slice(&payload[..skipped]);
+        for &b in &payload[skipped..] {
+            let m = mask_byte(&mut st, &spec, b);
+            out.push(if m || st.st == ST_BROKEN { b'*' } else { b });
+        }
+    }
+    let text = String::from_utf8(out[50..].to_vec()).unwrap();
+    assert_eq!(
+        text,
+        "GET /x?token=*** HTTP/1.1\r\nAuthorization: *************\r\n\r\n"
+    );
+}
