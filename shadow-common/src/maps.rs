@@ -76,6 +76,14 @@ names! {
     PROG_MIRROR_LEARN = "shadow_learn";
     /// `LruHashMap<FlowKey, TcpFlow>`: per-session TCP translation state.
     MAP_TCP_FLOWS = "TCP_FLOWS";
+    /// TC egress on the shadow interface, before `shadow_mask`: the TCP session part of each
+    /// clone (translation, hold) and the decision for segments back from the hold loop.
+    PROG_MIRROR_TCP = "shadow_tcp";
+    /// `Array<TcpHoldConfig>`, one entry: the hold loop for early TCP segments.
+    MAP_TCP_HOLD = "TCP_HOLD";
+    /// TC ingress on the far end of the hold loop's veth: sends each held segment back to
+    /// its flow's shadow interface, where `shadow_mask` decides again.
+    PROG_MIRROR_HOLD = "shadow_hold";
     /// `Array<TokenBucket>`, one entry: the global clone rate cap.
     MAP_MIRROR_TB = "MIRROR_TB";
 

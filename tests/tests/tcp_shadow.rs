@@ -23,7 +23,7 @@ use shadow_agent::{
     sys::link,
 };
 use shadow_common::{
-    maps::{PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK},
+    maps::{PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_TCP},
     mask::CLONE_MARK,
 };
 use shadow_tests::harness::{
@@ -569,8 +569,8 @@ fn tcp_csum(src: [u8; 4], dst: [u8; 4], seg: &[u8]) -> u16 {
 
 const SHOT: u32 = 2;
 
-/// The early-segment choice, deterministic: a client segment that arrives before the
-/// shadow's ISN is known is dropped and counted (`segments_waiting`); the next one, which
+/// Without the hold loop (`tcp_hold` = 0), deterministic: a client segment that arrives
+/// before the shadow's ISN is known is dropped and counted (`segments_waiting`); the next one, which
 /// carries the same ACK and data, is translated (ACK, TSecr, checksum) once the shadow's
 /// SYN-ACK has been learned. A pure ACK lost this way completes the shadow's handshake
 /// with the client's first data segment.
@@ -597,6 +597,8 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
         xdp: false,
         options: MirrorOptions {
             tcp: TcpSessions::Translate,
+            // Without the hold loop: the drop fallback.
+            tcp_hold: Duration::ZERO,
             ..MirrorOptions::default()
         },
     };
@@ -613,14 +615,14 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
     let (c_isn, p_isn, s_isn) = (1000u32, 0x8000_0000u32, 0x1234_5678u32);
     // Mid-flow segment of a session never seen: dropped.
     let (v, _) = run(
-        PROG_MIRROR_MASK,
+        PROG_MIRROR_TCP,
         &frame(true, 5, 6, 0x10, None, b"x"),
         CLONE_MARK,
     );
     assert_eq!(v, SHOT);
     // The client's SYN creates the session and passes.
     let (v, _) = run(
-        PROG_MIRROR_MASK,
+        PROG_MIRROR_TCP,
         &frame(true, c_isn, 0, 0x02, Some((100, 0)), b""),
         CLONE_MARK,
     );
@@ -633,7 +635,7 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
     );
     // The client's ACK arrives before the shadow's SYN-ACK: dropped, counted.
     let ack = frame(true, c_isn + 1, p_isn + 1, 0x10, Some((101, 7000)), b"");
-    let (v, _) = run(PROG_MIRROR_MASK, &ack, CLONE_MARK);
+    let (v, _) = run(PROG_MIRROR_TCP, &ack, CLONE_MARK);
     assert_eq!(
         v, SHOT,
         "a segment before the shadow's ISN must not be sent"
@@ -659,7 +661,7 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
         Some((102, 7000)),
         b"GET / HTTP/1.1\r\n\r\n",
     );
-    let (v, out) = run(PROG_MIRROR_MASK, &data, CLONE_MARK);
+    let (v, out) = run(PROG_MIRROR_TCP, &data, CLONE_MARK);
     assert_ne!(v, SHOT);
     let l4 = 14 + 20;
     let got_ack = u32::from_be_bytes(out[l4 + 8..l4 + 12].try_into().unwrap());
@@ -679,7 +681,7 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
     );
     // An ACK beyond what the shadow has sent is clamped to its SND.NXT.
     let far = frame(true, c_isn + 19, p_isn + 5000, 0x10, Some((103, 7001)), b"");
-    let (_, out) = run(PROG_MIRROR_MASK, &far, CLONE_MARK);
+    let (_, out) = run(PROG_MIRROR_TCP, &far, CLONE_MARK);
     let got_ack = u32::from_be_bytes(out[l4 + 8..l4 + 12].try_into().unwrap());
     assert_eq!(got_ack, s_isn + 1);
     // The shadow's RST is counted once; the client's RST ends the session.
@@ -694,7 +696,7 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
         0,
     );
     run(
-        PROG_MIRROR_MASK,
+        PROG_MIRROR_TCP,
         &frame(true, c_isn + 19, p_isn + 1, 0x14, None, b""),
         CLONE_MARK,
     );
