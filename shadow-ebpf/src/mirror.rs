@@ -476,7 +476,8 @@ fn tcp_clone(
                 return Err(NO_COUNT);
             };
             // SAFETY: a live map value, read field by field.
-            let (flags, syn_ns, sent_ns) = unsafe { ((*fp).flags, (*fp).syn_ns, (*fp).syn_sent_ns) };
+            let (flags, syn_ns, sent_ns) =
+                unsafe { ((*fp).flags, (*fp).syn_ns, (*fp).syn_sent_ns) };
             if flags & F_SHADOW != 0 {
                 return Err(NO_COUNT);
             }

@@ -714,3 +714,96 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
     );
     assert_eq!(t.segments_translated, 3, "{t:?}");
 }
+
+/// `TcpExtListenOverflows` of the namespace `netns`.
+fn listen_overflows(netns: &shadow_agent::sys::netns::NetNs) -> u64 {
+    let text = netns
+        .run_in(|| std::fs::read_to_string("/proc/thread-self/net/netstat"))
+        .expect("enter")
+        .expect("netstat");
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if n == "ListenOverflows" {
+                return v.parse().expect("number");
+            }
+        }
+    }
+    panic!("no ListenOverflows in /proc/net/netstat")
+}
+
+/// The early-segment case, made to happen deterministically the way it happens in the demo:
+/// the shadow's server is stopped (SIGSTOP) so its accept queue (python: listen(5)) fills
+/// and the kernel drops later SYNs. Those sessions' client segments (ACK, request, FIN)
+/// arrive while the shadow has not answered: they are held in the hold loop, the SYN is
+/// re-sent every `tcp_syn_retry`, and once the server runs again every session completes in
+/// the shadow — no request is lost, none is reset.
+#[test]
+fn held_segments_complete_sessions_the_shadow_answered_late() {
+    let world = World::new();
+    let s = setup(&world, false, TcpSessions::Translate);
+    let r0 = s.group.replica(0).expect("r0");
+    let pid = r0.pid().expect("replica pid") as i32;
+    let overflows_before = listen_overflows(r0.netns());
+    let url = world.url(s.service, "/index.html");
+    // SAFETY: plain kill(2) on the replica's own server process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+    const N: usize = 16;
+    let curls: Vec<_> = (0..N)
+        .map(|_| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--fail", "--max-time", "20", "-o", "/dev/null", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            spawn_in(Some(&world.client), None, cmd)
+        })
+        .collect();
+    // The primary answers all of them while the shadow is stopped.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && requests(&s.primary_log) < N {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiting = s.mirror.tcp_counters().expect("counters");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT");
+    for mut c in curls {
+        let st = c
+            .wait_timeout(Duration::from_secs(30))
+            .expect("wait")
+            .expect("curl finished");
+        assert!(st.success(), "the primary failed a request: {st}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && requests(&s.shadow_log) < N {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tcp = s.mirror.tcp_counters().expect("counters");
+    let overflows = listen_overflows(r0.netns()) - overflows_before;
+    eprintln!(
+        "stopped shadow: overflows={overflows} while stopped {waiting:?}\nafter {tcp:?}, \
+         shadow requests {}",
+        requests(&s.shadow_log)
+    );
+    assert_eq!(requests(&s.primary_log), N);
+    assert!(
+        overflows > 0,
+        "the shadow's accept queue never overflowed: the case did not happen"
+    );
+    assert!(
+        waiting.segments_waiting > 0,
+        "nothing was held: {waiting:?}"
+    );
+    assert!(tcp.syn_retries > 0, "no SYN was re-sent: {tcp:?}");
+    assert!(tcp.segments_released > 0, "{tcp:?}");
+    assert_eq!(tcp.sessions, N as u64, "{tcp:?}");
+    assert_eq!(tcp.established, N as u64, "{tcp:?}");
+    assert_eq!(tcp.shadow_resets, 0, "{tcp:?}");
+    assert_eq!(
+        requests(&s.shadow_log),
+        N,
+        "the shadow lost requests it answered late: {tcp:?}"
+    );
+}

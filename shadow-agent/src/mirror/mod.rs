@@ -727,7 +727,8 @@ impl Mirror {
             }
             match attach_target(&mut self.ebpf, name, self.tcx, tcp) {
                 Ok((m, l)) => {
-                    let (learn_link, tcp_link) = l.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+                    let (learn_link, tcp_link) =
+                        l.map_or((None, None), |(l, t)| (Some(l), Some(t)));
                     attached.push(Target {
                         name: name.clone(),
                         ifindex: ifx,
