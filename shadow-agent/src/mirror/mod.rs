@@ -290,7 +290,7 @@ pub enum MirrorError {
         what: &'static str,
         interface: String,
         #[source]
-        source: link::LinkError,
+        source: Box<link::LinkError>,
     },
     #[error("writing map {map}")]
     Map {
@@ -475,7 +475,7 @@ impl HoldLoop {
         let setup = |what: &'static str, e: link::LinkError| MirrorError::HoldLoop {
             what,
             interface: a.clone(),
-            source: e,
+            source: Box::new(e),
         };
         let veth = link::Veth::create(link::VethEnd::here(&a), link::VethEnd::here(&b))
             .map_err(|e| setup("creating the veth pair", e))?;
