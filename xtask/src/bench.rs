@@ -8,6 +8,8 @@
 //!   from `bpftool prog show --json`). Targets: ratio >= 0.97, <= 300 ns per handler.
 //! - `mirror [--json PATH] [--rounds N] [--seconds S] [--no-xdp]`: Shadow's mirror against
 //!   `tc mirred` on one veth topology (`bench_mirror.rs`).
+//! - `tcp [--json PATH] [--seconds S] [--rate R]`: TCP sessions in the shadow with nginx and
+//!   wrk, keep-alive and new-connection modes, with and without the mirror (`bench_tcp.rs`).
 
 use std::{
     fs,
@@ -39,6 +41,9 @@ pub enum BenchTarget {
     /// Shadow's mirror (with and without masking) vs `tc mirred`: UDP pps, TCP Gbit/s,
     /// clone delivery (see `bench_mirror.rs`).
     Mirror(crate::bench_mirror::MirrorArgs),
+    /// TCP sessions in the shadow: nginx primary and shadow, wrk keep-alive and
+    /// new-connection load, with and without the mirror (see `bench_tcp.rs`).
+    Tcp(crate::bench_tcp::TcpArgs),
 }
 
 pub fn bench(target: BenchTarget) -> Result<()> {
@@ -49,6 +54,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
             loops,
         } => profiler(json.as_deref(), rounds, loops),
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
+        BenchTarget::Tcp(args) => crate::bench_tcp::tcp(args),
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_mirror;
+mod bench_tcp;
 mod leftovers;
 mod prereq;
 mod run;

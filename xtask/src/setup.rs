@@ -23,8 +23,9 @@ const TCX_KERNEL: (u32, u32, u32) = (6, 6, 0);
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Debian packages the integration tests and the demo use.
 /// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
-pub const DEB_PACKAGES: [&str; 8] = [
-    "iproute2", "iperf3", "curl", "ethtool", "tcpdump", "bpftool", "python3", "chromium",
+pub const DEB_PACKAGES: [&str; 10] = [
+    "iproute2", "iperf3", "curl", "ethtool", "tcpdump", "bpftool", "python3", "chromium", "nginx",
+    "wrk",
 ];
 /// Filesystems the agent needs: (fstype, mount point, name in messages).
 const MOUNTS: [(&str, &str, &str); 2] = [
