@@ -377,8 +377,8 @@ pub enum Wait {
     Handshake,
     /// Earlier segments of the session are still held: keep the order.
     Behind,
-    /// A closing segment (FIN, or after the client's FIN) acknowledging bytes the shadow has
-    /// not sent yet: released once it has, so the shadow's session ends cleanly instead of
+    /// A closing segment (FIN or RST, or after the client's FIN) acknowledging bytes the
+    /// shadow has not sent yet: released once it has, so the shadow's session ends cleanly instead of
     /// retransmitting into the void (and still existing when the client reuses the port).
     Closing,
 }
@@ -393,8 +393,10 @@ pub fn must_wait(f: &TcpFlow, tcp_flags: u8, ack: u32, fresh: bool) -> Option<Wa
     if fresh && f.held != 0 {
         return Some(Wait::Behind);
     }
-    let closing = tcp_flags & TCP_FIN != 0 || f.flags & F_CLIENT_FIN != 0;
-    if closing && tcp_flags & TCP_ACK != 0 && tcp_flags & TCP_RST == 0 {
+    // An RST too: ending the shadow's session before it has read what the client sent (and
+    // answered it) would lose those requests.
+    let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0 || f.flags & F_CLIENT_FIN != 0;
+    if closing && tcp_flags & TCP_ACK != 0 {
         let a = ack.wrapping_add(f.shadow_isn.wrapping_sub(f.primary_isn));
         if seq_after(a, f.shadow_nxt) {
             return Some(Wait::Closing);

@@ -231,15 +231,19 @@ fn what_must_wait() {
     assert_eq!(must_wait(&f, TCP_ACK, in_step, true), Some(Wait::Behind));
     assert_eq!(must_wait(&f, TCP_ACK, in_step, false), None);
     f.held = 0;
-    // A FIN acknowledging more than the shadow has sent waits; data does not (its ACK is
-    // clamped instead), nor does an RST.
+    // A FIN or RST acknowledging more than the shadow has sent waits; data does not (its
+    // ACK is clamped instead), nor does a bare RST.
     let ahead = f.primary_isn.wrapping_add(6000);
     assert_eq!(must_wait(&f, TCP_ACK, ahead, true), None);
     assert_eq!(
         must_wait(&f, TCP_ACK | TCP_FIN, ahead, true),
         Some(Wait::Closing)
     );
-    assert_eq!(must_wait(&f, TCP_ACK | TCP_RST, ahead, true), None);
+    assert_eq!(
+        must_wait(&f, TCP_ACK | TCP_RST, ahead, true),
+        Some(Wait::Closing)
+    );
+    assert_eq!(must_wait(&f, TCP_RST, ahead, true), None);
     f.flags |= F_CLIENT_FIN;
     assert_eq!(must_wait(&f, TCP_ACK, ahead, true), Some(Wait::Closing));
     // Once the shadow has sent that far, the FIN goes.
