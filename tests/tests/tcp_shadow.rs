@@ -1006,3 +1006,25 @@ fn uploads_survive_retransmissions_on_the_primary_path() {
     assert_eq!(tcp.shadow_resets, 0, "{tcp:?}");
     assert_eq!(tcp.established, tcp.sessions, "{tcp:?}");
 }
+
+/// A hold loop left by an agent that is gone (its pid is in the name) is removed when a new
+/// mirror with TCP sessions attaches in that namespace; the new mirror's own loop is there.
+#[test]
+fn hold_loops_of_gone_agents_are_swept() {
+    let world = World::new();
+    let gone = (0x3f_fff0u32..0x40_0000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid");
+    let (a, b) = (format!("shdq{gone:x}p0a"), format!("shdq{gone:x}p0b"));
+    let stale = world
+        .primary
+        .run(|| link::Veth::create(link::VethEnd::here(&a), link::VethEnd::here(&b)))
+        .expect("stale loop");
+    let s = setup(&world, false, TcpSessions::Translate);
+    let exists = |name: &str| link::exists(name, Some(world.primary.netns())).expect("exists");
+    assert!(!exists(&a), "the stale hold loop {a} was not swept");
+    let (own_a, own_b) = s.mirror.hold_loop().expect("hold loop");
+    assert!(exists(own_a) && exists(own_b), "the mirror's own loop");
+    drop(stale);
+    drop(s);
+}

@@ -457,13 +457,36 @@ struct HoldLoop {
 }
 
 impl HoldLoop {
-    /// Names unique to this process and call (`shdq` + 8 hex digits + `a`/`b`).
+    /// Names unique to this process and call: `shdq`, the pid and a per-process count in
+    /// hex, `p` between them, then `a`/`b` (at most 15 bytes for pids below 2^22).
     fn names() -> (String, String) {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let tag = std::process::id().wrapping_mul(0x9e37_79b9) ^ n.wrapping_mul(0x85eb_ca6b);
-        (format!("shdq{tag:08x}a"), format!("shdq{tag:08x}b"))
+        let n = N.fetch_add(1, Ordering::Relaxed) & 0xff;
+        let pid = std::process::id();
+        (format!("shdq{pid:x}p{n:x}a"), format!("shdq{pid:x}p{n:x}b"))
+    }
+
+    /// Delete hold loops in the calling thread's namespace left by agents that are gone (a
+    /// killed agent cannot delete its own).
+    fn sweep() {
+        let Ok(links) = link::list(None) else {
+            return;
+        };
+        for l in links {
+            let Some(pid) = l
+                .name
+                .strip_prefix("shdq")
+                .and_then(|r| r.split_once('p'))
+                .and_then(|(p, _)| u32::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(link = %l.name, "removing a hold loop left by a gone agent");
+                let _ = link::delete(&l.name, None);
+            }
+        }
     }
 
     /// Create the loop in the calling thread's namespace and attach `shadow_hold`; returns
@@ -473,6 +496,7 @@ impl HoldLoop {
         tcx: bool,
         options: &MirrorOptions,
     ) -> Result<(HoldLoop, TcpHoldConfig), MirrorError> {
+        Self::sweep();
         let (a, b) = Self::names();
         let setup = |what: &'static str, e: link::LinkError| MirrorError::HoldLoop {
             what,
