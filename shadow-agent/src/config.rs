@@ -50,6 +50,10 @@ struct RawMirror {
     shadow_mac: Option<String>,
     #[serde(default = "default_tcp_sessions")]
     tcp_sessions: String,
+    #[serde(default = "default_tcp_hold_ms")]
+    tcp_hold_ms: u64,
+    #[serde(default = "default_tcp_syn_retry_ms")]
+    tcp_syn_retry_ms: u64,
     #[serde(default)]
     xdp: bool,
     #[serde(default)]
@@ -243,6 +247,14 @@ impl Default for RawMetrics {
 
 fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
+}
+
+fn default_tcp_hold_ms() -> u64 {
+    2000
+}
+
+fn default_tcp_syn_retry_ms() -> u64 {
+    20
 }
 
 fn default_tcp_sessions() -> String {
@@ -627,6 +639,8 @@ impl RawMirror {
             shadow_interface: None,
             shadow_mac: None,
             tcp_sessions: default_tcp_sessions(),
+            tcp_hold_ms: default_tcp_hold_ms(),
+            tcp_syn_retry_ms: default_tcp_syn_retry_ms(),
             xdp: false,
             rules: Vec::new(),
             sample_rate: default_sample_rate(),
@@ -742,6 +756,21 @@ impl Config {
                         ))
                     }
                 };
+                if m.tcp_hold_ms > 60_000 {
+                    return Err(invalid(
+                        "mirror.tcp_hold_ms".into(),
+                        format!("{} is outside 0..=60000 ms", m.tcp_hold_ms),
+                    ));
+                }
+                if m.tcp_syn_retry_ms > m.tcp_hold_ms {
+                    return Err(invalid(
+                        "mirror.tcp_syn_retry_ms".into(),
+                        format!(
+                            "{} ms is longer than mirror.tcp_hold_ms ({} ms): no retry would happen",
+                            m.tcp_syn_retry_ms, m.tcp_hold_ms
+                        ),
+                    ));
+                }
                 if m.rules.is_empty() {
                     return Err(invalid(
                         "mirror.rules".into(),
@@ -866,6 +895,8 @@ impl Config {
                     mask,
                     rule_masks,
                     tcp,
+                    tcp_hold: std::time::Duration::from_millis(m.tcp_hold_ms),
+                    tcp_syn_retry: std::time::Duration::from_millis(m.tcp_syn_retry_ms),
                     ..MirrorOptions::default()
                 };
                 Some(MirrorConfig {
@@ -1368,6 +1399,15 @@ interval_ms = 500
         );
         let half = GOOD.replace("shadow_mac = \"02:00:00:00:00:01\"\n", "");
         assert!(err(&half).contains("give both or neither"));
+        let bad_hold = GOOD.replace(
+            "interface = \"veth-p\"",
+            "interface = \"veth-p\"\ntcp_hold_ms = 10\ntcp_syn_retry_ms = 50",
+        );
+        assert!(
+            err(&bad_hold).contains("mirror.tcp_syn_retry_ms"),
+            "{}",
+            err(&bad_hold)
+        );
         let bad_tcp = GOOD.replace(
             "interface = \"veth-p\"",
             "interface = \"veth-p\"\ntcp_sessions = \"maybe\"",

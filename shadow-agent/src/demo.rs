@@ -885,7 +885,7 @@ pub fn run(opts: &DemoOptions) -> Result<serde_json::Value, AgentError> {
         println!("{summary}");
     } else {
         println!(
-            "\nsummary: {tot_ok} requests served ({tot_err} failed), p50 {:.2} ms p99 {:.2} ms; mirror saw {} packets, cloned {} ({} held back by design while the shadow's handshake was pending, {} other clone failures, {} restore failures), masked credentials in {} clones; the shadow namespace received {} packets and everything it sent was dropped at its veth ({} packets); XDP counted {} new connections; primary CPU {:.3} s by eBPF ({:?}) vs {:.3} s by cgroup cpu.stat",
+            "\nsummary: {tot_ok} requests served ({tot_err} failed), p50 {:.2} ms p99 {:.2} ms; mirror saw {} packets, cloned {} ({} waited in the TCP hold loop before going to the shadow, {} other clone failures, {} restore failures), masked credentials in {} clones; the shadow namespace received {} packets and everything it sent was dropped at its veth ({} packets); XDP counted {} new connections; primary CPU {:.3} s by eBPF ({:?}) vs {:.3} s by cgroup cpu.stat",
             summary["latency_p50_ms"].as_f64().unwrap_or(0.0),
             summary["latency_p99_ms"].as_f64().unwrap_or(0.0),
             last.0.seen - first.0.seen,

@@ -90,6 +90,14 @@ names! {
     MAP_LAT_PENDING = "LAT_PENDING";
     /// `PerCpuArray<LatHist>`, `MAX_TARGETS` entries: request→reply latency per target.
     MAP_LAT_HIST = "LAT_HIST";
+    /// TC egress on the shadow interface, before `shadow_mask`: the TCP session part of each
+    /// clone (translation, hold) and the decision for segments back from the hold loop.
+    PROG_MIRROR_TCP = "shadow_tcp";
+    /// `Array<TcpHoldConfig>`, one entry: the hold loop for early TCP segments.
+    MAP_TCP_HOLD = "TCP_HOLD";
+    /// TC ingress on the far end of the hold loop's veth: sends each held segment back to
+    /// its flow's shadow interface, where `shadow_mask` decides again.
+    PROG_MIRROR_HOLD = "shadow_hold";
     /// `Array<TokenBucket>`, one entry: the global clone rate cap.
     MAP_MIRROR_TB = "MIRROR_TB";
 

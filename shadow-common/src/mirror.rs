@@ -177,7 +177,9 @@ pub mod ctr {
     pub const TCP_SHADOW_RESETS_UNTRACKED: u32 = 20;
     /// Sessions forgotten after the idle timeout.
     pub const TCP_IDLE: u32 = 21;
-    /// Client segments dropped because the shadow's ISN was not known yet.
+    /// Client segments that had to wait (the shadow's ISN not known yet, earlier segments of
+    /// the flow still waiting, or a closing segment ahead of the shadow): held in the hold
+    /// loop, or dropped when the hold is off.
     pub const TCP_WAITING: u32 = 22;
     /// Client segments of flows whose SYN was never cloned (began before the mirror, or
     /// evicted): dropped.
@@ -207,7 +209,17 @@ pub mod ctr {
     /// Clones dropped because their source could not be pseudonymised (fragments, other
     /// protocols, helper errors): never sent with the real address.
     pub const PSEUDO_FAILED: u32 = 33;
-    pub const N: u32 = 34;
+    /// Passes of held TCP segments through the hold loop that sent them round again.
+    pub const TCP_HOLD_LOOPS: u32 = 34;
+    /// Held TCP segments released to the shadow once its state allowed.
+    pub const TCP_HOLD_RELEASED: u32 = 35;
+    /// Held TCP segments that waited the longest hold: dropped (session never established
+    /// in the shadow) or released with a clamped ACK (closing, the shadow never caught up).
+    pub const TCP_HOLD_EXPIRED: u32 = 36;
+    /// Client SYNs sent to the shadow again because it had not answered (its accept queue
+    /// was full, or its SYN was lost).
+    pub const TCP_SYN_RETRIES: u32 = 37;
+    pub const N: u32 = 38;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -244,6 +256,10 @@ pub mod ctr {
         "mask_untracked",
         "pseudonymised",
         "pseudo_failed",
+        "tcp_hold_loops",
+        "tcp_hold_released",
+        "tcp_hold_expired",
+        "tcp_syn_retries",
     ];
 }
 

@@ -68,8 +68,18 @@ pub struct TcpFlow {
     /// `F_*` bits. Several programs on several CPUs set bits: the datapath only ever ORs
     /// into it atomically; every other field has a single writer program.
     pub flags: u64,
+    /// Client segments of this session now in the hold loop (atomic adds only). While it is
+    /// not 0, new segments queue behind them, so the shadow gets the stream in order.
+    pub held: u64,
+    /// When the client's SYN was first cloned (ns): the hold of a session the shadow never
+    /// establishes ends `TcpHoldConfig::hold_ns` after it.
+    pub syn_ns: u64,
+    /// When `held` last went from 0 to 1 (ns).
+    pub hold_ns: u64,
+    /// When the SYN was last sent to the shadow (ns), for the retry pacing.
+    pub syn_sent_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<TcpFlow>() == 32);
+const _: () = assert!(core::mem::size_of::<TcpFlow>() == 64);
 
 crate::impl_pod!(TcpFlow);
 
@@ -312,6 +322,87 @@ pub fn ends_session(f: &TcpFlow, tcp_flags: u8, payload: u32) -> bool {
         return true;
     }
     f.flags & F_CLIENT_FIN != 0 && payload == 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+}
+
+// ---------------------------------------------------------------------------------------
+// The hold loop: client segments that arrive before the shadow can take them.
+// ---------------------------------------------------------------------------------------
+
+/// Mark of a segment in the hold loop: `HOLD_MARK | passes << 8 | rule`.
+pub const HOLD_MARK: u32 = 0x5400_0000;
+pub const HOLD_MARK_MASK: u32 = 0xff00_0000;
+/// Passes through the loop a mark can count.
+pub const HOLD_MAX_PASSES: u32 = 0xffff;
+
+/// The mark of a segment of `rule` entering the loop for its `passes`-th time (0 = first).
+#[inline(always)]
+pub fn hold_mark(passes: u32, rule: u32) -> u32 {
+    let p = if passes > HOLD_MAX_PASSES {
+        HOLD_MAX_PASSES
+    } else {
+        passes
+    };
+    HOLD_MARK | p << 8 | (rule & 0xff)
+}
+
+/// `Some(passes)` when `mark` is a hold-loop mark.
+#[inline(always)]
+pub fn hold_passes(mark: u32) -> Option<u32> {
+    (mark & HOLD_MARK_MASK == HOLD_MARK).then_some((mark >> 8) & HOLD_MAX_PASSES)
+}
+
+/// The hold loop's settings (`TCP_HOLD`, one entry). `ifindex == 0`: no loop, waiting
+/// segments are dropped (the behaviour before the loop existed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpHoldConfig {
+    /// The loop veth end held segments are sent into (its rate-limiting qdisc paces them).
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// Longest hold (ns): a session not established in the shadow this long after its SYN
+    /// has its held segments dropped; other held segments are released then.
+    pub hold_ns: u64,
+    /// The client's SYN is sent to the shadow again this often (ns) while the shadow has not
+    /// answered (0: never).
+    pub syn_retry_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<TcpHoldConfig>() == 24);
+
+crate::impl_pod!(TcpHoldConfig);
+
+/// Why a client segment cannot go to the shadow yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The session is not established in the shadow (its SYN-ACK not seen yet).
+    Handshake,
+    /// Earlier segments of the session are still held: keep the order.
+    Behind,
+    /// A closing segment (FIN or RST, or after the client's FIN) acknowledging bytes the
+    /// shadow has not sent yet: released once it has, so the shadow's session ends cleanly instead of
+    /// retransmitting into the void (and still existing when the client reuses the port).
+    Closing,
+}
+
+/// Whether a client segment (`tcp_flags`, acknowledgement `ack`) of session `f` must wait.
+/// `fresh`: it comes from the primary's path, not from the hold loop.
+#[inline(always)]
+pub fn must_wait(f: &TcpFlow, tcp_flags: u8, ack: u32, fresh: bool) -> Option<Wait> {
+    if f.flags & (F_PRIMARY | F_SHADOW) != F_PRIMARY | F_SHADOW {
+        return Some(Wait::Handshake);
+    }
+    if fresh && f.held != 0 {
+        return Some(Wait::Behind);
+    }
+    // An RST too: ending the shadow's session before it has read what the client sent (and
+    // answered it) would lose those requests.
+    let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0 || f.flags & F_CLIENT_FIN != 0;
+    if closing && tcp_flags & TCP_ACK != 0 {
+        let a = ack.wrapping_add(f.shadow_isn.wrapping_sub(f.primary_isn));
+        if seq_after(a, f.shadow_nxt) {
+            return Some(Wait::Closing);
+        }
+    }
+    None
 }
 
 /// The session has seen no client segment for `idle_ns`.

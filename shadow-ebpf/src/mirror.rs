@@ -26,7 +26,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::generated::{
         bpf_csum_diff, bpf_ktime_get_ns, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_loop,
-        bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
+        bpf_redirect, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -48,9 +48,9 @@ use shadow_common::mirror::{
 };
 use shadow_common::pseudo::{pseudonym_v4, pseudonym_v6, PseudoConfig};
 use shadow_common::tcp::{
-    ends_session, get32, idle, learn_shadow, opt_step, translate_with, OptWalk, TcpFlow,
-    F_CLIENT_FIN, F_PRIMARY, F_PRIMARY_FIN, F_SHADOW, F_SYN, MAX_OPT_BYTES, TCP_FIN, TCP_HDR_BUF,
-    TCP_RST,
+    ends_session, get32, hold_mark, hold_passes, idle, learn_shadow, must_wait, opt_step,
+    translate_with, OptWalk, TcpFlow, TcpHoldConfig, Wait, F_CLIENT_FIN, F_PRIMARY, F_PRIMARY_FIN,
+    F_SHADOW, F_SYN, MAX_OPT_BYTES, TCP_FIN, TCP_HDR_BUF, TCP_RST,
 };
 use shadow_ebpf::bump;
 
@@ -86,6 +86,8 @@ static PSEUDO_CFG: Array<PseudoConfig> = Array::with_max_entries(1, 0);
 static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static TCP_SCRATCH: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static TCP_HOLD: Array<TcpHoldConfig> = Array::with_max_entries(1, 0);
 #[map]
 static RULE_LOAD: PerCpuArray<RuleLoad> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map]
@@ -436,13 +438,44 @@ fn remove_flow(key: &FlowKey) {
     let _ = TCP_FLOWS.remove(key);
 }
 
-/// The TCP session part of `shadow_mask` for one clone: create the session on the client's
-/// SYN, drop clones of untracked, idle or not yet established sessions (counted), translate
-/// the rest in place. `Err(counter)`: drop the clone, counted there.
+/// Counter index that counts nothing (`bump!` ignores indices past the end).
+const NO_COUNT: u32 = ctr::N;
+
+/// Send a copy of this packet into the hold loop for its pass `passes` (the caller drops or
+/// sends on the original). The copy's mark carries the pass count and the rule.
+#[inline(always)]
+fn hold(ctx: &TcContext, hc: &TcpHoldConfig, passes: u32, rule: u32) -> bool {
+    ctx.set_mark(hold_mark(passes, rule));
+    let ok = ctx.clone_redirect(hc.ifindex, 0).is_ok();
+    ctx.set_mark(CLONE_MARK | rule);
+    ok
+}
+
+/// `held -= 1` for a segment leaving the hold loop.
+#[inline(always)]
+fn unhold(fp: *mut TcpFlow) {
+    // SAFETY: aligned u64 field of a live map value; adding all-ones subtracts one.
+    unsafe { atomic_add(core::ptr::addr_of_mut!((*fp).held), u64::MAX) };
+}
+
+/// The TCP session part of `shadow_mask` for one clone (or, `passes = Some(n)`, one segment
+/// back from its n-th trip through the hold loop): create the session on the client's SYN
+/// (and send a keeper copy of the SYN into the loop, which re-sends it while the shadow has
+/// not answered), drop clones of untracked or idle sessions (counted), hold segments that
+/// must wait (`must_wait`) in the loop, translate the rest in place. `Err(counter)`: do not
+/// send this packet, counted there.
 // Keys by reference into the per-CPU scratch on purpose (see `try_mask`).
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn tcp_clone(ctx: &TcContext, flow: &Flow, cfg: &MirrorConfig) -> Result<(), u32> {
+fn tcp_clone(
+    ctx: &TcContext,
+    flow: &Flow,
+    cfg: &MirrorConfig,
+    rule: u32,
+    passes: Option<u32>,
+) -> Result<(), u32> {
+    // By reference: the stack is shared with the masking callbacks (512 bytes in all).
+    let hc = TCP_HOLD.get(0).ok_or(ctr::TCP_FAILED)?;
     let sp = TCP_SCRATCH.get_ptr_mut(0).ok_or(ctr::TCP_FAILED)?;
     // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
     let s = unsafe { &mut *sp };
@@ -451,6 +484,32 @@ fn tcp_clone(ctx: &TcContext, flow: &Flow, cfg: &MirrorConfig) -> Result<(), u32
     let now = unsafe { bpf_ktime_get_ns() };
     let fl = flow.tcp_flags;
     if fl & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        if let Some(p) = passes {
+            // The keeper of a SYN: done once the shadow answered; otherwise round again,
+            // and every `syn_retry_ns` the SYN goes to the shadow once more.
+            let Some(fp) = TCP_FLOWS.get_ptr_mut(&s.key) else {
+                return Err(NO_COUNT);
+            };
+            // SAFETY: a live map value, read field by field.
+            let (flags, syn_ns, sent_ns) =
+                unsafe { ((*fp).flags, (*fp).syn_ns, (*fp).syn_sent_ns) };
+            if flags & F_SHADOW != 0 {
+                return Err(NO_COUNT);
+            }
+            if now.wrapping_sub(syn_ns) > hc.hold_ns {
+                return Err(ctr::TCP_HOLD_EXPIRED);
+            }
+            if !hold(ctx, hc, p + 1, rule) {
+                return Err(ctr::TCP_FAILED);
+            }
+            if hc.syn_retry_ns != 0 && now.wrapping_sub(sent_ns) >= hc.syn_retry_ns {
+                // SAFETY: aligned field of a live map value; races only delay a retry.
+                unsafe { (*fp).syn_sent_ns = now };
+                count(ctr::TCP_SYN_RETRIES);
+                return Ok(());
+            }
+            return Err(ctr::TCP_HOLD_LOOPS);
+        }
         if let Some(f) = TCP_FLOWS.get_ptr_mut(&s.key) {
             // SAFETY: a live map value; `last_ns` has this program as its only writer.
             unsafe {
@@ -464,15 +523,28 @@ fn tcp_clone(ctx: &TcContext, flow: &Flow, cfg: &MirrorConfig) -> Result<(), u32
         let f = TcpFlow {
             flags: F_SYN,
             last_ns: now,
+            syn_ns: now,
+            syn_sent_ns: now,
             ..TcpFlow::default()
         };
         TCP_FLOWS
             .insert(&s.key, &f, 0)
             .map_err(|_| ctr::TCP_FAILED)?;
         count(ctr::TCP_SESSIONS);
+        if hc.ifindex != 0 && hc.syn_retry_ns != 0 {
+            // Best effort: without the keeper the session simply gets no SYN retry.
+            let _ = hold(ctx, hc, 0, rule);
+        }
         return Ok(());
     }
-    let fp = TCP_FLOWS.get_ptr_mut(&s.key).ok_or(ctr::TCP_NOT_TRACKED)?;
+    let Some(fp) = TCP_FLOWS.get_ptr_mut(&s.key) else {
+        return Err(if passes.is_some() {
+            // Ended (client RST) or evicted while held.
+            ctr::TCP_HOLD_EXPIRED
+        } else {
+            ctr::TCP_NOT_TRACKED
+        });
+    };
     // SAFETY: a live map value (an LRU entry may be recycled under us: then this session's
     // translation is wrong for one segment, and the shadow at worst resets it, counted).
     let f = unsafe { &mut *fp };
@@ -480,21 +552,75 @@ fn tcp_clone(ctx: &TcContext, flow: &Flow, cfg: &MirrorConfig) -> Result<(), u32
         remove_flow(&s.key);
         return Err(ctr::TCP_IDLE);
     }
-    f.last_ns = now;
-    if f.flags & (F_PRIMARY | F_SHADOW) != F_PRIMARY | F_SHADOW {
-        if fl & TCP_RST != 0 {
-            remove_flow(&s.key);
-            count(ctr::TCP_CLOSED);
-        }
+    if passes.is_none() {
+        f.last_ns = now;
+    }
+    if f.flags & (F_PRIMARY | F_SHADOW) != F_PRIMARY | F_SHADOW && fl & TCP_RST != 0 {
+        remove_flow(&s.key);
+        count(ctr::TCP_CLOSED);
         return Err(ctr::TCP_WAITING);
     }
     let l4 = flow.l4_off as usize;
     let hlen = load_tcp_hdr(ctx, l4, s).ok_or(ctr::TCP_FAILED)?;
     let end = ip_end(ctx, flow).ok_or(ctr::TCP_FAILED)?;
     let plen = end.saturating_sub(l4 + hlen as usize) as u32;
+    let ack = get32(&s.hdr, 8);
+    // SAFETY: a live map value, copied into the scratch (its fields are words; a torn read
+    // costs at worst one more trip through the loop).
+    s.snapshot = unsafe { *fp };
+    let snap = &s.snapshot;
+    match must_wait(snap, fl, ack, passes.is_none()) {
+        Some(w) if hc.ifindex != 0 => {
+            let next = passes.map_or(0, |p| p + 1);
+            let since = if w == Wait::Handshake {
+                snap.syn_ns
+            } else if passes.is_some() {
+                snap.hold_ns
+            } else {
+                now
+            };
+            if now.wrapping_sub(since) <= hc.hold_ns {
+                if !hold(ctx, hc, next, rule) {
+                    if passes.is_some() {
+                        unhold(fp);
+                    }
+                    return Err(ctr::TCP_FAILED);
+                }
+                if passes.is_none() {
+                    // SAFETY: aligned u64 fields of a live map value (a race on `hold_ns`
+                    // only moves an expiry).
+                    unsafe {
+                        if snap.held == 0 {
+                            (*fp).hold_ns = now;
+                        }
+                        atomic_add(core::ptr::addr_of_mut!((*fp).held), 1);
+                    }
+                    return Err(ctr::TCP_WAITING);
+                }
+                return Err(ctr::TCP_HOLD_LOOPS);
+            }
+            // Held as long as allowed. Never established: dropped. Otherwise released
+            // (a closing segment's ACK is then clamped to what the shadow sent).
+            if passes.is_some() {
+                unhold(fp);
+            }
+            if w == Wait::Handshake {
+                return Err(ctr::TCP_HOLD_EXPIRED);
+            }
+            count(ctr::TCP_HOLD_EXPIRED);
+        }
+        // No hold loop: a segment before the shadow's ISN is dropped, as it cannot be
+        // translated; closing segments go with a clamped ACK.
+        Some(Wait::Handshake) => return Err(ctr::TCP_WAITING),
+        _ => {
+            if passes.is_some() {
+                unhold(fp);
+                count(ctr::TCP_HOLD_RELEASED);
+            }
+        }
+    }
     if cfg.flags & FLAG_TCP_TRANSLATE != 0 {
         s.csum = CsumDelta::default();
-        s.snapshot = *f;
         s.hlen = hlen;
         if !walk_options(s) {
             return Err(ctr::TCP_FAILED);
@@ -543,6 +669,88 @@ fn tcp_clone(ctx: &TcContext, flow: &Flow, cfg: &MirrorConfig) -> Result<(), u32
         count(ctr::TCP_CLOSED);
     }
     Ok(())
+}
+
+/// TC egress on each shadow interface, before `shadow_mask` (TCX: attached first; clsact:
+/// lower priority number): the TCP session part of each clone (`tcp_clone`), and the
+/// decision for segments back from the hold loop. Passes ("next") what may go on to masking;
+/// drops (counted) what must not be sent now. A program of its own so its stack is not part
+/// of the masking program's 512-byte budget.
+#[classifier]
+pub fn shadow_tcp(ctx: TcContext) -> i32 {
+    // SAFETY: reading `mark` of the program's own `__sk_buff`.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    // A TCP segment back from the hold loop, or a fresh clone.
+    let passes = hold_passes(mark);
+    if passes.is_none() && mark & CLONE_MARK_MASK != CLONE_MARK {
+        return TC_ACT_UNSPEC;
+    }
+    // Held segments never go on undecided.
+    let other = if passes.is_some() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    };
+    let rule = mark & 0xff;
+    let Some(cfg) = MIRROR_CFG.get(0) else {
+        return other;
+    };
+    if cfg.flags & FLAG_TCP_TRACK == 0 {
+        return other;
+    }
+    match parse_flow(&Skb(&ctx)) {
+        Some(flow) if flow.proto == IPPROTO_TCP && flow.has_ports => {
+            match tcp_clone(&ctx, &flow, cfg, rule, passes) {
+                Ok(()) => {
+                    // Released from the loop: a clone like any other for the masking.
+                    ctx.set_mark(CLONE_MARK | rule);
+                    TC_ACT_UNSPEC
+                }
+                Err(c) => {
+                    count(c);
+                    TC_ACT_SHOT
+                }
+            }
+        }
+        // Fragments of a tracked session cannot be translated: never sent as they are.
+        Some(flow) if flow.proto == IPPROTO_TCP => {
+            count(ctr::TCP_FAILED);
+            TC_ACT_SHOT
+        }
+        _ => other,
+    }
+}
+
+/// TC ingress on the far end of the hold loop's veth: a held segment is back from its delay;
+/// send it to the egress of its flow's shadow interface, where `shadow_mask` decides again
+/// (release, another pass, or expiry). Anything else arriving here is dropped.
+#[classifier]
+pub fn shadow_hold(ctx: TcContext) -> i32 {
+    match hold_target(&ctx) {
+        // SAFETY: plain helper call; the kernel checks the interface.
+        Some(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        None => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn hold_target(ctx: &TcContext) -> Option<u32> {
+    // SAFETY: reading `mark` of the program's own `__sk_buff`.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    hold_passes(mark)?;
+    let cfg = MIRROR_CFG.get(0)?;
+    if cfg.n_targets == 0 {
+        return Some(cfg.shadow_ifindex);
+    }
+    let flow = parse_flow(&Skb(ctx))?;
+    // SAFETY: the value is copied out at once.
+    let ft = unsafe { *MIRROR_FLOWS.get(FlowKey::of(&flow))? };
+    let t = MIRROR_TARGETS.get(ft.index)?;
+    if ft.index >= cfg.n_targets || t.gen != ft.gen {
+        count(ctr::TARGET_GONE);
+        return None;
+    }
+    Some(t.ifindex)
 }
 
 /// TC egress on the primary's interface: the primary's SYN-ACK (its ISN) and FIN of each
@@ -1231,24 +1439,6 @@ fn mask_verdict(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let rule = mark & 0xff;
-    if let Some(cfg) = MIRROR_CFG.get(0) {
-        if cfg.flags & FLAG_TCP_TRACK != 0 {
-            match parse_flow(&Skb(&ctx)) {
-                Some(flow) if flow.proto == IPPROTO_TCP && flow.has_ports => {
-                    if let Err(c) = tcp_clone(&ctx, &flow, cfg) {
-                        count(c);
-                        return TC_ACT_SHOT;
-                    }
-                }
-                // Fragments of a tracked session cannot be translated: never sent as they are.
-                Some(flow) if flow.proto == IPPROTO_TCP => {
-                    count(ctr::TCP_FAILED);
-                    return TC_ACT_SHOT;
-                }
-                _ => {}
-            }
-        }
-    }
     if let Some(mr) = MASK_RULES.get(rule) {
         if mr.flags != 0 {
             match try_mask(&ctx, rule, mr) {

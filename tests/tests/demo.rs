@@ -25,8 +25,8 @@ fn demo_serves_mirrors_measures_forecasts_allocates_and_reports() {
     assert!(u("requests_ok") >= 50, "{s}");
     assert_eq!(u("request_errors"), 0, "{s}");
     assert!(m("cloned") > 0, "{s}");
-    // Every match is cloned; clones the shadow-side program holds back while the shadow's
-    // handshake is pending show up as redirect errors, and nothing else fails.
+    // Every match is cloned; clones the shadow-side program sends into the hold loop instead
+    // (they go to the shadow later) show up as redirect errors, and nothing else fails.
     assert_eq!(m("cloned") + m("clone_failed"), m("matched"), "{s}");
     assert_eq!(
         m("clone_failed"),
@@ -34,10 +34,11 @@ fn demo_serves_mirrors_measures_forecasts_allocates_and_reports() {
         "{s}"
     );
     assert_eq!(m("restore_failed"), 0, "{s}");
-    // The shadow really serves the mirrored requests (sequence translation), none reset.
+    // The shadow really serves the mirrored requests (sequence translation, early segments
+    // held rather than dropped), none reset.
     let completion = s["shadow_completion"].as_f64().expect("completion");
     assert!(
-        completion >= 0.8,
+        completion >= 0.95,
         "the shadow served only {completion:.3} of the requests: {s}"
     );
     assert_eq!(s["tcp"]["shadow_resets"].as_u64(), Some(0), "{s}");

@@ -14,6 +14,8 @@
 //! - `allocate [--json PATH] [--series IDS] [--intervals N] [--interval-ms MS]`: the
 //!   allocator's live closed loop, Shadow vs the reactive policy alone on a replayed trace
 //!   (`bench_allocate.rs`).
+//! - `tcp [--json PATH] [--seconds S] [--rate R]`: TCP sessions in the shadow with nginx and
+//!   wrk, keep-alive and new-connection modes, with and without the mirror (`bench_tcp.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +57,9 @@ pub enum BenchTarget {
     /// The allocator's live closed loop: throttled time and CPU allocated, Shadow vs the
     /// reactive policy alone, on a time-compressed trace (see `bench_allocate.rs`).
     Allocate(crate::bench_allocate::AllocateArgs),
+    /// TCP sessions in the shadow: nginx primary and shadow, wrk keep-alive and
+    /// new-connection load, with and without the mirror (see `bench_tcp.rs`).
+    Tcp(crate::bench_tcp::TcpArgs),
 }
 
 pub fn bench(target: BenchTarget) -> Result<()> {
@@ -76,6 +81,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
         }
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
         BenchTarget::Allocate(args) => crate::bench_allocate::allocate(args),
+        BenchTarget::Tcp(args) => crate::bench_tcp::tcp(args),
     }
 }
 

@@ -67,13 +67,13 @@ pub const TARGET_MASKED_VS_MIRRED: f64 = 0.95;
 /// Target of issue 3: clone delivery below the cap.
 pub const TARGET_CLONE_DELIVERY: f64 = 0.999;
 
-const PREFIX: &str = "shbm";
-const CLIENT_IF: &str = "cl0";
-const PRIMARY_IF: &str = "pr0";
-const MIRROR_IF: &str = "pm0";
-const SHADOW_IF: &str = "sh0";
-const CLIENT_ADDR: &str = "10.77.0.1";
-const PRIMARY_ADDR: &str = "10.77.0.2";
+pub(crate) const PREFIX: &str = "shbm";
+pub(crate) const CLIENT_IF: &str = "cl0";
+pub(crate) const PRIMARY_IF: &str = "pr0";
+pub(crate) const MIRROR_IF: &str = "pm0";
+pub(crate) const SHADOW_IF: &str = "sh0";
+pub(crate) const CLIENT_ADDR: &str = "10.77.0.1";
+pub(crate) const PRIMARY_ADDR: &str = "10.77.0.2";
 const PORT: u16 = 5201;
 const UDP_LEN: u32 = 64;
 /// Port of the HTTP sink.
@@ -401,7 +401,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// A named network namespace, deleted on drop.
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
     fn add(name: String) -> Result<Netns> {
@@ -417,13 +417,13 @@ impl Netns {
         Ok(ns)
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.0]).args(args);
         c
     }
 
-    fn run(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<String> {
         let out = self
             .cmd(args)
             .output()
@@ -463,7 +463,7 @@ pub fn parse_rx_packets(net_dev: &str, dev: &str) -> Option<u64> {
 }
 
 /// Deletes `shbm<pid>-*` namespaces whose xtask is gone (a killed earlier run).
-fn sweep_stale() {
+pub(crate) fn sweep_stale() {
     let Ok(dir) = fs::read_dir("/run/netns") else {
         return;
     };
@@ -484,16 +484,16 @@ fn sweep_stale() {
 }
 
 /// The three namespaces and two veth pairs.
-struct Topology {
-    client: Netns,
-    primary: Netns,
-    shadow: Netns,
+pub(crate) struct Topology {
+    pub(crate) client: Netns,
+    pub(crate) primary: Netns,
+    pub(crate) shadow: Netns,
     /// pr0's MAC, also given to sh0 so clones are accepted without a rewrite.
-    primary_mac: String,
+    pub(crate) primary_mac: String,
 }
 
 impl Topology {
-    fn create() -> Result<Topology> {
+    pub(crate) fn create() -> Result<Topology> {
         let pid = std::process::id();
         let client = Netns::add(format!("{PREFIX}{pid}-c"))?;
         let primary = Netns::add(format!("{PREFIX}{pid}-p"))?;
@@ -554,7 +554,7 @@ impl Topology {
 }
 
 /// A sysfs file as seen from inside `ns` (ip netns exec remounts /sys).
-fn fs_in(ns: &Netns, path: &str) -> Result<String> {
+pub(crate) fn fs_in(ns: &Netns, path: &str) -> Result<String> {
     Ok(ns.run(&["cat", path])?.trim().to_owned())
 }
 
@@ -607,7 +607,7 @@ impl Drop for Mirred<'_> {
 }
 
 /// A child process: SIGINT, then SIGKILL after 5 s, on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -630,7 +630,7 @@ impl Drop for Proc {
 }
 
 /// A directory removed with its contents on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -639,9 +639,9 @@ impl Drop for TempDir {
 }
 
 /// SIGINT/SIGTERM seen: stop at the next step, letting the guards clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -649,7 +649,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 /// Runs `cmd` to completion with a deadline (killed when it passes).
-fn output_within(mut cmd: Command, limit: Duration) -> Result<Output> {
+pub(crate) fn output_within(mut cmd: Command, limit: Duration) -> Result<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -699,14 +699,14 @@ struct AgentLines {
 }
 
 /// `shadow-agent run --config` in the primary namespace, its JSON lines read by a thread.
-struct Agent {
+pub(crate) struct Agent {
     _proc: Proc,
     lines: Arc<Mutex<AgentLines>>,
     stderr: PathBuf,
 }
 
 impl Agent {
-    fn start(agent: &Path, ns: &Netns, config: &Path, stderr: PathBuf) -> Result<Agent> {
+    pub(crate) fn start(agent: &Path, ns: &Netns, config: &Path, stderr: PathBuf) -> Result<Agent> {
         let err = fs::File::create(&stderr).context("agent stderr file")?;
         // ip netns exec gives a private mount namespace; a tmpfs on /run there keeps the
         // agent's status file away from any other agent on the host.
@@ -744,7 +744,7 @@ impl Agent {
     }
 
     /// Waits until `n` more report lines arrived; returns the newest mirror counters.
-    fn wait_lines(&self, n: u64, limit: Duration) -> Result<Option<Value>> {
+    pub(crate) fn wait_lines(&self, n: u64, limit: Duration) -> Result<Option<Value>> {
         let start = self.lines.lock().unwrap_or_else(|e| e.into_inner()).seq;
         let deadline = Instant::now() + limit;
         loop {
@@ -785,7 +785,7 @@ pub fn agent_config(shadow_mac: &str, variant: Variant, xdp: bool) -> String {
 }
 
 /// Counter deltas `after - before` of the agent's mirror JSON.
-fn counter_deltas(before: &Value, after: &Value) -> BTreeMap<String, u64> {
+pub(crate) fn counter_deltas(before: &Value, after: &Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     if let Some(a) = after.as_object() {
         for (k, v) in a {

@@ -11,6 +11,7 @@
 mod bench;
 mod bench_allocate;
 mod bench_mirror;
+mod bench_tcp;
 mod leftovers;
 mod prereq;
 mod run;

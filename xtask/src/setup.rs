@@ -24,7 +24,7 @@ const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Debian packages the integration tests and the demo use.
 /// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
 /// `python3-venv`: the virtual environment of the Kubernetes manifest validator.
-pub const DEB_PACKAGES: [&str; 9] = [
+pub const DEB_PACKAGES: [&str; 11] = [
     "iproute2",
     "iperf3",
     "curl",
@@ -34,6 +34,8 @@ pub const DEB_PACKAGES: [&str; 9] = [
     "python3",
     "python3-venv",
     "chromium",
+    "nginx",
+    "wrk",
 ];
 /// The Kubernetes manifest validator (PyPI `kubernetes-validate`, which bundles the
 /// Kubernetes JSON schemas, so validation needs no network) and where its venv lives; the

@@ -21,8 +21,8 @@ use shadow_common::{
     maps::{
         MAP_MASK_FILL, MAP_MASK_RULES, MAP_MASK_RULE_CTRS, MAP_MASK_SPEC, MAP_MIRROR_CFG,
         MAP_MIRROR_CTRS, MAP_MIRROR_RULES, MAP_MIRROR_TARGETS, MAP_PSEUDO_CFG, MAP_RULE_LOAD,
-        MAP_TARGET_FLOWS, MAP_TCP_FLOWS, PROG_MIRROR_ISN, PROG_MIRROR_LEARN, PROG_MIRROR_MASK,
-        PROG_MIRROR_TC, PROG_MIRROR_XDP,
+        MAP_TARGET_FLOWS, MAP_TCP_FLOWS, MAP_TCP_HOLD, PROG_MIRROR_HOLD, PROG_MIRROR_ISN,
+        PROG_MIRROR_LEARN, PROG_MIRROR_MASK, PROG_MIRROR_TC, PROG_MIRROR_TCP, PROG_MIRROR_XDP,
     },
     mask::FlowKey,
     mask::{
@@ -34,14 +34,14 @@ use shadow_common::{
         FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, SAMPLE_ALL,
     },
     pseudo::{PrfKey, PseudoConfig},
-    tcp::TcpFlow,
+    tcp::{TcpFlow, TcpHoldConfig},
 };
 
 pub use rule::{Cidr, Ports, Proto, Rule, RuleError};
 
 use crate::{
     ebpf::{self, format_program_error, LoadError},
-    sys::netns::NetNs,
+    sys::{link, netns::NetNs},
 };
 
 /// What to mirror, from where, to where.
@@ -82,6 +82,15 @@ pub struct MirrorOptions {
     pub tcp: TcpSessions,
     /// A tracked TCP session without a client segment for this long is forgotten.
     pub tcp_idle: std::time::Duration,
+    /// Longest time a client segment that cannot go to the shadow yet is held in the hold
+    /// loop (before the shadow's SYN-ACK is known; behind earlier held segments; a closing
+    /// segment ahead of the shadow). Zero: no loop, such segments are dropped (closing ones
+    /// go at once with a clamped ACK). Default 2 s. Only with `TcpSessions::Translate`.
+    pub tcp_hold: std::time::Duration,
+    /// While the shadow has not answered a session's SYN (e.g. its accept queue was full),
+    /// the SYN is sent to it again this often, for as long as `tcp_hold`. Zero: never.
+    /// Default 20 ms.
+    pub tcp_syn_retry: std::time::Duration,
     /// Replace each clone's source address by a keyed pseudonym; `None`: off (default).
     pub pseudonymise: Option<Pseudonymise>,
 }
@@ -110,6 +119,16 @@ impl Pseudonymise {
         }
     }
 }
+
+/// Pace of the hold loop (bytes per second through its token bucket): bounds the CPU the loop
+/// can use however many segments wait in it (`bench tcp`, new-connection mode, measured
+/// ~18k passes/s); a lone small held segment makes a pass in ~30 µs. (250 kB/s was tried:
+/// with tens of segments waiting, passes became too slow for SYN retries to land in time.)
+pub const HOLD_RATE: u32 = 2_000_000;
+/// Burst of the hold loop's token bucket (bytes; larger GSO packets are segmented by it).
+const HOLD_BURST: u32 = 65_536;
+/// Bytes the hold loop queues at most.
+const HOLD_QUEUE: u32 = 16 << 20;
 
 /// What the mirror does for TCP flows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -215,6 +234,8 @@ impl Default for MirrorOptions {
             tcp: TcpSessions::Off,
             tcp_idle: std::time::Duration::from_secs(300),
             pseudonymise: None,
+            tcp_hold: std::time::Duration::from_secs(2),
+            tcp_syn_retry: std::time::Duration::from_millis(20),
         }
     }
 }
@@ -296,6 +317,13 @@ pub enum MirrorError {
     DuplicateTarget { interface: String },
     #[error("entering the mirror's network namespace")]
     Netns(#[source] crate::sys::netns::NetnsError),
+    #[error("TCP hold loop ({interface:?}): {what}")]
+    HoldLoop {
+        what: &'static str,
+        interface: String,
+        #[source]
+        source: Box<link::LinkError>,
+    },
     #[error("writing map {map}")]
     Map {
         map: &'static str,
@@ -341,6 +369,10 @@ pub struct Counters {
     pub mask_untracked: u64,
     pub pseudonymised: u64,
     pub pseudo_failed: u64,
+    pub tcp_hold_loops: u64,
+    pub tcp_hold_released: u64,
+    pub tcp_hold_expired: u64,
+    pub tcp_syn_retries: u64,
 }
 
 /// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
@@ -362,8 +394,18 @@ pub struct TcpCounters {
     pub closed: u64,
     /// Sessions with state now.
     pub live: u64,
-    /// Client segments dropped while the shadow's ISN was unknown.
+    /// Client segments that had to wait: held in the hold loop (or, without the loop,
+    /// dropped while the shadow's ISN was unknown).
     pub segments_waiting: u64,
+    /// Held segments released to the shadow once it could take them.
+    pub segments_released: u64,
+    /// Held segments that waited the longest hold (dropped if the session never got
+    /// established in the shadow, else released with a clamped ACK).
+    pub segments_expired: u64,
+    /// Extra passes through the hold loop (a measure of how long segments waited).
+    pub hold_passes: u64,
+    /// SYNs sent to the shadow again because it had not answered.
+    pub syn_retries: u64,
     /// Client segments of untracked flows (no SYN seen), dropped.
     pub segments_not_tracked: u64,
     /// Client segments translated.
@@ -409,6 +451,10 @@ impl Counters {
             mask_untracked: v[ctr::MASK_UNTRACKED as usize],
             pseudonymised: v[ctr::PSEUDONYMISED as usize],
             pseudo_failed: v[ctr::PSEUDO_FAILED as usize],
+            tcp_hold_loops: v[ctr::TCP_HOLD_LOOPS as usize],
+            tcp_hold_released: v[ctr::TCP_HOLD_RELEASED as usize],
+            tcp_hold_expired: v[ctr::TCP_HOLD_EXPIRED as usize],
+            tcp_syn_retries: v[ctr::TCP_SYN_RETRIES as usize],
         }
     }
 }
@@ -423,6 +469,7 @@ struct Target {
     gen: u32,
     mask_link: Option<SchedClassifierLinkId>,
     learn_link: Option<SchedClassifierLinkId>,
+    tcp_link: Option<SchedClassifierLinkId>,
 }
 
 /// A running mirror. Dropping it detaches every program.
@@ -438,6 +485,96 @@ pub struct Mirror {
     /// The live targets, in `MIRROR_TARGETS` order.
     targets: Vec<Target>,
     next_gen: u32,
+    /// The hold loop (TCP sessions with `tcp_hold` > 0): deleted after the programs.
+    hold: Option<HoldLoop>,
+}
+
+/// The hold loop: a veth pair in the mirror's namespace. Held segments are sent out of end
+/// A, whose token-bucket qdisc paces them (`HOLD_RATE`); `shadow_hold` on end B's ingress
+/// sends them back to their flow's shadow interface, where `shadow_mask` decides again.
+struct HoldLoop {
+    veth: link::Veth,
+}
+
+impl HoldLoop {
+    /// Names unique to this process and call: `shdq`, the pid and a per-process count in
+    /// hex, `p` between them, then `a`/`b` (at most 15 bytes for pids below 2^22).
+    fn names() -> (String, String) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed) & 0xff;
+        let pid = std::process::id();
+        (format!("shdq{pid:x}p{n:x}a"), format!("shdq{pid:x}p{n:x}b"))
+    }
+
+    /// Delete hold loops in the calling thread's namespace left by agents that are gone (a
+    /// killed agent cannot delete its own).
+    fn sweep() {
+        let Ok(links) = link::list(None) else {
+            return;
+        };
+        for l in links {
+            let Some(pid) = l
+                .name
+                .strip_prefix("shdq")
+                .and_then(|r| r.split_once('p'))
+                .and_then(|(p, _)| u32::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(link = %l.name, "removing a hold loop left by a gone agent");
+                let _ = link::delete(&l.name, None);
+            }
+        }
+    }
+
+    /// Create the loop in the calling thread's namespace and attach `shadow_hold`; returns
+    /// it with the kernel configuration to write.
+    fn create(
+        bpf: &mut Ebpf,
+        tcx: bool,
+        options: &MirrorOptions,
+    ) -> Result<(HoldLoop, TcpHoldConfig), MirrorError> {
+        Self::sweep();
+        let (a, b) = Self::names();
+        let setup = |what: &'static str, e: link::LinkError| MirrorError::HoldLoop {
+            what,
+            interface: a.clone(),
+            source: Box::new(e),
+        };
+        let veth = link::Veth::create(link::VethEnd::here(&a), link::VethEnd::here(&b))
+            .map_err(|e| setup("creating the veth pair", e))?;
+        for name in [&a, &b] {
+            // No IPv6 autoconfiguration chatter on the loop (best effort).
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+            link::set_up(name, None).map_err(|e| setup("setting it up", e))?;
+        }
+        link::set_tbf(&a, None, HOLD_RATE, HOLD_BURST, HOLD_QUEUE)
+            .map_err(|e| setup("adding its token bucket qdisc", e))?;
+        let attach_err = |e: aya::programs::ProgramError| MirrorError::Attach {
+            program: PROG_MIRROR_HOLD,
+            interface: b.clone(),
+            detail: format_program_error(&e),
+        };
+        if !tcx {
+            if let Err(e) = tc::qdisc_add_clsact(&b) {
+                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+            }
+        }
+        let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_HOLD)?;
+        prog.load().map_err(attach_err)?;
+        prog.attach(&b, TcAttachType::Ingress).map_err(attach_err)?;
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let cfg = TcpHoldConfig {
+            ifindex: ifindex(&a, "hold loop")?,
+            _pad: 0,
+            hold_ns: ns(options.tcp_hold),
+            syn_retry_ns: ns(options.tcp_syn_retry),
+        };
+        tracing::info!(loop_a = %a, loop_b = %b, ?cfg, "TCP hold loop ready");
+        Ok((HoldLoop { veth }, cfg))
+    }
 }
 
 fn ifindex(name: &str, role: &'static str) -> Result<u32, MirrorError> {
@@ -536,12 +673,15 @@ impl Mirror {
         prog.load()
             .map_err(|e| attach_err(PROG_MIRROR_MASK, format_program_error(&e)))?;
         if tcp {
-            let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_LEARN)?;
-            prog.load()
-                .map_err(|e| attach_err(PROG_MIRROR_LEARN, format_program_error(&e)))?;
+            for name in [PROG_MIRROR_LEARN, PROG_MIRROR_TCP] {
+                let prog: &mut SchedClassifier = program_mut(&mut bpf, name)?;
+                prog.load()
+                    .map_err(|e| attach_err(name, format_program_error(&e)))?;
+            }
         }
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        let (mask_link, learn_link) = attach_target(&mut bpf, &spec.shadow_interface, tcx, tcp)?;
+        let (mask_link, tcp_links) = attach_target(&mut bpf, &spec.shadow_interface, tcx, tcp)?;
+        let (learn_link, tcp_link) = tcp_links.map_or((None, None), |(l, t)| (Some(l), Some(t)));
         let first = Target {
             name: spec.shadow_interface.clone(),
             ifindex: shadow_ifindex,
@@ -549,11 +689,25 @@ impl Mirror {
             gen: 1,
             mask_link: Some(mask_link),
             learn_link,
+            tcp_link,
         };
 
         if tcp {
             attach_isn(&mut bpf, &spec, tcx)?;
         }
+        // The hold loop before any clone is made, so no segment is held into nothing.
+        let hold = if spec.options.tcp == TcpSessions::Translate && !spec.options.tcp_hold.is_zero()
+        {
+            let (hold, hc) = HoldLoop::create(&mut bpf, tcx, &spec.options)?;
+            let mut m: Array<&mut MapData, TcpHoldConfig> = map_mut(&mut bpf, MAP_TCP_HOLD)?;
+            m.set(0, hc, 0).map_err(|source| MirrorError::Map {
+                map: MAP_TCP_HOLD,
+                source,
+            })?;
+            Some(hold)
+        } else {
+            None
+        };
 
         let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_TC)?;
         prog.load()
@@ -589,6 +743,7 @@ impl Mirror {
             tcx,
             targets: vec![first],
             next_gen: 2,
+            hold,
         })
     }
 
@@ -637,14 +792,19 @@ impl Mirror {
                 continue;
             }
             match attach_target(&mut self.ebpf, name, self.tcx, tcp) {
-                Ok((m, l)) => attached.push(Target {
-                    name: name.clone(),
-                    ifindex: ifx,
-                    mac: *mac,
-                    gen: 0,
-                    mask_link: Some(m),
-                    learn_link: l,
-                }),
+                Ok((m, l)) => {
+                    let (learn_link, tcp_link) =
+                        l.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+                    attached.push(Target {
+                        name: name.clone(),
+                        ifindex: ifx,
+                        mac: *mac,
+                        gen: 0,
+                        mask_link: Some(m),
+                        learn_link,
+                        tcp_link,
+                    })
+                }
                 Err(e) => {
                     for mut t in attached {
                         self.detach_target(&mut t);
@@ -726,6 +886,7 @@ impl Mirror {
         for (program, link) in [
             (PROG_MIRROR_MASK, t.mask_link.take()),
             (PROG_MIRROR_LEARN, t.learn_link.take()),
+            (PROG_MIRROR_TCP, t.tcp_link.take()),
         ] {
             let Some(link) = link else { continue };
             if let Ok(prog) = program_mut::<SchedClassifier>(&mut self.ebpf, program) {
@@ -743,6 +904,14 @@ impl Mirror {
         let map: Array<&mut MapData, MirrorTarget> =
             map_mut(&mut self.ebpf, MAP_MIRROR_TARGETS).ok()?;
         map.get(&slot, 0).ok()
+    }
+
+    /// The hold loop's veth ends (A: held segments leave through its netem delay; B: they
+    /// come back), when TCP sessions are translated with a hold.
+    pub fn hold_loop(&self) -> Option<(&str, &str)> {
+        self.hold
+            .as_ref()
+            .map(|h| (h.veth.a_name(), h.veth.b_name()))
     }
 
     /// The live targets (interface, MAC), in slot order.
@@ -944,6 +1113,10 @@ impl Mirror {
             closed: c.tcp_closed,
             live,
             segments_waiting: c.tcp_waiting,
+            segments_released: c.tcp_hold_released,
+            segments_expired: c.tcp_hold_expired,
+            hold_passes: c.tcp_hold_loops,
+            syn_retries: c.tcp_syn_retries,
             segments_not_tracked: c.tcp_not_tracked,
             segments_translated: c.tcp_translated,
             segments_failed: c.tcp_failed,
@@ -978,14 +1151,17 @@ impl Mirror {
 }
 
 /// The per-target programs on one target interface: `shadow_mask` on its egress and, with
-/// TCP sessions, `shadow_learn` first in its ingress chain (before the replica's
-/// `shadow_discard`, which then drops what it saw). The programs must be loaded.
+/// TCP sessions, `shadow_tcp` before it on the egress and `shadow_learn` first in its ingress
+/// chain (before the replica's `shadow_discard`, which then drops what it saw). The programs
+/// must be loaded. Returns the mask link and, with TCP, the (learn, tcp) links.
+type TcpLinks = (SchedClassifierLinkId, SchedClassifierLinkId);
+
 fn attach_target(
     bpf: &mut Ebpf,
     interface: &str,
     tcx: bool,
     tcp: bool,
-) -> Result<(SchedClassifierLinkId, Option<SchedClassifierLinkId>), MirrorError> {
+) -> Result<(SchedClassifierLinkId, Option<TcpLinks>), MirrorError> {
     let err = |program, e: aya::programs::ProgramError| MirrorError::Attach {
         program,
         interface: interface.to_string(),
@@ -996,27 +1172,54 @@ fn attach_target(
             tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
         }
     }
+    let first = || {
+        if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::first())
+        } else {
+            // clsact: the lowest priority number runs first.
+            TcAttachOptions::Netlink(NlOptions {
+                priority: 1,
+                ..NlOptions::default()
+            })
+        }
+    };
     let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_MASK)?;
-    let mask = prog
-        .attach(interface, TcAttachType::Egress)
-        .map_err(|e| err(PROG_MIRROR_MASK, e))?;
+    let mask = if tcp && !tcx {
+        // Behind `shadow_tcp` (priority 1).
+        prog.attach_with_options(
+            interface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: 2,
+                ..NlOptions::default()
+            }),
+        )
+    } else {
+        prog.attach(interface, TcAttachType::Egress)
+    }
+    .map_err(|e| err(PROG_MIRROR_MASK, e))?;
     if !tcp {
         return Ok((mask, None));
     }
-    let first = if tcx {
-        TcAttachOptions::TcxOrder(LinkOrder::first())
-    } else {
-        // clsact: the lowest priority number runs first.
-        TcAttachOptions::Netlink(NlOptions {
-            priority: 1,
-            ..NlOptions::default()
-        })
+    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_TCP)?;
+    let tcp_link = match prog.attach_with_options(interface, TcAttachType::Egress, first()) {
+        Ok(l) => l,
+        Err(e) => {
+            let e = err(PROG_MIRROR_TCP, e);
+            if let Ok(prog) = program_mut::<SchedClassifier>(bpf, PROG_MIRROR_MASK) {
+                let _ = prog.detach(mask);
+            }
+            return Err(e);
+        }
     };
     let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_LEARN)?;
-    match prog.attach_with_options(interface, TcAttachType::Ingress, first) {
-        Ok(learn) => Ok((mask, Some(learn))),
+    match prog.attach_with_options(interface, TcAttachType::Ingress, first()) {
+        Ok(learn) => Ok((mask, Some((learn, tcp_link)))),
         Err(e) => {
             let e = err(PROG_MIRROR_LEARN, e);
+            if let Ok(prog) = program_mut::<SchedClassifier>(bpf, PROG_MIRROR_TCP) {
+                let _ = prog.detach(tcp_link);
+            }
             if let Ok(prog) = program_mut::<SchedClassifier>(bpf, PROG_MIRROR_MASK) {
                 let _ = prog.detach(mask);
             }

@@ -726,6 +726,74 @@ pub fn tx_checksum(name: &str, netns: Option<&NetNs>) -> Result<bool> {
     })
 }
 
+// --- token bucket qdisc ---------------------------------------------------------------------
+
+/// `tc qdisc replace dev NAME root tbf rate RATE burst BURST limit LIMIT` (rates and sizes in
+/// bytes): packets sent out of `name` are paced to `rate`, queueing up to `limit` bytes. Used
+/// by the mirror's hold loop, which needs a bounded pace and works with the qdiscs a minimal
+/// kernel has (TBF, not netem/fq). rtnetlink has no TBF builder, so the `TCA_OPTIONS`
+/// payload (`TCA_TBF_PARMS` = `struct tc_tbf_qopt`, `TCA_TBF_BURST`) is written here.
+pub fn set_tbf(name: &str, netns: Option<&NetNs>, rate: u32, burst: u32, limit: u32) -> Result<()> {
+    use futures_util::StreamExt as _;
+    use rtnetlink::packet_core::{
+        DefaultNla, NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+    use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    const TCA_OPTIONS: u16 = 2;
+    const TCA_TBF_PARMS: u16 = 1;
+    const TCA_TBF_BURST: u16 = 6;
+    const TC_LINKLAYER_ETHERNET: u8 = 1;
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "add tbf qdisc",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    // struct tc_ratespec { cell_log u8, linklayer u8, overhead u16, cell_align i16, mpu u16,
+    // rate u32 }, twice (rate, peakrate = none), then limit, buffer, mtu (u32 each).
+    let mut parms = Vec::with_capacity(36);
+    parms.extend_from_slice(&[0, TC_LINKLAYER_ETHERNET, 0, 0, 0, 0, 0, 0]);
+    parms.extend_from_slice(&rate.to_ne_bytes());
+    parms.extend_from_slice(&[0u8; 12]);
+    for v in [limit, 0, 0] {
+        parms.extend_from_slice(&v.to_ne_bytes());
+    }
+    let mut opts = Vec::new();
+    for (kind, value) in [
+        (TCA_TBF_PARMS, parms),
+        (TCA_TBF_BURST, burst.to_ne_bytes().to_vec()),
+    ] {
+        opts.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        opts.extend_from_slice(&kind.to_ne_bytes());
+        opts.extend_from_slice(&value);
+        while opts.len() % 4 != 0 {
+            opts.push(0);
+        }
+    }
+    ctx.netlink_job(|mut handle| async move {
+        let link = find_link(ctx, &handle).await?;
+        let mut msg = TcMessage::with_index(link.header.index as i32);
+        msg.header.parent = TcHandle::ROOT;
+        msg.header.handle = TcHandle { major: 1, minor: 0 };
+        msg.attributes.push(TcAttribute::Kind("tbf".to_string()));
+        msg.attributes
+            .push(TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, opts)));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let mut responses = handle.request(req).map_err(|e| ctx.netlink(e))?;
+        while let Some(m) = responses.next().await {
+            if let rtnetlink::packet_core::NetlinkPayload::Error(e) = m.payload {
+                if e.code.is_some() {
+                    return Err(ctx.netlink(rtnetlink::Error::NetlinkError(e)));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 // --- veth pairs ----------------------------------------------------------------------------
 
 /// One end of a veth pair to create: its name and its namespace (`None`: the caller's).

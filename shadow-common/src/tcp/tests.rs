@@ -201,3 +201,52 @@ fn session_end() {
     assert!(idle(&f, 10_000, 5_000));
     assert!(!idle(&f, 10_000, 0));
 }
+
+#[test]
+fn hold_marks_round_trip_and_stay_apart_from_clone_marks() {
+    let m = hold_mark(7, 3);
+    assert_eq!(hold_passes(m), Some(7));
+    assert_eq!(m & 0xff, 3);
+    assert_eq!(hold_passes(crate::mask::CLONE_MARK | 3), None);
+    assert_ne!(
+        m & crate::mask::CLONE_MARK_MASK,
+        crate::mask::CLONE_MARK,
+        "a held segment must not look like a fresh clone"
+    );
+    assert_eq!(hold_passes(hold_mark(1 << 20, 0)), Some(HOLD_MAX_PASSES));
+}
+
+#[test]
+fn what_must_wait() {
+    let mut f = flow();
+    // Not established in the shadow: every segment waits, fresh or from the loop.
+    f.flags = F_SYN | F_PRIMARY;
+    assert_eq!(must_wait(&f, TCP_ACK, 0, true), Some(Wait::Handshake));
+    assert_eq!(must_wait(&f, TCP_ACK, 0, false), Some(Wait::Handshake));
+    f.flags |= F_SHADOW;
+    let in_step = f.primary_isn.wrapping_add(1);
+    assert_eq!(must_wait(&f, TCP_ACK, in_step, true), None);
+    // Earlier segments still held: a fresh one queues behind them; a released one goes.
+    f.held = 2;
+    assert_eq!(must_wait(&f, TCP_ACK, in_step, true), Some(Wait::Behind));
+    assert_eq!(must_wait(&f, TCP_ACK, in_step, false), None);
+    f.held = 0;
+    // A FIN or RST acknowledging more than the shadow has sent waits; data does not (its
+    // ACK is clamped instead), nor does a bare RST.
+    let ahead = f.primary_isn.wrapping_add(6000);
+    assert_eq!(must_wait(&f, TCP_ACK, ahead, true), None);
+    assert_eq!(
+        must_wait(&f, TCP_ACK | TCP_FIN, ahead, true),
+        Some(Wait::Closing)
+    );
+    assert_eq!(
+        must_wait(&f, TCP_ACK | TCP_RST, ahead, true),
+        Some(Wait::Closing)
+    );
+    assert_eq!(must_wait(&f, TCP_RST, ahead, true), None);
+    f.flags |= F_CLIENT_FIN;
+    assert_eq!(must_wait(&f, TCP_ACK, ahead, true), Some(Wait::Closing));
+    // Once the shadow has sent that far, the FIN goes.
+    f.shadow_nxt = f.shadow_isn.wrapping_add(6000);
+    assert_eq!(must_wait(&f, TCP_ACK | TCP_FIN, ahead, true), None);
+}
