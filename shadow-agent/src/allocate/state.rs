@@ -123,10 +123,17 @@ impl OriginalRecord {
             })
     }
 
-    /// Writes every original value back, continuing past failures.
+    /// Writes every original value back, continuing past failures. A file that already
+    /// holds its original value is not written (it counts as restored): the record is taken
+    /// before the first change, so some of its files may never have changed, and one of them
+    /// being unwritable (the reason a change failed) must not make the restore fail.
     pub fn restore(&self) -> RestoreReport {
         let mut report = RestoreReport::default();
         for f in &self.files {
+            if backend::read_text(&f.path).is_ok_and(|now| now.trim() == f.value) {
+                report.restored.push(f.path.clone());
+                continue;
+            }
             match backend::write_text(&f.path, &f.value) {
                 Ok(()) => report.restored.push(f.path.clone()),
                 Err(e) => report.failed.push((f.path.clone(), error_chain(&e))),
