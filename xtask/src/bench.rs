@@ -8,6 +8,8 @@
 //!   from `bpftool prog show --json`). Targets: ratio >= 0.97, <= 300 ns per handler.
 //! - `mirror [--json PATH] [--rounds N] [--seconds S] [--no-xdp]`: Shadow's mirror against
 //!   `tc mirred` on one veth topology (`bench_mirror.rs`).
+//! - `soak [--duration 30m] [--interval S] [--rate R] [--json PATH]`: the agent's RSS, CPU,
+//!   descriptors and BPF map entries over a long mirrored run (`bench_soak.rs`).
 
 use std::{
     fs,
@@ -39,6 +41,10 @@ pub enum BenchTarget {
     /// Shadow's mirror (with and without masking) vs `tc mirred`: UDP pps, TCP Gbit/s,
     /// clone delivery (see `bench_mirror.rs`).
     Mirror(crate::bench_mirror::MirrorArgs),
+    /// The agent under mirrored load with a shadow and the allocator for `--duration`:
+    /// RSS, CPU, descriptors and BPF map entries sampled; fails on unbounded growth (see
+    /// `bench_soak.rs`).
+    Soak(crate::bench_soak::SoakArgs),
 }
 
 pub fn bench(target: BenchTarget) -> Result<()> {
@@ -49,6 +55,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
             loops,
         } => profiler(json.as_deref(), rounds, loops),
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
+        BenchTarget::Soak(args) => crate::bench_soak::soak(args),
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_mirror;
+mod bench_soak;
 mod leftovers;
 mod prereq;
 mod run;
@@ -48,7 +49,8 @@ enum Command {
     },
     /// Setup, build shadow-agent (release) and run `shadow-agent demo`, or
     /// `shadow-agent run ARGS...` when ARGS are given after `--`.
-    /// Benchmarks: `bench profiler [--json PATH]`, `bench mirror [--json PATH]`.
+    /// Benchmarks: `bench profiler [--json PATH]`, `bench mirror [--json PATH]`,
+    /// `bench soak [--duration 30m] [--json PATH]`.
     Bench {
         #[command(subcommand)]
         target: bench::BenchTarget,
