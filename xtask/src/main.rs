@@ -3,6 +3,7 @@
 //! - `cargo xtask setup`: check the machine and install what is missing (idempotent).
 //! - `cargo xtask test [--no-setup]`: setup, fmt, clippy (host and eBPF), the test suite and a
 //!   check that the suite left no namespaces, links, cgroups, BPF programs or qdiscs behind.
+//! - `cargo xtask fuzz [--runs N]`: every fuzz target for N executions (default 10 million).
 //! - `cargo xtask run [-- ARGS...]`: setup, build the agent in release mode and run it
 //!   (`shadow-agent demo` without ARGS, `shadow-agent run ARGS...` otherwise).
 //!
@@ -11,6 +12,7 @@
 mod bench;
 mod bench_mirror;
 mod bench_soak;
+mod fuzz;
 mod leftovers;
 mod prereq;
 mod run;
@@ -55,6 +57,19 @@ enum Command {
         #[command(subcommand)]
         target: bench::BenchTarget,
     },
+    /// The long fuzzing campaign: every cargo-fuzz target (or `--target T`, repeatable) for
+    /// `--runs` executions each, one at a time under `nice -n 19`.
+    Fuzz {
+        /// Executions per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_RUNS)]
+        runs: u64,
+        /// Only these targets (default: all of fuzz/Cargo.toml's).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Also write the results as JSON to PATH.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     Run {
         /// Skip `setup` (ignored under CI=true).
         #[arg(long)]
@@ -84,6 +99,11 @@ fn main() -> ExitCode {
         Command::Test { no_setup } => test::test(no_setup),
         Command::Run { no_setup, args } => run::run(no_setup, &args),
         Command::Bench { target } => bench::bench(target),
+        Command::Fuzz {
+            runs,
+            targets,
+            json,
+        } => fuzz::fuzz(runs, &targets, json.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
