@@ -251,3 +251,34 @@ impl AuditLog {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str, value: &str) -> OriginalRecord {
+        OriginalRecord {
+            version: RECORD_VERSION,
+            cgroup: "g".into(),
+            backend: BackendKind::V1,
+            recorded_unix_ms: 0,
+            pid: 1,
+            files: vec![OriginalFile {
+                path: PathBuf::from(path),
+                value: value.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn restore_leaves_a_file_holding_its_original_alone_even_if_unwritable() {
+        // /proc/version cannot be written, even by root.
+        let now = fs::read_to_string("/proc/version").expect("/proc/version");
+        let same = record("/proc/version", now.trim()).restore();
+        assert_eq!(same.restored, vec![PathBuf::from("/proc/version")]);
+        assert!(same.failed.is_empty(), "{:?}", same.failed);
+        let differs = record("/proc/version", "something else").restore();
+        assert!(differs.restored.is_empty());
+        assert_eq!(differs.failed.len(), 1, "{differs:?}");
+    }
+}
