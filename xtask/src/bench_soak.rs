@@ -577,7 +577,8 @@ pub fn soak(args: SoakArgs) -> Result<()> {
     let cfg = dir.0.join("agent.toml");
     fs::write(&cfg, agent_config(&dir.0, &app.name, "nc0"))?;
     run(Command::new(&agent_bin).arg("check-config").arg(&cfg))?;
-    let err_path = dir.0.join("agent.err");
+    // Kept after the run (the temporary directory is not).
+    let err_path = util::target_dir().join("soak-agent.log");
     let mut agent_child = node
         .enter()
         .args([
