@@ -16,6 +16,8 @@
 //!   (`bench_allocate.rs`).
 //! - `tcp [--json PATH] [--seconds S] [--rate R]`: TCP sessions in the shadow with nginx and
 //!   wrk, keep-alive and new-connection modes, with and without the mirror (`bench_tcp.rs`).
+//! - `soak [--duration 30m] [--interval S] [--rate R] [--json PATH]`: the agent's RSS, CPU,
+//!   descriptors and BPF map entries over a long mirrored run (`bench_soak.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +62,10 @@ pub enum BenchTarget {
     /// TCP sessions in the shadow: nginx primary and shadow, wrk keep-alive and
     /// new-connection load, with and without the mirror (see `bench_tcp.rs`).
     Tcp(crate::bench_tcp::TcpArgs),
+    /// The agent under mirrored load with a shadow and the allocator for `--duration`:
+    /// RSS, CPU, descriptors and BPF map entries sampled; fails on unbounded growth (see
+    /// `bench_soak.rs`).
+    Soak(crate::bench_soak::SoakArgs),
 }
 
 pub fn bench(target: BenchTarget) -> Result<()> {
@@ -82,6 +88,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
         BenchTarget::Allocate(args) => crate::bench_allocate::allocate(args),
         BenchTarget::Tcp(args) => crate::bench_tcp::tcp(args),
+        BenchTarget::Soak(args) => crate::bench_soak::soak(args),
     }
 }
 

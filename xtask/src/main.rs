@@ -3,6 +3,7 @@
 //! - `cargo xtask setup`: check the machine and install what is missing (idempotent).
 //! - `cargo xtask test [--no-setup]`: setup, fmt, clippy (host and eBPF), the test suite and a
 //!   check that the suite left no namespaces, links, cgroups, BPF programs or qdiscs behind.
+//! - `cargo xtask fuzz [--runs N]`: every fuzz target for N executions (default 10 million).
 //! - `cargo xtask run [-- ARGS...]`: setup, build the agent in release mode and run it
 //!   (`shadow-agent demo` without ARGS, `shadow-agent run ARGS...` otherwise).
 //!
@@ -11,7 +12,9 @@
 mod bench;
 mod bench_allocate;
 mod bench_mirror;
+mod bench_soak;
 mod bench_tcp;
+mod fuzz;
 mod leftovers;
 mod prereq;
 mod run;
@@ -52,6 +55,7 @@ enum Command {
     /// `shadow-agent run ARGS...` when ARGS are given after `--`.
     /// Benchmarks: `bench profiler [--json PATH]`, `bench mirror [--json PATH]`,
     /// `bench allocate [--json PATH]`.
+    /// `bench soak [--duration 30m] [--json PATH]`.
     Bench {
         #[command(subcommand)]
         target: bench::BenchTarget,
@@ -65,6 +69,19 @@ enum Command {
         start_unix_ms: u64,
         /// Demand in cores, one interval per line.
         file: std::path::PathBuf,
+    },
+    /// The long fuzzing campaign: every cargo-fuzz target (or `--target T`, repeatable) for
+    /// `--runs` executions each, one at a time under `nice -n 19`.
+    Fuzz {
+        /// Executions per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_RUNS)]
+        runs: u64,
+        /// Only these targets (default: all of fuzz/Cargo.toml's).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Also write the results as JSON to PATH.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     Run {
         /// Skip `setup` (ignored under CI=true).
@@ -100,6 +117,11 @@ fn main() -> ExitCode {
             start_unix_ms,
             file,
         } => bench_allocate::burn_trace(&file, interval_ms, start_unix_ms),
+        Command::Fuzz {
+            runs,
+            targets,
+            json,
+        } => fuzz::fuzz(runs, &targets, json.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

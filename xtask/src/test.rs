@@ -130,15 +130,20 @@ pub const FUZZ_SMOKE_RUNS: u32 = 20_000;
 
 /// Builds the fuzz targets (no sanitizer: the code under test is safe Rust, and the
 /// invariants are assertions; overflow checks stay on).
-fn fuzz_build_cmd() -> Command {
+pub(crate) fn fuzz_build_cmd() -> Command {
     cargo(&["+nightly", "fuzz", "build", "-s", "none"])
 }
 
 /// A short run of one target: its seeds plus the corpus grown by earlier runs (gitignored).
 fn fuzz_run_cmd(target: &str) -> Command {
+    fuzz_run_cmd_with(target, u64::from(FUZZ_SMOKE_RUNS))
+}
+
+/// `runs` executions of one target over its seeds and grown corpus (also `cargo xtask fuzz`).
+pub(crate) fn fuzz_run_cmd_with(target: &str, runs: u64) -> Command {
     let corpus = format!("fuzz/corpus/{target}");
     let seeds = format!("fuzz/seeds/{target}");
-    let runs = format!("-runs={FUZZ_SMOKE_RUNS}");
+    let runs = format!("-runs={runs}");
     cargo(&[
         "+nightly",
         "fuzz",

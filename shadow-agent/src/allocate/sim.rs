@@ -697,6 +697,30 @@ fn parse_trace_csv(path: &Path, text: &str, metric: &str) -> Result<Vec<(String,
 mod tests {
     use super::*;
 
+    /// The live allocator passes a sliding window of at most `window` samples; once more
+    /// calls than `window + refit_every` had been made, a refit sliced past its end (found
+    /// by the soak: the agent panicked after ~10 minutes at 1 s intervals).
+    #[test]
+    fn adaptive_forecast_over_a_sliding_window_does_not_slice_past_it() {
+        let p = AdaptiveSim {
+            window: 100,
+            refit_every: 12,
+            lead: 1,
+            level: 0.8,
+        };
+        let mut f = adaptive_forecast(p);
+        let mut window = std::collections::VecDeque::new();
+        let mut forecasts = 0;
+        for i in 0..(3 * p.window) {
+            window.push_back(1.0 + (i % 24) as f64 / 24.0);
+            if window.len() > p.window {
+                window.pop_front();
+            }
+            forecasts += usize::from(f(window.make_contiguous()).is_some());
+        }
+        assert!(forecasts > p.window, "{forecasts}");
+    }
+
     #[test]
     fn histogram_percentile() {
         let mut h = DecayingHistogram::new(0.01, 1e9);

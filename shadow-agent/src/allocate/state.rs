@@ -123,10 +123,17 @@ impl OriginalRecord {
             })
     }
 
-    /// Writes every original value back, continuing past failures.
+    /// Writes every original value back, continuing past failures. A file that already
+    /// holds its original value is not written (it counts as restored): the record is taken
+    /// before the first change, so some of its files may never have changed, and one of them
+    /// being unwritable (the reason a change failed) must not make the restore fail.
     pub fn restore(&self) -> RestoreReport {
         let mut report = RestoreReport::default();
         for f in &self.files {
+            if backend::read_text(&f.path).is_ok_and(|now| now.trim() == f.value) {
+                report.restored.push(f.path.clone());
+                continue;
+            }
             match backend::write_text(&f.path, &f.value) {
                 Ok(()) => report.restored.push(f.path.clone()),
                 Err(e) => report.failed.push((f.path.clone(), error_chain(&e))),
@@ -245,5 +252,36 @@ impl AuditLog {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(path: &str, value: &str) -> OriginalRecord {
+        OriginalRecord {
+            version: RECORD_VERSION,
+            cgroup: "g".into(),
+            backend: BackendKind::V1,
+            recorded_unix_ms: 0,
+            pid: 1,
+            files: vec![OriginalFile {
+                path: PathBuf::from(path),
+                value: value.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn restore_leaves_a_file_holding_its_original_alone_even_if_unwritable() {
+        // /proc/version cannot be written, even by root.
+        let now = fs::read_to_string("/proc/version").expect("/proc/version");
+        let same = record("/proc/version", now.trim()).restore();
+        assert_eq!(same.restored, vec![PathBuf::from("/proc/version")]);
+        assert!(same.failed.is_empty(), "{:?}", same.failed);
+        let differs = record("/proc/version", "something else").restore();
+        assert!(differs.restored.is_empty());
+        assert_eq!(differs.failed.len(), 1, "{differs:?}");
     }
 }
