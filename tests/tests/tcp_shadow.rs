@@ -923,8 +923,8 @@ fn held_segments_complete_sessions_the_shadow_answered_late() {
 }
 
 /// Retransmissions on the primary path: a small token bucket on the client's veth drops
-/// bursts of two 4 MB uploads, so the client retransmits (this kernel has no netem, so
-/// reordering beyond what loss recovery causes is not produced). Both bodies still reach the
+/// bursts of two 4 MB uploads, so the client retransmits (reordering proper: see
+/// `sessions_survive_reordering`). Both bodies still reach the
 /// shadow whole, byte for byte, in sessions it never resets. HTTP masking is off here: the
 /// masking parser cannot follow a flow across a hole (it falls back to masking every later
 /// byte, by design), which is masking's limit, not the session's.
@@ -940,7 +940,7 @@ fn uploads_survive_retransmissions_on_the_primary_path() {
         Duration::from_secs(2),
     );
     // Loss on the primary path for the uploads: a small token bucket on the client's veth
-    // drops bursts, so the client retransmits (no netem on this kernel for reordering).
+    // drops bursts, so the client retransmits.
     let retrans = |ns: &TestNetns| {
         ns.netns()
             .run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
