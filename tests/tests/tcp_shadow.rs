@@ -1165,6 +1165,8 @@ fn sessions_survive_reordering(v6: bool) {
     let ofo_before = ofo(&world.primary);
     let shadow_ofo_before = ofo(shadow_ns);
     let retrans_before = net_counter(&world.client, "snmp", "Tcp", "RetransSegs");
+    let sack_reorder = || net_counter(&world.client, "netstat", "TcpExt", "TCPSACKReorder");
+    let sack_reorder_before = sack_reorder();
 
     // Keep-alive: 5 connections of 6 masked GETs each.
     let url = world.url(service, "/index.html?session=topsecret42");
@@ -1196,6 +1198,8 @@ fn sessions_survive_reordering(v6: bool) {
     }
     let reordered = ofo(&world.primary) - ofo_before;
     let shadow_reordered = ofo(shadow_ns) - shadow_ofo_before;
+    // Informational: the client's SACK also saw the reordering (reported, not asserted).
+    let client_sack_reorder = sack_reorder() - sack_reorder_before;
     let retransmitted = net_counter(&world.client, "snmp", "Tcp", "RetransSegs") - retrans_before;
 
     let primary_requests = requests(&s.primary_log);
@@ -1209,7 +1213,7 @@ fn sessions_survive_reordering(v6: bool) {
     let tcp = s.mirror.tcp_counters().expect("counters");
     eprintln!(
         "v6={v6}: out-of-order queued at the primary {reordered}, at the shadow \
-         {shadow_reordered}, client retransmissions {retransmitted}; primary_requests={primary_requests} shadow_requests={shadow_requests} \
+         {shadow_reordered}, client retransmissions {retransmitted}, client TCPSACKReorder {client_sack_reorder}; primary_requests={primary_requests} shadow_requests={shadow_requests} \
          {tcp:?}\nprimary bodies {:?}\nshadow bodies {:?}",
         body_lines(&s.primary_log),
         body_lines(&s.shadow_log)
