@@ -491,8 +491,11 @@ impl Fitted for FittedAdaptive {
             .map(|&level| {
                 let (lower, upper) = (0..horizon)
                     .map(|h| {
+                        // The interval always holds its point: when the recent errors all
+                        // lie on one side (a biased stretch), the conformal offsets share a
+                        // sign, and a band that excludes the point would contradict it.
                         let (lo, hi) = self.offsets(h, level);
-                        let (lo, hi) = (lo * self.scale_now, hi * self.scale_now);
+                        let (lo, hi) = (lo.min(0.0) * self.scale_now, hi.max(0.0) * self.scale_now);
                         (clip(point[h] + lo), clip(point[h] + hi))
                     })
                     .unzip();
@@ -511,6 +514,28 @@ impl Fitted for FittedAdaptive {
 mod tests {
     use super::*;
     use crate::forecast::test_noise as noise;
+
+    #[test]
+    fn intervals_hold_their_point_after_a_one_sided_stretch() {
+        // A level that falls steadily for the whole calibration window: every recent error
+        // is negative (the forecasts were too high), so both conformal offsets are negative.
+        let mut y: Vec<f64> = (0..400).map(|i| 50.0 + 5.0 * noise(i)).collect();
+        y.extend((0..176).map(|i| 50.0 - 0.25 * i as f64));
+        let fitted = Adaptive::default().fit(&y).unwrap();
+        let f = fitted.predict(12, &[0.8, 0.95]).unwrap();
+        for i in &f.intervals {
+            for h in 0..12 {
+                assert!(
+                    i.lower[h] <= f.point[h] && f.point[h] <= i.upper[h],
+                    "level {} step {h}: {} not in [{}, {}]",
+                    i.level,
+                    f.point[h],
+                    i.lower[h],
+                    i.upper[h]
+                );
+            }
+        }
+    }
 
     #[test]
     fn flat_noise_prefers_smoothing_and_covers() {
