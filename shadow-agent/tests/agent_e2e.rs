@@ -10,15 +10,16 @@
 //!   cl                 nc                       np                              pr
 //! ```
 
+mod common;
+
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use shadow_agent::sys::{
-    link::{self, Veth, VethEnd},
-    netns::NetNs,
+    link::{self},
     process,
 };
 
@@ -50,39 +51,22 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
     let _rm = RmDir(dir.clone());
     std::fs::write(dir.join("index.html"), "hello from the primary\n").expect("page");
 
-    let client = NetNs::create(&format!("shdt{tag}-ec")).expect("client netns");
-    let node = NetNs::create(&format!("shdt{tag}-en")).expect("node netns");
-    let primary = NetNs::create(&format!("shdt{tag}-ep")).expect("primary netns");
-    let (cl, nc, np, pr) = (
-        format!("shdt{tag}cl"),
-        format!("shdt{tag}nc"),
-        format!("shdt{tag}np"),
-        format!("shdt{tag}pr"),
+    let common::Routed {
+        client,
+        node,
+        primary,
+        nc,
+        links: _links,
+    } = common::Routed::new(
+        &tag,
+        'e',
+        common::Addrs {
+            client: CLIENT,
+            node_c: NODE_C,
+            node_p: NODE_P,
+            primary: PRIMARY,
+        },
     );
-    let _front = Veth::create(
-        VethEnd::in_netns(&cl, &client),
-        VethEnd::in_netns(&nc, &node),
-    )
-    .expect("front veth");
-    let _back = Veth::create(
-        VethEnd::in_netns(&np, &node),
-        VethEnd::in_netns(&pr, &primary),
-    )
-    .expect("back veth");
-    for (ifname, ns, addr) in [
-        (&cl, &client, CLIENT),
-        (&nc, &node, NODE_C),
-        (&np, &node, NODE_P),
-        (&pr, &primary, PRIMARY),
-    ] {
-        link::add_address(ifname, Some(ns), IpAddr::V4(addr), 24).expect("address");
-        link::set_up(ifname, Some(ns)).expect("up");
-    }
-    link::add_route_v4(&cl, Some(&client), PRIMARY, 32, Some(NODE_C)).expect("client route");
-    link::add_route_v4(&pr, Some(&primary), CLIENT, 32, Some(NODE_P)).expect("primary route");
-    node.run_in(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .expect("enter node")
-        .expect("ip_forward");
 
     let server_argv = |log: &str| {
         format!(

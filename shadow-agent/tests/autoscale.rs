@@ -6,15 +6,16 @@
 //! one and shrink to 1 replica. Every decision carries a reason; `status` shows the sample
 //! rate and the flows per replica while it runs.
 
+mod common;
+
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use shadow_agent::sys::{
-    link::{self, Veth, VethEnd},
-    netns::NetNs,
+    link::{self},
     process,
 };
 
@@ -41,39 +42,22 @@ fn run_scales_the_group_up_under_load_lowers_the_sample_at_its_budget_and_recove
         std::fs::write(dir.join(format!("file-{i:04}.txt")), "x").expect("file");
     }
 
-    let client = NetNs::create(&format!("shdt{tag}-ac")).expect("client netns");
-    let node = NetNs::create(&format!("shdt{tag}-an")).expect("node netns");
-    let primary = NetNs::create(&format!("shdt{tag}-ap")).expect("primary netns");
-    let (cl, nc, np, pr) = (
-        format!("shdt{tag}al"),
-        format!("shdt{tag}ac"),
-        format!("shdt{tag}aq"),
-        format!("shdt{tag}ar"),
+    let common::Routed {
+        client,
+        node,
+        primary,
+        nc,
+        links: _links,
+    } = common::Routed::new(
+        &tag,
+        'a',
+        common::Addrs {
+            client: CLIENT,
+            node_c: NODE_C,
+            node_p: NODE_P,
+            primary: PRIMARY,
+        },
     );
-    let _front = Veth::create(
-        VethEnd::in_netns(&cl, &client),
-        VethEnd::in_netns(&nc, &node),
-    )
-    .expect("front veth");
-    let _back = Veth::create(
-        VethEnd::in_netns(&np, &node),
-        VethEnd::in_netns(&pr, &primary),
-    )
-    .expect("back veth");
-    for (ifname, ns, addr) in [
-        (&cl, &client, CLIENT),
-        (&nc, &node, NODE_C),
-        (&np, &node, NODE_P),
-        (&pr, &primary, PRIMARY),
-    ] {
-        link::add_address(ifname, Some(ns), IpAddr::V4(addr), 24).expect("address");
-        link::set_up(ifname, Some(ns)).expect("up");
-    }
-    link::add_route_v4(&cl, Some(&client), PRIMARY, 32, Some(NODE_C)).expect("client route");
-    link::add_route_v4(&pr, Some(&primary), CLIENT, 32, Some(NODE_P)).expect("primary route");
-    node.run_in(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .expect("enter node")
-        .expect("ip_forward");
 
     let mut srv = Command::new("python3");
     srv.args([

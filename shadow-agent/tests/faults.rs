@@ -20,9 +20,11 @@
 //!   cl                 nc                       np                              pr
 //! ```
 
+mod common;
+
 use std::{
     io::BufRead as _,
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError},
@@ -31,7 +33,7 @@ use std::{
 
 use shadow_agent::sys::{
     cgroup::{Cgroup, Controller},
-    link::{self, Veth, VethEnd},
+    link::{self},
     netns::{self, NetNs},
     process::{self, ChildGuard},
 };
@@ -145,8 +147,7 @@ fn phase(reqs: &[Req], from: u64, to: u64) -> (usize, usize, f64, f64) {
 /// Fields drop in order: processes, links, namespaces, cgroup, directory.
 struct World {
     _primary_srv: ChildGuard,
-    _front: Veth,
-    _back: Veth,
+    _links: common::Links,
     client: NetNs,
     node: NetNs,
     _primary: NetNs,
@@ -165,45 +166,30 @@ impl World {
         std::fs::create_dir_all(&dir).expect("dir");
         let rm = RmDir(dir.clone());
         std::fs::write(dir.join("index.html"), PAGE).expect("page");
-        let client = NetNs::create(&format!("shdt{tag}-fc")).expect("client netns");
-        let node = NetNs::create(&format!("shdt{tag}-fn")).expect("node netns");
-        let primary = NetNs::create(&format!("shdt{tag}-fp")).expect("primary netns");
-        let (cl, nc, np, pr) = (
-            format!("shdt{tag}cl"),
-            format!("shdt{tag}nc"),
-            format!("shdt{tag}np"),
-            format!("shdt{tag}pr"),
+        let common::Routed {
+            client,
+            node,
+            primary,
+            nc,
+            links,
+        } = common::Routed::new(
+            &tag,
+            'f',
+            common::Addrs {
+                client: CLIENT,
+                node_c: NODE_C,
+                node_p: NODE_P,
+                primary: PRIMARY,
+            },
         );
-        let front = Veth::create(
-            VethEnd::in_netns(&cl, &client),
-            VethEnd::in_netns(&nc, &node),
-        )
-        .expect("front veth");
-        let back = Veth::create(
-            VethEnd::in_netns(&np, &node),
-            VethEnd::in_netns(&pr, &primary),
-        )
-        .expect("back veth");
-        for (ifname, ns, addr) in [
-            (&cl, &client, CLIENT),
-            (&nc, &node, NODE_C),
-            (&np, &node, NODE_P),
-            (&pr, &primary, PRIMARY),
-        ] {
-            link::add_address(ifname, Some(ns), IpAddr::V4(addr), 24).expect("address");
-            link::set_up(ifname, Some(ns)).expect("up");
-        }
-        link::add_route_v4(&cl, Some(&client), PRIMARY, 32, Some(NODE_C)).expect("route");
-        link::add_route_v4(&pr, Some(&primary), CLIENT, 32, Some(NODE_P)).expect("route");
         // IPv6 off in the node, so the replica's host end (made there by the agent) sends
         // nothing of its own: every packet it transmits is a clone.
         node.run_in(|| {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
             std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")?;
             std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1")
         })
         .expect("enter node")
-        .expect("ip_forward, disable_ipv6");
+        .expect("disable_ipv6");
         let cg = Cgroup::create(&format!("shdt{tag}-fa")).expect("primary cgroup");
         cg.write(Controller::Cpu, "cpu.cfs_period_us", "100000")
             .expect("period");
@@ -220,8 +206,7 @@ impl World {
         let primary_srv = process::spawn(srv, Some(&primary), Some(&cg)).expect("server");
         World {
             _primary_srv: primary_srv,
-            _front: front,
-            _back: back,
+            _links: links,
             client,
             node,
             _primary: primary,

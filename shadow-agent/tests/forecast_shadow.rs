@@ -9,18 +9,15 @@
 //! client ns ──veth── node ns (agent; mirror on nc; replica host end) ──veth── primary ns
 //! ```
 
+mod common;
+
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use shadow_agent::sys::{
-    cgroup::Cgroup,
-    link::{self, Veth, VethEnd},
-    netns::NetNs,
-    process,
-};
+use shadow_agent::sys::{cgroup::Cgroup, process};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 17, 1);
 const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 17, 2);
@@ -41,39 +38,22 @@ fn run_learns_the_shadows_cost_and_chooses_a_forecast_source() {
     let _rm = RmDir(dir.clone());
     std::fs::write(dir.join("index.html"), "x".repeat(20_000)).expect("page");
 
-    let client = NetNs::create(&format!("shdt{tag}-fc")).expect("client netns");
-    let node = NetNs::create(&format!("shdt{tag}-fn")).expect("node netns");
-    let primary = NetNs::create(&format!("shdt{tag}-fp")).expect("primary netns");
-    let (cl, nc, np, pr) = (
-        format!("shdt{tag}fl"),
-        format!("shdt{tag}fc"),
-        format!("shdt{tag}fn"),
-        format!("shdt{tag}fp"),
+    let common::Routed {
+        client,
+        node,
+        primary,
+        nc,
+        links: _links,
+    } = common::Routed::new(
+        &tag,
+        'f',
+        common::Addrs {
+            client: CLIENT,
+            node_c: NODE_C,
+            node_p: NODE_P,
+            primary: PRIMARY,
+        },
     );
-    let _front = Veth::create(
-        VethEnd::in_netns(&cl, &client),
-        VethEnd::in_netns(&nc, &node),
-    )
-    .expect("front veth");
-    let _back = Veth::create(
-        VethEnd::in_netns(&np, &node),
-        VethEnd::in_netns(&pr, &primary),
-    )
-    .expect("back veth");
-    for (ifname, ns, addr) in [
-        (&cl, &client, CLIENT),
-        (&nc, &node, NODE_C),
-        (&np, &node, NODE_P),
-        (&pr, &primary, PRIMARY),
-    ] {
-        link::add_address(ifname, Some(ns), IpAddr::V4(addr), 24).expect("address");
-        link::set_up(ifname, Some(ns)).expect("up");
-    }
-    link::add_route_v4(&cl, Some(&client), PRIMARY, 32, Some(NODE_C)).expect("client route");
-    link::add_route_v4(&pr, Some(&primary), CLIENT, 32, Some(NODE_P)).expect("primary route");
-    node.run_in(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
-        .expect("enter node")
-        .expect("ip_forward");
 
     let cg = Cgroup::create(&format!("shdt{tag}-fcs")).expect("primary cgroup");
     let mut srv = Command::new("python3");

@@ -1,0 +1,85 @@
+//! The routed topology the agent-level tests share: a client namespace, a forwarding node
+//! namespace (where the agent attaches) and a primary namespace, joined by two veth pairs.
+//!
+//! ```text
+//! client ns ──veth── node ns (ip_forward) ──veth── primary ns
+//!   cl                 nc          np                pr
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use shadow_agent::sys::{
+    link::{self, Veth, VethEnd},
+    netns::NetNs,
+};
+
+/// The four addresses (each /24: client and node's front end share one, node's back end and
+/// primary another).
+pub struct Addrs {
+    pub client: Ipv4Addr,
+    pub node_c: Ipv4Addr,
+    pub node_p: Ipv4Addr,
+    pub primary: Ipv4Addr,
+}
+
+/// The two veth pairs; dropped before the namespaces when bound after them.
+pub struct Links {
+    _front: Veth,
+    _back: Veth,
+}
+
+pub struct Routed {
+    pub client: NetNs,
+    pub node: NetNs,
+    pub primary: NetNs,
+    /// The node's interface towards the client (where the mirror attaches).
+    pub nc: String,
+    pub links: Links,
+}
+
+impl Routed {
+    /// Namespaces `shdt{tag}-{letter}c/n/p`, interfaces `shdt{tag}{letter}l/c/q/r`, addresses,
+    /// host routes through the node, and forwarding on in the node.
+    pub fn new(tag: &str, letter: char, a: Addrs) -> Routed {
+        let client = NetNs::create(&format!("shdt{tag}-{letter}c")).expect("client netns");
+        let node = NetNs::create(&format!("shdt{tag}-{letter}n")).expect("node netns");
+        let primary = NetNs::create(&format!("shdt{tag}-{letter}p")).expect("primary netns");
+        let [cl, nc, np, pr] = ['l', 'c', 'q', 'r'].map(|s| format!("shdt{tag}{letter}{s}"));
+        let front = Veth::create(
+            VethEnd::in_netns(&cl, &client),
+            VethEnd::in_netns(&nc, &node),
+        )
+        .expect("front veth");
+        let back = Veth::create(
+            VethEnd::in_netns(&np, &node),
+            VethEnd::in_netns(&pr, &primary),
+        )
+        .expect("back veth");
+        for (ifname, ns, addr) in [
+            (&cl, &client, a.client),
+            (&nc, &node, a.node_c),
+            (&np, &node, a.node_p),
+            (&pr, &primary, a.primary),
+        ] {
+            link::add_address(ifname, Some(ns), IpAddr::V4(addr), 24).expect("address");
+            link::set_up(ifname, Some(ns)).expect("up");
+        }
+        link::add_route_v4(&cl, Some(&client), a.primary, 32, Some(a.node_c))
+            .expect("client route");
+        link::add_route_v4(&pr, Some(&primary), a.client, 32, Some(a.node_p))
+            .expect("primary route");
+        node.run_in(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+            .expect("enter node")
+            .expect("ip_forward");
+        Routed {
+            client,
+            node,
+            primary,
+            nc,
+            links: Links {
+                _front: front,
+                _back: back,
+            },
+        }
+    }
+}
