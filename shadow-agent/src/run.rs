@@ -144,7 +144,8 @@ pub fn run_with_status(
         }
         f
     });
-    let mut prev: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+    let mut prev: std::collections::HashMap<String, (f64, std::time::Instant)> =
+        std::collections::HashMap::new();
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| AgentError::Io {
@@ -155,6 +156,8 @@ pub fn run_with_status(
             tokio::spawn(crate::metrics::serve(l, std::sync::Arc::clone(&metrics)));
         }
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.profile.interval_ms));
+        // A late tick is not followed by a burst of catch-up ticks (near-zero intervals).
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -166,10 +169,14 @@ pub fn run_with_status(
                 break;
             }
             let mut line = serde_json::json!({ "t_s": start.elapsed().as_secs_f64() });
-            // Per-second rates since the previous interval (none on the first).
+            // Per-second rates since the previous sample (none on the first), over the time
+            // that really passed: a tick delayed by a loaded machine would otherwise read as
+            // a spike and the next as zero.
+            let now = std::time::Instant::now();
             let mut rate = |key: &str, total: f64| -> Option<f64> {
-                let last = prev.insert(key.to_owned(), total)?;
-                Some(((total - last).max(0.0)) / interval_s)
+                let (last, at) = prev.insert(key.to_owned(), (total, now))?;
+                let dt = now.duration_since(at).as_secs_f64().max(interval_s / 10.0);
+                Some((total - last).max(0.0) / dt)
             };
             let mut samples: Vec<(String, f64)> = Vec::new();
             if let Some(m) = &mirror {
