@@ -132,10 +132,15 @@ pub struct CpuState {
     /// (0 = nothing cached: the agent's generations start at 1).
     pub cg_id: u64,
     pub cg_slot: u32,
-    pub _pad: u32,
+    /// Odd while the handler updates this CPU's counters and state: the agent reads
+    /// `ACCT` between two reads of this map and retries when `seq` was odd or moved.
+    pub seq: u32,
     pub gen: u64,
+    /// cgroup2 id of the task switched in at `last_ns`, running since (0: the idle task, or
+    /// not known). The agent adds `now - last_ns` to that cgroup's CPU time when it reads.
+    pub running_cg: u64,
 }
-const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+const _: () = assert!(core::mem::size_of::<CpuState>() == 40);
 crate::impl_pod!(CpuState);
 
 /// [`ProcEvent::kind`] values.

@@ -105,8 +105,8 @@ names! {
     MAP_ACCT_CGROUPS = "ACCT_CGROUPS";
     /// `PerCpuArray<CgroupAcct>`, indexed by slot; slot 0 is "everything else".
     MAP_ACCT = "ACCT";
-    /// `PerCpuArray<acct::CpuState>`: time of the last context switch on this CPU and its
-    /// cgroup-to-slot cache.
+    /// `PerCpuArray<acct::CpuState>`: time of the last context switch on this CPU, the
+    /// cgroup of the task running since, and the cgroup-to-slot cache.
     MAP_ACCT_LAST = "ACCT_LAST";
     /// `Array<u64>`, one entry: generation of `ACCT_CGROUPS`, bumped by the agent after every
     /// change (invalidates the per-CPU slot caches).
@@ -122,6 +122,13 @@ names! {
 
     /// Global (rodata) `u32`: byte offset of `pid` in `struct task_struct` (kernel BTF).
     GLOBAL_TASK_PID_OFF = "TASK_PID_OFF";
+    /// Globals (rodata) `u32`: 1 when the offsets below are set; byte offsets of
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id` (kernel BTF).
+    GLOBAL_NEXT_CG_ON = "NEXT_CG_ON";
+    GLOBAL_TASK_CGROUPS_OFF = "TASK_CG_OFF";
+    GLOBAL_CSS_SET_DFL_OFF = "CSS_SET_DFL_OFF";
+    GLOBAL_CGROUP_KN_OFF = "CGROUP_KN_OFF";
+    GLOBAL_KN_ID_OFF = "KN_ID_OFF";
     /// Global (rodata) `u32`: offset of `pid` in the sched_wakeup tracepoint record.
     GLOBAL_WAKE_PID_OFF = "WAKE_PID_OFF";
     /// Global (rodata) `u32`: offset of `nr_sector` in the block_bio_queue record.

@@ -8,7 +8,11 @@
 //!   to the task switched out, whose cgroup is still current; the idle task is not charged
 //!   and costs no lookup. The cgroup's slot is cached per CPU (`CpuState`) while the
 //!   generation in `ACCT_GEN` is unchanged. tp_btf (preferred) and raw tracepoint entry
-//!   points share the code.
+//!   points share the code. The switch also records the cgroup2 id of the task switched
+//!   *in* (`next->cgroups->dfl_cgrp->kn->id`, offsets from the kernel's BTF as load-time
+//!   globals; 0 for the idle task or when the offsets are unknown), so the agent can add the
+//!   running slice of a task that has not been switched out yet when it reads: a lone busy
+//!   task on an otherwise idle CPU may not be switched out for seconds.
 //! - Run-queue latency: a task becomes runnable at a wakeup (tp_btf sched_wakeup /
 //!   sched_wakeup_new: `task->pid` at the offset the agent reads from the kernel's BTF; or,
 //!   as the fallback, the classic tracepoints' `pid` record field at its tracefs offset;
@@ -32,7 +36,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, generated::bpf_skb_cgroup_id,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_skb_cgroup_id,
     },
     macros::{btf_tracepoint, cgroup_skb, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -67,6 +71,19 @@ static ACCT_ERRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(err::COUNT, 0
 /// Byte offset of `pid` in `struct task_struct` (set by the agent from the kernel's BTF).
 #[unsafe(no_mangle)]
 static TASK_PID_OFF: u32 = 0;
+/// Byte offsets of the chain `task_struct.cgroups` -> `css_set.dfl_cgrp` -> `cgroup.kn` ->
+/// `kernfs_node.id` (set by the agent from the kernel's BTF; `NEXT_CG_ON` = 0 when they are
+/// unknown, and the switched-in task's cgroup is then not recorded).
+#[unsafe(no_mangle)]
+static NEXT_CG_ON: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CG_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static KN_ID_OFF: u32 = 0;
 /// Offset of `pid` in the sched_wakeup(_new) record (set by the agent from tracefs).
 #[unsafe(no_mangle)]
 static WAKE_PID_OFF: u32 = 24;
@@ -106,7 +123,7 @@ fn acct(slot: u32) -> Option<*mut CgroupAcct> {
 pub fn sched_sw_btf(ctx: BtfTracePointContext) -> i32 {
     // Argument 3 of sched_switch is `unsigned int prev_state`, a scalar.
     let prev_state: u32 = ctx.arg(3);
-    on_switch(prev_state);
+    on_switch(prev_state, next_cgroup_btf(ctx.arg(2)));
     0
 }
 
@@ -114,12 +131,84 @@ pub fn sched_sw_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_sw_raw(ctx: RawTracePointContext) -> i32 {
     // Raw tracepoint args are the same as tp_btf's: args[3] is `prev_state`.
     let prev_state: u64 = ctx.arg(3);
-    on_switch(prev_state as u32);
+    on_switch(
+        prev_state as u32,
+        next_cgroup_raw(ctx.arg::<u64>(2) as *const u8),
+    );
     0
 }
 
+/// Reads a load-time global (rodata, constant to the verifier).
+macro_rules! global {
+    ($g:ident) => {
+        // SAFETY: rodata global written by the loader before load.
+        unsafe { core::ptr::read_volatile(&$g) } as usize
+    };
+}
+
+/// The offsets of the task -> cgroup2 id chain, if the agent set them.
 #[inline(always)]
-fn on_switch(prev_state: u32) {
+fn chain_offsets() -> Option<[usize; 4]> {
+    if global!(NEXT_CG_ON) == 0 {
+        return None;
+    }
+    Some([
+        global!(TASK_CG_OFF),
+        global!(CSS_SET_DFL_OFF),
+        global!(CGROUP_KN_OFF),
+        global!(KN_ID_OFF),
+    ])
+}
+
+/// cgroup2 id of the task being switched in, from a BTF-typed `struct task_struct *`: plain
+/// loads the verifier checks against the kernel's BTF (and turns into fault-safe ones).
+/// 0 for the idle task (pid 0) or when the offsets are unknown.
+#[inline(always)]
+fn next_cgroup_btf(task: *const u8) -> u64 {
+    let Some([cg, dfl, kn, id]) = chain_offsets() else {
+        return 0;
+    };
+    if task_pid(task) == 0 {
+        return 0;
+    }
+    // SAFETY: each step loads a pointer member at its BTF offset from a BTF-typed pointer;
+    // a NULL along the way reads as 0 (fault-safe loads), never a fault.
+    unsafe {
+        let css = core::ptr::read_volatile(task.wrapping_add(cg).cast::<*const u8>());
+        let cgrp = core::ptr::read_volatile(css.wrapping_add(dfl).cast::<*const u8>());
+        let node = core::ptr::read_volatile(cgrp.wrapping_add(kn).cast::<*const u8>());
+        core::ptr::read_volatile(node.wrapping_add(id).cast::<u64>())
+    }
+}
+
+/// The same through `bpf_probe_read_kernel`, for the raw tracepoint (untyped arguments).
+#[inline(always)]
+fn next_cgroup_raw(task: *const u8) -> u64 {
+    let Some([cg, dfl, kn, id]) = chain_offsets() else {
+        return 0;
+    };
+    let pid_off = global!(TASK_PID_OFF);
+    // SAFETY: probe reads of kernel memory; a bad address returns an error, never faults.
+    unsafe {
+        match bpf_probe_read_kernel(task.wrapping_add(pid_off).cast::<i32>()) {
+            Ok(pid) if pid != 0 => {}
+            _ => return 0,
+        }
+        let Ok(css) = bpf_probe_read_kernel(task.wrapping_add(cg).cast::<*const u8>()) else {
+            return 0;
+        };
+        let Ok(cgrp) = bpf_probe_read_kernel(css.wrapping_add(dfl).cast::<*const u8>()) else {
+            return 0;
+        };
+        let Ok(node) = bpf_probe_read_kernel(cgrp.wrapping_add(kn).cast::<*const u8>()) else {
+            return 0;
+        };
+        bpf_probe_read_kernel(node.wrapping_add(id).cast::<u64>()).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn on_switch(prev_state: u32, next_cg: u64) {
     // SAFETY: plain helper calls without arguments.
     let (now, pid_tgid) = unsafe { (bpf_ktime_get_ns(), bpf_get_current_pid_tgid()) };
     let Some(st) = ACCT_LAST.get_ptr_mut(0) else {
@@ -127,10 +216,23 @@ fn on_switch(prev_state: u32) {
     };
     // SAFETY: per-CPU entry; only sched_switch touches it, with interrupts off.
     let st = unsafe { &mut *st };
-    let prev = core::mem::replace(&mut st.last_ns, now);
-    if pid_tgid == 0 {
-        return; // the idle task: nothing to charge, no cgroup to look up
+    st.seq = st.seq.wrapping_add(1);
+    let prev = st.last_ns;
+    // The idle task: nothing to charge, no cgroup to look up.
+    if pid_tgid != 0 {
+        charge_prev(st, prev, now, pid_tgid, prev_state);
     }
+    // `seq` is odd from before the charge to after the new slice start: a reader that saw
+    // it even and unchanged around its read of `ACCT` saw counters and slice start agree.
+    st.last_ns = now;
+    st.running_cg = next_cg;
+    st.seq = st.seq.wrapping_add(1);
+}
+
+/// Charges the slice `prev..now` to the task switched out (current), and records its
+/// run-queue latency.
+#[inline(always)]
+fn charge_prev(st: &mut CpuState, prev: u64, now: u64, pid_tgid: u64, prev_state: u32) {
     let delta = charge_ns(prev, now);
     // SAFETY: helper without arguments.
     let cgid = unsafe { bpf_get_current_cgroup_id() };

@@ -91,6 +91,54 @@ fn raw_tracepoint_fallback_accounts_the_same() {
     );
 }
 
+/// A busy task that is still on its CPU has not been charged by sched_switch yet: the
+/// profiler adds its running slice when it reads, so at any instant eBPF's total follows
+/// cpu.stat (updated every tick) closely, not only after the task was switched out.
+fn running_slices_follow_cpu_stat(pref: HookPreference) {
+    let _serial = heavy();
+    let cg = TestCgroup::new("cpurun");
+    let mut prof = start(pref);
+    prof.track(cg.id()).expect("track");
+    assert!(
+        prof.report(Metric::Cpu)
+            .and_then(|r| r.note.as_ref())
+            .is_none(),
+        "{:?}",
+        prof.report(Metric::Cpu)
+    );
+    let _child = spawn_in(None, Some(&cg), python("while True: pass"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = 0i64;
+    let mut diffs = Vec::new();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        let ebpf = prof.cgroup(cg.id()).expect("read").expect("tracked").cpu_ns as i64;
+        let stat = usage_usec(&cg) as i64 * 1000;
+        let d = ebpf - stat;
+        diffs.push(d / 1_000_000);
+        if d.abs() > worst.abs() {
+            worst = d;
+        }
+    }
+    eprintln!("eBPF - cpu.stat per sample (ms): {diffs:?}");
+    // cpu.stat lags the running task by up to a tick (1-10 ms); a slice charged only at the
+    // switch would lag by everything the task ran since it was switched in.
+    assert!(
+        worst.abs() < 25_000_000,
+        "eBPF and cpu.stat differ by up to {worst} ns while the task runs: {diffs:?} ms"
+    );
+}
+
+#[test]
+fn running_slices_count_before_the_switch_with_the_preferred_hook() {
+    running_slices_follow_cpu_stat(HookPreference::Auto);
+}
+
+#[test]
+fn running_slices_count_before_the_switch_with_the_raw_tracepoint() {
+    running_slices_follow_cpu_stat(HookPreference::RawOnly);
+}
+
 /// Touch `MIB` MiB after a handshake, so the baseline excludes the interpreter itself.
 const TOUCH: &str = "import sys, mmap\n\
 sys.stdout.write('ready\\n'); sys.stdout.flush()\n\

@@ -166,13 +166,22 @@ fn fuzz_smoke() -> Result<()> {
         std::fs::create_dir_all(workspace_root().join("fuzz/corpus").join(target))
             .context("creating the fuzz corpus directory")?;
         let start = Instant::now();
-        run_cmd(fuzz_run_cmd(target)).with_context(|| {
-            format!(
-                "fuzz target `{target}` failed: the crashing input is under \
+        // libFuzzer's progress lines go to a log, shown only when the target fails: the end
+        // of CI's output is for what failed.
+        let mut cmd = fuzz_run_cmd(target);
+        let out = cmd
+            .output()
+            .with_context(|| format!("could not start `{}`", display_cmd(&cmd)))?;
+        if !out.status.success() {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "fuzz target `{target}` failed ({}): the crashing input is under \
                  fuzz/artifacts/{target}/ (replay it with `cargo +nightly fuzz run -s none \
-                 {target} <file>`)"
-            )
-        })?;
+                 {target} <file>`)",
+                out.status
+            );
+        }
         println!(
             "fuzz: {target}: {FUZZ_SMOKE_RUNS} runs, no crash ({})",
             fmt_duration(start.elapsed())
@@ -268,6 +277,9 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
+    for name in &totals.failed_names {
+        println!("failed test: {name}");
+    }
     let mut errors: Vec<anyhow::Error> = [tests, fuzz, leftover_step]
         .into_iter()
         .filter_map(Result::err)
@@ -288,12 +300,22 @@ struct TestTotals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// Names from the `test <name> ... FAILED` lines.
+    failed_names: Vec<String>,
 }
 
 impl TestTotals {
     /// Adds the counts of a `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
     fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+        let line = line.trim();
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            self.failed_names.push(name.to_owned());
+            return;
+        }
+        let Some(rest) = line.strip_prefix("test result: ") else {
             return;
         };
         for part in rest.split(';') {
@@ -406,12 +428,15 @@ mod tests {
         t.add_line("test result: ok. 35 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.11s");
         t.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
         t.add_line("running 3 tests");
+        t.add_line("test forecast_a_cgroup ... FAILED");
+        t.add_line("test ok_one ... ok");
         assert_eq!(
             t,
             TestTotals {
                 passed: 38,
                 failed: 1,
-                ignored: 2
+                ignored: 2,
+                failed_names: vec!["forecast_a_cgroup".into()],
             }
         );
     }

@@ -41,6 +41,7 @@ pub enum BtfError {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -192,9 +193,8 @@ impl Btf {
         None
     }
 
-    /// Byte offset of integer member `member` of `struct strukt`, and its size in bytes.
-    pub fn int_member(&self, strukt: &str, member: &str) -> Result<(u32, u32), BtfError> {
-        let owned = || (strukt.to_owned(), member.to_owned());
+    /// Byte offset and type id of member `member` of `struct strukt` (not a bitfield).
+    fn member(&self, strukt: &str, member: &str) -> Result<(u32, u32), BtfError> {
         // The first complete struct of that name (forward declarations are kind FWD).
         let st = self
             .types
@@ -217,29 +217,51 @@ impl Btf {
             } else {
                 (raw, 0)
             };
-            let bad = |reason: String| {
-                let (strukt, member) = owned();
-                BtfError::BadMember {
-                    path: self.path.clone(),
-                    strukt,
-                    member,
-                    reason,
-                }
-            };
             if bitfield != 0 || bit_off % 8 != 0 {
-                return Err(bad(format!("a bitfield (bit offset {bit_off})")));
+                return Err(self.bad(strukt, member, format!("a bitfield (bit offset {bit_off})")));
             }
-            let size = self
-                .int_size(ty)
-                .ok_or_else(|| bad(format!("not an integer (type id {ty})")))?;
-            return Ok((bit_off / 8, size));
+            return Ok((bit_off / 8, ty));
         }
-        let (strukt, member) = owned();
         Err(BtfError::NoMember {
             path: self.path.clone(),
-            strukt,
-            member,
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
         })
+    }
+
+    fn bad(&self, strukt: &str, member: &str, reason: String) -> BtfError {
+        BtfError::BadMember {
+            path: self.path.clone(),
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
+            reason,
+        }
+    }
+
+    /// Byte offset of integer member `member` of `struct strukt`, and its size in bytes.
+    pub fn int_member(&self, strukt: &str, member: &str) -> Result<(u32, u32), BtfError> {
+        let (off, ty) = self.member(strukt, member)?;
+        let size = self
+            .int_size(ty)
+            .ok_or_else(|| self.bad(strukt, member, format!("not an integer (type id {ty})")))?;
+        Ok((off, size))
+    }
+
+    /// Byte offset of pointer member `member` of `struct strukt`.
+    pub fn ptr_member(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let (off, ty) = self.member(strukt, member)?;
+        let mut id = ty;
+        for _ in 0..16 {
+            let Some(t) = self.ty(id) else { break };
+            match t.kind {
+                KIND_PTR => return Ok(off),
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type
+                }
+                _ => break,
+            }
+        }
+        Err(self.bad(strukt, member, format!("not a pointer (type id {ty})")))
     }
 }
 
@@ -247,10 +269,11 @@ impl Btf {
 mod tests {
     use super::*;
 
-    /// A BTF blob with `int` (id 1), `typedef int pid_t` (id 2) and
-    /// `struct task { long state; pid_t pid; int bits:3; }` (id 3).
+    /// A BTF blob with `int` (id 1), `typedef int pid_t` (id 2),
+    /// `struct task { long state; pid_t pid; int bits:3; struct task *parent; }` (id 3) and
+    /// `struct task *` (id 4).
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0pid_t\0task\0state\0pid\0bits\0";
+        let strings = b"\0int\0pid_t\0task\0state\0pid\0bits\0parent\0";
         let off = |s: &str| {
             let needle = format!("\0{s}\0");
             (strings
@@ -269,10 +292,10 @@ mod tests {
             off("pid_t"),
             KIND_TYPEDEF << 24,
             1,
-            // struct task, kind_flag set (bitfield sizes in member offsets), 3 members, 16 B
+            // struct task, kind_flag set (bitfield sizes in member offsets), 4 members, 24 B
             off("task"),
-            (1 << 31) | (KIND_STRUCT << 24) | 3,
-            16,
+            (1 << 31) | (KIND_STRUCT << 24) | 4,
+            24,
             off("state"),
             1,
             0,
@@ -282,6 +305,13 @@ mod tests {
             off("bits"),
             1,
             (3 << 24) | 96,
+            off("parent"),
+            4,
+            128,
+            // struct task * -> 3
+            0,
+            KIND_PTR << 24,
+            3,
         ];
         let type_bytes: Vec<u8> = types.drain(..).flat_map(u32::to_ne_bytes).collect();
         let mut out = Vec::new();
@@ -306,6 +336,16 @@ mod tests {
         let btf = Btf::parse(Path::new("t"), blob()).expect("parse");
         assert_eq!(btf.int_member("task", "pid").expect("pid"), (8, 4));
         assert_eq!(btf.int_member("task", "state").expect("state"), (0, 4));
+    }
+
+    #[test]
+    fn finds_a_pointer_member_and_refuses_the_wrong_kind() {
+        let btf = Btf::parse(Path::new("t"), blob()).expect("parse");
+        assert_eq!(btf.ptr_member("task", "parent").expect("parent"), 16);
+        let e = btf.ptr_member("task", "pid").unwrap_err().to_string();
+        assert!(e.contains("not a pointer"), "{e}");
+        let e = btf.int_member("task", "parent").unwrap_err().to_string();
+        assert!(e.contains("not an integer"), "{e}");
     }
 
     #[test]
@@ -338,5 +378,19 @@ mod tests {
             .expect("task_struct.pid");
         assert_eq!(size, 4);
         assert!(off > 0 && off < 16384, "offset {off}");
+    }
+
+    #[test]
+    fn the_running_kernel_has_the_task_to_cgroup_id_chain() {
+        let btf = Btf::kernel().expect("kernel BTF");
+        for (s, m) in [
+            ("task_struct", "cgroups"),
+            ("css_set", "dfl_cgrp"),
+            ("cgroup", "kn"),
+        ] {
+            btf.ptr_member(s, m)
+                .unwrap_or_else(|e| panic!("{s}.{m}: {e}"));
+        }
+        assert_eq!(btf.int_member("kernfs_node", "id").expect("kn id").1, 8);
     }
 }

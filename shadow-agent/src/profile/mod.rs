@@ -33,13 +33,15 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use shadow_common::{
-    acct::{err, CgroupAcct, RqHist, MAX_TRACKED, RQ_BUCKETS, SLOT_OTHER},
+    acct::{err, CgroupAcct, CpuState, RqHist, MAX_TRACKED, RQ_BUCKETS, SLOT_OTHER},
     maps::{
-        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_TASK_PID_OFF, GLOBAL_WAKE_PID_OFF,
-        MAP_ACCT, MAP_ACCT_CGROUPS, MAP_ACCT_ERRS, MAP_ACCT_EVENTS, MAP_ACCT_GEN, MAP_RQ_HIST,
-        PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW, PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF,
-        PROG_FAULT_KRET, PROG_FAULT_RAW, PROG_SCHED_BTF, PROG_SCHED_RAW, PROG_SKB_IN, PROG_SKB_OUT,
-        PROG_WAKEUP_BTF, PROG_WAKEUP_NEW_BTF, PROG_WAKEUP_NEW_TP, PROG_WAKEUP_TP,
+        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_CGROUP_KN_OFF, GLOBAL_CSS_SET_DFL_OFF,
+        GLOBAL_KN_ID_OFF, GLOBAL_NEXT_CG_ON, GLOBAL_TASK_CGROUPS_OFF, GLOBAL_TASK_PID_OFF,
+        GLOBAL_WAKE_PID_OFF, MAP_ACCT, MAP_ACCT_CGROUPS, MAP_ACCT_ERRS, MAP_ACCT_EVENTS,
+        MAP_ACCT_GEN, MAP_ACCT_LAST, MAP_RQ_HIST, PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW,
+        PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF, PROG_FAULT_KRET, PROG_FAULT_RAW,
+        PROG_SCHED_BTF, PROG_SCHED_RAW, PROG_SKB_IN, PROG_SKB_OUT, PROG_WAKEUP_BTF,
+        PROG_WAKEUP_NEW_BTF, PROG_WAKEUP_NEW_TP, PROG_WAKEUP_TP,
     },
 };
 
@@ -359,28 +361,63 @@ impl Profiler {
         }
         let btf = Btf::from_sys_fs().ok();
         let offsets = read_offsets();
-        // Offset of task_struct.pid for the tp_btf wakeup programs (tracking tp_btf only).
-        let task_pid = match pref {
-            HookPreference::Auto => btf::Btf::kernel()
-                .and_then(|b| b.int_member("task_struct", "pid"))
-                .and_then(|(off, size)| {
-                    if size == 4 {
-                        Ok(off)
-                    } else {
-                        Err(btf::BtfError::BadMember {
-                            path: btf::VMLINUX.into(),
-                            strukt: "task_struct".into(),
-                            member: "pid".into(),
-                            reason: format!("{size} bytes, not 4"),
-                        })
+        let kernel_btf = btf::Btf::kernel();
+        // Offset of task_struct.pid for the tp_btf wakeup programs and the idle check of
+        // the switched-in task.
+        let task_pid = kernel_btf
+            .as_ref()
+            .map_err(ToString::to_string)
+            .and_then(|b| {
+                let (off, size) = b
+                    .int_member("task_struct", "pid")
+                    .map_err(|e| e.to_string())?;
+                if size == 4 {
+                    Ok(off)
+                } else {
+                    Err(btf::BtfError::BadMember {
+                        path: btf::VMLINUX.into(),
+                        strukt: "task_struct".into(),
+                        member: "pid".into(),
+                        reason: format!("{size} bytes, not 4"),
                     }
-                }),
-            HookPreference::RawOnly => Ok(0),
-        };
+                    .to_string())
+                }
+            });
+        // The chain from a task to its cgroup2 id, so sched_switch can record which cgroup
+        // the CPU runs from then on (its running slice is added at read time).
+        let next_cg = task_pid.clone().and_then(|_| {
+            let b = kernel_btf.as_ref().map_err(ToString::to_string)?;
+            let chain = || -> Result<[u32; 4], btf::BtfError> {
+                let (kn_id, size) = b.int_member("kernfs_node", "id")?;
+                if size != 8 {
+                    return Err(btf::BtfError::BadMember {
+                        path: btf::VMLINUX.into(),
+                        strukt: "kernfs_node".into(),
+                        member: "id".into(),
+                        reason: format!("{size} bytes, not 8"),
+                    });
+                }
+                Ok([
+                    b.ptr_member("task_struct", "cgroups")?,
+                    b.ptr_member("css_set", "dfl_cgrp")?,
+                    b.ptr_member("cgroup", "kn")?,
+                    kn_id,
+                ])
+            };
+            chain().map_err(|e| e.to_string())
+        });
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
         if let Ok(off) = &task_pid {
             loader.override_global(GLOBAL_TASK_PID_OFF, off, true);
+        }
+        if let Ok([cgroups, dfl, kn, id]) = &next_cg {
+            loader
+                .override_global(GLOBAL_NEXT_CG_ON, &1u32, true)
+                .override_global(GLOBAL_TASK_CGROUPS_OFF, cgroups, true)
+                .override_global(GLOBAL_CSS_SET_DFL_OFF, dfl, true)
+                .override_global(GLOBAL_CGROUP_KN_OFF, kn, true)
+                .override_global(GLOBAL_KN_ID_OFF, id, true);
         }
         if let Ok(o) = &offsets {
             loader
@@ -412,12 +449,17 @@ impl Profiler {
         if !fb.is_empty() {
             tracing::warn!(fallbacks = ?fb, "sched_switch: preferred hook unavailable");
         }
+        if let Err(e) = &next_cg {
+            tracing::warn!(error = %e, "sched_switch: running slices counted only once switched out");
+        }
         reports.push(HookReport {
             metric: Metric::Cpu,
             hook: Some(cpu.kind()),
             programs: vec![cpu.program()],
             fallbacks: fb,
-            note: None,
+            note: next_cg.as_ref().err().map(|e| {
+                format!("running slices are counted only once switched out (no task-to-cgroup offsets: {e})")
+            }),
         });
 
         // Run-queue latency: switch-in and preemption come with the CPU hook; wakeups need
@@ -779,12 +821,39 @@ impl Profiler {
         Ok(vals.iter().fold(CgroupAcct::default(), |a, v| a.add(v)))
     }
 
+    fn read_cpu_state(&self) -> Result<Vec<CpuState>, ProfileError> {
+        let map = self
+            .ebpf
+            .map(MAP_ACCT_LAST)
+            .ok_or(Self::missing(MAP_ACCT_LAST))?;
+        let last: PerCpuArray<&MapData, CpuState> =
+            PerCpuArray::try_from(map).map_err(Self::map_err(MAP_ACCT_LAST))?;
+        let vals = last.get(&0, 0).map_err(Self::map_err(MAP_ACCT_LAST))?;
+        Ok(vals.iter().copied().collect())
+    }
+
     /// Accounting of a tracked cgroup since `track`, summed over CPUs; `None` if untracked.
+    ///
+    /// CPU time includes the running slices of the cgroup's tasks that are on a CPU now:
+    /// sched_switch charges a slice when it ends, and a lone busy task on an otherwise idle
+    /// CPU may run for seconds without one. The counters and the per-CPU slice starts are
+    /// read as one consistent snapshot (retried while a switch updates them), so the total
+    /// never runs ahead of what the next switch charges.
     pub fn cgroup(&self, cgroup_id: u64) -> Result<Option<CgroupAcct>, ProfileError> {
-        match self.slots.get(&cgroup_id) {
-            Some(t) => self.read_slot(t.slot).map(Some),
-            None => Ok(None),
+        let Some(t) = self.slots.get(&cgroup_id) else {
+            return Ok(None);
+        };
+        let mut acct = CgroupAcct::default();
+        for _ in 0..4 {
+            let before = self.read_cpu_state()?;
+            acct = self.read_slot(t.slot)?;
+            let after = self.read_cpu_state()?;
+            if let Some(running) = running_ns(&before, &after, cgroup_id, monotonic_ns()) {
+                acct.cpu_ns += running;
+                break;
+            }
         }
+        Ok(Some(acct))
     }
 
     /// Everything charged to cgroups that are not tracked (idle excluded).
@@ -854,4 +923,68 @@ pub struct KernelErrors {
     pub rq_tasks_full: u64,
     /// Tracepoint fields that could not be read.
     pub tracepoint_read: u64,
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Time the CPUs have been running tasks of `cgroup_id` since their last switch, at `now`,
+/// from two reads of the per-CPU switch state taken around a read of the counters; `None`
+/// when a switch was under way or happened in between (the counters and the slice starts
+/// may then disagree).
+fn running_ns(before: &[CpuState], after: &[CpuState], cgroup_id: u64, now: u64) -> Option<u64> {
+    if before.len() != after.len() {
+        return None;
+    }
+    let mut sum = 0u64;
+    for (b, a) in before.iter().zip(after) {
+        if b.seq % 2 == 1 || b.seq != a.seq {
+            return None;
+        }
+        if a.running_cg == cgroup_id && a.last_ns != 0 {
+            sum += now.saturating_sub(a.last_ns);
+        }
+    }
+    Some(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(seq: u32, last_ns: u64, running_cg: u64) -> CpuState {
+        CpuState {
+            last_ns,
+            seq,
+            running_cg,
+            ..CpuState::default()
+        }
+    }
+
+    #[test]
+    fn running_slices_of_the_cgroup_are_added() {
+        let s = [cpu(4, 1_000, 7), cpu(2, 1_500, 9), cpu(6, 1_200, 7)];
+        assert_eq!(running_ns(&s, &s, 7, 2_000), Some(1_000 + 800));
+        assert_eq!(running_ns(&s, &s, 9, 2_000), Some(500));
+        assert_eq!(running_ns(&s, &s, 3, 2_000), Some(0));
+        // A CPU that never switched, or idle (cgroup 0), adds nothing.
+        let s = [cpu(0, 0, 7), cpu(2, 1_000, 0)];
+        assert_eq!(running_ns(&s, &s, 7, 2_000), Some(0));
+    }
+
+    #[test]
+    fn a_switch_during_the_read_asks_for_a_reread() {
+        let before = [cpu(4, 1_000, 7), cpu(2, 1_500, 9)];
+        // Under way (odd) when read first.
+        let odd = [cpu(5, 1_000, 7), cpu(2, 1_500, 9)];
+        assert_eq!(running_ns(&odd, &odd, 7, 2_000), None);
+        // Finished in between.
+        let after = [cpu(6, 1_900, 9), cpu(2, 1_500, 9)];
+        assert_eq!(running_ns(&before, &after, 7, 2_000), None);
+        assert_eq!(running_ns(&before, &before[..1], 7, 2_000), None);
+    }
 }
