@@ -1,8 +1,9 @@
-//! HTTP masking across TCP segments: `mask_byte`/`skip_body` driven per segment the way
+//! HTTP masking across TCP segments: `mask_http`/`skip_body` driven per segment the way
 //! `shadow_mask` drives them (`shadow_fuzz::mask_segment`), the payload cut into segments at
 //! fuzzer-chosen points.
 //!
-//! Input: byte 0 (bit 0 structured, bit 1 "drop" fallback, bit 2 fill `#` instead of `*`),
+//! Input: byte 0 (bit 0 structured, bit 1 "drop" fallback, bit 2 fill `#` instead of `*`,
+//! bit 3 keyed tokens instead of the fill byte, bits 4-7 part of the token key),
 //! bytes 1-2 the scan limit, byte 3 the masked-header subset, byte 4 the parameter subset,
 //! byte 5 the number of cuts (low 3 bits) and 2 bytes per cut, then either the raw payload
 //! (seeds: client payloads of the HTTP flows of the shared pcaps) or the bytes that drive
@@ -11,13 +12,16 @@
 //!
 //! Invariants: no panic; length preserved; the input is never written; no canary byte
 //! survives in a sent segment; raw payloads mask the same however they are cut (when no
-//! segment exceeds the scan window; otherwise a superset of the bytes).
+//! segment exceeds the scan window; otherwise a superset of the bytes). With tokens: the
+//! bytes changed are among those the fill byte would replace, a canary letter or digit
+//! becomes one of its class, and the cut-invariance holds for the tokens too.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shadow_common::mask::{
     HttpState, MaskRule, MaskSpec, FALLBACK_DROP, FALLBACK_MASK, MASK_HTTP, MAX_SCAN_LIMIT,
 };
+use shadow_common::pseudo::PrfKey;
 use shadow_fuzz::{mask_segment, segments, Bytes};
 
 const HEADER_POOL: [&str; 8] = [
@@ -247,7 +251,16 @@ fuzz_target!(|data: &[u8]| {
         .filter(|i| pmask >> i & 1 != 0)
         .map(|i| PARAM_POOL[i])
         .collect();
-    let spec = MaskSpec::build_with_limit(&headers, &params, fill, scan_limit).unwrap();
+    let fill_spec = MaskSpec::build_with_limit(&headers, &params, fill, scan_limit).unwrap();
+    let tokens = mode & 8 != 0;
+    let spec = if tokens {
+        fill_spec.with_tokens(PrfKey {
+            k0: u64::from(mode >> 4),
+            k1: 0x5eed,
+        })
+    } else {
+        fill_spec
+    };
     let n_cuts = (b.u8() & 7) as usize;
     let cut_seeds: Vec<u16> = (0..n_cuts).map(|_| b.u16()).collect();
 
@@ -300,15 +313,39 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(input, orig, "the input was written");
     assert_eq!(out.len(), input.len(), "length changed");
+    // The same cuts with the fill byte: what must be masked.
+    let filled = if tokens {
+        let mut f = input.clone();
+        let mut fst = HttpState::default();
+        for &(s, e) in &segs {
+            mask_segment(&mut fst, &fill_spec, &rule, &mut f[s..e]);
+        }
+        for i in 0..input.len() {
+            if out[i] != input[i] {
+                assert_eq!(f[i], fill, "a token changed byte {i}, which is not masked");
+            }
+        }
+        f
+    } else {
+        out.clone()
+    };
     for &p in &canary {
         if sent[p] {
             assert_eq!(
-                out[p],
+                filled[p],
                 fill,
                 "canary byte {p} survived: {:?}\n-> {:?}",
                 String::from_utf8_lossy(&input),
-                String::from_utf8_lossy(&out)
+                String::from_utf8_lossy(&filled)
             );
+            if tokens && out[p] != fill {
+                let (i, o) = (input[p], out[p]);
+                let same_class = (i.is_ascii_digit() && o.is_ascii_digit())
+                    || (i.is_ascii_lowercase() && o.is_ascii_lowercase())
+                    || (i.is_ascii_uppercase() && o.is_ascii_uppercase())
+                    || (!i.is_ascii_alphanumeric() && (o == i || o.is_ascii_alphanumeric()));
+                assert!(same_class, "canary byte {p} {i:?} became {o:?}");
+            }
         }
     }
 
@@ -340,7 +377,7 @@ fuzz_target!(|data: &[u8]| {
                 out[i], ref_masked[i],
                 "byte {i} differs from the uncut reference"
             );
-        } else if ref_masked[i] == fill {
+        } else if ref_masked[i] == fill && !tokens {
             assert_eq!(out[i], fill, "byte {i} masked uncut but not when cut");
         }
     }

@@ -4,7 +4,7 @@
 //! independently of `shadow-common` to compare against.
 
 use shadow_common::mask::{
-    in_ranges, mask_byte, skip_body, HttpState, MaskRule, MaskSpec, FALLBACK_MASK, MASK_HTTP,
+    in_ranges, mask_http, skip_body, HttpState, MaskRule, MaskSpec, FALLBACK_MASK, MASK_HTTP,
     MASK_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
 };
 
@@ -125,9 +125,13 @@ pub fn mask_segment(
         for pos in off..off + n {
             let b = payload[pos as usize];
             let mut m = all || (rule.flags & MASK_RANGES != 0 && in_ranges(rule, pos));
+            let mut out = spec.fill;
             if http {
-                if st.st != ST_BROKEN && mask_byte(st, spec, b) {
-                    m = true;
+                if st.st != ST_BROKEN {
+                    if let Some(t) = mask_http(st, spec, b) {
+                        m = true;
+                        out = t;
+                    }
                 }
                 if st.st == ST_BROKEN {
                     fell_back = true;
@@ -136,8 +140,8 @@ pub fn mask_segment(
                     }
                 }
             }
-            if m && b != spec.fill {
-                payload[pos as usize] = spec.fill;
+            if m && b != out {
+                payload[pos as usize] = out;
                 changed += 1;
             }
         }

@@ -89,6 +89,42 @@ fn default_pseudo_v6() -> String {
     "fd5d::/16".into()
 }
 
+/// Read a deployment key: 32 hex digits (whitespace around them ignored), not all zeros.
+/// Errors are `(key, message)` naming the config key `what`.
+fn read_key_file(what: &str, path: &std::path::Path) -> Result<[u8; 16], (String, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        (
+            what.to_owned(),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let hex = text.trim();
+    let bad = || {
+        (
+            what.to_owned(),
+            format!(
+                "{} does not hold a key of 32 hex digits (16 bytes; e.g. from \
+                 `head -c16 /dev/urandom | xxd -p`)",
+                path.display()
+            ),
+        )
+    };
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    if key == [0; 16] {
+        return Err((
+            what.to_owned(),
+            "the key is all zeros; generate a random one".into(),
+        ));
+    }
+    Ok(key)
+}
+
 /// Check `mirror.pseudonymise`: read the key file (32 hex digits, whitespace around them
 /// ignored) and the prefixes. Errors are `(key, message)`.
 fn validate_pseudonymise(
@@ -104,34 +140,7 @@ fn validate_pseudonymise(
                 .into(),
         ));
     }
-    let kf = "mirror.pseudonymise.key_file".to_string();
-    let text = std::fs::read_to_string(&p.key_file).map_err(|e| {
-        (
-            kf.clone(),
-            format!("cannot read {}: {e}", p.key_file.display()),
-        )
-    })?;
-    let hex = text.trim();
-    let bad = || {
-        (
-            kf.clone(),
-            format!(
-                "{} does not hold a key of 32 hex digits (16 bytes; e.g. from \
-                 `head -c16 /dev/urandom | xxd -p`)",
-                p.key_file.display()
-            ),
-        )
-    };
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    let mut key = [0u8; 16];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    if key == [0; 16] {
-        return Err((kf, "the key is all zeros; generate a random one".into()));
-    }
+    let key = read_key_file("mirror.pseudonymise.key_file", &p.key_file)?;
     let v4 = match p.prefix_v4.parse::<crate::mirror::Cidr>() {
         Ok(crate::mirror::Cidr {
             addr: IpAddr::V4(a),
@@ -170,6 +179,13 @@ struct RawMask {
     fill: String,
     #[serde(default = "default_scan_bytes")]
     scan_bytes: u32,
+    #[serde(default = "default_replace")]
+    replace: String,
+    key_file: Option<PathBuf>,
+}
+
+fn default_replace() -> String {
+    "fill".into()
 }
 
 impl Default for RawMask {
@@ -179,6 +195,8 @@ impl Default for RawMask {
             params: None,
             fill: default_fill(),
             scan_bytes: default_scan_bytes(),
+            replace: default_replace(),
+            key_file: None,
         }
     }
 }
@@ -359,11 +377,36 @@ fn validate_mask(m: &RawMask) -> Result<MaskOptions, (String, String)> {
             format!("{} is outside 1..={MAX_SCAN_LIMIT}", m.scan_bytes),
         ));
     }
+    let token_key = match (m.replace.as_str(), &m.key_file) {
+        ("fill", None) => None,
+        ("fill", Some(_)) => {
+            return Err((
+                "mirror.mask.key_file".into(),
+                "only used with mirror.mask.replace = \"token\"".into(),
+            ))
+        }
+        ("token", Some(path)) => Some(read_key_file("mirror.mask.key_file", path)?),
+        ("token", None) => {
+            return Err((
+                "mirror.mask.key_file".into(),
+                "required with mirror.mask.replace = \"token\": the file of the \
+                 deployment's 16-byte token key (32 hex digits)"
+                    .into(),
+            ))
+        }
+        (other, _) => {
+            return Err((
+                "mirror.mask.replace".into(),
+                format!("{other:?} is neither \"fill\" nor \"token\""),
+            ))
+        }
+    };
     Ok(MaskOptions {
         headers,
         params,
         fill,
         scan_bytes: m.scan_bytes,
+        token_key,
     })
 }
 
@@ -467,6 +510,10 @@ pub struct MirrorFlags {
     pub mask_params: Vec<String>,
     /// `--mask-fill`: `mirror.mask.fill`.
     pub mask_fill: Option<String>,
+    /// `--mask-replace`: `mirror.mask.replace`.
+    pub mask_replace: Option<String>,
+    /// `--mask-key-file`: `mirror.mask.key_file`.
+    pub mask_key_file: Option<PathBuf>,
 }
 
 /// `(config key prefix, flag)` pairs: errors about a key set by a flag name the flag.
@@ -539,6 +586,14 @@ impl MirrorFlags {
         if let Some(v) = &self.mask_fill {
             m.mask.fill = v.clone();
             renames.push(("mirror.mask.fill", "--mask-fill"));
+        }
+        if let Some(v) = &self.mask_replace {
+            m.mask.replace = v.clone();
+            renames.push(("mirror.mask.replace", "--mask-replace"));
+        }
+        if let Some(v) = &self.mask_key_file {
+            m.mask.key_file = Some(v.clone());
+            renames.push(("mirror.mask.key_file", "--mask-key-file"));
         }
         Ok(renames)
     }
@@ -1228,6 +1283,21 @@ interval_ms = 500
             ),
             (
                 MirrorFlags {
+                    mask_replace: Some("token".into()),
+                    ..base.clone()
+                },
+                "mirror.mask.key_file: required with mirror.mask.replace",
+            ),
+            (
+                MirrorFlags {
+                    mask_replace: Some("token".into()),
+                    mask_key_file: Some("/nonexistent/shdt.key".into()),
+                    ..base.clone()
+                },
+                "--mask-key-file: cannot read /nonexistent/shdt.key",
+            ),
+            (
+                MirrorFlags {
                     shadow_mac: Some("nope".into()),
                     ..base.clone()
                 },
@@ -1311,6 +1381,59 @@ interval_ms = 500
             e.contains("mirror.pseudonymise.key_file: cannot read"),
             "{e}"
         );
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn mask_tokens_need_a_key_file_and_only_tokens_take_one() {
+        let dir = std::env::temp_dir().join(format!("shdt-masktok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "  ffeeddccbbaa99887766554433221100 \n").unwrap();
+        let cfg = |mask: &str| {
+            format!("{TWO_RULES}[[mirror.rules]]\ndst = \"10.0.0.1\"\n[mirror.mask]\n{mask}")
+        };
+        let with_key = |replace: &str| {
+            cfg(&format!(
+                "replace = \"{replace}\"\nkey_file = \"{}\"\n",
+                key.display()
+            ))
+        };
+        let c = Config::parse(&with_key("token"), Path::new("x.toml")).unwrap();
+        let k = c.mirror.unwrap().options.mask.token_key.expect("token key");
+        assert_eq!((k[0], k[15]), (0xff, 0x00));
+        let c = Config::parse(&cfg(""), Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.mirror.unwrap().options.mask.token_key,
+            None,
+            "fill by default"
+        );
+        for (text, want) in [
+            (
+                cfg("replace = \"token\"\n"),
+                "mirror.mask.key_file: required with mirror.mask.replace = \"token\"",
+            ),
+            (
+                with_key("fill"),
+                "mirror.mask.key_file: only used with mirror.mask.replace = \"token\"",
+            ),
+            (
+                cfg("replace = \"hash\"\n"),
+                "mirror.mask.replace: \"hash\" is neither \"fill\" nor \"token\"",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        std::fs::write(&key, "00000000000000000000000000000000").unwrap();
+        let e = err(&with_key("token"));
+        assert!(
+            e.contains("mirror.mask.key_file: the key is all zeros"),
+            "{e}"
+        );
+        std::fs::remove_file(&key).unwrap();
+        let e = err(&with_key("token"));
+        assert!(e.contains("mirror.mask.key_file: cannot read"), "{e}");
         let _ = std::fs::remove_dir(&dir);
     }
 

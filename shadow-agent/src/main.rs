@@ -194,6 +194,12 @@ struct MirrorArgs {
     /// mirror.mask.fill: the byte masked values become.
     #[arg(long = "mask-fill", value_name = "CHAR")]
     mask_fill: Option<String>,
+    /// mirror.mask.replace: `fill` or `token` (keyed same-length tokens; needs a key file).
+    #[arg(long = "mask-replace", value_name = "fill|token")]
+    mask_replace: Option<String>,
+    /// mirror.mask.key_file: the token key (32 hex digits).
+    #[arg(long = "mask-key-file", value_name = "PATH")]
+    mask_key_file: Option<std::path::PathBuf>,
 }
 
 impl MirrorArgs {
@@ -209,6 +215,8 @@ impl MirrorArgs {
             mask_headers: self.mask_headers,
             mask_params: self.mask_params,
             mask_fill: self.mask_fill,
+            mask_replace: self.mask_replace,
+            mask_key_file: self.mask_key_file,
         }
     }
 }

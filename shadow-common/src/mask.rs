@@ -16,8 +16,10 @@
 //!   whole payload or do not mirror) to every later byte of the flow. Nothing after a parse
 //!   failure is ever passed unmasked.
 //!
-//! Masked bytes become the spec's fill byte; CR, LF and the whitespace before a value are
-//! kept so the clone still parses as the same request.
+//! Masked bytes become the spec's fill byte, or (`REPLACE_TOKEN`) a keyed token of the
+//! same length ([`mask_http`]): the same secret gives the same token in every request, so
+//! a shadow still sees one session per cookie and one client per API key. CR, LF and the
+//! whitespace before a value are kept so the clone still parses as the same request.
 
 /// Header names the spec holds, the first `HDR_FIRST_USER` being framing headers the parser
 /// reads (never masked unless also listed by the user).
@@ -71,14 +73,24 @@ pub struct MaskSpec {
     /// Name lengths; 0 marks an unused slot.
     pub header_len: [u8; MAX_HEADERS],
     pub param_len: [u8; MAX_PARAMS],
-    /// The byte masked values become.
+    /// The byte masked values become (and, with tokens, what byte ranges and the "mask"
+    /// fallback still use).
     pub fill: u8,
-    pub _pad: [u8; 3],
+    /// `REPLACE_FILL` or `REPLACE_TOKEN`: what header and parameter values become.
+    pub replace: u8,
+    pub _pad: [u8; 2],
     /// Payload bytes scanned per segment at most; later bytes of a segment are handled by
     /// the rule's fallback unless the parser is inside a body it skips by length.
     pub scan_limit: u32,
+    /// The deployment's key for `REPLACE_TOKEN`.
+    pub token_key: crate::pseudo::PrfKey,
 }
-const _: () = assert!(core::mem::size_of::<MaskSpec>() == 16 * 8 + 8 * 8 + 8 + 16 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<MaskSpec>() == 16 * 8 + 8 * 8 + 8 + 16 + 8 + 8 + 16);
+
+/// `MaskSpec::replace`: masked values become the fill byte.
+pub const REPLACE_FILL: u8 = 0;
+/// `MaskSpec::replace`: masked values become keyed same-length tokens.
+pub const REPLACE_TOKEN: u8 = 1;
 
 impl Default for MaskSpec {
     fn default() -> Self {
@@ -89,8 +101,10 @@ impl Default for MaskSpec {
             header_len: [0; MAX_HEADERS],
             param_len: [0; MAX_PARAMS],
             fill: b'*',
-            _pad: [0; 3],
+            replace: REPLACE_FILL,
+            _pad: [0; 2],
             scan_limit: DEFAULT_SCAN_LIMIT,
+            token_key: crate::pseudo::PrfKey { k0: 0, k1: 0 },
         }
     }
 }
@@ -136,6 +150,13 @@ fn is_tchar(b: u8) -> bool {
 }
 
 impl MaskSpec {
+    /// The same spec with header and parameter values replaced by keyed tokens.
+    pub fn with_tokens(mut self, key: crate::pseudo::PrfKey) -> MaskSpec {
+        self.replace = REPLACE_TOKEN;
+        self.token_key = key;
+        self
+    }
+
     /// Build a spec from user header and parameter names (any case) and the fill byte.
     pub fn build(headers: &[&str], params: &[&str], fill: u8) -> Result<MaskSpec, SpecError> {
         Self::build_with_limit(headers, params, fill, DEFAULT_SCAN_LIMIT)
@@ -263,6 +284,8 @@ const F_MASKING: u8 = 1;
 const F_FORM: u8 = 2;
 const F_CHUNKED: u8 = 4;
 const F_CL_SEEN: u8 = 8;
+/// `HttpState::tok` holds the token state of the value being masked.
+const F_TOKEN: u8 = 16;
 /// `HttpState::flags`: the TCP sequence tracking is initialised.
 pub const F_SEQ_VALID: u8 = 0x80;
 
@@ -296,8 +319,10 @@ pub struct HttpState {
     /// Content-Type: 0 while reading the media type, 1 once it is settled.
     pub ctype_done: u8,
     pub _pad: u8,
+    /// Token state of the value being masked (`REPLACE_TOKEN`, valid with `F_TOKEN`).
+    pub tok: [u64; 4],
 }
-const _: () = assert!(core::mem::size_of::<HttpState>() == 32);
+const _: () = assert!(core::mem::size_of::<HttpState>() == 64);
 
 impl Default for HttpState {
     fn default() -> Self {
@@ -315,7 +340,31 @@ impl Default for HttpState {
             special: SP_NONE,
             ctype_done: 0,
             _pad: 0,
+            tok: [0; 4],
         }
+    }
+}
+
+impl HttpState {
+    /// Back to the state of a new flow, field by field in place: the datapath resets the
+    /// state in its scratch map, and building a whole default value first would cost the
+    /// program 64 bytes of its 512-byte stack. `tok` is left as it is: it is only read
+    /// under `F_TOKEN`, which this clears.
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.next_seq = 0;
+        self.body_left = 0;
+        self.content_length = 0;
+        self._pad0 = 0;
+        self.hash = FNV_OFFSET;
+        self.st = ST_REQ_START;
+        self.pos = 0;
+        self.flags = 0;
+        self.pct = 0;
+        self.pct_hi = 0;
+        self.special = SP_NONE;
+        self.ctype_done = 0;
+        self._pad = 0;
     }
 }
 
@@ -477,6 +526,51 @@ fn start_param(st: &mut HttpState, name_state: u8) {
     st.pos = 0;
     st.pct = 0;
     st.flags &= !F_MASKING;
+}
+
+/// Feed one payload byte of an HTTP rule; returns what the byte becomes when it is part of a
+/// masked value (the fill byte, or the next byte of the value's token), `None` when it is
+/// kept. As [`mask_byte`], `None` also when the state is (or becomes) `ST_BROKEN`.
+#[inline(always)]
+pub fn mask_http(st: &mut HttpState, spec: &MaskSpec, b: u8) -> Option<u8> {
+    if !mask_byte(st, spec, b) {
+        // Between values (or a line break inside an obs-folded one): the next masked byte
+        // starts a new token.
+        st.flags &= !F_TOKEN;
+        return None;
+    }
+    if spec.replace != REPLACE_TOKEN {
+        return Some(spec.fill);
+    }
+    if st.flags & F_TOKEN == 0 {
+        st.tok = crate::pseudo::token_init(&spec.token_key);
+        st.flags |= F_TOKEN;
+    }
+    Some(token_char(b, crate::pseudo::token_step(&mut st.tok, b)))
+}
+
+/// The token byte for value byte `orig` from 64 keyed bits `r`: a digit stays a digit, a
+/// letter a letter of the same case, the separators `space . - _ = ; , : / + ~` stay as
+/// they are (so `Bearer a.b.c` or `a=1; b=2` keep their shape), and any other byte becomes
+/// a letter or digit. Never CR, LF or a byte outside printable ASCII.
+#[inline(always)]
+pub fn token_char(orig: u8, r: u64) -> u8 {
+    match orig {
+        b'0'..=b'9' => b'0' + (r % 10) as u8,
+        b'a'..=b'z' => b'a' + (r % 26) as u8,
+        b'A'..=b'Z' => b'A' + (r % 26) as u8,
+        b' ' | b'.' | b'-' | b'_' | b'=' | b';' | b',' | b':' | b'/' | b'+' | b'~' => orig,
+        _ => {
+            let x = (r % 62) as u8;
+            if x < 10 {
+                b'0' + x
+            } else if x < 36 {
+                b'a' + (x - 10)
+            } else {
+                b'A' + (x - 36)
+            }
+        }
+    }
 }
 
 /// Feed one payload byte; returns true when it must be replaced by the fill byte.

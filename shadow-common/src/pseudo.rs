@@ -104,6 +104,56 @@ pub fn siphash24(key: &PrfKey, msg: &[u8]) -> u64 {
 /// use of the key, e.g. value tokens) never share an input.
 pub const DOMAIN_V4: u8 = 4;
 pub const DOMAIN_V6: u8 = 6;
+/// The first word [`token_init`] absorbs.
+pub const DOMAIN_TOKEN: u8 = b'T';
+
+/// Start of a masked value's token: SipHash's keyed state after a domain word.
+///
+/// Tokens are streamed, because a value may span TCP segments and each byte must be
+/// replaced when its segment passes: byte `i` of a token is derived from the key and bytes
+/// `0..=i` of the value. So the same value always gives the same token (across segments
+/// and restarts: the key is the deployment's), different values diverge from their first
+/// different byte on, and without the key a token says nothing about the value beyond its
+/// length, character classes and separators (see `mask::token_char`). The construction is
+/// SipHash's: one compression round per absorbed byte (the state carries everything
+/// before), and SipHash-1-3's three finalisation rounds on a copy for each output.
+#[inline(always)]
+pub fn token_init(key: &PrfKey) -> [u64; 4] {
+    let mut st = State::new(key);
+    st.word(DOMAIN_TOKEN as u64);
+    st.0
+}
+
+/// Absorb one value byte into `v` and return 64 bits derived from the key and every byte
+/// absorbed since [`token_init`].
+#[inline(always)]
+pub fn token_step(v: &mut [u64; 4], b: u8) -> u64 {
+    // In place on the caller's state and in four locals: the datapath runs this in a
+    // bpf_loop callback whose stack adds to the program's (512 bytes for the whole chain).
+    v[3] ^= b as u64;
+    sipround(v);
+    v[0] ^= b as u64;
+    let mut c = [v[0], v[1], v[2] ^ 0xff, v[3]];
+    sipround(&mut c);
+    sipround(&mut c);
+    sipround(&mut c);
+    c[0] ^ c[1] ^ c[2] ^ c[3]
+}
+
+/// One SipRound on four words (as [`State::round`]).
+#[inline(always)]
+fn sipround(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
+}
 
 /// The PRF of one IPv4 address: SipHash-2-4 of `[DOMAIN_V4, a, b, c, d]` (one word, no
 /// loop: what the datapath would run).

@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 use shadow_common::latency::{lat_bucket, LatHist, LatPending, LAT_BUCKETS, LAT_MAX_NS};
 use shadow_common::mask::{
-    body_segment, in_ranges, mask_byte, seq_check, skip_body, BodyFit, CsumDelta, FlowKey,
+    body_segment, in_ranges, mask_http, seq_check, skip_body, BodyFit, CsumDelta, FlowKey,
     HttpState, MaskRule, MaskSpec, SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK,
     F_SEQ_VALID, MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP,
     ST_BROKEN,
@@ -1399,9 +1399,13 @@ extern "C" fn mask_cb(i: u64, _ctx: *mut c_void) -> i64 {
     let b = s.buf[idx];
     let pos = s.base + idx as u32;
     let mut m = s.all != 0 || (s.rule.flags & MASK_RANGES != 0 && in_ranges(&s.rule, pos));
+    let mut out = spec.fill;
     if s.http != 0 {
-        if s.st.st != ST_BROKEN && mask_byte(&mut s.st, spec, b) {
-            m = true;
+        if s.st.st != ST_BROKEN {
+            if let Some(t) = mask_http(&mut s.st, spec, b) {
+                m = true;
+                out = t;
+            }
         }
         if s.st.st == ST_BROKEN {
             s.fell_back = 1;
@@ -1410,9 +1414,9 @@ extern "C" fn mask_cb(i: u64, _ctx: *mut c_void) -> i64 {
             }
         }
     }
-    if m && b != spec.fill {
-        s.csum.replace(pos, b, spec.fill);
-        s.buf[idx] = spec.fill;
+    if m && b != out {
+        s.csum.replace(pos, b, out);
+        s.buf[idx] = out;
         s.changed += 1;
     }
     0
@@ -1568,7 +1572,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     s.fill = MASK_SPEC.get(0).ok_or(())?.fill;
     s.fell_back = 0;
     s.http = 0;
-    s.st = HttpState::default();
+    s.st.reset();
 
     let http = mr.flags & MASK_HTTP != 0;
     s.key = FlowKey::of(&flow);
@@ -1583,7 +1587,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         let seq = u32::from_be_bytes(ctx.load::<[u8; 4]>(l4 + 4).map_err(|_| ())?);
         s.http = 1;
         if flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
-            s.st = HttpState::default();
+            s.st.reset();
             s.st.next_seq = seq.wrapping_add(1);
             s.st.flags = F_SEQ_VALID;
             let _ = MASK_FLOWS.insert(&s.key, &s.st, 0);

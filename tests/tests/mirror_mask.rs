@@ -15,7 +15,7 @@ use shadow_agent::mirror::{
 };
 use shadow_common::{
     maps::{PROG_MIRROR_MASK, PROG_MIRROR_TC},
-    mask::{mask_byte, HttpState, MaskSpec, CLONE_MARK, DEFAULT_HEADERS, ST_BROKEN},
+    mask::{mask_http, HttpState, MaskSpec, CLONE_MARK, DEFAULT_HEADERS, ST_BROKEN},
     pseudo::{pseudonym_v4, pseudonym_v6, PrfKey},
 };
 use shadow_tests::harness::{chain, spawn_in, wait_for, TestDir};
@@ -144,13 +144,10 @@ fn masked_reference(spec: &MaskSpec, stream: &[u8]) -> Vec<u8> {
     let mut st = HttpState::default();
     stream
         .iter()
-        .map(|&b| {
-            let m = mask_byte(&mut st, spec, b);
-            if m || st.st == ST_BROKEN {
-                spec.fill
-            } else {
-                b
-            }
+        .map(|&b| match mask_http(&mut st, spec, b) {
+            Some(r) => r,
+            None if st.st == ST_BROKEN => spec.fill,
+            None => b,
         })
         .collect()
 }
@@ -277,6 +274,17 @@ fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
 
 #[test]
 fn http_canaries_never_reach_the_shadow() {
+    http_canaries(None);
+}
+
+/// With `mirror.mask.replace = "token"`: the same canaries are gone, each masked value is a
+/// token of its length, and a secret sent on two connections has one token.
+#[test]
+fn http_canaries_become_consistent_keyed_tokens() {
+    http_canaries(Some(*b"shadow-token-k01"));
+}
+
+fn http_canaries(token_key: Option<[u8; 16]>) {
     let world = World::new();
     let (_, server) = ipv4(&world);
     let addr = IpAddr::V4(server);
@@ -311,6 +319,10 @@ fn http_canaries_never_reach_the_shadow() {
         &world,
         vec![rule(addr, Proto::Tcp, Ports { lo: 8080, hi: 8080 })],
         MirrorOptions {
+            mask: shadow_agent::mirror::MaskOptions {
+                token_key,
+                ..Default::default()
+            },
             rule_masks: vec![RuleMask {
                 http: true,
                 fallback: Fallback::Mask,
@@ -351,6 +363,14 @@ fn http_canaries_never_reach_the_shadow() {
             format!("proxy-authorization: Basic {}", canaries[6]),
             format!("{url}?session={}", canaries[5]),
         ],
+        // The first request's credentials again, on a connection of its own.
+        vec![
+            "-H".into(),
+            format!("Authorization: Bearer {}", canaries[0]),
+            "-H".into(),
+            format!("Cookie: a=1; sid={}", canaries[1]),
+            format!("{url}index.html?x=1&password={}&y=2", canaries[2]),
+        ],
     ];
     for args in &requests {
         let mut c = Command::new("curl");
@@ -382,8 +402,11 @@ fn http_canaries_never_reach_the_shadow() {
 
     // Everything else is byte-identical: each client stream on the shadow side is the
     // primary-side stream masked by the shared parser.
-    let spec =
+    let mut spec =
         MaskSpec::build(&DEFAULT_HEADERS, &["password", "token", "session"], b'*').expect("spec");
+    if let Some(k) = token_key {
+        spec = spec.with_tokens(shadow_common::pseudo::PrfKey::from_bytes(k));
+    }
     let ps = streams(&prim, server, 8080);
     let ss = streams(&shad, server, 8080);
     assert_eq!(ps.len(), requests.len(), "client connections seen");
@@ -399,6 +422,32 @@ fn http_canaries_never_reach_the_shadow() {
             String::from_utf8_lossy(&masked_reference(&spec, p)),
             "connection from port {port}"
         );
+    }
+    // The repeated credentials look the same on the shadow side both times: the same
+    // tokens (or fill), so the shadow sees one session, not two.
+    let value = |stream: &[u8], name: &str| -> String {
+        let text = String::from_utf8_lossy(stream).into_owned();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim_end_matches('\r').to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let first = &ss[0].1;
+    let again = &ss[3].1;
+    for name in ["Authorization: ", "Cookie: ", "GET "] {
+        assert_eq!(value(first, name), value(again, name), "{name}");
+    }
+    let auth = value(first, "Authorization: ");
+    assert_eq!(auth.len(), format!("Bearer {}", canaries[0]).len());
+    if token_key.is_some() {
+        assert!(
+            !auth.contains('*') && auth.contains(' '),
+            "a token keeps its shape: {auth}"
+        );
+    } else {
+        assert!(auth.bytes().all(|b| b == b'*'), "{auth}");
     }
     let c = mirror.counters().expect("counters");
     assert!(c.masked >= requests.len() as u64, "{c:?}");

@@ -156,6 +156,10 @@ pub struct MaskOptions {
     pub fill: u8,
     /// Payload bytes scanned per segment at most (1..=65536).
     pub scan_bytes: u32,
+    /// With a key, header and parameter values become keyed same-length tokens instead of
+    /// the fill byte (`mirror.mask.replace = "token"`); byte ranges and the "mask" fallback
+    /// still use the fill byte.
+    pub token_key: Option<[u8; 16]>,
 }
 
 impl Default for MaskOptions {
@@ -165,6 +169,7 @@ impl Default for MaskOptions {
             params: DEFAULT_PARAMS.iter().map(|s| s.to_string()).collect(),
             fill: b'*',
             scan_bytes: DEFAULT_SCAN_LIMIT,
+            token_key: None,
         }
     }
 }
@@ -1259,8 +1264,11 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
     let m = &spec.options.mask;
     let headers: Vec<&str> = m.headers.iter().map(String::as_str).collect();
     let params: Vec<&str> = m.params.iter().map(String::as_str).collect();
-    let ks = MaskSpec::build_with_limit(&headers, &params, m.fill, m.scan_bytes)
+    let mut ks = MaskSpec::build_with_limit(&headers, &params, m.fill, m.scan_bytes)
         .map_err(MirrorError::MaskSpec)?;
+    if let Some(key) = m.token_key {
+        ks = ks.with_tokens(shadow_common::pseudo::PrfKey::from_bytes(key));
+    }
     {
         let mut map: Array<&mut MapData, MaskSpec> = map_mut(bpf, MAP_MASK_SPEC)?;
         map.set(0, ks, 0).map_err(|source| MirrorError::Map {

@@ -1,5 +1,5 @@
 extern crate std;
-use std::{string::String, vec::Vec};
+use std::{borrow::ToOwned, format, string::String, vec::Vec};
 
 use super::*;
 
@@ -498,4 +498,151 @@ fn a_request_after_a_reordered_body_is_still_masked() {
         text,
         "GET /x?token=*** HTTP/1.1\r\nAuthorization: *************\r\n\r\n"
     );
+}
+
+// ---- keyed tokens -----------------------------------------------------------------------
+
+fn token_spec(key: u64) -> MaskSpec {
+    spec().with_tokens(crate::pseudo::PrfKey {
+        k0: key,
+        k1: 0x0123_4567_89ab_cdef,
+    })
+}
+
+/// Masks through [`mask_http`] with the "mask" fallback (fill byte), segment by segment.
+fn run_tokens(spec: &MaskSpec, segments: &[&[u8]]) -> Vec<u8> {
+    let mut st = HttpState::default();
+    let mut out = Vec::new();
+    for seg in segments {
+        for &b in seg.iter() {
+            let r = mask_http(&mut st, spec, b);
+            out.push(match r {
+                Some(t) => t,
+                None if st.st == ST_BROKEN => spec.fill,
+                None => b,
+            });
+        }
+    }
+    out
+}
+
+/// The value of header `name` in `req` (first occurrence).
+fn header<'a>(req: &'a str, name: &str) -> &'a str {
+    req.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .expect("header")
+        .trim_end_matches('\r')
+}
+
+const TOKEN_REQ: &str = "GET /a?password=hunter2&x=1 HTTP/1.1\r\n\
+     Authorization: Bearer eyJhbGci.canary-1234_Z\r\n\
+     Cookie: sid=9f8e7d; theme=dark\r\n\
+     Accept: */*\r\n\r\n";
+
+#[test]
+fn tokens_keep_length_class_and_separators_and_hide_the_value() {
+    let spec = token_spec(7);
+    let out = String::from_utf8(run_tokens(&spec, &[TOKEN_REQ.as_bytes()])).unwrap();
+    assert_eq!(out.len(), TOKEN_REQ.len());
+    // Only the masked values changed; the rest is byte-identical.
+    let (_, filled) = expect(
+        "GET /a?password={hunter2}&x=1 HTTP/1.1\r\n\
+         Authorization: {Bearer eyJhbGci.canary-1234_Z}\r\n\
+         Cookie: {sid=9f8e7d; theme=dark}\r\n\
+         Accept: */*\r\n\r\n",
+    );
+    for (i, (o, f)) in out.bytes().zip(filled.bytes()).enumerate() {
+        if f != b'*' {
+            assert_eq!(o, TOKEN_REQ.as_bytes()[i], "byte {i} changed: {out:?}");
+        }
+    }
+    let auth = header(&out, "Authorization");
+    let orig = "Bearer eyJhbGci.canary-1234_Z";
+    assert_eq!(auth.len(), orig.len());
+    for (t, o) in auth.bytes().zip(orig.bytes()) {
+        match o {
+            b'0'..=b'9' => assert!(t.is_ascii_digit(), "{auth}"),
+            b'a'..=b'z' => assert!(t.is_ascii_lowercase(), "{auth}"),
+            b'A'..=b'Z' => assert!(t.is_ascii_uppercase(), "{auth}"),
+            _ => assert_eq!(t, o, "separator kept: {auth}"),
+        }
+    }
+    assert!(!out.contains("hunter2") && !out.contains("canary") && !out.contains("9f8e7d"));
+    assert!(!out.contains("Bearer"), "{auth}");
+}
+
+#[test]
+fn the_same_value_gives_the_same_token_in_every_request_and_segmentation() {
+    let spec = token_spec(7);
+    let one = run_tokens(&spec, &[TOKEN_REQ.as_bytes()]);
+    // Keep-alive: the same request twice in one flow masks the same way both times.
+    let twice = [TOKEN_REQ, TOKEN_REQ].concat();
+    let two = run_tokens(&spec, &[twice.as_bytes()]);
+    assert_eq!(&two[..one.len()], &one[..]);
+    assert_eq!(&two[one.len()..], &one[..]);
+    // Split at every byte position: the same bytes.
+    for cut in 0..=TOKEN_REQ.len() {
+        let (a, b) = TOKEN_REQ.as_bytes().split_at(cut);
+        assert_eq!(run_tokens(&spec, &[a, b]), one, "cut at {cut}");
+    }
+}
+
+#[test]
+fn different_values_or_keys_give_different_tokens() {
+    let spec = token_spec(7);
+    let tok = |req: &str, spec: &MaskSpec| {
+        let out = String::from_utf8(run_tokens(spec, &[req.as_bytes()])).unwrap();
+        header(&out, "Cookie").to_owned()
+    };
+    let req = |v: &str| format!("GET / HTTP/1.1\r\nCookie: sid={v}\r\n\r\n");
+    let a = tok(&req("aaaaaaaaaaaaaaaa"), &spec);
+    let b = tok(&req("aaaaaaaaaaaaaaab"), &spec);
+    assert_eq!(a.len(), b.len());
+    // A common prefix gives a common token prefix (streamed), the rest differs.
+    assert_eq!(a[..19], b[..19]);
+    assert_ne!(a, b);
+    // Another key: another token for the same value.
+    assert_ne!(tok(&req("aaaaaaaaaaaaaaaa"), &token_spec(8)), a);
+    // Parameters too.
+    let q = |v: &str| format!("GET /?token={v} HTTP/1.1\r\n\r\n");
+    let oq = |v: &str| String::from_utf8(run_tokens(&spec, &[q(v).as_bytes()])).unwrap();
+    assert_eq!(oq("abc123"), oq("abc123"));
+    assert_ne!(oq("abc123"), oq("abc124"));
+}
+
+#[test]
+fn token_bytes_are_always_printable_and_never_line_breaks() {
+    let mut r: u64 = 0x9e37_79b9_7f4a_7c15;
+    for orig in 0..=255u8 {
+        for _ in 0..64 {
+            r = r
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let t = token_char(orig, r);
+            assert!((0x20..0x7f).contains(&t), "{orig} -> {t}");
+            assert!(t != b'\r' && t != b'\n');
+            if !orig.is_ascii_graphic() && orig != b' ' {
+                assert!(t.is_ascii_alphanumeric(), "{orig} -> {t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unparseable_bytes_still_get_the_fill_byte_with_tokens() {
+    let spec = token_spec(7);
+    let out = run_tokens(&spec, &[b"\x16\x03\x01 TLS hello"]);
+    assert!(out.iter().all(|&b| b == b'*'), "{out:?}");
+}
+
+#[test]
+fn reset_is_the_default_state_apart_from_the_token_words() {
+    let mut st = HttpState::default();
+    for &b in b"GET /?token=abc HTTP/1.1\r\nContent-Length: 5\r\n" {
+        mask_http(&mut st, &token_spec(3), b);
+    }
+    assert_ne!(st, HttpState::default());
+    st.reset();
+    st.tok = [0; 4];
+    assert_eq!(st, HttpState::default());
 }
