@@ -53,6 +53,7 @@ struct RefusedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForecastLabels {
     cgroup: String,
+    resource: String,
     level: String,
 }
 
@@ -151,7 +152,7 @@ impl Metrics {
             Family::<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "shadow_forecast_upper_bound",
-            "Highest upper bound of a tracked cgroup's forecast interval (by level, percent) over the forecast horizon, in the series' unit (CPU: cores)",
+            "Highest upper bound of a tracked cgroup's forecast interval (by resource and level, percent) over the forecast horizon, in the resource's unit (cpu: cores, memory: bytes)",
             forecast_upper.clone(),
         );
         let autoscale_decisions = Family::<ActionLabels, Counter>::default();
@@ -240,10 +241,11 @@ impl Metrics {
     }
 
     /// The latest forecast's highest upper bound over the horizon at `level` (percent).
-    pub fn observe_forecast_upper(&self, cgroup: &str, level: f64, upper: f64) {
+    pub fn observe_forecast_upper(&self, cgroup: &str, resource: &str, level: f64, upper: f64) {
         self.forecast_upper
             .get_or_create(&ForecastLabels {
                 cgroup: cgroup.to_string(),
+                resource: resource.to_string(),
                 level: format!("{level}"),
             })
             .set(upper);

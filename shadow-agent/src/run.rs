@@ -134,10 +134,24 @@ pub fn run_with_status(
     // Live forecasts of every tracked cgroup's CPU (and, with a mirror and a shadow group,
     // the shadow-derived alternative from the mirror's load and the replicas' CPU).
     let interval_s = cfg.profile.interval_ms as f64 / 1000.0;
+    // Memory of each tracked cgroup (memory.current on cgroup v2, the matching v1 memory
+    // group's usage in the hybrid layout), forecast as its own series.
+    let memory: Vec<Option<crate::profile::cgroupfs::MemorySource>> = cgroups
+        .iter()
+        .map(|(path, _)| {
+            crate::profile::cgroupfs::memory_source(
+                std::path::Path::new(crate::sys::cgroup::DEFAULT_ROOT),
+                path,
+            )
+        })
+        .collect();
     let mut forecaster = cfg.forecast.enabled.then(|| {
         let mut f = crate::forecast::live::LiveForecaster::new(cfg.forecast.clone(), interval_s);
-        for (path, _) in &cgroups {
+        for ((path, _), mem) in cgroups.iter().zip(&memory) {
             f.track(&path.display().to_string(), "cores");
+            if mem.is_some() {
+                f.track_metric(&memory_key(path), "memory", "bytes");
+            }
         }
         if mirror.is_some() && group.is_some() {
             f.use_shadow(LOAD_MATCHED, LOAD_CLONED, SHADOW_CPU);
@@ -217,6 +231,18 @@ pub fn run_with_status(
                     );
                 }
             }
+            for ((path, _), src) in cgroups.iter().zip(&memory) {
+                let Some(m) = src.as_ref().and_then(crate::profile::cgroupfs::read_memory) else {
+                    continue;
+                };
+                samples.push((memory_key(path), m.usage_bytes as f64));
+                if let Some(c) = cg
+                    .get_mut(&path.display().to_string())
+                    .and_then(|c| c.as_object_mut())
+                {
+                    c.insert("memory_bytes".into(), m.usage_bytes.into());
+                }
+            }
             line["cgroups"] = cg.into();
             if let Some(f) = forecaster.as_mut() {
                 if let Some(v) = shadow_cpu {
@@ -227,11 +253,22 @@ pub fn run_with_status(
                 }
                 f.refit_due();
                 for (path, _) in &cgroups {
+                    if let Some(p) = f.latest(&memory_key(path)) {
+                        for i in &p.intervals {
+                            let top = i.upper.iter().copied().fold(f64::NAN, f64::max);
+                            metrics.observe_forecast_upper(
+                                &path.display().to_string(),
+                                "memory",
+                                i.level,
+                                top,
+                            );
+                        }
+                    }
                     let key = path.display().to_string();
                     if let Some(p) = f.latest(&key) {
                         for i in &p.intervals {
                             let top = i.upper.iter().copied().fold(f64::NAN, f64::max);
-                            metrics.observe_forecast_upper(&key, i.level, top);
+                            metrics.observe_forecast_upper(&key, "cpu", i.level, top);
                         }
                         // The cgroup's line carries it in the shape `report` draws (levels
                         // as fractions, the first step `horizon_s` ahead).
@@ -364,6 +401,15 @@ pub fn run_with_status(
 const LOAD_MATCHED: &str = "mirror/matched_pps";
 const LOAD_CLONED: &str = "mirror/cloned_pps";
 const SHADOW_CPU: &str = "shadow/cpu_cores";
+
+/// The live forecaster's key of a tracked cgroup's memory series (its CPU series is the
+/// path itself): what the status file and `forecast --resource memory` use.
+pub fn memory_key(path: &std::path::Path) -> String {
+    format!("{}{}", path.display(), MEMORY_SUFFIX)
+}
+
+/// Suffix of memory series keys.
+pub const MEMORY_SUFFIX: &str = "#memory";
 
 /// One autoscaling step: measure the group's load, decide, apply (replica count through
 /// [`scale_group`], sample rate through the mirror), log the decision with its reason, and

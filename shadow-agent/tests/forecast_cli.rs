@@ -137,7 +137,7 @@ fn forecast_a_cgroup_of_the_running_agent() {
     let mut burn = Command::new("python3");
     burn.args([
         "-c",
-        "import time\nend=time.time()+40\nwhile time.time()<end: pass",
+        "import time\nheld=b'x'*(64<<20)\nend=time.time()+40\nwhile time.time()<end: pass",
     ]);
     let _burner = process::spawn(burn, None, Some(&cg)).expect("burner");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -275,6 +275,7 @@ window = 120
             .find(|l| {
                 l.starts_with("shadow_forecast_upper_bound{")
                     && l.contains(&format!("cgroup=\"{path}\""))
+                    && l.contains("resource=\"cpu\"")
                     && l.contains(&format!("level=\"{level}\""))
             })
             .and_then(|l| l.rsplit(' ').next())
@@ -282,6 +283,46 @@ window = 120
             .unwrap_or_else(|| panic!("no upper bound at {level}% for {path}: {scrape}"))
     };
     assert!(upper("95") >= upper("80") && upper("80") >= p, "{scrape}");
+    // Its memory is a series of its own: the burner holds 64 MiB.
+    let mem = (0..20)
+        .find_map(|_| {
+            let out = agent(&[
+                "forecast",
+                "--cgroup",
+                &path,
+                "--resource",
+                "memory",
+                "--json",
+                "--status-file",
+                status_file,
+            ]);
+            if out.status.success() {
+                return Some(out);
+            }
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+        .expect("a memory forecast");
+    let m: serde_json::Value = serde_json::from_slice(&mem.stdout).expect("JSON");
+    assert_eq!(m["unit"], "bytes", "{m}");
+    assert_eq!(m["metric"], "memory", "{m}");
+    assert!(m["reason"].as_str().unwrap().contains("CPU only"), "{m}");
+    check_steps(&m, 3);
+    let mp = m["steps"][0]["point"].as_f64().unwrap();
+    assert!(
+        mp > 60.0 * 1048576.0 && mp < 1024.0 * 1048576.0,
+        "memory point {mp} bytes: {m}"
+    );
+    let scrape = metrics(port);
+    assert!(
+        scrape.lines().any(|l| {
+            l.starts_with("shadow_forecast_upper_bound{")
+                && l.contains(&format!("cgroup=\"{path}\""))
+                && l.contains("resource=\"memory\"")
+        }),
+        "no memory upper bound in /metrics: {scrape}"
+    );
     // The status file carries the fitting cost.
     let st = agent(&["status", "--json", "--file", status_file]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status JSON");

@@ -25,6 +25,9 @@ pub struct ForecastArgs {
     /// A cgroup the running agent tracks (as in its config's profile.cgroups).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
+    /// Which of --cgroup's series: `cpu` (cores) or `memory` (bytes).
+    #[arg(long, value_enum, default_value_t = Resource::Cpu, requires = "cgroup")]
+    pub resource: Resource,
     /// A trace in the long CSV format (`series_id,timestamp_s,<metrics>`).
     #[arg(long, requires = "metric")]
     pub data: Option<PathBuf>,
@@ -50,6 +53,13 @@ pub struct ForecastArgs {
     pub json: bool,
 }
 
+/// A tracked cgroup's forecast series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resource {
+    Cpu,
+    Memory,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastCliError {
     #[error("cgroup {path}: cannot read the running agent's forecasts")]
@@ -62,6 +72,11 @@ pub enum ForecastCliError {
     NotTracked { path: String, tracked: String },
     #[error("cgroup {path}: no forecast yet ({why})")]
     NotYet { path: String, why: String },
+    #[error(
+        "cgroup {path}: the running agent forecasts its CPU but not its memory (it found \
+         neither memory.current nor a v1 memory group for it)"
+    )]
+    NoMemory { path: String },
     #[error("--horizon {requested}: the forecast has {available} steps")]
     Horizon { requested: usize, available: usize },
     #[error(transparent)]
@@ -136,14 +151,27 @@ fn from_agent(args: &ForecastArgs, path: &std::path::Path) -> Result<String, For
         path: path.display().to_string(),
         source,
     })?;
+    let suffix = crate::run::MEMORY_SUFFIX;
     let want = normalise(&path.display().to_string());
     let series = v["forecast"]["series"].as_object();
-    let tracked: Vec<&String> = series.map(|m| m.keys().collect()).unwrap_or_default();
-    let Some((key, entry)) = series
-        .into_iter()
-        .flat_map(|m| m.iter())
-        .find(|(k, _)| normalise(k) == want)
-    else {
+    // Cgroups are listed by path; `--resource memory` picks the path's memory series.
+    let tracked: Vec<&String> = series
+        .map(|m| m.keys().filter(|k| !k.ends_with(suffix)).collect())
+        .unwrap_or_default();
+    let found = series.into_iter().flat_map(|m| m.iter()).find(|(k, _)| {
+        match (args.resource, k.strip_suffix(suffix)) {
+            (Resource::Cpu, None) => normalise(k) == want,
+            (Resource::Memory, Some(p)) => normalise(p) == want,
+            _ => false,
+        }
+    });
+    if found.is_none()
+        && args.resource == Resource::Memory
+        && tracked.iter().any(|k| normalise(k) == want)
+    {
+        return Err(ForecastCliError::NoMemory { path: want });
+    }
+    let Some((key, entry)) = found else {
         return Err(ForecastCliError::NotTracked {
             path: path.display().to_string(),
             tracked: if tracked.is_empty() {

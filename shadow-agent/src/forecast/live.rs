@@ -159,6 +159,8 @@ pub struct Published {
 
 #[derive(Debug, Default)]
 struct Track {
+    /// What the series measures (`cpu`, `memory`), published with its forecasts.
+    metric: String,
     unit: String,
     acc: f64,
     acc_n: u32,
@@ -210,9 +212,17 @@ impl LiveForecaster {
         }
     }
 
-    /// Forecast and publish the series `key` (e.g. a cgroup path) in `unit`.
+    /// Forecast and publish the CPU series `key` (e.g. a cgroup path) in `unit`.
     pub fn track(&mut self, key: &str, unit: &str) {
-        self.tracks.entry(key.to_owned()).or_default().unit = unit.to_owned();
+        self.track_metric(key, "cpu", unit);
+    }
+
+    /// Forecast and publish series `key` of `metric` in `unit`. Only `cpu` series are
+    /// offered the shadow-derived alternative (the shadow's cost model is CPU per packet).
+    pub fn track_metric(&mut self, key: &str, metric: &str, unit: &str) {
+        let t = self.tracks.entry(key.to_owned()).or_default();
+        t.metric = metric.to_owned();
+        t.unit = unit.to_owned();
         if !self.published.iter().any(|k| k == key) {
             self.published.push(key.to_owned());
         }
@@ -317,7 +327,13 @@ impl LiveForecaster {
                 return;
             }
         };
-        let (forecast, source, reason) = match self.derived(&y, &direct) {
+        let is_cpu = self.tracks.get(key).is_some_and(|t| t.metric == "cpu");
+        let derived = if is_cpu {
+            self.derived(&y, &direct)
+        } else {
+            None
+        };
+        let (forecast, source, reason) = match derived {
             Some(Ok(c)) => {
                 let src = match c.source {
                     Source::Direct => "direct",
@@ -328,6 +344,7 @@ impl LiveForecaster {
             other => {
                 let why = match other {
                     Some(Err(e)) => format!("direct: shadow-derived unavailable ({e})"),
+                    _ if !is_cpu => "direct: the shadow's cost model covers CPU only".into(),
                     _ => self.no_shadow_reason(),
                 };
                 match direct.predict(self.spec.horizon, &levels) {
@@ -347,7 +364,7 @@ impl LiveForecaster {
             return;
         };
         t.latest = Some(Published {
-            metric: "cpu".into(),
+            metric: t.metric.clone(),
             unit: t.unit.clone(),
             step_s,
             samples: y.len(),
@@ -530,8 +547,10 @@ mod tests {
     fn shadow_signals_feed_a_derived_forecast() {
         let mut f = LiveForecaster::new(spec(1), 1.0);
         f.track("/primary", "cores");
+        f.track_metric("/primary#memory", "memory", "bytes");
         f.use_shadow("load", "shadow_load", "shadow_cpu");
         for i in 0..200 {
+            f.observe("/primary#memory", 3e8 + 1e6 * noise(i + 1300));
             let load = 200.0 + 150.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin() + noise(i);
             f.observe("load", load);
             f.observe("shadow_load", 0.5 * load);
@@ -544,6 +563,13 @@ mod tests {
         }
         let p = f.latest("/primary").expect("forecast");
         assert_eq!(p.source, "shadow_derived", "{}", p.reason);
+        assert_eq!(p.metric, "cpu");
+        // Memory is forecast directly: the shadow's cost model is CPU per packet.
+        let m = f.latest("/primary#memory").expect("memory forecast");
+        assert_eq!((m.metric.as_str(), m.unit.as_str()), ("memory", "bytes"));
+        assert_eq!(m.source, "direct");
+        assert!(m.reason.contains("CPU only"), "{}", m.reason);
+        assert!((m.point[0] / 3e8 - 1.0).abs() < 0.02, "{:?}", m.point);
         let st = f.status();
         let slope = st["shadow_cost"]["slope"].as_f64().unwrap();
         assert!((slope - 0.001).abs() < 0.0002, "{st}");
