@@ -199,7 +199,12 @@ fn setup_full(
         // give its receive buffers room for a whole multi-MB body, so a slower shadow never
         // drops.
         r.netns()
-            .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", "4096 4194304 33554432"))
+            .run_in(|| {
+                std::fs::write(
+                    "/proc/sys/net/ipv4/tcp_rmem",
+                    shadow_agent::shadow::replica::SHADOW_TCP_RMEM,
+                )
+            })
             .expect("enter replica")
             .expect("tcp_rmem");
         // The replica answers the client through its veth: a static neighbour (the host end
@@ -920,6 +925,60 @@ fn held_segments_complete_sessions_the_shadow_answered_late() {
         "the shadow served {} of {N} requests: {tcp:?}",
         requests(&s.shadow_log)
     );
+}
+
+/// The shadow cannot slow the client down: a shadow that does not read while the primary
+/// takes a 4 MB upload must buffer the whole body, or the excess is dropped for good (the
+/// client never resends what the primary acknowledged). The replica's receive buffers
+/// (`replica::SHADOW_TCP_RMEM`; the window is about half the buffer) must hold it: with the
+/// former 4 MiB default this failed (the body stopped at ~2 MB in the shadow).
+#[test]
+fn an_upload_to_a_stalled_shadow_is_whole_when_it_resumes() {
+    let world = World::new();
+    let s = setup_full(
+        &world,
+        false,
+        TcpSessions::Translate,
+        1,
+        true,
+        Duration::from_secs(10),
+    );
+    let r0 = s.group.replica(0).expect("r0");
+    let pid = r0.pid().expect("replica pid") as i32;
+    let body: Vec<u8> = (0..4_000_000u32).map(|i| (i % 241) as u8).collect();
+    let body_path = world.dir.path().join("stalled.bin");
+    std::fs::write(&body_path, &body).expect("body");
+    let post_url = world.url(s.service, "/upload");
+    // Connected and idle first, so the stop below leaves only the body unread.
+    assert!(!curl(&world, &[world.url(s.service, "/index.html")]).is_empty());
+    // SAFETY: plain kill(2) on the replica's own server process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+    let out = curl(
+        &world,
+        &[
+            "-H".into(),
+            "Content-Type: application/octet-stream".into(),
+            "--data-binary".into(),
+            format!("@{}", body_path.display()),
+            post_url,
+        ],
+    );
+    assert_eq!(String::from_utf8(out).expect("utf-8").lines().count(), 1);
+    // The primary has answered; the shadow has read nothing for a moment more.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && body_lines(&s.shadow_log).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tcp = s.mirror.tcp_counters().expect("counters");
+    assert_eq!(
+        body_lines(&s.shadow_log),
+        body_lines(&s.primary_log),
+        "the stalled shadow did not get the whole body: {tcp:?}"
+    );
+    assert_eq!(tcp.shadow_resets, 0, "{tcp:?}");
 }
 
 /// Retransmissions on the primary path: a small token bucket on the client's veth drops

@@ -104,6 +104,8 @@ pub enum ReplicaError {
 /// The replica's default gateway: a link-local address that only exists as a static
 /// neighbour entry pointing at the host end of the veth.
 pub const REPLICA_GW_V4: [u8; 4] = [169, 254, 0, 1];
+/// `net.ipv4.tcp_rmem` in every replica's namespace: min, default, max receive buffer.
+pub const SHADOW_TCP_RMEM: &str = "4096 16777216 33554432";
 pub const REPLICA_GW_V6: [u16; 8] = [0xfe80, 0, 0, 0, 0, 0, 0, 1];
 
 /// Names of a replica's kernel objects, all derived from the group's prefix and name so a
@@ -211,9 +213,12 @@ impl Replica {
             }
         }
         // The shadow cannot slow the client down (the client paces itself by the primary's
-        // window): give its receive buffers room for bursts of whole multi-MB bodies.
+        // window): give its receive buffers room for bursts of whole multi-MB bodies. The
+        // window is about half the buffer, so the former 4 MiB default left ~2 MB of window
+        // for a 4 MB upload to a shadow that reads late; 16 MiB by default, 32 MiB at most.
+        // Only a shadow that lags uses it (charged to its cgroup).
         netns
-            .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", "4096 4194304 33554432"))
+            .run_in(|| std::fs::write("/proc/sys/net/ipv4/tcp_rmem", SHADOW_TCP_RMEM))
             .map_err(|source| ReplicaError::Netns { index, source })?
             .map_err(|source| ReplicaError::Sysctl {
                 index,
