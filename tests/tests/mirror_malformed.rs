@@ -584,7 +584,17 @@ fn malformed_frames_reach_the_primary_intact_and_are_all_counted() {
             inject.send(f);
         }
         let got = primary_cap.received();
-        let after = mirror.counters().expect("counters");
+        // A packet socket sees an ingress frame before TC does (taps run first in the
+        // receive path), so the last frame captured may not have reached the program yet:
+        // wait (briefly) until the counters have seen as many frames as were captured.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let after = loop {
+            let a = mirror.counters().expect("counters");
+            if a.seen - before.seen >= got.len() as u64 || std::time::Instant::now() > deadline {
+                break a;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         let shadow_got = shadow_cap.received();
         let d = delta(&before, &after);
         before = after;

@@ -53,6 +53,11 @@ pub struct TcpArgs {
     /// The agent's `mirror.tcp_hold_ms` (0: no hold loop, for comparison).
     #[arg(long, default_value_t = 2000)]
     pub tcp_hold_ms: u64,
+    /// The agent's `mirror.mask.replace`: `fill` (every masked byte `*`) or `token` (keyed
+    /// same-length tokens; the bench writes a key file and checks that the shadow saw one
+    /// token for the one secret in every request).
+    #[arg(long, default_value = "fill", value_parser = ["fill", "token"])]
+    pub mask_replace: String,
 }
 
 const PORT: u16 = 8080;
@@ -163,15 +168,28 @@ fn run_wrk(topo: &Topology, script: &Path, seconds: u32) -> Result<Value> {
     serde_json::from_str(line).context("wrk summary")
 }
 
-fn agent_config(shadow_mac: &str, hold_ms: u64) -> String {
+fn agent_config(shadow_mac: &str, hold_ms: u64, token_key: Option<&Path>) -> String {
+    let mask = match token_key {
+        Some(k) => format!(
+            "\n[mirror.mask]\nreplace = \"token\"\nkey_file = \"{}\"\n",
+            k.display()
+        ),
+        None => String::new(),
+    };
     format!(
         "[profile]\ninterval_ms = 500\n\n[metrics]\nlisten = \"off\"\n\n\
          [mirror]\ninterface = \"{PRIMARY_IF}\"\nshadow_interface = \"{MIRROR_IF}\"\n\
          shadow_mac = \"{shadow_mac}\"\ntcp_sessions = \"translate\"\nsample_rate = 1.0\n\
          tcp_hold_ms = {hold_ms}\n\n\
          [[mirror.rules]]\ndst = \"{PRIMARY_ADDR}/32\"\nports = \"{PORT}\"\nproto = \"tcp\"\n\
-         mask_http = true\n"
+         mask_http = true\n{mask}"
     )
+}
+
+/// The `session` value of an access-log line (`... "GET /index.html?session=V HTTP/1.1" ...`).
+fn session_value(line: &str) -> Option<&str> {
+    let rest = line.split("session=").nth(1)?;
+    rest.split([' ', '&', '"']).next()
 }
 
 pub fn tcp(args: TcpArgs) -> Result<()> {
@@ -236,7 +254,15 @@ pub fn tcp(args: TcpArgs) -> Result<()> {
     let _primary = nginx(&topo.primary, &primary_dir)?;
     let _shadow = nginx(&topo.shadow, &shadow_dir)?;
     let config = dir.0.join("agent.toml");
-    fs::write(&config, agent_config(&topo.primary_mac, args.tcp_hold_ms))?;
+    let token_key = (args.mask_replace == "token").then(|| dir.0.join("mask-token.key"));
+    if let Some(k) = &token_key {
+        // A fixed key: the bench's token is then the same in every run.
+        fs::write(k, "5ad0b2c4e6f8091a2b3c4d5e6f708192\n")?;
+    }
+    fs::write(
+        &config,
+        agent_config(&topo.primary_mac, args.tcp_hold_ms, token_key.as_deref()),
+    )?;
     let delay_ms = (1000 * CONNS / args.rate).max(1);
 
     let mut modes = serde_json::Map::new();
@@ -273,10 +299,23 @@ pub fn tcp(args: TcpArgs) -> Result<()> {
         drop(agent);
         let shadow_lines: Vec<String> = log_lines(&shadow_dir).split_off(s0);
         let shadow_requests = shadow_lines.len();
-        let masked = shadow_lines
+        // Masked: the secret is gone, its length kept (fill: all `*`; token: one token for
+        // the one secret, in every request).
+        let values: Vec<&str> = shadow_lines
             .iter()
-            .filter(|l| l.contains("session=*") && !l.contains(SECRET))
+            .filter_map(|l| session_value(l))
+            .collect();
+        let masked = values
+            .iter()
+            .filter(|v| {
+                v.len() == SECRET.len()
+                    && **v != SECRET
+                    && (token_key.is_some() || v.bytes().all(|b| b == b'*'))
+            })
             .count();
+        let mut distinct: Vec<&str> = values.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
         let deltas = counter_deltas(&before, &after);
         let d = |k: &str| deltas.get(k).copied().unwrap_or(0);
         let ratio = shadow_requests as f64 / primary_requests.max(1) as f64;
@@ -286,6 +325,7 @@ pub fn tcp(args: TcpArgs) -> Result<()> {
                 "primary_requests": primary_requests,
                 "shadow_requests": shadow_requests,
                 "shadow_masked": masked,
+                "shadow_distinct_session_values": distinct.len(),
                 "completion_ratio": ratio,
                 "shadow_resets": d("tcp_shadow_resets"),
                 "primary_errors_with": with["errors"],
@@ -317,6 +357,7 @@ pub fn tcp(args: TcpArgs) -> Result<()> {
         "seconds": args.seconds,
         "rate": args.rate,
         "tcp_hold_ms": args.tcp_hold_ms,
+        "mask_replace": args.mask_replace,
         "primary_requests": total_p,
         "shadow_requests": total_s,
         "completion_ratio": total_s as f64 / total_p.max(1) as f64,
@@ -334,4 +375,29 @@ pub fn tcp(args: TcpArgs) -> Result<()> {
         fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_values_come_out_of_access_log_lines() {
+        let l = r#"1700000000.123 "GET /index.html?session=abc-12 HTTP/1.1" 200"#;
+        assert_eq!(session_value(l), Some("abc-12"));
+        let l = r#"1700000000.123 "GET /index.html?session=***&x=1 HTTP/1.1" 200"#;
+        assert_eq!(session_value(l), Some("***"));
+        assert_eq!(session_value(r#"1 "GET / HTTP/1.1" 200"#), None);
+    }
+
+    #[test]
+    fn token_mode_adds_the_mask_section() {
+        let plain = agent_config("02:00:00:00:00:01", 2000, None);
+        assert!(!plain.contains("[mirror.mask]"), "{plain}");
+        let tok = agent_config("02:00:00:00:00:01", 2000, Some(Path::new("/k")));
+        assert!(
+            tok.contains("[mirror.mask]\nreplace = \"token\"\nkey_file = \"/k\"\n"),
+            "{tok}"
+        );
+    }
 }
