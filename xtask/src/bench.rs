@@ -9,7 +9,7 @@
 //!   kernel's BPF run statistics (`run_time_ns / run_cnt` from `bpftool prog show --json`,
 //!   only the programs that agent loaded). Targets: ratio >= 0.97, <= 300 ns per
 //!   sched_switch handler.
-//! - `mirror [--json PATH] [--rounds N] [--seconds S] [--no-xdp]`: Shadow's mirror against
+//! - `mirror [--json PATH] [--rounds N] [--seconds S] [--xdp]`: Shadow's mirror against
 //!   `tc mirred` on one veth topology (`bench_mirror.rs`).
 //! - `allocate [--json PATH] [--series IDS] [--intervals N] [--interval-ms MS]`: the
 //!   allocator's live closed loop, Shadow vs the reactive policy alone on a replayed trace
