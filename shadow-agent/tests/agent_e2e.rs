@@ -42,13 +42,7 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
     let dir = std::env::temp_dir().join(format!("shdt{tag}-e2e"));
     std::fs::create_dir_all(&dir).expect("dir");
-    struct RmDir(std::path::PathBuf);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = RmDir(dir.clone());
+    let _rm = common::RmDir(dir.clone());
     std::fs::write(dir.join("index.html"), "hello from the primary\n").expect("page");
 
     let common::Routed {

@@ -4,9 +4,12 @@
 //! is killed with SIGKILL mid-run the next agent puts the original (not the crashed run's
 //! raised value) back.
 
+#[allow(dead_code)] // the shared topology is not used here
+mod common;
+
 use std::{
     io::Read as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -24,15 +27,6 @@ fn quota(cg: &Cgroup) -> String {
         .expect("cpu.cfs_quota_us")
         .trim()
         .to_owned()
-}
-
-/// A scratch directory removed with its contents on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An agent process, killed on drop if still running.
@@ -102,7 +96,7 @@ fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash(
     burn.args(["-c", "while True: pass"]);
     let _burner = process::spawn(burn, None, Some(&cg)).expect("burner");
 
-    let dir = Scratch(std::env::temp_dir().join(format!("shdt{tag}-alr")));
+    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-alr")));
     std::fs::create_dir_all(&dir.0).expect("scratch dir");
     let state = dir.0.join("state");
     let status = dir.0.join("status.json");

@@ -24,19 +24,12 @@ const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 27, 2);
 const NODE_P: Ipv4Addr = Ipv4Addr::new(198, 19, 28, 1);
 const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 19, 28, 2);
 
-struct RmDir(std::path::PathBuf);
-impl Drop for RmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn run_scales_the_group_up_under_load_lowers_the_sample_at_its_budget_and_recovers_when_idle() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
     let dir = std::env::temp_dir().join(format!("shdt{tag}-as"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let _rm = RmDir(dir.clone());
+    let _rm = common::RmDir(dir.clone());
     // A directory listing costs the server a few ms of CPU per request.
     for i in 0..400 {
         std::fs::write(dir.join(format!("file-{i:04}.txt")), "x").expect("file");

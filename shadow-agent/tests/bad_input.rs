@@ -3,6 +3,9 @@
 //! with exit code 2 and an error naming the key, before anything is created: a watcher
 //! polls for the group's first network namespace for the agent's whole life.
 
+#[allow(dead_code)] // the shared topology is not used here
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,13 +15,6 @@ use std::{
     },
     time::Duration,
 };
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Run the agent with `args` + `--config CONFIG` while watching for `netns`; returns
 /// (exit code, stderr, whether the namespace ever appeared).
@@ -92,7 +88,7 @@ fn run_and_whatif_refuse_bad_input_before_creating_anything() {
     let tag = format!("{:x}", std::process::id() & 0xffff);
     let dir = std::env::temp_dir().join(format!("shdt{tag}-bad"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let _rm = Scratch(dir.clone());
+    let _rm = common::RmDir(dir.clone());
     // `lo` exists in every namespace: the mirror's interface is fine unless said otherwise.
     let cases: Vec<(&str, Vec<&str>, PathBuf, &str)> = {
         let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

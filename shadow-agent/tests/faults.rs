@@ -50,15 +50,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A directory removed with its contents on drop.
-struct RmDir(PathBuf);
-
-impl Drop for RmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Sweeps what a killed agent left of shadow group `name` (replica namespaces, host veth
 /// ends in the node namespace, cgroups), should the test fail before a restarted agent
 /// does it.
@@ -155,7 +146,7 @@ struct World {
     tag: String,
     nc: String,
     dir: PathBuf,
-    _rm: RmDir,
+    _rm: common::RmDir,
 }
 
 impl World {
@@ -164,7 +155,7 @@ impl World {
         let dir = std::env::temp_dir().join(format!("shdt{tag}-faults"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
-        let rm = RmDir(dir.clone());
+        let rm = common::RmDir(dir.clone());
         std::fs::write(dir.join("index.html"), PAGE).expect("page");
         let common::Routed {
             client,

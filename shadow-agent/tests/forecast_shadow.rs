@@ -29,13 +29,7 @@ fn run_learns_the_shadows_cost_and_chooses_a_forecast_source() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
     let dir = std::env::temp_dir().join(format!("shdt{tag}-fcs"));
     std::fs::create_dir_all(&dir).expect("dir");
-    struct RmDir(std::path::PathBuf);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = RmDir(dir.clone());
+    let _rm = common::RmDir(dir.clone());
     std::fs::write(dir.join("index.html"), "x".repeat(20_000)).expect("page");
 
     let common::Routed {

@@ -29,19 +29,12 @@ const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 17, 2);
 const NODE_P: Ipv4Addr = Ipv4Addr::new(198, 19, 18, 1);
 const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 19, 18, 2);
 
-struct RmDir(std::path::PathBuf);
-impl Drop for RmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn whatif_shows_a_tight_cpu_quota_as_higher_latency_on_the_same_flows() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
     let dir = std::env::temp_dir().join(format!("shdt{tag}-wi"));
     std::fs::create_dir_all(&dir).expect("dir");
-    let _rm = RmDir(dir.clone());
+    let _rm = common::RmDir(dir.clone());
     std::fs::write(dir.join("index.html"), "hello from the primary\n").expect("page");
 
     let common::Routed {

@@ -7,6 +7,7 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 use shadow_agent::sys::{
     link::{self, Veth, VethEnd},
@@ -81,5 +82,14 @@ impl Routed {
                 _back: back,
             },
         }
+    }
+}
+
+/// A scratch directory, removed with its contents on drop (also when the test fails).
+pub struct RmDir(pub PathBuf);
+
+impl Drop for RmDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
