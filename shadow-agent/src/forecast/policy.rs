@@ -3,10 +3,15 @@
 //! recent errors (split conformal).
 //!
 //! At fit time, on the series' own history:
-//! 1. Candidates (all cheap, O(n) each): the last value; simple exponential smoothing at
-//!    several fixed smoothing constants; medians of the last few samples; and, if the window
-//!    has a season ([`SeasonDetector`]), seasonal naive and seasonal naive shifted to the
-//!    current level.
+//! 1. Candidates (all cheap): the last value; simple exponential smoothing at several fixed
+//!    smoothing constants; medians of the last few samples; exponentially weighted medians of
+//!    the whole history (a long memory that a spike does not move: the estimator behind
+//!    Kubernetes' VPA, which beats every short-memory candidate on noisy, level series such as
+//!    most VMs' memory); and, if the window has a season ([`SeasonDetector`]), seasonal naive,
+//!    seasonal naive shifted to the current level, and per-phase medians over the last few
+//!    cycles. Besides the dominant season, the detector is asked for the dominant *short*
+//!    one (at most `n / short_season_divisor` samples, so there are many cycles to take
+//!    medians over): an hourly job on a series whose strongest pattern is daily.
 //! 2. Every candidate forecasts from every recent origin `t` (history `y[..t]`), so its error
 //!    at each step `h` is known for every origin whose target is in the history.
 //! 3. For step `h`, the candidates are ranked by their absolute error summed over the
@@ -68,6 +73,13 @@ pub struct Adaptive {
     pub ses_alphas: Vec<f64>,
     /// Window lengths of the rolling-median candidates.
     pub median_windows: Vec<usize>,
+    /// Half-lives, in samples, of the exponentially weighted median candidates.
+    pub weighted_median_half_lives: Vec<f64>,
+    /// Cycle counts of the per-phase seasonal median candidates (one per detected season).
+    pub season_median_cycles: Vec<usize>,
+    /// A short season is looked for among periods up to `n / short_season_divisor`; 0 turns
+    /// the search off.
+    pub short_season_divisor: usize,
     pub detector: SeasonDetector,
 }
 
@@ -85,6 +97,9 @@ impl Default for Adaptive {
             local_scale: 0,
             ses_alphas: vec![0.5, 0.25, 0.1],
             median_windows: vec![3, 6, 12, 24],
+            weighted_median_half_lives: vec![48.0, 288.0],
+            season_median_cycles: vec![3, 7, 15],
+            short_season_divisor: 8,
             detector: SeasonDetector::default(),
         }
     }
@@ -115,6 +130,8 @@ enum Candidate {
     Median(usize),
     Seasonal(usize),
     SeasonalLevel { period: usize, k: usize },
+    WeightedMedian(f64),
+    SeasonalMedian { period: usize, cycles: usize },
 }
 
 impl Candidate {
@@ -125,6 +142,8 @@ impl Candidate {
             Candidate::Median(k) => format!("median{k}"),
             Candidate::Seasonal(p) => format!("snaive{p}"),
             Candidate::SeasonalLevel { period, k } => format!("snaive{period}+level{k}"),
+            Candidate::WeightedMedian(hl) => format!("wmedian{hl}"),
+            Candidate::SeasonalMedian { period, cycles } => format!("smedian{period}x{cycles}"),
         }
     }
 }
@@ -145,12 +164,17 @@ pub struct FittedAdaptive {
     scale_now: f64,
     clip_at_zero: bool,
     period: Option<usize>,
+    short_period: Option<usize>,
 }
 
 impl FittedAdaptive {
     /// The season found in the history, if any.
     pub fn period(&self) -> Option<usize> {
         self.period
+    }
+    /// The short season found besides [`Self::period`], if any.
+    pub fn short_period(&self) -> Option<usize> {
+        self.short_period
     }
     /// Labels of the candidates combined at step `h` (1-based), for explanations.
     pub fn chosen(&self, h: usize) -> Vec<String> {
@@ -207,9 +231,32 @@ impl Forecaster for Adaptive {
         let mut cands = vec![Candidate::Last];
         cands.extend(self.ses_alphas.iter().map(|&a| Candidate::Ses(a)));
         cands.extend(self.median_windows.iter().map(|&k| Candidate::Median(k)));
+        cands.extend(
+            self.weighted_median_half_lives
+                .iter()
+                .map(|&hl| Candidate::WeightedMedian(hl.max(1.0))),
+        );
         if let Some(p) = period {
             cands.push(Candidate::Seasonal(p));
             cands.push(Candidate::SeasonalLevel { period: p, k: 6 });
+        }
+        let short = match self.short_season_divisor {
+            0 => None,
+            // In the first differences, where a slow wave (a day) all but vanishes and
+            // cannot mask a short pattern in the correlogram.
+            d => {
+                let diff: Vec<f64> = y.windows(2).map(|w| w[1] - w[0]).collect();
+                self.detector.detect_up_to(&diff, n / d)
+            }
+        };
+        let short = short.filter(|&q| Some(q) != period);
+        for p in period.into_iter().chain(short) {
+            cands.extend(
+                self.season_median_cycles
+                    .iter()
+                    .filter(|&&c| c >= 2 && p * c < n)
+                    .map(|&cycles| Candidate::SeasonalMedian { period: p, cycles }),
+            );
         }
 
         // Origins t in [t0, n]: forecasts from history y[..t].
@@ -251,6 +298,55 @@ impl Forecaster for Adaptive {
                     for t in t0.max(p)..=n {
                         for h in 1..=hmax {
                             fc[base + (t - t0) * hmax + h - 1] = y[t - p + (h - 1) % p];
+                        }
+                    }
+                }
+                Candidate::WeightedMedian(hl) => {
+                    // Sample i weighs 2^((i - t0) / hl) (relative to the first origin so the
+                    // weights stay finite); samples older than 40 half-lives before t0 weigh
+                    // under 2^-40 and are left out. `sorted` holds (value, weight) of the
+                    // history, ascending by value.
+                    let from = t0.saturating_sub((40.0 * hl) as usize);
+                    let mut sorted: Vec<(f64, f64)> = Vec::with_capacity(n - from);
+                    let mut total = 0.0;
+                    for i in from..n {
+                        let v = y[i];
+                        let w = ((i as f64 - t0 as f64) / hl).exp2();
+                        let at = sorted.partition_point(|x| x.0 < v);
+                        sorted.insert(at, (v, w));
+                        total += w;
+                        // History y[..=i] is origin i + 1.
+                        if i + 1 >= t0 {
+                            let half = 0.5 * total;
+                            let mut acc = 0.0;
+                            let mut m = v;
+                            for &(x, wx) in &sorted {
+                                acc += wx;
+                                if acc >= half {
+                                    m = x;
+                                    break;
+                                }
+                            }
+                            fc[base + (i + 1 - t0) * hmax..][..hmax].fill(m);
+                        }
+                    }
+                }
+                Candidate::SeasonalMedian { period: p, cycles } => {
+                    // The forecast from origin t at step h is m[t + (h - 1) % p], with m[s] the
+                    // median of y[s - p], y[s - 2p], ..., y[s - cycles·p] (all before t,
+                    // since (h - 1) % p < p): one median per index, not per origin and step.
+                    let first = t0.max(p * cycles);
+                    let mut phase = Vec::with_capacity(cycles);
+                    let m: Vec<f64> = (first..n + p)
+                        .map(|s| {
+                            phase.clear();
+                            phase.extend((1..=cycles).map(|j| y[s - j * p]));
+                            median(&phase, &mut buf)
+                        })
+                        .collect();
+                    for t in first..=n {
+                        for h in 1..=hmax {
+                            fc[base + (t - t0) * hmax + h - 1] = m[t + (h - 1) % p - first];
                         }
                     }
                 }
@@ -387,6 +483,7 @@ impl Forecaster for Adaptive {
             scale_now: vol[n - t0],
             clip_at_zero,
             period,
+            short_period: short,
         })
     }
 }
@@ -568,8 +665,10 @@ mod tests {
             .collect();
         let fitted = Adaptive::default().fit(&y).unwrap();
         assert_eq!(fitted.period(), Some(p));
+        // Seasonal naive or the per-phase median over the last cycles (less noisy).
         assert!(
-            fitted.chosen(12)[0].starts_with("snaive"),
+            fitted.chosen(12)[0].starts_with("snaive")
+                || fitted.chosen(12)[0].starts_with("smedian48x"),
             "{:?}",
             fitted.chosen(12)
         );
@@ -577,6 +676,56 @@ mod tests {
         for (h, v) in f.point.iter().enumerate() {
             let truth = 100.0 + 40.0 * ((576 + h) as f64 * std::f64::consts::TAU / p as f64).sin();
             assert!((v - truth).abs() < 3.0, "h {}: {v} vs {truth}", h + 1);
+        }
+    }
+
+    #[test]
+    fn a_level_with_one_sided_spikes_uses_a_long_median() {
+        // A level of 100 with small noise and, at one sample in four, a spike of +60 (a
+        // batch job): the last value and smoothing chase the spikes; the weighted medians of
+        // the long history stay on the level.
+        let y: Vec<f64> = (0..576)
+            .map(|i| 100.0 + 2.0 * noise(i) + if noise(7 * i + 3) > 0.5 { 60.0 } else { 0.0 })
+            .collect();
+        let fitted = Adaptive {
+            // Only the candidates this test is about, besides the last value.
+            ses_alphas: vec![0.5],
+            median_windows: vec![3],
+            ..Adaptive::default()
+        }
+        .fit(&y)
+        .unwrap();
+        for h in [1, 6, 12] {
+            let c = fitted.chosen(h);
+            assert!(c[0].starts_with("wmedian"), "step {h}: {c:?}");
+        }
+        let f = fitted.predict(12, &[]).unwrap();
+        assert!((f.point[0] - 100.0).abs() < 2.0, "{:?}", f.point);
+    }
+
+    #[test]
+    fn a_short_season_under_a_daily_one_uses_per_phase_medians() {
+        // A daily wave (dominant) plus a spike in the first two samples of every hour (12
+        // samples), with noise: the hourly phase is forecast from the medians of the same
+        // phase over the last few hours.
+        let y: Vec<f64> = (0..576)
+            .map(|i| {
+                100.0
+                    + 50.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin()
+                    + if i % 12 < 2 { 40.0 } else { 0.0 }
+                    + 6.0 * noise(i)
+            })
+            .collect();
+        let fitted = Adaptive::default().fit(&y).unwrap();
+        assert_eq!(fitted.short_period(), Some(12), "{:?}", fitted.period());
+        // Step h forecasts sample 576 + h - 1; phases 0 and 1 of the hour are the spikes.
+        let f = fitted.predict(12, &[]).unwrap();
+        for (h, v) in f.point.iter().enumerate() {
+            let i = 576 + h;
+            let truth = 100.0
+                + 50.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin()
+                + if i % 12 < 2 { 40.0 } else { 0.0 };
+            assert!((v - truth).abs() < 12.0, "step {}: {v} vs {truth}", h + 1);
         }
     }
 

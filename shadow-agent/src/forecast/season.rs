@@ -36,8 +36,13 @@ impl SeasonDetector {
     /// The dominant seasonal period of `y` (which must be finite), if any; at most `n/2`, so
     /// at least two full cycles are in the data.
     pub fn detect(&self, y: &[f64]) -> Option<usize> {
+        self.detect_up_to(y, y.len() / 2)
+    }
+
+    /// The dominant seasonal period of `y` no longer than `max_period` (and at most `n/2`).
+    pub fn detect_up_to(&self, y: &[f64], max_period: usize) -> Option<usize> {
         let n = y.len();
-        let max_lag = n / 2;
+        let max_lag = max_period.min(n / 2);
         if max_lag < self.min_period + 1 {
             return None;
         }
@@ -109,6 +114,27 @@ mod tests {
             .map(|i| [1.0, 5.0, 3.0, 0.0, 2.0, 4.0, 1.0][i % 7] + 0.3 * noise(i))
             .collect();
         assert_eq!(SeasonDetector::default().detect(&y), Some(7));
+    }
+
+    #[test]
+    fn finds_a_short_period_under_a_daily_one() {
+        let y: Vec<f64> = (0..576)
+            .map(|i| {
+                20.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin()
+                    + [1.0, 5.0, 3.0, 0.0, 2.0, 4.0, 1.0][i % 7]
+                    + 0.3 * noise(i)
+            })
+            .collect();
+        let d = SeasonDetector::default();
+        // The dominant period is about a day (a multiple of 7 near 288 correlates as well).
+        let daily = d.detect(&y).expect("a daily period");
+        assert!((266..=296).contains(&daily), "period {daily}");
+        // Under the strong slow wave the short pattern does not rise in the correlogram; in
+        // the first differences (how the default policy looks for it) it does.
+        assert_eq!(d.detect_up_to(&y, 576 / 8), None);
+        let diff: Vec<f64> = y.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(d.detect_up_to(&diff, 576 / 8), Some(7));
+        assert!(d.detect_up_to(&diff, 6).is_none_or(|p| p <= 6));
     }
 
     #[test]
