@@ -145,6 +145,17 @@ pub fn run_with_status(
             )
         })
         .collect();
+    // Memory per concurrent flow: the established TCP connections on the ports the mirror
+    // selects, in the network namespace of each tracked cgroup and of each replica.
+    let flow_ports: Vec<(u16, u16)> = match (&cfg.mirror, &group) {
+        (Some(m), Some(_)) => m
+            .rules
+            .iter()
+            .filter(|r| r.proto != Some(crate::mirror::rule::Proto::Udp))
+            .map(|r| (r.ports.lo, r.ports.hi))
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut forecaster = cfg.forecast.enabled.then(|| {
         let mut f = crate::forecast::live::LiveForecaster::new(cfg.forecast.clone(), interval_s);
         for ((path, _), mem) in cgroups.iter().zip(&memory) {
@@ -155,6 +166,14 @@ pub fn run_with_status(
         }
         if mirror.is_some() && group.is_some() {
             f.use_shadow(LOAD_MATCHED, LOAD_CLONED, SHADOW_CPU);
+            if !flow_ports.is_empty() {
+                f.use_shadow_memory(SHADOW_FLOWS, SHADOW_MEMORY);
+                for ((path, _), mem) in cgroups.iter().zip(&memory) {
+                    if mem.is_some() {
+                        f.memory_load(&memory_key(path), &flows_key(path));
+                    }
+                }
+            }
         }
         f
     });
@@ -247,6 +266,9 @@ pub fn run_with_status(
             if let Some(f) = forecaster.as_mut() {
                 if let Some(v) = shadow_cpu {
                     samples.push((SHADOW_CPU.into(), v));
+                }
+                if !flow_ports.is_empty() {
+                    flow_samples(&cgroups, &replica_cgroups, &flow_ports, &mut samples);
                 }
                 for (k, v) in &samples {
                     f.observe(k, *v);
@@ -401,6 +423,51 @@ pub fn run_with_status(
 const LOAD_MATCHED: &str = "mirror/matched_pps";
 const LOAD_CLONED: &str = "mirror/cloned_pps";
 const SHADOW_CPU: &str = "shadow/cpu_cores";
+
+const SHADOW_FLOWS: &str = "shadow/flows";
+const SHADOW_MEMORY: &str = "shadow/memory_bytes";
+
+/// The live forecaster's key of a tracked cgroup's concurrent flows.
+fn flows_key(path: &std::path::Path) -> String {
+    format!("{}#flows", path.display())
+}
+
+/// One interval's samples of the memory-per-flow model: each tracked cgroup's established
+/// connections on `ports`, and the replicas' summed connections and memory (only when every
+/// replica could be read, so a replica starting or gone does not read as a drop).
+fn flow_samples(
+    cgroups: &[(std::path::PathBuf, u64)],
+    replicas: &[(std::path::PathBuf, u64)],
+    ports: &[(u16, u16)],
+    samples: &mut Vec<(String, f64)>,
+) {
+    use crate::sys::sockets::established_of_cgroup;
+    for (path, _) in cgroups {
+        if let Some(n) = established_of_cgroup(path, ports) {
+            samples.push((flows_key(path), n as f64));
+        }
+    }
+    if replicas.is_empty() {
+        return;
+    }
+    let root = std::path::Path::new(crate::sys::cgroup::DEFAULT_ROOT);
+    let mut flows = 0u64;
+    let mut bytes = 0u64;
+    for (path, _) in replicas {
+        let mem = crate::profile::cgroupfs::memory_source(root, path)
+            .as_ref()
+            .and_then(crate::profile::cgroupfs::read_memory);
+        match (established_of_cgroup(path, ports), mem) {
+            (Some(n), Some(m)) => {
+                flows += n;
+                bytes += m.usage_bytes;
+            }
+            _ => return,
+        }
+    }
+    samples.push((SHADOW_FLOWS.into(), flows as f64));
+    samples.push((SHADOW_MEMORY.into(), bytes as f64));
+}
 
 /// The live forecaster's key of a tracked cgroup's memory series (its CPU series is the
 /// path itself): what the status file and `forecast --resource memory` use.

@@ -12,8 +12,11 @@
 //!
 //! When the run has a mirror and a shadow group, the mirror's matched packets per step are
 //! the primary's load signal, the replicas' summed CPU against the clones per step is the
-//! shadow's cost per packet ([`super::demand`]), and each tracked cgroup's published forecast
-//! is the better of the direct and the shadow-derived one on recent targets, with the reason.
+//! shadow's cost per packet ([`super::demand`]), and each tracked cgroup's published CPU
+//! forecast is the better of the direct and the shadow-derived one on recent targets, with the
+//! reason. Memory likewise, per concurrent flow: the replicas' summed memory against their
+//! established connections is the shadow's memory per flow, and a cgroup's memory forecast
+//! may be derived from the forecast of its own established connections on the mirrored ports.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -171,12 +174,11 @@ struct Track {
     latest: Option<Published>,
 }
 
-/// The mirror's load signal and the shadow's CPU, per step, when both exist.
+/// A shadow cost signal, per step: the shadow's resource (`cost`) against its load.
 #[derive(Debug, Default)]
 struct ShadowSignals {
-    primary_load: String,
     shadow_load: String,
-    shadow_cpu: String,
+    shadow_cost: String,
     cost: Option<CostModel>,
 }
 
@@ -188,7 +190,12 @@ pub struct LiveForecaster {
     tracks: BTreeMap<String, Track>,
     /// Keys of series that are forecast and published (the others are signals only).
     published: Vec<String>,
-    shadow: Option<ShadowSignals>,
+    /// CPU per packet, with the primary's load key (one load for every CPU series).
+    shadow: Option<(String, ShadowSignals)>,
+    /// Memory per concurrent flow; each memory series has its own load key.
+    shadow_memory: Option<ShadowSignals>,
+    /// Memory series key → the key of that cgroup's concurrent flows.
+    memory_loads: BTreeMap<String, String>,
     interval: u64,
     fits: u64,
     fit_cpu_ns: u128,
@@ -205,6 +212,8 @@ impl LiveForecaster {
             tracks: BTreeMap::new(),
             published: Vec::new(),
             shadow: None,
+            shadow_memory: None,
+            memory_loads: BTreeMap::new(),
             interval: 0,
             fits: 0,
             fit_cpu_ns: 0,
@@ -217,8 +226,9 @@ impl LiveForecaster {
         self.track_metric(key, "cpu", unit);
     }
 
-    /// Forecast and publish series `key` of `metric` in `unit`. Only `cpu` series are
-    /// offered the shadow-derived alternative (the shadow's cost model is CPU per packet).
+    /// Forecast and publish series `key` of `metric` in `unit`. `cpu` series are offered the
+    /// shadow-derived alternative once [`Self::use_shadow`] is called, `memory` series once
+    /// [`Self::use_shadow_memory`] is and their flows are given ([`Self::memory_load`]).
     pub fn track_metric(&mut self, key: &str, metric: &str, unit: &str) {
         let t = self.tracks.entry(key.to_owned()).or_default();
         t.metric = metric.to_owned();
@@ -239,12 +249,36 @@ impl LiveForecaster {
         ] {
             self.tracks.entry(k.to_owned()).or_default().unit = unit.to_owned();
         }
-        self.shadow = Some(ShadowSignals {
-            primary_load: primary_load.to_owned(),
-            shadow_load: shadow_load.to_owned(),
-            shadow_cpu: shadow_cpu.to_owned(),
+        self.shadow = Some((
+            primary_load.to_owned(),
+            ShadowSignals {
+                shadow_load: shadow_load.to_owned(),
+                shadow_cost: shadow_cpu.to_owned(),
+                cost: None,
+            },
+        ));
+    }
+
+    /// Learn the shadow's memory per concurrent flow from `shadow_memory` (bytes) against
+    /// `shadow_flows` (established connections), for the memory series given a load by
+    /// [`Self::memory_load`].
+    pub fn use_shadow_memory(&mut self, shadow_flows: &str, shadow_memory: &str) {
+        for (k, unit) in [(shadow_flows, "flows"), (shadow_memory, "bytes")] {
+            self.tracks.entry(k.to_owned()).or_default().unit = unit.to_owned();
+        }
+        self.shadow_memory = Some(ShadowSignals {
+            shadow_load: shadow_flows.to_owned(),
+            shadow_cost: shadow_memory.to_owned(),
             cost: None,
         });
+    }
+
+    /// The concurrent flows of the cgroup whose memory series is `memory_key` arrive as
+    /// `flows_key` (fed by [`Self::observe`]).
+    pub fn memory_load(&mut self, memory_key: &str, flows_key: &str) {
+        self.tracks.entry(flows_key.to_owned()).or_default().unit = "flows".into();
+        self.memory_loads
+            .insert(memory_key.to_owned(), flows_key.to_owned());
     }
 
     /// Seed the history of `key` with whole steps (oldest first), e.g. from a recorded trace;
@@ -327,12 +361,12 @@ impl LiveForecaster {
                 return;
             }
         };
-        let is_cpu = self.tracks.get(key).is_some_and(|t| t.metric == "cpu");
-        let derived = if is_cpu {
-            self.derived(&y, &direct)
-        } else {
-            None
-        };
+        let metric = self
+            .tracks
+            .get(key)
+            .map(|t| t.metric.clone())
+            .unwrap_or_default();
+        let derived = self.derived(key, &metric, &y, &direct);
         let (forecast, source, reason) = match derived {
             Some(Ok(c)) => {
                 let src = match c.source {
@@ -344,8 +378,7 @@ impl LiveForecaster {
             other => {
                 let why = match other {
                     Some(Err(e)) => format!("direct: shadow-derived unavailable ({e})"),
-                    _ if !is_cpu => "direct: the shadow's cost model covers CPU only".into(),
-                    _ => self.no_shadow_reason(),
+                    _ => self.no_shadow_reason(key, &metric),
                 };
                 match direct.predict(self.spec.horizon, &levels) {
                     Ok(f) => (f, "direct", why),
@@ -385,32 +418,59 @@ impl LiveForecaster {
         });
     }
 
-    fn no_shadow_reason(&self) -> String {
-        match &self.shadow {
+    fn no_shadow_reason(&self, key: &str, metric: &str) -> String {
+        let (signals, unit) = match metric {
+            "cpu" => (self.shadow.as_ref().map(|s| &s.1), "CPU per packet"),
+            "memory" => (self.shadow_memory.as_ref(), "memory per flow"),
+            _ => return format!("direct: the shadow has no cost model for {metric}"),
+        };
+        match signals {
+            None if metric == "memory" && self.shadow.is_some() => {
+                "direct: the shadow's memory per flow is not measured (no TCP mirror rule)".into()
+            }
             None => "direct: the run has no mirror and shadow group".into(),
+            Some(_) if metric == "memory" && !self.memory_loads.contains_key(key) => {
+                "direct: this cgroup's concurrent flows are not counted".into()
+            }
             Some(s) if s.cost.is_none() => {
-                "direct: the shadow's cost per packet is not learned yet (needs varying load)"
-                    .into()
+                format!("direct: the shadow's {unit} is not learned yet (needs varying load)")
             }
             Some(_) => "direct: not enough load history for the shadow-derived forecast".into(),
         }
     }
 
-    /// The shadow-derived alternative for the primary series `y`, if the run has one.
+    /// The shadow-derived alternative for the primary series `key` of `metric` (history `y`),
+    /// if the run has one: CPU from the mirror's packets, memory from the cgroup's flows.
     fn derived(
         &mut self,
+        key: &str,
+        metric: &str,
         y: &[f64],
         direct: &FittedAdaptive,
     ) -> Option<Result<demand::Choice, super::ForecastError>> {
-        let s = self.shadow.as_ref()?;
-        let (pl, sl, sc) = (
-            self.history(&s.primary_load),
-            self.history(&s.shadow_load),
-            self.history(&s.shadow_cpu),
+        let (primary_load, signals) = match metric {
+            "cpu" => {
+                let (load, s) = self.shadow.as_ref()?;
+                (load.clone(), s)
+            }
+            "memory" => (
+                self.memory_loads.get(key)?.clone(),
+                self.shadow_memory.as_ref()?,
+            ),
+            _ => return None,
+        };
+        let (sl, sc) = (
+            self.history(&signals.shadow_load),
+            self.history(&signals.shadow_cost),
         );
+        let pl = self.history(&primary_load);
         let n = sl.len().min(sc.len());
         let cost = demand::theil_sen(&sl[sl.len() - n..], &sc[sc.len() - n..]);
-        if let Some(sh) = self.shadow.as_mut() {
+        let slot = match metric {
+            "cpu" => self.shadow.as_mut().map(|s| &mut s.1),
+            _ => self.shadow_memory.as_mut(),
+        };
+        if let Some(sh) = slot {
             sh.cost = cost;
         }
         let cost = cost?;
@@ -468,7 +528,8 @@ impl LiveForecaster {
             "fits": fits,
             "fit_cpu_seconds": cpu_s,
             "fit_cpu_share_of_one_core": if wall > 0.0 { cpu_s / wall } else { 0.0 },
-            "shadow_cost": self.shadow.as_ref().and_then(|s| s.cost),
+            "shadow_cost": self.shadow.as_ref().and_then(|s| s.1.cost),
+            "shadow_memory_cost": self.shadow_memory.as_ref().and_then(|s| s.cost),
             "series": series,
         })
     }
@@ -564,14 +625,64 @@ mod tests {
         let p = f.latest("/primary").expect("forecast");
         assert_eq!(p.source, "shadow_derived", "{}", p.reason);
         assert_eq!(p.metric, "cpu");
-        // Memory is forecast directly: the shadow's cost model is CPU per packet.
+        // Memory is forecast directly: no memory-per-flow signals were given.
         let m = f.latest("/primary#memory").expect("memory forecast");
         assert_eq!((m.metric.as_str(), m.unit.as_str()), ("memory", "bytes"));
         assert_eq!(m.source, "direct");
-        assert!(m.reason.contains("CPU only"), "{}", m.reason);
+        assert!(m.reason.contains("memory per flow"), "{}", m.reason);
         assert!((m.point[0] / 3e8 - 1.0).abs() < 0.02, "{:?}", m.point);
         let st = f.status();
         let slope = st["shadow_cost"]["slope"].as_f64().unwrap();
         assert!((slope - 0.001).abs() < 0.0002, "{st}");
+        assert!(st["shadow_memory_cost"].is_null(), "{st}");
+    }
+
+    #[test]
+    fn memory_per_flow_feeds_a_derived_memory_forecast() {
+        // The primary holds 2 MB per open connection over a 60 MB base; its connections
+        // follow a wave, the shadow sees about half of them. The primary's memory is noisy
+        // (other allocations), the shadow's cost line is clean: the derived forecast wins.
+        const MB: f64 = 1e6;
+        let mut f = LiveForecaster::new(spec(1), 1.0);
+        f.track_metric("/primary#memory", "memory", "bytes");
+        f.track_metric("/other#memory", "memory", "bytes");
+        f.use_shadow_memory("shadow_flows", "shadow_memory");
+        f.memory_load("/primary#memory", "/primary#flows");
+        for i in 0..200 {
+            let flows = (20.0 + 15.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin()).round();
+            let shadow_flows = (flows / 2.0).round();
+            f.observe("/primary#flows", flows);
+            f.observe("shadow_flows", shadow_flows);
+            f.observe(
+                "shadow_memory",
+                60.0 * MB + 2.0 * MB * shadow_flows + 0.2 * MB * noise(i + 50),
+            );
+            f.observe(
+                "/primary#memory",
+                60.0 * MB + 2.0 * MB * flows + 8.0 * MB * noise(i + 700),
+            );
+            f.observe("/other#memory", 3e8 + 1e6 * noise(i + 1300));
+            f.refit_due();
+        }
+        let p = f.latest("/primary#memory").expect("memory forecast");
+        assert_eq!(p.source, "shadow_derived", "{}", p.reason);
+        let st = f.status();
+        let cost = &st["shadow_memory_cost"];
+        let slope = cost["slope"].as_f64().unwrap();
+        assert!((slope / (2.0 * MB) - 1.0).abs() < 0.05, "{cost}");
+        // The next step's truth (flows at i = 200) lies in the 95% interval.
+        let flows = (20.0 + 15.0 * (200.0 * std::f64::consts::TAU / 24.0).sin()).round();
+        let truth = 60.0 * MB + 2.0 * MB * flows;
+        let i95 = &p.intervals[1];
+        assert!(
+            i95.lower[0] <= truth && truth <= i95.upper[0],
+            "{truth} not in [{}, {}]",
+            i95.lower[0],
+            i95.upper[0]
+        );
+        // A cgroup whose flows are not counted is forecast directly, and says why.
+        let o = f.latest("/other#memory").expect("memory forecast");
+        assert_eq!(o.source, "direct");
+        assert!(o.reason.contains("not counted"), "{}", o.reason);
     }
 }

@@ -17,3 +17,4 @@ pub mod cgroup;
 pub mod link;
 pub mod netns;
 pub mod process;
+pub mod sockets;
