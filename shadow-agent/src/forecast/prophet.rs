@@ -26,6 +26,11 @@
 //! widened to contain the narrower ones (a no-op with 1000 draws at 80 and 95%). As in
 //! augurs (MLE, no MCMC), the seasonal coefficients' uncertainty is not modelled.
 //!
+//! **Constant histories.** On a constant history (an idle VM at exactly 0% for the whole
+//! window) Prophet has nothing to fit: the noise scale's estimate is zero, and an all-zero
+//! history even makes the Stan component trap. Such a fit skips Stan and forecasts the
+//! constant with zero-width intervals, the model's limit (and what every baseline gives).
+//!
 //! **Clipping.** When the history is non-negative (resource usage), the point forecast and
 //! the bounds are clipped at zero, as the default policy does: Prophet's linear trend plus
 //! Fourier terms can extrapolate below zero on an idle series.
@@ -92,7 +97,10 @@ impl Prophet {
 /// A fitted [`Prophet`].
 #[derive(Debug)]
 pub struct FittedProphet {
-    model: augurs_prophet::Prophet<WasmstanOptimizer>,
+    /// `None` for a constant history ([`FittedProphet::constant`]).
+    model: Option<augurs_prophet::Prophet<WasmstanOptimizer>>,
+    /// The last observation (the whole history when there is no model).
+    last: f64,
     /// Timestamp of the last observation.
     last_ds: i64,
     step: i64,
@@ -104,6 +112,11 @@ impl FittedProphet {
     /// Whether daily seasonality was fitted (the history spans at least one day).
     pub fn daily_seasonality(&self) -> bool {
         self.daily
+    }
+
+    /// Whether the history was constant, so Stan was not run (see the module documentation).
+    pub fn constant(&self) -> bool {
+        self.model.is_none()
     }
 }
 
@@ -126,6 +139,18 @@ impl Forecaster for Prophet {
         let ds: Vec<i64> = (0..y.len() as i64).map(|i| i * step).collect();
         let span = (y.len() as i64 - 1) * step;
         let daily = span >= 86_400;
+        let last = y[y.len() - 1];
+        let clip_at_zero = y.iter().all(|&v| v >= 0.0);
+        if y.iter().all(|&v| v == last) {
+            return Ok(FittedProphet {
+                model: None,
+                last,
+                last_ds: span,
+                step,
+                clip_at_zero,
+                daily,
+            });
+        }
         let opts = ProphetOptions {
             daily_seasonality: SeasonalityOption::Manual(daily),
             uncertainty_samples: self.uncertainty_samples,
@@ -143,10 +168,11 @@ impl Forecaster for Prophet {
             .fit(data, fit_opts)
             .map_err(|e| model_error("fit", e))?;
         Ok(FittedProphet {
-            model,
+            model: Some(model),
+            last,
             last_ds: span,
             step,
-            clip_at_zero: y.iter().all(|&v| v >= 0.0),
+            clip_at_zero,
             daily,
         })
     }
@@ -161,7 +187,21 @@ impl Fitted for FittedProphet {
                 .collect(),
         );
         let clip = |v: f64| if self.clip_at_zero { v.max(0.0) } else { v };
-        let mut model = self.model.clone();
+        let Some(model) = &self.model else {
+            let flat = vec![self.last; horizon];
+            return Ok(Forecast {
+                point: flat.clone(),
+                intervals: levels
+                    .iter()
+                    .map(|&level| Interval {
+                        level,
+                        lower: flat.clone(),
+                        upper: flat.clone(),
+                    })
+                    .collect(),
+            });
+        };
+        let mut model = model.clone();
         if levels.is_empty() {
             model.opts_mut().uncertainty_samples = 0;
             let p = model
@@ -294,6 +334,24 @@ mod tests {
             .predict(48, &[])
             .unwrap();
         assert!(*f.point.last().unwrap() < -5.0, "{:?}", f.point);
+    }
+
+    #[test]
+    fn constant_histories_forecast_the_constant() {
+        // An all-zero window (an idle VM) makes the Stan component trap: it is not fitted.
+        for c in [0.0, 3.5] {
+            let fitted = Prophet::default().fit(&vec![c; 576]).unwrap();
+            assert!(fitted.constant());
+            let f = fitted.predict(12, &[0.8, 0.95]).unwrap();
+            assert_eq!(f.point, vec![c; 12]);
+            for iv in &f.intervals {
+                assert_eq!((&iv.lower, &iv.upper), (&f.point, &f.point));
+            }
+        }
+        // One different value is enough for a real fit.
+        let mut y = vec![0.0; 576];
+        y[300] = 1.0;
+        assert!(!Prophet::default().fit(&y).unwrap().constant());
     }
 
     #[test]
