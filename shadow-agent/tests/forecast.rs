@@ -198,10 +198,27 @@ fn backtest_command_prints_json_and_rejects_bad_input() {
         "cpu_pct",
     ]);
     assert_eq!(out.status.code(), Some(2));
+    // Prophet is a cargo feature, off by default: a build without it says how to get it.
+    #[cfg(not(feature = "prophet"))]
+    {
+        let out = agent(&[
+            "backtest", "--data", f, "--metric", "cpu_pct", "--models", "prophet",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("\"prophet\" is not in this build")
+                && err.contains("`prophet` cargo feature")
+                && err.contains("cargo build --release -p shadow-agent --features prophet"),
+            "{err}"
+        );
+    }
     let out = agent(&[
-        "backtest", "--data", f, "--metric", "cpu_pct", "--models", "prophet",
+        "backtest", "--data", f, "--metric", "cpu_pct", "--models", "arima",
     ]);
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown model \"arima\""), "{err}");
     let _ = std::fs::remove_file(file);
     let _ = std::fs::remove_file(bad);
 }

@@ -95,6 +95,36 @@ fn clippy_cmd() -> Command {
     ])
 }
 
+/// The agent's optional Prophet model (cargo feature `prophet`, off by default, so the
+/// workspace steps never compile it): clippy for the agent with the feature on.
+fn clippy_prophet_cmd() -> Command {
+    cargo(&[
+        "clippy",
+        "-p",
+        "shadow-agent",
+        "--all-targets",
+        "--features",
+        "prophet",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// The forecaster's unit tests with the `prophet` feature on: Prophet's own tests and the
+/// backtest with Prophet among the models (wasmtime and the embedded Stan component).
+fn test_prophet_cmd() -> Command {
+    cargo(&[
+        "test",
+        "-p",
+        "shadow-agent",
+        "--features",
+        "prophet",
+        "--lib",
+        "forecast::",
+    ])
+}
+
 /// eBPF clippy, in its own target dir so it does not invalidate the host build.
 pub fn ebpf_clippy_cmd() -> Command {
     let mut cmd = cargo(&[
@@ -246,6 +276,7 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     for (name, cmd) in [
         ("fmt", fmt_cmd()),
         ("clippy", clippy_cmd()),
+        ("clippy (prophet)", clippy_prophet_cmd()),
         ("clippy (eBPF)", ebpf_clippy_cmd()),
     ] {
         let shown = display_cmd(&cmd);
@@ -257,6 +288,11 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     let shown = display_cmd(&cmd);
     let mut totals = TestTotals::default();
     let tests = steps.run("tests", &shown, || run_tests(cmd, &mut totals));
+    // Its counts go into the same totals: these forecaster tests run a second time, in the
+    // build with the feature.
+    let cmd = test_prophet_cmd();
+    let shown = display_cmd(&cmd);
+    let tests_prophet = steps.run("tests (prophet)", &shown, || run_tests(cmd, &mut totals));
     let fuzz = steps.run(
         "fuzz smoke",
         &format!(
@@ -280,7 +316,7 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     for name in &totals.failed_names {
         println!("failed test: {name}");
     }
-    let mut errors: Vec<anyhow::Error> = [tests, fuzz, leftover_step]
+    let mut errors: Vec<anyhow::Error> = [tests, tests_prophet, fuzz, leftover_step]
         .into_iter()
         .filter_map(Result::err)
         .collect();
@@ -338,6 +374,7 @@ impl TestTotals {
 fn run_tests(mut cmd: Command, totals: &mut TestTotals) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
     let shown = display_cmd(&cmd);
+    let passed_before = totals.passed;
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -354,7 +391,7 @@ fn run_tests(mut cmd: Command, totals: &mut TestTotals) -> Result<()> {
     if !status.success() {
         bail!("`{shown}` exited with {status}");
     }
-    if totals.passed == 0 {
+    if totals.passed == passed_before {
         bail!("`{shown}` ran no test");
     }
     Ok(())
@@ -400,6 +437,14 @@ mod tests {
         assert_eq!(
             display_cmd(&test_cmd()),
             "cargo test --workspace --exclude shadow-ebpf --lib --bins --tests --no-fail-fast"
+        );
+        assert_eq!(
+            display_cmd(&clippy_prophet_cmd()),
+            "cargo clippy -p shadow-agent --all-targets --features prophet -- -D warnings"
+        );
+        assert_eq!(
+            display_cmd(&test_prophet_cmd()),
+            "cargo test -p shadow-agent --features prophet --lib forecast::"
         );
     }
 

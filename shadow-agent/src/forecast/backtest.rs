@@ -31,6 +31,11 @@ pub enum BacktestError {
     InvalidConfig { what: &'static str, reason: String },
     #[error("unknown model {name:?} (known: {known})")]
     UnknownModel { name: String, known: String },
+    #[error(
+        "model {name:?} is not in this build: it needs the `{feature}` cargo feature \
+         (cargo build --release -p shadow-agent --features {feature})"
+    )]
+    NotBuilt { name: String, feature: &'static str },
     #[error("no series can be evaluated ({skipped} skipped: {first})")]
     NoSeries { skipped: usize, first: String },
 }
@@ -52,16 +57,25 @@ pub enum ModelKind {
     Vpa,
     AutoEts,
     Mstl,
+    /// Prophet (augurs-prophet, wasmstan backend): only in builds with the `prophet` feature.
+    #[cfg(feature = "prophet")]
+    Prophet,
 }
 
+/// Models that exist only in builds with a cargo feature: (name, feature).
+const FEATURE_MODELS: [(&str, &str); 1] = [("prophet", "prophet")];
+
 impl ModelKind {
-    pub const ALL: [ModelKind; 6] = [
+    /// Every model of this build (the backtest's default set).
+    pub const ALL: &'static [ModelKind] = &[
         ModelKind::Adaptive,
         ModelKind::LastValue,
         ModelKind::SeasonalNaive,
         ModelKind::Vpa,
         ModelKind::AutoEts,
         ModelKind::Mstl,
+        #[cfg(feature = "prophet")]
+        ModelKind::Prophet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +86,8 @@ impl ModelKind {
             ModelKind::Vpa => Forecaster::name(&DecayingPercentile { half_life: 1.0 }),
             ModelKind::AutoEts => Forecaster::name(&Ets),
             ModelKind::Mstl => Forecaster::name(&Mstl),
+            #[cfg(feature = "prophet")]
+            ModelKind::Prophet => Forecaster::name(&super::prophet::Prophet::default()),
         }
     }
 
@@ -80,15 +96,26 @@ impl ModelKind {
         self == ModelKind::Adaptive
     }
 
-    /// Parses a model name as printed in reports.
+    /// Parses a model name as printed in reports. A model this build lacks (its cargo
+    /// feature is off) is [`BacktestError::NotBuilt`], naming the feature.
     pub fn parse(name: &str) -> Result<ModelKind, BacktestError> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| BacktestError::UnknownModel {
+        if let Some(m) = Self::ALL.iter().copied().find(|m| m.name() == name) {
+            return Ok(m);
+        }
+        if let Some(&(_, feature)) = FEATURE_MODELS.iter().find(|(n, _)| *n == name) {
+            return Err(BacktestError::NotBuilt {
                 name: name.to_owned(),
-                known: Self::ALL.map(ModelKind::name).join(","),
-            })
+                feature,
+            });
+        }
+        Err(BacktestError::UnknownModel {
+            name: name.to_owned(),
+            known: Self::ALL
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
     }
 
     /// The model for series sampled every `step_s` seconds, forecasting up to `horizon`.
@@ -103,6 +130,12 @@ impl ModelKind {
             }),
             ModelKind::AutoEts => Box::new(Ets),
             ModelKind::Mstl => Box::new(Mstl),
+            #[cfg(feature = "prophet")]
+            ModelKind::Prophet => {
+                // Compile the shared WebAssembly component here, outside the timed fits.
+                super::prophet::Prophet::warm_up();
+                Box::new(super::prophet::Prophet::with_step(step_s))
+            }
         }
     }
 }
@@ -633,9 +666,76 @@ mod tests {
             Err(BacktestError::NoSeries { .. })
         ));
         assert!(matches!(
-            ModelKind::parse("prophet"),
+            ModelKind::parse("arima"),
             Err(BacktestError::UnknownModel { .. })
         ));
         assert_eq!(ModelKind::parse("mstl_ets").unwrap(), ModelKind::Mstl);
+    }
+
+    #[cfg(not(feature = "prophet"))]
+    #[test]
+    fn prophet_without_the_feature_names_the_feature() {
+        let err = ModelKind::parse("prophet").unwrap_err();
+        assert!(matches!(
+            err,
+            BacktestError::NotBuilt {
+                feature: "prophet",
+                ..
+            }
+        ));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not in this build")
+                && msg.contains("cargo build --release -p shadow-agent --features prophet"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), 2);
+        assert!(!ModelKind::ALL.iter().any(|m| m.name() == "prophet"));
+    }
+
+    #[cfg(feature = "prophet")]
+    #[test]
+    fn prophet_is_a_model_with_the_feature() {
+        assert_eq!(ModelKind::parse("prophet").unwrap(), ModelKind::Prophet);
+        assert!(ModelKind::ALL.contains(&ModelKind::Prophet));
+    }
+
+    /// Prophet through the backtest on a daily-seasonal series (5-minute samples): it is
+    /// scored without failures and beats the last value.
+    #[cfg(feature = "prophet")]
+    #[test]
+    fn prophet_backtests_a_daily_season() {
+        let day = 288.0;
+        let values: Vec<f64> = (0..(3 * 288 + 60))
+            .map(|i| {
+                40.0 + 15.0 * (i as f64 * std::f64::consts::TAU / day).sin()
+                    + 2.0 * crate::forecast::test_noise(i)
+            })
+            .collect();
+        let d = Dataset {
+            metric: "cpu".into(),
+            series: vec![Series {
+                id: "s".into(),
+                step_s: 300.0,
+                start_s: 0.0,
+                values,
+                imputed: 0,
+                dropped: 0,
+            }],
+            skipped: vec![],
+        };
+        let c = BacktestConfig {
+            window: 576,
+            horizon: 12,
+            stride: 12,
+            max_origins: Some(4),
+            mase_season: None,
+            ..cfg()
+        };
+        let r = run(&d, &[ModelKind::Prophet, ModelKind::LastValue], &c).unwrap();
+        let (p, lv) = (r.model("prophet").unwrap(), r.model("last_value").unwrap());
+        assert_eq!((p.fits, p.failures), (4, 0));
+        assert!(p.mase < lv.mase, "{} vs {}", p.mase, lv.mase);
+        assert!(p.coverage["95"] >= p.coverage["80"]);
     }
 }

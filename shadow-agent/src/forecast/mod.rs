@@ -7,6 +7,8 @@
 //!
 //! - [`models`]: last value, seasonal naive, a VPA-style decaying-histogram percentile, AutoETS
 //!   and MSTL (both from the `augurs` crates).
+//! - `prophet` (cargo feature `prophet`, off by default): Prophet through augurs-prophet's
+//!   wasmstan backend.
 //! - [`season`]: seasonality detection (a correlogram).
 //! - [`policy`]: the default policy ([`policy::Adaptive`]): per-series, per-horizon selection among
 //!   cheap candidates by recent rolling-origin error, with split-conformal intervals from the
@@ -23,6 +25,8 @@ pub mod live;
 pub mod metrics;
 pub mod models;
 pub mod policy;
+#[cfg(feature = "prophet")]
+pub mod prophet;
 pub mod season;
 
 /// Why a model could not be fitted or could not forecast.
