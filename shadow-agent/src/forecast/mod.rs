@@ -250,7 +250,10 @@ mod tests {
         let errs: Vec<f64> = (1..=99).map(|i| i as f64).collect();
         // n = 99, level 0.8: ranks 100 * 0.1 = 10 and 100 * 0.9 = 90 (exact).
         let (lo, hi) = conformal_offsets(&errs, 0.8);
-        assert!((lo - 10.0).abs() < 1e-9 && (hi - 90.0).abs() < 1e-9, "{lo} {hi}");
+        assert!(
+            (lo - 10.0).abs() < 1e-9 && (hi - 90.0).abs() < 1e-9,
+            "{lo} {hi}"
+        );
         // n = 39, level 0.8: ranks 4 and 36, exact; n = 40: 4.1 and 36.9, between them.
         let errs: Vec<f64> = (1..=40).map(|i| 10.0 * i as f64).collect();
         let (lo, hi) = conformal_offsets(&errs[..39], 0.8);
