@@ -228,14 +228,23 @@ impl Forecaster for Adaptive {
             .max(1);
 
         let period = self.detector.detect(y);
-        let mut cands = vec![Candidate::Last];
-        cands.extend(self.ses_alphas.iter().map(|&a| Candidate::Ses(a)));
-        cands.extend(self.median_windows.iter().map(|&k| Candidate::Median(k)));
+        // Candidates with equal recent error are taken in this order (the ranking's sort is
+        // stable): the least moved by a single sample first. A series idle at one value has
+        // every candidate at zero error; after a lone spike the medians stay at the idle
+        // value while the last value and smoothing jump with it.
+        let mut cands: Vec<Candidate> = self
+            .weighted_median_half_lives
+            .iter()
+            .map(|&hl| Candidate::WeightedMedian(hl.max(1.0)))
+            .collect();
         cands.extend(
-            self.weighted_median_half_lives
+            self.median_windows
                 .iter()
-                .map(|&hl| Candidate::WeightedMedian(hl.max(1.0))),
+                .rev()
+                .map(|&k| Candidate::Median(k)),
         );
+        cands.extend(self.ses_alphas.iter().rev().map(|&a| Candidate::Ses(a)));
+        cands.push(Candidate::Last);
         if let Some(p) = period {
             cands.push(Candidate::Seasonal(p));
             cands.push(Candidate::SeasonalLevel { period: p, k: 6 });
@@ -701,6 +710,25 @@ mod tests {
         }
         let f = fitted.predict(12, &[]).unwrap();
         assert!((f.point[0] - 100.0).abs() < 2.0, "{:?}", f.point);
+    }
+
+    #[test]
+    fn an_idle_series_ignores_a_lone_spike() {
+        // Idle (exactly 0) since long before the selection window, then a lone spike as the
+        // last sample: every candidate forecast 0 before it, so all have the same recent
+        // error, and the tie goes to those a single sample does not move (the last value
+        // and smoothing would put 100, 50, 25 or 10 into the combination).
+        let y: Vec<f64> = (0..576)
+            .map(|i| if i == 100 || i == 575 { 100.0 } else { 0.0 })
+            .collect();
+        let fitted = Adaptive::default().fit(&y).unwrap();
+        let f = fitted.predict(12, &[]).unwrap();
+        assert!(
+            f.point.iter().all(|&v| v < 1.0),
+            "{:?} {:?}",
+            f.point,
+            fitted.chosen(1)
+        );
     }
 
     #[test]
