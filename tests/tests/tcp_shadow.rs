@@ -329,6 +329,23 @@ fn curl(world: &World, args: &[String]) -> Vec<u8> {
     out
 }
 
+/// POSTs the file at `body` to `url` as one octet-stream body (not a form, which masking
+/// would mask) on its own connection, and checks the server answered with one line.
+fn upload(world: &World, url: &str, body: &std::path::Path) {
+    let out = curl(
+        world,
+        &[
+            "-H".into(),
+            "Content-Type: application/octet-stream".into(),
+            "--data-binary".into(),
+            format!("@{}", body.display()),
+            url.into(),
+        ],
+    );
+    let digest = String::from_utf8(out).expect("utf-8");
+    assert_eq!(digest.lines().count(), 1, "{digest}");
+}
+
 fn sessions_run_in_the_shadow(v6: bool) {
     let world = World::new();
     let (_, service, _) = world.addrs(v6);
@@ -438,21 +455,8 @@ fn sessions_run_in_the_shadow(v6: bool) {
     let body_path = world.dir.path().join("body.bin");
     std::fs::write(&body_path, &body).expect("body");
     let post_url = world.url(service, "/upload");
-    let data = format!("@{}", body_path.display());
     for _ in 0..2 {
-        // Not a form (curl's default type): masking would mask its "values".
-        let out = curl(
-            &world,
-            &[
-                "-H".into(),
-                "Content-Type: application/octet-stream".into(),
-                "--data-binary".into(),
-                data.clone(),
-                post_url.clone(),
-            ],
-        );
-        let digest = String::from_utf8(out).expect("utf-8");
-        assert_eq!(digest.lines().count(), 1, "{digest}");
+        upload(&world, &post_url, &body_path);
     }
 
     // The shadow catches up (its log is written as it serves).
@@ -953,17 +957,7 @@ fn an_upload_to_a_stalled_shadow_is_whole_when_it_resumes() {
     assert!(!curl(&world, &[world.url(s.service, "/index.html")]).is_empty());
     // SAFETY: plain kill(2) on the replica's own server process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
-    let out = curl(
-        &world,
-        &[
-            "-H".into(),
-            "Content-Type: application/octet-stream".into(),
-            "--data-binary".into(),
-            format!("@{}", body_path.display()),
-            post_url,
-        ],
-    );
-    assert_eq!(String::from_utf8(out).expect("utf-8").lines().count(), 1);
+    upload(&world, &post_url, &body_path);
     // The primary has answered; the shadow has read nothing for a moment more.
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: as above.
@@ -1241,7 +1235,6 @@ fn sessions_survive_reordering(v6: bool) {
     let body_path = world.dir.path().join("body.bin");
     std::fs::write(&body_path, &body).expect("body");
     let post_url = world.url(service, "/upload");
-    let data = format!("@{}", body_path.display());
     // The detour picks segments by 3 bits of their sequence number, so whether a connection
     // has any detoured depends on its ISN and its segment sizes: one CI run drew none in all
     // seven connections. Uploads are repeated (two more at a time, at most three times)
@@ -1249,17 +1242,7 @@ fn sessions_survive_reordering(v6: bool) {
     let mut uploads = 0;
     for _ in 0..4 {
         for _ in 0..2 {
-            let out = curl(
-                &world,
-                &[
-                    "-H".into(),
-                    "Content-Type: application/octet-stream".into(),
-                    "--data-binary".into(),
-                    data.clone(),
-                    post_url.clone(),
-                ],
-            );
-            assert_eq!(String::from_utf8(out).expect("utf-8").lines().count(), 1);
+            upload(&world, &post_url, &body_path);
             uploads += 1;
         }
         if ofo(&world.primary) > ofo_before {
