@@ -156,6 +156,13 @@ pub fn run_with_status(
             .collect(),
         _ => Vec::new(),
     };
+    // Only cgroups with a memory series get a flows series (the load of their memory).
+    let flow_cgroups: Vec<std::path::PathBuf> = cgroups
+        .iter()
+        .zip(&memory)
+        .filter(|(_, mem)| mem.is_some() && !flow_ports.is_empty())
+        .map(|((path, _), _)| path.clone())
+        .collect();
     let mut forecaster = cfg.forecast.enabled.then(|| {
         let mut f = crate::forecast::live::LiveForecaster::new(cfg.forecast.clone(), interval_s);
         for ((path, _), mem) in cgroups.iter().zip(&memory) {
@@ -168,10 +175,8 @@ pub fn run_with_status(
             f.use_shadow(LOAD_MATCHED, LOAD_CLONED, SHADOW_CPU);
             if !flow_ports.is_empty() {
                 f.use_shadow_memory(SHADOW_FLOWS, SHADOW_MEMORY);
-                for ((path, _), mem) in cgroups.iter().zip(&memory) {
-                    if mem.is_some() {
-                        f.memory_load(&memory_key(path), &flows_key(path));
-                    }
+                for path in &flow_cgroups {
+                    f.memory_load(&memory_key(path), &flows_key(path));
                 }
             }
         }
@@ -268,7 +273,7 @@ pub fn run_with_status(
                     samples.push((SHADOW_CPU.into(), v));
                 }
                 if !flow_ports.is_empty() {
-                    flow_samples(&cgroups, &replica_cgroups, &flow_ports, &mut samples);
+                    flow_samples(&flow_cgroups, &replica_cgroups, &flow_ports, &mut samples);
                 }
                 for (k, v) in &samples {
                     f.observe(k, *v);
@@ -432,17 +437,17 @@ fn flows_key(path: &std::path::Path) -> String {
     format!("{}#flows", path.display())
 }
 
-/// One interval's samples of the memory-per-flow model: each tracked cgroup's established
-/// connections on `ports`, and the replicas' summed connections and memory (only when every
-/// replica could be read, so a replica starting or gone does not read as a drop).
+/// One interval's samples of the memory-per-flow model: the established connections on
+/// `ports` of each cgroup in `cgroups`, and the replicas' summed connections and memory (only
+/// when every replica could be read, so a replica starting or gone does not read as a drop).
 fn flow_samples(
-    cgroups: &[(std::path::PathBuf, u64)],
+    cgroups: &[std::path::PathBuf],
     replicas: &[(std::path::PathBuf, u64)],
     ports: &[(u16, u16)],
     samples: &mut Vec<(String, f64)>,
 ) {
     use crate::sys::sockets::established_of_cgroup;
-    for (path, _) in cgroups {
+    for path in cgroups {
         if let Some(n) = established_of_cgroup(path, ports) {
             samples.push((flows_key(path), n as f64));
         }

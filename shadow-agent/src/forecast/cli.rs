@@ -36,22 +36,8 @@ pub struct BacktestArgs {
     /// Samples between origins (default: the horizon).
     #[arg(long)]
     pub stride: Option<usize>,
-    /// Models to run, comma-separated (default: all of this build).
-    #[cfg_attr(
-        feature = "prophet",
-        arg(
-            help = "Models to run, comma-separated (default: all). Known: adaptive, \
-                    last_value, seasonal_naive, vpa_histogram, auto_ets, mstl_ets, prophet."
-        )
-    )]
-    #[cfg_attr(
-        not(feature = "prophet"),
-        arg(
-            help = "Models to run, comma-separated (default: all). Known: adaptive, \
-                    last_value, seasonal_naive, vpa_histogram, auto_ets, mstl_ets (prophet \
-                    needs a build with `--features prophet`)."
-        )
-    )]
+    /// Models to run, comma-separated (default: every model of this build; an unknown name
+    /// is answered with the list). `prophet` needs a build with `--features prophet`.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
     /// At most this many origins per series, evenly spread.

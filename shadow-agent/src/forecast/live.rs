@@ -174,12 +174,18 @@ struct Track {
     latest: Option<Published>,
 }
 
-/// A shadow cost signal, per step: the shadow's resource (`cost`) against its load.
+/// A shadow cost signal, per step: the shadow's resource (`shadow_cost`) against its load.
 #[derive(Debug, Default)]
 struct ShadowSignals {
+    /// The primary's load, when one load serves every series of the resource (CPU: the
+    /// mirror's packets); `None` when each series has its own ([`LiveForecaster::memory_load`]).
+    primary_load: Option<String>,
     shadow_load: String,
     shadow_cost: String,
     cost: Option<CostModel>,
+    /// The interval `cost` was fitted at: the line is shared by every series of the
+    /// resource, so it is fitted once per interval, not once per series refit.
+    fitted_at: Option<u64>,
 }
 
 /// The live forecaster of one agent run.
@@ -190,12 +196,14 @@ pub struct LiveForecaster {
     tracks: BTreeMap<String, Track>,
     /// Keys of series that are forecast and published (the others are signals only).
     published: Vec<String>,
-    /// CPU per packet, with the primary's load key (one load for every CPU series).
-    shadow: Option<(String, ShadowSignals)>,
+    /// CPU per packet.
+    shadow: Option<ShadowSignals>,
     /// Memory per concurrent flow; each memory series has its own load key.
     shadow_memory: Option<ShadowSignals>,
     /// Memory series key → the key of that cgroup's concurrent flows.
     memory_loads: BTreeMap<String, String>,
+    /// Per load key, the interval its policy was last fitted at and the fit.
+    load_fits: BTreeMap<String, (u64, FittedAdaptive)>,
     interval: u64,
     fits: u64,
     fit_cpu_ns: u128,
@@ -214,6 +222,7 @@ impl LiveForecaster {
             shadow: None,
             shadow_memory: None,
             memory_loads: BTreeMap::new(),
+            load_fits: BTreeMap::new(),
             interval: 0,
             fits: 0,
             fit_cpu_ns: 0,
@@ -249,14 +258,12 @@ impl LiveForecaster {
         ] {
             self.tracks.entry(k.to_owned()).or_default().unit = unit.to_owned();
         }
-        self.shadow = Some((
-            primary_load.to_owned(),
-            ShadowSignals {
-                shadow_load: shadow_load.to_owned(),
-                shadow_cost: shadow_cpu.to_owned(),
-                cost: None,
-            },
-        ));
+        self.shadow = Some(ShadowSignals {
+            primary_load: Some(primary_load.to_owned()),
+            shadow_load: shadow_load.to_owned(),
+            shadow_cost: shadow_cpu.to_owned(),
+            ..ShadowSignals::default()
+        });
     }
 
     /// Learn the shadow's memory per concurrent flow from `shadow_memory` (bytes) against
@@ -267,9 +274,10 @@ impl LiveForecaster {
             self.tracks.entry(k.to_owned()).or_default().unit = unit.to_owned();
         }
         self.shadow_memory = Some(ShadowSignals {
+            primary_load: None,
             shadow_load: shadow_flows.to_owned(),
             shadow_cost: shadow_memory.to_owned(),
-            cost: None,
+            ..ShadowSignals::default()
         });
     }
 
@@ -418,12 +426,30 @@ impl LiveForecaster {
         });
     }
 
+    /// The shadow cost signals of `metric`'s series, if the run has them.
+    fn signals(&self, metric: &str) -> Option<&ShadowSignals> {
+        match metric {
+            "cpu" => self.shadow.as_ref(),
+            "memory" => self.shadow_memory.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn signals_mut(&mut self, metric: &str) -> Option<&mut ShadowSignals> {
+        match metric {
+            "cpu" => self.shadow.as_mut(),
+            "memory" => self.shadow_memory.as_mut(),
+            _ => None,
+        }
+    }
+
     fn no_shadow_reason(&self, key: &str, metric: &str) -> String {
-        let (signals, unit) = match metric {
-            "cpu" => (self.shadow.as_ref().map(|s| &s.1), "CPU per packet"),
-            "memory" => (self.shadow_memory.as_ref(), "memory per flow"),
+        let unit = match metric {
+            "cpu" => "CPU per packet",
+            "memory" => "memory per flow",
             _ => return format!("direct: the shadow has no cost model for {metric}"),
         };
+        let signals = self.signals(metric);
         match signals {
             None if metric == "memory" && self.shadow.is_some() => {
                 "direct: the shadow's memory per flow is not measured (no TCP mirror rule)".into()
@@ -448,38 +474,39 @@ impl LiveForecaster {
         y: &[f64],
         direct: &FittedAdaptive,
     ) -> Option<Result<demand::Choice, super::ForecastError>> {
-        let (primary_load, signals) = match metric {
-            "cpu" => {
-                let (load, s) = self.shadow.as_ref()?;
-                (load.clone(), s)
-            }
-            "memory" => (
-                self.memory_loads.get(key)?.clone(),
-                self.shadow_memory.as_ref()?,
-            ),
-            _ => return None,
+        let s = self.signals(metric)?;
+        let primary_load = match &s.primary_load {
+            Some(load) => load.clone(),
+            None => self.memory_loads.get(key)?.clone(),
         };
-        let (sl, sc) = (
-            self.history(&signals.shadow_load),
-            self.history(&signals.shadow_cost),
-        );
+        let cost = if s.fitted_at == Some(self.interval) {
+            s.cost
+        } else {
+            let (sl, sc) = (self.history(&s.shadow_load), self.history(&s.shadow_cost));
+            let n = sl.len().min(sc.len());
+            let fitted = demand::theil_sen(&sl[sl.len() - n..], &sc[sc.len() - n..]);
+            let interval = self.interval;
+            let s = self.signals_mut(metric)?;
+            s.cost = fitted;
+            s.fitted_at = Some(interval);
+            fitted
+        };
         let pl = self.history(&primary_load);
-        let n = sl.len().min(sc.len());
-        let cost = demand::theil_sen(&sl[sl.len() - n..], &sc[sc.len() - n..]);
-        let slot = match metric {
-            "cpu" => self.shadow.as_mut().map(|s| &mut s.1),
-            _ => self.shadow_memory.as_mut(),
-        };
-        if let Some(sh) = slot {
-            sh.cost = cost;
-        }
         let cost = cost?;
         if pl.len() < self.policy.min_history() {
             return None;
         }
-        let load_fit = match self.policy.fit(&pl) {
-            Ok(f) => f,
-            Err(e) => return Some(Err(e)),
+        // One load (the mirror's packets) serves every CPU series: fitted once per interval.
+        let load_fit = match self.load_fits.get(&primary_load) {
+            Some((at, f)) if *at == self.interval => f.clone(),
+            _ => match self.policy.fit(&pl) {
+                Ok(f) => {
+                    self.load_fits
+                        .insert(primary_load, (self.interval, f.clone()));
+                    f
+                }
+                Err(e) => return Some(Err(e)),
+            },
         };
         Some(demand::choose(
             &self.policy,
@@ -528,7 +555,7 @@ impl LiveForecaster {
             "fits": fits,
             "fit_cpu_seconds": cpu_s,
             "fit_cpu_share_of_one_core": if wall > 0.0 { cpu_s / wall } else { 0.0 },
-            "shadow_cost": self.shadow.as_ref().and_then(|s| s.1.cost),
+            "shadow_cost": self.shadow.as_ref().and_then(|s| s.cost),
             "shadow_memory_cost": self.shadow_memory.as_ref().and_then(|s| s.cost),
             "series": series,
         })
