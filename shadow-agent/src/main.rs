@@ -121,6 +121,9 @@ enum Cmd {
         /// One JSON object per sample on stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Benchmark peer: attach only an empty sched_switch program, track nothing.
+        #[arg(long, hide = true)]
+        empty_hook: bool,
     },
     /// Load every eBPF program of the agent into the kernel (no attach) and report the
     /// verifier's verdict for each (exit 1 if any is rejected).
@@ -283,8 +286,10 @@ fn main() -> ExitCode {
             interval_ms,
             duration,
             json,
+            empty_hook,
         } => {
             let mut opts = shadow_agent::profile::cli::ProfileOpts::new(cgroups);
+            opts.empty_hook = empty_hook;
             opts.interval = std::time::Duration::from_millis(interval_ms);
             opts.duration = duration.map(std::time::Duration::from_secs);
             opts.json = json;

@@ -139,8 +139,14 @@ pub struct CpuState {
     /// cgroup2 id of the task switched in at `last_ns`, running since (0: the idle task, or
     /// not known). The agent adds `now - last_ns` to that cgroup's CPU time when it reads.
     pub running_cg: u64,
+    /// Run-queue wait of the task switched in at `last_ns`, from the scheduler's own
+    /// `sched_info`, plus one: 0 when it was not queued (or the wakeup hooks measure
+    /// instead), 1 for a wait the run queue's clock did not see pass (a wakeup that
+    /// preempted at once). It is recorded when that task is switched out, under its
+    /// cgroup's slot, which is then looked up anyway.
+    pub running_wait: u64,
 }
-const _: () = assert!(core::mem::size_of::<CpuState>() == 40);
+const _: () = assert!(core::mem::size_of::<CpuState>() == 48);
 crate::impl_pod!(CpuState);
 
 /// [`ProcEvent::kind`] values.

@@ -20,6 +20,8 @@ names! {
     PROG_SCHED_BTF = "sched_sw_btf";
     /// sched_switch through a raw tracepoint (fallback when BTF tracing is unavailable).
     PROG_SCHED_RAW = "sched_sw_raw";
+    /// tp_btf sched_switch with an empty body: the profiler benchmark's peer.
+    PROG_SCHED_NOP = "sched_sw_nop";
     /// tp_btf sched_wakeup: the woken task starts waiting (run-queue latency; preferred).
     PROG_WAKEUP_BTF = "sched_wake_btf";
     /// tp_btf sched_wakeup_new: a new task of a tracked cgroup starts waiting (preferred).
@@ -129,6 +131,14 @@ names! {
     GLOBAL_CSS_SET_DFL_OFF = "CSS_SET_DFL_OFF";
     GLOBAL_CGROUP_KN_OFF = "CGROUP_KN_OFF";
     GLOBAL_KN_ID_OFF = "KN_ID_OFF";
+    /// Globals (rodata) `u32`: 1 when run-queue latency comes from `sched_info` (the wakeup
+    /// hooks stay detached); byte offsets of `task_struct.sched_info.last_queued`,
+    /// `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock` (kernel BTF).
+    GLOBAL_RQ_SCHED_INFO = "RQ_SCHED_INFO";
+    GLOBAL_TASK_LAST_QUEUED_OFF = "TASK_LQ_OFF";
+    GLOBAL_TASK_SE_CFS_RQ_OFF = "TASK_CFSRQ_OFF";
+    GLOBAL_CFS_RQ_RQ_OFF = "CFS_RQ_RQ_OFF";
+    GLOBAL_RQ_CLOCK_OFF = "RQ_CLOCK_OFF";
     /// Global (rodata) `u32`: offset of `pid` in the sched_wakeup tracepoint record.
     GLOBAL_WAKE_PID_OFF = "WAKE_PID_OFF";
     /// Global (rodata) `u32`: offset of `nr_sector` in the block_bio_queue record.

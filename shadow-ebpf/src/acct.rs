@@ -13,14 +13,17 @@
 //!   globals; 0 for the idle task or when the offsets are unknown), so the agent can add the
 //!   running slice of a task that has not been switched out yet when it reads: a lone busy
 //!   task on an otherwise idle CPU may not be switched out for seconds.
-//! - Run-queue latency: a task becomes runnable at a wakeup (tp_btf sched_wakeup /
-//!   sched_wakeup_new: `task->pid` at the offset the agent reads from the kernel's BTF; or,
-//!   as the fallback, the classic tracepoints' `pid` record field at its tracefs offset;
-//!   both offsets are load-time globals) or when it is preempted (sched_switch with
-//!   `prev_state == TASK_RUNNING`, a scalar tp_btf/raw argument). It was switched in at the
-//!   previous switch on its CPU, which is known when it is switched out again: the latency
-//!   is recorded then, under the cgroup that is current. Only tasks seen running in a
-//!   tracked cgroup are followed (`RQ_TASKS`), so wakeups of other tasks cost one lookup.
+//! - Run-queue latency, from the scheduler's own timestamps where the kernel's BTF has them:
+//!   at a switch the task switched in has waited `rq->clock - task->sched_info.last_queued`
+//!   (both in the run queue's clock, set at enqueue: wakeup or preemption; the rq reached
+//!   through `task->se.cfs_rq->rq`; offsets from the kernel's BTF as load-time globals). The
+//!   wait is kept per CPU and recorded when that task is switched out, under the slot that
+//!   switch looks up anyway: no extra lookup and no wakeup hook. Without those fields
+//!   (`RQ_SCHED_INFO` = 0) the wakeup hooks measure instead: a task becomes runnable at a
+//!   wakeup (tp_btf sched_wakeup / sched_wakeup_new: `task->pid` at its BTF offset; or the
+//!   classic tracepoints' `pid` record field at its tracefs offset) or when it is preempted
+//!   (sched_switch with `prev_state == TASK_RUNNING`); only tasks seen running in a tracked
+//!   cgroup are followed (`RQ_TASKS`), so wakeups of other tasks cost one lookup.
 //! - Page faults: kretprobe on handle_mm_fault (majors from `VM_FAULT_MAJOR` in the return
 //!   value) where kprobes exist; tp_btf / raw tracepoint page_fault_user otherwise (totals).
 //! - Block IO: classic tracepoint block_bio_queue, in the submitter's context (fields at
@@ -84,6 +87,19 @@ static CSS_SET_DFL_OFF: u32 = 0;
 static CGROUP_KN_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static KN_ID_OFF: u32 = 0;
+/// Run-queue latency from `sched_info` (1) or from the wakeup hooks (0), and the offsets it
+/// reads: `task_struct.sched_info.last_queued`, `task_struct.se.cfs_rq`, `cfs_rq.rq`,
+/// `rq.clock` (set by the agent from the kernel's BTF).
+#[unsafe(no_mangle)]
+static RQ_SCHED_INFO: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_LQ_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CFSRQ_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static CFS_RQ_RQ_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static RQ_CLOCK_OFF: u32 = 0;
 /// Offset of `pid` in the sched_wakeup(_new) record (set by the agent from tracefs).
 #[unsafe(no_mangle)]
 static WAKE_PID_OFF: u32 = 24;
@@ -119,22 +135,11 @@ fn acct(slot: u32) -> Option<*mut CgroupAcct> {
 
 // ---- CPU time and run-queue latency ---------------------------------------------------------
 
+/// An empty sched_switch handler, never attached by the profiler: the benchmark's peer
+/// (`cargo xtask bench profiler`), the cost of any tp_btf hook on sched_switch before its
+/// body does anything.
 #[btf_tracepoint(function = "sched_switch")]
-pub fn sched_sw_btf(ctx: BtfTracePointContext) -> i32 {
-    // Argument 3 of sched_switch is `unsigned int prev_state`, a scalar.
-    let prev_state: u32 = ctx.arg(3);
-    on_switch(prev_state, next_cgroup_btf(ctx.arg(2)));
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_sw_raw(ctx: RawTracePointContext) -> i32 {
-    // Raw tracepoint args are the same as tp_btf's: args[3] is `prev_state`.
-    let prev_state: u64 = ctx.arg(3);
-    on_switch(
-        prev_state as u32,
-        next_cgroup_raw(ctx.arg::<u64>(2) as *const u8),
-    );
+pub fn sched_sw_nop(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
@@ -144,6 +149,37 @@ macro_rules! global {
         // SAFETY: rodata global written by the loader before load.
         unsafe { core::ptr::read_volatile(&$g) } as usize
     };
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_sw_btf(ctx: BtfTracePointContext) -> i32 {
+    // Argument 3 of sched_switch is `unsigned int prev_state`, a scalar.
+    let prev_state: u32 = ctx.arg(3);
+    let next: *const u8 = ctx.arg(2);
+    if task_pid(next) == 0 {
+        on_switch(prev_state, 0, 0);
+    } else {
+        on_switch(prev_state, next_cgroup_btf(next), next_wait_btf(next));
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_sw_raw(ctx: RawTracePointContext) -> i32 {
+    // Raw tracepoint args are the same as tp_btf's: args[3] is `prev_state`.
+    let prev_state: u64 = ctx.arg(3);
+    let next = ctx.arg::<u64>(2) as *const u8;
+    let pid_off = global!(TASK_PID_OFF);
+    // SAFETY: probe read of kernel memory; a bad address returns an error, never faults.
+    match unsafe { bpf_probe_read_kernel(next.wrapping_add(pid_off).cast::<i32>()) } {
+        Ok(pid) if pid != 0 => on_switch(
+            prev_state as u32,
+            next_cgroup_raw(next),
+            next_wait_raw(next),
+        ),
+        _ => on_switch(prev_state as u32, 0, 0),
+    }
+    0
 }
 
 /// The offsets of the task -> cgroup2 id chain, if the agent set them.
@@ -162,15 +198,12 @@ fn chain_offsets() -> Option<[usize; 4]> {
 
 /// cgroup2 id of the task being switched in, from a BTF-typed `struct task_struct *`: plain
 /// loads the verifier checks against the kernel's BTF (and turns into fault-safe ones).
-/// 0 for the idle task (pid 0) or when the offsets are unknown.
+/// 0 when the offsets are unknown. Not for the idle task (its caller checks).
 #[inline(always)]
 fn next_cgroup_btf(task: *const u8) -> u64 {
     let Some([cg, dfl, kn, id]) = chain_offsets() else {
         return 0;
     };
-    if task_pid(task) == 0 {
-        return 0;
-    }
     // SAFETY: each step loads a pointer member at its BTF offset from a BTF-typed pointer;
     // a NULL along the way reads as 0 (fault-safe loads), never a fault.
     unsafe {
@@ -187,13 +220,8 @@ fn next_cgroup_raw(task: *const u8) -> u64 {
     let Some([cg, dfl, kn, id]) = chain_offsets() else {
         return 0;
     };
-    let pid_off = global!(TASK_PID_OFF);
     // SAFETY: probe reads of kernel memory; a bad address returns an error, never faults.
     unsafe {
-        match bpf_probe_read_kernel(task.wrapping_add(pid_off).cast::<i32>()) {
-            Ok(pid) if pid != 0 => {}
-            _ => return 0,
-        }
         let Ok(css) = bpf_probe_read_kernel(task.wrapping_add(cg).cast::<*const u8>()) else {
             return 0;
         };
@@ -207,8 +235,68 @@ fn next_cgroup_raw(task: *const u8) -> u64 {
     }
 }
 
+/// The run-queue wait that ends now for the task being switched in, plus one (see
+/// `CpuState::running_wait`): `rq->clock - task->sched_info.last_queued`, both in the run
+/// queue's clock (`rq->clock` was updated at the start of this `__schedule`, and is the
+/// value the scheduler's own accounting uses at this switch; a clock step backwards between
+/// CPUs counts as 0). 0 when not in sched_info mode or when the task was not queued.
 #[inline(always)]
-fn on_switch(prev_state: u32, next_cg: u64) {
+fn next_wait_btf(task: *const u8) -> u64 {
+    if global!(RQ_SCHED_INFO) == 0 {
+        return 0;
+    }
+    let [lq, cfs, rq_off, clock_off] = wait_offsets();
+    // SAFETY: loads of members at their BTF offsets from a BTF-typed pointer (checked by the
+    // verifier, fault-safe); a NULL along the way reads as 0.
+    unsafe {
+        let queued = core::ptr::read_volatile(task.wrapping_add(lq).cast::<u64>());
+        if queued == 0 {
+            return 0;
+        }
+        let cfs_rq = core::ptr::read_volatile(task.wrapping_add(cfs).cast::<*const u8>());
+        let rq = core::ptr::read_volatile(cfs_rq.wrapping_add(rq_off).cast::<*const u8>());
+        let clock = core::ptr::read_volatile(rq.wrapping_add(clock_off).cast::<u64>());
+        clock.saturating_sub(queued).saturating_add(1)
+    }
+}
+
+/// The offsets [`next_wait_btf`] and [`next_wait_raw`] follow.
+#[inline(always)]
+fn wait_offsets() -> [usize; 4] {
+    [
+        global!(TASK_LQ_OFF),
+        global!(TASK_CFSRQ_OFF),
+        global!(CFS_RQ_RQ_OFF),
+        global!(RQ_CLOCK_OFF),
+    ]
+}
+
+/// The same through `bpf_probe_read_kernel`, for the raw tracepoint.
+#[inline(always)]
+fn next_wait_raw(task: *const u8) -> u64 {
+    if global!(RQ_SCHED_INFO) == 0 {
+        return 0;
+    }
+    let [lq, cfs, rq_off, clock_off] = wait_offsets();
+    // SAFETY: probe reads of kernel memory; a bad address returns an error, never faults.
+    unsafe {
+        let queued = bpf_probe_read_kernel(task.wrapping_add(lq).cast::<u64>()).unwrap_or(0);
+        if queued == 0 {
+            return 0;
+        }
+        let Ok(cfs_rq) = bpf_probe_read_kernel(task.wrapping_add(cfs).cast::<*const u8>()) else {
+            return 0;
+        };
+        let Ok(rq) = bpf_probe_read_kernel(cfs_rq.wrapping_add(rq_off).cast::<*const u8>()) else {
+            return 0;
+        };
+        bpf_probe_read_kernel(rq.wrapping_add(clock_off).cast::<u64>())
+            .map_or(0, |clock| clock.saturating_sub(queued).saturating_add(1))
+    }
+}
+
+#[inline(always)]
+fn on_switch(prev_state: u32, next_cg: u64, next_wait: u64) {
     // SAFETY: plain helper calls without arguments.
     let (now, pid_tgid) = unsafe { (bpf_ktime_get_ns(), bpf_get_current_pid_tgid()) };
     let Some(st) = ACCT_LAST.get_ptr_mut(0) else {
@@ -226,6 +314,7 @@ fn on_switch(prev_state: u32, next_cg: u64) {
     // it even and unchanged around its read of `ACCT` saw counters and slice start agree.
     st.last_ns = now;
     st.running_cg = next_cg;
+    st.running_wait = next_wait;
     st.seq = st.seq.wrapping_add(1);
 }
 
@@ -258,6 +347,13 @@ fn charge_prev(st: &mut CpuState, prev: u64, now: u64, pid_tgid: u64, prev_state
     if slot == SLOT_OTHER {
         return;
     }
+    if global!(RQ_SCHED_INFO) != 0 {
+        // The wait that ended when this task was switched in.
+        if st.running_wait != 0 {
+            record_wait(slot, st.running_wait - 1);
+        }
+        return;
+    }
     // Run-queue latency of the task switched out: it was switched in at `prev`. A preempted
     // task is back on the run queue from now; one lookup serves both.
     let pid = pid_tgid as u32;
@@ -279,12 +375,18 @@ fn charge_prev(st: &mut CpuState, prev: u64, now: u64, pid_tgid: u64, prev_state
         }
     };
     if enq != 0 && prev != 0 && enq <= prev {
-        let b = rq_bucket(prev - enq) as usize;
-        if let Some(h) = RQ_HIST.get_ptr_mut(slot) {
-            if b < RQ_BUCKETS {
-                // SAFETY: per-CPU slot; `b` is bounds-checked above.
-                unsafe { (*h).buckets[b] += 1 }
-            }
+        record_wait(slot, prev - enq);
+    }
+}
+
+/// One run-queue wait of `ns` into the slot's log2 histogram on this CPU.
+#[inline(always)]
+fn record_wait(slot: u32, ns: u64) {
+    let b = rq_bucket(ns) as usize;
+    if let Some(h) = RQ_HIST.get_ptr_mut(slot) {
+        if b < RQ_BUCKETS {
+            // SAFETY: per-CPU slot; `b` is bounds-checked above.
+            unsafe { (*h).buckets[b] += 1 }
         }
     }
 }

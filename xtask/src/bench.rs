@@ -1,8 +1,11 @@
 //! `cargo xtask bench <target>`: benchmarks. Targets:
 //!
-//! - `profiler [--json PATH] [--rounds N] [--loops N]`: a context-switch-heavy workload
-//!   (`perf bench sched pipe`, Debian's linux-perf) in a scratch cgroup2 group; each round
-//!   runs it bare, with `shadow-agent profile` tracking that group, and with that plus
+//! - `profiler [--json PATH] [--rounds N] [--loops N] [--cpu any,1]`: a context-switch-heavy
+//!   workload (`perf bench sched pipe`, Debian's linux-perf) in a scratch cgroup2 group, for
+//!   each placement (`any`: where the scheduler puts the two tasks, as perf runs it; a CPU
+//!   number: both pinned there, the worst case). Each round runs it bare, with the peer (an
+//!   empty tp_btf sched_switch program: what any sched_switch hook costs here), with
+//!   `shadow-agent profile` tracking that group, and with that plus
 //!   `kernel.bpf_stats_enabled` (order alternating between rounds). Reports the median and
 //!   spread of the per-round throughput ratios (stats off, as in production; the stats-on
 //!   ratio too) and the average ns per run of each of the agent's programs from the
@@ -47,10 +50,11 @@ pub enum BenchTarget {
         /// Messages per `perf bench sched pipe` run.
         #[arg(long, default_value_t = 100_000)]
         loops: u32,
-        /// Pin both pipe tasks to this CPU (`taskset`), or `any`. Pinned, every message is
-        /// two direct task-to-task switches (no idle in between: the profiler's worst case)
-        /// and the throughput does not jump between same-CPU and cross-CPU placements.
-        #[arg(long, default_value = "1")]
+        /// Placements to measure, comma-separated: a CPU number pins both pipe tasks there
+        /// (`taskset`), `any` leaves them to the scheduler as `perf bench` does by default.
+        /// Pinned, every message is two direct task-to-task switches with no idle in
+        /// between: the profiler's worst case.
+        #[arg(long, default_value = "any,1")]
         cpu: String,
     },
     /// Shadow's mirror (with and without masking) vs `tc mirred`: UDP pps, TCP Gbit/s,
@@ -76,14 +80,17 @@ pub fn bench(target: BenchTarget) -> Result<()> {
             loops,
             cpu,
         } => {
-            let cpu = match cpu.as_str() {
-                "any" => None,
-                c => Some(
-                    c.parse::<u32>()
-                        .with_context(|| format!("--cpu {c:?}: a CPU number or `any`"))?,
-                ),
-            };
-            profiler(json.as_deref(), rounds, loops, cpu)
+            let placements = cpu
+                .split(',')
+                .map(|c| match c.trim() {
+                    "any" => Ok(None),
+                    c => c
+                        .parse::<u32>()
+                        .map(Some)
+                        .with_context(|| format!("--cpu {c:?}: a CPU number or `any`")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            profiler(json.as_deref(), rounds, loops, &placements)
         }
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
         BenchTarget::Allocate(args) => crate::bench_allocate::allocate(args),
@@ -177,10 +184,11 @@ fn prog_stats() -> Result<BTreeMap<u64, (String, u64, u64)>> {
     Ok(m)
 }
 
-fn start_agent(agent: &Path, group: &Path) -> Result<Agent> {
+fn start_agent(agent: &Path, group: &Path, empty_hook: bool) -> Result<Agent> {
     let mut child = Command::new(agent)
         .args(["profile", "--json", "--interval-ms", "1000", "--cgroup"])
         .arg(group)
+        .args(empty_hook.then_some("--empty-hook"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -235,19 +243,20 @@ fn load_avg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The three runs of a round: the bare workload, the workload with the profiler attached
-/// (BPF run statistics off, as in production), and with the statistics on (for the ns per
-/// handler, which costs extra on every program run).
+/// The runs of a round: the bare workload, with the peer (an empty sched_switch program),
+/// with the profiler attached (BPF run statistics off, as in production), and with the
+/// statistics on (for the ns per handler, which costs extra on every program run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Run {
     Bare,
+    EmptyHook,
     Profiled,
     ProfiledStats,
 }
-
 /// The profiler's programs (the `shadow-acct` object), by name.
-const ACCT_PROGRAMS: [&str; 16] = [
+const ACCT_PROGRAMS: [&str; 17] = [
     "sched_sw_btf",
+    "sched_sw_nop",
     "sched_sw_raw",
     "sched_wake_btf",
     "sched_wknew_btf",
@@ -265,7 +274,12 @@ const ACCT_PROGRAMS: [&str; 16] = [
     "cg_skb_out",
 ];
 
-fn profiler(json: Option<&Path>, rounds: u32, loops: u32, cpu: Option<u32>) -> Result<()> {
+fn profiler(
+    json: Option<&Path>,
+    rounds: u32,
+    loops: u32,
+    placements: &[Option<u32>],
+) -> Result<()> {
     let root = util::workspace_root();
     let status = Command::new("cargo")
         .current_dir(&root)
@@ -276,33 +290,79 @@ fn profiler(json: Option<&Path>, rounds: u32, loops: u32, cpu: Option<u32>) -> R
     if !status.success() {
         bail!("building shadow-agent failed");
     }
+    if placements.is_empty() {
+        bail!("--cpu: no placement");
+    }
     let agent = util::target_dir().join("debug/shadow-agent");
     let group = Group(PathBuf::from(UNIFIED).join(format!("shdtbench{}", std::process::id())));
     fs::create_dir(&group.0).with_context(|| format!("mkdir {}", group.0.display()))?;
     let old = fs::read_to_string(STATS).context("reading kernel.bpf_stats_enabled")?;
     let _stats = StatsGuard(old.trim().to_owned());
     let load_start = load_avg();
+    let mut results = Vec::new();
+    for &cpu in placements {
+        results.push(placement(&agent, &group.0, rounds, loops, cpu)?);
+    }
+    // The headline is perf's own placement when measured, else the first one.
+    let head = placements.iter().position(Option::is_none).unwrap_or(0);
+    let worst = results
+        .iter()
+        .map(|r| r["throughput_ratio"].as_f64().unwrap_or(f64::NAN))
+        .fold(f64::INFINITY, f64::min);
+    let result = serde_json::json!({
+        "throughput_ratio": results[head]["throughput_ratio"],
+        "ns_per_sched_switch": results[head]["ns_per_sched_switch"],
+        "placement": results[head]["placement"],
+        "throughput_ratio_worst_placement": worst,
+        "placements": results,
+        "rounds": rounds,
+        "loops": loops,
+        "load_avg_1m": {"start": load_start, "end": load_avg()},
+        "method": "per placement and round: perf bench sched pipe bare, with an empty tp_btf \
+                   sched_switch program (the peer: what any sched_switch hook costs), with \
+                   `shadow-agent profile` tracking its cgroup, and with that plus \
+                   kernel.bpf_stats_enabled=1, order alternating between rounds; \
+                   throughput_ratio is the median of the per-round ratios (stats off) for \
+                   perf's own placement (`any`) when measured; ns per handler are \
+                   run_time_ns/run_cnt of the agent's own programs in the stats-on runs",
+        "targets": {"throughput_ratio_min": 0.97, "ns_per_sched_switch_max": 300},
+    });
+    println!("{result:#}");
+    if let Some(p) = json {
+        fs::write(p, result.to_string()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
 
-    let (mut bare, mut prof, mut prof_stats) = (Vec::new(), Vec::new(), Vec::new());
+/// Every round of one placement (`None`: the scheduler's choice; `Some(c)`: pinned to CPU c).
+fn placement(
+    agent: &Path,
+    group: &Path,
+    rounds: u32,
+    loops: u32,
+    cpu: Option<u32>,
+) -> Result<serde_json::Value> {
+    let name = cpu.map_or_else(|| "any".to_owned(), |c| format!("cpu{c}"));
+    let mut ops: [Vec<f64>; 4] = Default::default();
     // Per program name of the profiler's own programs: (run_time_ns, run_cnt).
     let mut hooks: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for round in 0..rounds {
-        // Alternate the order so slow drift of the shared machine hits both sides alike.
-        let mut order = [Run::Bare, Run::Profiled, Run::ProfiledStats];
+        // Alternate the order so slow drift of the shared machine hits every run alike.
+        let mut order = [Run::Bare, Run::EmptyHook, Run::Profiled, Run::ProfiledStats];
         if round % 2 == 1 {
             order.reverse();
         }
-        let mut got = [0.0f64; 3];
+        let mut got = [0.0f64; 4];
         for run in order {
             let stats_on = run == Run::ProfiledStats;
             fs::write(STATS, if stats_on { "1" } else { "0" })
                 .context("setting kernel.bpf_stats_enabled")?;
-            let ops = if run == Run::Bare {
-                pipe_run(&group.0, loops, cpu)?
+            got[run as usize] = if run == Run::Bare {
+                pipe_run(group, loops, cpu)?
             } else {
                 let before = prog_stats()?;
-                let a = start_agent(&agent, &group.0)?;
-                let ops = pipe_run(&group.0, loops, cpu)?;
+                let a = start_agent(agent, group, run == Run::EmptyHook)?;
+                let n = pipe_run(group, loops, cpu)?;
                 if stats_on {
                     // Only the programs this agent loaded: others (other users' profilers
                     // on a shared machine) may carry the same names, or load meanwhile.
@@ -316,26 +376,30 @@ fn profiler(json: Option<&Path>, rounds: u32, loops: u32, cpu: Option<u32>) -> R
                     }
                 }
                 drop(a);
-                ops
+                n
             };
-            got[run as usize] = ops;
         }
         fs::write(STATS, "0").context("setting kernel.bpf_stats_enabled")?;
         eprintln!(
-            "round {round}: {:.0} ops/s bare, {:.0} with the profiler ({:.3}), {:.0} with it and \
-             BPF stats on ({:.3})",
+            "{name} round {round}: {:.0} ops/s bare, {:.0} with an empty hook ({:.3}), {:.0} \
+             with the profiler ({:.3}), {:.0} with it and BPF stats on ({:.3})",
             got[0],
             got[1],
             got[1] / got[0],
             got[2],
-            got[2] / got[0]
+            got[2] / got[0],
+            got[3],
+            got[3] / got[0]
         );
-        bare.push(got[0]);
-        prof.push(got[1]);
-        prof_stats.push(got[2]);
+        for (v, g) in ops.iter_mut().zip(got) {
+            v.push(g);
+        }
     }
-    let ratios: Vec<f64> = prof.iter().zip(&bare).map(|(p, b)| p / b).collect();
-    let ratios_stats: Vec<f64> = prof_stats.iter().zip(&bare).map(|(p, b)| p / b).collect();
+    let [bare, empty, prof, prof_stats] = ops;
+    let ratio = |v: &[f64]| -> Vec<f64> { v.iter().zip(&bare).map(|(p, b)| p / b).collect() };
+    let ratios = ratio(&prof);
+    let ratios_empty = ratio(&empty);
+    let vs_empty: Vec<f64> = prof.iter().zip(&empty).map(|(p, e)| p / e).collect();
     let per = |name: &str| {
         hooks
             .get(name)
@@ -362,34 +426,23 @@ fn profiler(json: Option<&Path>, rounds: u32, loops: u32, cpu: Option<u32>) -> R
             )
         })
         .collect();
-    let result = serde_json::json!({
+    Ok(serde_json::json!({
+        "placement": name,
         "throughput_ratio": median(&ratios),
         "ns_per_sched_switch": ns_per,
+        "throughput_ratio_empty_hook": median(&ratios_empty),
+        "throughput_ratio_vs_empty_hook": median(&vs_empty),
         "throughput_ratio_rounds": ratios,
         "throughput_ratio_p25": quantile(&ratios, 0.25),
         "throughput_ratio_p75": quantile(&ratios, 0.75),
         "throughput_ratio_min": quantile(&ratios, 0.0),
         "throughput_ratio_max": quantile(&ratios, 1.0),
         "throughput_ratio_of_medians": median(&prof) / median(&bare),
-        "throughput_ratio_stats_on": median(&ratios_stats),
+        "throughput_ratio_stats_on": median(&ratio(&prof_stats)),
         "ns_per_hook": ns_per_hook,
         "ops_per_sec_bare": bare,
+        "ops_per_sec_empty_hook": empty,
         "ops_per_sec_profiled": prof,
         "ops_per_sec_profiled_stats_on": prof_stats,
-        "rounds": rounds,
-        "loops": loops,
-        "cpu": cpu,
-        "load_avg_1m": {"start": load_start, "end": load_avg()},
-        "method": "per round: perf bench sched pipe (both tasks on one CPU unless --cpu any) bare, with `shadow-agent profile` tracking \
-                   its cgroup, and with that plus kernel.bpf_stats_enabled=1, order alternating \
-                   between rounds; throughput_ratio is the median of the per-round ratios \
-                   (stats off); ns per handler are run_time_ns/run_cnt of the agent's own \
-                   programs in the stats-on runs",
-        "targets": {"throughput_ratio_min": 0.97, "ns_per_sched_switch_max": 300},
-    });
-    println!("{result:#}");
-    if let Some(p) = json {
-        fs::write(p, result.to_string()).with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
+    }))
 }

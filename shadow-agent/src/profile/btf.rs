@@ -263,6 +263,28 @@ impl Btf {
         }
         Err(self.bad(strukt, member, format!("not a pointer (type id {ty})")))
     }
+
+    /// Byte offset of member `member` of `struct strukt` whose type is the embedded
+    /// `struct inner` (not a pointer to it): the start of a nested struct's members.
+    pub fn struct_member(&self, strukt: &str, member: &str, inner: &str) -> Result<u32, BtfError> {
+        let (off, ty) = self.member(strukt, member)?;
+        let mut id = ty;
+        for _ in 0..16 {
+            let Some(t) = self.ty(id) else { break };
+            match t.kind {
+                KIND_STRUCT if self.name(t.name_off) == inner => return Ok(off),
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type
+                }
+                _ => break,
+            }
+        }
+        Err(self.bad(
+            strukt,
+            member,
+            format!("not an embedded struct {inner} (type id {ty})"),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -392,5 +414,35 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{s}.{m}: {e}"));
         }
         assert_eq!(btf.int_member("kernfs_node", "id").expect("kn id").1, 8);
+    }
+
+    #[test]
+    fn an_embedded_struct_member_is_checked_by_name() {
+        let btf = Btf::parse(Path::new("t"), blob()).expect("parse");
+        let e = btf
+            .struct_member("task", "pid", "task")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an embedded struct task"), "{e}");
+        // A pointer to the struct is not the struct.
+        let e = btf
+            .struct_member("task", "parent", "task")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an embedded struct"), "{e}");
+        let btf = Btf::kernel().expect("kernel BTF");
+        let si = btf
+            .struct_member("task_struct", "sched_info", "sched_info")
+            .expect("task_struct.sched_info");
+        let se = btf
+            .struct_member("task_struct", "se", "sched_entity")
+            .expect("task_struct.se");
+        assert!(
+            si > 0 && se > 0 && si != se,
+            "sched_info at {si}, se at {se}"
+        );
+        assert!(btf
+            .struct_member("task_struct", "se", "sched_info")
+            .is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::{path::PathBuf, time::Duration};
 
 use super::{
     sampler::{Drops, Sample, Sampler, Store},
-    HookPreference, ProfileError, Profiler,
+    EmptySwitchHook, HookPreference, ProfileError, Profiler,
 };
 
 /// Options of the `profile` command.
@@ -26,6 +26,8 @@ pub struct ProfileOpts {
     pub store_capacity: usize,
     /// Capacity of the exec/exit event channel.
     pub event_capacity: usize,
+    /// Attach only an empty sched_switch program and track nothing (the benchmark's peer).
+    pub empty_hook: bool,
 }
 
 impl ProfileOpts {
@@ -37,6 +39,7 @@ impl ProfileOpts {
             json: false,
             store_capacity: 3600,
             event_capacity: 4096,
+            empty_hook: false,
         }
     }
 }
@@ -101,6 +104,9 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
             path: dir.clone(),
             source,
         })?;
+    }
+    if opts.empty_hook {
+        return empty_hook(opts);
     }
     let mut prof = Profiler::start(HookPreference::Auto)?;
     let root = PathBuf::from(crate::sys::cgroup::DEFAULT_ROOT);
@@ -180,4 +186,32 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
         }
         Ok::<(), ProfileError>(())
     })
+}
+
+/// `--empty-hook`: an empty sched_switch program attached until SIGINT/SIGTERM or
+/// `--duration`; the first line says so, as the hook report does for a real run.
+fn empty_hook(opts: &ProfileOpts) -> Result<(), ProfileError> {
+    let hook = EmptySwitchHook::attach()?;
+    let line =
+        serde_json::json!({"type": "hooks", "hooks": [], "empty_hook": super::PROG_SCHED_NOP});
+    if !emit(&line.to_string()) {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ProfileError::Runtime { source })?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| ProfileError::Runtime { source })?;
+        let limit = opts.duration.unwrap_or(Duration::MAX);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = tokio::time::sleep(limit) => {}
+        }
+        Ok::<(), ProfileError>(())
+    })?;
+    drop(hook);
+    Ok(())
 }

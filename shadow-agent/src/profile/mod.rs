@@ -35,13 +35,15 @@ use aya::{
 use shadow_common::{
     acct::{err, CgroupAcct, CpuState, RqHist, MAX_TRACKED, RQ_BUCKETS, SLOT_OTHER},
     maps::{
-        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_CGROUP_KN_OFF, GLOBAL_CSS_SET_DFL_OFF,
-        GLOBAL_KN_ID_OFF, GLOBAL_NEXT_CG_ON, GLOBAL_TASK_CGROUPS_OFF, GLOBAL_TASK_PID_OFF,
-        GLOBAL_WAKE_PID_OFF, MAP_ACCT, MAP_ACCT_CGROUPS, MAP_ACCT_ERRS, MAP_ACCT_EVENTS,
-        MAP_ACCT_GEN, MAP_ACCT_LAST, MAP_RQ_HIST, PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW,
-        PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF, PROG_FAULT_KRET, PROG_FAULT_RAW,
-        PROG_SCHED_BTF, PROG_SCHED_RAW, PROG_SKB_IN, PROG_SKB_OUT, PROG_WAKEUP_BTF,
-        PROG_WAKEUP_NEW_BTF, PROG_WAKEUP_NEW_TP, PROG_WAKEUP_TP,
+        GLOBAL_BIO_NSECT_OFF, GLOBAL_BIO_RWBS_OFF, GLOBAL_CFS_RQ_RQ_OFF, GLOBAL_CGROUP_KN_OFF,
+        GLOBAL_CSS_SET_DFL_OFF, GLOBAL_KN_ID_OFF, GLOBAL_NEXT_CG_ON, GLOBAL_RQ_CLOCK_OFF,
+        GLOBAL_RQ_SCHED_INFO, GLOBAL_TASK_CGROUPS_OFF, GLOBAL_TASK_LAST_QUEUED_OFF,
+        GLOBAL_TASK_PID_OFF, GLOBAL_TASK_SE_CFS_RQ_OFF, GLOBAL_WAKE_PID_OFF, MAP_ACCT,
+        MAP_ACCT_CGROUPS, MAP_ACCT_ERRS, MAP_ACCT_EVENTS, MAP_ACCT_GEN, MAP_ACCT_LAST, MAP_RQ_HIST,
+        PROG_BIO_TP, PROG_EXEC_BTF, PROG_EXEC_RAW, PROG_EXIT_BTF, PROG_EXIT_RAW, PROG_FAULT_BTF,
+        PROG_FAULT_KRET, PROG_FAULT_RAW, PROG_SCHED_BTF, PROG_SCHED_NOP, PROG_SCHED_RAW,
+        PROG_SKB_IN, PROG_SKB_OUT, PROG_WAKEUP_BTF, PROG_WAKEUP_NEW_BTF, PROG_WAKEUP_NEW_TP,
+        PROG_WAKEUP_TP,
     },
 };
 
@@ -104,6 +106,43 @@ pub enum HookPreference {
     RawOnly,
 }
 
+/// Where run-queue latency comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RqSource {
+    /// The scheduler's own timestamps (`task->sched_info.last_queued` against `rq->clock`),
+    /// read by the sched_switch handler, where the kernel's BTF has them (kernels with
+    /// `CONFIG_SCHED_INFO` and `CONFIG_FAIR_GROUP_SCHED`); the wakeup hooks otherwise.
+    Auto,
+    /// The wakeup hooks, as on a kernel without those fields (exercises that fallback).
+    WakeupHooks,
+}
+
+/// The offsets of `task_struct.sched_info.last_queued`, `task_struct.se.cfs_rq`,
+/// `cfs_rq.rq` and `rq.clock` in the kernel's BTF.
+fn sched_info_offsets(b: &btf::Btf) -> Result<[u32; 4], btf::BtfError> {
+    let u64_member = |strukt: &str, member: &str| -> Result<u32, btf::BtfError> {
+        let (off, size) = b.int_member(strukt, member)?;
+        if size == 8 {
+            Ok(off)
+        } else {
+            Err(btf::BtfError::BadMember {
+                path: btf::VMLINUX.into(),
+                strukt: strukt.into(),
+                member: member.into(),
+                reason: format!("{size} bytes, not 8"),
+            })
+        }
+    };
+    Ok([
+        b.struct_member("task_struct", "sched_info", "sched_info")?
+            + u64_member("sched_info", "last_queued")?,
+        b.struct_member("task_struct", "se", "sched_entity")?
+            + b.ptr_member("sched_entity", "cfs_rq")?,
+        b.ptr_member("cfs_rq", "rq")?,
+        u64_member("rq", "clock")?,
+    ])
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(transparent)]
@@ -163,6 +202,36 @@ pub struct Profiler {
     skb_loaded: bool,
     slots: HashMap<u64, Tracked>,
     nr_cpus: usize,
+}
+
+/// An empty tp_btf sched_switch program, attached until dropped: the profiler benchmark's
+/// peer, the cost of any sched_switch hook on this kernel before its body does anything.
+pub struct EmptySwitchHook {
+    _ebpf: Ebpf,
+}
+
+impl EmptySwitchHook {
+    pub fn attach() -> Result<EmptySwitchHook, ProfileError> {
+        let obj = &ebpf::ACCT;
+        if obj.is_stub() {
+            return Err(LoadError::Stub { object: obj.name }.into());
+        }
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .load(obj.bytes)
+            .map_err(|e| LoadError::Parse {
+                object: obj.name,
+                source: Box::new(e),
+            })?;
+        attach_btf(&mut ebpf, btf.as_ref(), PROG_SCHED_NOP, "sched_switch").map_err(|detail| {
+            ProfileError::Attach {
+                program: PROG_SCHED_NOP,
+                detail,
+            }
+        })?;
+        Ok(EmptySwitchHook { _ebpf: ebpf })
+    }
 }
 
 type Attempt = Result<(), String>;
@@ -355,6 +424,11 @@ impl Profiler {
     /// Fails only when CPU accounting cannot be attached; other metrics degrade and say so
     /// in [`Profiler::hooks`].
     pub fn start(pref: HookPreference) -> Result<Profiler, ProfileError> {
+        Self::start_with(pref, RqSource::Auto)
+    }
+
+    /// [`Profiler::start`], choosing where run-queue latency comes from.
+    pub fn start_with(pref: HookPreference, rq: RqSource) -> Result<Profiler, ProfileError> {
         let obj = &ebpf::ACCT;
         if obj.is_stub() {
             return Err(LoadError::Stub { object: obj.name }.into());
@@ -406,8 +480,24 @@ impl Profiler {
             };
             chain().map_err(|e| e.to_string())
         });
+        // Run-queue waits from the scheduler's own timestamps, read at sched_switch.
+        let sched_info = match rq {
+            RqSource::WakeupHooks => Err("not chosen (RqSource::WakeupHooks)".to_owned()),
+            RqSource::Auto => task_pid.clone().and_then(|_| {
+                let b = kernel_btf.as_ref().map_err(ToString::to_string)?;
+                sched_info_offsets(b).map_err(|e| e.to_string())
+            }),
+        };
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
+        if let Ok([queued, se_cfs_rq, cfs_rq_rq, clock]) = &sched_info {
+            loader
+                .override_global(GLOBAL_RQ_SCHED_INFO, &1u32, true)
+                .override_global(GLOBAL_TASK_LAST_QUEUED_OFF, queued, true)
+                .override_global(GLOBAL_TASK_SE_CFS_RQ_OFF, se_cfs_rq, true)
+                .override_global(GLOBAL_CFS_RQ_RQ_OFF, cfs_rq_rq, true)
+                .override_global(GLOBAL_RQ_CLOCK_OFF, clock, true);
+        }
         if let Ok(off) = &task_pid {
             loader.override_global(GLOBAL_TASK_PID_OFF, off, true);
         }
@@ -462,14 +552,34 @@ impl Profiler {
             }),
         });
 
-        // Run-queue latency: switch-in and preemption come with the CPU hook; wakeups need
-        // the woken pid: `task->pid` of the tp_btf argument (offset from the kernel's BTF,
+        // Run-queue latency: from sched_info at the switch itself where the kernel's BTF has
+        // it. Otherwise switch-in and preemption come with the CPU hook and wakeups need the
+        // woken pid: `task->pid` of the tp_btf argument (offset from the kernel's BTF,
         // checked by the verifier), or the `pid` field of the classic tracepoints (offset
         // from tracefs) as the fallback.
         let mut fb = Vec::new();
         let mut progs = vec![cpu.program()];
         let mut wake_hook = None;
-        if pref == HookPreference::Auto {
+        if let Err(e) = &sched_info {
+            if rq == RqSource::Auto {
+                tracing::info!(error = %e, "sched_info unavailable, run-queue latency from wakeups");
+            }
+            fb.push(format!("sched_info: {e}"));
+        }
+        if sched_info.is_ok() {
+            reports.push(HookReport {
+                metric: Metric::RunqLatency,
+                hook: Some(cpu.kind()),
+                programs: progs.clone(),
+                fallbacks: fb.clone(),
+                note: Some(
+                    "enqueue (wakeup or preemption) to switch-in, from the scheduler's own \
+                     sched_info timestamps read at sched_switch; no wakeup hook"
+                        .to_owned(),
+                ),
+            });
+        }
+        if sched_info.is_err() && pref == HookPreference::Auto {
             let r = match &task_pid {
                 Err(e) => Err(format!("task_struct.pid offset: {e}")),
                 Ok(_) => attach_pair(&mut ebpf, PROG_WAKEUP_BTF, PROG_WAKEUP_NEW_BTF, |e, p| {
@@ -492,7 +602,7 @@ impl Profiler {
                 }
             }
         }
-        if wake_hook.is_none() {
+        if sched_info.is_err() && wake_hook.is_none() {
             let r = match &offsets {
                 Err(e) => Err(format!("tracepoint offsets: {e}")),
                 Ok(_) => attach_pair(&mut ebpf, PROG_WAKEUP_TP, PROG_WAKEUP_NEW_TP, |e, p| {
@@ -512,15 +622,17 @@ impl Profiler {
                 Err(e) => fb.push(format!("{PROG_WAKEUP_TP}: {e}")),
             }
         }
-        reports.push(HookReport {
-            metric: Metric::RunqLatency,
-            hook: Some(wake_hook.unwrap_or(cpu.kind())),
-            programs: progs,
-            fallbacks: fb,
-            note: wake_hook.is_none().then(|| {
-                "wakeups unavailable: only waits after preemption are measured".to_owned()
-            }),
-        });
+        if sched_info.is_err() {
+            reports.push(HookReport {
+                metric: Metric::RunqLatency,
+                hook: Some(wake_hook.unwrap_or(cpu.kind())),
+                programs: progs,
+                fallbacks: fb,
+                note: wake_hook.is_none().then(|| {
+                    "wakeups unavailable: only waits after preemption are measured".to_owned()
+                }),
+            });
+        }
 
         // Page faults.
         let mut fb = Vec::new();
