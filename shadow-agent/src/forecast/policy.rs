@@ -15,7 +15,10 @@
 //! 2. Every candidate forecasts from every recent origin `t` (history `y[..t]`), so its error
 //!    at each step `h` is known for every origin whose target is in the history.
 //! 3. For step `h`, the candidates are ranked by their absolute error summed over the
-//!    `select_window` origins just before `t` whose targets were already observed at `t`; the
+//!    `select_window` origins just before `t` whose targets were already observed at `t`,
+//!    each error capped at `score_clip` times the series' typical one-step change (a burst on
+//!    an otherwise idle series, where the candidates that chase it win big, would otherwise
+//!    keep them ranked first long after it ended); the
 //!    policy's forecast is the median of the best `combine` of them, keeping only those within
 //!    `combine_within` of the best (a clearly better candidate, e.g. the season, is not diluted). This is replayed for
 //!    every recent origin, so the policy's own out-of-sample errors are known too (the
@@ -62,6 +65,11 @@ pub struct Adaptive {
     /// each replayed origin the miscoverage rate `alpha` moves by
     /// `aci_gamma · alpha0 · (alpha0 − missed)` (0.15: 0.03 at 80%, 0.0075 at 95%).
     pub aci_gamma: f64,
+    /// Each candidate error counts at most this many times the series' typical one-step
+    /// change (the median absolute change over the history plus a tenth of the mean) when
+    /// candidates are ranked, so one burst cannot decide the ranking for a whole window;
+    /// 0 or infinite turns it off.
+    pub score_clip: f64,
     /// How many of the best-ranked candidates are combined (median) at most ...
     pub combine: usize,
     /// ... of those whose error is within this fraction of the best one's (0.2: 20% worse).
@@ -87,11 +95,12 @@ impl Default for Adaptive {
     fn default() -> Self {
         Self {
             max_horizon: 12,
-            select_window: 72,
+            select_window: 144,
             calibration: 240,
             min_calibration: 20,
             aci_replay: 144,
             aci_gamma: 0.15,
+            score_clip: 8.0,
             combine: 5,
             combine_within: 0.2,
             local_scale: 0,
@@ -389,6 +398,12 @@ impl Forecaster for Adaptive {
             })
             .collect();
 
+        // The cap on each error that ranks the candidates.
+        let err_cap = if self.score_clip.is_finite() && self.score_clip > 0.0 {
+            self.score_clip * (median(&steps, &mut buf) + floor)
+        } else {
+            f64::INFINITY
+        };
         let clip_at_zero = y.iter().all(|&v| v >= 0.0);
         let clip = |v: f64| if clip_at_zero { v.max(0.0) } else { v };
         let k = self.combine.clamp(1, nc);
@@ -415,7 +430,7 @@ impl Forecaster for Adaptive {
                 }
                 for i in 0..origins {
                     let bad = abs_err[i].is_nan();
-                    prefix[i + 1] = prefix[i] + if bad { 0.0 } else { abs_err[i] };
+                    prefix[i + 1] = prefix[i] + if bad { 0.0 } else { abs_err[i].min(err_cap) };
                     invalid[i + 1] = invalid[i] + usize::from(bad);
                 }
                 scores_prefix.push((prefix.clone(), invalid.clone()));
