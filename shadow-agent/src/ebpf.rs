@@ -105,7 +105,7 @@ impl Object {
 /// The tracepoint name a tp_btf program attaches to: the section `tp_btf/<name>`.
 fn btf_target(program: &str) -> &'static str {
     match program {
-        shadow_common::maps::PROG_SCHED_BTF => "sched_switch",
+        shadow_common::maps::PROG_SCHED_BTF | shadow_common::maps::PROG_SCHED_NOP => "sched_switch",
         shadow_common::maps::PROG_WAKEUP_BTF => "sched_wakeup",
         shadow_common::maps::PROG_WAKEUP_NEW_BTF => "sched_wakeup_new",
         shadow_common::maps::PROG_FAULT_BTF => "page_fault_user",
