@@ -247,6 +247,16 @@ impl Btf {
         Ok((off, size))
     }
 
+    /// Byte offset of integer member `member` of `struct strukt`, which must be `size` bytes.
+    pub fn int_member_sized(&self, strukt: &str, member: &str, size: u32) -> Result<u32, BtfError> {
+        let (off, got) = self.int_member(strukt, member)?;
+        if got == size {
+            Ok(off)
+        } else {
+            Err(self.bad(strukt, member, format!("{got} bytes, not {size}")))
+        }
+    }
+
     /// Byte offset of pointer member `member` of `struct strukt`.
     pub fn ptr_member(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let (off, ty) = self.member(strukt, member)?;

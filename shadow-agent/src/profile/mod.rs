@@ -120,27 +120,29 @@ pub enum RqSource {
 /// The offsets of `task_struct.sched_info.last_queued`, `task_struct.se.cfs_rq`,
 /// `cfs_rq.rq` and `rq.clock` in the kernel's BTF.
 fn sched_info_offsets(b: &btf::Btf) -> Result<[u32; 4], btf::BtfError> {
-    let u64_member = |strukt: &str, member: &str| -> Result<u32, btf::BtfError> {
-        let (off, size) = b.int_member(strukt, member)?;
-        if size == 8 {
-            Ok(off)
-        } else {
-            Err(btf::BtfError::BadMember {
-                path: btf::VMLINUX.into(),
-                strukt: strukt.into(),
-                member: member.into(),
-                reason: format!("{size} bytes, not 8"),
-            })
-        }
-    };
     Ok([
         b.struct_member("task_struct", "sched_info", "sched_info")?
-            + u64_member("sched_info", "last_queued")?,
+            + b.int_member_sized("sched_info", "last_queued", 8)?,
         b.struct_member("task_struct", "se", "sched_entity")?
             + b.ptr_member("sched_entity", "cfs_rq")?,
         b.ptr_member("cfs_rq", "rq")?,
-        u64_member("rq", "clock")?,
+        b.int_member_sized("rq", "clock", 8)?,
     ])
+}
+
+/// Loads the profiler's object (`shadow-acct`) with `loader`.
+fn load_acct(loader: &mut EbpfLoader) -> Result<Ebpf, ProfileError> {
+    let obj = &ebpf::ACCT;
+    if obj.is_stub() {
+        return Err(LoadError::Stub { object: obj.name }.into());
+    }
+    loader.load(obj.bytes).map_err(|e| {
+        LoadError::Parse {
+            object: obj.name,
+            source: Box::new(e),
+        }
+        .into()
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,18 +214,8 @@ pub struct EmptySwitchHook {
 
 impl EmptySwitchHook {
     pub fn attach() -> Result<EmptySwitchHook, ProfileError> {
-        let obj = &ebpf::ACCT;
-        if obj.is_stub() {
-            return Err(LoadError::Stub { object: obj.name }.into());
-        }
         let btf = Btf::from_sys_fs().ok();
-        let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
-            .load(obj.bytes)
-            .map_err(|e| LoadError::Parse {
-                object: obj.name,
-                source: Box::new(e),
-            })?;
+        let mut ebpf = load_acct(EbpfLoader::new().btf(btf.as_ref()))?;
         attach_btf(&mut ebpf, btf.as_ref(), PROG_SCHED_NOP, "sched_switch").map_err(|detail| {
             ProfileError::Attach {
                 program: PROG_SCHED_NOP,
@@ -429,9 +421,11 @@ impl Profiler {
 
     /// [`Profiler::start`], choosing where run-queue latency comes from.
     pub fn start_with(pref: HookPreference, rq: RqSource) -> Result<Profiler, ProfileError> {
-        let obj = &ebpf::ACCT;
-        if obj.is_stub() {
-            return Err(LoadError::Stub { object: obj.name }.into());
+        if ebpf::ACCT.is_stub() {
+            return Err(LoadError::Stub {
+                object: ebpf::ACCT.name,
+            }
+            .into());
         }
         let btf = Btf::from_sys_fs().ok();
         let offsets = read_offsets();
@@ -442,40 +436,19 @@ impl Profiler {
             .as_ref()
             .map_err(ToString::to_string)
             .and_then(|b| {
-                let (off, size) = b
-                    .int_member("task_struct", "pid")
-                    .map_err(|e| e.to_string())?;
-                if size == 4 {
-                    Ok(off)
-                } else {
-                    Err(btf::BtfError::BadMember {
-                        path: btf::VMLINUX.into(),
-                        strukt: "task_struct".into(),
-                        member: "pid".into(),
-                        reason: format!("{size} bytes, not 4"),
-                    }
-                    .to_string())
-                }
+                b.int_member_sized("task_struct", "pid", 4)
+                    .map_err(|e| e.to_string())
             });
         // The chain from a task to its cgroup2 id, so sched_switch can record which cgroup
         // the CPU runs from then on (its running slice is added at read time).
         let next_cg = task_pid.clone().and_then(|_| {
             let b = kernel_btf.as_ref().map_err(ToString::to_string)?;
             let chain = || -> Result<[u32; 4], btf::BtfError> {
-                let (kn_id, size) = b.int_member("kernfs_node", "id")?;
-                if size != 8 {
-                    return Err(btf::BtfError::BadMember {
-                        path: btf::VMLINUX.into(),
-                        strukt: "kernfs_node".into(),
-                        member: "id".into(),
-                        reason: format!("{size} bytes, not 8"),
-                    });
-                }
                 Ok([
                     b.ptr_member("task_struct", "cgroups")?,
                     b.ptr_member("css_set", "dfl_cgrp")?,
                     b.ptr_member("cgroup", "kn")?,
-                    kn_id,
+                    b.int_member_sized("kernfs_node", "id", 8)?,
                 ])
             };
             chain().map_err(|e| e.to_string())
@@ -515,10 +488,7 @@ impl Profiler {
                 .override_global(GLOBAL_BIO_NSECT_OFF, &o.bio_nsect, true)
                 .override_global(GLOBAL_BIO_RWBS_OFF, &o.bio_rwbs, true);
         }
-        let mut ebpf = loader.load(obj.bytes).map_err(|e| LoadError::Parse {
-            object: obj.name,
-            source: Box::new(e),
-        })?;
+        let mut ebpf = load_acct(&mut loader)?;
         let btf = btf.as_ref();
         let mut reports = Vec::new();
 
