@@ -993,6 +993,23 @@ impl Config {
             None => None,
             Some(a) => Some(a.validate().map_err(|(k, msg)| invalid(k, msg))?),
         };
+        if allocate.as_ref().is_some_and(|a| a.whatif.is_some()) {
+            let why = match (&shadow, &mirror) {
+                (None, _) => {
+                    Some("needs a [shadow] section: the replicas shrinks are validated on")
+                }
+                (_, None) => {
+                    Some("needs a [mirror] section: the traffic shrinks are validated with")
+                }
+                (_, Some(m)) if m.target.is_some() => Some(
+                    "needs the mirror to feed the shadow group: remove mirror.shadow_interface",
+                ),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(invalid("allocate.whatif".into(), why.to_owned()));
+            }
+        }
         let forecast = raw
             .forecast
             .validate()
@@ -1103,6 +1120,35 @@ interval_ms = 500
             e.contains("both select tcp packets to 10.0.0.128/25 port 81"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn allocate_whatif_needs_a_shadow_group_fed_by_the_mirror() {
+        let alloc = "[allocate]\ncgroups = [\"web\"]\n[allocate.whatif]\n";
+        // A mirror with an explicit target, no [shadow].
+        let e = err(&format!(
+            "{}{alloc}",
+            with_rules(&[("10.0.0.2", "80", "tcp")])
+        ));
+        assert!(
+            e.contains("allocate.whatif: needs a [shadow] section"),
+            "{e}"
+        );
+        let shadow = "[shadow]\nname = \"web\"\ncommand = [\"sleep\", \"30\"]\naddresses = [\"10.0.0.2/24\"]\n";
+        let e = err(&format!("{shadow}{alloc}"));
+        assert!(
+            e.contains("allocate.whatif: needs a [mirror] section"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{}{shadow}{alloc}",
+            with_rules(&[("10.0.0.2", "80", "tcp")])
+        ));
+        assert!(e.contains("remove mirror.shadow_interface"), "{e}");
+        let fed = "[mirror]\ninterface = \"veth-p\"\n[[mirror.rules]]\ndst = \"10.0.0.2\"\n";
+        let c = Config::parse(&format!("{fed}{shadow}{alloc}"), Path::new("x.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.allocate.and_then(|a| a.whatif).is_some());
     }
 
     #[test]

@@ -129,7 +129,27 @@ pub fn run_with_status(
     // The allocator last: it restores the original limits a crashed run left behind.
     let mut allocator = match &cfg.allocate {
         None => None,
-        Some(spec) => Some(crate::allocate::live::LiveAllocator::start(spec)?),
+        Some(spec) => {
+            // Forecast shrinks validated on what-if replicas of `[shadow]`, fed by their own
+            // mirrors of `[mirror]`'s traffic (the config check guarantees both).
+            let whatif = match (&spec.whatif, &cfg.shadow, &cfg.mirror) {
+                (Some(w), Some(base), Some(m)) => {
+                    Some(crate::allocate::validate::WhatifValidation {
+                        base: base.clone(),
+                        mirror: crate::shadow::whatif::WhatifMirror {
+                            interface: m.interface.clone(),
+                            rules: m.rules.clone(),
+                            options: m.options.clone(),
+                        },
+                        duration: w.duration,
+                        load_share: w.load_share.unwrap_or(m.options.sample_rate),
+                        tolerance: w.tolerance,
+                    })
+                }
+                _ => None,
+            };
+            Some(crate::allocate::live::LiveAllocator::start(spec, whatif)?)
+        }
     };
     // Live forecasts of every tracked cgroup's CPU (and, with a mirror and a shadow group,
     // the shadow-derived alternative from the mirror's load and the replicas' CPU).

@@ -329,7 +329,7 @@ webhook = "http://127.0.0.1:{port}/scale"
         .expect("toml")
         .validate()
         .expect("valid [allocate]");
-    let mut alloc = shadow_agent::allocate::live::LiveAllocator::start(&spec).expect("start");
+    let mut alloc = shadow_agent::allocate::live::LiveAllocator::start(&spec, None).expect("start");
     let mut event = None;
     let mut usage_at_event = None;
     let mut peak_usage: f64 = 0.0;

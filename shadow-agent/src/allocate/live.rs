@@ -16,6 +16,7 @@ use super::policy::{ForecastInput, Rails};
 use super::reconcile::{AllocatorConfig, Forecasts, Reconciler};
 use super::scale::{ScaleDetector, ScaleEvent, ScaleRule, Webhook, WebhookUrl};
 use super::sim::{adaptive_forecast, AdaptiveSim};
+use super::validate::{WhatifValidation, WhatifValidator};
 use super::{AllocateError, Result};
 use crate::sys::cgroup::CgroupRoot;
 
@@ -44,6 +45,37 @@ pub struct RawAllocate {
     pub memory: Option<RawRails>,
     pub scale: Option<RawScale>,
     pub placement: Option<RawPlacement>,
+    pub whatif: Option<RawWhatif>,
+}
+
+/// `[allocate.whatif]`: validate every forecast shrink on what-if shadow replicas first
+/// (needs `[shadow]` and `[mirror]`; see `allocate/gate.rs` and `allocate/validate.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhatif {
+    pub enabled: Option<bool>,
+    /// Length of one comparison, seconds (default 30).
+    pub duration_s: Option<f64>,
+    /// Fraction of the primary's load the replicas see (default: `mirror.sample_rate`).
+    pub load_share: Option<f64>,
+    /// The candidate's p95/p99 may be at most `max_ratio` x the baseline's + `slack_ms`.
+    pub max_ratio: Option<f64>,
+    pub slack_ms: Option<f64>,
+    /// Fewer timed replies on either side: no verdict (the shrink fails).
+    pub min_replies: Option<u64>,
+    /// A pass holds this many intervals; after a failure shrinks wait this many.
+    pub valid_intervals: Option<u64>,
+    pub retry_intervals: Option<u64>,
+}
+
+/// The validated `[allocate.whatif]` section (the replicas' spec comes from `[shadow]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhatifGateSpec {
+    pub rule: super::gate::GateRule,
+    pub duration: Duration,
+    /// None: the mirror's sample rate.
+    pub load_share: Option<f64>,
+    pub tolerance: crate::shadow::whatif::ShrinkTolerance,
 }
 
 /// `[allocate.placement]`: cpusets (off when absent).
@@ -105,6 +137,8 @@ pub struct AllocateSpec {
     pub scale: ScaleRule,
     /// Validated webhook URL and its timeout.
     pub webhook: Option<(String, Duration)>,
+    /// What-if validation of forecast shrinks (`[allocate.whatif]`); None: off.
+    pub whatif: Option<WhatifGateSpec>,
 }
 
 /// Defaults of the section (documented in `config/agent.example.toml`).
@@ -230,6 +264,7 @@ impl RawAllocate {
             backoff_max: 32,
             allow_kubelet_owned: self.allow_kubelet_owned.unwrap_or(false),
             nic: None,
+            whatif_gate: None,
         };
 
         allocator.validate().map_err(|e| match e {
@@ -294,7 +329,17 @@ impl RawAllocate {
                 Some((url, Duration::from_millis(ms)))
             }
         };
+        let whatif = match self.whatif {
+            None => None,
+            Some(w) if !w.enabled.unwrap_or(true) => None,
+            Some(w) => Some(validate_whatif(&w).map_err(|(k, m)| bad(&format!("whatif.{k}"), &m))?),
+        };
+        let allocator = AllocatorConfig {
+            whatif_gate: whatif.as_ref().map(|w| w.rule),
+            ..allocator
+        };
         Ok(AllocateSpec {
+            whatif,
             predictive: self.predictive.unwrap_or(true),
             scale,
             webhook,
@@ -306,6 +351,61 @@ impl RawAllocate {
             forecast,
         })
     }
+}
+
+fn validate_whatif(w: &RawWhatif) -> std::result::Result<WhatifGateSpec, (&'static str, String)> {
+    let tol_d = crate::shadow::whatif::ShrinkTolerance::default();
+    let rule_d = super::gate::GateRule::default();
+    let duration_s = w.duration_s.unwrap_or(30.0);
+    if !(duration_s.is_finite() && (5.0..=3600.0).contains(&duration_s)) {
+        return Err((
+            "duration_s",
+            format!("{duration_s} must be within 5..=3600 seconds"),
+        ));
+    }
+    if let Some(s) = w.load_share {
+        if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+            return Err(("load_share", format!("{s} must be a fraction in (0, 1]")));
+        }
+    }
+    let max_ratio = w.max_ratio.unwrap_or(tol_d.max_ratio);
+    if !(max_ratio.is_finite() && max_ratio >= 1.0) {
+        return Err(("max_ratio", format!("{max_ratio} must be a number >= 1")));
+    }
+    let slack_ms = w.slack_ms.unwrap_or(tol_d.slack_ms);
+    if !(slack_ms.is_finite() && slack_ms >= 0.0) {
+        return Err((
+            "slack_ms",
+            format!("{slack_ms} must be a non-negative number"),
+        ));
+    }
+    let min_replies = w.min_replies.unwrap_or(tol_d.min_replies);
+    if min_replies == 0 {
+        return Err(("min_replies", "must be at least 1".to_owned()));
+    }
+    let valid_intervals = w.valid_intervals.unwrap_or(rule_d.valid_intervals);
+    let retry_intervals = w.retry_intervals.unwrap_or(rule_d.retry_intervals);
+    for (k, v) in [
+        ("valid_intervals", valid_intervals),
+        ("retry_intervals", retry_intervals),
+    ] {
+        if v == 0 {
+            return Err((k, "must be at least 1 interval".to_owned()));
+        }
+    }
+    Ok(WhatifGateSpec {
+        rule: super::gate::GateRule {
+            valid_intervals,
+            retry_intervals,
+        },
+        duration: Duration::from_secs_f64(duration_s),
+        load_share: w.load_share,
+        tolerance: crate::shadow::whatif::ShrinkTolerance {
+            max_ratio,
+            slack_ms,
+            min_replies,
+        },
+    })
 }
 
 /// A sendable simulation-style forecast function.
@@ -379,11 +479,25 @@ pub struct LiveAllocator {
     webhook: Option<Webhook>,
     /// Scaling events of the last tick (see [`LiveAllocator::take_events`]).
     events: Vec<ScaleEvent>,
+    /// What-if validation of forecast shrinks (`[allocate.whatif]`).
+    validator: Option<WhatifValidator>,
 }
 
 impl LiveAllocator {
-    /// Opens every group (restoring the originals a crashed run left behind).
-    pub fn start(spec: &AllocateSpec) -> Result<LiveAllocator> {
+    /// Opens every group (restoring the originals a crashed run left behind). `whatif`: how
+    /// to run the replicas that validate forecast shrinks (required with
+    /// `[allocate.whatif]`; the config check makes sure `[shadow]` and `[mirror]` exist).
+    pub fn start(spec: &AllocateSpec, whatif: Option<WhatifValidation>) -> Result<LiveAllocator> {
+        let validator = match (&spec.whatif, whatif) {
+            (None, _) => None,
+            (Some(_), Some(v)) => Some(WhatifValidator::new(v)),
+            (Some(_), None) => {
+                return Err(AllocateError::Config {
+                    key: "allocate.whatif".to_owned(),
+                    reason: "needs [shadow] and [mirror]: the replicas and the traffic to validate shrinks on",
+                })
+            }
+        };
         let root =
             CgroupRoot::detect(&spec.cgroup_root).map_err(|source| AllocateError::Cgroup {
                 cgroup: spec.cgroup_root.display().to_string(),
@@ -424,6 +538,7 @@ impl LiveAllocator {
             scale: spec.scale,
             webhook,
             events: Vec::new(),
+            validator,
         })
     }
 
@@ -444,9 +559,34 @@ impl LiveAllocator {
     pub fn tick(&mut self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         self.events.clear();
+        // A finished what-if comparison: its verdict goes to the group that asked.
+        if let Some(o) = self.validator.as_mut().and_then(WhatifValidator::poll) {
+            match self.groups.iter_mut().find(|g| g.name == o.request.cgroup) {
+                Some(g) => {
+                    if let Err(e) = g.reconciler.whatif_outcome(&o) {
+                        tracing::warn!(error = %super::state::error_chain(&e), "could not audit a what-if verdict");
+                    }
+                }
+                None => {
+                    tracing::warn!(cgroup = %o.request.cgroup, "what-if verdict for an unknown group")
+                }
+            }
+        }
         for g in &mut self.groups {
             let v = match g.tick(self.predictive, &self.scale, &mut self.events) {
-                Ok(v) => v,
+                Ok((mut v, requests)) => {
+                    if let Some(val) = self.validator.as_mut() {
+                        for req in requests {
+                            if val.submit(&req) {
+                                g.reconciler.whatif_started(&req);
+                            }
+                        }
+                        if let Some(r) = val.running().filter(|r| r.cgroup == g.name) {
+                            v["whatif_running"] = serde_json::json!(r);
+                        }
+                    }
+                    v
+                }
                 Err(e) => serde_json::json!({ "error": super::state::error_chain(&e) }),
             };
             out.insert(g.name.clone(), v);
@@ -475,7 +615,7 @@ impl Managed {
         predictive: bool,
         rule: &ScaleRule,
         events: &mut Vec<ScaleEvent>,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<(serde_json::Value, Vec<super::gate::ShrinkRequest>)> {
         let sample = self.reconciler.backend().read_sample()?;
         let now = Instant::now();
         let cores = match (sample.cpu_usage_us, self.prev_cpu) {
@@ -553,7 +693,7 @@ impl Managed {
             "scale_events": scale,
         });
         events.extend(scale);
-        Ok(value)
+        Ok((value, report.whatif_requests))
     }
 }
 
@@ -624,5 +764,30 @@ heavy_rx_pps = 5000
         assert_eq!(err.0, "allocate.scale.in_hold_intervals");
         let err = parse("cgroups = [\"web\"]\n[placement]\navoid_cpus = \"x\"").unwrap_err();
         assert_eq!(err.0, "allocate.placement.avoid_cpus");
+    }
+
+    #[test]
+    fn whatif_section_defaults_and_errors() {
+        let s = parse("cgroups = [\"web\"]\n[whatif]\nslack_ms = 5\nload_share = 0.25").unwrap();
+        let w = s.whatif.expect("whatif on");
+        assert_eq!(w.duration, Duration::from_secs(30));
+        assert_eq!(w.load_share, Some(0.25));
+        assert_eq!(w.tolerance.slack_ms, 5.0);
+        assert_eq!(w.tolerance.max_ratio, 1.25);
+        assert_eq!(s.allocator.whatif_gate, Some(w.rule));
+        let off = parse("cgroups = [\"web\"]\n[whatif]\nenabled = false").unwrap();
+        assert!(off.whatif.is_none() && off.allocator.whatif_gate.is_none());
+        assert!(parse("cgroups = [\"web\"]").unwrap().whatif.is_none());
+        for (body, key) in [
+            ("duration_s = 1", "allocate.whatif.duration_s"),
+            ("load_share = 1.5", "allocate.whatif.load_share"),
+            ("max_ratio = 0.5", "allocate.whatif.max_ratio"),
+            ("slack_ms = -1", "allocate.whatif.slack_ms"),
+            ("min_replies = 0", "allocate.whatif.min_replies"),
+            ("retry_intervals = 0", "allocate.whatif.retry_intervals"),
+        ] {
+            let err = parse(&format!("cgroups = [\"web\"]\n[whatif]\n{body}")).unwrap_err();
+            assert_eq!(err.0, key, "{body}: {err:?}");
+        }
     }
 }

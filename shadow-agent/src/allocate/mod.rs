@@ -17,13 +17,17 @@
 //! - [`scale`]: scale-out / scale-in events when the forecast exceeds (or stays well below)
 //!   what the node can give the primary; webhook.
 //! - [`irq`]: NIC/IRQ locality of network-IO-heavy primaries (which CPUs serve the NIC).
+//! - [`gate`]: forecast shrinks held until a what-if shadow replica passed at the proposed
+//!   limit (`[allocate.whatif]`).
+//! - [`live`]: the `[allocate]` section of `shadow-agent run`: the default forecaster fills
+//!   [`ForecastInput`] (point, interval at a level, recent empirical coverage) per resource.
 //!
-//! The forecaster is not wired in yet: it will fill [`ForecastInput`] (point, interval at a
-//! level, recent empirical coverage) per resource. See `docs/allocator.md`.
+//! See `docs/allocator.md`.
 
 pub mod backend;
 pub mod cli;
 pub mod cpuset;
+pub mod gate;
 pub mod irq;
 pub mod live;
 pub mod policy;
@@ -31,6 +35,7 @@ pub mod reconcile;
 pub mod scale;
 pub mod sim;
 pub mod state;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -402,6 +402,14 @@ pub enum Reason {
     Reactive { signals: Vec<Signal> },
     /// Placement: pinned onto CPUs not used by the shadow group.
     Placement,
+    /// The verdict of a what-if replica run at a proposed shrink (`allocate/gate.rs`):
+    /// audited with `old` = the current limit, `new` = the proposed one, never applied itself.
+    Whatif {
+        pass: bool,
+        reasons: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<serde_json::Value>,
+    },
 }
 
 /// A rail that changed the outcome.
@@ -422,6 +430,12 @@ pub enum Rail {
     Cooldown,
     /// Pinning would leave no CPU.
     NoFreeCpu,
+    /// A forecast shrink held until a what-if replica has run at the proposed limit.
+    WhatifPending,
+    /// A forecast shrink refused: a what-if replica failed at a proposed limit recently.
+    WhatifFailed,
+    /// A forecast shrink cut to the lowest limit a what-if replica passed at.
+    WhatifValidated,
 }
 
 /// The outcome for one scalar resource.

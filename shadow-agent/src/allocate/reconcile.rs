@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, Limits, Sample};
 use super::cpuset::CpuSet;
+use super::gate::{GateRule, Gated, ShrinkGate, ShrinkOutcome, ShrinkRequest};
 use super::irq::{decide_placement, read_nic_locality, rx_packets, LocalityNote};
 use super::policy::{
     decide, Decision, ForecastInput, PolicyConfig, Rail, Rails, Reason, Resource, ResourceState,
@@ -45,6 +46,9 @@ pub struct AllocatorConfig {
     pub allow_kubelet_owned: bool,
     /// NIC locality for the placement (with `pin_away_from`); None: not considered.
     pub nic: Option<NicPlacement>,
+    /// Hold forecast shrinks until a what-if replica passed at the proposed limit
+    /// (`allocate/gate.rs`); None: shrinks are not validated.
+    pub whatif_gate: Option<GateRule>,
 }
 
 /// The primary's network interface, for NIC/IRQ-aware placement (`allocate/irq.rs`).
@@ -75,6 +79,7 @@ impl AllocatorConfig {
             backoff_max: 32,
             allow_kubelet_owned: false,
             nic: None,
+            whatif_gate: None,
         }
     }
 
@@ -186,6 +191,10 @@ pub struct StepReport {
     pub dry_run: bool,
     /// Set when the step was skipped because of an earlier failure.
     pub backing_off: Option<Backoff>,
+    /// Forecast shrinks held for a what-if validation that is not under way yet: the caller
+    /// starts one (then [`Reconciler::whatif_started`]) or asks again next interval.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub whatif_requests: Vec<ShrinkRequest>,
 }
 
 /// One managed group.
@@ -208,6 +217,7 @@ pub struct Reconciler<B: Backend> {
     backoff: Backoff,
     recovered: Option<RestoreReport>,
     armed: bool,
+    gate: Option<ShrinkGate>,
 }
 
 fn json_amount(v: Option<f64>) -> serde_json::Value {
@@ -277,6 +287,7 @@ impl<B: Backend> Reconciler<B> {
             },
             recovered: None,
             armed: true,
+            gate: cfg.whatif_gate.map(ShrinkGate::new),
             cfg,
         };
         if OriginalRecord::load(&r.record)?.is_some() {
@@ -333,6 +344,7 @@ impl<B: Backend> Reconciler<B> {
             applied: Vec::new(),
             dry_run: self.cfg.dry_run,
             backing_off: None,
+            whatif_requests: Vec::new(),
         };
         if self.backoff.remaining > 0 {
             self.backoff.remaining -= 1;
@@ -406,6 +418,7 @@ impl<B: Backend> Reconciler<B> {
             }
             report.decisions.push(d);
         }
+        self.gate_shrinks(report);
         if let (Some(avoid), Some(current)) = (&self.cfg.pin_away_from, &limits.cpuset) {
             if let Some(available) = self.backend.available_cpus()? {
                 match &self.cfg.nic {
@@ -488,6 +501,92 @@ impl<B: Backend> Reconciler<B> {
             }
         }
         Ok(())
+    }
+
+    /// Holds forecast shrinks that no what-if replica has passed (with a gate configured).
+    /// A held decision keeps the resource's rail state as if nothing had changed, so the
+    /// shrink can go through as soon as a pass arrives.
+    fn gate_shrinks(&mut self, report: &mut StepReport) {
+        let Some(gate) = self.gate.as_mut() else {
+            return;
+        };
+        for d in &mut report.decisions {
+            let (rails, state) = match d.resource {
+                Resource::Cpu => (self.cfg.cpu.as_ref(), &mut self.cpu),
+                Resource::Memory => (self.cfg.memory.as_ref(), &mut self.memory),
+                Resource::Cpuset => continue,
+            };
+            let Some(rails) = rails else { continue };
+            let before = d.new;
+            let gated = gate.gate(self.backend.name(), d, rails.max, self.step);
+            if let Gated::Held(Some(req)) = &gated {
+                report.whatif_requests.push(req.clone());
+            }
+            match gated {
+                Gated::Unchanged | Gated::Clipped => {}
+                Gated::Held(_) | Gated::Refused => {
+                    if before != d.new {
+                        // `decide` counted the shrink as a change; it was not made. The
+                        // streak stays complete: a pass lets the shrink through at once.
+                        state.since_change = rails.cooldown_intervals.saturating_add(1);
+                        state.shrink_streak = rails.shrink_hold_intervals;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A what-if validation of `req` was started (the shrink stays held until its outcome).
+    pub fn whatif_started(&mut self, req: &ShrinkRequest) {
+        if let Some(g) = self.gate.as_mut() {
+            g.started(req);
+        }
+        tracing::info!(
+            cgroup = self.backend.name(),
+            resource = req.resource.as_str(),
+            from = req.from,
+            to = req.to,
+            "validating a forecast shrink on a what-if replica"
+        );
+    }
+
+    /// The verdict of a what-if validation: recorded in the gate and audited (`reason`
+    /// `whatif`, `old` the limit then, `new` the proposed one, never `applied`).
+    pub fn whatif_outcome(&mut self, o: &ShrinkOutcome) -> Result<()> {
+        if let Some(g) = self.gate.as_mut() {
+            g.outcome(o, self.step);
+        }
+        tracing::info!(
+            cgroup = self.backend.name(),
+            resource = o.request.resource.as_str(),
+            to = o.request.to,
+            pass = o.pass,
+            reasons = ?o.reasons,
+            "what-if verdict of a forecast shrink"
+        );
+        let entry = AuditEntry {
+            time_ms: unix_ms(),
+            cgroup: self.backend.name().to_owned(),
+            resource: o.request.resource.as_str().to_owned(),
+            old: serde_json::json!(o.request.from),
+            new: serde_json::json!(o.request.to),
+            reason: Reason::Whatif {
+                pass: o.pass,
+                reasons: o.reasons.clone(),
+                report: o.report.clone(),
+            },
+            rails: Vec::new(),
+            applied: false,
+            dry_run: self.cfg.dry_run,
+            forecast: None,
+            interval: None,
+            level: None,
+            confidence: None,
+            step: self.step,
+            error: None,
+            locality: None,
+        };
+        self.audit.append(&entry)
     }
 
     fn apply_scalar(&mut self, d: &Decision, limits: &Limits) -> Result<()> {

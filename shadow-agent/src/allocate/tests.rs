@@ -534,3 +534,97 @@ fn missing_group_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_forecast_shrink_waits_for_a_whatif_pass_and_a_failure_refuses_it() {
+    use super::gate::{GateRule, ShrinkOutcome};
+    let m = Mimic::new("whatif");
+    m.put("web/cpu.max", "200000 100000\n");
+    let mut cfg = m.config();
+    cfg.memory = None;
+    cfg.whatif_gate = Some(GateRule {
+        valid_intervals: 100,
+        retry_intervals: 100,
+    });
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    let f = Forecasts {
+        cpu: Some(confident(1.0)),
+        memory: None,
+    };
+    // The shrink hold (K = 3), then the what-if gate: nothing written, one request.
+    let mut requests = Vec::new();
+    for _ in 0..4 {
+        let rep = r.step(&f).unwrap();
+        assert!(rep.applied.is_empty(), "{rep:?}");
+        requests.extend(rep.whatif_requests);
+    }
+    assert_eq!(m.get("web/cpu.max"), "200000 100000");
+    assert_eq!(
+        requests.len(),
+        2,
+        "asked again while no validation ran: {requests:?}"
+    );
+    let req = requests[0].clone();
+    // 2 cores, at most -20% per interval.
+    assert_eq!((req.from, req.to, req.cgroup.as_str()), (2.0, 1.6, "web"));
+    r.whatif_started(&req);
+    let rep = r.step(&f).unwrap();
+    assert!(rep.whatif_requests.is_empty() && rep.applied.is_empty());
+    assert!(rep.decisions[0].rails.contains(&Rail::WhatifPending));
+
+    r.whatif_outcome(&ShrinkOutcome {
+        request: req,
+        pass: true,
+        reasons: Vec::new(),
+        report: None,
+    })
+    .unwrap();
+    let rep = r.step(&f).unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpu], "{rep:?}");
+    assert_eq!(m.get("web/cpu.max"), "160000 100000");
+
+    // The next shrink (1.6 -> 1.28) needs its own pass; this one fails.
+    let mut req = None;
+    for _ in 0..4 {
+        let rep = r.step(&f).unwrap();
+        assert!(rep.applied.is_empty(), "{rep:?}");
+        req = req.or(rep.whatif_requests.into_iter().next());
+    }
+    let req = req.expect("a second request");
+    assert_eq!((req.from, req.to), (1.6, 1.6 * 0.8));
+    r.whatif_started(&req);
+    r.whatif_outcome(&ShrinkOutcome {
+        request: req,
+        pass: false,
+        reasons: vec!["p95 too high".into()],
+        report: None,
+    })
+    .unwrap();
+    for _ in 0..5 {
+        let rep = r.step(&f).unwrap();
+        assert!(rep.applied.is_empty() && rep.whatif_requests.is_empty());
+        assert!(rep.decisions[0].rails.contains(&Rail::WhatifFailed));
+    }
+    assert_eq!(m.get("web/cpu.max"), "160000 100000");
+    // Both verdicts are in the audit log, neither applied.
+    let verdicts: Vec<_> = r
+        .audit()
+        .read_all()
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.reason, Reason::Whatif { .. }))
+        .collect();
+    assert_eq!(verdicts.len(), 2);
+    assert!(verdicts.iter().all(|e| !e.applied));
+    assert!(
+        matches!(&verdicts[1].reason, Reason::Whatif { pass: false, reasons, .. } if reasons[0] == "p95 too high")
+    );
+    // Steps up are never gated.
+    let rep = r
+        .step(&Forecasts {
+            cpu: Some(confident(2.0)),
+            memory: None,
+        })
+        .unwrap();
+    assert_eq!(rep.applied, vec![Resource::Cpu]);
+}

@@ -268,8 +268,23 @@ pub fn run(
     candidates: &[Candidate],
     mirror: &WhatifMirror,
     duration: Duration,
+    tick: impl FnMut(&WhatifReport),
+) -> Result<WhatifReport, AgentError> {
+    let stop = Stop::install()?;
+    run_until(base, candidates, mirror, duration, &stop.0, tick)
+}
+
+/// [`run`] that ends early when `stop` is set instead of on signals (for a comparison on a
+/// thread of a running agent, e.g. the allocator's shrink validation).
+pub fn run_until(
+    base: &GroupSpec,
+    candidates: &[Candidate],
+    mirror: &WhatifMirror,
+    duration: Duration,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
     mut tick: impl FnMut(&WhatifReport),
 ) -> Result<WhatifReport, AgentError> {
+    let stop = Stop(std::sync::Arc::clone(stop));
     if candidates.is_empty() {
         return Err(GroupError::Whatif {
             key: "shadow.whatif".into(),
@@ -374,7 +389,6 @@ pub fn run(
         s.lat0 = s.mirror.latency()?.into_iter().next().unwrap_or_default();
     }
     let start = Instant::now();
-    let stop = Stop::install()?;
     let mut report;
     loop {
         let left = duration.saturating_sub(start.elapsed());
