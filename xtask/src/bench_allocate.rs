@@ -96,6 +96,10 @@ pub struct AllocateArgs {
     /// Use this shadow-agent binary instead of building the workspace's (debug) one.
     #[arg(long)]
     pub agent: Option<PathBuf>,
+    /// `[allocate] level` of both agents (the forecast interval's level; default: the
+    /// agent's own default).
+    #[arg(long)]
+    pub level: Option<f64>,
 }
 
 /// A cgroup in the v1 controllers and cgroup2, removed on drop (after its processes).
@@ -255,7 +259,14 @@ fn load_trace(path: &Path, metric: &str) -> Result<Vec<(String, Vec<f64>)>> {
 }
 
 /// The agent's config for one group.
-fn agent_config(group: &str, state: &Path, interval_ms: u64, predictive: bool) -> String {
+fn agent_config(
+    group: &str,
+    state: &Path,
+    interval_ms: u64,
+    predictive: bool,
+    level: Option<f64>,
+) -> String {
+    let level = level.map_or(String::new(), |l| format!("level = {l}\n"));
     format!(
         r#"# Written by `cargo xtask bench allocate`.
 [metrics]
@@ -270,7 +281,7 @@ dry_run = false
 predictive = {predictive}
 state_dir = "{state}"
 audit_log = "{state}/audit.jsonl"
-
+{level}
 [allocate.cpu]
 # The group's cpuset is one CPU.
 max = 1.0
@@ -425,7 +436,7 @@ fn run_series(
         let cfg = scratch.join(format!("agent{i}.toml"));
         fs::write(
             &cfg,
-            agent_config(&names[i], &state, args.interval_ms, predictive),
+            agent_config(&names[i], &state, args.interval_ms, predictive, args.level),
         )?;
         agents.push((start_agent(agent, &cfg)?, state.join("audit.jsonl")));
     }
@@ -625,6 +636,7 @@ pub fn allocate(args: AllocateArgs) -> Result<()> {
         "interval_ms": args.interval_ms,
         "warmup": args.warmup,
         "peak_cores": args.peak_cores,
+        "level": args.level,
         "cfs_period_us": PERIOD_US,
         "policies": [total[0].json("shadow"), total[1].json("reactive")],
         "throttled_reduction": reduction,

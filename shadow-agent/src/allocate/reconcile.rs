@@ -479,22 +479,19 @@ impl<B: Backend> Reconciler<B> {
                     report.applied.push(Resource::Cpuset);
                 }
                 let entry = AuditEntry {
-                    time_ms: unix_ms(),
-                    cgroup: self.backend.name().to_owned(),
-                    resource: Resource::Cpuset.as_str().to_owned(),
-                    old: serde_json::json!(c.old.to_string()),
-                    new: serde_json::json!(c.new.to_string()),
-                    reason: Reason::Placement,
                     rails: c.rails.clone(),
                     applied,
                     dry_run: self.cfg.dry_run,
-                    forecast: None,
-                    interval: None,
-                    level: None,
-                    confidence: None,
-                    step: self.step,
                     error: result.as_ref().err().map(|e| error_chain(e)),
                     locality: locality.as_ref().and_then(|n| serde_json::to_value(n).ok()),
+                    ..AuditEntry::at_step(
+                        self.backend.name(),
+                        Resource::Cpuset.as_str(),
+                        serde_json::json!(c.old.to_string()),
+                        serde_json::json!(c.new.to_string()),
+                        Reason::Placement,
+                        self.step,
+                    )
                 };
                 self.audit.append(&entry)?;
                 result?;
@@ -564,28 +561,19 @@ impl<B: Backend> Reconciler<B> {
             reasons = ?o.reasons,
             "what-if verdict of a forecast shrink"
         );
-        let entry = AuditEntry {
-            time_ms: unix_ms(),
-            cgroup: self.backend.name().to_owned(),
-            resource: o.request.resource.as_str().to_owned(),
-            old: serde_json::json!(o.request.from),
-            new: serde_json::json!(o.request.to),
-            reason: Reason::Whatif {
+        let mut entry = AuditEntry::at_step(
+            self.backend.name(),
+            o.request.resource.as_str(),
+            serde_json::json!(o.request.from),
+            serde_json::json!(o.request.to),
+            Reason::Whatif {
                 pass: o.pass,
                 reasons: o.reasons.clone(),
                 report: o.report.clone(),
             },
-            rails: Vec::new(),
-            applied: false,
-            dry_run: self.cfg.dry_run,
-            forecast: None,
-            interval: None,
-            level: None,
-            confidence: None,
-            step: self.step,
-            error: None,
-            locality: None,
-        };
+            self.step,
+        );
+        entry.dry_run = self.cfg.dry_run;
         self.audit.append(&entry)
     }
 
@@ -674,26 +662,20 @@ impl<B: Backend> Reconciler<B> {
         };
         let report = rec.restore();
         let entry = AuditEntry {
-            time_ms: unix_ms(),
-            cgroup: rec.cgroup.clone(),
-            resource: "restore".to_owned(),
-            old: serde_json::Value::Null,
-            new: serde_json::json!(rec
-                .files
-                .iter()
-                .map(|f| (f.path.display().to_string(), f.value.clone()))
-                .collect::<std::collections::BTreeMap<_, _>>()),
-            reason: Reason::Hold,
-            rails: Vec::new(),
             applied: report.failed.is_empty(),
-            dry_run: false,
-            forecast: None,
-            interval: None,
-            level: None,
-            confidence: None,
-            step: self.step,
             error: (!report.failed.is_empty()).then(|| format!("{:?}", report.failed)),
-            locality: None,
+            ..AuditEntry::at_step(
+                &rec.cgroup,
+                "restore",
+                serde_json::Value::Null,
+                serde_json::json!(rec
+                    .files
+                    .iter()
+                    .map(|f| (f.path.display().to_string(), f.value.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>()),
+                Reason::Hold,
+                self.step,
+            )
         };
         if let Err(e) = self.audit.append(&entry) {
             tracing::warn!(error = %error_chain(&e), "could not audit the restore");

@@ -185,6 +185,38 @@ pub struct AuditEntry {
     pub locality: Option<serde_json::Value>,
 }
 
+impl AuditEntry {
+    /// An entry of `cgroup` at reconcile step `step`, stamped now: not applied, no rails, no
+    /// forecast, no error (set the fields that apply).
+    pub fn at_step(
+        cgroup: &str,
+        resource: &str,
+        old: serde_json::Value,
+        new: serde_json::Value,
+        reason: Reason,
+        step: u64,
+    ) -> AuditEntry {
+        AuditEntry {
+            time_ms: unix_ms(),
+            cgroup: cgroup.to_owned(),
+            resource: resource.to_owned(),
+            old,
+            new,
+            reason,
+            rails: Vec::new(),
+            applied: false,
+            dry_run: false,
+            forecast: None,
+            interval: None,
+            level: None,
+            confidence: None,
+            step,
+            error: None,
+            locality: None,
+        }
+    }
+}
+
 /// Appends [`AuditEntry`] lines to a file.
 #[derive(Debug)]
 pub struct AuditLog {
