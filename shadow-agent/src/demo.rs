@@ -190,6 +190,8 @@ fn build_world() -> Result<World, AgentError> {
             loopback: true,
         },
         restart: RestartPolicy::default(),
+        // pr0's: the mirror on pr0 then clones without rewriting the primary's packets.
+        replica_mac: link::mac("pr0", Some(&primary)).ok(),
     };
     let host_ns = primary
         .try_clone()

@@ -79,7 +79,9 @@ pub fn run_with_status(
             for left in crate::shadow::group::sweep_leftovers(&spec.prefix, &spec.name) {
                 tracing::warn!(%left, "removed a leftover of an earlier agent");
             }
-            Some(crate::shadow::ShadowGroup::start(spec.clone(), None)?)
+            let mut spec = spec.clone();
+            spec.replica_mac = replica_mac(cfg.mirror.as_ref());
+            Some(crate::shadow::ShadowGroup::start(spec, None)?)
         }
     };
     let mut mirror = match &cfg.mirror {
@@ -629,4 +631,14 @@ fn unreachable_target() -> Result<(String, [u8; 6]), AgentError> {
         op: "mirror.shadow_interface: no target and no shadow replica".into(),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })
+}
+
+/// The MAC the shadow replicas take: that of the interface the mirror feeds them from, so
+/// the primary's packets arrive addressed to them as they are and the mirror never writes
+/// the original (see `shadow_mirror`). None without a mirror feeding the group.
+pub fn replica_mac(
+    mirror: Option<&crate::config::MirrorConfig>,
+) -> Option<crate::sys::link::MacAddr> {
+    let m = mirror.filter(|m| m.target.is_none())?;
+    crate::sys::link::mac(&m.interface, None).ok()
 }

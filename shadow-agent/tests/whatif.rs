@@ -127,6 +127,17 @@ cpuset = "0"
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(6));
+    // The replicas hold the MAC of the interface the mirrors clone from, so clones arrive
+    // addressed to them as they are and the mirror never writes the primary's packets.
+    let nc_mac = link::mac(&nc, Some(&node)).expect("nc mac");
+    let cand_ns = shadow_agent::sys::netns::NetNs::open(&format!("shd-w{name}1-0"))
+        .expect("candidate replica netns");
+    let cand_mac = link::mac(&format!("shdw{name}10r"), Some(&cand_ns)).expect("replica mac");
+    assert_eq!(
+        cand_mac, nc_mac,
+        "the replica's MAC is not the mirror interface's"
+    );
+    drop(cand_ns);
 
     // 80 requests/s for ~10 s, one connection each, every one answered by the primary.
     let mut curl = Command::new("curl");

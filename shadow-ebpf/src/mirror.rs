@@ -193,7 +193,11 @@ fn try_mirror(ctx: &TcContext) -> u32 {
     let Ok(orig_dst) = ctx.load::<[u8; 6]>(0) else {
         return ctr::REWRITE_FAILED;
     };
-    if ctx.store(0, &mac, 0).is_err() {
+    // A shadow side that holds the primary's MAC (as replicas do) needs no rewrite. That
+    // saves more than two stores: once the clone shares the packet's data, writing the
+    // original back makes the kernel copy the original's head (`pskb_expand_head`).
+    let rewrite = orig_dst != mac;
+    if rewrite && ctx.store(0, &mac, 0).is_err() {
         return ctr::REWRITE_FAILED;
     }
     // The clone carries the rule in its mark for the masking program on the shadow
@@ -203,7 +207,7 @@ fn try_mirror(ctx: &TcContext) -> u32 {
     ctx.set_mark(CLONE_MARK | rule);
     let cloned = ctx.clone_redirect(ifindex, 0);
     ctx.set_mark(orig_mark);
-    if ctx.store(0, &orig_dst, 0).is_err() {
+    if rewrite && ctx.store(0, &orig_dst, 0).is_err() {
         return ctr::RESTORE_FAILED;
     }
     match cloned {

@@ -140,6 +140,7 @@ fn flows_are_spread_by_hash_and_never_move_when_the_group_scales() {
             loopback: true,
         },
         restart: RestartPolicy::default(),
+        replica_mac: None,
     };
     let mut group = ShadowGroup::start(spec, Some(primary.netns().try_clone().expect("ns")))
         .unwrap_or_else(|e| panic!("starting the shadow group: {}", chain(&e)));

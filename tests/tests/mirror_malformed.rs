@@ -552,6 +552,29 @@ fn malformed_frames_reach_the_primary_intact_and_are_all_counted() {
         ],
         ..MirrorOptions::default()
     };
+    // Static neighbours both ways: the primary's kernel answers some of the crafted frames,
+    // and resolving the client's address (ARP, IPv6 neighbour solicitation) would bring
+    // replies the test did not send, at times that can fall between the capture's and the
+    // counters' view of one case.
+    for (ns, ifname, ips, mac) in [
+        (
+            &world.primary,
+            &world.front.b().name,
+            [IpAddr::V4(net.c4), IpAddr::V6(net.c6)],
+            world.front.a().mac,
+        ),
+        (
+            &world.client,
+            &world.front.a().name,
+            [IpAddr::V4(net.p4), IpAddr::V6(net.p6)],
+            world.front.b().mac,
+        ),
+    ] {
+        for ip in ips {
+            shadow_agent::sys::link::set_neighbor(ifname, Some(ns.netns()), ip, mac)
+                .unwrap_or_else(|e| panic!("static neighbour {ip}: {}", chain(&e)));
+        }
+    }
     let primary_cap = Capture::open(&world.primary, &world.front.b().name);
     let shadow_cap = Capture::open(&world.shadow, &world.back.b().name);
     let inject = Packet::open(&world.client, &world.front.a().name);

@@ -230,6 +230,7 @@ fn report_of_a_real_run_renders_in_headless_chromium() {
             loopback: true,
         },
         restart: RestartPolicy::default(),
+        replica_mac: None,
     };
     let mut group = ShadowGroup::start(spec, Some(primary.netns().try_clone().expect("netns")))
         .unwrap_or_else(|e| panic!("starting the shadow group: {}", chain(&e)));

@@ -84,6 +84,7 @@ fn base_spec(argv: &[&str]) -> GroupSpec {
             loopback: true,
         },
         restart: RestartPolicy::default(),
+        replica_mac: None,
     }
 }
 

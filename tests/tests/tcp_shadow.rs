@@ -191,6 +191,8 @@ fn setup_full(
             loopback: true,
         },
         restart: RestartPolicy::default(),
+        // The primary interface's, as `run` gives replicas: clones go out unrewritten.
+        replica_mac: Some(world.front.b().mac),
     };
     let group = ShadowGroup::start(spec, Some(world.primary.netns().try_clone().expect("ns")))
         .unwrap_or_else(|e| panic!("starting the shadow group: {}", chain(&e)));

@@ -182,6 +182,7 @@ mod tests {
                 addresses: Vec::new(),
                 allow: Default::default(),
                 restart: Default::default(),
+                replica_mac: None,
             },
             mirror: WhatifMirror {
                 interface: "eth9".to_owned(),

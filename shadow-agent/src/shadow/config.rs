@@ -286,6 +286,7 @@ impl RawShadow {
             cpu_cores: self.cpu_cores,
             memory_bytes: self.memory_mb.map(|m| m << 20),
             writable_paths: self.writable_paths,
+            replica_mac: None,
             addresses,
             allow: Allowlist {
                 rules,

@@ -60,6 +60,11 @@ pub struct GroupSpec {
     pub addresses: Vec<(IpAddr, u8)>,
     pub allow: Allowlist,
     pub restart: RestartPolicy,
+    /// The MAC the replicas' interfaces take: the one the primary's packets are sent to, so
+    /// the mirror's clones arrive addressed to the replica as they are and the mirror never
+    /// writes the primary's packet (`run` and `whatif` set the mirror interface's). None:
+    /// the kernel's random one.
+    pub replica_mac: Option<crate::sys::link::MacAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +338,7 @@ impl ShadowGroup {
             &self.spec.writable_paths,
             &self.spec.allow,
             &self.spec.command,
+            self.spec.replica_mac,
         )
     }
 

@@ -176,6 +176,7 @@ impl Replica {
         writable: &[PathBuf],
         allow: &Allowlist,
         command: &CommandSpec,
+        mac: Option<MacAddr>,
     ) -> Result<Replica, ReplicaError> {
         let netns =
             NetNs::create(&names.netns).map_err(|source| ReplicaError::Netns { index, source })?;
@@ -196,6 +197,9 @@ impl Replica {
             let host_len = if addr.is_ipv4() { 32 } else { 128 };
             link::add_address(&names.replica_if, Some(&netns), *addr, host_len)
                 .map_err(link_err)?;
+        }
+        if let Some(mac) = mac {
+            link::set_mac(&names.replica_if, Some(&netns), mac).map_err(link_err)?;
         }
         link::set_up(&names.replica_if, Some(&netns)).map_err(link_err)?;
         link::set_up(&names.host_if, host_ns).map_err(link_err)?;

@@ -299,6 +299,10 @@ pub fn run_until(
         }
         .into());
     }
+    // Replicas take the mirror interface's MAC: clones need no rewrite.
+    let mut base = base.clone();
+    base.replica_mac = crate::sys::link::mac(&mirror.interface, None).ok();
+    let base = &base;
     let mut specs = vec![(
         "baseline".to_string(),
         slot_spec(base, None, 0),
@@ -671,6 +675,7 @@ mod tests {
             addresses: Vec::new(),
             allow: Default::default(),
             restart: Default::default(),
+            replica_mac: None,
         };
         let c = Candidate {
             name: "tight".into(),
