@@ -40,6 +40,13 @@ struct ScaleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: String,
+    resource: String,
+    cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabels {
     replica: String,
 }
@@ -76,6 +83,7 @@ pub struct Metrics {
     discard_dropped: Family<ReplicaLabels, Counter>,
     discard_refused: Family<RefusedLabels, Counter>,
     scale_events: Family<ScaleLabels, Counter>,
+    whatif_verdicts: Family<VerdictLabels, Counter>,
     forecast_upper: Family<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Previous absolute values by key, to turn them into deltas.
     last: Mutex<HashMap<String, f64>>,
@@ -148,6 +156,13 @@ impl Metrics {
              the primary (direction=out) or stays well below it (direction=in, a suggestion)",
             scale_events.clone(),
         );
+        let whatif_verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "shadow_whatif_verdicts",
+            "Verdicts of what-if replicas run at a forecast shrink of the primary before it is \
+             written ([allocate.whatif]), by verdict (pass, fail)",
+            whatif_verdicts.clone(),
+        );
         let forecast_upper =
             Family::<ForecastLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
@@ -169,6 +184,7 @@ impl Metrics {
         );
         Metrics {
             scale_events,
+            whatif_verdicts,
             forecast_upper,
             autoscale_decisions,
             sample_rate,
@@ -218,6 +234,17 @@ impl Metrics {
             .inc_by(self.delta("mirror/cloned".into(), c.cloned as f64) as u64);
         self.mirror_cloned_bytes
             .inc_by(self.delta("mirror/cloned_bytes".into(), c.cloned_bytes as f64) as u64);
+    }
+
+    /// One what-if verdict on a forecast shrink.
+    pub fn observe_whatif_verdict(&self, pass: bool, resource: &str, cgroup: &str) {
+        self.whatif_verdicts
+            .get_or_create(&VerdictLabels {
+                verdict: if pass { "pass" } else { "fail" }.to_owned(),
+                resource: resource.to_owned(),
+                cgroup: cgroup.to_owned(),
+            })
+            .inc();
     }
 
     /// One scaling event of the allocator.
@@ -386,6 +413,22 @@ mod tests {
             text.contains("direction=\"in\",resource=\"memory\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn whatif_verdicts_are_counted() {
+        let m = Metrics::new();
+        m.observe_whatif_verdict(false, "cpu", "shop/web");
+        m.observe_whatif_verdict(true, "cpu", "shop/web");
+        m.observe_whatif_verdict(false, "cpu", "shop/web");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "shadow_whatif_verdicts_total{verdict=\"fail\",resource=\"cpu\",cgroup=\"shop/web\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("verdict=\"pass\""), "{text}");
     }
 
     #[test]

@@ -408,6 +408,13 @@ pub fn run_with_status(
             if let Some(a) = allocator.as_mut() {
                 line["allocate"] = a.tick();
                 scale_events = a.take_events();
+                if let Some(v) = a.take_verdict() {
+                    metrics.observe_whatif_verdict(
+                        v.pass,
+                        v.request.resource.as_str(),
+                        &v.request.cgroup,
+                    );
+                }
                 for ev in &scale_events {
                     metrics.observe_scale_event(
                         ev.direction.as_str(),

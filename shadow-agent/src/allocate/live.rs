@@ -481,6 +481,8 @@ pub struct LiveAllocator {
     events: Vec<ScaleEvent>,
     /// What-if validation of forecast shrinks (`[allocate.whatif]`).
     validator: Option<WhatifValidator>,
+    /// The what-if verdict of the last tick (see [`LiveAllocator::take_verdict`]).
+    verdict: Option<super::gate::ShrinkOutcome>,
 }
 
 impl LiveAllocator {
@@ -539,6 +541,7 @@ impl LiveAllocator {
             webhook,
             events: Vec::new(),
             validator,
+            verdict: None,
         })
     }
 
@@ -546,6 +549,11 @@ impl LiveAllocator {
     /// webhook, if one is configured).
     pub fn take_events(&mut self) -> Vec<ScaleEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The what-if verdict that arrived in the last [`LiveAllocator::tick`], if any.
+    pub fn take_verdict(&mut self) -> Option<super::gate::ShrinkOutcome> {
+        self.verdict.take()
     }
 
     /// The webhook, if configured.
@@ -571,6 +579,7 @@ impl LiveAllocator {
                     tracing::warn!(cgroup = %o.request.cgroup, "what-if verdict for an unknown group")
                 }
             }
+            self.verdict = Some(o);
         }
         for g in &mut self.groups {
             let v = match g.tick(self.predictive, &self.scale, &mut self.events) {
