@@ -77,14 +77,6 @@ fn finish(mut a: Agent, limit: Duration) -> (bool, String, String) {
     }
 }
 
-fn audit(state: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(state.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-        .collect()
-}
-
 #[test]
 fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash() {
     let tag = format!("{:x}", std::process::id() & 0xffffff);
@@ -149,7 +141,7 @@ enabled = false
             .any(|l| l["allocate"][&name]["step"].is_object()),
         "no allocator step in the run's JSON lines: {out}"
     );
-    let entries = audit(&state);
+    let entries = common::audit(&state);
     let raised: Vec<f64> = entries
         .iter()
         .filter(|e| e["resource"] == "cpu" && e["applied"] == true)
@@ -182,7 +174,7 @@ enabled = false
 
     // ... and the next agent restores the original from its records, not the raised value
     // it finds, and leaves the original when it exits.
-    let before = audit(&state).len();
+    let before = common::audit(&state).len();
     let (ok, _, err) = finish(start(&cfg, &status, Some("1")), Duration::from_secs(30));
     assert!(ok, "run after the crash failed: {err}");
     assert_eq!(
@@ -190,7 +182,7 @@ enabled = false
         ORIGINAL_QUOTA,
         "after a crash (quota {left} left behind) the next run must restore the original: {err}"
     );
-    let after = audit(&state);
+    let after = common::audit(&state);
     assert!(
         after[before..].iter().any(|e| e["resource"] == "restore"),
         "the restore after the crash is not audited: {:?}",

@@ -63,14 +63,6 @@ fn quota(cg: &Cgroup) -> i64 {
         .expect("quota")
 }
 
-fn audit(state: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(state.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-        .collect()
-}
-
 fn verdict(entries: &[serde_json::Value]) -> Option<(usize, serde_json::Value)> {
     entries
         .iter()
@@ -219,7 +211,7 @@ slack_ms = {slack_ms}
             panic!("{phase}: the agent exited early ({st}): {e}");
         }
         quotas.push(quota(cg));
-        if seen.is_none() && verdict(&audit(&state)).is_some() {
+        if seen.is_none() && verdict(&common::audit(&state)).is_some() {
             seen = Some(Instant::now());
         }
         if seen.is_some_and(|s| s.elapsed() >= after) {
@@ -230,7 +222,7 @@ slack_ms = {slack_ms}
         assert!(
             t0.elapsed() < Duration::from_secs(300),
             "{phase}: no what-if verdict within 300 s: {:#?}",
-            audit(&state)
+            common::audit(&state)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -256,7 +248,7 @@ slack_ms = {slack_ms}
         .filter(|n| n.starts_with("shd") && !n.starts_with("shdt"))
         .collect();
     assert!(left.is_empty(), "{phase}: links left behind: {left:?}");
-    audit(&state)
+    common::audit(&state)
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::irq::{decide_placement, read_nic_locality, rx_packets, LocalityNote};
 use super::policy::{
     decide, Decision, ForecastInput, PolicyConfig, Rail, Rails, Reason, Resource, ResourceState,
 };
-use super::state::{error_chain, record_path, unix_ms, AuditEntry, AuditLog, OriginalRecord};
+use super::state::{error_chain, record_path, AuditEntry, AuditLog, OriginalRecord};
 use super::{AllocateError, RestoreReport, Result};
 
 /// The forecasts of one interval, per resource (cores, bytes).
@@ -606,12 +606,6 @@ impl<B: Backend> Reconciler<B> {
             "{verb} limit"
         );
         let entry = AuditEntry {
-            time_ms: unix_ms(),
-            cgroup: self.backend.name().to_owned(),
-            resource: d.resource.as_str().to_owned(),
-            old: json_amount(d.old),
-            new: json_amount(d.new),
-            reason: d.reason.clone(),
             rails: d.rails.clone(),
             applied,
             dry_run: self.cfg.dry_run,
@@ -619,9 +613,15 @@ impl<B: Backend> Reconciler<B> {
             interval: d.forecast.map(|f| [f.lower, f.upper]),
             level: d.forecast.map(|f| f.level),
             confidence: d.confidence,
-            step: self.step,
             error: err.map(|e| error_chain(e)),
-            locality: None,
+            ..AuditEntry::at_step(
+                self.backend.name(),
+                d.resource.as_str(),
+                json_amount(d.old),
+                json_amount(d.new),
+                d.reason.clone(),
+                self.step,
+            )
         };
         self.audit.append(&entry)
     }

@@ -93,3 +93,14 @@ impl Drop for RmDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The allocator's audit log in `state` (`audit.jsonl`), one JSON value per line; empty when
+/// there is none yet.
+#[allow(dead_code)] // used by the allocator tests only
+pub fn audit(state: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
