@@ -529,16 +529,24 @@ fn run_queue_latency_rises_when_two_tasks_share_one_cpu() {
         "queued time one task {one_q} ns vs two tasks {two_q} ns"
     );
     // The histogram has log2 buckets, and on a busy machine the lone task queues too (behind
-    // other users' tasks on CPU 0): the quantiles must not fall, but they can land in the
-    // same buckets (seen at load average 7: p50 and p99 equal), so the rise itself is the
-    // total queued time above.
+    // other users' tasks on CPU 0): the median must not fall, but it can land in the same
+    // bucket (seen at load average 7), so the rise itself is the total queued time above.
+    // The lone task's tail is not compared: it rests on a handful of waits (9 in one CI run,
+    // one of them 3.1 ms behind another user's task), so its p99 is its maximum, a single
+    // sample, while the two tasks' p99 is their time slice.
     assert!(
-        two.p50_us >= one.p50_us && two.p99_us >= one.p99_us,
-        "one task p50/p99 {}/{} us vs two tasks {}/{} us",
+        two.p50_us >= one.p50_us,
+        "one task p50 {} us ({} waits) vs two tasks {} us ({} waits)",
         one.p50_us,
-        one.p99_us,
+        one.count,
         two.p50_us,
-        two.p99_us
+        two.count
+    );
+    assert!(
+        two.count > one.count,
+        "one task {} waits vs two tasks {} waits: sharing a CPU did not make the tasks queue more often",
+        one.count,
+        two.count
     );
 }
 
