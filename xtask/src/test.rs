@@ -95,33 +95,39 @@ fn clippy_cmd() -> Command {
     ])
 }
 
-/// The agent's optional Prophet model (cargo feature `prophet`, off by default, so the
-/// workspace steps never compile it): clippy for the agent with the feature on.
-fn clippy_prophet_cmd() -> Command {
+/// The agent's optional models, Prophet and AutoARIMA (cargo features `prophet` and `arima`,
+/// off by default, so the workspace steps never compile them): clippy with both on.
+fn clippy_features_cmd() -> Command {
     cargo(&[
         "clippy",
         "-p",
         "shadow-agent",
         "--all-targets",
         "--features",
-        "prophet",
+        OPTIONAL_MODELS,
         "--",
         "-D",
         "warnings",
     ])
 }
 
-/// The forecaster's unit tests with the `prophet` feature on: Prophet's own tests and the
-/// backtest with Prophet among the models (wasmtime and the embedded Stan component).
-fn test_prophet_cmd() -> Command {
+/// The cargo features of the agent's optional models.
+const OPTIONAL_MODELS: &str = "prophet,arima";
+
+/// The optional models' unit tests and the backtest's (which has them among its models),
+/// in the build with both features; the rest of the forecaster's tests ran in `tests`.
+fn test_features_cmd() -> Command {
     cargo(&[
         "test",
         "-p",
         "shadow-agent",
         "--features",
-        "prophet",
+        OPTIONAL_MODELS,
         "--lib",
-        "forecast::",
+        "--",
+        "forecast::prophet::",
+        "forecast::arima::",
+        "forecast::backtest::",
     ])
 }
 
@@ -276,7 +282,7 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     for (name, cmd) in [
         ("fmt", fmt_cmd()),
         ("clippy", clippy_cmd()),
-        ("clippy (prophet)", clippy_prophet_cmd()),
+        ("clippy (optional models)", clippy_features_cmd()),
         ("clippy (eBPF)", ebpf_clippy_cmd()),
     ] {
         let shown = display_cmd(&cmd);
@@ -288,11 +294,13 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     let shown = display_cmd(&cmd);
     let mut totals = TestTotals::default();
     let tests = steps.run("tests", &shown, || run_tests(cmd, &mut totals));
-    // Its counts go into the same totals: these forecaster tests run a second time, in the
-    // build with the feature.
-    let cmd = test_prophet_cmd();
+    // Its counts go into the same totals: the backtest's tests run a second time, in the
+    // build with the optional models.
+    let cmd = test_features_cmd();
     let shown = display_cmd(&cmd);
-    let tests_prophet = steps.run("tests (prophet)", &shown, || run_tests(cmd, &mut totals));
+    let tests_optional = steps.run("tests (optional models)", &shown, || {
+        run_tests(cmd, &mut totals)
+    });
     let fuzz = steps.run(
         "fuzz smoke",
         &format!(
@@ -316,7 +324,7 @@ fn run_steps(steps: &mut Steps, no_setup: bool) -> Result<()> {
     for name in &totals.failed_names {
         println!("failed test: {name}");
     }
-    let mut errors: Vec<anyhow::Error> = [tests, tests_prophet, fuzz, leftover_step]
+    let mut errors: Vec<anyhow::Error> = [tests, tests_optional, fuzz, leftover_step]
         .into_iter()
         .filter_map(Result::err)
         .collect();
@@ -439,12 +447,13 @@ mod tests {
             "cargo test --workspace --exclude shadow-ebpf --lib --bins --tests --no-fail-fast"
         );
         assert_eq!(
-            display_cmd(&clippy_prophet_cmd()),
-            "cargo clippy -p shadow-agent --all-targets --features prophet -- -D warnings"
+            display_cmd(&clippy_features_cmd()),
+            "cargo clippy -p shadow-agent --all-targets --features prophet,arima -- -D warnings"
         );
         assert_eq!(
-            display_cmd(&test_prophet_cmd()),
-            "cargo test -p shadow-agent --features prophet --lib forecast::"
+            display_cmd(&test_features_cmd()),
+            "cargo test -p shadow-agent --features prophet,arima --lib -- forecast::prophet:: \
+             forecast::arima:: forecast::backtest::"
         );
     }
 

@@ -60,10 +60,13 @@ pub enum ModelKind {
     /// Prophet (augurs-prophet, wasmstan backend): only in builds with the `prophet` feature.
     #[cfg(feature = "prophet")]
     Prophet,
+    /// AutoARIMA (anofox-forecast): only in builds with the `arima` feature.
+    #[cfg(feature = "arima")]
+    AutoArima,
 }
 
 /// Models that exist only in builds with a cargo feature: (name, feature).
-const FEATURE_MODELS: [(&str, &str); 1] = [("prophet", "prophet")];
+const FEATURE_MODELS: [(&str, &str); 2] = [("prophet", "prophet"), ("auto_arima", "arima")];
 
 impl ModelKind {
     /// Every model of this build (the backtest's default set).
@@ -76,6 +79,8 @@ impl ModelKind {
         ModelKind::Mstl,
         #[cfg(feature = "prophet")]
         ModelKind::Prophet,
+        #[cfg(feature = "arima")]
+        ModelKind::AutoArima,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +93,8 @@ impl ModelKind {
             ModelKind::Mstl => Forecaster::name(&Mstl),
             #[cfg(feature = "prophet")]
             ModelKind::Prophet => Forecaster::name(&super::prophet::Prophet::default()),
+            #[cfg(feature = "arima")]
+            ModelKind::AutoArima => Forecaster::name(&super::arima::Arima),
         }
     }
 
@@ -136,6 +143,8 @@ impl ModelKind {
                 super::prophet::Prophet::warm_up();
                 Box::new(super::prophet::Prophet::with_step(step_s))
             }
+            #[cfg(feature = "arima")]
+            ModelKind::AutoArima => Box::new(super::arima::Arima),
         }
     }
 }
@@ -737,5 +746,70 @@ mod tests {
         assert_eq!((p.fits, p.failures), (4, 0));
         assert!(p.mase < lv.mase, "{} vs {}", p.mase, lv.mase);
         assert!(p.coverage["95"] >= p.coverage["80"]);
+    }
+
+    #[cfg(not(feature = "arima"))]
+    #[test]
+    fn auto_arima_without_the_feature_names_the_feature() {
+        let err = ModelKind::parse("auto_arima").unwrap_err();
+        assert!(matches!(
+            err,
+            BacktestError::NotBuilt {
+                feature: "arima",
+                ..
+            }
+        ));
+        assert!(
+            err.to_string()
+                .contains("cargo build --release -p shadow-agent --features arima"),
+            "{err}"
+        );
+        assert!(!ModelKind::ALL.iter().any(|m| m.name() == "auto_arima"));
+    }
+
+    /// AutoARIMA through the backtest on an AR(1) series (phi 0.5): a twelve-step forecast
+    /// reverts to the mean, which the last value cannot, so it scores better, without
+    /// failures.
+    #[cfg(feature = "arima")]
+    #[test]
+    fn auto_arima_backtests_an_ar1_series() {
+        assert_eq!(
+            ModelKind::parse("auto_arima").unwrap(),
+            ModelKind::AutoArima
+        );
+        assert!(ModelKind::ALL.contains(&ModelKind::AutoArima));
+        let mut values = vec![50.0];
+        for i in 1..700 {
+            let prev: f64 = values[i - 1];
+            values.push(50.0 + 0.5 * (prev - 50.0) + 4.0 * crate::forecast::test_noise(i));
+        }
+        let d = Dataset {
+            metric: "cpu".into(),
+            series: vec![Series {
+                id: "s".into(),
+                step_s: 300.0,
+                start_s: 0.0,
+                values,
+                imputed: 0,
+                dropped: 0,
+            }],
+            skipped: vec![],
+        };
+        let c = BacktestConfig {
+            window: 576,
+            horizon: 12,
+            stride: 12,
+            max_origins: Some(8),
+            mase_season: Some(1),
+            ..cfg()
+        };
+        let r = run(&d, &[ModelKind::AutoArima, ModelKind::LastValue], &c).unwrap();
+        let (a, lv) = (
+            r.model("auto_arima").unwrap(),
+            r.model("last_value").unwrap(),
+        );
+        assert_eq!((a.fits, a.failures), (8, 0));
+        assert!(a.mase < lv.mase, "{} vs {}", a.mase, lv.mase);
+        assert!(a.coverage["95"] >= a.coverage["80"]);
     }
 }

@@ -37,7 +37,8 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub stride: Option<usize>,
     /// Models to run, comma-separated (default: every model of this build; an unknown name
-    /// is answered with the list). `prophet` needs a build with `--features prophet`.
+    /// is answered with the list). `prophet` needs a build with `--features prophet`,
+    /// `auto_arima` one with `--features arima`.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
     /// At most this many origins per series, evenly spread.

@@ -9,6 +9,8 @@
 //!   and MSTL (both from the `augurs` crates).
 //! - `prophet` (cargo feature `prophet`, off by default): Prophet through augurs-prophet's
 //!   wasmstan backend.
+//! - `arima` (cargo feature `arima`, off by default): non-seasonal AutoARIMA from
+//!   anofox-forecast.
 //! - [`season`]: seasonality detection (a correlogram).
 //! - [`policy`]: the default policy ([`policy::Adaptive`]): per-series, per-horizon selection among
 //!   cheap candidates by recent rolling-origin error, with split-conformal intervals from the
@@ -16,6 +18,8 @@
 //! - [`data`]: the long CSV format and its resampling.
 //! - [`metrics`] and [`backtest`]: the evaluation `shadow-agent backtest` runs.
 
+#[cfg(feature = "arima")]
+pub mod arima;
 pub mod backtest;
 pub mod cli;
 pub mod cmd;
