@@ -681,6 +681,23 @@ mod tests {
         assert_eq!(ModelKind::parse("mstl_ets").unwrap(), ModelKind::Mstl);
     }
 
+    /// One series of 5-minute samples, for the optional models' backtests.
+    #[cfg(any(feature = "prophet", feature = "arima"))]
+    fn five_minute_series(values: Vec<f64>) -> Dataset {
+        Dataset {
+            metric: "cpu".into(),
+            series: vec![Series {
+                id: "s".into(),
+                step_s: 300.0,
+                start_s: 0.0,
+                values,
+                imputed: 0,
+                dropped: 0,
+            }],
+            skipped: vec![],
+        }
+    }
+
     #[cfg(not(feature = "prophet"))]
     #[test]
     fn prophet_without_the_feature_names_the_feature() {
@@ -721,18 +738,7 @@ mod tests {
                     + 2.0 * crate::forecast::test_noise(i)
             })
             .collect();
-        let d = Dataset {
-            metric: "cpu".into(),
-            series: vec![Series {
-                id: "s".into(),
-                step_s: 300.0,
-                start_s: 0.0,
-                values,
-                imputed: 0,
-                dropped: 0,
-            }],
-            skipped: vec![],
-        };
+        let d = five_minute_series(values);
         let c = BacktestConfig {
             window: 576,
             horizon: 12,
@@ -783,18 +789,7 @@ mod tests {
             let prev: f64 = values[i - 1];
             values.push(50.0 + 0.5 * (prev - 50.0) + 4.0 * crate::forecast::test_noise(i));
         }
-        let d = Dataset {
-            metric: "cpu".into(),
-            series: vec![Series {
-                id: "s".into(),
-                step_s: 300.0,
-                start_s: 0.0,
-                values,
-                imputed: 0,
-                dropped: 0,
-            }],
-            skipped: vec![],
-        };
+        let d = five_minute_series(values);
         let c = BacktestConfig {
             window: 576,
             horizon: 12,
