@@ -167,6 +167,30 @@ fn attach(world: &World, rules: Vec<Rule>, options: MirrorOptions) -> Mirror {
         .unwrap_or_else(|e| panic!("attaching the mirror: {}", chain(&e)))
 }
 
+/// The mirror with one HTTP-masking TCP rule for `server` (any port, the "mask" fallback).
+fn attach_http(world: &World, server: Ipv4Addr, mask: shadow_agent::mirror::MaskOptions) -> Mirror {
+    attach(
+        world,
+        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
+        MirrorOptions {
+            mask,
+            rule_masks: vec![RuleMask {
+                http: true,
+                ..RuleMask::default()
+            }],
+            ..MirrorOptions::default()
+        },
+    )
+}
+
+/// The Ethernet header of a frame from the client to the primary.
+fn front_eth(world: &World) -> Eth {
+    Eth {
+        dst: world.front.b().mac.octets(),
+        src: world.front.a().mac.octets(),
+    }
+}
+
 fn ipv4(world: &World) -> (Ipv4Addr, Ipv4Addr) {
     (
         world.front.a().ipv4.expect("client ipv4"),
@@ -203,10 +227,7 @@ fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
     // stack verifies the clone's UDP checksum (CHECKSUM_NONE all the way).
     let inject = Packet::open(&world.client, &world.front.a().name);
     let cap = Packet::open(&world.shadow, &world.back.b().name);
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     let msgs: Vec<Vec<u8>> = (0..40usize)
         .map(|i| {
             (0..(3 + i * 37 % 1200))
@@ -474,10 +495,7 @@ fn test_run_original_untouched_and_clone_masked() {
             ..MirrorOptions::default()
         },
     );
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     let req = b"GET /?token=SECRETtok HTTP/1.1\r\nHost: x\r\nCookie: SECRETcookie\r\n\r\n";
     let syn = frame4(&eth, client, server, 6, &tcp(41000, 80, 999, 0x02, &[]));
     let data = frame4(&eth, client, server, 6, &tcp(41000, 80, 1000, 0x18, req));
@@ -572,25 +590,15 @@ fn udp_sockets_unaffected_without_masks() {
 fn bytes_past_the_scan_window_take_the_fallback() {
     let world = World::new();
     let (client, server) = ipv4(&world);
-    let mirror = attach(
+    let mirror = attach_http(
         &world,
-        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
-        MirrorOptions {
-            mask: shadow_agent::mirror::MaskOptions {
-                scan_bytes: 32,
-                ..Default::default()
-            },
-            rule_masks: vec![RuleMask {
-                http: true,
-                ..RuleMask::default()
-            }],
-            ..MirrorOptions::default()
+        server,
+        shadow_agent::mirror::MaskOptions {
+            scan_bytes: 32,
+            ..Default::default()
         },
     );
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     let body = "x".repeat(3000);
     let req = format!(
         "POST /up HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /next HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -639,25 +647,15 @@ fn bytes_past_the_scan_window_take_the_fallback() {
 fn large_bodies_are_skipped_by_length_past_the_window() {
     let world = World::new();
     let (client, server) = ipv4(&world);
-    let mirror = attach(
+    let mirror = attach_http(
         &world,
-        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
-        MirrorOptions {
-            mask: shadow_agent::mirror::MaskOptions {
-                scan_bytes: 64,
-                ..Default::default()
-            },
-            rule_masks: vec![RuleMask {
-                http: true,
-                ..RuleMask::default()
-            }],
-            ..MirrorOptions::default()
+        server,
+        shadow_agent::mirror::MaskOptions {
+            scan_bytes: 64,
+            ..Default::default()
         },
     );
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     let body = "b".repeat(1200);
     let req = format!(
         "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}GET /?token=tok HTTP/1.1\r\n\r\n",
@@ -709,25 +707,15 @@ fn unparseable_flows_are_filled_in_bulk_with_valid_checksums() {
     // a start past an odd number of parsed bytes), and the TCP checksum stays right.
     let world = World::new();
     let (client, server) = ipv4(&world);
-    let mirror = attach(
+    let mirror = attach_http(
         &world,
-        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
-        MirrorOptions {
-            mask: shadow_agent::mirror::MaskOptions {
-                fill: b'#',
-                ..Default::default()
-            },
-            rule_masks: vec![RuleMask {
-                http: true,
-                ..RuleMask::default()
-            }],
-            ..MirrorOptions::default()
+        server,
+        shadow_agent::mirror::MaskOptions {
+            fill: b'#',
+            ..Default::default()
         },
     );
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     let syn = frame4(&eth, client, server, 6, &tcp(42100, 5201, 0, 0x02, &[]));
     world.primary.run(|| {
         mirror
@@ -777,21 +765,8 @@ fn body_segments_out_of_order_do_not_break_the_flow() {
     // body is still masked, not taken by the fallback.
     let world = World::new();
     let (client, server) = ipv4(&world);
-    let mirror = attach(
-        &world,
-        vec![rule(IpAddr::V4(server), Proto::Tcp, Ports::ANY)],
-        MirrorOptions {
-            rule_masks: vec![RuleMask {
-                http: true,
-                ..RuleMask::default()
-            }],
-            ..MirrorOptions::default()
-        },
-    );
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let mirror = attach_http(&world, server, Default::default());
+    let eth = front_eth(&world);
     let head =
         b"PUT /up HTTP/1.1\r\nAuthorization: Bearer SECRETone\r\nContent-Length: 3000\r\n\r\n";
     let next = b"GET /n?token=SECRETtwo HTTP/1.1\r\nCookie: SECRETthree\r\n\r\n";
@@ -922,10 +897,7 @@ fn clones_carry_the_keyed_pseudonym_as_source_end_to_end() {
     );
     let inject = Packet::open(&world.client, &world.front.a().name);
     let cap = Packet::open(&world.shadow, &world.back.b().name);
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     for i in 0..20u8 {
         inject.send(&frame4(
             &eth,
@@ -996,10 +968,7 @@ fn pseudonyms_for_tcp_and_ipv6_are_keyed_and_survive_a_restart() {
         .parse::<std::net::Ipv6Addr>()
         .expect("v6")
         .octets();
-    let eth = Eth {
-        dst: world.front.b().mac.octets(),
-        src: world.front.a().mac.octets(),
-    };
+    let eth = front_eth(&world);
     let req = b"GET /?token=SECRETtok HTTP/1.1\r\nCookie: SECRETc\r\n\r\n";
     let syn4 = frame4(&eth, client, server, 6, &tcp(41500, 80, 9, 0x02, &[]));
     let data4 = frame4(&eth, client, server, 6, &tcp(41500, 80, 10, 0x18, req));
