@@ -69,19 +69,12 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
         ) + log
     };
     let primary_log = dir.join("primary.log");
-    let mut srv = Command::new("python3");
-    srv.args([
-        "-m",
-        "http.server",
-        "--bind",
-        &PRIMARY.to_string(),
-        "8080",
-        "--directory",
-    ])
-    .arg(&dir)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&primary_log).expect("log"));
-    let _primary_srv = process::spawn(srv, Some(&primary), None).expect("primary server");
+    let _primary_srv = common::http_primary(
+        &primary,
+        PRIMARY,
+        &dir,
+        std::fs::File::create(&primary_log).expect("log").into(),
+    );
 
     let shadow_log = dir.join("shadow.log");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -52,19 +52,7 @@ fn run_scales_the_group_up_under_load_lowers_the_sample_at_its_budget_and_recove
         },
     );
 
-    let mut srv = Command::new("python3");
-    srv.args([
-        "-m",
-        "http.server",
-        "--bind",
-        &PRIMARY.to_string(),
-        "8080",
-        "--directory",
-    ])
-    .arg(&dir)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _primary_srv = process::spawn(srv, Some(&primary), None).expect("primary server");
+    let _primary_srv = common::http_primary(&primary, PRIMARY, &dir, Stdio::null());
 
     let name = format!("a{}", &tag[..tag.len().min(6)]);
     let status_file = dir.join("status.json");

@@ -54,19 +54,7 @@ fn whatif_shows_a_tight_cpu_quota_as_higher_latency_on_the_same_flows() {
         },
     );
 
-    let mut srv = Command::new("python3");
-    srv.args([
-        "-m",
-        "http.server",
-        "--bind",
-        &PRIMARY.to_string(),
-        "8080",
-        "--directory",
-    ])
-    .arg(&dir)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _primary_srv = process::spawn(srv, Some(&primary), None).expect("primary server");
+    let _primary_srv = common::http_primary(&primary, PRIMARY, &dir, Stdio::null());
 
     let name = format!("i{}", &tag[..tag.len().min(4)]);
     let config = format!(

@@ -96,6 +96,30 @@ impl Drop for RmDir {
 
 /// The allocator's audit log in `state` (`audit.jsonl`), one JSON value per line; empty when
 /// there is none yet.
+/// The primary every routed test serves: Python's `http.server` on `addr:8080` in `ns`,
+/// serving `dir`, with its stderr (the access log) sent to `stderr`.
+#[allow(dead_code)] // used by the tests that run a primary, not by every one
+pub fn http_primary(
+    ns: &NetNs,
+    addr: Ipv4Addr,
+    dir: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> shadow_agent::sys::process::ChildGuard {
+    let mut srv = std::process::Command::new("python3");
+    srv.args([
+        "-m",
+        "http.server",
+        "--bind",
+        &addr.to_string(),
+        "8080",
+        "--directory",
+    ])
+    .arg(dir)
+    .stdout(std::process::Stdio::null())
+    .stderr(stderr);
+    shadow_agent::sys::process::spawn(srv, Some(ns), None).expect("primary server")
+}
+
 #[allow(dead_code)] // used by the allocator tests only
 pub fn audit(state: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(state.join("audit.jsonl"))
