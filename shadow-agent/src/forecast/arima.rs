@@ -89,33 +89,29 @@ impl Fitted for FittedArima {
     fn predict(&self, horizon: usize, levels: &[f64]) -> Result<Forecast, ForecastError> {
         check_request(horizon, levels)?;
         let (model, non_negative) = match self {
-            FittedArima::Constant(c) => {
-                return Ok(Forecast {
-                    point: vec![*c; horizon],
-                    intervals: levels
-                        .iter()
-                        .map(|&level| Interval {
-                            level,
-                            lower: vec![*c; horizon],
-                            upper: vec![*c; horizon],
-                        })
-                        .collect(),
-                });
-            }
+            FittedArima::Constant(c) => return Ok(Forecast::flat(*c, horizon, levels)),
             FittedArima::Model {
                 model,
                 non_negative,
             } => (model, *non_negative),
         };
-        let clip = |v: Vec<f64>| -> Vec<f64> {
+        let clip = |v: &[f64]| -> Vec<f64> {
             if non_negative {
-                v.into_iter().map(|x| x.max(0.0)).collect()
+                v.iter().map(|x| x.max(0.0)).collect()
             } else {
-                v
+                v.to_vec()
             }
         };
-        let f = model.predict(horizon).map_err(|e| wrap("predict", e))?;
-        let point = clip(f.primary().to_vec());
+        if levels.is_empty() {
+            let f = model.predict(horizon).map_err(|e| wrap("predict", e))?;
+            return Ok(Forecast {
+                point: clip(f.primary()),
+                intervals: Vec::new(),
+            });
+        }
+        // Each interval forecast carries the point forecast too (the model computes it
+        // first): it is taken from there rather than predicted once more.
+        let mut point = Vec::new();
         let mut intervals = Vec::with_capacity(levels.len());
         for &level in levels {
             let f = model
@@ -130,9 +126,10 @@ impl Fitted for FittedArima {
             };
             intervals.push(Interval {
                 level,
-                lower: clip(lower.to_vec()),
-                upper: clip(upper.to_vec()),
+                lower: clip(lower),
+                upper: clip(upper),
             });
+            point = clip(f.primary());
         }
         Ok(Forecast { point, intervals })
     }

@@ -84,6 +84,23 @@ pub struct Forecast {
 }
 
 impl Forecast {
+    /// `value` at every step, with zero-width intervals at `levels`: the forecast of a
+    /// constant history by a model that has nothing to fit there.
+    pub fn flat(value: f64, horizon: usize, levels: &[f64]) -> Forecast {
+        let flat = vec![value; horizon];
+        Forecast {
+            intervals: levels
+                .iter()
+                .map(|&level| Interval {
+                    level,
+                    lower: flat.clone(),
+                    upper: flat.clone(),
+                })
+                .collect(),
+            point: flat,
+        }
+    }
+
     /// The interval at `level`, if it was requested.
     pub fn interval(&self, level: f64) -> Option<&Interval> {
         self.intervals

@@ -184,18 +184,7 @@ impl Fitted for FittedProphet {
         check_request(horizon, levels)?;
         let clip = |v: f64| if self.clip_at_zero { v.max(0.0) } else { v };
         let Some(model) = &self.model else {
-            let flat = vec![self.last; horizon];
-            return Ok(Forecast {
-                point: flat.clone(),
-                intervals: levels
-                    .iter()
-                    .map(|&level| Interval {
-                        level,
-                        lower: flat.clone(),
-                        upper: flat.clone(),
-                    })
-                    .collect(),
-            });
+            return Ok(Forecast::flat(self.last, horizon, levels));
         };
         let future = PredictionData::new(
             (1..=horizon as i64)

@@ -94,8 +94,6 @@ impl Drop for RmDir {
     }
 }
 
-/// The allocator's audit log in `state` (`audit.jsonl`), one JSON value per line; empty when
-/// there is none yet.
 /// The primary every routed test serves: Python's `http.server` on `addr:8080` in `ns`,
 /// serving `dir`, with its stderr (the access log) sent to `stderr`.
 #[allow(dead_code)] // used by the tests that run a primary, not by every one
@@ -120,6 +118,8 @@ pub fn http_primary(
     shadow_agent::sys::process::spawn(srv, Some(ns), None).expect("primary server")
 }
 
+/// The allocator's audit log in `state` (`audit.jsonl`), one JSON value per line; empty when
+/// there is none yet.
 #[allow(dead_code)] // used by the allocator tests only
 pub fn audit(state: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(state.join("audit.jsonl"))
