@@ -219,7 +219,11 @@ pub mod ctr {
     /// Client SYNs sent to the shadow again because it had not answered (its accept queue
     /// was full, or its SYN was lost).
     pub const TCP_SYN_RETRIES: u32 = 37;
-    pub const N: u32 = 38;
+    /// Clones filled whole in bulk (the "mask" fallback) whose L4 checksum the kernel
+    /// completes later (`CHECKSUM_PARTIAL`, as for traffic from a local socket or a
+    /// container's veth): their old payload was neither read nor summed.
+    pub const MASK_CSUM_DEFERRED: u32 = 38;
+    pub const N: u32 = 39;
     /// Names used in the agent's output and metrics, by index.
     pub const NAMES: [&str; N as usize] = [
         "seen",
@@ -260,6 +264,7 @@ pub mod ctr {
         "tcp_hold_released",
         "tcp_hold_expired",
         "tcp_syn_retries",
+        "mask_csum_deferred",
     ];
 }
 

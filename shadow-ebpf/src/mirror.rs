@@ -1063,7 +1063,12 @@ pub struct Scratch {
     fell_back: u8,
     /// The spec's fill byte (for the bulk fill, off the callback's stack).
     fill: u8,
-    _pad: [u8; 4],
+    /// The kernel completes this clone's L4 checksum later (`CHECKSUM_PARTIAL`): the bulk
+    /// fill neither reads nor sums the bytes it replaces.
+    csum_deferred: u8,
+    /// [`probe_csum`] added `CSUM_PROBE` to the checksum field: the final fix takes it out.
+    probed: u8,
+    _pad: [u8; 2],
     /// Payload bytes done so far in this segment.
     off: u32,
     /// Running `bpf_csum_diff` sum of the chunk being bulk-filled.
@@ -1266,41 +1271,20 @@ fn bound512(n: u32) -> u32 {
     m as u32 + 1
 }
 
-/// Replace `n` payload bytes at `off` by the fill byte in bulk: load them (their old sum is
-/// needed for the checksum), sum them with `bpf_csum_diff` (512 bytes per call, its limit),
-/// and store the agent's pre-filled `MASK_FILL` buffer over them. The "mask" fallback for a
-/// flow that cannot be parsed (e.g. not HTTP): a few helper calls per 2 KiB instead of a
-/// callback per byte. Working values live in the scratch map: the callback's stack is
-/// shared with the program's (512 bytes for the chain).
+/// Replace `n` payload bytes at `off` by the fill byte in bulk: unless the kernel completes
+/// the checksum later (`s.csum_deferred`), load them (their old sum is needed for the
+/// checksum) and sum them with `bpf_csum_diff` (512 bytes per call, its limit); then store
+/// the agent's pre-filled `MASK_FILL` buffer over them. The "mask" fallback for a flow that
+/// cannot be parsed (e.g. not HTTP): a few helper calls per 2 KiB instead of a callback per
+/// byte. Working values live in the scratch map: the callback's stack is shared with the
+/// program's (512 bytes for the chain).
 #[inline(always)]
 fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     s.base = off;
     s.len = n;
-    // SAFETY: `buf` holds CHUNK + 8 bytes and 0 < n <= CHUNK.
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            cc.skb as *const c_void,
-            cc.payload_off + off,
-            s.buf.as_mut_ptr() as *mut c_void,
-            n,
-        )
-    };
-    if rc != 0 {
-        cc.err = 1;
+    if s.csum_deferred == 0 && sum_old(cc, s) != 0 {
         return 1;
     }
-    // Zero padding to a multiple of 4 (the helper's unit) adds nothing to the sum.
-    // SAFETY: n <= CHUNK and `buf` has 8 bytes beyond CHUNK.
-    unsafe { core::ptr::write_bytes(s.buf.as_mut_ptr().add(n as usize), 0, 3) };
-    s.sum = 0;
-    csum_part(cc, s, 0);
-    csum_part(cc, s, 1);
-    csum_part(cc, s, 2);
-    csum_part(cc, s, 3);
-    if cc.err != 0 {
-        return 1;
-    }
-    s.csum.replace_run(s.base, s.len, s.sum, s.fill);
     let Some(fill) = MASK_FILL.get(0) else {
         cc.err = 1;
         return 1;
@@ -1327,6 +1311,39 @@ fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     }
     s.total_changed += n;
     s.off = s.base + n;
+    0
+}
+
+/// The checksum side of [`bulk_fill`]: load the `s.len` bytes at `s.base` and account for
+/// their replacement by the fill byte in `s.csum`. Returns 1 (and sets `cc.err`) on failure.
+#[inline(always)]
+fn sum_old(cc: &mut ChunkCtx, s: &mut Scratch) -> i64 {
+    let n = verifier_bound(s.len);
+    // SAFETY: `buf` holds CHUNK + 8 bytes and 0 < n <= CHUNK.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            cc.skb as *const c_void,
+            cc.payload_off + s.base,
+            s.buf.as_mut_ptr() as *mut c_void,
+            n,
+        )
+    };
+    if rc != 0 {
+        cc.err = 1;
+        return 1;
+    }
+    // Zero padding to a multiple of 4 (the helper's unit) adds nothing to the sum.
+    // SAFETY: n <= CHUNK and `buf` has 8 bytes beyond CHUNK.
+    unsafe { core::ptr::write_bytes(s.buf.as_mut_ptr().add(n as usize), 0, 3) };
+    s.sum = 0;
+    csum_part(cc, s, 0);
+    csum_part(cc, s, 1);
+    csum_part(cc, s, 2);
+    csum_part(cc, s, 3);
+    if cc.err != 0 {
+        return 1;
+    }
+    s.csum.replace_run(s.base, s.len, s.sum, s.fill);
     0
 }
 
@@ -1534,6 +1551,37 @@ fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
     Ok(())
 }
 
+/// The bulk fill's preparation (one pull, the checksum probe) pays off from this many bytes.
+const BULK_PREP_MIN: u32 = 256;
+/// The diff [`probe_csum`] applies.
+const CSUM_PROBE: u32 = 1;
+
+/// Whether the kernel completes the clone's L4 checksum later (`CHECKSUM_PARTIAL`, as for
+/// segments from a local socket or a container's veth): the checksum helper then ignores a
+/// payload diff, so none need be computed. BPF cannot read `ip_summed`, so the helper is
+/// asked: `CSUM_PROBE` is applied as a diff and the field stays as it was exactly when the
+/// checksum is partial (or a UDP checksum is 0, "none", which needs no fix either).
+/// Otherwise the field now holds `CSUM_PROBE` more, which the final fix takes out.
+#[inline(always)]
+fn probe_csum(ctx: &TcContext, csum_off: u32, flags: u64) -> Result<bool, ()> {
+    let before: [u8; 2] = ctx.load(csum_off as usize).map_err(|_| ())?;
+    // SAFETY: checksum field offset inside the packet; `diff` mode (size flags 0).
+    let rc = unsafe {
+        bpf_l4_csum_replace(
+            ctx.as_ptr() as *mut __sk_buff,
+            csum_off,
+            0,
+            CSUM_PROBE as u64,
+            flags,
+        )
+    };
+    if rc != 0 {
+        return Err(());
+    }
+    let after: [u8; 2] = ctx.load(csum_off as usize).map_err(|_| ())?;
+    Ok(before == after)
+}
+
 /// Mask the clone in place. `Ok(false)`: the "drop" fallback applies.
 // Map keys and values are passed by reference into the per-CPU scratch value on purpose:
 // by value they would be copied to the stack, which the callbacks share (512 bytes).
@@ -1576,6 +1624,8 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     s.fill = MASK_SPEC.get(0).ok_or(())?.fill;
     s.fell_back = 0;
     s.http = 0;
+    s.csum_deferred = 0;
+    s.probed = 0;
     s.st.reset();
 
     let http = mr.flags & MASK_HTTP != 0;
@@ -1663,6 +1713,17 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
         return Err(());
     }
     if s.all != 0 && s.off < plen {
+        if plen - s.off >= BULK_PREP_MIN {
+            // One pull makes the segment linear and the clone's own, one allocation and
+            // copy, where each 2 KiB store would otherwise pull the next piece (and grow
+            // the head again). Not fatal: each store still makes its bytes writable.
+            let _ = ctx.pull_data(end as u32);
+            if probe_csum(ctx, csum_off as u32, csum_flags)? {
+                s.csum_deferred = 1;
+            } else {
+                s.probed = 1;
+            }
+        }
         // SAFETY: as above.
         let rc = unsafe {
             bpf_loop(
@@ -1706,20 +1767,30 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
             return Ok(false);
         }
     }
-    if s.total_changed != 0 {
-        let diff = s.csum.kernel_diff();
+    if s.total_changed != 0 || s.probed != 0 {
+        let mut diff = s.csum.kernel_diff() as u64;
+        if s.probed != 0 {
+            // Take the probe's 1 out again: + 0xffff_fffe is - 1 in ones' complement.
+            diff += !CSUM_PROBE as u64;
+            diff = (diff & 0xffff_ffff) + (diff >> 32);
+        }
         // SAFETY: checksum field offset inside the packet; `diff` mode (size flags 0).
         let rc = unsafe {
             bpf_l4_csum_replace(
                 ctx.as_ptr() as *mut __sk_buff,
                 csum_off as u32,
                 0,
-                diff as u64,
+                diff,
                 csum_flags,
             )
         };
         if rc != 0 {
             return Err(());
+        }
+    }
+    if s.total_changed != 0 {
+        if s.csum_deferred != 0 {
+            count(ctr::MASK_CSUM_DEFERRED);
         }
         count(ctr::MASKED);
         bump!(MIRROR_CTRS, ctr::MASKED_BYTES, s.total_changed as u64);

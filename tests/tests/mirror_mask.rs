@@ -756,6 +756,99 @@ fn unparseable_flows_are_filled_in_bulk_with_valid_checksums() {
     assert_eq!(c.unparseable, 6, "{c:?}");
     assert_eq!(c.masked, 6, "{c:?}");
     assert_eq!(c.mask_failed, 0, "{c:?}");
+    // Test-run packets carry no partial checksum: the probe found that, and the checksums
+    // above are the bulk fill's own.
+    assert_eq!(c.mask_csum_deferred, 0, "{c:?}");
+}
+
+#[test]
+fn bulk_fill_leaves_the_checksum_to_the_kernel_when_it_completes_it() {
+    // A real TCP stream that is not HTTP, on an HTTP rule (the "mask" fallback), from a
+    // socket in the client's namespace: its segments reach the mirror as CHECKSUM_PARTIAL
+    // (the checksum is computed at transmit), so the bulk fill neither reads nor sums the
+    // payload it replaces (`mask_csum_deferred`). Transmit checksumming is off on the shadow
+    // interface, so the kernel computes each clone's checksum in software *after* masking:
+    // the capture on the shadow's end must hold payloads that are all fill under valid
+    // checksums, and the primary must receive every byte as sent.
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let pm = world.back.a().name.clone();
+    let out = world.primary.run(|| {
+        Command::new("ethtool")
+            .args(["-K", &pm, "tx", "off"])
+            .output()
+            .expect("running ethtool")
+    });
+    assert!(
+        out.status.success(),
+        "ethtool -K {pm} tx off: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mirror = attach_http(
+        &world,
+        server,
+        shadow_agent::mirror::MaskOptions {
+            fill: b'#',
+            ..Default::default()
+        },
+    );
+    let cap = Packet::open(&world.shadow, &world.back.b().name);
+    let listener = world
+        .primary
+        .run(|| std::net::TcpListener::bind((server, 7002)))
+        .expect("listening on the primary");
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut v)?;
+        Ok(v)
+    });
+    let data = noise(1 << 20, 5);
+    let mut stream = world
+        .client
+        .run(|| std::net::TcpStream::connect((server, 7002)))
+        .expect("connecting from the client");
+    std::io::Write::write_all(&mut stream, &data).expect("sending");
+    drop(stream);
+    let got = reader.join().expect("reader thread").expect("reading");
+    assert!(got == data, "the primary must receive the stream as sent");
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = cap.frames();
+    let mut segments = 0;
+    for f in &frames {
+        if f.len() <= 54 || f[23] != 6 || f[30..34] != server.octets() {
+            continue;
+        }
+        if f[36..38] != 7002u16.to_be_bytes() {
+            continue;
+        }
+        let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+        let l4 = &f[34..14 + total];
+        let doff = (l4[12] >> 4) as usize * 4;
+        if l4.len() == doff {
+            continue;
+        }
+        segments += 1;
+        assert!(
+            l4[doff..].iter().all(|&b| b == b'#'),
+            "a payload byte reached the shadow"
+        );
+        let c = l4_verify(client, server, 6, l4);
+        assert!(c == 0 || c == 0xffff, "bad TCP checksum {c:#x} on a clone");
+    }
+    let ss = streams(&frames, server, 7002);
+    assert_eq!(ss.len(), 1, "one connection on the shadow side");
+    assert_eq!(
+        ss[0].1.len(),
+        data.len(),
+        "the whole stream, length preserved"
+    );
+    assert!(segments > 100, "{segments} data segments captured");
+    let c = mirror.counters().expect("counters");
+    assert!(c.mask_csum_deferred > 0, "{c:?}");
+    assert!(c.mask_csum_deferred <= c.masked, "{c:?}");
+    assert_eq!(c.mask_failed, 0, "{c:?}");
 }
 
 #[test]

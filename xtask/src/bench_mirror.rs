@@ -26,7 +26,10 @@
 //! python sink for at most S seconds (the parser masks the header and skips the body: the
 //! case masking is built for). Clone delivery = packets received by sh0 /
 //! clones sent (the mirror's `cloned` counter; for mirred, every packet pr0 received).
-//! Numbers are medians over rounds.
+//! Numbers are medians over rounds. With two CPUs or more the senders (iperf3 client, curl)
+//! run on CPU 0, where the whole receive path and the mirror run too (veth delivers on the
+//! sending CPU), and the receivers (iperf3 server, the HTTP sink) on CPU 1 (`--no-pin`:
+//! unpinned, as before 2026-12-01).
 
 use std::{
     collections::BTreeMap,
@@ -65,6 +68,10 @@ pub struct MirrorArgs {
     /// Without XDP: the default; kept so older command lines still work.
     #[arg(long, hide = true)]
     pub no_xdp: bool,
+    /// Do not pin the senders to CPU 0 and the receivers to CPU 1 (the default since
+    /// 2026-12-01 when there are two CPUs or more; unpinned runs before).
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 /// Target of issue 3: Shadow with masking vs mirred's primary throughput.
@@ -85,6 +92,29 @@ const UDP_LEN: u32 = 64;
 const HTTP_PORT: u16 = 8080;
 /// Body of the one HTTP upload per run (below the parser's 1 GiB Content-Length limit).
 const HTTP_BODY: u64 = 1_000_000_000;
+
+/// CPUs for the workloads' senders (client side) and receivers (primary side). Pinned, a
+/// run cannot drift between scheduling regimes (a receiver that drains its socket and
+/// sleeps needs a cross-CPU wakeup per datagram, which slows the sender, which lets the
+/// receiver sleep more): unpinned, UDP rates of one variant differed by up to 25% between
+/// runs on this VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub sender: usize,
+    pub receiver: usize,
+}
+
+impl Pin {
+    /// `taskset -c CPU` ahead of `argv`.
+    fn wrap<'a>(cpu: Option<&'a str>, argv: &[&'a str]) -> Vec<&'a str> {
+        let mut v = Vec::new();
+        if let Some(c) = cpu {
+            v.extend(["taskset", "-c", c]);
+        }
+        v.extend_from_slice(argv);
+        v
+    }
+}
 
 /// The workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +226,8 @@ pub struct Meta {
     pub rounds: u32,
     pub seconds: u32,
     pub xdp: bool,
+    /// Senders on CPU 0, receivers on CPU 1.
+    pub pinned: bool,
     pub host: String,
     /// The tc classifier carrying the mirred action.
     pub mirred_classifier: String,
@@ -332,6 +364,7 @@ pub fn summarize(samples: &[Sample], meta: &Meta) -> Value {
         "rounds": meta.rounds,
         "seconds": meta.seconds,
         "xdp": meta.xdp,
+        "pinned": meta.pinned,
         "mirred_classifier": meta.mirred_classifier,
         "udp_payload_bytes": UDP_LEN,
         "host": meta.host,
@@ -848,11 +881,18 @@ print(n,t1-t0,flush=True)\n";
 
 /// One HTTP upload (curl -T of a sparse file, Content-Length known, an Authorization header
 /// and a token parameter to mask) for at most `seconds`: Gbit/s the primary's sink received.
-fn http(topo: &Topology, seconds: u32, body: &Path) -> Result<f64> {
+fn http(topo: &Topology, seconds: u32, body: &Path, pin: Option<Pin>) -> Result<f64> {
     let port = HTTP_PORT.to_string();
+    let (tx_cpu, rx_cpu) = (
+        pin.map(|p| p.sender.to_string()),
+        pin.map(|p| p.receiver.to_string()),
+    );
     let mut sink = topo
         .primary
-        .cmd(&["python3", "-c", SINK, PRIMARY_ADDR, &port])
+        .cmd(&Pin::wrap(
+            rx_cpu.as_deref(),
+            &["python3", "-c", SINK, PRIMARY_ADDR, &port],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -862,19 +902,22 @@ fn http(topo: &Topology, seconds: u32, body: &Path) -> Result<f64> {
     wait_listen(&sink, HTTP_PORT)?;
     let url = format!("http://{PRIMARY_ADDR}:{port}/upload?token=bench-secret");
     let max = seconds.to_string();
-    let mut cmd = topo.client.cmd(&[
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-H",
-        "Expect:",
-        "-H",
-        "Authorization: Bearer bench-secret-value",
-        "--max-time",
-        &max,
-        "-T",
-    ]);
+    let mut cmd = topo.client.cmd(&Pin::wrap(
+        tx_cpu.as_deref(),
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "-H",
+            "Authorization: Bearer bench-secret-value",
+            "--max-time",
+            &max,
+            "-T",
+        ],
+    ));
     cmd.arg(body).arg(&url);
     let out = output_within(cmd, Duration::from_secs(u64::from(seconds) + 30))?;
     // 0: uploaded (and the sink never answers, so usually 28: --max-time); 52/56: closed.
@@ -911,11 +954,19 @@ pub fn sink_gbps(w: &str) -> Result<f64> {
 }
 
 /// One iperf3 run: the client JSON.
-fn iperf(topo: &Topology, seconds: u32, udp: bool) -> Result<Value> {
+fn iperf(topo: &Topology, seconds: u32, udp: bool, pin: Option<Pin>) -> Result<Value> {
     let port = PORT.to_string();
+    let (tx_cpu, rx_cpu) = (
+        pin.map(|p| p.sender.to_string()),
+        pin.map(|p| p.receiver.to_string()),
+    );
+    let mut server_args = vec!["iperf3", "-s", "-1", "-B", PRIMARY_ADDR, "-p", &port];
+    if let Some(c) = &rx_cpu {
+        server_args.extend(["-A", c]);
+    }
     let server = topo
         .primary
-        .cmd(&["iperf3", "-s", "-1", "-B", PRIMARY_ADDR, "-p", &port])
+        .cmd(&server_args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -938,6 +989,9 @@ fn iperf(topo: &Topology, seconds: u32, udp: bool) -> Result<Value> {
     ];
     if udp {
         args.extend(["-u", "-l", &len, "-b", "0"]);
+    }
+    if let Some(c) = &tx_cpu {
+        args.extend(["-A", c]);
     }
     let out = output_within(
         topo.client.cmd(&args),
@@ -996,6 +1050,7 @@ fn measure(
     agent: Option<&Agent>,
     mirred: bool,
     body: &Path,
+    pin: Option<Pin>,
 ) -> Result<Measure> {
     check_interrupted()?;
     let before_c = match agent {
@@ -1005,13 +1060,13 @@ fn measure(
     let (p0, s0) = (topo.primary.rx(PRIMARY_IF)?, topo.shadow.rx(SHADOW_IF)?);
     let (rate, app_rate, primary_rx) = match load {
         Load::Udp => {
-            let v = iperf(topo, seconds, true)?;
+            let v = iperf(topo, seconds, true, pin)?;
             let p1 = topo.primary.rx(PRIMARY_IF)?;
             let (r, a) = udp_rates(&v, p1.saturating_sub(p0))?;
             (r, Some(a), None)
         }
-        Load::Tcp => (tcp_gbps(&iperf(topo, seconds, false)?)?, None, None),
-        Load::Http => (http(topo, seconds, body)?, None, None),
+        Load::Tcp => (tcp_gbps(&iperf(topo, seconds, false, pin)?)?, None, None),
+        Load::Http => (http(topo, seconds, body, pin)?, None, None),
     };
     // Let the last clones land and the agent report counters from after the run.
     std::thread::sleep(Duration::from_millis(200));
@@ -1094,6 +1149,11 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
     let dir = TempDir(std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id())));
     fs::create_dir_all(&dir.0).with_context(|| format!("mkdir {}", dir.0.display()))?;
     let xdp = args.xdp;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = (!args.no_pin && cpus >= 2).then_some(Pin {
+        sender: 0,
+        receiver: 1,
+    });
     // The HTTP upload's body: a sparse file (no disk space, zeros read from the page cache).
     let body = dir.0.join("body");
     fs::File::create(&body)
@@ -1148,8 +1208,16 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
             let mut m = Vec::new();
             for load in Load::ALL {
                 m.push(
-                    measure(&topo, args.seconds, load, agent.as_ref(), mirred, &body)
-                        .with_context(|| format!("{} under {}", load.key(), variant.label()))?,
+                    measure(
+                        &topo,
+                        args.seconds,
+                        load,
+                        agent.as_ref(),
+                        mirred,
+                        &body,
+                        pin,
+                    )
+                    .with_context(|| format!("{} under {}", load.key(), variant.label()))?,
                 );
             }
             let (udp, tcp, http) = (m[0].clone(), m[1].clone(), m[2].clone());
@@ -1182,6 +1250,7 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
         rounds: args.rounds,
         seconds: args.seconds,
         xdp,
+        pinned: pin.is_some(),
         host: host_line(),
         mirred_classifier: classifier,
     };
@@ -1250,6 +1319,7 @@ mod tests {
             rounds: 3,
             seconds: 5,
             xdp: true,
+            pinned: true,
             host: "test".into(),
             mirred_classifier: "matchall".into(),
         };
@@ -1299,6 +1369,7 @@ mod tests {
             rounds: 1,
             seconds: 1,
             xdp: false,
+            pinned: false,
             host: String::new(),
             mirred_classifier: String::new(),
         };

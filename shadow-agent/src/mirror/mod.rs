@@ -378,6 +378,7 @@ pub struct Counters {
     pub tcp_hold_released: u64,
     pub tcp_hold_expired: u64,
     pub tcp_syn_retries: u64,
+    pub mask_csum_deferred: u64,
 }
 
 /// The TCP session counters (issue 4's names), from [`Mirror::tcp_counters`].
@@ -460,6 +461,7 @@ impl Counters {
             tcp_hold_released: v[ctr::TCP_HOLD_RELEASED as usize],
             tcp_hold_expired: v[ctr::TCP_HOLD_EXPIRED as usize],
             tcp_syn_retries: v[ctr::TCP_SYN_RETRIES as usize],
+            mask_csum_deferred: v[ctr::MASK_CSUM_DEFERRED as usize],
         }
     }
 }
