@@ -37,8 +37,8 @@ use shadow_common::latency::{lat_bucket, LatHist, LatPending, LAT_BUCKETS, LAT_M
 use shadow_common::mask::{
     body_segment, in_ranges, mask_http, seq_check, skip_body, BodyFit, CsumDelta, FlowKey,
     HttpState, MaskRule, MaskSpec, SeqVerdict, CLONE_MARK, CLONE_MARK_MASK, FALLBACK_MASK,
-    F_SEQ_VALID, MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES, MAX_SCAN_LIMIT, ST_BODY_SKIP,
-    ST_BROKEN,
+    F_SEQ_VALID, MASK_FILL_LEN, MASK_FILL_MAP_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES,
+    MAX_SCAN_LIMIT, ST_BODY_SKIP, ST_BROKEN,
 };
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
@@ -79,7 +79,7 @@ static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULE
 #[map]
 static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static MASK_FILL: Array<[u8; MASK_FILL_LEN]> = Array::with_max_entries(1, 0);
+static MASK_FILL: Array<[u8; MASK_FILL_MAP_LEN]> = Array::with_max_entries(1, 0);
 #[map]
 static PSEUDO_CFG: Array<PseudoConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -1254,12 +1254,30 @@ extern "C" fn fill_cb(_i: u64, cc: *mut c_void) -> i64 {
         return 1;
     }
     let rem = cc.plen - off;
+    if s.csum_deferred != 0 {
+        let n = if rem > MASK_FILL_MAP_LEN as u32 {
+            MASK_FILL_MAP_LEN as u32
+        } else {
+            rem
+        };
+        return store_fill(cc, s, off, fill_bound(n));
+    }
     let n = if rem > CHUNK as u32 {
         CHUNK as u32
     } else {
         rem
     };
     bulk_fill(cc, s, off, verifier_bound(n))
+}
+
+/// `n` (known to be in 1..=MASK_FILL_MAP_LEN) in a form the verifier can bound.
+#[inline(always)]
+fn fill_bound(n: u32) -> u32 {
+    let mut m = (n - 1) as u64;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= 16383", inout(reg) m) };
+    const _: () = assert!(MASK_FILL_MAP_LEN == 16384);
+    m as u32 + 1
 }
 
 /// `n` (known to be in 1..=512) in a form the verifier can bound.
@@ -1285,17 +1303,25 @@ fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     if s.csum_deferred == 0 && sum_old(cc, s) != 0 {
         return 1;
     }
+    store_fill(cc, s, off, verifier_bound(n))
+}
+
+/// Store `n` fill bytes over the payload at `off` from the agent's pre-filled `MASK_FILL`
+/// buffer (no checksum work: [`bulk_fill`] did that, or the kernel does it later).
+#[inline(always)]
+fn store_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     let Some(fill) = MASK_FILL.get(0) else {
         cc.err = 1;
         return 1;
     };
-    if fill[0] != s.fill || fill[CHUNK - 1] != s.fill {
+    if fill[0] != s.fill || fill[MASK_FILL_MAP_LEN - 1] != s.fill {
         // The agent has not written the buffer for this fill byte: never send unmasked.
         cc.err = 1;
         return 1;
     }
-    let n = verifier_bound(s.len);
-    // SAFETY: `fill` is a CHUNK-byte map value and 0 < n <= CHUNK.
+    let n = fill_bound(n);
+    s.base = off;
+    // SAFETY: `fill` is a MASK_FILL_MAP_LEN-byte map value and 0 < n <= MASK_FILL_MAP_LEN.
     let rc = unsafe {
         bpf_skb_store_bytes(
             cc.skb,

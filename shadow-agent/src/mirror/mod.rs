@@ -27,7 +27,7 @@ use shadow_common::{
     mask::FlowKey,
     mask::{
         MaskRule, MaskSpec, DEFAULT_HEADERS, DEFAULT_SCAN_LIMIT, FALLBACK_DROP, FALLBACK_MASK,
-        MASK_FILL_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES,
+        MASK_FILL_MAP_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES,
     },
     mirror::{
         ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
@@ -1292,8 +1292,8 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
     }
     {
         // The bulk fill of the "mask" fallback stores from this buffer.
-        let mut map: Array<&mut MapData, [u8; MASK_FILL_LEN]> = map_mut(bpf, MAP_MASK_FILL)?;
-        map.set(0, [m.fill; MASK_FILL_LEN], 0)
+        let mut map: Array<&mut MapData, [u8; MASK_FILL_MAP_LEN]> = map_mut(bpf, MAP_MASK_FILL)?;
+        map.set(0, [m.fill; MASK_FILL_MAP_LEN], 0)
             .map_err(|source| MirrorError::Map {
                 map: MAP_MASK_FILL,
                 source,
