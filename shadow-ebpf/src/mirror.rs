@@ -384,16 +384,6 @@ fn walk_options(s: &mut TcpScratch) -> bool {
     rc >= 0
 }
 
-/// `n` (known to be in 1..=64) in a form the verifier can bound.
-#[inline(always)]
-fn bound64(n: u32) -> u32 {
-    let mut m = (n - 1) as u64;
-    // SAFETY: pure register arithmetic.
-    unsafe { core::arch::asm!("{0} &= 63", inout(reg) m) };
-    const _: () = assert!(TCP_HDR_BUF == 64);
-    m as u32 + 1
-}
-
 /// Load the TCP header at `l4` into `s.hdr`; its length (20..=60).
 #[inline(always)]
 fn load_tcp_hdr(ctx: &TcContext, l4: usize, s: &mut TcpScratch) -> Option<u32> {
@@ -401,7 +391,7 @@ fn load_tcp_hdr(ctx: &TcContext, l4: usize, s: &mut TcpScratch) -> Option<u32> {
     if doff < 20 {
         return None;
     }
-    let n = bound64(doff);
+    let n = bound::<{ TCP_HDR_BUF as u64 }>(doff);
     // SAFETY: `hdr` holds 64 bytes and 0 < n <= 64.
     let rc = unsafe {
         bpf_skb_load_bytes(
@@ -638,7 +628,7 @@ fn tcp_clone(
                     ctx.as_ptr() as *mut __sk_buff,
                     l4 as u32,
                     s.hdr.as_ptr() as *const c_void,
-                    bound64(hlen),
+                    bound::<{ TCP_HDR_BUF as u64 }>(hlen),
                     0,
                 )
             };
@@ -1032,6 +1022,17 @@ fn lat_reply(ctx: &TcContext) {
     }
 }
 
+/// `n` (known to be in `1..=N`, `N` a power of two) in a form the verifier can bound: an
+/// opaque mask the compiler cannot fold away, which would leave a helper's size unbounded.
+#[inline(always)]
+fn bound<const N: u64>(n: u32) -> u32 {
+    const { assert!(N.is_power_of_two()) };
+    let mut m = (n - 1) as u64;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= {1}", inout(reg) m, const N - 1) };
+    m as u32 + 1
+}
+
 /// Payload bytes masked per `bpf_loop` run (one chunk of the per-CPU scratch buffer).
 const CHUNK: usize = MASK_FILL_LEN;
 /// Chunks per segment at most: `MAX_SCAN_LIMIT` bytes.
@@ -1079,17 +1080,6 @@ pub struct Scratch {
     /// The flow's key in `MASK_FLOWS` (here rather than on the stack: the stack is shared
     /// with the callbacks and limited to 512 bytes for the whole chain).
     key: FlowKey,
-}
-
-/// `n` (known to be in 1..=CHUNK) in a form the verifier can bound: the compiler would
-/// otherwise fold the checks away, leaving the helper's size unbounded.
-#[inline(always)]
-fn verifier_bound(n: u32) -> u32 {
-    let mut m = (n - 1) as u64;
-    // SAFETY: pure register arithmetic.
-    unsafe { core::arch::asm!("{0} &= 2047", inout(reg) m) };
-    const _: () = assert!(CHUNK == 2048);
-    m as u32 + 1
 }
 
 /// What `chunk_cb` needs from the program's frame.
@@ -1162,7 +1152,7 @@ extern "C" fn chunk_cb(_i: u64, cc: *mut c_void) -> i64 {
     if n == 0 {
         return 1;
     }
-    let n = verifier_bound(n);
+    let n = bound::<{ CHUNK as u64 }>(n);
     if s.all != 0 {
         // Past the window with the "mask" fallback: `fill_cb` takes it from here.
         return 1;
@@ -1235,7 +1225,7 @@ extern "C" fn range_cb(_i: u64, cc: *mut c_void) -> i64 {
     if n == 0 {
         return 1;
     }
-    fill_ranges(cc, s, off, verifier_bound(n))
+    fill_ranges(cc, s, off, bound::<{ CHUNK as u64 }>(n))
 }
 
 /// One chunk of the bulk fill (the "mask" fallback) from `s.off` to the end of the payload.
@@ -1260,33 +1250,14 @@ extern "C" fn fill_cb(_i: u64, cc: *mut c_void) -> i64 {
         } else {
             rem
         };
-        return store_fill(cc, s, off, fill_bound(n));
+        return store_fill(cc, s, off, bound::<{ MASK_FILL_MAP_LEN as u64 }>(n));
     }
     let n = if rem > CHUNK as u32 {
         CHUNK as u32
     } else {
         rem
     };
-    bulk_fill(cc, s, off, verifier_bound(n))
-}
-
-/// `n` (known to be in 1..=MASK_FILL_MAP_LEN) in a form the verifier can bound.
-#[inline(always)]
-fn fill_bound(n: u32) -> u32 {
-    let mut m = (n - 1) as u64;
-    // SAFETY: pure register arithmetic.
-    unsafe { core::arch::asm!("{0} &= 16383", inout(reg) m) };
-    const _: () = assert!(MASK_FILL_MAP_LEN == 16384);
-    m as u32 + 1
-}
-
-/// `n` (known to be in 1..=512) in a form the verifier can bound.
-#[inline(always)]
-fn bound512(n: u32) -> u32 {
-    let mut m = (n - 1) as u64;
-    // SAFETY: pure register arithmetic.
-    unsafe { core::arch::asm!("{0} &= 511", inout(reg) m) };
-    m as u32 + 1
+    bulk_fill(cc, s, off, bound::<{ CHUNK as u64 }>(n))
 }
 
 /// Replace `n` payload bytes at `off` by the fill byte in bulk: unless the kernel completes
@@ -1303,7 +1274,7 @@ fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     if s.csum_deferred == 0 && sum_old(cc, s) != 0 {
         return 1;
     }
-    store_fill(cc, s, off, verifier_bound(n))
+    store_fill(cc, s, off, bound::<{ CHUNK as u64 }>(n))
 }
 
 /// Store `n` fill bytes over the payload at `off` from the agent's pre-filled `MASK_FILL`
@@ -1319,7 +1290,7 @@ fn store_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
         cc.err = 1;
         return 1;
     }
-    let n = fill_bound(n);
+    let n = bound::<{ MASK_FILL_MAP_LEN as u64 }>(n);
     s.base = off;
     // SAFETY: `fill` is a MASK_FILL_MAP_LEN-byte map value and 0 < n <= MASK_FILL_MAP_LEN.
     let rc = unsafe {
@@ -1344,7 +1315,7 @@ fn store_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
 /// their replacement by the fill byte in `s.csum`. Returns 1 (and sets `cc.err`) on failure.
 #[inline(always)]
 fn sum_old(cc: &mut ChunkCtx, s: &mut Scratch) -> i64 {
-    let n = verifier_bound(s.len);
+    let n = bound::<{ CHUNK as u64 }>(s.len);
     // SAFETY: `buf` holds CHUNK + 8 bytes and 0 < n <= CHUNK.
     let rc = unsafe {
         bpf_skb_load_bytes(
@@ -1394,7 +1365,7 @@ fn fill_ranges(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
         };
         let b = if hi < s.chunk_end { hi } else { s.chunk_end };
         if a < b && b - a <= CHUNK as u32 {
-            let len = verifier_bound(b - a);
+            let len = bound::<{ CHUNK as u64 }>(b - a);
             if bulk_fill(cc, s, a, len) != 0 {
                 return 1;
             }
@@ -1414,7 +1385,7 @@ fn csum_part(cc: &mut ChunkCtx, s: &mut Scratch, k: u32) {
         return;
     }
     let rem = n4 - a;
-    let sz = bound512(if rem > 512 { 512 } else { rem });
+    let sz = bound::<512>(if rem > 512 { 512 } else { rem });
     // SAFETY: `a + sz <= n4 <= CHUNK`: inside `buf`; the helper only reads.
     let rc = unsafe {
         bpf_csum_diff(
