@@ -64,8 +64,7 @@ pub struct Adaptive {
     pub aci_gamma: f64,
     /// How many of the best-ranked candidates are combined (median) at most ...
     pub combine: usize,
-    /// ... of those whose error is within this fraction of the best one's (1.0: up to twice
-    /// the best one's error).
+    /// ... of those whose error is within this fraction of the best one's (0.2: 20% worse).
     pub combine_within: f64,
     /// Samples over which the local volatility (mean absolute one-step change) that scales
     /// the calibration errors is measured; 0 calibrates raw errors.
@@ -94,7 +93,7 @@ impl Default for Adaptive {
             aci_replay: 144,
             aci_gamma: 0.15,
             combine: 5,
-            combine_within: 1.0,
+            combine_within: 0.2,
             local_scale: 0,
             ses_alphas: vec![0.5, 0.25, 0.1],
             median_windows: vec![3, 6, 12, 24],
