@@ -116,9 +116,51 @@ fn first_held(entries: &[serde_json::Value]) -> Option<u64> {
         .and_then(|e| e["step"].as_u64())
 }
 
+/// One line per audit entry (step, resource, old -> new, applied, reason, rails,
+/// confidence): what a failure message shows instead of the entries' whole JSON, which
+/// a CI log truncates.
+fn summary(entries: &[serde_json::Value]) -> String {
+    entries
+        .iter()
+        .map(|e| {
+            format!(
+                "step {} {} {} -> {} applied={} reason={} pass={} rails={} confident={}",
+                e["step"],
+                e["resource"],
+                e["old"],
+                e["new"],
+                e["applied"],
+                e["reason"]["kind"],
+                e["reason"]["pass"],
+                e["rails"],
+                e["confidence"]["confident"],
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The quotas seen, as runs of equal values ("100000 x40, 80000 x3").
+fn runs(quotas: &[i64]) -> String {
+    quotas
+        .chunk_by(|a, b| a == b)
+        .map(|r| format!("{} x{}", r[0], r.len()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// When a phase's agent may be stopped: `seen` is how long ago the what-if verdict
+/// appeared in the audit log.
+struct Wait {
+    /// The condition, given the audit log, the quotas seen so far and `seen`.
+    done: fn(&[serde_json::Value], &[i64], Duration) -> bool,
+    /// How long after the verdict `done` may take before the phase fails.
+    limit: Duration,
+}
+
 /// One agent run with the given CPU rails; returns the audit log once a what-if verdict is
-/// in it and `after` more seconds have passed (the agent is then stopped with SIGTERM and
-/// must exit cleanly). `quotas` collects the primary's quota as seen while it ran.
+/// in it and `wait` is satisfied (the agent is then stopped with SIGTERM and must exit
+/// cleanly). `quotas` collects the primary's quota as seen while it ran.
 #[allow(clippy::too_many_arguments)]
 fn run_until_verdict(
     node: &shadow_agent::sys::netns::NetNs,
@@ -129,7 +171,7 @@ fn run_until_verdict(
     cgname: &str,
     rails: &str,
     slack_ms: f64,
-    after: Duration,
+    wait: Wait,
     cg: &Cgroup,
     quotas: &mut Vec<i64>,
 ) -> Vec<serde_json::Value> {
@@ -211,18 +253,27 @@ slack_ms = {slack_ms}
             panic!("{phase}: the agent exited early ({st}): {e}");
         }
         quotas.push(quota(cg));
-        if seen.is_none() && verdict(&common::audit(&state)).is_some() {
+        let entries = common::audit(&state);
+        if seen.is_none() && verdict(&entries).is_some() {
             seen = Some(Instant::now());
         }
-        if seen.is_some_and(|s| s.elapsed() >= after) {
-            break;
+        if let Some(s) = seen {
+            if (wait.done)(&entries, quotas, s.elapsed()) {
+                break;
+            }
+            assert!(
+                s.elapsed() < wait.limit,
+                "{phase}: not done {:?} after the verdict; the audit log:\n{}",
+                wait.limit,
+                summary(&entries)
+            );
         }
         // The forecaster needs ~110 intervals here before it is confident, ~200 on a busy
         // CI machine; then the hold, the shrink hold and a 25 s comparison.
         assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "{phase}: no what-if verdict within 300 s: {:#?}",
-            common::audit(&state)
+            seen.is_some() || t0.elapsed() < Duration::from_secs(300),
+            "{phase}: no what-if verdict within 300 s; the audit log:\n{}",
+            summary(&entries)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -341,7 +392,11 @@ fn run_writes_a_forecast_shrink_only_after_a_whatif_replica_passed_at_it() {
         &cgname,
         "min = 0.05\nmax_step_down = 0.9",
         40.0,
-        Duration::from_secs(5),
+        // Long enough for a shrink the failure did not stop to show up.
+        Wait {
+            done: |_, _, seen| seen >= Duration::from_secs(5),
+            limit: Duration::from_secs(10),
+        },
         &cg,
         &mut quotas,
     );
@@ -369,13 +424,15 @@ fn run_writes_a_forecast_shrink_only_after_a_whatif_replica_passed_at_it() {
     );
     assert!(
         quotas.iter().all(|&q| q == 100_000),
-        "the quota changed although the what-if failed: {quotas:?}"
+        "the quota changed although the what-if failed: {}",
+        runs(&quotas)
     );
     assert!(
         !entries
             .iter()
             .any(|e| e["resource"] == "cpu" && e["applied"] == true),
-        "{entries:#?}"
+        "{}",
+        summary(&entries)
     );
     assert_eq!(quota(&cg), 100_000);
 
@@ -391,7 +448,21 @@ fn run_writes_a_forecast_shrink_only_after_a_whatif_replica_passed_at_it() {
         &cgname,
         "min = 0.8",
         40.0,
-        Duration::from_secs(4),
+        // Until the shrink was written and its quota seen in the cgroup. After the pass it
+        // comes with the next confident forecast shrink, which on a loaded machine (the two
+        // what-if replicas also burn CPU) may take a while: the pass holds for 300
+        // intervals (150 s).
+        Wait {
+            done: |entries, quotas, _| {
+                let at = entries.iter().position(|e| e["reason"]["kind"] == "whatif");
+                let applied = entries
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| e["resource"] == "cpu" && e["applied"] == true && Some(i) > at);
+                applied && quotas.contains(&80_000)
+            },
+            limit: Duration::from_secs(90),
+        },
         &cg,
         &mut quotas,
     );
@@ -408,10 +479,15 @@ fn run_writes_a_forecast_shrink_only_after_a_whatif_replica_passed_at_it() {
         .collect();
     assert!(
         !applied.is_empty() && applied.iter().all(|&i| i > at),
-        "the shrink must be written after the pass, not before: {entries:#?}"
+        "the shrink must be written after the pass, not before:\n{}",
+        summary(&entries)
+    );
+    println!(
+        "verdict at step {}, shrink written at step {}",
+        v["step"], entries[applied[0]]["step"]
     );
     assert_eq!(entries[applied[0]]["new"].as_f64(), Some(0.8));
-    assert!(quotas.contains(&80_000), "{quotas:?}");
+    assert!(quotas.contains(&80_000), "{}", runs(&quotas));
     assert_eq!(quota(&cg), 100_000, "the original quota is back");
 
     // The primary answered every request throughout.

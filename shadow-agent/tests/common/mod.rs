@@ -122,8 +122,10 @@ pub fn http_primary(
 /// there is none yet.
 #[allow(dead_code)] // used by the allocator tests only
 pub fn audit(state: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(state.join("audit.jsonl"))
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(state.join("audit.jsonl")).unwrap_or_default();
+    // A line the agent is still writing (no newline yet) is read on the next call.
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()
