@@ -64,7 +64,8 @@ pub struct Adaptive {
     pub aci_gamma: f64,
     /// How many of the best-ranked candidates are combined (median) at most ...
     pub combine: usize,
-    /// ... of those whose error is within this fraction of the best one's (0.2: 20% worse).
+    /// ... of those whose error is within this fraction of the best one's (1.0: up to twice
+    /// the best one's error).
     pub combine_within: f64,
     /// Samples over which the local volatility (mean absolute one-step change) that scales
     /// the calibration errors is measured; 0 calibrates raw errors.
@@ -93,7 +94,7 @@ impl Default for Adaptive {
             aci_replay: 144,
             aci_gamma: 0.15,
             combine: 5,
-            combine_within: 0.2,
+            combine_within: 1.0,
             local_scale: 0,
             ses_alphas: vec![0.5, 0.25, 0.1],
             median_windows: vec![3, 6, 12, 24],
