@@ -9,8 +9,10 @@
 //! ```
 //!
 //! IPv6 is off in all three so nothing but mirrored traffic reaches `sh0`. Each round runs,
-//! in a rotated order, five variants: no mirror; `tc mirred` on pr0's ingress (clsact +
-//! matchall, removed after the round); the agent without a mirror (its profiler is always
+//! in a rotated order, six variants: no mirror; `tc mirred` on pr0's ingress (clsact +
+//! matchall, removed after the round); a "bare clone", the mechanism issue 3 prescribes
+//! (`bpf_clone_redirect`) in a TC program that does nothing else (`BareClone`): the floor
+//! any `bpf_clone_redirect` mirror sits on; the agent without a mirror (its profiler is always
 //! on, so this isolates the agent's own cost); Shadow's mirror; Shadow's mirror with masking
 //! (`mask_http` on the TCP rule and a 16-byte `mask_ranges` on the UDP rule, since HTTP
 //! masking does not apply to UDP). TCP clones are raw (`tcp_sessions = "off"`), as mirred's
@@ -143,15 +145,18 @@ impl Load {
 pub enum Variant {
     Baseline,
     Mirred,
+    /// The issue's mechanism alone: a TC program that only clones (`BareClone`).
+    BareClone,
     Agent,
     Shadow,
     ShadowMasked,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Baseline,
         Variant::Mirred,
+        Variant::BareClone,
         Variant::Agent,
         Variant::Shadow,
         Variant::ShadowMasked,
@@ -161,6 +166,7 @@ impl Variant {
         match self {
             Variant::Baseline => "baseline",
             Variant::Mirred => "mirred",
+            Variant::BareClone => "bare_clone",
             Variant::Agent => "agent",
             Variant::Shadow => "shadow",
             Variant::ShadowMasked => "shadow_masked",
@@ -171,6 +177,7 @@ impl Variant {
         match self {
             Variant::Baseline => "no mirror",
             Variant::Mirred => "tc mirred",
+            Variant::BareClone => "bare clone",
             Variant::Agent => "agent, no mirror",
             Variant::Shadow => "Shadow mirror",
             Variant::ShadowMasked => "Shadow + masking",
@@ -181,7 +188,7 @@ impl Variant {
     fn mirrors(self) -> bool {
         matches!(
             self,
-            Variant::Mirred | Variant::Shadow | Variant::ShadowMasked
+            Variant::Mirred | Variant::BareClone | Variant::Shadow | Variant::ShadowMasked
         )
     }
 }
@@ -323,6 +330,10 @@ fn workload(samples: &[Sample], load: Load) -> Value {
         "shadow_masked_vs_mirred".into(),
         json!(ratio(rate(Variant::ShadowMasked), mirred)),
     );
+    out.insert(
+        "bare_clone_vs_mirred".into(),
+        json!(ratio(rate(Variant::BareClone), mirred)),
+    );
     let mut vs_base = serde_json::Map::new();
     for v in &Variant::ALL[1..] {
         vs_base.insert(v.key().into(), json!(ratio(rate(*v), base)));
@@ -397,7 +408,7 @@ pub fn table(doc: &Value) -> String {
         let k = v.key();
         let vs = |w: &Value| match v {
             Variant::Mirred => "1.000".to_string(),
-            Variant::Shadow | Variant::ShadowMasked => {
+            Variant::BareClone | Variant::Shadow | Variant::ShadowMasked => {
                 fmt_opt(&w[format!("{k}_vs_mirred")], 1.0, 3)
             }
             _ => "-".into(),
@@ -642,6 +653,124 @@ impl Drop for Mirred<'_> {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The floor of the mechanism issue 3 prescribes, measured in the same run as mirred: a TC
+/// ingress program on pr0 of five instructions that calls `bpf_clone_redirect(skb, pm0, 0)`
+/// and passes the packet (`TC_ACT_OK`), with no parsing, rules, sampling, cap, counters or
+/// masking. Its cost over mirred is the helper's own: after cloning it makes the original's
+/// head private again (`bpf_try_make_head_writable`: a copy of the linear data), which mirred
+/// does not. Loaded with the bpf syscall (no ELF object needed), pinned in a bpffs mounted in
+/// the bench's directory so `tc ... bpf da pinned` can attach it inside the namespace; the
+/// clsact qdisc, the pin and the mount go on drop.
+struct BareClone<'a> {
+    ns: &'a Netns,
+    mount: PathBuf,
+}
+
+impl<'a> BareClone<'a> {
+    fn add(ns: &'a Netns, dir: &Path) -> Result<BareClone<'a>> {
+        let ifindex: i32 = fs_in(ns, &format!("/sys/class/net/{MIRROR_IF}/ifindex"))?
+            .parse()
+            .context("ifindex of the mirror interface")?;
+        let mount = dir.join("bpffs");
+        fs::create_dir_all(&mount).with_context(|| format!("mkdir {}", mount.display()))?;
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&mount)
+            .status()
+            .context("running mount")?;
+        if !st.success() {
+            bail!("mount -t bpf bpf {}: {st}", mount.display());
+        }
+        let guard = BareClone { ns, mount };
+        let pin = guard.mount.join("clone");
+        bare_clone_pin(ifindex, &pin)?;
+        let pin = pin.to_str().context("bpffs path is not UTF-8")?;
+        ns.run(&["tc", "qdisc", "add", "dev", PRIMARY_IF, "clsact"])?;
+        ns.run(&[
+            "tc", "filter", "add", "dev", PRIMARY_IF, "ingress", "bpf", "da", "pinned", pin,
+        ])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for BareClone<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .ns
+            .cmd(&["tc", "qdisc", "del", "dev", PRIMARY_IF, "clsact"])
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_file(self.mount.join("clone"));
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = fs::remove_dir(&self.mount);
+    }
+}
+
+/// Loads the bare clone program (`BPF_PROG_TYPE_SCHED_CLS`) and pins it at `pin`.
+fn bare_clone_pin(ifindex: i32, pin: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // struct bpf_insn: opcode, dst_reg | src_reg << 4, off, imm.
+    fn insn(code: u8, dst: u8, imm: i32) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0] = code;
+        b[1] = dst;
+        b[4..].copy_from_slice(&imm.to_le_bytes());
+        b
+    }
+    const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+    const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+    const CLONE_REDIRECT: i32 = 13; // BPF_FUNC_clone_redirect
+                                    // r1 = the skb on entry; r2 = ifindex; r3 = 0 (egress); call; r0 = TC_ACT_OK; exit.
+    let prog: Vec<u8> = [
+        insn(MOV64_IMM, 2, ifindex),
+        insn(MOV64_IMM, 3, 0),
+        insn(CALL, 0, CLONE_REDIRECT),
+        insn(MOV64_IMM, 0, 0),
+        insn(EXIT, 0, 0),
+    ]
+    .concat();
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+    // log_size, log_buf; the rest zero.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&3u32.to_le_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+    attr[4..8].copy_from_slice(&((prog.len() / 8) as u32).to_le_bytes());
+    attr[8..16].copy_from_slice(&(prog.as_ptr() as u64).to_le_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_le_bytes());
+    attr[24..28].copy_from_slice(&1u32.to_le_bytes());
+    attr[28..32].copy_from_slice(&(log.len() as u32).to_le_bytes());
+    attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_le_bytes());
+    // SAFETY: `attr` is a valid bpf_attr of its size for BPF_PROG_LOAD; the pointers in it
+    // (program, license, log buffer of the stated size) outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_mut_ptr(), attr.len()) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        bail!(
+            "loading the bare clone program: {err}; verifier: {}",
+            String::from_utf8_lossy(&log[..end])
+        );
+    }
+    let fd = fd as i32;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).context("pin path")?;
+    // BPF_OBJ_PIN: pathname, bpf_fd.
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_le_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_le_bytes());
+    // SAFETY: a valid bpf_attr for BPF_OBJ_PIN whose path outlives the call; `fd` is the
+    // program's descriptor, closed right after (the pin keeps the program).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_mut_ptr(), attr.len()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` was returned by BPF_PROG_LOAD above and is closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        bail!("pinning the bare clone program at {}: {err}", pin.display());
+    }
+    Ok(())
 }
 
 /// A child process: SIGINT, then SIGKILL after 5 s, on drop.
@@ -1192,6 +1321,12 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
                 }
                 _ => None,
             };
+            let _bare = match variant {
+                Variant::BareClone => {
+                    Some(BareClone::add(&topo.primary, &dir.0).context("adding the bare clone")?)
+                }
+                _ => None,
+            };
             let agent = match variant {
                 Variant::Agent | Variant::Shadow | Variant::ShadowMasked => Some(
                     Agent::start(
@@ -1204,7 +1339,8 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
                 ),
                 _ => None,
             };
-            let mirred = variant == Variant::Mirred;
+            // Both clone every packet pr0 receives.
+            let mirred = matches!(variant, Variant::Mirred | Variant::BareClone);
             let mut m = Vec::new();
             for load in Load::ALL {
                 m.push(
@@ -1311,6 +1447,7 @@ mod tests {
             let k = f64::from(r);
             s.push(sample(r, Variant::Baseline, 1000.0 + k, 10.0, 0, 0));
             s.push(sample(r, Variant::Mirred, 800.0 + k, 8.0, 1000, 1000));
+            s.push(sample(r, Variant::BareClone, 760.0 + k, 7.8, 1000, 1000));
             s.push(sample(r, Variant::Agent, 990.0 + k, 9.9, 0, 0));
             s.push(sample(r, Variant::Shadow, 780.0 + k, 7.6, 999, 1000));
             s.push(sample(r, Variant::ShadowMasked, 760.0 + k, 7.2, 1000, 1000));
@@ -1333,6 +1470,8 @@ mod tests {
         assert!((f("/udp/shadow_vs_mirred") - 781.0 / 801.0).abs() < 1e-12);
         assert!((f("/udp/shadow_masked_vs_mirred") - 761.0 / 801.0).abs() < 1e-12);
         assert!((f("/udp/vs_baseline/mirred") - 801.0 / 1001.0).abs() < 1e-12);
+        assert!((f("/udp/bare_clone_vs_mirred") - 761.0 / 801.0).abs() < 1e-12);
+        assert_eq!(f("/udp/clone_delivery_by_variant/bare_clone"), 1.0);
         // Pooled over both Shadow variants: (3*999 + 3*1000) / 6000.
         assert!((f("/udp/clone_delivery") - 5997.0 / 6000.0).abs() < 1e-12);
         assert_eq!(f("/udp/clone_delivery_by_variant/mirred"), 1.0);
@@ -1358,7 +1497,8 @@ mod tests {
         assert_eq!(d["targets"]["met"]["tcp_shadow_masked_vs_mirred"], false);
         assert_eq!(d["targets"]["met"]["udp_clone_delivery"], true);
         let t = table(&d);
-        assert_eq!(t.lines().count(), 6);
+        assert_eq!(t.lines().count(), 7);
+        assert!(t.contains("bare clone"), "{t}");
         assert!(t.contains("Shadow + masking"), "{t}");
     }
 
