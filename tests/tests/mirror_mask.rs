@@ -183,6 +183,18 @@ fn attach_http(world: &World, server: Ipv4Addr, mask: shadow_agent::mirror::Mask
     )
 }
 
+/// [`attach_http`] with `fill` as the fill byte, the other mask options default.
+fn attach_http_fill(world: &World, server: Ipv4Addr, fill: u8) -> Mirror {
+    attach_http(
+        world,
+        server,
+        shadow_agent::mirror::MaskOptions {
+            fill,
+            ..Default::default()
+        },
+    )
+}
+
 /// The Ethernet header of a frame from the client to the primary.
 fn front_eth(world: &World) -> Eth {
     Eth {
@@ -707,14 +719,7 @@ fn unparseable_flows_are_filled_in_bulk_with_valid_checksums() {
     // a start past an odd number of parsed bytes), and the TCP checksum stays right.
     let world = World::new();
     let (client, server) = ipv4(&world);
-    let mirror = attach_http(
-        &world,
-        server,
-        shadow_agent::mirror::MaskOptions {
-            fill: b'#',
-            ..Default::default()
-        },
-    );
+    let mirror = attach_http_fill(&world, server, b'#');
     let eth = front_eth(&world);
     let syn = frame4(&eth, client, server, 6, &tcp(42100, 5201, 0, 0x02, &[]));
     world.primary.run(|| {
@@ -784,14 +789,7 @@ fn bulk_fill_leaves_the_checksum_to_the_kernel_when_it_completes_it() {
         "ethtool -K {pm} tx off: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mirror = attach_http(
-        &world,
-        server,
-        shadow_agent::mirror::MaskOptions {
-            fill: b'#',
-            ..Default::default()
-        },
-    );
+    let mirror = attach_http_fill(&world, server, b'#');
     let cap = Packet::open(&world.shadow, &world.back.b().name);
     let listener = world
         .primary
