@@ -454,7 +454,7 @@ fn run_writes_a_forecast_shrink_only_after_a_whatif_replica_passed_at_it() {
         // intervals (150 s).
         Wait {
             done: |entries, quotas, _| {
-                let at = entries.iter().position(|e| e["reason"]["kind"] == "whatif");
+                let at = verdict(entries).map(|(i, _)| i);
                 let applied = entries
                     .iter()
                     .enumerate()

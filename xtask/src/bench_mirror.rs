@@ -607,19 +607,40 @@ pub(crate) fn fs_in(ns: &Netns, path: &str) -> Result<String> {
     Ok(ns.run(&["cat", path])?.trim().to_owned())
 }
 
-/// `tc mirred` on pr0's ingress; the clsact qdisc (and with it the filter) goes on drop.
-/// The filter is `matchall`, or `u32 match u32 0 0` (every frame) on kernels built without
+/// A clsact qdisc on pr0 for a peer's filter; deleted (and with it the filter) on drop.
+struct Clsact<'a> {
+    ns: &'a Netns,
+}
+
+impl<'a> Clsact<'a> {
+    fn add(ns: &'a Netns) -> Result<Clsact<'a>> {
+        ns.run(&["tc", "qdisc", "add", "dev", PRIMARY_IF, "clsact"])?;
+        Ok(Clsact { ns })
+    }
+}
+
+impl Drop for Clsact<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .ns
+            .cmd(&["tc", "qdisc", "del", "dev", PRIMARY_IF, "clsact"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `tc mirred` on pr0's ingress; the filter goes with its clsact qdisc on drop. The filter
+/// is `matchall`, or `u32 match u32 0 0` (every frame) on kernels built without
 /// cls_matchall.
 struct Mirred<'a> {
-    ns: &'a Netns,
+    _qdisc: Clsact<'a>,
     classifier: &'static str,
 }
 
 impl<'a> Mirred<'a> {
     fn add(ns: &'a Netns) -> Result<Mirred<'a>> {
-        ns.run(&["tc", "qdisc", "add", "dev", PRIMARY_IF, "clsact"])?;
         let mut guard = Mirred {
-            ns,
+            _qdisc: Clsact::add(ns)?,
             classifier: "matchall",
         };
         let action = ["action", "mirred", "egress", "mirror", "dev", MIRROR_IF];
@@ -645,27 +666,18 @@ impl<'a> Mirred<'a> {
     }
 }
 
-impl Drop for Mirred<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .ns
-            .cmd(&["tc", "qdisc", "del", "dev", PRIMARY_IF, "clsact"])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// The floor of the mechanism issue 3 prescribes, measured in the same run as mirred: a TC
 /// ingress program on pr0 of five instructions that calls `bpf_clone_redirect(skb, pm0, 0)`
 /// and passes the packet (`TC_ACT_OK`), with no parsing, rules, sampling, cap, counters or
 /// masking. Its cost over mirred is the helper's own: after cloning it makes the original's
 /// head private again (`bpf_try_make_head_writable`: a copy of the linear data), which mirred
 /// does not. Loaded with the bpf syscall (no ELF object needed), pinned in a bpffs mounted in
-/// the bench's directory so `tc ... bpf da pinned` can attach it inside the namespace; the
-/// clsact qdisc, the pin and the mount go on drop.
+/// the bench's directory so `tc ... bpf da pinned` can attach it inside the namespace. On
+/// drop the qdisc goes first (detaching the program), then the pin and the mount (fields
+/// drop in declaration order).
 struct BareClone<'a> {
-    ns: &'a Netns,
-    mount: PathBuf,
+    _qdisc: Clsact<'a>,
+    _bpffs: Bpffs,
 }
 
 impl<'a> BareClone<'a> {
@@ -673,38 +685,45 @@ impl<'a> BareClone<'a> {
         let ifindex: i32 = fs_in(ns, &format!("/sys/class/net/{MIRROR_IF}/ifindex"))?
             .parse()
             .context("ifindex of the mirror interface")?;
-        let mount = dir.join("bpffs");
-        fs::create_dir_all(&mount).with_context(|| format!("mkdir {}", mount.display()))?;
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&mount)
-            .status()
-            .context("running mount")?;
-        if !st.success() {
-            bail!("mount -t bpf bpf {}: {st}", mount.display());
-        }
-        let guard = BareClone { ns, mount };
-        let pin = guard.mount.join("clone");
+        let bpffs = Bpffs::mount(dir.join("bpffs"))?;
+        let pin = bpffs.0.join("clone");
         bare_clone_pin(ifindex, &pin)?;
         let pin = pin.to_str().context("bpffs path is not UTF-8")?;
-        ns.run(&["tc", "qdisc", "add", "dev", PRIMARY_IF, "clsact"])?;
+        let qdisc = Clsact::add(ns)?;
         ns.run(&[
             "tc", "filter", "add", "dev", PRIMARY_IF, "ingress", "bpf", "da", "pinned", pin,
         ])?;
-        Ok(guard)
+        Ok(BareClone {
+            _qdisc: qdisc,
+            _bpffs: bpffs,
+        })
     }
 }
 
-impl Drop for BareClone<'_> {
+/// A bpffs mounted at a directory made for it; unmounted (its pins go with it) and the
+/// directory removed on drop.
+struct Bpffs(PathBuf);
+
+impl Bpffs {
+    fn mount(dir: PathBuf) -> Result<Bpffs> {
+        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .context("running mount")?;
+        if !st.success() {
+            let _ = fs::remove_dir(&dir);
+            bail!("mount -t bpf bpf {}: {st}", dir.display());
+        }
+        Ok(Bpffs(dir))
+    }
+}
+
+impl Drop for Bpffs {
     fn drop(&mut self) {
-        let _ = self
-            .ns
-            .cmd(&["tc", "qdisc", "del", "dev", PRIMARY_IF, "clsact"])
-            .stderr(Stdio::null())
-            .status();
-        let _ = fs::remove_file(self.mount.join("clone"));
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = fs::remove_dir(&self.mount);
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
     }
 }
 
@@ -1177,7 +1196,7 @@ fn measure(
     seconds: u32,
     load: Load,
     agent: Option<&Agent>,
-    mirred: bool,
+    clones_every_packet: bool,
     body: &Path,
     pin: Option<Pin>,
 ) -> Result<Measure> {
@@ -1209,7 +1228,7 @@ fn measure(
         (Some(b), Some(a)) => counter_deltas(b, a),
         _ => BTreeMap::new(),
     };
-    let clones_sent = if mirred {
+    let clones_sent = if clones_every_packet {
         primary_rx
     } else {
         counters.get("cloned").copied().unwrap_or(0)
@@ -1339,8 +1358,8 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
                 ),
                 _ => None,
             };
-            // Both clone every packet pr0 receives.
-            let mirred = matches!(variant, Variant::Mirred | Variant::BareClone);
+            // Both clone every packet pr0 receives; the agent counts its own clones.
+            let clones_every_packet = matches!(variant, Variant::Mirred | Variant::BareClone);
             let mut m = Vec::new();
             for load in Load::ALL {
                 m.push(
@@ -1349,7 +1368,7 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
                         args.seconds,
                         load,
                         agent.as_ref(),
-                        mirred,
+                        clones_every_packet,
                         &body,
                         pin,
                     )
