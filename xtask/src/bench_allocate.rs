@@ -100,6 +100,12 @@ pub struct AllocateArgs {
     /// agent's own default).
     #[arg(long)]
     pub level: Option<f64>,
+    /// `[allocate.cpu] scale_in_below` of both agents (reactive scale-in; default: off).
+    #[arg(long, requires = "scale_in_after")]
+    pub scale_in_below: Option<f64>,
+    /// `[allocate.cpu] scale_in_after_intervals` of both agents.
+    #[arg(long, requires = "scale_in_below")]
+    pub scale_in_after: Option<u32>,
 }
 
 /// A cgroup in the v1 controllers and cgroup2, removed on drop (after its processes).
@@ -265,8 +271,12 @@ fn agent_config(
     interval_ms: u64,
     predictive: bool,
     level: Option<f64>,
+    scale_in: Option<(f64, u32)>,
 ) -> String {
     let level = level.map_or(String::new(), |l| format!("level = {l}\n"));
+    let scale_in = scale_in.map_or(String::new(), |(b, n)| {
+        format!("scale_in_below = {b}\nscale_in_after_intervals = {n}\n")
+    });
     format!(
         r#"# Written by `cargo xtask bench allocate`.
 [metrics]
@@ -285,7 +295,7 @@ audit_log = "{state}/audit.jsonl"
 [allocate.cpu]
 # The group's cpuset is one CPU.
 max = 1.0
-
+{scale_in}
 [allocate.memory]
 enabled = false
 
@@ -436,7 +446,14 @@ fn run_series(
         let cfg = scratch.join(format!("agent{i}.toml"));
         fs::write(
             &cfg,
-            agent_config(&names[i], &state, args.interval_ms, predictive, args.level),
+            agent_config(
+                &names[i],
+                &state,
+                args.interval_ms,
+                predictive,
+                args.level,
+                args.scale_in_below.zip(args.scale_in_after),
+            ),
         )?;
         agents.push((start_agent(agent, &cfg)?, state.join("audit.jsonl")));
     }
@@ -637,6 +654,8 @@ pub fn allocate(args: AllocateArgs) -> Result<()> {
         "warmup": args.warmup,
         "peak_cores": args.peak_cores,
         "level": args.level,
+        "scale_in_below": args.scale_in_below,
+        "scale_in_after_intervals": args.scale_in_after,
         "cfs_period_us": PERIOD_US,
         "policies": [total[0].json("shadow"), total[1].json("reactive")],
         "throttled_reduction": reduction,

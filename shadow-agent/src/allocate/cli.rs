@@ -71,6 +71,13 @@ pub struct SimulateArgs {
     /// Largest (upper - lower) / point of a confident forecast.
     #[arg(long)]
     pub max_rel_width: Option<f64>,
+    /// Reactive scale-in of the reactive and predictive policies: usage below this fraction
+    /// of the limit for `--scale-in-after` intervals steps the limit down (default: off).
+    #[arg(long, requires = "scale_in_after")]
+    pub scale_in_below: Option<f64>,
+    /// Intervals of usage below `--scale-in-below` before a reactive scale-in.
+    #[arg(long, requires = "scale_in_below")]
+    pub scale_in_after: Option<u32>,
     /// Calibrate the predictive target per series towards this shortage rate (fraction).
     #[arg(long)]
     pub shortage_target: Option<f64>,
@@ -206,6 +213,16 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
         }
         if let Some(w) = args.max_rel_width {
             cfg.policy.confidence.max_rel_width = w;
+        }
+        if let (Some(b), Some(n)) = (args.scale_in_below, args.scale_in_after) {
+            if b >= cfg.policy.reactive.near_limit {
+                return Err(usage(
+                    "scale-in-below",
+                    "must be below the near-limit threshold (0.9)",
+                ));
+            }
+            cfg.rails.scale_in_below = b;
+            cfg.rails.scale_in_after_intervals = n;
         }
         if let Err((key, reason)) = cfg.rails.validate() {
             return Err(usage(key, reason));

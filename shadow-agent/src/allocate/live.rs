@@ -121,6 +121,8 @@ pub struct RawRails {
     pub shrink_hold_intervals: Option<u32>,
     pub floor_margin_frac: Option<f64>,
     pub floor_margin_abs: Option<f64>,
+    pub scale_in_below: Option<f64>,
+    pub scale_in_after_intervals: Option<u32>,
 }
 
 /// The validated `[allocate]` section.
@@ -173,6 +175,10 @@ fn merge_rails(base: Rails, raw: &RawRails) -> Rails {
             .unwrap_or(base.shrink_hold_intervals),
         floor_margin_frac: raw.floor_margin_frac.unwrap_or(base.floor_margin_frac),
         floor_margin_abs: raw.floor_margin_abs.unwrap_or(base.floor_margin_abs),
+        scale_in_below: raw.scale_in_below.unwrap_or(base.scale_in_below),
+        scale_in_after_intervals: raw
+            .scale_in_after_intervals
+            .unwrap_or(base.scale_in_after_intervals),
     }
 }
 
@@ -773,6 +779,20 @@ heavy_rx_pps = 5000
         assert_eq!(err.0, "allocate.scale.in_hold_intervals");
         let err = parse("cgroups = [\"web\"]\n[placement]\navoid_cpus = \"x\"").unwrap_err();
         assert_eq!(err.0, "allocate.placement.avoid_cpus");
+
+        let s = parse(
+            "cgroups = [\"web\"]\n[cpu]\nscale_in_below = 0.5\nscale_in_after_intervals = 30",
+        )
+        .unwrap();
+        let cpu = s.allocator.cpu.unwrap();
+        assert_eq!(
+            (cpu.scale_in_below, cpu.scale_in_after_intervals),
+            (0.5, 30)
+        );
+        // Overlapping the near-limit band (0.9) would flap.
+        let err = parse("cgroups = [\"web\"]\n[cpu]\nscale_in_below = 0.9").unwrap_err();
+        assert_eq!(err.0, "allocate.cpu.scale_in_below");
+        assert!(err.1.contains("near_limit"), "{err:?}");
     }
 
     #[test]

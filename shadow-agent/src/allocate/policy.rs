@@ -4,11 +4,14 @@
 //! Order of evaluation in [`decide`]:
 //! 1. **Target.** A confident forecast ([`ConfidenceRule::assess`]) gives
 //!    `upper × (1 + headroom)`. Reactive signals ([`Signals::active`]) give
-//!    `current × (1 + step_up)`; with both, the larger wins. Nothing: hold.
+//!    `current × (1 + step_up)`; with both, the larger wins. Neither, with the reactive
+//!    scale-in configured ([`Rails::scale_in_below`]) and usage below that band for
+//!    [`Rails::scale_in_after_intervals`] intervals: the streak's peak usage over the middle
+//!    of the two bands. Nothing: hold.
 //! 2. **Rails**, each recorded in [`Decision::rails`] when it changed the outcome:
 //!    usage floor (memory: usage + margin), per-resource min/max, hysteresis (ignore changes
-//!    smaller than a fraction of the current limit), shrink hold (a shrink only comes from a
-//!    confident forecast and only after it has been proposed K intervals in a row), maximum
+//!    smaller than a fraction of the current limit), shrink hold (a forecast shrink is made
+//!    only after it has been proposed K intervals in a row; a scale-in has its streak), maximum
 //!    step per interval, cooldown after a change (an urgent step up, OOM or full pressure,
 //!    passes through it).
 //!
@@ -195,6 +198,15 @@ pub struct Rails {
     /// Floor `usage × (1 + floor_margin_frac) + floor_margin_abs`; both 0 disables it.
     pub floor_margin_frac: f64,
     pub floor_margin_abs: f64,
+    /// Reactive scale-in (target tracking): usage below this fraction of the limit for
+    /// `scale_in_after_intervals` intervals in a row, with no signal and no confident
+    /// forecast, steps the limit down towards the streak's peak usage. 0 disables it
+    /// (default: off for both resources).
+    #[serde(default)]
+    pub scale_in_below: f64,
+    /// Consecutive intervals below `scale_in_below` before a reactive scale-in; 0: off.
+    #[serde(default)]
+    pub scale_in_after_intervals: u32,
 }
 
 impl Rails {
@@ -211,6 +223,8 @@ impl Rails {
             shrink_hold_intervals: 3,
             floor_margin_frac: 0.0,
             floor_margin_abs: 0.0,
+            scale_in_below: 0.0,
+            scale_in_after_intervals: 0,
         }
     }
 
@@ -227,6 +241,8 @@ impl Rails {
             shrink_hold_intervals: 5,
             floor_margin_frac: 0.10,
             floor_margin_abs: 32.0 * 1024.0 * 1024.0,
+            scale_in_below: 0.0,
+            scale_in_after_intervals: 0,
         }
     }
 
@@ -250,6 +266,9 @@ impl Rails {
         }
         if !fin(self.floor_margin_frac) || !fin(self.floor_margin_abs) {
             return Err(("floor_margin", "must be non-negative numbers"));
+        }
+        if !fin(self.scale_in_below) || self.scale_in_below >= 1.0 {
+            return Err(("scale_in_below", "must be a fraction in [0, 1)"));
         }
         Ok(())
     }
@@ -378,6 +397,12 @@ pub struct ResourceState {
     pub shrink_streak: u32,
     /// Multiplier of the forecast target from the shortage calibration (1: none).
     pub scale: f64,
+    /// Consecutive intervals with usage below `scale_in_below` of the limit and no signal.
+    #[serde(default)]
+    pub surplus_streak: u32,
+    /// The highest usage seen during that streak.
+    #[serde(default)]
+    pub surplus_peak: f64,
 }
 
 impl Default for ResourceState {
@@ -386,6 +411,8 @@ impl Default for ResourceState {
             since_change: u32::MAX / 2,
             shrink_streak: 0,
             scale: 1.0,
+            surplus_streak: 0,
+            surplus_peak: 0.0,
         }
     }
 }
@@ -400,6 +427,10 @@ pub enum Reason {
     Forecast,
     /// Reactive step up (the signals); with a forecast when it proposed less.
     Reactive { signals: Vec<Signal> },
+    /// Reactive scale-in: usage stayed below `scale_in_below` of the limit for `intervals`
+    /// intervals in a row (no signal, no confident forecast); the target puts `peak_usage`,
+    /// the streak's highest, halfway between that band and `near_limit`.
+    ScaleIn { intervals: u32, peak_usage: f64 },
     /// Placement: pinned onto CPUs not used by the shadow group.
     Placement,
     /// The verdict of a what-if replica run at a proposed shrink (`allocate/gate.rs`):
@@ -497,6 +528,21 @@ pub fn decide(
         state.scale = (state.scale * (CALIBRATION_GAIN * step).exp()).clamp(0.5, 2.0);
     }
 
+    // Surplus streak of the reactive scale-in: usage below the band, no signal.
+    let surplus = rails.scale_in_below > 0.0
+        && active.is_empty()
+        && current.is_some()
+        && signals
+            .usage
+            .is_some_and(|u| u < rails.scale_in_below * eff);
+    if surplus {
+        state.surplus_streak = state.surplus_streak.saturating_add(1);
+        state.surplus_peak = state.surplus_peak.max(signals.usage.unwrap_or(0.0));
+    } else {
+        state.surplus_streak = 0;
+        state.surplus_peak = 0.0;
+    }
+
     // 1. Target.
     let forecast_target = forecast
         .filter(|_| confident)
@@ -504,22 +550,38 @@ pub fn decide(
     // Reactive steps need a limit to step from.
     let reactive_target =
         (!active.is_empty() && current.is_some()).then_some(eff * (1.0 + cfg.reactive.step_up));
-    let (target, reason) = match (forecast_target, reactive_target) {
-        (Some(f), Some(r)) if r > f => (
+    // Scale-in: the streak's peak halfway between the scale-in band and the near-limit one,
+    // so the next interval is in neither.
+    let scale_in_target = (rails.scale_in_after_intervals > 0
+        && state.surplus_streak >= rails.scale_in_after_intervals)
+        .then(|| {
+            let aim = 0.5 * (rails.scale_in_below + cfg.reactive.near_limit);
+            state.surplus_peak / aim.max(1e-9)
+        });
+    let (target, reason) = match (forecast_target, reactive_target, scale_in_target) {
+        (Some(f), Some(r), _) if r > f => (
             r,
             Reason::Reactive {
                 signals: active.clone(),
             },
         ),
-        (Some(f), _) => (f, Reason::Forecast),
-        (None, Some(r)) => (
+        (Some(f), _, _) => (f, Reason::Forecast),
+        (None, Some(r), _) => (
             r,
             Reason::Reactive {
                 signals: active.clone(),
             },
         ),
-        (None, None) => (eff, Reason::Hold),
+        (None, None, Some(s)) if s < eff => (
+            s,
+            Reason::ScaleIn {
+                intervals: state.surplus_streak,
+                peak_usage: state.surplus_peak,
+            },
+        ),
+        (None, None, _) => (eff, Reason::Hold),
     };
+    let scale_in = matches!(reason, Reason::ScaleIn { .. });
     let mut desired = target;
 
     // 2. Rails.
@@ -546,8 +608,9 @@ pub fn decide(
         desired = eff;
         applied_rails.push(Rail::Hysteresis);
     }
-    if desired < eff && !forced_by_bounds {
-        // Shrinks come from confident forecasts only, after K proposals in a row.
+    if desired < eff && !forced_by_bounds && !scale_in {
+        // A forecast shrink is made only after K proposals in a row (a reactive scale-in has
+        // its own, longer streak of observed surplus behind it).
         state.shrink_streak = state.shrink_streak.saturating_add(1);
         if state.shrink_streak < rails.shrink_hold_intervals.max(1) {
             desired = eff;
@@ -581,6 +644,13 @@ pub fn decide(
     if new != current {
         state.since_change = 0;
         state.shrink_streak = 0;
+        if !scale_in {
+            // The surplus was measured against the old limit; a scale-in keeps its streak
+            // (usage still below the band of the lower limit steps down again after the
+            // cooldown, one `max_step_down` at a time).
+            state.surplus_streak = 0;
+            state.surplus_peak = 0.0;
+        }
     }
     Decision {
         resource,
@@ -613,6 +683,8 @@ mod tests {
             shrink_hold_intervals: 1,
             floor_margin_frac: 0.0,
             floor_margin_abs: 0.0,
+            scale_in_below: 0.0,
+            scale_in_after_intervals: 0,
         }
     }
 
@@ -1066,9 +1138,156 @@ mod tests {
             since_change: 0,
             shrink_streak: 0,
             scale: 1.0,
+            surplus_streak: 0,
+            surplus_peak: 0.0,
         };
         let d = run(&rails(), &mut st, Some(20.0), &Signals::default(), None);
         assert_eq!(d.new, Some(8.0));
+    }
+
+    fn used(u: f64) -> Signals {
+        Signals {
+            usage: Some(u),
+            ..Signals::default()
+        }
+    }
+
+    fn scale_in_rails() -> Rails {
+        Rails {
+            scale_in_below: 0.5,
+            scale_in_after_intervals: 3,
+            ..rails()
+        }
+    }
+
+    #[test]
+    fn reactive_scale_in_after_a_streak_of_surplus_steps_down_to_the_peak() {
+        let r = scale_in_rails();
+        let mut st = ResourceState::default();
+        let mut cur = Some(4.0);
+        // Two intervals below half the limit: not yet.
+        for i in 0..2 {
+            let d = run(
+                &r,
+                &mut st,
+                cur,
+                &used(if i == 0 { 1.0 } else { 1.2 }),
+                None,
+            );
+            assert!(!d.changes(), "{i}: {d:?}");
+            assert_eq!(d.reason, Reason::Hold);
+        }
+        // The third: towards 1.2 / 0.7 (the peak halfway between 0.5 and near_limit 0.9),
+        // cut to one max step (-25%).
+        let d = run(&r, &mut st, cur, &used(0.8), None);
+        assert_eq!(d.new, Some(3.0), "{d:?}");
+        assert_eq!(
+            d.reason,
+            Reason::ScaleIn {
+                intervals: 3,
+                peak_usage: 1.2
+            }
+        );
+        assert_eq!(d.rails, vec![Rail::MaxStep]);
+        cur = d.new;
+        // The surplus holds under each lower limit: one step per interval (cooldown 0)
+        // until the peak sits at 70%, and never below it.
+        let mut seen = vec![];
+        for _ in 0..6 {
+            let d = run(&r, &mut st, cur, &used(1.0), None);
+            cur = d.new;
+            seen.push(cur.unwrap());
+        }
+        let aim = 1.2 / 0.7;
+        assert!((seen[0] - 2.25).abs() < 1e-9, "{seen:?}");
+        assert!((seen[1] - aim).abs() < 1e-9, "{seen:?}");
+        assert!(seen.iter().all(|&l| l >= aim - 1e-9), "{seen:?}");
+        // 1.0 / 1.714 = 58%: out of the band, the streak ends there.
+        assert_eq!(st.surplus_streak, 0);
+    }
+
+    #[test]
+    fn scale_in_streak_is_broken_by_usage_in_the_band_or_any_signal() {
+        let r = scale_in_rails();
+        let mut st = ResourceState::default();
+        run(&r, &mut st, Some(4.0), &used(1.0), None);
+        run(&r, &mut st, Some(4.0), &used(1.0), None);
+        // At half the limit: no longer a surplus.
+        run(&r, &mut st, Some(4.0), &used(2.0), None);
+        assert_eq!(st.surplus_streak, 0);
+        run(&r, &mut st, Some(4.0), &used(1.0), None);
+        run(&r, &mut st, Some(4.0), &used(1.0), None);
+        // Throttled while using little (bursts inside the interval): a signal, a step up.
+        let sig = Signals {
+            usage: Some(1.0),
+            throttled_ratio: Some(0.3),
+            throttled_periods: 30,
+            ..Signals::default()
+        };
+        let d = run(&r, &mut st, Some(4.0), &sig, None);
+        assert!(matches!(d.reason, Reason::Reactive { .. }), "{d:?}");
+        assert_eq!(st.surplus_streak, 0);
+        // Unknown usage never counts.
+        for _ in 0..5 {
+            let d = run(&r, &mut st, Some(5.0), &Signals::default(), None);
+            assert!(!d.changes());
+        }
+    }
+
+    #[test]
+    fn a_confident_forecast_overrides_the_scale_in() {
+        // Low usage now, but the forecast sees demand coming: the limit is kept for it.
+        let r = scale_in_rails();
+        let mut st = ResourceState::default();
+        for _ in 0..6 {
+            let d = run(
+                &r,
+                &mut st,
+                Some(4.0),
+                &used(1.0),
+                Some(fc(3.0, 2.8, 3.45, Some(0.9))),
+            );
+            assert!(!d.changes(), "{d:?}");
+            assert_eq!(d.reason, Reason::Forecast);
+        }
+        // Without the forecast the same streak scales in.
+        let d = run(&r, &mut st, Some(4.0), &used(1.0), None);
+        assert_eq!(d.new, Some(3.0));
+    }
+
+    #[test]
+    fn scale_in_is_off_by_default_and_keeps_the_memory_floor() {
+        let mut st = ResourceState::default();
+        let cpu = Rails::cpu(8.0);
+        for _ in 0..100 {
+            let d = run(&cpu, &mut st, Some(4.0), &used(0.1), None);
+            assert!(!d.changes());
+        }
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        let mem = Rails {
+            scale_in_below: 0.5,
+            scale_in_after_intervals: 2,
+            max_step_down: 0.9,
+            cooldown_intervals: 0,
+            ..Rails::memory(16.0 * gib)
+        };
+        let mut st = ResourceState::default();
+        let mut cur = Some(8.0 * gib);
+        for _ in 0..20 {
+            let d = decide(
+                Resource::Memory,
+                &cfg(),
+                &mem,
+                &mut st,
+                cur,
+                &used(gib),
+                None,
+            );
+            cur = d.new;
+        }
+        // 1 GiB / 0.7, above the floor of 1 GiB + 10% + 32 MiB.
+        let l = cur.unwrap();
+        assert!((l - gib / 0.7).abs() < 1.0, "{l}");
     }
 
     #[test]
@@ -1079,5 +1298,10 @@ mod tests {
             ..Rails::cpu(2.0)
         };
         assert_eq!(bad.validate().unwrap_err().0, "max");
+        let bad = Rails {
+            scale_in_below: 1.0,
+            ..Rails::cpu(2.0)
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "scale_in_below");
     }
 }

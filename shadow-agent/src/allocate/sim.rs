@@ -71,6 +71,8 @@ impl SimConfig {
                 shrink_hold_intervals: 1,
                 floor_margin_frac: 0.0,
                 floor_margin_abs: 0.0,
+                scale_in_below: 0.0,
+                scale_in_after_intervals: 0,
             },
             resource: Resource::Cpu,
             warmup: per_day.max(1),
@@ -844,6 +846,43 @@ mod tests {
     }
 
     #[test]
+    fn reactive_scale_in_gives_back_what_a_burst_took() {
+        // A burst after the warm-up, then back to the old level: the ratchet keeps the
+        // burst's limit to the end, the scale-in returns to the level within ~30 intervals.
+        let mut u = vec![1.0; 150];
+        u.extend(vec![4.0; 20]);
+        u.extend(vec![1.0; 230]);
+        let base = SimConfig {
+            warmup: 100,
+            ..SimConfig::cpu(10.0, 300.0)
+        };
+        let mut none = |_: &[f64]| None;
+        let ratchet = simulate(&u, &base, &mut none);
+        let cfg = SimConfig {
+            rails: Rails {
+                scale_in_below: 0.5,
+                scale_in_after_intervals: 6,
+                ..base.rails
+            },
+            ..base
+        };
+        let scaled = simulate(&u, &cfg, &mut none);
+        let (a, b) = (
+            ratchet.policy("reactive").unwrap(),
+            scaled.policy("reactive").unwrap(),
+        );
+        assert!(a.mean_limit > 3.5, "{a:?}");
+        assert!(b.mean_limit < 2.2, "{b:?}");
+        // The way back down costs no shortage: usage never exceeds the lowered limit.
+        assert_eq!(a.shortage, b.shortage, "{a:?} vs {b:?}");
+        // Each step is audited as a change: the descent is a few max_step_down steps.
+        assert!(
+            b.changes > a.changes && b.changes < a.changes + 12,
+            "{a:?} vs {b:?}"
+        );
+    }
+
+    #[test]
     fn csv_parsing_groups_series() {
         let text = "series_id,timestamp_s,cpu_pct\na,0,1\na,300,2\nb,0,5\na,600,\n";
         let s = parse_trace_csv(Path::new("x.csv"), text, "cpu_pct").unwrap();
@@ -903,11 +942,35 @@ mod trace_tests {
             assert!((0.0..=1.0).contains(&p.slack) && (0.0..=1.0).contains(&p.shortage));
         }
         assert_eq!(st.changes, 0);
-        // Reactive only steps up: never less slack or more shortage than the hand-set peak.
+        // Reactive only steps up (no scale-in by default): never less slack or more shortage
+        // than the hand-set peak.
         assert!(re.shortage <= st.shortage, "{re:?} vs {st:?}");
         // The predictive policy allocates less than the static peak and the reactive ratchet.
         assert!(pr.mean_limit < st.mean_limit && pr.mean_limit < re.mean_limit);
         assert!(pr.slack < st.slack, "{pr:?} vs {st:?}");
         assert!(vpa.changes > 0 && pr.changes > 0);
+    }
+
+    #[test]
+    fn bitbrains_rnd_cpu_reactive_scale_in_beats_the_vpa_style_policy() {
+        // docs/allocator.md: with scale-in (0.5, 6 intervals) the reactive policy has less
+        // shortage than the VPA-style percentile at a lower mean limit (3.72% @ 10.9 against
+        // 4.07% @ 14.2 on every series). Neither depends on the forecaster.
+        let series = bitbrains();
+        let base = SimConfig::cpu(100.0, 300.0);
+        let cfg = SimConfig {
+            rails: Rails {
+                scale_in_below: 0.5,
+                scale_in_after_intervals: 6,
+                ..base.rails
+            },
+            ..base
+        };
+        let r = simulate_many(series.iter().map(|(_, v)| v.as_slice()), &cfg, || {
+            Box::new(|_: &[f64]| None)
+        });
+        let (re, vpa) = (r.policy("reactive").unwrap(), r.policy("vpa").unwrap());
+        assert!(re.shortage < vpa.shortage, "{re:?} vs {vpa:?}");
+        assert!(re.mean_limit < 0.85 * vpa.mean_limit, "{re:?} vs {vpa:?}");
     }
 }
