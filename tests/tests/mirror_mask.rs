@@ -215,6 +215,40 @@ fn ipv4(world: &World) -> (Ipv4Addr, Ipv4Addr) {
 
 #[test]
 fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
+    // A range longer than the datapath's straight-line limit (64 bytes) sends the longer
+    // datagrams through the chunked path; the shorter ones clip it and take the other.
+    let msgs: Vec<Vec<u8>> = (0..40usize)
+        .map(|i| {
+            (0..(3 + i * 37 % 1200))
+                .map(|j| (j * 7 + i) as u8 | 1)
+                .collect()
+        })
+        .collect();
+    udp_ranges(&[(0, 4), (9, 5), (100, 1000)], &msgs);
+}
+
+#[test]
+fn short_udp_byte_ranges_take_the_straight_line_path_with_valid_checksums() {
+    // Every range at most 64 bytes (the straight-line path: one load, sum and store per
+    // range): odd and even offsets and lengths, one exactly 64 bytes long, and datagrams
+    // that end inside, at the edge of and past each range (each overlaps the first: every
+    // datagram counts as masked).
+    let ranges = [(1, 3), (7, 64), (80, 1), (150, 63)];
+    let lens = [
+        2usize, 4, 5, 7, 8, 9, 70, 71, 72, 80, 81, 150, 151, 212, 213, 214, 600,
+    ];
+    let msgs: Vec<Vec<u8>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (j * 13 + i * 5) as u8 | 1).collect())
+        .collect();
+    udp_ranges(&ranges, &msgs);
+}
+
+/// Sends `msgs` as UDP datagrams with full software checksums through a mirror whose rule
+/// masks `ranges`; the primary gets them as sent, the shadow with every range byte replaced
+/// by the fill and a valid checksum, and every datagram counts as masked.
+fn udp_ranges(ranges: &[(u16, u16)], msgs: &[Vec<u8>]) {
     let world = World::new();
     let (client, server) = ipv4(&world);
     let dst = SocketAddr::new(IpAddr::V4(server), 7001);
@@ -229,7 +263,7 @@ fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
         )],
         MirrorOptions {
             rule_masks: vec![RuleMask {
-                ranges: vec![(0, 4), (9, 5), (100, 1000)],
+                ranges: ranges.to_vec(),
                 ..RuleMask::default()
             }],
             ..MirrorOptions::default()
@@ -240,14 +274,7 @@ fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
     let inject = Packet::open(&world.client, &world.front.a().name);
     let cap = Packet::open(&world.shadow, &world.back.b().name);
     let eth = front_eth(&world);
-    let msgs: Vec<Vec<u8>> = (0..40usize)
-        .map(|i| {
-            (0..(3 + i * 37 % 1200))
-                .map(|j| (j * 7 + i) as u8 | 1)
-                .collect()
-        })
-        .collect();
-    for m in &msgs {
+    for m in msgs {
         inject.send(&frame4(&eth, client, server, 17, &udp(40000, 7001, m)));
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -256,18 +283,17 @@ fn udp_byte_ranges_are_masked_in_the_clone_with_valid_checksums() {
         msgs,
         "the primary must get the originals"
     );
+    let masked = |i: usize| {
+        ranges
+            .iter()
+            .any(|&(o, l)| (o as usize..o as usize + l as usize).contains(&i))
+    };
     let expect: Vec<Vec<u8>> = msgs
         .iter()
         .map(|m| {
             m.iter()
                 .enumerate()
-                .map(|(i, &b)| {
-                    if i < 4 || (9..14).contains(&i) || (100..1100).contains(&i) {
-                        b'*'
-                    } else {
-                        b
-                    }
-                })
+                .map(|(i, &b)| if masked(i) { b'*' } else { b })
                 .collect()
         })
         .collect();
