@@ -1,7 +1,8 @@
 //! The allocator's v1 backend and reconcile loop on the real kernel: limits written to a test
 //! cgroup and read back from the kernel's files, a CPU-bound process throttled under a low
-//! quota and the reactive policy stepping the quota up, and the original limits restored on
-//! drop and after a simulated crash.
+//! quota and the reactive policy stepping the quota up, a light process under a whole core
+//! scaled in by the reactive scale-in, and the original limits restored on drop and after a
+//! simulated crash.
 
 use std::process::Command;
 use std::time::Duration;
@@ -169,6 +170,74 @@ fn throttled_process_gets_its_quota_stepped_up_and_the_original_back_on_drop() {
     assert_eq!(
         kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us"),
         "10000",
+        "the original quota must be restored on drop"
+    );
+}
+
+#[test]
+fn light_process_gets_its_quota_scaled_in_after_a_streak_and_the_original_back_on_drop() {
+    require_hybrid();
+    let _serial = heavy();
+    let cg = TestCgroup::new("ai");
+    let state = TestDir::new("ai");
+    // The hand-set limit: a whole core, for a process that needs about 5% of one.
+    cg.write(Controller::Cpu, "cpu.cfs_quota_us", "100000")
+        .expect("quota");
+    let mut light = Command::new("python3");
+    light.args([
+        "-c",
+        "import time\nwhile True:\n t = time.monotonic()\n while time.monotonic() - t < 0.005: pass\n time.sleep(0.095)",
+    ]);
+    let _child = spawn_in(None, Some(&cg), light);
+
+    let mut cfg = config(&state);
+    cfg.memory = None;
+    if let Some(cpu) = cfg.cpu.as_mut() {
+        cpu.scale_in_below = 0.5;
+        cpu.scale_in_after_intervals = 3;
+    }
+    let mut r = Reconciler::new(backend_of(&cg), cfg).expect("reconciler");
+    r.step(&Forecasts::default()).expect("first step");
+    let mut quotas = vec![100_000u64];
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let rep = r.step(&Forecasts::default()).expect("step");
+        assert!(rep.backing_off.is_none());
+        quotas.push(
+            kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us")
+                .parse()
+                .unwrap(),
+        );
+    }
+    eprintln!("quota (us) {quotas:?}");
+    // The first three intervals are the streak: nothing changes yet.
+    assert_eq!(quotas[..3], [100_000; 3], "{quotas:?}");
+    let last = *quotas.last().unwrap();
+    assert!(
+        last < 40_000,
+        "a core for ~5% of one should come down (20% per interval after 3): {quotas:?}"
+    );
+    let audit = r.audit().read_all().expect("audit");
+    let scale_ins: Vec<_> = audit
+        .iter()
+        .filter(|e| e.resource == "cpu" && e.applied)
+        .filter_map(|e| match &e.reason {
+            Reason::ScaleIn { peak_usage, .. } => Some((e, *peak_usage)),
+            _ => None,
+        })
+        .collect();
+    assert!(scale_ins.len() >= 4, "{audit:?}");
+    for (e, peak) in &scale_ins {
+        // Never below the streak's peak over the middle of the bands (0.7): 30% spare.
+        let new = e.new.as_f64().expect("new limit");
+        assert!(new >= peak / 0.7 - 1e-6, "{e:?}");
+        assert!(*peak < 0.5, "{e:?}");
+    }
+
+    drop(r);
+    assert_eq!(
+        kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us"),
+        "100000",
         "the original quota must be restored on drop"
     );
 }

@@ -6,7 +6,7 @@
 //!    `upper × (1 + headroom)`. Reactive signals ([`Signals::active`]) give
 //!    `current × (1 + step_up)`; with both, the larger wins. Neither, with the reactive
 //!    scale-in configured ([`Rails::scale_in_below`]) and usage below that band for
-//!    [`Rails::scale_in_after_intervals`] intervals: the streak's peak usage over the middle
+//!    [`Rails::scale_in_after_intervals`] intervals: the recent peak usage over the middle
 //!    of the two bands. Nothing: hold.
 //! 2. **Rails**, each recorded in [`Decision::rails`] when it changed the outcome:
 //!    usage floor (memory: usage + margin), per-resource min/max, hysteresis (ignore changes
@@ -200,8 +200,8 @@ pub struct Rails {
     pub floor_margin_abs: f64,
     /// Reactive scale-in (target tracking): usage below this fraction of the limit for
     /// `scale_in_after_intervals` intervals in a row, with no signal and no confident
-    /// forecast, steps the limit down towards the streak's peak usage. 0 disables it
-    /// (default: off for both resources).
+    /// forecast, steps the limit down towards the peak usage of the last N to 2N − 1
+    /// intervals. 0 disables it (default: off for both resources).
     #[serde(default)]
     pub scale_in_below: f64,
     /// Consecutive intervals below `scale_in_below` before a reactive scale-in; 0: off.
@@ -400,9 +400,27 @@ pub struct ResourceState {
     /// Consecutive intervals with usage below `scale_in_below` of the limit and no signal.
     #[serde(default)]
     pub surplus_streak: u32,
-    /// The highest usage seen during that streak.
+    /// The highest usage in the streak's current block of `scale_in_after_intervals`
+    /// intervals ...
     #[serde(default)]
     pub surplus_peak: f64,
+    /// ... and in the block before it: the scale-in aims at the larger of the two, the peak
+    /// of the last N to 2N − 1 intervals (an old spike, such as a process's start, ages out).
+    #[serde(default)]
+    pub surplus_peak_prev: f64,
+}
+
+impl ResourceState {
+    /// The peak usage the reactive scale-in aims at (see [`ResourceState::surplus_peak_prev`]).
+    pub fn surplus_window_peak(&self) -> f64 {
+        self.surplus_peak.max(self.surplus_peak_prev)
+    }
+
+    fn end_surplus(&mut self) {
+        self.surplus_streak = 0;
+        self.surplus_peak = 0.0;
+        self.surplus_peak_prev = 0.0;
+    }
 }
 
 impl Default for ResourceState {
@@ -413,6 +431,7 @@ impl Default for ResourceState {
             scale: 1.0,
             surplus_streak: 0,
             surplus_peak: 0.0,
+            surplus_peak_prev: 0.0,
         }
     }
 }
@@ -429,7 +448,8 @@ pub enum Reason {
     Reactive { signals: Vec<Signal> },
     /// Reactive scale-in: usage stayed below `scale_in_below` of the limit for `intervals`
     /// intervals in a row (no signal, no confident forecast); the target puts `peak_usage`,
-    /// the streak's highest, halfway between that band and `near_limit`.
+    /// the highest of the last N to 2N − 1 intervals (N = `scale_in_after_intervals`),
+    /// halfway between that band and `near_limit`.
     ScaleIn { intervals: u32, peak_usage: f64 },
     /// Placement: pinned onto CPUs not used by the shadow group.
     Placement,
@@ -538,9 +558,14 @@ pub fn decide(
     if surplus {
         state.surplus_streak = state.surplus_streak.saturating_add(1);
         state.surplus_peak = state.surplus_peak.max(signals.usage.unwrap_or(0.0));
+        let n = rails.scale_in_after_intervals.max(1);
+        if state.surplus_streak.is_multiple_of(n) {
+            // A block is complete: it becomes the previous one.
+            state.surplus_peak_prev = state.surplus_peak;
+            state.surplus_peak = 0.0;
+        }
     } else {
-        state.surplus_streak = 0;
-        state.surplus_peak = 0.0;
+        state.end_surplus();
     }
 
     // 1. Target.
@@ -550,13 +575,13 @@ pub fn decide(
     // Reactive steps need a limit to step from.
     let reactive_target =
         (!active.is_empty() && current.is_some()).then_some(eff * (1.0 + cfg.reactive.step_up));
-    // Scale-in: the streak's peak halfway between the scale-in band and the near-limit one,
+    // Scale-in: the recent peak halfway between the scale-in band and the near-limit one,
     // so the next interval is in neither.
     let scale_in_target = (rails.scale_in_after_intervals > 0
         && state.surplus_streak >= rails.scale_in_after_intervals)
         .then(|| {
             let aim = 0.5 * (rails.scale_in_below + cfg.reactive.near_limit);
-            state.surplus_peak / aim.max(1e-9)
+            state.surplus_window_peak() / aim.max(1e-9)
         });
     let (target, reason) = match (forecast_target, reactive_target, scale_in_target) {
         (Some(f), Some(r), _) if r > f => (
@@ -576,7 +601,7 @@ pub fn decide(
             s,
             Reason::ScaleIn {
                 intervals: state.surplus_streak,
-                peak_usage: state.surplus_peak,
+                peak_usage: state.surplus_window_peak(),
             },
         ),
         (None, None, _) => (eff, Reason::Hold),
@@ -648,8 +673,7 @@ pub fn decide(
             // The surplus was measured against the old limit; a scale-in keeps its streak
             // (usage still below the band of the lower limit steps down again after the
             // cooldown, one `max_step_down` at a time).
-            state.surplus_streak = 0;
-            state.surplus_peak = 0.0;
+            state.end_surplus();
         }
     }
     Decision {
@@ -1140,6 +1164,7 @@ mod tests {
             scale: 1.0,
             surplus_streak: 0,
             surplus_peak: 0.0,
+            surplus_peak_prev: 0.0,
         };
         let d = run(&rails(), &mut st, Some(20.0), &Signals::default(), None);
         assert_eq!(d.new, Some(8.0));
@@ -1204,6 +1229,31 @@ mod tests {
         assert!(seen.iter().all(|&l| l >= aim - 1e-9), "{seen:?}");
         // 1.0 / 1.714 = 58%: out of the band, the streak ends there.
         assert_eq!(st.surplus_streak, 0);
+    }
+
+    #[test]
+    fn a_spike_at_the_start_of_a_streak_ages_out_of_the_scale_in() {
+        // A start-up burst (1.9 of a 4.0 limit) then 0.2 for good: the first steps keep room
+        // for the burst, but once two blocks of N have passed without it the limit follows
+        // 0.2 down into the band between scale-in and near-limit (the first version kept the
+        // streak's peak for as long as it lasted: 2.71 for good).
+        let r = scale_in_rails();
+        let mut st = ResourceState::default();
+        let mut cur = Some(4.0);
+        let mut seen = vec![];
+        for i in 0..30 {
+            let u = if i == 0 { 1.9 } else { 0.2 };
+            let d = run(&r, &mut st, cur, &used(u), None);
+            cur = d.new;
+            seen.push(cur.unwrap());
+        }
+        assert_eq!(seen[2], 3.0, "{seen:?}");
+        assert!((seen[3] - 1.9 / 0.7).abs() < 1e-9, "{seen:?}");
+        assert!((seen[4] - 1.9 / 0.7).abs() < 1e-9, "{seen:?}");
+        // Usage at 50-70% of the final limit: neither band, so it stays there.
+        let last = *seen.last().unwrap();
+        assert!((0.2 / 0.7 - 1e-9..=0.4).contains(&last), "{seen:?}");
+        assert_eq!(seen[25..], [last; 5], "{seen:?}");
     }
 
     #[test]
