@@ -1290,19 +1290,22 @@ fn bulk_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
     store_fill(cc, s, off, bound::<{ CHUNK as u64 }>(n))
 }
 
+/// The agent's pre-filled `MASK_FILL` buffer, if it holds `fill` (a buffer not yet written
+/// for this fill byte would send bytes unmasked: the caller drops the clone instead).
+#[inline(always)]
+fn fill_buffer(fill: u8) -> Option<&'static [u8; MASK_FILL_MAP_LEN]> {
+    let buf = MASK_FILL.get(0)?;
+    (buf[0] == fill && buf[MASK_FILL_MAP_LEN - 1] == fill).then_some(buf)
+}
+
 /// Store `n` fill bytes over the payload at `off` from the agent's pre-filled `MASK_FILL`
 /// buffer (no checksum work: [`bulk_fill`] did that, or the kernel does it later).
 #[inline(always)]
 fn store_fill(cc: &mut ChunkCtx, s: &mut Scratch, off: u32, n: u32) -> i64 {
-    let Some(fill) = MASK_FILL.get(0) else {
+    let Some(fill) = fill_buffer(s.fill) else {
         cc.err = 1;
         return 1;
     };
-    if fill[0] != s.fill || fill[MASK_FILL_MAP_LEN - 1] != s.fill {
-        // The agent has not written the buffer for this fill byte: never send unmasked.
-        cc.err = 1;
-        return 1;
-    }
     let n = bound::<{ MASK_FILL_MAP_LEN as u64 }>(n);
     s.base = off;
     // SAFETY: `fill` is a MASK_FILL_MAP_LEN-byte map value and 0 < n <= MASK_FILL_MAP_LEN.
@@ -1622,11 +1625,9 @@ fn fast_ranges(
         let hi = lo + rl as u32;
         (lo, if hi < plen { hi } else { plen })
     };
+    let n = (mr.n_ranges as usize).min(MAX_RANGES);
     let mut k = 0;
-    while k < MAX_RANGES {
-        if k >= mr.n_ranges as usize {
-            break;
-        }
+    while k < n {
         let (lo, hi) = clip(k);
         if lo < hi && hi - lo > FAST_RANGE {
             return Ok(None);
@@ -1640,10 +1641,7 @@ fn fast_ranges(
     let mut csum = CsumDelta::default();
     let mut changed = 0u32;
     k = 0;
-    while k < MAX_RANGES {
-        if k >= mr.n_ranges as usize {
-            break;
-        }
+    while k < n {
         let (lo, hi) = clip(k);
         if lo < hi {
             let len = bound::<{ FAST_RANGE as u64 }>(hi - lo);
@@ -1677,12 +1675,7 @@ fn fast_ranges(
                 return Err(());
             }
             csum.replace_run(lo, len, sum as u32, spec.fill);
-            let fill = MASK_FILL.get(0).ok_or(())?;
-            if fill[0] != spec.fill || fill[MASK_FILL_MAP_LEN - 1] != spec.fill {
-                // The agent has not written the buffer for this fill byte: never send
-                // unmasked.
-                return Err(());
-            }
+            let fill = fill_buffer(spec.fill).ok_or(())?;
             // SAFETY: `fill` is a MASK_FILL_MAP_LEN-byte map value, len <= FAST_RANGE.
             let rc = unsafe {
                 bpf_skb_store_bytes(

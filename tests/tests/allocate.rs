@@ -67,6 +67,31 @@ fn confident(upper: f64) -> ForecastInput {
     }
 }
 
+/// The group's v1 CPU quota (us).
+fn quota_us(cg: &TestCgroup) -> u64 {
+    kernel(cg, Controller::Cpu, "cpu.cfs_quota_us")
+        .parse()
+        .expect("cpu.cfs_quota_us is a number")
+}
+
+/// `n` reconcile steps without forecasts, `pause` apart, none backing off; the quota after
+/// each.
+fn step_quotas<B: Backend>(
+    r: &mut Reconciler<B>,
+    cg: &TestCgroup,
+    n: usize,
+    pause: Duration,
+) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            std::thread::sleep(pause);
+            let rep = r.step(&Forecasts::default()).expect("step");
+            assert!(rep.backing_off.is_none());
+            quota_us(cg)
+        })
+        .collect()
+}
+
 #[test]
 fn v1_limits_are_written_and_read_back_from_the_kernel() {
     require_hybrid();
@@ -121,16 +146,7 @@ fn throttled_process_gets_its_quota_stepped_up_and_the_original_back_on_drop() {
     let first = r.backend().read_sample().expect("sample");
     r.step(&Forecasts::default()).expect("first step");
     let mut quotas = vec![10_000u64];
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_millis(600));
-        let rep = r.step(&Forecasts::default()).expect("step");
-        assert!(rep.backing_off.is_none());
-        quotas.push(
-            kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us")
-                .parse()
-                .unwrap(),
-        );
-    }
+    quotas.extend(step_quotas(&mut r, &cg, 6, Duration::from_millis(600)));
     let last = r.backend().read_sample().expect("sample");
     eprintln!(
         "nr_throttled {} -> {}, nr_periods {} -> {}, throttled {} us -> {} us; quota (us) {quotas:?}",
@@ -199,16 +215,7 @@ fn light_process_gets_its_quota_scaled_in_after_a_streak_and_the_original_back_o
     let mut r = Reconciler::new(backend_of(&cg), cfg).expect("reconciler");
     r.step(&Forecasts::default()).expect("first step");
     let mut quotas = vec![100_000u64];
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(300));
-        let rep = r.step(&Forecasts::default()).expect("step");
-        assert!(rep.backing_off.is_none());
-        quotas.push(
-            kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us")
-                .parse()
-                .unwrap(),
-        );
-    }
+    quotas.extend(step_quotas(&mut r, &cg, 20, Duration::from_millis(300)));
     eprintln!("quota (us) {quotas:?}");
     // The first three intervals are the streak: nothing changes yet.
     assert_eq!(quotas[..3], [100_000; 3], "{quotas:?}");
@@ -228,7 +235,7 @@ fn light_process_gets_its_quota_scaled_in_after_a_streak_and_the_original_back_o
         .collect();
     assert!(scale_ins.len() >= 4, "{audit:?}");
     for (e, peak) in &scale_ins {
-        // Never below the streak's peak over the middle of the bands (0.7): 30% spare.
+        // Never below the recent peak over the middle of the bands (0.7): 30% spare.
         let new = e.new.as_f64().expect("new limit");
         assert!(new >= peak / 0.7 - 1e-6, "{e:?}");
         assert!(*peak < 0.5, "{e:?}");

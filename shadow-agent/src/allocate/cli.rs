@@ -215,17 +215,14 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
             cfg.policy.confidence.max_rel_width = w;
         }
         if let (Some(b), Some(n)) = (args.scale_in_below, args.scale_in_after) {
-            if b >= cfg.policy.reactive.near_limit {
-                return Err(usage(
-                    "scale-in-below",
-                    "must be below the near-limit threshold (0.9)",
-                ));
-            }
-            cfg.rails.scale_in_below = b;
-            cfg.rails.scale_in_after_intervals = n;
+            cfg = cfg.with_scale_in(b, n);
         }
-        if let Err((key, reason)) = cfg.rails.validate() {
-            return Err(usage(key, reason));
+        if let Err((key, reason)) = cfg.rails.validate_with(&cfg.policy) {
+            let flag = match key {
+                "scale_in_below" => "scale-in-below",
+                k => k,
+            };
+            return Err(usage(flag, reason));
         }
         todo.push((cfg, s.values.as_slice()));
     }

@@ -272,6 +272,19 @@ impl Rails {
         }
         Ok(())
     }
+
+    /// [`Rails::validate`], and the scale-in band against `policy`'s near-limit band.
+    pub fn validate_with(&self, policy: &PolicyConfig) -> Result<(), (&'static str, &'static str)> {
+        self.validate()?;
+        if self.scale_in_below > 0.0 && self.scale_in_below >= policy.reactive.near_limit {
+            return Err((
+                "scale_in_below",
+                "must be below policy.reactive.near_limit (the two bands would overlap and \
+                 the limit would flap)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The decision policy: confidence, headroom, reactive thresholds.
@@ -549,7 +562,8 @@ pub fn decide(
     }
 
     // Surplus streak of the reactive scale-in: usage below the band, no signal.
-    let surplus = rails.scale_in_below > 0.0
+    let scale_in_on = rails.scale_in_below > 0.0 && rails.scale_in_after_intervals > 0;
+    let surplus = scale_in_on
         && active.is_empty()
         && current.is_some()
         && signals
@@ -558,8 +572,10 @@ pub fn decide(
     if surplus {
         state.surplus_streak = state.surplus_streak.saturating_add(1);
         state.surplus_peak = state.surplus_peak.max(signals.usage.unwrap_or(0.0));
-        let n = rails.scale_in_after_intervals.max(1);
-        if state.surplus_streak.is_multiple_of(n) {
+        if state
+            .surplus_streak
+            .is_multiple_of(rails.scale_in_after_intervals)
+        {
             // A block is complete: it becomes the previous one.
             state.surplus_peak_prev = state.surplus_peak;
             state.surplus_peak = 0.0;
@@ -577,8 +593,7 @@ pub fn decide(
         (!active.is_empty() && current.is_some()).then_some(eff * (1.0 + cfg.reactive.step_up));
     // Scale-in: the recent peak halfway between the scale-in band and the near-limit one,
     // so the next interval is in neither.
-    let scale_in_target = (rails.scale_in_after_intervals > 0
-        && state.surplus_streak >= rails.scale_in_after_intervals)
+    let scale_in_target = (scale_in_on && state.surplus_streak >= rails.scale_in_after_intervals)
         .then(|| {
             let aim = 0.5 * (rails.scale_in_below + cfg.reactive.near_limit);
             state.surplus_window_peak() / aim.max(1e-9)
@@ -1160,11 +1175,7 @@ mod tests {
     fn out_of_bounds_limits_are_brought_back() {
         let mut st = ResourceState {
             since_change: 0,
-            shrink_streak: 0,
-            scale: 1.0,
-            surplus_streak: 0,
-            surplus_peak: 0.0,
-            surplus_peak_prev: 0.0,
+            ..ResourceState::default()
         };
         let d = run(&rails(), &mut st, Some(20.0), &Signals::default(), None);
         assert_eq!(d.new, Some(8.0));

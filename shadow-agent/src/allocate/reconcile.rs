@@ -87,7 +87,7 @@ impl AllocatorConfig {
     pub fn validate(&self) -> Result<()> {
         for (name, rails) in [("cpu", &self.cpu), ("memory", &self.memory)] {
             if let Some(r) = rails {
-                r.validate()
+                r.validate_with(&self.policy)
                     .map_err(|(key, reason)| AllocateError::Config {
                         key: format!("{name}.{key}"),
                         reason,
@@ -123,17 +123,6 @@ impl AllocatorConfig {
                 "must be a fraction in (0, 1]",
             ),
         ];
-        for (name, rails) in [("cpu", &self.cpu), ("memory", &self.memory)] {
-            if let Some(r) = rails {
-                if r.scale_in_below > 0.0 && r.scale_in_below >= p.reactive.near_limit {
-                    return Err(AllocateError::Config {
-                        key: format!("{name}.scale_in_below"),
-                        reason: "must be below policy.reactive.near_limit (the two bands \
-                                 would overlap and the limit would flap)",
-                    });
-                }
-            }
-        }
         for (key, ok, reason) in checks {
             if !ok {
                 return Err(AllocateError::Config {

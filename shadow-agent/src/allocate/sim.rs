@@ -107,6 +107,15 @@ pub fn tuned_policy() -> PolicyConfig {
     }
 }
 
+impl SimConfig {
+    /// This configuration with the reactive scale-in on (see [`Rails::scale_in_below`]).
+    pub fn with_scale_in(mut self, below: f64, after_intervals: u32) -> SimConfig {
+        self.rails.scale_in_below = below;
+        self.rails.scale_in_after_intervals = after_intervals;
+        self
+    }
+}
+
 /// One policy's score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyResult {
@@ -858,14 +867,7 @@ mod tests {
         };
         let mut none = |_: &[f64]| None;
         let ratchet = simulate(&u, &base, &mut none);
-        let cfg = SimConfig {
-            rails: Rails {
-                scale_in_below: 0.5,
-                scale_in_after_intervals: 6,
-                ..base.rails
-            },
-            ..base
-        };
+        let cfg = base.with_scale_in(0.5, 6);
         let scaled = simulate(&u, &cfg, &mut none);
         let (a, b) = (
             ratchet.policy("reactive").unwrap(),
@@ -957,15 +959,7 @@ mod trace_tests {
         // shortage than the VPA-style percentile at a lower mean limit (3.77% @ 9.74 against
         // 4.07% @ 14.22 on every series). Neither depends on the forecaster.
         let series = bitbrains();
-        let base = SimConfig::cpu(100.0, 300.0);
-        let cfg = SimConfig {
-            rails: Rails {
-                scale_in_below: 0.5,
-                scale_in_after_intervals: 12,
-                ..base.rails
-            },
-            ..base
-        };
+        let cfg = SimConfig::cpu(100.0, 300.0).with_scale_in(0.5, 12);
         let r = simulate_many(series.iter().map(|(_, v)| v.as_slice()), &cfg, || {
             Box::new(|_: &[f64]| None)
         });
