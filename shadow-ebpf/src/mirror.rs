@@ -26,7 +26,8 @@ use aya_ebpf::{
     cty::c_void,
     helpers::generated::{
         bpf_csum_diff, bpf_ktime_get_ns, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_loop,
-        bpf_redirect, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes,
+        bpf_redirect, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -122,8 +123,18 @@ impl PacketView for Skb<'_> {
 struct Xdp<'a>(&'a XdpContext);
 
 impl PacketView for Xdp<'_> {
+    /// As [`Skb`]: headers in the first buffer are read directly, the rest (a multi-buffer
+    /// frame's fragments) through `bpf_xdp_load_bytes`.
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let data = self.0.data();
+        let end = self.0.data_end();
+        // `<` for the same reason as in `Skb::load`.
+        if off < 0x1000 && data + off + N < end {
+            // SAFETY: `data + off .. data + off + N` lies inside the frame's first buffer,
+            // checked against `data_end` just above.
+            return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+        }
         let mut buf = [0u8; N];
         // SAFETY: the helper bounds-checks `off..off+N` against the frame and writes at most
         // N bytes into `buf`.
@@ -1939,7 +1950,8 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
 }
 
 // Multi-buffer aware (`xdp.frags`), so it accepts frames larger than a page (the parser reads
-// through bpf_xdp_load_bytes, which handles fragments). Note: on veth, attaching any XDP
+// past the first buffer through bpf_xdp_load_bytes, which handles fragments, and the byte
+// count is the whole frame's). Note: on veth, attaching any XDP
 // program turns off GSO on the peer, which `cargo xtask bench mirror` measured as a large
 // TCP throughput loss; the agent therefore leaves XDP off unless configured.
 #[xdp(frags)]
@@ -1960,11 +1972,14 @@ fn try_load(ctx: &XdpContext) {
         return;
     };
     if let Some(load) = RULE_LOAD.get_ptr_mut(rule) {
+        // The whole frame: `data_end - data` is only its first buffer when it has fragments.
+        // SAFETY: the helper only reads the context it is given.
+        let len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) };
         let syn = flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*load).packets += 1;
-            (*load).bytes += (ctx.data_end() - ctx.data()) as u64;
+            (*load).bytes += len;
             (*load).syns += syn as u64;
         }
     }

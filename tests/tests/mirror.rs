@@ -122,6 +122,47 @@ fn udp_ipv6_is_cloned_byte_for_byte_and_only_when_selected() {
     udp_mirror(true);
 }
 
+/// Frames larger than a page reach the XDP program as multi-buffer frames (`xdp.frags`):
+/// its per-rule bytes are the whole frames', and the clones and the primary get them whole.
+#[test]
+fn xdp_counts_multi_buffer_frames_whole() {
+    let world = World::new();
+    for (ns, end) in [
+        (&world.client, world.front.a()),
+        (&world.primary, world.front.b()),
+        (&world.primary, world.back.a()),
+        (&world.shadow, world.back.b()),
+    ] {
+        link::set_mtu(&end.name, Some(ns.netns()), 9000)
+            .unwrap_or_else(|e| panic!("MTU of {}: {}", end.name, chain(&e)));
+    }
+    let addr = world.primary_addr(false);
+    let dst = SocketAddr::new(addr, 7001);
+    let primary_in = bind(&world.primary, dst);
+    let shadow_in = bind(&world.shadow, dst);
+    let mirror = world.attach(vec![rule(addr, Proto::Udp, Ports { lo: 7001, hi: 7001 })]);
+    // Up to the largest datagram a 9000-byte IPv4 MTU carries unfragmented.
+    let msgs: Vec<Vec<u8>> = [100usize, 3000, 4096, 5000, 8000, 8972]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            (0..len)
+                .map(|j| (j as u8).wrapping_mul(7) ^ i as u8)
+                .collect()
+        })
+        .collect();
+    send_all(&world, dst, &msgs);
+    assert_eq!(drain(&primary_in), msgs, "the primary's datagrams");
+    assert_eq!(drain(&shadow_in), msgs, "the shadow's datagrams");
+    let load = mirror.rule_load().expect("rule load");
+    assert_eq!(load[0].packets, msgs.len() as u64, "XDP per-rule packets");
+    let wire: u64 = msgs.iter().map(|p| p.len() as u64 + 14 + 20 + 8).sum();
+    assert_eq!(
+        load[0].bytes, wire,
+        "XDP per-rule bytes of multi-buffer frames"
+    );
+}
+
 #[test]
 fn fails_open_when_the_shadow_side_is_down() {
     let world = World::new();

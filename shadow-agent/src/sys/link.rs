@@ -481,6 +481,16 @@ pub fn set_mac(name: &str, netns: Option<&NetNs>, mac: MacAddr) -> Result<()> {
     )
 }
 
+/// `ip link set NAME mtu MTU`.
+pub fn set_mtu(name: &str, netns: Option<&NetNs>, mtu: u32) -> Result<()> {
+    set_link(
+        "set MTU",
+        name,
+        netns,
+        LinkUnspec::new_with_name(name).mtu(mtu).build(),
+    )
+}
+
 /// `ip addr add ADDR/PREFIX dev NAME` (IPv6 addresses with `nodad`, usable at once).
 pub fn add_address(name: &str, netns: Option<&NetNs>, addr: IpAddr, prefix_len: u8) -> Result<()> {
     validate_ifname(name)?;
