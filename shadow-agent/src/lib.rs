@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod profile;
 pub mod progress;
+pub mod reload;
 pub mod report;
 pub mod run;
 pub mod shadow;

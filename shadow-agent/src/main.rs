@@ -32,9 +32,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the agent on this host from a config file and/or the mirror flags.
-    /// Run the agent on this host from a config file.
     #[command(
-        after_help = "Examples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml"
+        after_help = "SIGHUP re-reads the config file (the flags still apply over it): the mirror's sample_rate and caps and allocate.dry_run change live; other changed sections are named in the log (and a `\"event\": \"reload\"` line with --json) and take effect at a restart; a file that does not load changes nothing.\n\nExamples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml\n  kill -HUP $(pidof shadow-agent)   # after editing sample_rate in agent.toml"
     )]
     Run {
         /// The TOML config (`config/agent.example.toml`); the mirror flags override it.
@@ -308,18 +307,26 @@ fn main() -> ExitCode {
             json,
             status_file,
         } => {
-            let cfg = match Config::load_with(config.as_deref(), &mirror.flags()) {
+            let flags = mirror.flags();
+            let cfg = match Config::load_with(config.as_deref(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));
                     return ExitCode::from(2);
                 }
             };
-            match run::run_with_status(
+            // SIGHUP re-reads the file, with the same flags over it.
+            let reload = |path: &std::path::Path| Config::load_with(Some(path), &flags);
+            let path = config.clone();
+            let reload_file = path.as_deref().map(|p| move || reload(p));
+            match run::run_with_reload(
                 &cfg,
                 duration.map(std::time::Duration::from_secs),
                 json,
                 &status_file.unwrap_or_else(shadow_agent::status::status_path),
+                reload_file
+                    .as_ref()
+                    .map(|f| f as &dyn Fn() -> Result<Config, _>),
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -27,6 +27,22 @@ pub fn run_with_status(
     json: bool,
     status_file: &std::path::Path,
 ) -> Result<(), AgentError> {
+    run_with_reload(cfg, duration, json, status_file, None)
+}
+
+/// Where a SIGHUP re-reads the configuration from (the file with the command-line flags over
+/// it, as at start); see [`crate::reload`].
+pub type Reload<'a> = &'a dyn Fn() -> Result<Config, crate::config::ConfigError>;
+
+/// [`run_with_status`], re-reading the configuration with `reload` on every SIGHUP (without
+/// one a SIGHUP is logged and ignored).
+pub fn run_with_reload(
+    cfg: &Config,
+    duration: Option<Duration>,
+    json: bool,
+    status_file: &std::path::Path,
+    reload: Option<Reload<'_>>,
+) -> Result<(), AgentError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -122,7 +138,10 @@ pub fn run_with_status(
     }
     // Autoscaling: only for a group the mirror feeds (its own target list).
     let autoscale = cfg.autoscale.clone().filter(|_| group.is_some());
-    let sample_max = cfg.mirror.as_ref().map_or(1.0, |m| m.options.sample_rate);
+    let mut sample_max = cfg.mirror.as_ref().map_or(1.0, |m| m.options.sample_rate);
+    // What runs now, for the next reload to compare with.
+    let mut running = cfg.clone();
+    let mut last_reload = serde_json::Value::Null;
     let mut sample_rate = sample_max;
     let mut meter = crate::shadow::autoscale::LoadMeter::default();
     let mut last_change: Option<std::time::Instant> = None;
@@ -212,6 +231,11 @@ pub fn run_with_status(
                 op: "installing the SIGTERM handler".into(),
                 source,
             })?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|source| AgentError::Io {
+                op: "installing the SIGHUP handler".into(),
+                source,
+            })?;
         if let Some(l) = listener {
             tokio::spawn(crate::metrics::serve(l, std::sync::Arc::clone(&metrics)));
         }
@@ -223,6 +247,26 @@ pub fn run_with_status(
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
+                _ = hup.recv() => {
+                    let ev = reload_now(
+                        reload,
+                        &mut running,
+                        mirror.as_mut(),
+                        allocator.as_mut(),
+                        Sampling {
+                            rate: &mut sample_rate,
+                            max: &mut sample_max,
+                            autoscaled: autoscale.is_some(),
+                        },
+                        start.elapsed().as_secs_f64(),
+                    );
+                    metrics.set_sample_rate(sample_rate);
+                    if json {
+                        println!("{ev}");
+                    }
+                    last_reload = ev;
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             if duration.is_some_and(|d| start.elapsed() >= d) {
@@ -403,6 +447,9 @@ pub fn run_with_status(
             if mirror.is_some() {
                 line["sample_rate"] = sample_rate.into();
             }
+            if !last_reload.is_null() {
+                line["last_reload"] = last_reload.clone();
+            }
             line["cpu_hook"] = serde_json::to_value(profiler.hook()).unwrap_or_default();
             let mut scale_events = Vec::new();
             if let Some(a) = allocator.as_mut() {
@@ -450,6 +497,86 @@ pub fn run_with_status(
     });
     crate::status::withdraw(status_file);
     result
+}
+
+/// The mirror's sample rate as `run` keeps it: the rate in force, the configured one (the
+/// autoscaler's ceiling), and whether the autoscaler manages it.
+struct Sampling<'a> {
+    rate: &'a mut f64,
+    max: &'a mut f64,
+    autoscaled: bool,
+}
+
+/// One SIGHUP: read the configuration again, apply what can change live, name what needs a
+/// restart, and return the event (also logged). A configuration that does not load changes
+/// nothing.
+fn reload_now(
+    reload: Option<Reload<'_>>,
+    running: &mut Config,
+    mirror: Option<&mut Mirror>,
+    allocator: Option<&mut crate::allocate::live::LiveAllocator>,
+    sampling: Sampling<'_>,
+    t_s: f64,
+) -> serde_json::Value {
+    use crate::reload::{event, plan, record_applied, Plan};
+    let Some(reload) = reload else {
+        tracing::warn!("SIGHUP: no configuration file to reload (started from flags only)");
+        return event(
+            t_s,
+            &Plan::default(),
+            &[],
+            &["no configuration file".into()],
+        );
+    };
+    let new = match reload() {
+        Ok(c) => c,
+        Err(e) => {
+            let e = crate::error::chain(&e);
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running one stays");
+            return event(t_s, &Plan::default(), &[], &[e]);
+        }
+    };
+    let wanted = plan(running, &new);
+    let mut applied = Plan::default();
+    let mut errors = Vec::new();
+    // (`run` attaches a mirror exactly when the configuration has one, so a plan with
+    // mirror changes has a mirror to apply them to.)
+    if let Some(m) = mirror {
+        if let Some((old, rate)) = wanted.sample_rate {
+            // Under the autoscaler the configured rate is its ceiling: lowered at once,
+            // raised by the autoscaler as the group's budget allows.
+            let now = if sampling.autoscaled {
+                sampling.rate.min(rate)
+            } else {
+                rate
+            };
+            match m.set_sample_rate(now) {
+                Ok(()) => {
+                    *sampling.rate = now;
+                    *sampling.max = rate;
+                    applied.sample_rate = Some((old, rate));
+                }
+                Err(e) => errors.push(crate::error::chain(&e)),
+            }
+        }
+        if let Some((old, (pps, bps, burst))) = wanted.caps {
+            match m.set_caps(pps, bps, burst) {
+                Ok(()) => applied.caps = Some((old, (pps, bps, burst))),
+                Err(e) => errors.push(crate::error::chain(&e)),
+            }
+        }
+    }
+    if let (Some(d), Some(a)) = (wanted.dry_run, allocator) {
+        a.set_dry_run(d.1);
+        applied.dry_run = Some(d);
+    }
+    record_applied(running, &new, &applied);
+    let ev = event(t_s, &applied, &wanted.restart, &errors);
+    if !wanted.restart.is_empty() {
+        tracing::warn!(sections = ?wanted.restart, "SIGHUP: these changes take effect only at a restart");
+    }
+    tracing::info!(event = %ev, "SIGHUP: configuration reloaded");
+    ev
 }
 
 /// Series keys of the shadow-derived demand model: the mirror's matched and cloned packets

@@ -551,6 +551,13 @@ impl LiveAllocator {
         })
     }
 
+    /// Dry run on or off for every managed group, from the next tick on.
+    pub fn set_dry_run(&mut self, dry_run: bool) {
+        for g in &mut self.groups {
+            g.reconciler.set_dry_run(dry_run);
+        }
+    }
+
     /// The scaling events of the last [`LiveAllocator::tick`] (already queued to the
     /// webhook, if one is configured).
     pub fn take_events(&mut self) -> Vec<ScaleEvent> {

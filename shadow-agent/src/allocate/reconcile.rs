@@ -309,6 +309,13 @@ impl<B: Backend> Reconciler<B> {
     }
 
     /// The backend.
+    /// Switch between dry run (audit what would be done) and acting, from the next step on
+    /// (`run`'s configuration reload). Originals are recorded before the first real write,
+    /// as at start, and restored on exit either way.
+    pub fn set_dry_run(&mut self, dry_run: bool) {
+        self.cfg.dry_run = dry_run;
+    }
+
     pub fn backend(&self) -> &B {
         &self.backend
     }

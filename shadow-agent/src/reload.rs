@@ -1,0 +1,249 @@
+//! `shadow-agent run` re-reads its configuration on SIGHUP.
+//!
+//! What changes live: the mirror's sample rate and clone caps (written to its config map, no
+//! reattach: the "ramp the mirror from 1% to 100%" operation) and the allocator's dry run
+//! (watch what it would do, then let it act, without losing its state; a group's original
+//! limits are recorded before its first real write, as at start). Everything else needs a
+//! restart: a reload names the changed sections and leaves them as they run. A file that
+//! does not parse or validate changes nothing; the error names the key, as at start.
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+
+/// The mirror's settings a reload applies live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MirrorLive {
+    pub sample_rate: f64,
+    pub cap_pps: u64,
+    pub cap_bytes_per_sec: u64,
+    pub cap_burst_ms: u64,
+}
+
+impl MirrorLive {
+    fn of(cfg: &Config) -> Option<MirrorLive> {
+        cfg.mirror.as_ref().map(|m| MirrorLive {
+            sample_rate: m.options.sample_rate,
+            cap_pps: m.options.cap_pps,
+            cap_bytes_per_sec: m.options.cap_bytes_per_sec,
+            cap_burst_ms: m.options.cap_burst_ms,
+        })
+    }
+
+    fn caps(&self) -> Caps {
+        (self.cap_pps, self.cap_bytes_per_sec, self.cap_burst_ms)
+    }
+}
+
+/// `cap_pps`, `cap_bytes_per_sec`, `cap_burst_ms`.
+pub type Caps = (u64, u64, u64);
+
+/// What a reload from `old` (running) to `new` (just read) changes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// `mirror.sample_rate`, old and new.
+    pub sample_rate: Option<(f64, f64)>,
+    /// `mirror.cap_pps`, `cap_bytes_per_sec`, `cap_burst_ms`, old and new.
+    pub caps: Option<(Caps, Caps)>,
+    /// `allocate.dry_run`, old and new.
+    pub dry_run: Option<(bool, bool)>,
+    /// Sections with other changes, which take effect only at a restart.
+    pub restart: Vec<&'static str>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self == &Plan::default()
+    }
+}
+
+/// Compare the running configuration with the one just read.
+pub fn plan(old: &Config, new: &Config) -> Plan {
+    let mut p = Plan::default();
+    match (MirrorLive::of(old), MirrorLive::of(new)) {
+        (Some(o), Some(n)) => {
+            if o.sample_rate != n.sample_rate {
+                p.sample_rate = Some((o.sample_rate, n.sample_rate));
+            }
+            if o.caps() != n.caps() {
+                p.caps = Some((o.caps(), n.caps()));
+            }
+            // The rest of the section, with the live settings made equal.
+            let mut same = new.mirror.clone().expect("checked above");
+            let opts = &old.mirror.as_ref().expect("checked above").options;
+            same.options.sample_rate = opts.sample_rate;
+            same.options.cap_pps = opts.cap_pps;
+            same.options.cap_bytes_per_sec = opts.cap_bytes_per_sec;
+            same.options.cap_burst_ms = opts.cap_burst_ms;
+            if format!("{same:?}") != format!("{:?}", old.mirror.as_ref().expect("checked")) {
+                p.restart.push("mirror");
+            }
+        }
+        (None, None) => {}
+        _ => p.restart.push("mirror"),
+    }
+    match (&old.allocate, &new.allocate) {
+        (Some(o), Some(n)) => {
+            if o.allocator.dry_run != n.allocator.dry_run {
+                p.dry_run = Some((o.allocator.dry_run, n.allocator.dry_run));
+            }
+            let mut same = n.clone();
+            same.allocator.dry_run = o.allocator.dry_run;
+            if &same != o {
+                p.restart.push("allocate");
+            }
+        }
+        (None, None) => {}
+        _ => p.restart.push("allocate"),
+    }
+    if format!("{:?}", old.shadow) != format!("{:?}", new.shadow) {
+        p.restart.push("shadow");
+    }
+    if old.autoscale != new.autoscale {
+        p.restart.push("shadow.autoscale");
+    }
+    if old.whatif != new.whatif {
+        p.restart.push("shadow.whatif");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        p.restart.push("metrics");
+    }
+    if old.profile.cgroups != new.profile.cgroups
+        || old.profile.interval_ms != new.profile.interval_ms
+    {
+        p.restart.push("profile");
+    }
+    if old.forecast != new.forecast {
+        p.restart.push("forecast");
+    }
+    p
+}
+
+/// Record in `running` what a reload applied (the live settings only), so the next reload
+/// compares against what really runs.
+pub fn record_applied(running: &mut Config, new: &Config, applied: &Plan) {
+    if let (Some(r), Some(n)) = (running.mirror.as_mut(), new.mirror.as_ref()) {
+        if applied.sample_rate.is_some() {
+            r.options.sample_rate = n.options.sample_rate;
+        }
+        if applied.caps.is_some() {
+            r.options.cap_pps = n.options.cap_pps;
+            r.options.cap_bytes_per_sec = n.options.cap_bytes_per_sec;
+            r.options.cap_burst_ms = n.options.cap_burst_ms;
+        }
+    }
+    if let (Some(r), Some(n)) = (running.allocate.as_mut(), new.allocate.as_ref()) {
+        if applied.dry_run.is_some() {
+            r.allocator.dry_run = n.allocator.dry_run;
+        }
+    }
+}
+
+/// The JSON event of a reload (`"event": "reload"`): what was applied, what needs a
+/// restart, and the errors (a config error: nothing was applied).
+pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[String]) -> Value {
+    let mut a = serde_json::Map::new();
+    if let Some((o, n)) = applied.sample_rate {
+        a.insert("mirror.sample_rate".into(), json!([o, n]));
+    }
+    if let Some((o, n)) = applied.caps {
+        a.insert(
+            "mirror.caps".into(),
+            json!({"cap_pps": [o.0, n.0], "cap_bytes_per_sec": [o.1, n.1], "cap_burst_ms": [o.2, n.2]}),
+        );
+    }
+    if let Some((o, n)) = applied.dry_run {
+        a.insert("allocate.dry_run".into(), json!([o, n]));
+    }
+    json!({
+        "event": "reload",
+        "t_s": t_s,
+        "applied": a,
+        "restart_needed": restart,
+        "errors": errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[mirror]
+interface = "eth9"
+shadow_interface = "sh9"
+shadow_mac = "02:00:00:00:00:01"
+sample_rate = 1.0
+[[mirror.rules]]
+dst = "10.0.0.2/32"
+proto = "udp"
+
+[allocate]
+cgroups = ["shop/web"]
+dry_run = true
+"#;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, Path::new("t.toml")).expect("valid config")
+    }
+
+    #[test]
+    fn an_unchanged_file_changes_nothing() {
+        assert!(plan(&cfg(BASE), &cfg(BASE)).is_empty());
+    }
+
+    #[test]
+    fn sample_rate_caps_and_dry_run_apply_live() {
+        let new = BASE
+            .replace("sample_rate = 1.0", "sample_rate = 0.25\ncap_pps = 500")
+            .replace("dry_run = true", "dry_run = false");
+        let p = plan(&cfg(BASE), &cfg(&new));
+        assert_eq!(p.sample_rate, Some((1.0, 0.25)));
+        assert_eq!(p.caps, Some(((0, 0, 100), (500, 0, 100))));
+        assert_eq!(p.dry_run, Some((true, false)));
+        assert!(p.restart.is_empty(), "{p:?}");
+        // Once recorded, the same file is no change.
+        let mut running = cfg(BASE);
+        record_applied(&mut running, &cfg(&new), &p);
+        assert!(plan(&running, &cfg(&new)).is_empty());
+    }
+
+    #[test]
+    fn other_changes_are_named_for_a_restart_and_not_recorded() {
+        let new = BASE
+            .replace("proto = \"udp\"", "proto = \"tcp\"")
+            .replace("shop/web", "shop/api")
+            .replace("sample_rate = 1.0", "sample_rate = 0.5");
+        let p = plan(&cfg(BASE), &cfg(&new));
+        assert_eq!(p.restart, vec!["mirror", "allocate"]);
+        assert_eq!(
+            p.sample_rate,
+            Some((1.0, 0.5)),
+            "the live part still applies"
+        );
+        let mut running = cfg(BASE);
+        record_applied(&mut running, &cfg(&new), &p);
+        assert_eq!(
+            plan(&running, &cfg(&new)).restart,
+            vec!["mirror", "allocate"]
+        );
+        // Adding or removing a section is a restart too.
+        let without = BASE.split("[allocate]").next().unwrap().to_owned();
+        assert_eq!(plan(&cfg(BASE), &cfg(&without)).restart, vec!["allocate"]);
+        let profiled = format!("{BASE}\n[profile]\ninterval_ms = 250\n");
+        assert_eq!(plan(&cfg(BASE), &cfg(&profiled)).restart, vec!["profile"]);
+    }
+
+    #[test]
+    fn the_event_lists_old_and_new_values() {
+        let p = Plan {
+            sample_rate: Some((1.0, 0.1)),
+            ..Plan::default()
+        };
+        let e = event(3.5, &p, &["mirror"], &[]);
+        assert_eq!(e["event"], "reload");
+        assert_eq!(e["applied"]["mirror.sample_rate"], json!([1.0, 0.1]));
+        assert_eq!(e["restart_needed"], json!(["mirror"]));
+    }
+}

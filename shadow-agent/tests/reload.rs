@@ -1,0 +1,320 @@
+//! `shadow-agent run` re-reads its config on SIGHUP, as an operator uses it: the agent runs a
+//! mirror (UDP to a shadow namespace) and an allocator in dry run over a throttled process.
+//! One edit of the file lowers the sample rate to 0 and lets the allocator act: both take
+//! effect without a restart (the clones stop, the quota is raised), and a changed rule is
+//! named as needing a restart and left as it runs. A broken file changes nothing. On exit
+//! the hand-set quota is back.
+//!
+//! ```text
+//! client ns ──veth── node ns (agent; mirror on nc) ──veth── primary ns
+//!                      │ hs ──veth── ht  shadow ns
+//! ```
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    process::{Command, Stdio},
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
+};
+
+use shadow_agent::sys::{
+    cgroup::{Cgroup, Controller},
+    link::{self, MacAddr, Veth, VethEnd},
+    netns::NetNs,
+    process,
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 37, 1);
+const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 37, 2);
+const NODE_P: Ipv4Addr = Ipv4Addr::new(198, 19, 38, 1);
+const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 19, 38, 2);
+const SHADOW_MAC: [u8; 6] = [0x02, 0x5d, 0x00, 0x00, 0x37, 0x01];
+/// The hand-set quota: 0.1 core of a 100 ms period.
+const ORIGINAL_QUOTA: &str = "10000";
+const DATAGRAMS: u64 = 40;
+
+fn config(nc: &str, hs: &str, name: &str, state: &std::path::Path, edit: &str) -> String {
+    let (rate, dry, ports) = match edit {
+        "start" => ("1.0", "true", "9999"),
+        "edited" => ("0.0", "false", "9998-9999"),
+        _ => ("1.5", "false", "9999"), // invalid: not a fraction
+    };
+    format!(
+        r#"
+[profile]
+interval_ms = 300
+
+[metrics]
+listen = "off"
+
+[mirror]
+interface = "{nc}"
+shadow_interface = "{hs}"
+shadow_mac = "{mac}"
+sample_rate = {rate}
+[[mirror.rules]]
+dst = "{PRIMARY}/32"
+ports = "{ports}"
+proto = "udp"
+
+[allocate]
+cgroups = ["{name}"]
+dry_run = {dry}
+state_dir = "{state}"
+
+[allocate.cpu]
+cooldown_intervals = 0
+max = 1.5
+
+[allocate.memory]
+enabled = false
+
+[allocate.scale]
+enabled = false
+"#,
+        mac = MacAddr(SHADOW_MAC),
+        state = state.display(),
+    )
+}
+
+fn quota(cg: &Cgroup) -> String {
+    cg.read(Controller::Cpu, "cpu.cfs_quota_us")
+        .expect("cpu.cfs_quota_us")
+        .trim()
+        .to_owned()
+}
+
+/// The agent's newest status line.
+fn status(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// A mirror counter in the newest status line.
+fn counter(path: &std::path::Path, name: &str) -> Option<u64> {
+    status(path)["mirror"][name].as_u64()
+}
+
+/// Sends `DATAGRAMS` datagrams from the client to the primary's port 9999, paced.
+fn burst(client: &NetNs) {
+    client
+        .run_in(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+            for i in 0..DATAGRAMS {
+                s.send_to(
+                    format!("datagram {i}").as_bytes(),
+                    SocketAddr::from((PRIMARY, 9999)),
+                )
+                .expect("send");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .expect("enter the client netns");
+}
+
+/// Waits (at most `limit`) until `check` holds on the newest status line; its last value.
+fn wait_status(
+    path: &std::path::Path,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status(path);
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The next `"event": "reload"` line the agent prints (at most 10 s).
+fn reload_event(lines: &Receiver<String>) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = lines.recv_timeout(left) else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        if v["event"] == "reload" {
+            return v;
+        }
+    }
+    panic!("no reload event within 10 s of SIGHUP");
+}
+
+fn hup(pid: u32) {
+    // SAFETY: plain kill(2) on the agent's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0, "SIGHUP");
+}
+
+#[test]
+fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restart() {
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let common::Routed {
+        client,
+        node,
+        primary: _primary,
+        nc,
+        links: _links,
+    } = common::Routed::new(
+        &tag,
+        'h',
+        common::Addrs {
+            client: CLIENT,
+            node_c: NODE_C,
+            node_p: NODE_P,
+            primary: PRIMARY,
+        },
+    );
+    let shadow = NetNs::create(&format!("shdt{tag}-hs")).expect("shadow netns");
+    let (hs, ht) = (format!("shdt{tag}hs"), format!("shdt{tag}ht"));
+    let _shadow_link = Veth::create(
+        VethEnd::in_netns(&hs, &node),
+        VethEnd::in_netns(&ht, &shadow),
+    )
+    .expect("shadow veth");
+    link::set_mac(&ht, Some(&shadow), MacAddr(SHADOW_MAC)).expect("shadow MAC");
+    for (ifname, ns) in [(&hs, &node), (&ht, &shadow)] {
+        link::set_up(ifname, Some(ns)).expect("up");
+    }
+
+    let name = format!("shdt{tag}-rld");
+    let cg = Cgroup::create(&name).expect("test cgroup");
+    cg.write(Controller::Cpu, "cpu.cfs_quota_us", ORIGINAL_QUOTA)
+        .expect("quota");
+    let mut burn = Command::new("python3");
+    burn.args(["-c", "while True: pass"]);
+    let _burner = process::spawn(burn, None, Some(&cg)).expect("burner");
+
+    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-rld")));
+    std::fs::create_dir_all(&dir.0).expect("scratch dir");
+    let state = dir.0.join("state");
+    let status_file = dir.0.join("status.json");
+    let cfg = dir.0.join("agent.toml");
+    let write = |edit| {
+        std::fs::write(&cfg, config(&nc, &hs, &name, &state, edit)).expect("config");
+    };
+    write("start");
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+    cmd.args(["run", "--json", "--duration", "60", "--status-file"])
+        .arg(&status_file)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut agent = process::spawn(cmd, Some(&node), None).expect("agent");
+    let out = agent.child_mut().stdout.take().expect("agent stdout");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = wait_status(&status_file, "first status", Duration::from_secs(30), |s| {
+        s["mirror"]["cloned"].is_u64()
+    });
+
+    // Before: every datagram is cloned; the allocator only says what it would do.
+    let cloned0 = first["mirror"]["cloned"].as_u64().unwrap();
+    burst(&client);
+    wait_status(
+        &status_file,
+        "clones at rate 1",
+        Duration::from_secs(10),
+        |s| s["mirror"]["cloned"].as_u64().unwrap_or(0) >= cloned0 + DATAGRAMS,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(quota(&cg), ORIGINAL_QUOTA, "a dry run wrote the quota");
+
+    // The edit: sample rate 0, allocator live, one rule's ports widened.
+    write("edited");
+    hup(agent.pid());
+    let ev = reload_event(&lines);
+    assert_eq!(
+        ev["applied"]["mirror.sample_rate"],
+        serde_json::json!([1.0, 0.0]),
+        "{ev}"
+    );
+    assert_eq!(
+        ev["applied"]["allocate.dry_run"],
+        serde_json::json!([true, false]),
+        "{ev}"
+    );
+    assert_eq!(ev["restart_needed"], serde_json::json!(["mirror"]), "{ev}");
+    assert_eq!(ev["errors"], serde_json::json!([]), "{ev}");
+    let s = wait_status(
+        &status_file,
+        "sample rate 0",
+        Duration::from_secs(10),
+        |s| s["sample_rate"].as_f64() == Some(0.0) && s["last_reload"] == ev,
+    );
+    let (cloned1, out1) = (
+        s["mirror"]["cloned"].as_u64().unwrap(),
+        s["mirror"]["sampled_out"].as_u64().unwrap(),
+    );
+    burst(&client);
+    wait_status(
+        &status_file,
+        "sampled out at rate 0",
+        Duration::from_secs(10),
+        |s| s["mirror"]["sampled_out"].as_u64().unwrap_or(0) >= out1 + DATAGRAMS,
+    );
+    assert_eq!(
+        counter(&status_file, "cloned"),
+        Some(cloned1),
+        "cloned at rate 0"
+    );
+    // The throttled process gets its quota raised now that the allocator acts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while quota(&cg) == ORIGINAL_QUOTA {
+        assert!(
+            Instant::now() < deadline,
+            "the quota was not raised after dry_run = false"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A broken file: nothing changes, the error names the key.
+    write("broken");
+    hup(agent.pid());
+    let ev = reload_event(&lines);
+    assert_eq!(ev["applied"], serde_json::json!({}), "{ev}");
+    let err = ev["errors"][0].as_str().unwrap_or_default();
+    assert!(err.contains("mirror.sample_rate"), "{ev}");
+    let s = wait_status(
+        &status_file,
+        "broken reload published",
+        Duration::from_secs(10),
+        |s| s["last_reload"] == ev,
+    );
+    assert_eq!(s["sample_rate"].as_f64(), Some(0.0), "{s}");
+
+    // SIGTERM: the hand-set quota comes back.
+    // SAFETY: plain kill(2) on the agent's pid.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
+    let st = agent
+        .wait_timeout(Duration::from_secs(30))
+        .expect("wait")
+        .expect("the agent did not exit on SIGTERM");
+    let mut err = String::new();
+    if let Some(mut e) = agent.child_mut().stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(st.success(), "agent failed: {err}");
+    assert_eq!(
+        quota(&cg),
+        ORIGINAL_QUOTA,
+        "original quota restored on exit"
+    );
+}
