@@ -69,9 +69,15 @@ struct ActionLabels {
     action: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     autoscale_decisions: Family<ActionLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
     sample_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: Registry,
     mirror_packets: Family<OutcomeLabels, Counter>,
@@ -176,6 +182,12 @@ impl Metrics {
             "Autoscaling decisions of the shadow group, by action (hold, scale_up, scale_down, lower_sample, raise_sample)",
             autoscale_decisions.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "shadow_config_reloads",
+            "Configuration reloads on SIGHUP, by result (ok; error: the file did not load or a change could not be applied)",
+            reloads.clone(),
+        );
         let sample_rate = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "shadow_mirror_sample_rate",
@@ -187,6 +199,7 @@ impl Metrics {
             whatif_verdicts,
             forecast_upper,
             autoscale_decisions,
+            reloads,
             sample_rate,
             registry,
             mirror_packets,
@@ -254,6 +267,15 @@ impl Metrics {
                 direction: direction.to_owned(),
                 resource: resource.to_owned(),
                 cgroup: cgroup.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One configuration reload (SIGHUP); `ok`: loaded and every change applied.
+    pub fn observe_reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.to_owned(),
             })
             .inc();
     }
@@ -411,6 +433,23 @@ mod tests {
         );
         assert!(
             text.contains("direction=\"in\",resource=\"memory\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reloads_are_counted_by_result() {
+        let m = Metrics::new();
+        m.observe_reload(true);
+        m.observe_reload(false);
+        m.observe_reload(true);
+        let text = m.encode();
+        assert!(
+            text.contains("shadow_config_reloads_total{result=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shadow_config_reloads_total{result=\"error\"} 1"),
             "{text}"
         );
     }

@@ -261,6 +261,9 @@ pub fn run_with_reload(
                         start.elapsed().as_secs_f64(),
                     );
                     metrics.set_sample_rate(sample_rate);
+                    metrics.observe_reload(
+                        ev["errors"].as_array().is_some_and(|e| e.is_empty()),
+                    );
                     if json {
                         println!("{ev}");
                     }
