@@ -2,7 +2,9 @@
 //! Kubernetes JSON schema with `kubernetes-validate` (PyPI, schemas bundled; installed by
 //! `cargo xtask setup` into a venv), run in a fresh network namespace so nothing can be
 //! fetched; deliberately broken copies must fail; the DaemonSet has what the agent needs; and
-//! the Dockerfile builds the way the repository builds.
+//! the Dockerfile builds the way the repository builds. The host unit
+//! (`deploy/systemd/shadow-agent.service`) passes `systemd-analyze verify` and its commands
+//! are ones the agent accepts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -223,5 +225,129 @@ fn the_dockerfile_builds_as_the_repository_does() {
     assert!(
         docs.contains("docker build -t shadow-agent:latest ."),
         "docs"
+    );
+}
+
+/// The agent binary the workspace's tests were built with (`target/<profile>/shadow-agent`,
+/// beside this test's `deps/` directory).
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("shadow-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the agent with the tests (cargo test --workspace, or cargo build \
+         -p shadow-agent)",
+        bin.display()
+    );
+    bin
+}
+
+/// `systemd-analyze verify` of `unit` (written as `shadow-agent.service` in a scratch
+/// directory) with the install path of the binary replaced by this build's; its diagnostics.
+fn verify_unit(unit: &str) -> String {
+    let dir = TestDir::new("unit");
+    let path = dir.path().join("shadow-agent.service");
+    let bin = agent_bin();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/shadow-agent", &bin.display().to_string()),
+    )
+    .expect("unit copy");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze (Debian package systemd, installed by cargo xtask setup)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() || !text.is_empty(),
+        "verify failed silently"
+    );
+    text
+}
+
+/// The unit's value of `key` (`Key=value` lines).
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("the unit has no {key}="))
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_runs_the_agent_as_documented() {
+    let unit = std::fs::read_to_string(repo("deploy/systemd/shadow-agent.service"))
+        .expect("deploy/systemd/shadow-agent.service");
+    let diag = verify_unit(&unit);
+    assert!(diag.trim().is_empty(), "systemd-analyze verify: {diag}");
+    // The check can fail: a broken copy is reported.
+    let broken = unit.replace("Restart=on-failure", "Restart=sometimes");
+    let bd = verify_unit(&broken);
+    assert!(
+        bd.contains("shadow-agent.service:") && bd.contains("sometimes"),
+        "a broken unit verified cleanly: {bd:?}"
+    );
+
+    // Reload is SIGHUP; a configuration error (exit 2) is not restarted in a loop; the
+    // config path is the one the container image uses.
+    assert_eq!(unit_value(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(unit_value(&unit, "RestartPreventExitStatus"), "2");
+    let start: Vec<&str> = unit_value(&unit, "ExecStart").split_whitespace().collect();
+    let pre: Vec<&str> = unit_value(&unit, "ExecStartPre")
+        .split_whitespace()
+        .collect();
+    assert_eq!(start[0], "/usr/local/bin/shadow-agent");
+    let config = start[start
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config")
+        + 1];
+    assert_eq!(pre[1..], ["check-config", config]);
+    let dockerfile = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("\"--config\", \"{config}\"")),
+        "the unit's config path {config} differs from the image's"
+    );
+
+    // The agent's CLI accepts both command lines (the config path pointed at the example).
+    let example = repo("config/agent.example.toml").display().to_string();
+    let with_example = |args: &[&str]| -> Vec<String> {
+        args[1..]
+            .iter()
+            .map(|a| {
+                if *a == config {
+                    example.clone()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect()
+    };
+    let check = Command::new(agent_bin())
+        .args(with_example(&pre))
+        .output()
+        .expect("check-config");
+    assert!(
+        check.status.success(),
+        "ExecStartPre: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut run = with_example(&start);
+    run.push("--help".into());
+    let parsed = Command::new(agent_bin())
+        .args(&run)
+        .output()
+        .expect("run --help");
+    assert!(
+        parsed.status.success() && String::from_utf8_lossy(&parsed.stdout).contains("SIGHUP"),
+        "ExecStart's arguments: {}",
+        String::from_utf8_lossy(&parsed.stderr)
     );
 }

@@ -24,7 +24,8 @@ const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Debian packages the integration tests and the demo use.
 /// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
 /// `python3-venv`: the virtual environment of the Kubernetes manifest validator.
-pub const DEB_PACKAGES: [&str; 11] = [
+/// `systemd`: `systemd-analyze verify` checks the host unit in tests/tests/deploy.rs.
+pub const DEB_PACKAGES: [&str; 12] = [
     "iproute2",
     "iperf3",
     "curl",
@@ -36,6 +37,7 @@ pub const DEB_PACKAGES: [&str; 11] = [
     "chromium",
     "nginx",
     "wrk",
+    "systemd",
 ];
 /// The Kubernetes manifest validator (PyPI `kubernetes-validate`, which bundles the
 /// Kubernetes JSON schemas, so validation needs no network) and where its venv lives; the
