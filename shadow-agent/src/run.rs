@@ -50,6 +50,22 @@ pub fn run_with_reload(
             op: "starting the async runtime".into(),
             source,
         })?;
+    // SIGTERM and SIGHUP are caught from here on: attaching can take seconds, and until a
+    // handler exists either signal would kill the agent (a `systemctl reload` right after
+    // the start, say). What arrives before the loop is handled at its first turn.
+    let (mut term, mut hup) = {
+        let _rt = rt.enter();
+        let catch = |kind: tokio::signal::unix::SignalKind, name: &str| {
+            tokio::signal::unix::signal(kind).map_err(|source| AgentError::Io {
+                op: format!("installing the {name} handler"),
+                source,
+            })
+        };
+        (
+            catch(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?,
+            catch(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")?,
+        )
+    };
     // Bind the metrics address and resolve every cgroup before attaching anything, so a
     // bad address or path changes nothing.
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
@@ -226,16 +242,6 @@ pub fn run_with_reload(
     let mut prev: std::collections::HashMap<String, (f64, std::time::Instant)> =
         std::collections::HashMap::new();
     let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|source| AgentError::Io {
-                op: "installing the SIGTERM handler".into(),
-                source,
-            })?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|source| AgentError::Io {
-                op: "installing the SIGHUP handler".into(),
-                source,
-            })?;
         if let Some(l) = listener {
             tokio::spawn(crate::metrics::serve(l, std::sync::Arc::clone(&metrics)));
         }
