@@ -158,6 +158,42 @@ pub fn render(v: &serde_json::Value) -> String {
             a["reason"].as_str().unwrap_or("")
         ));
     }
+    if let Some(r) = v.get("last_reload").filter(|r| r["event"] == "reload") {
+        let applied: Vec<String> = r["applied"]
+            .as_object()
+            .map(|a| a.iter().map(|(k, v)| format!("{k} {v}")).collect())
+            .unwrap_or_default();
+        let list = |key: &str| -> Vec<String> {
+            r[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().unwrap_or("?").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (restart, errors) = (list("restart_needed"), list("errors"));
+        out.push_str(&format!(
+            "last reload: t={:.0}s, applied: {}{}{}\n",
+            r["t_s"].as_f64().unwrap_or(0.0),
+            if applied.is_empty() {
+                "nothing".to_owned()
+            } else {
+                applied.join(", ")
+            },
+            if restart.is_empty() {
+                String::new()
+            } else {
+                format!("; restart needed: {}", restart.join(", "))
+            },
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!("; errors: {}", errors.join("; "))
+            },
+        ));
+    }
     if let Some(replicas) = v["shadow"].as_array() {
         out.push_str("replica  pid      netns                 cgroup             up_s   restarts  flows    tx_dropped_pkts  tx_dropped_bytes  refused_connects  p50_ms  p99_ms\n");
         for r in replicas {
@@ -224,6 +260,24 @@ mod tests {
         });
         let text = render(&full);
         assert!(text.contains("sample rate: 0.25"), "{text}");
+        assert!(!text.contains("last reload"), "{text}");
+        let mut reloaded = full.clone();
+        reloaded["last_reload"] = crate::reload::event(
+            12.0,
+            &crate::reload::Plan {
+                sample_rate: Some((1.0, 0.25)),
+                ..Default::default()
+            },
+            &["mirror"],
+            &[],
+        );
+        assert!(
+            render(&reloaded).contains(
+                "last reload: t=12s, applied: mirror.sample_rate [1.0,0.25]; restart needed: mirror"
+            ),
+            "{}",
+            render(&reloaded)
+        );
         assert!(
             text.contains("last change: lower_sample to 3 replicas"),
             "{text}"
