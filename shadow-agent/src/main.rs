@@ -33,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// Run the agent on this host from a config file and/or the mirror flags.
     #[command(
-        after_help = "SIGHUP re-reads the config file (the flags still apply over it): the mirror's sample_rate and caps and allocate.dry_run change live; other changed sections are named in the log (and a `\"event\": \"reload\"` line with --json) and take effect at a restart; a file that does not load changes nothing.\n\nExamples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml\n  kill -HUP $(pidof shadow-agent)   # after editing sample_rate in agent.toml"
+        after_help = "SIGHUP re-reads the config file (the flags still apply over it): the mirror's sample_rate and caps and allocate.dry_run change live; other changed sections are named in the log (and a `\"event\": \"reload\"` line with --json) and take effect at a restart; a file that does not load changes nothing.\n\nExamples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml\n  shadow-agent reload   # after editing sample_rate in agent.toml (SIGHUP and the verdict)"
     )]
     Run {
         /// The TOML config (`config/agent.example.toml`); the mirror flags override it.
@@ -146,6 +146,24 @@ enum Cmd {
         /// The status file the agent publishes.
         #[arg(long, default_value = shadow_agent::status::STATUS_FILE)]
         file: PathBuf,
+    },
+    /// Make the running agent re-read its config (SIGHUP) and report what it applied, what
+    /// needs a restart and any error (exit 1 when the file was rejected or a change failed).
+    #[command(
+        after_help = "The agent is the one publishing the status file. Live: mirror.sample_rate, cap_pps, cap_bytes_per_sec, cap_burst_ms, allocate.dry_run; other changed sections take effect at a restart. A file that does not load changes nothing.\n\nExamples:\n  shadow-agent reload\n  shadow-agent reload --json\n  systemctl reload shadow-agent   # ExecReload runs `shadow-agent reload`"
+    )]
+    Reload {
+        /// The reload event (JSON) on stdout instead of a line of text.
+        #[arg(long)]
+        json: bool,
+        /// The status file the agent publishes (default: $SHADOW_STATUS_FILE, else
+        /// /run/shadow-agent/status.json).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Longest wait, in seconds, for the agent to publish the result (it does so at its
+        /// next interval).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
     /// Rolling-origin backtest of the forecasters on a long-format CSV trace.
     Backtest(shadow_agent::forecast::cli::BacktestArgs),
@@ -266,6 +284,34 @@ fn main() -> ExitCode {
         Cmd::Forecast(args) => ExitCode::from(shadow_agent::forecast::cmd::forecast(&args)),
         Cmd::Report(args) => ExitCode::from(shadow_agent::report::cli(&args)),
         Cmd::Simulate(args) => ExitCode::from(shadow_agent::allocate::cli::simulate(&args)),
+        Cmd::Reload {
+            json,
+            file,
+            timeout,
+        } => {
+            let file = file.unwrap_or_else(shadow_agent::status::status_path);
+            match shadow_agent::reload::request(&file, std::time::Duration::from_secs(timeout)) {
+                Ok(ev) => {
+                    let ok = ev["errors"].as_array().is_some_and(|e| e.is_empty());
+                    if json {
+                        println!("{ev}");
+                    } else if ok {
+                        println!("reloaded: {}", shadow_agent::reload::describe(&ev));
+                    } else {
+                        eprintln!("error: reload: {}", shadow_agent::reload::describe(&ev));
+                    }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Status { json, file } => match shadow_agent::status::read(&file) {
             Ok(v) => {
                 if json {

@@ -164,6 +164,86 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
     })
 }
 
+/// One line describing a reload event: what was applied, what needs a restart, the errors.
+pub fn describe(ev: &Value) -> String {
+    let applied: Vec<String> = ev["applied"]
+        .as_object()
+        .map(|a| a.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    let list = |key: &str| -> Vec<String> {
+        ev[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (restart, errors) = (list("restart_needed"), list("errors"));
+    let mut out = format!(
+        "applied: {}",
+        if applied.is_empty() {
+            "nothing".to_owned()
+        } else {
+            applied.join(", ")
+        }
+    );
+    if !restart.is_empty() {
+        out += &format!("; restart needed: {}", restart.join(", "));
+    }
+    if !errors.is_empty() {
+        out += &format!("; errors: {}", errors.join("; "));
+    }
+    out
+}
+
+/// Errors of [`request`].
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
+    #[error("sending SIGHUP to agent {pid}")]
+    Signal {
+        pid: u64,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("agent {pid} published no reload within {timeout:?} of SIGHUP (is its interval longer? see --timeout)")]
+    Timeout {
+        pid: u64,
+        timeout: std::time::Duration,
+    },
+}
+
+/// `shadow-agent reload`: SIGHUP to the agent that publishes `status_file`, then the reload
+/// event it publishes next (`last_reload` in its status), waiting at most `timeout`.
+pub fn request(
+    status_file: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<Value, RequestError> {
+    let v = crate::status::read(status_file)?;
+    let pid = v["agent_pid"].as_u64().unwrap_or(0);
+    let before = v["last_reload"]["t_s"].as_f64();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|source| RequestError::Signal { pid, source })?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let v = crate::status::read(status_file)?;
+        let ev = &v["last_reload"];
+        if ev["event"] == "reload" && ev["t_s"].as_f64() != before {
+            return Ok(ev.clone());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(RequestError::Timeout { pid, timeout });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +325,19 @@ dry_run = true
         assert_eq!(e["event"], "reload");
         assert_eq!(e["applied"]["mirror.sample_rate"], json!([1.0, 0.1]));
         assert_eq!(e["restart_needed"], json!(["mirror"]));
+        assert_eq!(
+            describe(&e),
+            "applied: mirror.sample_rate [1.0,0.1]; restart needed: mirror"
+        );
+        let failed = event(
+            1.0,
+            &Plan::default(),
+            &[],
+            &["mirror.sample_rate: bad".into()],
+        );
+        assert_eq!(
+            describe(&failed),
+            "applied: nothing; errors: mirror.sample_rate: bad"
+        );
     }
 }

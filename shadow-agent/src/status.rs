@@ -159,39 +159,10 @@ pub fn render(v: &serde_json::Value) -> String {
         ));
     }
     if let Some(r) = v.get("last_reload").filter(|r| r["event"] == "reload") {
-        let applied: Vec<String> = r["applied"]
-            .as_object()
-            .map(|a| a.iter().map(|(k, v)| format!("{k} {v}")).collect())
-            .unwrap_or_default();
-        let list = |key: &str| -> Vec<String> {
-            r[key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|x| x.as_str().unwrap_or("?").to_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let (restart, errors) = (list("restart_needed"), list("errors"));
         out.push_str(&format!(
-            "last reload: t={:.0}s, applied: {}{}{}\n",
+            "last reload: t={:.0}s, {}\n",
             r["t_s"].as_f64().unwrap_or(0.0),
-            if applied.is_empty() {
-                "nothing".to_owned()
-            } else {
-                applied.join(", ")
-            },
-            if restart.is_empty() {
-                String::new()
-            } else {
-                format!("; restart needed: {}", restart.join(", "))
-            },
-            if errors.is_empty() {
-                String::new()
-            } else {
-                format!("; errors: {}", errors.join("; "))
-            },
+            crate::reload::describe(r)
         ));
     }
     if let Some(replicas) = v["shadow"].as_array() {

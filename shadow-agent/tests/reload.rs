@@ -2,8 +2,8 @@
 //! mirror (UDP to a shadow namespace) and an allocator in dry run over a throttled process.
 //! One edit of the file lowers the sample rate to 0 and lets the allocator act: both take
 //! effect without a restart (the clones stop, the quota is raised), and a changed rule is
-//! named as needing a restart and left as it runs. A broken file changes nothing. On exit
-//! the hand-set quota is back.
+//! named as needing a restart and left as it runs. A broken file changes nothing and makes
+//! `shadow-agent reload` fail. On exit the hand-set quota is back.
 //!
 //! ```text
 //! client ns ──veth── node ns (agent; mirror on nc) ──veth── primary ns
@@ -284,20 +284,44 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // A broken file: nothing changes, the error names the key.
+    // A broken file, through `shadow-agent reload` (what systemd's ExecReload runs): nothing
+    // changes, the command fails and names the key.
+    let reload_cmd = || {
+        Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+            .args(["reload", "--timeout", "20", "--file"])
+            .arg(&status_file)
+            .output()
+            .expect("shadow-agent reload")
+    };
     write("broken");
-    hup(agent.pid());
+    let out = reload_cmd();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "reload of a broken file: {stderr}"
+    );
+    assert!(
+        stderr.contains("applied: nothing") && stderr.contains("mirror.sample_rate"),
+        "{stderr}"
+    );
     let ev = reload_event(&lines);
     assert_eq!(ev["applied"], serde_json::json!({}), "{ev}");
-    let err = ev["errors"][0].as_str().unwrap_or_default();
-    assert!(err.contains("mirror.sample_rate"), "{ev}");
-    let s = wait_status(
-        &status_file,
-        "broken reload published",
-        Duration::from_secs(10),
-        |s| s["last_reload"] == ev,
-    );
+    let s = status(&status_file);
     assert_eq!(s["sample_rate"].as_f64(), Some(0.0), "{s}");
+    // The edited file again: valid, nothing left to apply live, the rule still waits for a
+    // restart; the command succeeds.
+    write("edited");
+    let out = reload_cmd();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "reloaded: applied: nothing; restart needed: mirror"
+    );
 
     // SIGTERM: the hand-set quota comes back.
     // SAFETY: plain kill(2) on the agent's pid.

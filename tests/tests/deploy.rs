@@ -297,7 +297,8 @@ fn the_systemd_unit_verifies_and_runs_the_agent_as_documented() {
 
     // Reload is SIGHUP; a configuration error (exit 2) is not restarted in a loop; the
     // config path is the one the container image uses.
-    assert_eq!(unit_value(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
+    let reload: Vec<&str> = unit_value(&unit, "ExecReload").split_whitespace().collect();
+    assert_eq!(reload, ["/usr/local/bin/shadow-agent", "reload"]);
     assert_eq!(unit_value(&unit, "RestartPreventExitStatus"), "2");
     let start: Vec<&str> = unit_value(&unit, "ExecStart").split_whitespace().collect();
     let pre: Vec<&str> = unit_value(&unit, "ExecStartPre")
@@ -338,6 +339,17 @@ fn the_systemd_unit_verifies_and_runs_the_agent_as_documented() {
         check.status.success(),
         "ExecStartPre: {}",
         String::from_utf8_lossy(&check.stderr)
+    );
+    // `reload` parses (its --help), as ExecStart's arguments do.
+    let parsed = Command::new(agent_bin())
+        .args(&reload[1..])
+        .arg("--help")
+        .output()
+        .expect("reload --help");
+    assert!(
+        parsed.status.success() && String::from_utf8_lossy(&parsed.stdout).contains("SIGHUP"),
+        "ExecReload's arguments: {}",
+        String::from_utf8_lossy(&parsed.stderr)
     );
     let mut run = with_example(&start);
     run.push("--help".into());
