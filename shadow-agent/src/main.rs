@@ -143,9 +143,10 @@ enum Cmd {
         /// The status as published (JSON) on stdout instead of the table.
         #[arg(long)]
         json: bool,
-        /// The status file the agent publishes.
-        #[arg(long, default_value = shadow_agent::status::STATUS_FILE)]
-        file: PathBuf,
+        /// The status file the agent publishes (default: $SHADOW_STATUS_FILE, else
+        /// /run/shadow-agent/status.json, as `run` publishes it).
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
     /// Make the running agent re-read its config (SIGHUP) and report what it applied, what
     /// needs a restart and any error (exit 1 when the file was rejected or a change failed).
@@ -312,7 +313,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Status { json, file } => match shadow_agent::status::read(&file) {
+        Cmd::Status { json, file } => match shadow_agent::status::read(
+            &file.unwrap_or_else(shadow_agent::status::status_path),
+        ) {
             Ok(v) => {
                 if json {
                     println!("{v}");

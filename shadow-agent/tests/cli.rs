@@ -452,3 +452,41 @@ fn run_flags_are_validated_like_config_keys_before_anything_is_attached() {
         "{err}"
     );
 }
+
+/// `status`, `forecast` and `reload` find the agent where `run` publishes: `$SHADOW_STATUS_FILE`
+/// when set (several agents on one host), without being told `--file`.
+#[test]
+fn status_readers_follow_shadow_status_file_as_run_does() {
+    let dir = std::env::temp_dir().join(format!("shdt-cli-{}-status", std::process::id()));
+    let file = dir.join("status.json");
+    // Published as an agent would, by this (live) process.
+    shadow_agent::status::publish(&file, serde_json::json!({"sample_rate": 0.5})).expect("publish");
+    let out = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(["status", "--json"])
+        .env("SHADOW_STATUS_FILE", &file)
+        .output()
+        .expect("status");
+    shadow_agent::status::withdraw(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(v["sample_rate"].as_f64(), Some(0.5), "{v}");
+    // Gone: every reader says so, naming the file from the environment.
+    for args in [
+        vec!["status"],
+        vec!["reload", "--timeout", "1"],
+        vec!["forecast", "--cgroup", "/sys/fs/cgroup/shdt-none"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+            .args(&args)
+            .env("SHADOW_STATUS_FILE", &file)
+            .output()
+            .expect("reader");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&file.display().to_string()), "{args:?}: {err}");
+    }
+}

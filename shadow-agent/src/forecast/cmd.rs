@@ -46,9 +46,10 @@ pub struct ForecastArgs {
     /// Interval levels in percent (--data only; the agent's are set in its config).
     #[arg(long, value_delimiter = ',', default_value = "80,95")]
     pub levels: Vec<f64>,
-    /// The status file the agent publishes.
-    #[arg(long, default_value = crate::status::STATUS_FILE)]
-    pub status_file: PathBuf,
+    /// The status file the agent publishes (default: $SHADOW_STATUS_FILE, else
+    /// /run/shadow-agent/status.json, as `run` publishes it).
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -147,7 +148,11 @@ fn normalise(p: &str) -> String {
 }
 
 fn from_agent(args: &ForecastArgs, path: &std::path::Path) -> Result<String, ForecastCliError> {
-    let v = crate::status::read(&args.status_file).map_err(|source| ForecastCliError::Status {
+    let status_file = args
+        .status_file
+        .clone()
+        .unwrap_or_else(crate::status::status_path);
+    let v = crate::status::read(&status_file).map_err(|source| ForecastCliError::Status {
         path: path.display().to_string(),
         source,
     })?;
