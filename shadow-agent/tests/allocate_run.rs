@@ -14,20 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shadow_agent::sys::{
-    cgroup::{Cgroup, Controller},
-    process,
-};
-
-/// The hand-set quota: 0.1 core of a 100 ms period.
-const ORIGINAL_QUOTA: &str = "10000";
-
-fn quota(cg: &Cgroup) -> String {
-    cg.read(Controller::Cpu, "cpu.cfs_quota_us")
-        .expect("cpu.cfs_quota_us")
-        .trim()
-        .to_owned()
-}
+use common::{quota, ORIGINAL_QUOTA};
 
 /// An agent process, killed on drop if still running.
 struct Agent(Child);
@@ -81,12 +68,7 @@ fn finish(mut a: Agent, limit: Duration) -> (bool, String, String) {
 fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash() {
     let tag = format!("{:x}", std::process::id() & 0xffffff);
     let name = format!("shdt{tag}-alr");
-    let cg = Cgroup::create(&name).expect("test cgroup");
-    cg.write(Controller::Cpu, "cpu.cfs_quota_us", ORIGINAL_QUOTA)
-        .expect("quota");
-    let mut burn = Command::new("python3");
-    burn.args(["-c", "while True: pass"]);
-    let _burner = process::spawn(burn, None, Some(&cg)).expect("burner");
+    let (cg, _burner) = common::throttled_burner(&name);
 
     let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-alr")));
     std::fs::create_dir_all(&dir.0).expect("scratch dir");

@@ -106,14 +106,7 @@ listen = "127.0.0.1:{port}"
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut agent = process::spawn(cmd, Some(&node), None).expect("agent");
-    let out = agent.child_mut().stdout.take().expect("agent stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (rx, reader) = common::stdout_lines(&mut agent);
     let first = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the agent printed no status line");

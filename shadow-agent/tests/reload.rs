@@ -20,7 +20,6 @@ use std::{
 };
 
 use shadow_agent::sys::{
-    cgroup::{Cgroup, Controller},
     link::{self, MacAddr, Veth, VethEnd},
     netns::NetNs,
     process,
@@ -31,8 +30,6 @@ const NODE_C: Ipv4Addr = Ipv4Addr::new(198, 19, 37, 2);
 const NODE_P: Ipv4Addr = Ipv4Addr::new(198, 19, 38, 1);
 const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 19, 38, 2);
 const SHADOW_MAC: [u8; 6] = [0x02, 0x5d, 0x00, 0x00, 0x37, 0x01];
-/// The hand-set quota: 0.1 core of a 100 ms period.
-const ORIGINAL_QUOTA: &str = "10000";
 const DATAGRAMS: u64 = 40;
 
 fn config(nc: &str, hs: &str, name: &str, state: &std::path::Path, edit: &str) -> String {
@@ -77,13 +74,6 @@ enabled = false
         mac = MacAddr(SHADOW_MAC),
         state = state.display(),
     )
-}
-
-fn quota(cg: &Cgroup) -> String {
-    cg.read(Controller::Cpu, "cpu.cfs_quota_us")
-        .expect("cpu.cfs_quota_us")
-        .trim()
-        .to_owned()
 }
 
 /// The agent's newest status line.
@@ -187,12 +177,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     }
 
     let name = format!("shdt{tag}-rld");
-    let cg = Cgroup::create(&name).expect("test cgroup");
-    cg.write(Controller::Cpu, "cpu.cfs_quota_us", ORIGINAL_QUOTA)
-        .expect("quota");
-    let mut burn = Command::new("python3");
-    burn.args(["-c", "while True: pass"]);
-    let _burner = process::spawn(burn, None, Some(&cg)).expect("burner");
+    let (cg, _burner) = common::throttled_burner(&name);
 
     let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-rld")));
     std::fs::create_dir_all(&dir.0).expect("scratch dir");
@@ -212,14 +197,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut agent = process::spawn(cmd, Some(&node), None).expect("agent");
-    let out = agent.child_mut().stdout.take().expect("agent stdout");
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (lines, _reader) = common::stdout_lines(&mut agent);
     let first = wait_status(&status_file, "first status", Duration::from_secs(30), |s| {
         s["mirror"]["cloned"].is_u64()
     });
@@ -234,7 +212,11 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         |s| s["mirror"]["cloned"].as_u64().unwrap_or(0) >= cloned0 + DATAGRAMS,
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(quota(&cg), ORIGINAL_QUOTA, "a dry run wrote the quota");
+    assert_eq!(
+        common::quota(&cg),
+        common::ORIGINAL_QUOTA,
+        "a dry run wrote the quota"
+    );
 
     // The edit: sample rate 0, allocator live, one rule's ports widened.
     write("edited");
@@ -276,7 +258,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     );
     // The throttled process gets its quota raised now that the allocator acts.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while quota(&cg) == ORIGINAL_QUOTA {
+    while common::quota(&cg) == common::ORIGINAL_QUOTA {
         assert!(
             Instant::now() < deadline,
             "the quota was not raised after dry_run = false"
@@ -337,8 +319,8 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     }
     assert!(st.success(), "agent failed: {err}");
     assert_eq!(
-        quota(&cg),
-        ORIGINAL_QUOTA,
+        common::quota(&cg),
+        common::ORIGINAL_QUOTA,
         "original quota restored on exit"
     );
 }

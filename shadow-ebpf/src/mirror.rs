@@ -98,23 +98,31 @@ static LAT_HIST: PerCpuArray<LatHist> = PerCpuArray::with_max_entries(MAX_TARGET
 #[map]
 static LAT_SCRATCH: PerCpuArray<LatScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// `N` bytes at `off` read directly from `data..end` (an skb's linear data, or an XDP
+/// frame's first buffer), when they lie inside it; the callers fall back to their helper
+/// (paged data, fragments). The helper call was most of the parsers' cost per packet.
+#[inline(always)]
+fn read_direct<const N: usize>(data: usize, end: usize, off: usize) -> Option<[u8; N]> {
+    // `<` rather than `<=` (one byte more than needed): LLVM turns `p + N <= end` into
+    // `p + N - 1 < end` for small N, from which the verifier grants one byte less than
+    // the load reads. A load ending exactly at `data_end` takes the helper.
+    if off < 0x1000 && data + off + N < end {
+        // SAFETY: `data + off .. data + off + N` lies inside the packet data, checked
+        // against `end` just above.
+        return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+    }
+    None
+}
+
 struct Skb<'a>(&'a TcContext);
 
 impl PacketView for Skb<'_> {
-    /// Headers in the linear part are read directly (a bounds check against `data_end`);
-    /// anything beyond it (paged data) through `bpf_skb_load_bytes`, as before. The helper
-    /// call was most of the parsers' cost per packet.
+    /// Headers in the linear part directly ([`read_direct`]), anything beyond it through
+    /// `bpf_skb_load_bytes`.
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        let data = self.0.data();
-        let end = self.0.data_end();
-        // `<` rather than `<=` (one byte more than needed): LLVM turns `p + N <= end` into
-        // `p + N - 1 < end` for small N, from which the verifier grants one byte less than
-        // the load reads. A load ending exactly at `data_end` takes the helper.
-        if off < 0x1000 && data + off + N < end {
-            // SAFETY: `data + off .. data + off + N` lies inside the linear packet data,
-            // checked against `data_end` just above.
-            return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+        if let Some(b) = read_direct(self.0.data(), self.0.data_end(), off) {
+            return Some(b);
         }
         self.0.load::<[u8; N]>(off).ok()
     }
@@ -123,17 +131,12 @@ impl PacketView for Skb<'_> {
 struct Xdp<'a>(&'a XdpContext);
 
 impl PacketView for Xdp<'_> {
-    /// As [`Skb`]: headers in the first buffer are read directly, the rest (a multi-buffer
-    /// frame's fragments) through `bpf_xdp_load_bytes`.
+    /// The frame's first buffer directly ([`read_direct`]), a multi-buffer frame's fragments
+    /// through `bpf_xdp_load_bytes`.
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        let data = self.0.data();
-        let end = self.0.data_end();
-        // `<` for the same reason as in `Skb::load`.
-        if off < 0x1000 && data + off + N < end {
-            // SAFETY: `data + off .. data + off + N` lies inside the frame's first buffer,
-            // checked against `data_end` just above.
-            return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+        if let Some(b) = read_direct(self.0.data(), self.0.data_end(), off) {
+            return Some(b);
         }
         let mut buf = [0u8; N];
         // SAFETY: the helper bounds-checks `off..off+N` against the frame and writes at most

@@ -130,3 +130,57 @@ pub fn audit(state: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()
 }
+
+/// The hand-set quota the allocator tests start from: 0.1 core of a 100 ms period.
+#[allow(dead_code)] // used by the allocator tests only
+pub const ORIGINAL_QUOTA: &str = "10000";
+
+/// A cgroup `name` under `ORIGINAL_QUOTA` with a busy process in it (throttled), removed on
+/// drop with its process (drop the guard first: bind it after the cgroup).
+#[allow(dead_code)] // used by the allocator tests only
+pub fn throttled_burner(
+    name: &str,
+) -> (
+    shadow_agent::sys::cgroup::Cgroup,
+    shadow_agent::sys::process::ChildGuard,
+) {
+    use shadow_agent::sys::cgroup::{Cgroup, Controller};
+    let cg = Cgroup::create(name).expect("test cgroup");
+    cg.write(Controller::Cpu, "cpu.cfs_quota_us", ORIGINAL_QUOTA)
+        .expect("quota");
+    let mut burn = std::process::Command::new("python3");
+    burn.args(["-c", "while True: pass"]);
+    let burner = shadow_agent::sys::process::spawn(burn, None, Some(&cg)).expect("burner");
+    (cg, burner)
+}
+
+/// The cgroup's v1 CPU quota as written (`cpu.cfs_quota_us`).
+#[allow(dead_code)] // used by the allocator tests only
+pub fn quota(cg: &shadow_agent::sys::cgroup::Cgroup) -> String {
+    cg.read(
+        shadow_agent::sys::cgroup::Controller::Cpu,
+        "cpu.cfs_quota_us",
+    )
+    .expect("cpu.cfs_quota_us")
+    .trim()
+    .to_owned()
+}
+
+/// The agent's stdout, line by line, on a channel (a thread reads until the agent closes it).
+#[allow(dead_code)] // used by the tests that read `run --json`
+pub fn stdout_lines(
+    agent: &mut shadow_agent::sys::process::ChildGuard,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    let out = agent.child_mut().stdout.take().expect("agent stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (rx, reader)
+}
