@@ -21,13 +21,20 @@ pub struct MirrorLive {
 }
 
 impl MirrorLive {
-    fn of(cfg: &Config) -> Option<MirrorLive> {
-        cfg.mirror.as_ref().map(|m| MirrorLive {
-            sample_rate: m.options.sample_rate,
-            cap_pps: m.options.cap_pps,
-            cap_bytes_per_sec: m.options.cap_bytes_per_sec,
-            cap_burst_ms: m.options.cap_burst_ms,
-        })
+    fn of(o: &crate::mirror::MirrorOptions) -> MirrorLive {
+        MirrorLive {
+            sample_rate: o.sample_rate,
+            cap_pps: o.cap_pps,
+            cap_bytes_per_sec: o.cap_bytes_per_sec,
+            cap_burst_ms: o.cap_burst_ms,
+        }
+    }
+
+    fn write_to(&self, o: &mut crate::mirror::MirrorOptions) {
+        o.sample_rate = self.sample_rate;
+        o.cap_pps = self.cap_pps;
+        o.cap_bytes_per_sec = self.cap_bytes_per_sec;
+        o.cap_burst_ms = self.cap_burst_ms;
     }
 
     fn caps(&self) -> Caps {
@@ -60,8 +67,9 @@ impl Plan {
 /// Compare the running configuration with the one just read.
 pub fn plan(old: &Config, new: &Config) -> Plan {
     let mut p = Plan::default();
-    match (MirrorLive::of(old), MirrorLive::of(new)) {
-        (Some(o), Some(n)) => {
+    match (&old.mirror, &new.mirror) {
+        (Some(om), Some(nm)) => {
+            let (o, n) = (MirrorLive::of(&om.options), MirrorLive::of(&nm.options));
             if o.sample_rate != n.sample_rate {
                 p.sample_rate = Some((o.sample_rate, n.sample_rate));
             }
@@ -69,13 +77,9 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 p.caps = Some((o.caps(), n.caps()));
             }
             // The rest of the section, with the live settings made equal.
-            let mut same = new.mirror.clone().expect("checked above");
-            let opts = &old.mirror.as_ref().expect("checked above").options;
-            same.options.sample_rate = opts.sample_rate;
-            same.options.cap_pps = opts.cap_pps;
-            same.options.cap_bytes_per_sec = opts.cap_bytes_per_sec;
-            same.options.cap_burst_ms = opts.cap_burst_ms;
-            if format!("{same:?}") != format!("{:?}", old.mirror.as_ref().expect("checked")) {
+            let mut same = nm.clone();
+            o.write_to(&mut same.options);
+            if format!("{same:?}") != format!("{om:?}") {
                 p.restart.push("mirror");
             }
         }
