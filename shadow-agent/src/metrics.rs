@@ -313,6 +313,27 @@ impl Metrics {
             .inc_by(d);
     }
 
+    /// Drop every series of a cgroup that is no longer profiled (reload): its CPU counter and
+    /// its forecasts' upper bounds at `levels` (percent).
+    pub fn forget_cgroup(&self, cgroup: &str, levels: &[f64]) {
+        self.cgroup_cpu.remove(&CgroupLabels {
+            cgroup: cgroup.to_string(),
+        });
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&format!("cpu/{cgroup}"));
+        for resource in ["cpu", "memory"] {
+            for level in levels {
+                self.forecast_upper.remove(&ForecastLabels {
+                    cgroup: cgroup.to_string(),
+                    resource: resource.to_string(),
+                    level: format!("{level}"),
+                });
+            }
+        }
+    }
+
     pub fn observe_replicas(&self, status: &[ReplicaStatus]) {
         self.replicas
             .set(status.iter().filter(|r| r.running).count() as i64);
@@ -451,6 +472,35 @@ mod tests {
         assert!(
             text.contains("shadow_config_reloads_total{result=\"error\"} 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_cgroup_leaves_no_series() {
+        let m = Metrics::new();
+        for cg in ["/cg/a", "/cg/b"] {
+            m.observe_cgroup_cpu(cg, 2.0);
+            m.observe_forecast_upper(cg, "cpu", 80.0, 1.5);
+            m.observe_forecast_upper(cg, "memory", 95.0, 1e9);
+        }
+        m.forget_cgroup("/cg/a", &[80.0, 95.0]);
+        let text = m.encode();
+        assert!(!text.contains("/cg/a"), "{text}");
+        assert!(
+            text.contains("shadow_cgroup_cpu_seconds_total{cgroup=\"/cg/b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cgroup=\"/cg/b\",resource=\"memory\""),
+            "{text}"
+        );
+        // Back again, its counter starts from what it reports then.
+        m.observe_cgroup_cpu("/cg/a", 0.5);
+        assert!(
+            m.encode()
+                .contains("shadow_cgroup_cpu_seconds_total{cgroup=\"/cg/a\"} 0.5"),
+            "{}",
+            m.encode()
         );
     }
 

@@ -1,9 +1,11 @@
 //! `shadow-agent run` re-reads its configuration on SIGHUP.
 //!
 //! What changes live: the mirror's sample rate and clone caps (written to its config map, no
-//! reattach: the "ramp the mirror from 1% to 100%" operation) and the allocator's dry run
+//! reattach: the "ramp the mirror from 1% to 100%" operation), the allocator's dry run
 //! (watch what it would do, then let it act, without losing its state; a group's original
-//! limits are recorded before its first real write, as at start). Everything else needs a
+//! limits are recorded before its first real write, as at start) and the profiled cgroups
+//! (`profile.cgroups`: added ones are tracked and forecast from then on, removed ones
+//! forgotten, the others keep their history). Everything else needs a
 //! restart: a reload names the changed sections and leaves them as they run. A file that
 //! does not parse or validate changes nothing; the error names the key, as at start.
 
@@ -45,6 +47,24 @@ impl MirrorLive {
 /// `cap_pps`, `cap_bytes_per_sec`, `cap_burst_ms`.
 pub type Caps = (u64, u64, u64);
 
+/// Paths added to and removed from `profile.cgroups`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CgroupChange {
+    pub added: Vec<std::path::PathBuf>,
+    pub removed: Vec<std::path::PathBuf>,
+}
+
+impl CgroupChange {
+    /// `old` -> `new`, order aside; `None` when they hold the same paths.
+    pub fn between(old: &[std::path::PathBuf], new: &[std::path::PathBuf]) -> Option<Self> {
+        let c = CgroupChange {
+            added: new.iter().filter(|p| !old.contains(p)).cloned().collect(),
+            removed: old.iter().filter(|p| !new.contains(p)).cloned().collect(),
+        };
+        (c != CgroupChange::default()).then_some(c)
+    }
+}
+
 /// What a reload from `old` (running) to `new` (just read) changes.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
@@ -54,6 +74,8 @@ pub struct Plan {
     pub caps: Option<(Caps, Caps)>,
     /// `allocate.dry_run`, old and new.
     pub dry_run: Option<(bool, bool)>,
+    /// `profile.cgroups`: the paths added and the paths removed.
+    pub cgroups: Option<CgroupChange>,
     /// Sections with other changes, which take effect only at a restart.
     pub restart: Vec<&'static str>,
 }
@@ -112,9 +134,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     if old.metrics_listen != new.metrics_listen {
         p.restart.push("metrics");
     }
-    if old.profile.cgroups != new.profile.cgroups
-        || old.profile.interval_ms != new.profile.interval_ms
-    {
+    p.cgroups = CgroupChange::between(&old.profile.cgroups, &new.profile.cgroups);
+    if old.profile.interval_ms != new.profile.interval_ms {
         p.restart.push("profile");
     }
     if old.forecast != new.forecast {
@@ -124,7 +145,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
 }
 
 /// Record in `running` what a reload applied (the live settings only), so the next reload
-/// compares against what really runs.
+/// compares against what really runs. (`profile.cgroups` is recorded by the caller, which
+/// knows which of the changes it could make.)
 pub fn record_applied(running: &mut Config, new: &Config, applied: &Plan) {
     if let (Some(r), Some(n)) = (running.mirror.as_mut(), new.mirror.as_ref()) {
         if applied.sample_rate.is_some() {
@@ -158,6 +180,12 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
     }
     if let Some((o, n)) = applied.dry_run {
         a.insert("allocate.dry_run".into(), json!([o, n]));
+    }
+    if let Some(c) = &applied.cgroups {
+        a.insert(
+            "profile.cgroups".into(),
+            json!({"added": c.added, "removed": c.removed}),
+        );
     }
     json!({
         "event": "reload",
@@ -317,6 +345,30 @@ dry_run = true
         assert_eq!(plan(&cfg(BASE), &cfg(&without)).restart, vec!["allocate"]);
         let profiled = format!("{BASE}\n[profile]\ninterval_ms = 250\n");
         assert_eq!(plan(&cfg(BASE), &cfg(&profiled)).restart, vec!["profile"]);
+    }
+
+    #[test]
+    fn profiled_cgroups_change_live_order_aside() {
+        let with = |list: &str| cfg(&format!("{BASE}\n[profile]\ncgroups = [{list}]\n"));
+        let p = plan(&with(r#""/cg/a", "/cg/b""#), &with(r#""/cg/c", "/cg/a""#));
+        assert!(p.restart.is_empty(), "{p:?}");
+        let c = p.cgroups.expect("a change");
+        assert_eq!(c.added, vec![std::path::PathBuf::from("/cg/c")]);
+        assert_eq!(c.removed, vec![std::path::PathBuf::from("/cg/b")]);
+        assert!(plan(&with(r#""/cg/a", "/cg/b""#), &with(r#""/cg/b", "/cg/a""#)).is_empty());
+        let e = event(
+            1.0,
+            &Plan {
+                cgroups: Some(c),
+                ..Plan::default()
+            },
+            &[],
+            &[],
+        );
+        assert_eq!(
+            e["applied"]["profile.cgroups"],
+            json!({"added": ["/cg/c"], "removed": ["/cg/b"]})
+        );
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! `shadow-agent run`: the agent on a host, from a config file.
 
-use std::{os::unix::fs::MetadataExt as _, time::Duration};
+use std::time::Duration;
 
 use crate::{
     config::Config,
     error::AgentError,
     mirror::{Mirror, MirrorSpec},
-    profile::{HookPreference, Profiler},
+    profile::{
+        watch::{Change, Watch, Watched},
+        HookPreference, Profiler,
+    },
 };
 
 /// Attach what the config asks for and report every interval until SIGINT/SIGTERM or
@@ -75,16 +78,11 @@ pub fn run_with_reload(
     };
     let mut cgroups = Vec::new();
     for path in &cfg.profile.cgroups {
-        std::fs::metadata(path.join("cgroup.procs")).map_err(|source| AgentError::NotACgroup {
-            path: path.clone(),
-            source,
-        })?;
-        let id = std::fs::metadata(path)
-            .map_err(|source| AgentError::NotACgroup {
+        let id =
+            crate::profile::watch::cgroup_id(path).map_err(|source| AgentError::NotACgroup {
                 path: path.clone(),
                 source,
-            })?
-            .ino();
+            })?;
         cgroups.push((path.clone(), id));
     }
     // The mirror's interfaces exist before the group is created: bad input changes nothing.
@@ -144,9 +142,12 @@ pub fn run_with_reload(
         }
     };
     let mut profiler = Profiler::start(HookPreference::Auto)?;
-    for (_, id) in &cgroups {
-        profiler.track(*id)?;
-    }
+    // The profiled cgroups, followed by directory (a restarted service's new cgroup).
+    let mut watch = Watch::start(
+        &cgroups,
+        &mut profiler,
+        std::path::Path::new(crate::sys::cgroup::DEFAULT_ROOT),
+    )?;
     if let Some(g) = &group {
         for r in g.replicas() {
             profiler.track(r.cgroup().id())?;
@@ -191,17 +192,6 @@ pub fn run_with_reload(
     // Live forecasts of every tracked cgroup's CPU (and, with a mirror and a shadow group,
     // the shadow-derived alternative from the mirror's load and the replicas' CPU).
     let interval_s = cfg.profile.interval_ms as f64 / 1000.0;
-    // Memory of each tracked cgroup (memory.current on cgroup v2, the matching v1 memory
-    // group's usage in the hybrid layout), forecast as its own series.
-    let memory: Vec<Option<crate::profile::cgroupfs::MemorySource>> = cgroups
-        .iter()
-        .map(|(path, _)| {
-            crate::profile::cgroupfs::memory_source(
-                std::path::Path::new(crate::sys::cgroup::DEFAULT_ROOT),
-                path,
-            )
-        })
-        .collect();
     // Memory per concurrent flow: the established TCP connections on the ports the mirror
     // selects, in the network namespace of each tracked cgroup and of each replica.
     let flow_ports: Vec<(u16, u16)> = match (&cfg.mirror, &group) {
@@ -213,29 +203,18 @@ pub fn run_with_reload(
             .collect(),
         _ => Vec::new(),
     };
-    // Only cgroups with a memory series get a flows series (the load of their memory).
-    let flow_cgroups: Vec<std::path::PathBuf> = cgroups
-        .iter()
-        .zip(&memory)
-        .filter(|(_, mem)| mem.is_some() && !flow_ports.is_empty())
-        .map(|((path, _), _)| path.clone())
-        .collect();
+    // Memory per flow is learnt only with a mirror feeding a shadow group.
+    let per_flow = mirror.is_some() && group.is_some() && !flow_ports.is_empty();
     let mut forecaster = cfg.forecast.enabled.then(|| {
         let mut f = crate::forecast::live::LiveForecaster::new(cfg.forecast.clone(), interval_s);
-        for ((path, _), mem) in cgroups.iter().zip(&memory) {
-            f.track(&path.display().to_string(), "cores");
-            if mem.is_some() {
-                f.track_metric(&memory_key(path), "memory", "bytes");
-            }
-        }
         if mirror.is_some() && group.is_some() {
             f.use_shadow(LOAD_MATCHED, LOAD_CLONED, SHADOW_CPU);
-            if !flow_ports.is_empty() {
+            if per_flow {
                 f.use_shadow_memory(SHADOW_FLOWS, SHADOW_MEMORY);
-                for path in &flow_cgroups {
-                    f.memory_load(&memory_key(path), &flows_key(path));
-                }
             }
+        }
+        for c in watch.iter() {
+            forecast_series(&mut f, c, per_flow);
         }
         f
     });
@@ -257,12 +236,22 @@ pub fn run_with_reload(
                     let ev = reload_now(
                         reload,
                         &mut running,
-                        mirror.as_mut(),
-                        allocator.as_mut(),
-                        Sampling {
-                            rate: &mut sample_rate,
-                            max: &mut sample_max,
-                            autoscaled: autoscale.is_some(),
+                        Live {
+                            mirror: mirror.as_mut(),
+                            allocator: allocator.as_mut(),
+                            sampling: Sampling {
+                                rate: &mut sample_rate,
+                                max: &mut sample_max,
+                                autoscaled: autoscale.is_some(),
+                            },
+                            profiled: Profiled {
+                                watch: &mut watch,
+                                profiler: &mut profiler,
+                                forecaster: forecaster.as_mut(),
+                                metrics: &metrics,
+                                levels: cfg.forecast.published_levels(),
+                                per_flow,
+                            },
                         },
                         start.elapsed().as_secs_f64(),
                     );
@@ -281,7 +270,30 @@ pub fn run_with_reload(
             if duration.is_some_and(|d| start.elapsed() >= d) {
                 break;
             }
-            let mut line = serde_json::json!({ "t_s": start.elapsed().as_secs_f64() });
+            let t_s = start.elapsed().as_secs_f64();
+            let mut line = serde_json::json!({ "t_s": t_s });
+            // A profiled cgroup made again (a restarted service) or gone: follow it.
+            for change in watch.refresh(&mut profiler) {
+                let ev = change.event(t_s);
+                match &change {
+                    Change::Gone { .. } => tracing::warn!(event = %ev, "a profiled cgroup is gone; its series wait for it"),
+                    _ => tracing::warn!(event = %ev, "a profiled cgroup was made again; following the new one"),
+                }
+                if let Change::Back { key, .. } = &change {
+                    // Its CPU rate starts again with the next sample, not across the gap.
+                    prev.remove(key);
+                }
+                if let (Some(f), Some(c)) = (
+                    forecaster.as_mut(),
+                    watch.iter().find(|c| c.key() == change.key()),
+                ) {
+                    // The new cgroup's memory may be somewhere else (a v1 memory group).
+                    forecast_series(f, c, per_flow);
+                }
+                if json {
+                    println!("{ev}");
+                }
+            }
             // Per-second rates since the previous sample (none on the first), over the time
             // that really passed: a tick delayed by a loaded machine would otherwise read as
             // a spike and the next as zero.
@@ -309,37 +321,44 @@ pub fn run_with_reload(
                 .flat_map(|g| g.replicas())
                 .map(|r| (r.cgroup().unified_path().to_path_buf(), r.cgroup().id()))
                 .collect();
-            let replica_ids: Vec<u64> = replica_cgroups.iter().map(|(_, id)| *id).collect();
             let mut shadow_cpu: Option<f64> = None;
-            for (path, id) in cgroups.iter().chain(&replica_cgroups) {
-                if let Some(a) = profiler.cgroup(*id)? {
-                    let key = path.display().to_string();
-                    if let Some(v) = rate(&key, a.cpu_ns as f64 / 1e9) {
-                        samples.push((key, v));
-                        if replica_ids.contains(id) {
-                            *shadow_cpu.get_or_insert(0.0) += v;
-                        }
+            // CPU totals: each profiled cgroup's over all its incarnations, each replica's.
+            let mut totals: Vec<(String, u64, u64, bool)> = Vec::new();
+            for c in watch.iter_mut() {
+                match c.totals(&profiler)? {
+                    Some(t) => totals.push((c.key().to_owned(), t.cpu_ns, t.switches, false)),
+                    // Gone (a service being restarted): said so, and no sample.
+                    None => {
+                        cg.insert(c.key().to_owned(), serde_json::json!({ "missing": true }));
                     }
-                    metrics.observe_cgroup_cpu(&path.display().to_string(), a.cpu_ns as f64 / 1e9);
-                    cg.insert(
-                        path.display().to_string(),
-                        serde_json::json!({
-                            "cpu_seconds": a.cpu_ns as f64 / 1e9,
-                            "switches": a.switches,
-                        }),
-                    );
                 }
             }
-            for ((path, _), src) in cgroups.iter().zip(&memory) {
-                let Some(m) = src.as_ref().and_then(crate::profile::cgroupfs::read_memory) else {
+            for (path, id) in &replica_cgroups {
+                if let Some(a) = profiler.cgroup(*id)? {
+                    totals.push((path.display().to_string(), a.cpu_ns, a.switches, true));
+                }
+            }
+            for (key, cpu_ns, switches, replica) in totals {
+                let secs = cpu_ns as f64 / 1e9;
+                if let Some(v) = rate(&key, secs) {
+                    if replica {
+                        *shadow_cpu.get_or_insert(0.0) += v;
+                    }
+                    samples.push((key.clone(), v));
+                }
+                metrics.observe_cgroup_cpu(&key, secs);
+                cg.insert(
+                    key,
+                    serde_json::json!({ "cpu_seconds": secs, "switches": switches }),
+                );
+            }
+            for c in watch.iter().filter(|c| c.id().is_some()) {
+                let Some(m) = c.memory().and_then(crate::profile::cgroupfs::read_memory) else {
                     continue;
                 };
-                samples.push((memory_key(path), m.usage_bytes as f64));
-                if let Some(c) = cg
-                    .get_mut(&path.display().to_string())
-                    .and_then(|c| c.as_object_mut())
-                {
-                    c.insert("memory_bytes".into(), m.usage_bytes.into());
+                samples.push((memory_key(c.path()), m.usage_bytes as f64));
+                if let Some(e) = cg.get_mut(c.key()).and_then(|e| e.as_object_mut()) {
+                    e.insert("memory_bytes".into(), m.usage_bytes.into());
                 }
             }
             line["cgroups"] = cg.into();
@@ -347,14 +366,21 @@ pub fn run_with_reload(
                 if let Some(v) = shadow_cpu {
                     samples.push((SHADOW_CPU.into(), v));
                 }
-                if !flow_ports.is_empty() {
+                if per_flow {
+                    // Only cgroups with a memory series get a flows series (its load).
+                    let flow_cgroups: Vec<std::path::PathBuf> = watch
+                        .iter()
+                        .filter(|c| c.id().is_some() && c.memory().is_some())
+                        .map(|c| c.path().to_owned())
+                        .collect();
                     flow_samples(&flow_cgroups, &replica_cgroups, &flow_ports, &mut samples);
                 }
                 for (k, v) in &samples {
                     f.observe(k, *v);
                 }
                 f.refit_due();
-                for (path, _) in &cgroups {
+                for c in watch.iter() {
+                    let path = c.path();
                     if let Some(p) = f.latest(&memory_key(path)) {
                         for i in &p.intervals {
                             let top = i.upper.iter().copied().fold(f64::NAN, f64::max);
@@ -516,17 +542,91 @@ struct Sampling<'a> {
     autoscaled: bool,
 }
 
+/// The profiled cgroups and everything that keeps series of them.
+struct Profiled<'a> {
+    watch: &'a mut Watch,
+    profiler: &'a mut Profiler,
+    forecaster: Option<&'a mut crate::forecast::live::LiveForecaster>,
+    metrics: &'a crate::metrics::Metrics,
+    /// The forecasts' levels as published (the metrics' `level` labels).
+    levels: Vec<f64>,
+    /// Memory per flow is forecast (see [`forecast_series`]).
+    per_flow: bool,
+}
+
+impl Profiled<'_> {
+    /// Profile and forecast the `added` paths, forget the `removed` ones. Returns the change
+    /// made and an error per path that could not be added (not a cgroup now, say).
+    fn change(
+        &mut self,
+        change: &crate::reload::CgroupChange,
+    ) -> (crate::reload::CgroupChange, Vec<String>) {
+        let mut done = crate::reload::CgroupChange::default();
+        let mut errors = Vec::new();
+        for path in &change.removed {
+            if self.watch.remove(path, self.profiler) {
+                let key = path.display().to_string();
+                if let Some(f) = self.forecaster.as_deref_mut() {
+                    f.untrack(&key);
+                    f.untrack(&memory_key(path));
+                }
+                self.metrics.forget_cgroup(&key, &self.levels);
+                done.removed.push(path.clone());
+            }
+        }
+        for path in &change.added {
+            match self.watch.add(path, self.profiler) {
+                Ok(()) => {
+                    if let (Some(f), Some(c)) = (
+                        self.forecaster.as_deref_mut(),
+                        self.watch.iter().find(|c| c.path() == path),
+                    ) {
+                        forecast_series(f, c, self.per_flow);
+                    }
+                    done.added.push(path.clone());
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (done, errors)
+    }
+}
+
+/// What a reload may change while `run` runs.
+struct Live<'a> {
+    mirror: Option<&'a mut Mirror>,
+    allocator: Option<&'a mut crate::allocate::live::LiveAllocator>,
+    sampling: Sampling<'a>,
+    profiled: Profiled<'a>,
+}
+
+/// Forecast the series of profiled cgroup `c`: its CPU, its memory where it has a memory
+/// source, and (`per_flow`) memory per flow from its connections. Idempotent.
+fn forecast_series(f: &mut crate::forecast::live::LiveForecaster, c: &Watched, per_flow: bool) {
+    f.track(c.key(), "cores");
+    if c.memory().is_some() {
+        f.track_metric(&memory_key(c.path()), "memory", "bytes");
+        if per_flow {
+            f.memory_load(&memory_key(c.path()), &flows_key(c.path()));
+        }
+    }
+}
+
 /// One SIGHUP: read the configuration again, apply what can change live, name what needs a
 /// restart, and return the event (also logged). A configuration that does not load changes
 /// nothing.
 fn reload_now(
     reload: Option<Reload<'_>>,
     running: &mut Config,
-    mirror: Option<&mut Mirror>,
-    allocator: Option<&mut crate::allocate::live::LiveAllocator>,
-    sampling: Sampling<'_>,
+    live: Live<'_>,
     t_s: f64,
 ) -> serde_json::Value {
+    let Live {
+        mirror,
+        allocator,
+        sampling,
+        mut profiled,
+    } = live;
     use crate::reload::{event, plan, record_applied, Plan};
     let Some(reload) = reload else {
         tracing::warn!("SIGHUP: no configuration file to reload (started from flags only)");
@@ -578,6 +678,12 @@ fn reload_now(
     if let (Some(d), Some(a)) = (wanted.dry_run, allocator) {
         a.set_dry_run(d.1);
         applied.dry_run = Some(d);
+    }
+    if let Some(change) = &wanted.cgroups {
+        let (done, failed) = profiled.change(change);
+        errors.extend(failed);
+        running.profile.cgroups = profiled.watch.paths();
+        applied.cgroups = (done != Default::default()).then_some(done);
     }
     record_applied(running, &new, &applied);
     let ev = event(t_s, &applied, &wanted.restart, &errors);

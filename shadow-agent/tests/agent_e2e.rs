@@ -167,15 +167,7 @@ listen = "127.0.0.1:{port}"
         ok += usize::from(status.success());
     }
     std::thread::sleep(Duration::from_secs(1));
-    let status = agent
-        .wait_timeout(Duration::from_secs(30))
-        .expect("wait")
-        .expect("agent ended");
-    let mut stderr = String::new();
-    use std::io::Read as _;
-    if let Some(mut e) = agent.child_mut().stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let (status, stderr) = common::wait_exit(&mut agent, Duration::from_secs(30));
     let _ = reader.join();
     let last_line = rx.try_iter().last().unwrap_or_default();
     assert!(status.success(), "agent failed: {stderr}");

@@ -277,19 +277,7 @@ slack_ms = {slack_ms}
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let st = agent
-        .wait_timeout(Duration::from_secs(40))
-        .expect("wait")
-        .expect("the agent did not exit after SIGTERM");
-    let mut e = String::new();
-    if let Some(mut s) = agent.child_mut().stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut s, &mut e);
-    }
+    let (st, e) = common::terminate(agent, Duration::from_secs(40));
     assert!(st.success(), "{phase}: agent failed: {e}");
     // Nothing of the agent or its what-if replicas is left in the node.
     let left: Vec<String> = link::list(Some(node))

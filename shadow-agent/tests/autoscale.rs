@@ -185,15 +185,7 @@ listen = "127.0.0.1:{port}"
         "the primary failed requests while the group scaled"
     );
 
-    let status = agent
-        .wait_timeout(Duration::from_secs(60))
-        .expect("wait")
-        .expect("agent ended");
-    let mut stderr = String::new();
-    use std::io::Read as _;
-    if let Some(mut e) = agent.child_mut().stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let (status, stderr) = common::wait_exit(&mut agent, Duration::from_secs(60));
     let _ = reader.join();
     assert!(status.success(), "agent failed: {stderr}");
     let lines: Vec<serde_json::Value> = std::iter::once(first)

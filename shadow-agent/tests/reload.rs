@@ -15,7 +15,6 @@ mod common;
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     process::{Command, Stdio},
-    sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
 
@@ -76,15 +75,9 @@ enabled = false
     )
 }
 
-/// The agent's newest status line.
-fn status(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-}
-
 /// A mirror counter in the newest status line.
 fn counter(path: &std::path::Path, name: &str) -> Option<u64> {
-    status(path)["mirror"][name].as_u64()
+    common::status(path)["mirror"][name].as_u64()
 }
 
 /// Sends `DATAGRAMS` datagrams from the client to the primary's port 9999, paced.
@@ -102,47 +95,6 @@ fn burst(client: &NetNs) {
             }
         })
         .expect("enter the client netns");
-}
-
-/// Waits (at most `limit`) until `check` holds on the newest status line; its last value.
-fn wait_status(
-    path: &std::path::Path,
-    what: &str,
-    limit: Duration,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = status(path);
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The next `"event": "reload"` line the agent prints (at most 10 s).
-fn reload_event(lines: &Receiver<String>) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(line) = lines.recv_timeout(left) else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-        if v["event"] == "reload" {
-            return v;
-        }
-    }
-    panic!("no reload event within 10 s of SIGHUP");
-}
-
-fn hup(pid: u32) {
-    // SAFETY: plain kill(2) on the agent's pid.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0, "SIGHUP");
 }
 
 #[test]
@@ -198,14 +150,14 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         .stderr(Stdio::piped());
     let mut agent = process::spawn(cmd, Some(&node), None).expect("agent");
     let (lines, _reader) = common::stdout_lines(&mut agent);
-    let first = wait_status(&status_file, "first status", Duration::from_secs(30), |s| {
+    let first = common::wait_status(&status_file, "first status", Duration::from_secs(30), |s| {
         s["mirror"]["cloned"].is_u64()
     });
 
     // Before: every datagram is cloned; the allocator only says what it would do.
     let cloned0 = first["mirror"]["cloned"].as_u64().unwrap();
     burst(&client);
-    wait_status(
+    common::wait_status(
         &status_file,
         "clones at rate 1",
         Duration::from_secs(10),
@@ -220,8 +172,8 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
 
     // The edit: sample rate 0, allocator live, one rule's ports widened.
     write("edited");
-    hup(agent.pid());
-    let ev = reload_event(&lines);
+    common::hup(agent.pid());
+    let ev = common::next_event(&lines, "reload");
     assert_eq!(
         ev["applied"]["mirror.sample_rate"],
         serde_json::json!([1.0, 0.0]),
@@ -234,7 +186,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     );
     assert_eq!(ev["restart_needed"], serde_json::json!(["mirror"]), "{ev}");
     assert_eq!(ev["errors"], serde_json::json!([]), "{ev}");
-    let s = wait_status(
+    let s = common::wait_status(
         &status_file,
         "sample rate 0",
         Duration::from_secs(10),
@@ -245,7 +197,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         s["mirror"]["sampled_out"].as_u64().unwrap(),
     );
     burst(&client);
-    wait_status(
+    common::wait_status(
         &status_file,
         "sampled out at rate 0",
         Duration::from_secs(10),
@@ -287,9 +239,9 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         stderr.contains("applied: nothing") && stderr.contains("mirror.sample_rate"),
         "{stderr}"
     );
-    let ev = reload_event(&lines);
+    let ev = common::next_event(&lines, "reload");
     assert_eq!(ev["applied"], serde_json::json!({}), "{ev}");
-    let s = status(&status_file);
+    let s = common::status(&status_file);
     assert_eq!(s["sample_rate"].as_f64(), Some(0.0), "{s}");
     // The edited file again: valid, nothing left to apply live, the rule still waits for a
     // restart; the command succeeds.
@@ -306,17 +258,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     );
 
     // SIGTERM: the hand-set quota comes back.
-    // SAFETY: plain kill(2) on the agent's pid.
-    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) }, 0);
-    let st = agent
-        .wait_timeout(Duration::from_secs(30))
-        .expect("wait")
-        .expect("the agent did not exit on SIGTERM");
-    let mut err = String::new();
-    if let Some(mut e) = agent.child_mut().stderr.take() {
-        use std::io::Read as _;
-        let _ = e.read_to_string(&mut err);
-    }
+    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
     assert!(st.success(), "agent failed: {err}");
     assert_eq!(
         common::quota(&cg),

@@ -6,6 +6,9 @@
 
 /// Maximum number of cgroups tracked at once (slot 0 is reserved for "other").
 pub const MAX_TRACKED: u32 = 256;
+/// Cgroup ids the slot map holds at once: the tracked cgroups and their descendants, each
+/// charged to its tracked ancestor's slot.
+pub const MAX_CGROUP_IDS: u32 = 8192;
 /// The slot every untracked cgroup is charged to.
 pub const SLOT_OTHER: u32 = 0;
 /// Number of log2 buckets of a run-queue latency histogram: bucket `b` holds latencies in

@@ -1,7 +1,8 @@
 //! Resource profiler: per-cgroup accounting in the kernel, for the cgroups the agent tracks.
 //!
 //! Every handler maps the cgroup2 id of the task it charges to a slot through
-//! `ACCT_CGROUPS` (untracked cgroups share slot 0, "other") and bumps per-CPU counters in
+//! `ACCT_CGROUPS` (untracked cgroups share slot 0, "other"; the agent also maps a tracked
+//! cgroup's descendants to its slot) and bumps per-CPU counters in
 //! `ACCT` / `RQ_HIST`; nothing is logged per event.
 //!
 //! - CPU: at every context switch the time since the previous switch on this CPU is charged
@@ -50,12 +51,12 @@ use aya_ebpf::{
 };
 use shadow_common::acct::{
     blk, charge_ns, err, event, rq_bucket, rwbs_op, CgroupAcct, CpuState, ProcEvent, RqHist,
-    TaskRq, EVENTS_BYTES, MAX_TRACKED, RQ_BUCKETS, RQ_TASKS_MAX, SLOT_OTHER,
+    TaskRq, EVENTS_BYTES, MAX_CGROUP_IDS, MAX_TRACKED, RQ_BUCKETS, RQ_TASKS_MAX, SLOT_OTHER,
 };
 use shadow_ebpf::bump;
 
 #[map]
-static ACCT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TRACKED, 0);
+static ACCT_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CGROUP_IDS, 0);
 #[map]
 static ACCT: PerCpuArray<CgroupAcct> = PerCpuArray::with_max_entries(MAX_TRACKED, 0);
 #[map]

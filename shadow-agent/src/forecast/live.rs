@@ -130,6 +130,16 @@ impl RawForecast {
     }
 }
 
+impl LiveSpec {
+    /// The levels as published (percent, rounded to hundredths as in [`PublishedInterval`]).
+    pub fn published_levels(&self) -> Vec<f64> {
+        self.levels
+            .iter()
+            .map(|l| (l * 1e4).round() / 100.0)
+            .collect()
+    }
+}
+
 /// One interval of a published forecast.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PublishedInterval {
@@ -287,6 +297,17 @@ impl LiveForecaster {
         self.tracks.entry(flows_key.to_owned()).or_default().unit = "flows".into();
         self.memory_loads
             .insert(memory_key.to_owned(), flows_key.to_owned());
+    }
+
+    /// Stop forecasting series `key` and forget its history, its forecasts and its own load
+    /// signal (a profiled cgroup taken out by a reload).
+    pub fn untrack(&mut self, key: &str) {
+        self.tracks.remove(key);
+        self.published.retain(|k| k != key);
+        if let Some(load) = self.memory_loads.remove(key) {
+            self.tracks.remove(&load);
+            self.load_fits.remove(&load);
+        }
     }
 
     /// Seed the history of `key` with whole steps (oldest first), e.g. from a recorded trace;
@@ -629,6 +650,36 @@ mod tests {
         }
         let st = f.status();
         assert!(st["fit_cpu_seconds"].as_f64().unwrap() > 0.0, "{st}");
+    }
+
+    #[test]
+    fn an_untracked_series_is_forgotten_and_can_come_back_fresh() {
+        let mut f = LiveForecaster::new(spec(1), 1.0);
+        f.track("/a", "cores");
+        f.track_metric("/a#memory", "memory", "bytes");
+        f.memory_load("/a#memory", "/a#flows");
+        f.track("/b", "cores");
+        let need = Adaptive::with_horizon(6).min_history();
+        for s in 0..need + 2 {
+            for k in ["/a", "/b", "/a#memory", "/a#flows"] {
+                f.observe(k, 1.0 + 0.1 * noise(s));
+            }
+            f.refit_due();
+        }
+        assert!(f.latest("/a").is_some() && f.latest("/b").is_some());
+        f.untrack("/a");
+        f.untrack("/a#memory");
+        assert!(f.latest("/a").is_none() && f.latest("/a#memory").is_none());
+        let st = f.status();
+        assert!(st["series"].get("/a").is_none(), "{st}");
+        assert!(st["series"].get("/a#memory").is_none(), "{st}");
+        assert!(st["series"].get("/b").is_some(), "{st}");
+        // Samples of a forgotten key go nowhere; tracked again, it starts from nothing.
+        f.observe("/a", 5.0);
+        f.track("/a", "cores");
+        f.refit_due();
+        assert!(f.latest("/a").is_none());
+        assert!(f.status()["series"]["/a"]["warming_up"].is_string());
     }
 
     #[test]

@@ -111,6 +111,25 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
     let mut prof = Profiler::start(HookPreference::Auto)?;
     let root = PathBuf::from(crate::sys::cgroup::DEFAULT_ROOT);
     let mut sampler = Sampler::new(&mut prof, &opts.cgroups, &root)?;
+    // Each cgroup includes its descendants (found again every interval, see `watch`).
+    let mut tracked = Vec::new();
+    for dir in &opts.cgroups {
+        let id = super::watch::cgroup_id(dir).map_err(|source| ProfileError::NotACgroup {
+            path: dir.clone(),
+            source,
+        })?;
+        tracked.push((dir.as_path(), id));
+    }
+    let mut warned = Vec::new();
+    let mut charge = |prof: &mut Profiler| {
+        for id in super::watch::charge_descendants(prof, &tracked) {
+            if !warned.contains(&id) {
+                warned.push(id);
+                tracing::warn!(cgroup_id = id, max = super::watch::MAX_DESCENDANTS, "more descendant cgroups than the profiler charges to one; the rest count as other");
+            }
+        }
+    };
+    charge(&mut prof);
     let mut store = Store::new(opts.store_capacity);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -151,6 +170,7 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
                 _ = tick.tick() => {}
             }
             let mut events = Vec::new();
+            charge(&mut prof);
             while let Ok(e) = rx.try_recv() {
                 events.push(e);
             }

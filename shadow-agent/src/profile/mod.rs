@@ -21,6 +21,7 @@ pub mod events;
 pub mod hist;
 pub mod sampler;
 pub mod tracefs;
+pub mod watch;
 
 use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, path::Path};
 
@@ -193,6 +194,8 @@ pub enum ProfileError {
 struct Tracked {
     slot: u32,
     skb_links: Vec<(&'static str, CgroupSkbLinkId)>,
+    /// Descendant cgroup ids charged to this slot too ([`Profiler::set_descendants`]).
+    descendants: Vec<u64>,
 }
 
 /// A running profiler. Dropping it detaches every program.
@@ -737,6 +740,15 @@ impl Profiler {
         move |source| ProfileError::Map { map, source }
     }
 
+    /// `ACCT_CGROUPS`: cgroup id -> slot.
+    fn slot_map(&mut self) -> Result<BpfHashMap<&mut MapData, u64, u32>, ProfileError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_ACCT_CGROUPS)
+            .ok_or(Self::missing(MAP_ACCT_CGROUPS))?;
+        BpfHashMap::try_from(map).map_err(Self::map_err(MAP_ACCT_CGROUPS))
+    }
+
     fn missing(map: &'static str) -> ProfileError {
         LoadError::MissingMap {
             object: ebpf::ACCT.name,
@@ -750,6 +762,11 @@ impl Profiler {
     pub fn track(&mut self, cgroup_id: u64) -> Result<u32, ProfileError> {
         if let Some(t) = self.slots.get(&cgroup_id) {
             return Ok(t.slot);
+        }
+        // Tracked itself from now on, no longer as an ancestor's descendant (the insert
+        // below replaces its entry).
+        for t in self.slots.values_mut() {
+            t.descendants.retain(|d| *d != cgroup_id);
         }
         let slot = (1..MAX_TRACKED)
             .find(|s| !self.slots.values().any(|t| t.slot == *s))
@@ -777,12 +794,7 @@ impl Profiler {
             hist.set(slot, zeros, 0)
                 .map_err(Self::map_err(MAP_RQ_HIST))?;
         }
-        let map = self
-            .ebpf
-            .map_mut(MAP_ACCT_CGROUPS)
-            .ok_or(Self::missing(MAP_ACCT_CGROUPS))?;
-        let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
-            BpfHashMap::try_from(map).map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
+        let mut cgroups = self.slot_map()?;
         cgroups
             .insert(cgroup_id, slot, 0)
             .map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
@@ -792,6 +804,7 @@ impl Profiler {
             Tracked {
                 slot,
                 skb_links: Vec::new(),
+                descendants: Vec::new(),
             },
         );
         Ok(slot)
@@ -846,8 +859,78 @@ impl Profiler {
         Ok(id)
     }
 
-    /// Stop tracking `cgroup_id`: its events go to "other" again, network links detach.
+    /// Charge the cgroups `ids` (below `cgroup_id`, found by the caller) to `cgroup_id`'s
+    /// slot as well, in place of the previous set: a cgroup's CPU, run-queue latency,
+    /// faults and IO then include its children's, as cgroup2's own counters (memory,
+    /// `cpu.stat`) do. Ids tracked themselves keep their own slot. With the map full, the
+    /// ids that did not fit are left out and reported.
+    pub fn set_descendants(&mut self, cgroup_id: u64, ids: &[u64]) -> Result<(), ProfileError> {
+        let Some(t) = self.slots.get(&cgroup_id) else {
+            return Ok(());
+        };
+        let slot = t.slot;
+        let old = t.descendants.clone();
+        let mut want: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| *id != cgroup_id && !self.slots.contains_key(id))
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        if want == old {
+            return Ok(());
+        }
+        let mut cgroups = self.slot_map()?;
+        let mut kept = Vec::with_capacity(want.len());
+        let mut failed = None;
+        for id in &want {
+            if old.binary_search(id).is_ok() {
+                kept.push(*id);
+                continue;
+            }
+            match cgroups.insert(*id, slot, 0) {
+                Ok(()) => kept.push(*id),
+                Err(source) => {
+                    failed.get_or_insert(source);
+                }
+            }
+        }
+        for id in old.iter().filter(|id| want.binary_search(id).is_err()) {
+            // (An id tracked itself now has its own entry: `want` never holds it, and it is
+            // no longer in `old` either, see `track`.)
+            match cgroups.remove(id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    failed.get_or_insert(source);
+                }
+            }
+        }
+        if let Some(t) = self.slots.get_mut(&cgroup_id) {
+            t.descendants = kept;
+        }
+        self.bump_generation()?;
+        match failed {
+            None => Ok(()),
+            Some(source) => Err(ProfileError::Map {
+                map: MAP_ACCT_CGROUPS,
+                source,
+            }),
+        }
+    }
+
+    /// The descendant ids charged to `cgroup_id`'s slot.
+    pub fn descendants(&self, cgroup_id: u64) -> &[u64] {
+        self.slots
+            .get(&cgroup_id)
+            .map_or(&[], |t| t.descendants.as_slice())
+    }
+
+    /// Stop tracking `cgroup_id` (and its descendants): their events go to "other" again,
+    /// network links detach.
     pub fn untrack(&mut self, cgroup_id: u64) -> Result<(), ProfileError> {
+        if self.slots.contains_key(&cgroup_id) {
+            self.set_descendants(cgroup_id, &[])?;
+        }
         let Some(t) = self.slots.remove(&cgroup_id) else {
             return Ok(());
         };
@@ -859,12 +942,7 @@ impl Profiler {
                 }
             }
         }
-        let map = self
-            .ebpf
-            .map_mut(MAP_ACCT_CGROUPS)
-            .ok_or(Self::missing(MAP_ACCT_CGROUPS))?;
-        let mut cgroups: BpfHashMap<&mut MapData, u64, u32> =
-            BpfHashMap::try_from(map).map_err(Self::map_err(MAP_ACCT_CGROUPS))?;
+        let mut cgroups = self.slot_map()?;
         match cgroups.remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => {
@@ -930,7 +1008,9 @@ impl Profiler {
             let before = self.read_cpu_state()?;
             acct = self.read_slot(t.slot)?;
             let after = self.read_cpu_state()?;
-            if let Some(running) = running_ns(&before, &after, cgroup_id, monotonic_ns()) {
+            // A slice in progress in the cgroup or one of its charged descendants.
+            let ours = |cg: u64| cg == cgroup_id || t.descendants.binary_search(&cg).is_ok();
+            if let Some(running) = running_ns(&before, &after, ours, monotonic_ns()) {
                 acct.cpu_ns += running;
                 break;
             }
@@ -1018,7 +1098,12 @@ fn monotonic_ns() -> u64 {
 /// from two reads of the per-CPU switch state taken around a read of the counters; `None`
 /// when a switch was under way or happened in between (the counters and the slice starts
 /// may then disagree).
-fn running_ns(before: &[CpuState], after: &[CpuState], cgroup_id: u64, now: u64) -> Option<u64> {
+fn running_ns(
+    before: &[CpuState],
+    after: &[CpuState],
+    ours: impl Fn(u64) -> bool,
+    now: u64,
+) -> Option<u64> {
     if before.len() != after.len() {
         return None;
     }
@@ -1027,7 +1112,7 @@ fn running_ns(before: &[CpuState], after: &[CpuState], cgroup_id: u64, now: u64)
         if b.seq % 2 == 1 || b.seq != a.seq {
             return None;
         }
-        if a.running_cg == cgroup_id && a.last_ns != 0 {
+        if ours(a.running_cg) && a.last_ns != 0 {
             sum += now.saturating_sub(a.last_ns);
         }
     }
@@ -1050,12 +1135,17 @@ mod tests {
     #[test]
     fn running_slices_of_the_cgroup_are_added() {
         let s = [cpu(4, 1_000, 7), cpu(2, 1_500, 9), cpu(6, 1_200, 7)];
-        assert_eq!(running_ns(&s, &s, 7, 2_000), Some(1_000 + 800));
-        assert_eq!(running_ns(&s, &s, 9, 2_000), Some(500));
-        assert_eq!(running_ns(&s, &s, 3, 2_000), Some(0));
+        assert_eq!(running_ns(&s, &s, |c| c == 7, 2_000), Some(1_000 + 800));
+        assert_eq!(running_ns(&s, &s, |c| c == 9, 2_000), Some(500));
+        assert_eq!(running_ns(&s, &s, |c| c == 3, 2_000), Some(0));
         // A CPU that never switched, or idle (cgroup 0), adds nothing.
         let s = [cpu(0, 0, 7), cpu(2, 1_000, 0)];
-        assert_eq!(running_ns(&s, &s, 7, 2_000), Some(0));
+        assert_eq!(running_ns(&s, &s, |c| c == 7, 2_000), Some(0));
+        // Slices of descendants count for a cgroup that is charged them.
+        let s = [cpu(4, 1_000, 7), cpu(2, 1_500, 9), cpu(6, 1_200, 11)];
+        let desc = [9u64, 11];
+        let ours = |c: u64| c == 7 || desc.binary_search(&c).is_ok();
+        assert_eq!(running_ns(&s, &s, ours, 2_000), Some(1_000 + 500 + 800));
     }
 
     #[test]
@@ -1063,10 +1153,10 @@ mod tests {
         let before = [cpu(4, 1_000, 7), cpu(2, 1_500, 9)];
         // Under way (odd) when read first.
         let odd = [cpu(5, 1_000, 7), cpu(2, 1_500, 9)];
-        assert_eq!(running_ns(&odd, &odd, 7, 2_000), None);
+        assert_eq!(running_ns(&odd, &odd, |c| c == 7, 2_000), None);
         // Finished in between.
         let after = [cpu(6, 1_900, 9), cpu(2, 1_500, 9)];
-        assert_eq!(running_ns(&before, &after, 7, 2_000), None);
-        assert_eq!(running_ns(&before, &before[..1], 7, 2_000), None);
+        assert_eq!(running_ns(&before, &after, |c| c == 7, 2_000), None);
+        assert_eq!(running_ns(&before, &before[..1], |c| c == 7, 2_000), None);
     }
 }

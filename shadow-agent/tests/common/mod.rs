@@ -16,6 +16,7 @@ use shadow_agent::sys::{
 
 /// The four addresses (each /24: client and node's front end share one, node's back end and
 /// primary another).
+#[allow(dead_code)] // used by the routed tests, not by every one
 pub struct Addrs {
     pub client: Ipv4Addr,
     pub node_c: Ipv4Addr,
@@ -24,11 +25,13 @@ pub struct Addrs {
 }
 
 /// The two veth pairs; dropped before the namespaces when bound after them.
+#[allow(dead_code)] // used by the routed tests, not by every one
 pub struct Links {
     _front: Veth,
     _back: Veth,
 }
 
+#[allow(dead_code)] // used by the routed tests, not by every one
 pub struct Routed {
     pub client: NetNs,
     pub node: NetNs,
@@ -38,6 +41,7 @@ pub struct Routed {
     pub links: Links,
 }
 
+#[allow(dead_code)] // used by the routed tests, not by every one
 impl Routed {
     /// Namespaces `shdt{tag}-{letter}c/n/p`, interfaces `shdt{tag}{letter}l/c/q/r`, addresses,
     /// host routes through the node, and forwarding on in the node.
@@ -183,4 +187,88 @@ pub fn stdout_lines(
         }
     });
     (rx, reader)
+}
+
+/// The newest status line in the agent's status file (null when there is none yet).
+#[allow(dead_code)] // used by the tests that read the status file
+pub fn status(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits (at most `limit`) until `check` holds on the newest status line; its last value.
+#[allow(dead_code)] // used by the tests that read the status file
+pub fn wait_status(
+    path: &std::path::Path,
+    what: &str,
+    limit: std::time::Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let s = status(path);
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The next `"event": kind` line the agent prints on `lines` (at most 10 s).
+#[allow(dead_code)] // used by the tests that read `run --json`
+pub fn next_event(lines: &std::sync::mpsc::Receiver<String>, kind: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(line) = lines.recv_timeout(left) else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        if v["event"] == kind {
+            return v;
+        }
+    }
+    panic!("no {kind} event within 10 s");
+}
+
+/// SIGHUP to `pid` (the agent: reload its configuration).
+#[allow(dead_code)] // used by the reload tests
+pub fn hup(pid: u32) {
+    // SAFETY: plain kill(2) on the agent's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0, "SIGHUP");
+}
+
+/// Waits (at most `limit`) for `agent` to exit; its status and stderr (panics if it runs on).
+#[allow(dead_code)] // used by the tests that run the agent
+pub fn wait_exit(
+    agent: &mut shadow_agent::sys::process::ChildGuard,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String) {
+    let st = agent
+        .wait_timeout(limit)
+        .expect("wait")
+        .unwrap_or_else(|| panic!("the agent did not exit within {limit:?}"));
+    let mut err = String::new();
+    if let Some(mut e) = agent.child_mut().stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (st, err)
+}
+
+/// SIGTERM to `agent`, then [`wait_exit`].
+#[allow(dead_code)] // used by the tests that run the agent
+pub fn terminate(
+    agent: &mut shadow_agent::sys::process::ChildGuard,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String) {
+    // SAFETY: plain kill(2) on the agent's pid.
+    assert_eq!(
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) },
+        0,
+        "SIGTERM"
+    );
+    wait_exit(agent, limit)
 }
