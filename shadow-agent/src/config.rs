@@ -969,6 +969,10 @@ impl Config {
                 format!("{} is below the minimum of 100 ms", raw.profile.interval_ms),
             ));
         }
+        for (i, entry) in raw.profile.cgroups.iter().enumerate() {
+            crate::profile::watch::validate_entry(entry)
+                .map_err(|m| invalid(format!("profile.cgroups[{i}]"), m))?;
+        }
         let (autoscale, whatif) = match &raw.shadow {
             None => (None, Vec::new()),
             Some(s) => s.extras().map_err(|(key, message)| invalid(key, message))?,
@@ -1516,6 +1520,28 @@ interval_ms = 500
         assert!(err(&GOOD.replace("02:00:00:00:00:01", "02:00")).contains("mirror.shadow_mac"));
         assert!(err(&GOOD.replace("veth-p", "a-very-long-interface")).contains("mirror.interface"));
         assert!(err(&GOOD.replace("500", "5")).contains("profile.interval_ms"));
+        // Profiled cgroups: absolute paths or patterns that parse, the entry named.
+        let with = |list: &str| {
+            GOOD.replace(
+                r#"cgroups = ["/sys/fs/cgroup/unified/app"]"#,
+                &format!("cgroups = [{list}]"),
+            )
+        };
+        assert!(Config::parse(
+            &with(r#""/sys/fs/cgroup/unified/a/*-pod*.slice""#),
+            Path::new("t")
+        )
+        .is_ok());
+        let e = err(&with(r#""/sys/fs/cgroup/a", "rel/b""#));
+        assert!(
+            e.contains("profile.cgroups[1]") && e.contains("not an absolute path"),
+            "{e}"
+        );
+        let e = err(&with(r#""/sys/fs/cgroup/[a""#));
+        assert!(
+            e.contains("profile.cgroups[0]") && e.contains("not a valid pattern"),
+            "{e}"
+        );
         let with = |k: &str| {
             GOOD.replace(
                 "[[mirror.rules]]\ndst = \"198",

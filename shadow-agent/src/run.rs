@@ -76,14 +76,17 @@ pub fn run_with_reload(
         None => None,
         Some(addr) => Some(rt.block_on(crate::metrics::bind(addr))?),
     };
-    let mut cgroups = Vec::new();
-    for path in &cfg.profile.cgroups {
-        let id =
-            crate::profile::watch::cgroup_id(path).map_err(|source| AgentError::NotACgroup {
-                path: path.clone(),
-                source,
-            })?;
-        cgroups.push((path.clone(), id));
+    // Paths (not patterns) must be cgroups now: a typo exits 2.
+    for path in cfg
+        .profile
+        .cgroups
+        .iter()
+        .filter(|p| !crate::profile::watch::is_pattern(p))
+    {
+        crate::profile::watch::cgroup_id(path).map_err(|source| AgentError::NotACgroup {
+            path: path.clone(),
+            source,
+        })?;
     }
     // The mirror's interfaces exist before the group is created: bad input changes nothing.
     if let Some(m) = &cfg.mirror {
@@ -144,7 +147,7 @@ pub fn run_with_reload(
     let mut profiler = Profiler::start(HookPreference::Auto)?;
     // The profiled cgroups, followed by directory (a restarted service's new cgroup).
     let mut watch = Watch::start(
-        &cgroups,
+        &cfg.profile.cgroups,
         &mut profiler,
         std::path::Path::new(crate::sys::cgroup::DEFAULT_ROOT),
     )?;
@@ -249,7 +252,7 @@ pub fn run_with_reload(
                                 profiler: &mut profiler,
                                 forecaster: forecaster.as_mut(),
                                 metrics: &metrics,
-                                levels: cfg.forecast.published_levels(),
+                                spec: &cfg.forecast,
                                 per_flow,
                             },
                         },
@@ -272,16 +275,26 @@ pub fn run_with_reload(
             }
             let t_s = start.elapsed().as_secs_f64();
             let mut line = serde_json::json!({ "t_s": t_s });
-            // A profiled cgroup made again (a restarted service) or gone: follow it.
+            // A profiled cgroup made again (a restarted service) or gone, a pattern's new
+            // or vanished match: follow it.
             for change in watch.refresh(&mut profiler) {
                 let ev = change.event(t_s);
                 match &change {
                     Change::Gone { .. } => tracing::warn!(event = %ev, "a profiled cgroup is gone; its series wait for it"),
-                    _ => tracing::warn!(event = %ev, "a profiled cgroup was made again; following the new one"),
+                    Change::Recreated { .. } | Change::Back { .. } => tracing::warn!(event = %ev, "a profiled cgroup was made again; following the new one"),
+                    Change::Matched { .. } => tracing::info!(event = %ev, "a new cgroup matches a profiled pattern"),
+                    Change::Unmatched { .. } => tracing::info!(event = %ev, "a profiled pattern's cgroup is gone; its series are dropped"),
                 }
-                if let Change::Back { key, .. } = &change {
+                match &change {
                     // Its CPU rate starts again with the next sample, not across the gap.
-                    prev.remove(key);
+                    Change::Back { key, .. } => {
+                        prev.remove(key);
+                    }
+                    Change::Unmatched { key, .. } => {
+                        prev.remove(key);
+                        forget_series(forecaster.as_mut(), &metrics, key, &cfg.forecast);
+                    }
+                    _ => {}
                 }
                 if let (Some(f), Some(c)) = (
                     forecaster.as_mut(),
@@ -548,42 +561,46 @@ struct Profiled<'a> {
     profiler: &'a mut Profiler,
     forecaster: Option<&'a mut crate::forecast::live::LiveForecaster>,
     metrics: &'a crate::metrics::Metrics,
-    /// The forecasts' levels as published (the metrics' `level` labels).
-    levels: Vec<f64>,
+    /// `[forecast]` (the levels of the metrics' labels).
+    spec: &'a crate::forecast::live::LiveSpec,
     /// Memory per flow is forecast (see [`forecast_series`]).
     per_flow: bool,
 }
 
 impl Profiled<'_> {
-    /// Profile and forecast the `added` paths, forget the `removed` ones. Returns the change
-    /// made and an error per path that could not be added (not a cgroup now, say).
+    /// Profile and forecast what the `added` entries stand for, forget what the `removed`
+    /// ones did. Returns the entries changed and an error per entry that could not be added
+    /// (a path that is no cgroup now, say).
     fn change(
         &mut self,
         change: &crate::reload::CgroupChange,
     ) -> (crate::reload::CgroupChange, Vec<String>) {
         let mut done = crate::reload::CgroupChange::default();
         let mut errors = Vec::new();
-        for path in &change.removed {
-            if self.watch.remove(path, self.profiler) {
+        for entry in &change.removed {
+            for path in self.watch.remove(entry, self.profiler) {
                 let key = path.display().to_string();
-                if let Some(f) = self.forecaster.as_deref_mut() {
-                    f.untrack(&key);
-                    f.untrack(&memory_key(path));
-                }
-                self.metrics.forget_cgroup(&key, &self.levels);
-                done.removed.push(path.clone());
+                forget_series(
+                    self.forecaster.as_deref_mut(),
+                    self.metrics,
+                    &key,
+                    self.spec,
+                );
             }
+            done.removed.push(entry.clone());
         }
-        for path in &change.added {
-            match self.watch.add(path, self.profiler) {
-                Ok(()) => {
-                    if let (Some(f), Some(c)) = (
-                        self.forecaster.as_deref_mut(),
-                        self.watch.iter().find(|c| c.path() == path),
-                    ) {
-                        forecast_series(f, c, self.per_flow);
+        for entry in &change.added {
+            match self.watch.add(entry, self.profiler) {
+                Ok(paths) => {
+                    for path in paths {
+                        if let (Some(f), Some(c)) = (
+                            self.forecaster.as_deref_mut(),
+                            self.watch.iter().find(|c| c.path() == path),
+                        ) {
+                            forecast_series(f, c, self.per_flow);
+                        }
                     }
-                    done.added.push(path.clone());
+                    done.added.push(entry.clone());
                 }
                 Err(e) => errors.push(e),
             }
@@ -598,6 +615,21 @@ struct Live<'a> {
     allocator: Option<&'a mut crate::allocate::live::LiveAllocator>,
     sampling: Sampling<'a>,
     profiled: Profiled<'a>,
+}
+
+/// Drop every series of profiled cgroup `key` (no longer profiled): its forecasts and its
+/// metrics.
+fn forget_series(
+    forecaster: Option<&mut crate::forecast::live::LiveForecaster>,
+    metrics: &crate::metrics::Metrics,
+    key: &str,
+    spec: &crate::forecast::live::LiveSpec,
+) {
+    if let Some(f) = forecaster {
+        f.untrack(key);
+        f.untrack(&format!("{key}{MEMORY_SUFFIX}"));
+    }
+    metrics.forget_cgroup(key, &spec.published_levels());
 }
 
 /// Forecast the series of profiled cgroup `c`: its CPU, its memory where it has a memory
@@ -682,7 +714,7 @@ fn reload_now(
     if let Some(change) = &wanted.cgroups {
         let (done, failed) = profiled.change(change);
         errors.extend(failed);
-        running.profile.cgroups = profiled.watch.paths();
+        running.profile.cgroups = profiled.watch.entries();
         applied.cgroups = (done != Default::default()).then_some(done);
     }
     record_applied(running, &new, &applied);

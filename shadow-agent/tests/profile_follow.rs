@@ -234,3 +234,80 @@ fn a_profiled_cgroup_counts_its_descendants_except_those_profiled_themselves() {
     );
     stop(agent);
 }
+
+#[test]
+fn a_pattern_profiles_each_matching_cgroup_as_it_comes_and_goes() {
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    // Two "pods" matching the pattern (one made after the start), one that does not match.
+    let (x1, b1) = common::throttled_burner(&format!("shdt{tag}-pgx1"));
+    let (_y, _by) = common::throttled_burner(&format!("shdt{tag}-pgy"));
+    let pattern = x1.unified_path().with_file_name(format!("shdt{tag}-pgx*"));
+    let key1 = x1.unified_path().display().to_string();
+    let key_y = _y.unified_path().display().to_string();
+
+    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-pg")));
+    std::fs::create_dir_all(&dir.0).expect("scratch dir");
+    let status_file = dir.0.join("status.json");
+    let cfg = dir.0.join("agent.toml");
+    std::fs::write(&cfg, config(&[&pattern])).expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+    cmd.args(["run", "--json", "--duration", "90", "--status-file"])
+        .arg(&status_file)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut agent = process::spawn(cmd, None, None).expect("agent");
+    let (lines, _reader) = common::stdout_lines(&mut agent);
+
+    let evs = events_until(&lines, &key1, Some(x1.id()));
+    assert_eq!(evs.last().unwrap()["change"], "matched", "{evs:?}");
+    common::wait_status(&status_file, "x1 counted", Duration::from_secs(15), |s| {
+        cpu(s, &key1) > 0.1
+    });
+    // A new match is profiled from the next interval.
+    let (x2, _b2) = common::throttled_burner(&format!("shdt{tag}-pgx2"));
+    let key2 = x2.unified_path().display().to_string();
+    let evs = events_until(&lines, &key2, Some(x2.id()));
+    assert_eq!(evs.last().unwrap()["change"], "matched", "{evs:?}");
+    let s = common::wait_status(&status_file, "x2 counted", Duration::from_secs(15), |s| {
+        cpu(s, &key2) > 0.1
+    });
+    assert!(
+        s["cgroups"].get(&key_y).is_none(),
+        "a non-match is profiled: {s}"
+    );
+    assert!(
+        s["forecast"]["series"].get(&key2).is_some(),
+        "{}",
+        s["forecast"]
+    );
+
+    // A match that ends is dropped with its series (its successor would be a new path).
+    drop(b1);
+    x1.remove().expect("remove x1");
+    let evs = events_until(&lines, &key1, None);
+    assert_eq!(evs.last().unwrap()["change"], "unmatched", "{evs:?}");
+    let s = common::wait_status(&status_file, "x1 dropped", Duration::from_secs(10), |s| {
+        s["cgroups"].get(&key1).is_none() && s["cgroups"].get(&key2).is_some()
+    });
+    assert!(
+        s["forecast"]["series"].get(&key1).is_none(),
+        "{}",
+        s["forecast"]
+    );
+
+    // A reload without the pattern drops what it matched.
+    std::fs::write(&cfg, config(&[])).expect("config");
+    common::hup(agent.pid());
+    let ev = common::next_event(&lines, "reload");
+    assert_eq!(
+        ev["applied"]["profile.cgroups"],
+        serde_json::json!({"added": [], "removed": [pattern]}),
+        "{ev}"
+    );
+    common::wait_status(&status_file, "x2 dropped", Duration::from_secs(10), |s| {
+        s["cgroups"].as_object().is_some_and(|c| c.is_empty())
+    });
+    stop(agent);
+}

@@ -22,6 +22,14 @@
 //!
 //! A path given at start must be a cgroup then (a typo exits 2, as before); later absences
 //! are what restarts look like and are not errors.
+//!
+//! An entry may also be a pattern (`*`, `?`, `[...]`, `**`; the `glob` crate's syntax), for
+//! what has no fixed path: a node's pods under a DaemonSet's one config
+//! (`/sys/fs/cgroup/kubepods.slice/*/*-pod*.slice`), the instances of a templated service
+//! (`/sys/fs/cgroup/unified/system.slice/web@*.service`). It is expanded each interval:
+//! every cgroup directory it matches is profiled as an entry of its own, a new match from
+//! then on, and a match that is gone is dropped with its series (a pod that ended does not
+//! come back; its successor has a new path). A pattern may match nothing, at start too.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -96,6 +104,8 @@ pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
 #[derive(Debug)]
 pub struct Watched {
     path: PathBuf,
+    /// The pattern it matched; `None` for a path given as such.
+    pattern: Option<PathBuf>,
     key: String,
     /// The id tracked now; `None` while the directory is missing.
     id: Option<u64>,
@@ -117,6 +127,10 @@ pub enum Change {
     Gone { key: String, old: u64 },
     /// The directory is back (a new cgroup).
     Back { key: String, new: u64 },
+    /// A pattern matches a new cgroup: profiled from now on.
+    Matched { key: String, new: u64 },
+    /// A pattern's match is gone: dropped, with its series.
+    Unmatched { key: String, old: u64 },
 }
 
 impl Change {
@@ -126,6 +140,8 @@ impl Change {
             Change::Recreated { key, old, new } => (key, "recreated", Some(*old), Some(*new)),
             Change::Gone { key, old } => (key, "gone", Some(*old), None),
             Change::Back { key, new } => (key, "back", None, Some(*new)),
+            Change::Matched { key, new } => (key, "matched", None, Some(*new)),
+            Change::Unmatched { key, old } => (key, "unmatched", Some(*old), None),
         };
         serde_json::json!({
             "event": "cgroup",
@@ -140,9 +156,11 @@ impl Change {
     /// The cgroup's key (its path as text).
     pub fn key(&self) -> &str {
         match self {
-            Change::Recreated { key, .. } | Change::Gone { key, .. } | Change::Back { key, .. } => {
-                key
-            }
+            Change::Recreated { key, .. }
+            | Change::Gone { key, .. }
+            | Change::Back { key, .. }
+            | Change::Matched { key, .. }
+            | Change::Unmatched { key, .. } => key,
         }
     }
 }
@@ -216,34 +234,100 @@ impl Watched {
     }
 }
 
-/// The profiled cgroups, in the order configured.
+/// Whether `entry` of `profile.cgroups` is a pattern rather than a path.
+pub fn is_pattern(entry: &Path) -> bool {
+    entry
+        .as_os_str()
+        .to_string_lossy()
+        .contains(['*', '?', '['])
+}
+
+/// Checks one entry of `profile.cgroups`: an absolute path, or a pattern that parses. The
+/// message says what is wrong (the caller names the key).
+pub fn validate_entry(entry: &Path) -> Result<(), String> {
+    if !entry.is_absolute() {
+        return Err(format!(
+            "{} is not an absolute path (e.g. /sys/fs/cgroup/unified/web)",
+            entry.display()
+        ));
+    }
+    if is_pattern(entry) {
+        let text = entry
+            .to_str()
+            .ok_or_else(|| format!("{} is a pattern that is not UTF-8", entry.display()))?;
+        glob::Pattern::new(text)
+            .map_err(|e| format!("{}: not a valid pattern: {e}", entry.display()))?;
+    }
+    Ok(())
+}
+
+/// The cgroup directories `pattern` matches now, sorted.
+fn expand(pattern: &Path) -> Vec<PathBuf> {
+    let Some(text) = pattern.to_str() else {
+        return Vec::new();
+    };
+    let Ok(paths) = glob::glob(text) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = paths
+        .flatten()
+        .filter(|p| p.join("cgroup.procs").is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The profiled cgroups: the configured entries (paths and patterns) and what they stand for.
 #[derive(Debug)]
 pub struct Watch {
+    /// `profile.cgroups` as configured (running), in order.
+    entries: Vec<PathBuf>,
+    /// The cgroups profiled: the paths, then each pattern's matches.
     list: Vec<Watched>,
     /// Where the cgroup file systems are mounted (the v1 memory groups are found from it).
     root: PathBuf,
+    /// Matches that could not be profiled at the last refresh (warned when it changes).
+    unprofiled: usize,
 }
 
 impl Watch {
-    /// Track `cgroups` (paths with the ids they had when checked) in `profiler`.
+    /// Profile `entries` (paths, checked to be cgroups by the caller, and patterns) in
+    /// `profiler`; the patterns' first matches are reported by the first [`Watch::refresh`].
     pub fn start(
-        cgroups: &[(PathBuf, u64)],
+        entries: &[PathBuf],
         profiler: &mut Profiler,
         root: &Path,
     ) -> Result<Watch, ProfileError> {
         let mut w = Watch {
+            entries: Vec::new(),
             list: Vec::new(),
             root: root.to_owned(),
+            unprofiled: 0,
         };
-        for (path, id) in cgroups {
-            w.push(path, *id, profiler)?;
+        for e in entries {
+            w.entries.push(e.clone());
+            if is_pattern(e) {
+                continue;
+            }
+            let id = cgroup_id(e).map_err(|source| ProfileError::NotACgroup {
+                path: e.clone(),
+                source,
+            })?;
+            w.push(e, None, id, profiler)?;
         }
         Ok(w)
     }
 
-    fn push(&mut self, path: &Path, id: u64, profiler: &mut Profiler) -> Result<(), ProfileError> {
+    fn push(
+        &mut self,
+        path: &Path,
+        pattern: Option<&Path>,
+        id: u64,
+        profiler: &mut Profiler,
+    ) -> Result<(), ProfileError> {
         let mut c = Watched {
             path: path.to_owned(),
+            pattern: pattern.map(Path::to_owned),
             key: path.display().to_string(),
             id: None,
             memory: None,
@@ -264,16 +348,29 @@ impl Watch {
         self.list.iter_mut()
     }
 
-    /// The configured paths, in order.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.list.iter().map(|c| c.path.clone()).collect()
+    /// The configured entries (paths and patterns), in order.
+    pub fn entries(&self) -> Vec<PathBuf> {
+        self.entries.clone()
     }
 
-    /// Look at every directory again and follow what changed, then charge each present
-    /// cgroup's current descendants to it. A cgroup that cannot be tracked (the profiler is
-    /// full) is reported missing until it can.
+    /// Look at every directory again and follow what changed, expand the patterns, then
+    /// charge each present cgroup's current descendants to it. A cgroup that cannot be
+    /// tracked (the profiler is full) is reported missing (a path) or left unmatched (a
+    /// pattern's) until it can.
     pub fn refresh(&mut self, profiler: &mut Profiler) -> Vec<Change> {
-        let changes = self.follow(profiler);
+        let mut changes = self.follow(profiler);
+        let mut unprofiled = Vec::new();
+        for e in self.entries.clone() {
+            if is_pattern(&e) {
+                changes.extend(self.match_new(&e, profiler, &mut unprofiled));
+            }
+        }
+        if unprofiled.len() != self.unprofiled {
+            if let Some((path, e)) = unprofiled.first() {
+                tracing::warn!(count = unprofiled.len(), first = %path.display(), error = %e, "cgroups matching a profiled pattern are not profiled");
+            }
+            self.unprofiled = unprofiled.len();
+        }
         let present: Vec<(&Path, u64)> = self
             .list
             .iter()
@@ -290,9 +387,37 @@ impl Watch {
         changes
     }
 
+    /// Profile the cgroups `pattern` matches that are not profiled yet; those that cannot be
+    /// (the profiler is full) go to `unprofiled` with the reason.
+    fn match_new(
+        &mut self,
+        pattern: &Path,
+        profiler: &mut Profiler,
+        unprofiled: &mut Vec<(PathBuf, String)>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for path in expand(pattern) {
+            if self.list.iter().any(|c| c.path == path) {
+                continue;
+            }
+            let Ok(id) = cgroup_id(&path) else {
+                continue;
+            };
+            match self.push(&path, Some(pattern), id, profiler) {
+                Ok(()) => changes.push(Change::Matched {
+                    key: path.display().to_string(),
+                    new: id,
+                }),
+                Err(e) => unprofiled.push((path, crate::error::chain(&e))),
+            }
+        }
+        changes
+    }
+
     fn follow(&mut self, profiler: &mut Profiler) -> Vec<Change> {
         let mut changes = Vec::new();
-        for c in &mut self.list {
+        let mut dropped = Vec::new();
+        for (i, c) in self.list.iter_mut().enumerate() {
             let now = cgroup_id(&c.path).ok();
             if now == c.id {
                 continue;
@@ -300,11 +425,21 @@ impl Watch {
             let old = c.id;
             c.retire(profiler);
             let Some(new) = now else {
-                if let Some(old) = old {
-                    changes.push(Change::Gone {
+                match (old, &c.pattern) {
+                    // A pattern's match that is gone is dropped (its next match, if any, is
+                    // a new entry).
+                    (Some(old), Some(_)) => {
+                        dropped.push(i);
+                        changes.push(Change::Unmatched {
+                            key: c.key.clone(),
+                            old,
+                        });
+                    }
+                    (Some(old), None) => changes.push(Change::Gone {
                         key: c.key.clone(),
                         old,
-                    });
+                    }),
+                    (None, _) => {}
                 }
                 continue;
             };
@@ -318,38 +453,99 @@ impl Watch {
                 None => Change::Back { key, new },
             });
         }
+        for i in dropped.into_iter().rev() {
+            self.list.remove(i);
+        }
         changes
     }
 
-    /// Add `path` (reload). It must be a cgroup now; the error names it.
-    pub fn add(&mut self, path: &Path, profiler: &mut Profiler) -> Result<(), String> {
-        if self.list.iter().any(|c| c.path == path) {
-            return Ok(());
+    /// Add entry `entry` (reload): a path, which must be a cgroup now (the error names it),
+    /// or a pattern. Returns the cgroups it adds (a pattern's current matches).
+    pub fn add(&mut self, entry: &Path, profiler: &mut Profiler) -> Result<Vec<PathBuf>, String> {
+        if self.entries.iter().any(|e| e == entry) {
+            return Ok(Vec::new());
         }
-        let id = cgroup_id(path).map_err(|e| {
+        validate_entry(entry).map_err(|e| format!("profile.cgroups: {e}"))?;
+        if is_pattern(entry) {
+            self.entries.push(entry.to_owned());
+            let mut unprofiled = Vec::new();
+            let added = self.match_new(entry, profiler, &mut unprofiled);
+            if let Some((path, e)) = unprofiled.first() {
+                tracing::warn!(pattern = %entry.display(), count = unprofiled.len(), first = %path.display(), error = %e, "cgroups matching a profiled pattern are not profiled");
+            }
+            self.unprofiled = unprofiled.len();
+            return Ok(added.iter().map(|c| PathBuf::from(c.key())).collect());
+        }
+        let id = cgroup_id(entry).map_err(|e| {
             format!(
                 "profile.cgroups: {} is not a cgroup2 directory: {e}",
-                path.display()
+                entry.display()
             )
         })?;
-        self.push(path, id, profiler).map_err(|e| {
-            format!(
-                "profile.cgroups: {}: {}",
-                path.display(),
-                crate::error::chain(&e)
-            )
-        })
+        // Profiled already as a pattern's match: from now on as a path of its own.
+        if let Some(c) = self.list.iter_mut().find(|c| c.path == entry) {
+            c.pattern = None;
+        } else {
+            self.push(entry, None, id, profiler).map_err(|e| {
+                format!(
+                    "profile.cgroups: {}: {}",
+                    entry.display(),
+                    crate::error::chain(&e)
+                )
+            })?;
+        }
+        self.entries.push(entry.to_owned());
+        Ok(vec![entry.to_owned()])
     }
 
-    /// Stop profiling `path` (reload). Returns whether it was profiled.
-    pub fn remove(&mut self, path: &Path, profiler: &mut Profiler) -> bool {
-        let Some(i) = self.list.iter().position(|c| c.path == path) else {
-            return false;
+    /// Remove entry `entry` (reload): the path, or every cgroup the pattern matched (unless
+    /// another entry still stands for it). Returns the cgroups no longer profiled.
+    pub fn remove(&mut self, entry: &Path, profiler: &mut Profiler) -> Vec<PathBuf> {
+        let Some(i) = self.entries.iter().position(|e| e == entry) else {
+            return Vec::new();
         };
-        let mut c = self.list.remove(i);
-        c.retire(profiler);
-        true
+        self.entries.remove(i);
+        let mut gone = Vec::new();
+        let mut k = 0;
+        while k < self.list.len() {
+            let c = &self.list[k];
+            let from_entry = match &c.pattern {
+                Some(p) => p == entry,
+                None => c.path == entry,
+            };
+            if !from_entry {
+                k += 1;
+                continue;
+            }
+            if let Some(pattern) = standing_entry(&self.entries, &c.path) {
+                // Another entry stands for it: kept, with its history.
+                self.list[k].pattern = pattern;
+                k += 1;
+                continue;
+            }
+            let mut c = self.list.remove(k);
+            c.retire(profiler);
+            gone.push(c.path);
+        }
+        gone
     }
+}
+
+/// The entry of `entries` that stands for `path`: `Some(None)` for the path itself,
+/// `Some(Some(pattern))` for a pattern that matches it, `None` for no entry.
+fn standing_entry(entries: &[PathBuf], path: &Path) -> Option<Option<PathBuf>> {
+    if entries.iter().any(|e| e == path) {
+        return Some(None);
+    }
+    entries
+        .iter()
+        .filter(|e| is_pattern(e))
+        .find(|e| {
+            e.to_str()
+                .and_then(|t| glob::Pattern::new(t).ok())
+                .is_some_and(|p| p.matches_path(path))
+        })
+        .map(|e| Some(e.clone()))
 }
 
 #[cfg(test)]
@@ -396,6 +592,42 @@ mod tests {
     }
 
     #[test]
+    fn patterns_are_told_from_paths_checked_and_expanded_to_cgroups() {
+        assert!(is_pattern(Path::new("/cg/kubepods.slice/*/*-pod*.slice")));
+        assert!(is_pattern(Path::new("/cg/web@[0-9].service")));
+        assert!(!is_pattern(Path::new("/cg/web.service")));
+        assert!(validate_entry(Path::new("/cg/a/**")).is_ok());
+        assert!(validate_entry(Path::new("/cg/a")).is_ok());
+        assert!(validate_entry(Path::new("cg/a"))
+            .unwrap_err()
+            .contains("not an absolute path"));
+        assert!(validate_entry(Path::new("/cg/[a"))
+            .unwrap_err()
+            .contains("not a valid pattern"));
+
+        let dir = std::env::temp_dir().join(format!("shdw-g-{}", std::process::id()));
+        for sub in ["pod-a", "pod-b", "pod-c", "other"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("dirs");
+        }
+        // Only directories that are cgroups match (pod-c is not one).
+        for sub in ["pod-a", "pod-b", "other"] {
+            std::fs::write(dir.join(sub).join("cgroup.procs"), "").expect("file");
+        }
+        std::fs::write(dir.join("pod-file"), "").expect("file");
+        let pat = dir.join("pod-*");
+        assert_eq!(expand(&pat), vec![dir.join("pod-a"), dir.join("pod-b")]);
+        // The entry standing for a path: itself first, else a pattern matching it.
+        let entries = vec![pat.clone(), dir.join("other")];
+        assert_eq!(
+            standing_entry(&entries, &dir.join("pod-a")),
+            Some(Some(pat.clone()))
+        );
+        assert_eq!(standing_entry(&entries, &dir.join("other")), Some(None));
+        assert_eq!(standing_entry(&entries, &dir.join("x")), None);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
     fn change_events_name_the_cgroup_and_both_ids() {
         let e = Change::Recreated {
             key: "/sys/fs/cgroup/unified/web".into(),
@@ -423,6 +655,24 @@ mod tests {
             }
             .event(0.0)["change"],
             "back"
+        );
+        let m = Change::Matched {
+            key: "p".into(),
+            new: 5,
+        }
+        .event(0.0);
+        assert_eq!(
+            (m["change"].as_str(), m["new_id"].as_u64()),
+            (Some("matched"), Some(5))
+        );
+        let u = Change::Unmatched {
+            key: "p".into(),
+            old: 5,
+        }
+        .event(0.0);
+        assert_eq!(
+            (u["change"].as_str(), u["old_id"].as_u64()),
+            (Some("unmatched"), Some(5))
         );
     }
 }
