@@ -56,6 +56,55 @@ fn events_until(
     }
 }
 
+/// A running agent on a scratch config: its status file and config path, removed on drop.
+struct Agent {
+    proc: process::ChildGuard,
+    lines: Receiver<String>,
+    _reader: std::thread::JoinHandle<()>,
+    status: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+    _dir: common::RmDir,
+}
+
+impl Agent {
+    /// `run --json` on `config(cgroups)`, in scratch directory `shdt{tag}-{name}`.
+    fn start(tag: &str, name: &str, cgroups: &[&std::path::Path]) -> Agent {
+        let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-{name}")));
+        std::fs::create_dir_all(&dir.0).expect("scratch dir");
+        let status = dir.0.join("status.json");
+        let cfg = dir.0.join("agent.toml");
+        std::fs::write(&cfg, config(cgroups)).expect("config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+        cmd.args(["run", "--json", "--duration", "90", "--status-file"])
+            .arg(&status)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut proc = process::spawn(cmd, None, None).expect("agent");
+        let (lines, reader) = common::stdout_lines(&mut proc);
+        Agent {
+            proc,
+            lines,
+            _reader: reader,
+            status,
+            cfg,
+            _dir: dir,
+        }
+    }
+
+    /// Rewrite the config with `cgroups`.
+    fn configure(&self, cgroups: &[&std::path::Path]) {
+        std::fs::write(&self.cfg, config(cgroups)).expect("config");
+    }
+
+    /// SIGTERM; asserts a clean exit.
+    fn stop(mut self) {
+        let (st, err) = common::terminate(&mut self.proc, Duration::from_secs(30));
+        assert!(st.success(), "agent failed: {err}");
+    }
+}
+
 #[test]
 fn profiled_cgroups_follow_restarts_and_reloads() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
@@ -67,22 +116,9 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     let path_b = cg_b.unified_path().to_path_buf();
     let (key_a, key_b) = (path_a.display().to_string(), path_b.display().to_string());
 
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-pf")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let status_file = dir.0.join("status.json");
-    let cfg = dir.0.join("agent.toml");
-    std::fs::write(&cfg, config(&[&path_a])).expect("config");
-
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--json", "--duration", "90", "--status-file"])
-        .arg(&status_file)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut agent = process::spawn(cmd, None, None).expect("agent");
-    let (lines, _reader) = common::stdout_lines(&mut agent);
-    let s = common::wait_status(&status_file, "A counted", Duration::from_secs(30), |s| {
+    let agent = Agent::start(&tag, "pf", &[&path_a]);
+    let (lines, status_file) = (&agent.lines, &agent.status);
+    let s = common::wait_status(status_file, "A counted", Duration::from_secs(30), |s| {
         cpu(s, &key_a) > 0.15
     });
     assert!(
@@ -93,9 +129,9 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     // A restart: the cgroup is removed and made again at once, with a new process.
     drop(burner_a);
     cg_a.remove().expect("remove A");
-    let before = cpu(&common::status(&status_file), &key_a);
+    let before = cpu(&common::status(status_file), &key_a);
     let (cg_a, burner_a) = common::throttled_burner(&name_a);
-    let evs = events_until(&lines, &key_a, Some(cg_a.id()));
+    let evs = events_until(lines, &key_a, Some(cg_a.id()));
     let last = evs.last().expect("an event");
     assert!(
         last["change"] == "recreated" || last["change"] == "back",
@@ -103,7 +139,7 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     );
     // The new cgroup is counted, on from the old total (never back to 0).
     common::wait_status(
-        &status_file,
+        status_file,
         "A counted again after its restart",
         Duration::from_secs(15),
         |s| cpu(s, &key_a) > before + 0.15,
@@ -112,16 +148,16 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     // Gone for good: reported missing, with an event.
     drop(burner_a);
     cg_a.remove().expect("remove A");
-    let evs = events_until(&lines, &key_a, None);
+    let evs = events_until(lines, &key_a, None);
     assert_eq!(evs.last().unwrap()["change"], "gone", "{evs:?}");
-    common::wait_status(&status_file, "A missing", Duration::from_secs(10), |s| {
+    common::wait_status(status_file, "A missing", Duration::from_secs(10), |s| {
         s["cgroups"][&key_a]["missing"] == true
     });
 
     // A reload swaps A for B: B is profiled and forecast from then on, A is forgotten.
-    std::fs::write(&cfg, config(&[&path_b])).expect("config");
-    common::hup(agent.pid());
-    let ev = common::next_event(&lines, "reload");
+    agent.configure(&[&path_b]);
+    common::hup(agent.proc.pid());
+    let ev = common::next_event(lines, "reload");
     assert_eq!(
         ev["applied"]["profile.cgroups"],
         serde_json::json!({"added": [key_b], "removed": [key_a]}),
@@ -129,7 +165,7 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     );
     assert_eq!(ev["restart_needed"], serde_json::json!([]), "{ev}");
     assert_eq!(ev["errors"], serde_json::json!([]), "{ev}");
-    let s = common::wait_status(&status_file, "B counted", Duration::from_secs(15), |s| {
+    let s = common::wait_status(status_file, "B counted", Duration::from_secs(15), |s| {
         cpu(s, &key_b) > 0.15
     });
     assert!(s["cgroups"].get(&key_a).is_none(), "A still reported: {s}");
@@ -142,10 +178,10 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
 
     // A path that is no cgroup: refused by name, B stays profiled.
     let nope = path_b.with_file_name(format!("shdt{tag}-nope"));
-    std::fs::write(&cfg, config(&[&path_b, &nope])).expect("config");
+    agent.configure(&[&path_b, &nope]);
     let out = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
         .args(["reload", "--timeout", "20", "--file"])
-        .arg(&status_file)
+        .arg(status_file)
         .output()
         .expect("shadow-agent reload");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -157,9 +193,9 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
         )),
         "{stderr}"
     );
-    let b_then = cpu(&common::status(&status_file), &key_b);
+    let b_then = cpu(&common::status(status_file), &key_b);
     common::wait_status(
-        &status_file,
+        status_file,
         "B still counted",
         Duration::from_secs(10),
         |s| {
@@ -167,13 +203,7 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
         },
     );
 
-    stop(agent);
-}
-
-/// SIGTERM to `agent`; asserts it exits cleanly.
-fn stop(mut agent: process::ChildGuard) {
-    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
-    assert!(st.success(), "agent failed: {err}");
+    agent.stop();
 }
 
 #[test]
@@ -190,26 +220,15 @@ fn a_profiled_cgroup_counts_its_descendants_except_those_profiled_themselves() {
         c2.unified_path().display().to_string(),
     );
 
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-pfd")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let status_file = dir.0.join("status.json");
-    let cfg = dir.0.join("agent.toml");
-    std::fs::write(&cfg, config(&[parent.unified_path(), c2.unified_path()])).expect("config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--json", "--duration", "90", "--status-file"])
-        .arg(&status_file)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let agent = process::spawn(cmd, None, None).expect("agent");
+    let agent = Agent::start(&tag, "pfd", &[parent.unified_path(), c2.unified_path()]);
+    let status_file = &agent.status;
 
     // Both burn at 0.1 cores: the parent counts c1's (not c2's), c2 its own.
-    let s0 = common::wait_status(&status_file, "both counted", Duration::from_secs(30), |s| {
+    let s0 = common::wait_status(status_file, "both counted", Duration::from_secs(30), |s| {
         cpu(s, &key_p) > 0.1 && cpu(s, &key_c2) > 0.1
     });
     std::thread::sleep(Duration::from_secs(3));
-    let s1 = common::status(&status_file);
+    let s1 = common::status(status_file);
     let dt = s1["t_s"].as_f64().unwrap() - s0["t_s"].as_f64().unwrap();
     let rate = |k: &str| (cpu(&s1, k) - cpu(&s0, k)) / dt;
     let (rp, rc2) = (rate(&key_p), rate(&key_c2));
@@ -225,14 +244,14 @@ fn a_profiled_cgroup_counts_its_descendants_except_those_profiled_themselves() {
     // A cgroup made below c1 after the start counts too (from the next interval).
     drop(b1);
     let (_g, _bg) = common::throttled_burner(&format!("shdt{tag}-pfp/c1/g"));
-    let before = cpu(&common::status(&status_file), &key_p);
+    let before = cpu(&common::status(status_file), &key_p);
     common::wait_status(
-        &status_file,
+        status_file,
         "grandchild counted",
         Duration::from_secs(15),
         |s| cpu(s, &key_p) > before + 0.2,
     );
-    stop(agent);
+    agent.stop();
 }
 
 #[test]
@@ -245,32 +264,20 @@ fn a_pattern_profiles_each_matching_cgroup_as_it_comes_and_goes() {
     let key1 = x1.unified_path().display().to_string();
     let key_y = _y.unified_path().display().to_string();
 
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-pg")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let status_file = dir.0.join("status.json");
-    let cfg = dir.0.join("agent.toml");
-    std::fs::write(&cfg, config(&[&pattern])).expect("config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--json", "--duration", "90", "--status-file"])
-        .arg(&status_file)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut agent = process::spawn(cmd, None, None).expect("agent");
-    let (lines, _reader) = common::stdout_lines(&mut agent);
+    let agent = Agent::start(&tag, "pg", &[&pattern]);
+    let (lines, status_file) = (&agent.lines, &agent.status);
 
-    let evs = events_until(&lines, &key1, Some(x1.id()));
+    let evs = events_until(lines, &key1, Some(x1.id()));
     assert_eq!(evs.last().unwrap()["change"], "matched", "{evs:?}");
-    common::wait_status(&status_file, "x1 counted", Duration::from_secs(15), |s| {
+    common::wait_status(status_file, "x1 counted", Duration::from_secs(15), |s| {
         cpu(s, &key1) > 0.1
     });
     // A new match is profiled from the next interval.
     let (x2, _b2) = common::throttled_burner(&format!("shdt{tag}-pgx2"));
     let key2 = x2.unified_path().display().to_string();
-    let evs = events_until(&lines, &key2, Some(x2.id()));
+    let evs = events_until(lines, &key2, Some(x2.id()));
     assert_eq!(evs.last().unwrap()["change"], "matched", "{evs:?}");
-    let s = common::wait_status(&status_file, "x2 counted", Duration::from_secs(15), |s| {
+    let s = common::wait_status(status_file, "x2 counted", Duration::from_secs(15), |s| {
         cpu(s, &key2) > 0.1
     });
     assert!(
@@ -286,9 +293,9 @@ fn a_pattern_profiles_each_matching_cgroup_as_it_comes_and_goes() {
     // A match that ends is dropped with its series (its successor would be a new path).
     drop(b1);
     x1.remove().expect("remove x1");
-    let evs = events_until(&lines, &key1, None);
+    let evs = events_until(lines, &key1, None);
     assert_eq!(evs.last().unwrap()["change"], "unmatched", "{evs:?}");
-    let s = common::wait_status(&status_file, "x1 dropped", Duration::from_secs(10), |s| {
+    let s = common::wait_status(status_file, "x1 dropped", Duration::from_secs(10), |s| {
         s["cgroups"].get(&key1).is_none() && s["cgroups"].get(&key2).is_some()
     });
     assert!(
@@ -298,16 +305,16 @@ fn a_pattern_profiles_each_matching_cgroup_as_it_comes_and_goes() {
     );
 
     // A reload without the pattern drops what it matched.
-    std::fs::write(&cfg, config(&[])).expect("config");
-    common::hup(agent.pid());
-    let ev = common::next_event(&lines, "reload");
+    agent.configure(&[]);
+    common::hup(agent.proc.pid());
+    let ev = common::next_event(lines, "reload");
     assert_eq!(
         ev["applied"]["profile.cgroups"],
         serde_json::json!({"added": [], "removed": [pattern]}),
         "{ev}"
     );
-    common::wait_status(&status_file, "x2 dropped", Duration::from_secs(10), |s| {
+    common::wait_status(status_file, "x2 dropped", Duration::from_secs(10), |s| {
         s["cgroups"].as_object().is_some_and(|c| c.is_empty())
     });
-    stop(agent);
+    agent.stop();
 }
