@@ -84,6 +84,7 @@ pub struct Metrics {
     mirror_cloned_packets: Counter,
     mirror_cloned_bytes: Counter,
     cgroup_cpu: Family<CgroupLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    cgroup_memory: Family<CgroupLabels, Gauge>,
     replicas: Gauge,
     replica_restarts: Family<ReplicaLabels, Gauge>,
     discard_dropped: Family<ReplicaLabels, Counter>,
@@ -130,6 +131,13 @@ impl Metrics {
             "On-CPU time of a tracked cgroup, accounted from sched_switch in the kernel",
             Unit::Seconds,
             cgroup_cpu.clone(),
+        );
+        let cgroup_memory = Family::<CgroupLabels, Gauge>::default();
+        registry.register_with_unit(
+            "shadow_cgroup_memory",
+            "Memory charged to a profiled cgroup (cgroup v2 memory.current, v1 memory.usage_in_bytes)",
+            Unit::Bytes,
+            cgroup_memory.clone(),
         );
         let replicas = Gauge::default();
         registry.register(
@@ -206,6 +214,7 @@ impl Metrics {
             mirror_cloned_packets,
             mirror_cloned_bytes,
             cgroup_cpu,
+            cgroup_memory,
             replicas,
             replica_restarts,
             discard_dropped,
@@ -304,6 +313,14 @@ impl Metrics {
         self.sample_rate.set(rate);
     }
 
+    pub fn observe_cgroup_memory(&self, cgroup: &str, bytes: u64) {
+        self.cgroup_memory
+            .get_or_create(&CgroupLabels {
+                cgroup: cgroup.to_string(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     pub fn observe_cgroup_cpu(&self, cgroup: &str, cpu_seconds: f64) {
         let d = self.delta(format!("cpu/{cgroup}"), cpu_seconds);
         self.cgroup_cpu
@@ -316,9 +333,11 @@ impl Metrics {
     /// Drop every series of a cgroup that is no longer profiled (reload): its CPU counter and
     /// its forecasts' upper bounds at `levels` (percent).
     pub fn forget_cgroup(&self, cgroup: &str, levels: &[f64]) {
-        self.cgroup_cpu.remove(&CgroupLabels {
+        let labels = CgroupLabels {
             cgroup: cgroup.to_string(),
-        });
+        };
+        self.cgroup_cpu.remove(&labels);
+        self.cgroup_memory.remove(&labels);
         self.last
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -480,6 +499,7 @@ mod tests {
         let m = Metrics::new();
         for cg in ["/cg/a", "/cg/b"] {
             m.observe_cgroup_cpu(cg, 2.0);
+            m.observe_cgroup_memory(cg, 1 << 20);
             m.observe_forecast_upper(cg, "cpu", 80.0, 1.5);
             m.observe_forecast_upper(cg, "memory", 95.0, 1e9);
         }
@@ -487,7 +507,8 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("/cg/a"), "{text}");
         assert!(
-            text.contains("shadow_cgroup_cpu_seconds_total{cgroup=\"/cg/b\"} 2"),
+            text.contains("shadow_cgroup_cpu_seconds_total{cgroup=\"/cg/b\"} 2")
+                && text.contains("shadow_cgroup_memory_bytes{cgroup=\"/cg/b\"} 1048576"),
             "{text}"
         );
         assert!(

@@ -353,23 +353,23 @@ pub fn run_with_reload(
             }
             for (key, cpu_ns, switches, replica) in totals {
                 let secs = cpu_ns as f64 / 1e9;
+                let mut entry = serde_json::json!({ "cpu_seconds": secs, "switches": switches });
                 if let Some(v) = rate(&key, secs) {
                     if replica {
                         *shadow_cpu.get_or_insert(0.0) += v;
                     }
                     samples.push((key.clone(), v));
+                    entry["cpu_cores"] = v.into();
                 }
                 metrics.observe_cgroup_cpu(&key, secs);
-                cg.insert(
-                    key,
-                    serde_json::json!({ "cpu_seconds": secs, "switches": switches }),
-                );
+                cg.insert(key, entry);
             }
             for c in watch.iter().filter(|c| c.id().is_some()) {
                 let Some(m) = c.memory().and_then(crate::profile::cgroupfs::read_memory) else {
                     continue;
                 };
                 samples.push((memory_key(c.path()), m.usage_bytes as f64));
+                metrics.observe_cgroup_memory(c.key(), m.usage_bytes);
                 if let Some(e) = cg.get_mut(c.key()).and_then(|e| e.as_object_mut()) {
                     e.insert("memory_bytes".into(), m.usage_bytes.into());
                 }

@@ -113,6 +113,28 @@ pub fn render(v: &serde_json::Value) -> String {
             m["seen"], m["cloned"], m["clone_failed"]
         ));
     }
+    if let Some(cgroups) = v["cgroups"].as_object().filter(|c| !c.is_empty()) {
+        out.push_str(
+            "cgroup                                                   cpu_cores  memory_mib\n",
+        );
+        for (path, c) in cgroups {
+            if c["missing"] == true {
+                out.push_str(&format!(
+                    "{path:<56} missing (waiting for it to come back)\n"
+                ));
+                continue;
+            }
+            let num = |x: &serde_json::Value, scale: f64| {
+                x.as_f64()
+                    .map_or("-".to_owned(), |v| format!("{:.3}", v / scale))
+            };
+            out.push_str(&format!(
+                "{path:<56} {:<10} {}\n",
+                num(&c["cpu_cores"], 1.0),
+                num(&c["memory_bytes"], 1048576.0)
+            ));
+        }
+    }
     if let Some(series) = v["forecast"]["series"].as_object() {
         let f = &v["forecast"];
         out.push_str(&format!(
@@ -228,8 +250,20 @@ mod tests {
                 "discard": {"tx_dropped_packets": 5, "tx_dropped_bytes": 300,
                     "connect_refused": 2, "sendmsg_refused": 1}}],
             "refused": [[{"addr": "10.0.0.1", "port": 53, "proto": "udp", "attempts": 3}]],
+            "cgroups": {"/cg/web": {"cpu_seconds": 9.0, "cpu_cores": 0.25,
+                "memory_bytes": 3145728}, "/cg/gone": {"missing": true}},
         });
         let text = render(&full);
+        let cg = |p: &str| -> Vec<String> {
+            text.lines()
+                .find(|l| l.starts_with(p))
+                .unwrap_or_else(|| panic!("no row for {p}: {text}"))
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(cg("/cg/web"), ["/cg/web", "0.250", "3.000"]);
+        assert_eq!(cg("/cg/gone")[1], "missing");
         assert!(text.contains("sample rate: 0.25"), "{text}");
         assert!(!text.contains("last reload"), "{text}");
         let mut reloaded = full.clone();

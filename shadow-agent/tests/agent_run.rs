@@ -101,6 +101,10 @@ memory_mb = 64
         .args(["status", "--json"])
         .output()
         .expect("status");
+    let table = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .arg("status")
+        .output()
+        .expect("status");
     let missing = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
         .args(["status", "--file"])
         .arg(&status_file)
@@ -128,6 +132,25 @@ memory_mb = 64
         .and_then(|v| v.parse().ok())
         .expect("value");
     assert!(cpu > 0.1, "{cpu_line}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("shadow_cgroup_memory_bytes")
+                && l.contains(&format!("shdt{tag}-app"))),
+        "no memory series for the test cgroup: {metrics}"
+    );
+    // The status table has a row for the profiled cgroup: its cores and MiB.
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&cg.unified_path().display().to_string()))
+        .unwrap_or_else(|| panic!("no row for the cgroup: {table}"))
+        .split_whitespace()
+        .collect();
+    assert!(
+        row.len() == 3 && row[1].parse::<f64>().is_ok() && row[2].parse::<f64>().is_ok(),
+        "{row:?}"
+    );
     assert!(
         metrics.contains("shadow_discard_dropped_packets_total{replica="),
         "{metrics}"

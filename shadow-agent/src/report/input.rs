@@ -329,10 +329,13 @@ impl Run {
     ) -> LineResult<()> {
         let cg = self.cgroups.entry(path.to_owned()).or_default();
         let mut dt = interval.unwrap_or(0.0);
+        // The cores a line states (`run` gives them over the interval that really passed),
+        // else the rate between two lines' CPU seconds.
+        let mut from_secs = None;
         if let Some(secs) = num(m, "cpu_seconds")? {
             if let Some((t0, s0)) = cg.last_cpu_seconds {
                 if t > t0 && secs >= s0 {
-                    cg.cpu_cores.push((t, (secs - s0) / (t - t0)));
+                    from_secs = Some((secs - s0) / (t - t0));
                     if interval.is_none() {
                         dt = t - t0;
                     }
@@ -340,7 +343,7 @@ impl Run {
             }
             cg.last_cpu_seconds = Some((t, secs));
         }
-        if let Some(cores) = num(m, "cpu_cores")? {
+        if let Some(cores) = num(m, "cpu_cores")?.or(from_secs) {
             cg.cpu_cores.push((t, cores));
         }
         let mem = match num(m, "memory_bytes")? {
@@ -556,6 +559,13 @@ mod tests {
         ]);
         assert_eq!(r.cgroups["/cg/a"].cpu_cores, vec![(2.0, 0.5)]);
         assert_eq!(r.mirror[0].1["cloned"], 9.0);
+        // Stated cores win over the rate between lines (one point per line, not two).
+        let r = run_of(&[
+            r#"{"t_s":1.0,"cgroups":{"/cg/a":{"cpu_seconds":1.0}}}"#,
+            r#"{"t_s":2.0,"cgroups":{"/cg/a":{"cpu_seconds":1.5,"cpu_cores":0.45}}}"#,
+            r#"{"t_s":3.0,"cgroups":{"/cg/a":{"missing":true}}}"#,
+        ]);
+        assert_eq!(r.cgroups["/cg/a"].cpu_cores, vec![(2.0, 0.45)]);
         assert_eq!(r.formats, vec!["run"]);
     }
 
