@@ -3,9 +3,11 @@
 //! What changes live: the mirror's sample rate and clone caps (written to its config map, no
 //! reattach: the "ramp the mirror from 1% to 100%" operation), the allocator's dry run
 //! (watch what it would do, then let it act, without losing its state; a group's original
-//! limits are recorded before its first real write, as at start) and the profiled cgroups
+//! limits are recorded before its first real write, as at start), the profiled cgroups
 //! (`profile.cgroups`: added ones are tracked and forecast from then on, removed ones
-//! forgotten, the others keep their history). Everything else needs a
+//! forgotten, the others keep their history) and the managed ones (`allocate.cgroups`: an
+//! added group is opened as at start, a removed one gets its original limits back at once).
+//! Everything else needs a
 //! restart: a reload names the changed sections and leaves them as they run. A file that
 //! does not parse or validate changes nothing; the error names the key, as at start.
 
@@ -47,23 +49,50 @@ impl MirrorLive {
 /// `cap_pps`, `cap_bytes_per_sec`, `cap_burst_ms`.
 pub type Caps = (u64, u64, u64);
 
-/// Paths added to and removed from `profile.cgroups`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct CgroupChange {
-    pub added: Vec<std::path::PathBuf>,
-    pub removed: Vec<std::path::PathBuf>,
+/// Entries added to and removed from a list of the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListChange<T> {
+    pub added: Vec<T>,
+    pub removed: Vec<T>,
 }
 
-impl CgroupChange {
-    /// `old` -> `new`, order aside; `None` when they hold the same paths.
-    pub fn between(old: &[std::path::PathBuf], new: &[std::path::PathBuf]) -> Option<Self> {
-        let c = CgroupChange {
+impl<T> Default for ListChange<T> {
+    fn default() -> Self {
+        ListChange {
+            added: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
+impl<T: PartialEq + Clone> ListChange<T> {
+    /// `old` -> `new`, order aside; `None` when they hold the same entries.
+    pub fn between(old: &[T], new: &[T]) -> Option<Self> {
+        let c = ListChange {
             added: new.iter().filter(|p| !old.contains(p)).cloned().collect(),
             removed: old.iter().filter(|p| !new.contains(p)).cloned().collect(),
         };
-        (c != CgroupChange::default()).then_some(c)
+        (!c.is_empty()).then_some(c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+
+    /// `list` with this change made (removed entries out, added ones appended).
+    pub fn apply_to(&self, list: &[T]) -> Vec<T> {
+        let mut out: Vec<T> = list
+            .iter()
+            .filter(|e| !self.removed.contains(e))
+            .cloned()
+            .collect();
+        out.extend(self.added.iter().filter(|e| !list.contains(e)).cloned());
+        out
     }
 }
+
+/// Paths added to and removed from `profile.cgroups`.
+pub type CgroupChange = ListChange<std::path::PathBuf>;
 
 /// What a reload from `old` (running) to `new` (just read) changes.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -76,6 +105,8 @@ pub struct Plan {
     pub dry_run: Option<(bool, bool)>,
     /// `profile.cgroups`: the paths added and the paths removed.
     pub cgroups: Option<CgroupChange>,
+    /// `allocate.cgroups`: the groups added and the groups removed.
+    pub managed: Option<ListChange<String>>,
     /// Sections with other changes, which take effect only at a restart.
     pub restart: Vec<&'static str>,
 }
@@ -113,8 +144,10 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             if o.allocator.dry_run != n.allocator.dry_run {
                 p.dry_run = Some((o.allocator.dry_run, n.allocator.dry_run));
             }
+            p.managed = ListChange::between(&o.cgroups, &n.cgroups);
             let mut same = n.clone();
             same.allocator.dry_run = o.allocator.dry_run;
+            same.cgroups = o.cgroups.clone();
             if &same != o {
                 p.restart.push("allocate");
             }
@@ -145,7 +178,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
 }
 
 /// Record in `running` what a reload applied (the live settings only), so the next reload
-/// compares against what really runs. (`profile.cgroups` is recorded by the caller, which
+/// compares against what really runs. (The cgroup lists are recorded by the caller, which
 /// knows which of the changes it could make.)
 pub fn record_applied(running: &mut Config, new: &Config, applied: &Plan) {
     if let (Some(r), Some(n)) = (running.mirror.as_mut(), new.mirror.as_ref()) {
@@ -184,6 +217,12 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
     if let Some(c) = &applied.cgroups {
         a.insert(
             "profile.cgroups".into(),
+            json!({"added": c.added, "removed": c.removed}),
+        );
+    }
+    if let Some(c) = &applied.managed {
+        a.insert(
+            "allocate.cgroups".into(),
             json!({"added": c.added, "removed": c.removed}),
         );
     }
@@ -325,7 +364,10 @@ dry_run = true
     fn other_changes_are_named_for_a_restart_and_not_recorded() {
         let new = BASE
             .replace("proto = \"udp\"", "proto = \"tcp\"")
-            .replace("shop/web", "shop/api")
+            .replace(
+                "dry_run = true",
+                "dry_run = true\nstate_dir = \"/tmp/elsewhere\"",
+            )
             .replace("sample_rate = 1.0", "sample_rate = 0.5");
         let p = plan(&cfg(BASE), &cfg(&new));
         assert_eq!(p.restart, vec!["mirror", "allocate"]);
@@ -345,6 +387,28 @@ dry_run = true
         assert_eq!(plan(&cfg(BASE), &cfg(&without)).restart, vec!["allocate"]);
         let profiled = format!("{BASE}\n[profile]\ninterval_ms = 250\n");
         assert_eq!(plan(&cfg(BASE), &cfg(&profiled)).restart, vec!["profile"]);
+    }
+
+    #[test]
+    fn managed_groups_change_live() {
+        let new = BASE.replace(
+            r#"cgroups = ["shop/web"]"#,
+            r#"cgroups = ["shop/api", "shop/db"]"#,
+        );
+        let p = plan(&cfg(BASE), &cfg(&new));
+        assert!(p.restart.is_empty(), "{p:?}");
+        let c = p.managed.clone().expect("a change");
+        assert_eq!(c.added, vec!["shop/api".to_owned(), "shop/db".to_owned()]);
+        assert_eq!(c.removed, vec!["shop/web".to_owned()]);
+        assert_eq!(
+            c.apply_to(&["shop/web".to_owned(), "shop/x".to_owned()]),
+            vec!["shop/x", "shop/api", "shop/db"]
+        );
+        let e = event(0.0, &p, &[], &[]);
+        assert_eq!(
+            e["applied"]["allocate.cgroups"],
+            json!({"added": ["shop/api", "shop/db"], "removed": ["shop/web"]})
+        );
     }
 
     #[test]

@@ -617,6 +617,37 @@ struct Live<'a> {
     profiled: Profiled<'a>,
 }
 
+/// Stop managing the groups `change` removes (their original limits come back now) and
+/// manage those it adds (in dry run as `dry_run` says). Returns what was done; each failure
+/// goes to `errors`, naming the group.
+fn change_managed(
+    a: &mut crate::allocate::live::LiveAllocator,
+    change: &crate::reload::ListChange<String>,
+    dry_run: bool,
+    errors: &mut Vec<String>,
+) -> crate::reload::ListChange<String> {
+    let mut done = crate::reload::ListChange::default();
+    for name in &change.removed {
+        match a.remove_group(name) {
+            Ok(_) => done.removed.push(name.clone()),
+            Err(e) => errors.push(format!(
+                "allocate.cgroups: {name}: {}",
+                crate::error::chain(&e)
+            )),
+        }
+    }
+    for name in &change.added {
+        match a.add_group(name, dry_run) {
+            Ok(()) => done.added.push(name.clone()),
+            Err(e) => errors.push(format!(
+                "allocate.cgroups: {name}: {}",
+                crate::error::chain(&e)
+            )),
+        }
+    }
+    done
+}
+
 /// Drop every series of profiled cgroup `key` (no longer profiled): its forecasts and its
 /// metrics.
 fn forget_series(
@@ -707,15 +738,24 @@ fn reload_now(
             }
         }
     }
-    if let (Some(d), Some(a)) = (wanted.dry_run, allocator) {
+    let mut allocator = allocator;
+    if let (Some(d), Some(a)) = (wanted.dry_run, allocator.as_deref_mut()) {
         a.set_dry_run(d.1);
         applied.dry_run = Some(d);
+    }
+    if let (Some(change), Some(a), Some(spec)) = (&wanted.managed, allocator, new.allocate.as_ref())
+    {
+        let done = change_managed(a, change, spec.allocator.dry_run, &mut errors);
+        if let Some(r) = running.allocate.as_mut() {
+            r.cgroups = done.apply_to(&r.cgroups);
+        }
+        applied.managed = (!done.is_empty()).then_some(done);
     }
     if let Some(change) = &wanted.cgroups {
         let (done, failed) = profiled.change(change);
         errors.extend(failed);
         running.profile.cgroups = profiled.watch.entries();
-        applied.cgroups = (done != Default::default()).then_some(done);
+        applied.cgroups = (!done.is_empty()).then_some(done);
     }
     record_applied(running, &new, &applied);
     let ev = event(t_s, &applied, &wanted.restart, &errors);

@@ -266,3 +266,107 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         "original quota restored on exit"
     );
 }
+
+fn managed_config(group: &str, state: &std::path::Path) -> String {
+    format!(
+        r#"
+[profile]
+interval_ms = 300
+
+[metrics]
+listen = "off"
+
+[allocate]
+cgroups = ["{group}"]
+dry_run = false
+state_dir = "{state}"
+
+[allocate.cpu]
+cooldown_intervals = 0
+max = 1.5
+
+[allocate.memory]
+enabled = false
+
+[allocate.scale]
+enabled = false
+"#,
+        state = state.display(),
+    )
+}
+
+/// Waits (at most 20 s) until `cg`'s quota is no longer the hand-set one.
+fn wait_raised(cg: &shadow_agent::sys::cgroup::Cgroup, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::quota(cg) == common::ORIGINAL_QUOTA {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the quota was not raised"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let (name_a, name_b) = (format!("shdt{tag}-mga"), format!("shdt{tag}-mgb"));
+    let (cg_a, _burner_a) = common::throttled_burner(&name_a);
+    let (cg_b, _burner_b) = common::throttled_burner(&name_b);
+    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-mg")));
+    std::fs::create_dir_all(&dir.0).expect("scratch dir");
+    let (state, status_file, cfg) = (
+        dir.0.join("state"),
+        dir.0.join("status.json"),
+        dir.0.join("agent.toml"),
+    );
+    std::fs::write(&cfg, managed_config(&name_a, &state)).expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+    cmd.args(["run", "--json", "--duration", "60", "--status-file"])
+        .arg(&status_file)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut agent = process::spawn(cmd, None, None).expect("agent");
+    let (lines, _reader) = common::stdout_lines(&mut agent);
+
+    // A throttled group under management gets more CPU; the other is left alone.
+    wait_raised(&cg_a, "A managed");
+    assert_eq!(common::quota(&cg_b), common::ORIGINAL_QUOTA);
+
+    // The edit manages B instead of A: A has its hand-set quota back at once, B is raised.
+    std::fs::write(&cfg, managed_config(&name_b, &state)).expect("config");
+    common::hup(agent.pid());
+    let ev = common::next_event(&lines, "reload");
+    assert_eq!(
+        ev["applied"]["allocate.cgroups"],
+        serde_json::json!({"added": [name_b], "removed": [name_a]}),
+        "{ev}"
+    );
+    assert_eq!(ev["restart_needed"], serde_json::json!([]), "{ev}");
+    assert_eq!(ev["errors"], serde_json::json!([]), "{ev}");
+    assert_eq!(
+        common::quota(&cg_a),
+        common::ORIGINAL_QUOTA,
+        "A's original quota restored at the reload"
+    );
+    wait_raised(&cg_b, "B managed after the reload");
+    // A stays as it was given back (not managed any more).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(common::quota(&cg_a), common::ORIGINAL_QUOTA);
+    let audit = common::audit(&state);
+    assert!(
+        audit.iter().any(|e| e["resource"] == "restore"
+            && e["cgroup"].as_str().is_some_and(|c| c.contains(&name_a))),
+        "no restore of A in the audit log: {audit:?}"
+    );
+
+    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
+    assert!(st.success(), "agent failed: {err}");
+    assert_eq!(
+        common::quota(&cg_b),
+        common::ORIGINAL_QUOTA,
+        "B's original quota restored on exit"
+    );
+}

@@ -489,6 +489,9 @@ pub struct LiveAllocator {
     validator: Option<WhatifValidator>,
     /// The what-if verdict of the last tick (see [`LiveAllocator::take_verdict`]).
     verdict: Option<super::gate::ShrinkOutcome>,
+    /// The hierarchies and the section, to open groups added by a reload.
+    root: CgroupRoot,
+    spec: AllocateSpec,
 }
 
 impl LiveAllocator {
@@ -513,22 +516,7 @@ impl LiveAllocator {
             })?;
         let mut groups = Vec::new();
         for name in &spec.cgroups {
-            let name = name.trim_matches('/').to_owned();
-            let backend = backend::open(&root, &name)?;
-            let reconciler = Reconciler::new(backend, spec.allocator.clone())?;
-            if let Some(r) = reconciler.recovered() {
-                tracing::warn!(cgroup = %name, restored = ?r, "restored the limits a previous run left");
-            }
-            groups.push(Managed {
-                name,
-                reconciler,
-                cpu: Tracked::new(spec.forecast),
-                memory: Tracked::new(spec.forecast),
-                prev_cpu: None,
-                interval_s: None,
-                scale_cpu: ScaleDetector::default(),
-                scale_memory: ScaleDetector::default(),
-            });
+            groups.push(Managed::open(&root, spec, name)?);
         }
         let webhook = match &spec.webhook {
             None => None,
@@ -548,7 +536,41 @@ impl LiveAllocator {
             events: Vec::new(),
             validator,
             verdict: None,
+            root,
+            spec: spec.clone(),
         })
+    }
+
+    /// The managed group names, in order.
+    pub fn groups(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.name.clone()).collect()
+    }
+
+    /// Manage `name` from the next tick on (a reload), as at start: limits a crashed run
+    /// left are restored first, the originals recorded before the first write, the dry run
+    /// that of the other groups. Idempotent.
+    pub fn add_group(&mut self, name: &str, dry_run: bool) -> Result<()> {
+        let name = name.trim_matches('/');
+        if self.groups.iter().any(|g| g.name == name) {
+            return Ok(());
+        }
+        let mut g = Managed::open(&self.root, &self.spec, name)?;
+        g.reconciler.set_dry_run(dry_run);
+        self.groups.push(g);
+        Ok(())
+    }
+
+    /// Stop managing `name` (a reload): its original limits are restored now, as on exit.
+    /// Returns whether it was managed.
+    pub fn remove_group(&mut self, name: &str) -> Result<bool> {
+        let name = name.trim_matches('/');
+        let Some(i) = self.groups.iter().position(|g| g.name == name) else {
+            return Ok(false);
+        };
+        let mut g = self.groups.remove(i);
+        let report = g.reconciler.restore()?;
+        tracing::info!(cgroup = %name, restored = ?report, "no longer managed: original limits restored");
+        Ok(true)
     }
 
     /// Dry run on or off for every managed group, from the next tick on.
@@ -632,6 +654,26 @@ impl LiveAllocator {
 }
 
 impl Managed {
+    /// Opens group `name` (restoring the originals a crashed run left behind).
+    fn open(root: &CgroupRoot, spec: &AllocateSpec, name: &str) -> Result<Managed> {
+        let name = name.trim_matches('/').to_owned();
+        let backend = backend::open(root, &name)?;
+        let reconciler = Reconciler::new(backend, spec.allocator.clone())?;
+        if let Some(r) = reconciler.recovered() {
+            tracing::warn!(cgroup = %name, restored = ?r, "restored the limits a previous run left");
+        }
+        Ok(Managed {
+            name,
+            reconciler,
+            cpu: Tracked::new(spec.forecast),
+            memory: Tracked::new(spec.forecast),
+            prev_cpu: None,
+            interval_s: None,
+            scale_cpu: ScaleDetector::default(),
+            scale_memory: ScaleDetector::default(),
+        })
+    }
+
     fn tick(
         &mut self,
         predictive: bool,

@@ -22,7 +22,7 @@ use super::{
     after_help = "Examples:\n  shadow-agent forecast --cgroup /sys/fs/cgroup/unified/shop/web\n  shadow-agent forecast --cgroup /sys/fs/cgroup/unified/shop/web --horizon 12 --json\n  shadow-agent forecast --data ../shared/data/traces/bitbrains_rnd/usage.csv --metric cpu_pct --series bitbrains_rnd_2013-8_vm10"
 )]
 pub struct ForecastArgs {
-    /// A cgroup the running agent tracks (as in its config's profile.cgroups).
+    /// A cgroup the running agent profiles (a path of its profile.cgroups, or a pattern's match).
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
     /// Which of --cgroup's series: `cpu` (cores) or `memory` (bytes).
