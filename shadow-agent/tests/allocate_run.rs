@@ -78,29 +78,8 @@ fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash(
     std::fs::write(
         &cfg,
         format!(
-            r#"
-[profile]
-interval_ms = 300
-
-[metrics]
-listen = "off"
-
-[allocate]
-cgroups = ["{name}"]
-dry_run = false
-state_dir = "{state}"
-
-[allocate.cpu]
-cooldown_intervals = 0
-max = 1.5
-
-[allocate.memory]
-enabled = false
-
-[allocate.scale]
-enabled = false
-"#,
-            state = state.display()
+            "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
+            common::cpu_allocate_toml(&name, false, &state)
         ),
     )
     .expect("config");

@@ -54,24 +54,9 @@ sample_rate = {rate}
 dst = "{PRIMARY}/32"
 ports = "{ports}"
 proto = "udp"
-
-[allocate]
-cgroups = ["{name}"]
-dry_run = {dry}
-state_dir = "{state}"
-
-[allocate.cpu]
-cooldown_intervals = 0
-max = 1.5
-
-[allocate.memory]
-enabled = false
-
-[allocate.scale]
-enabled = false
-"#,
+{allocate}"#,
         mac = MacAddr(SHADOW_MAC),
-        state = state.display(),
+        allocate = common::cpu_allocate_toml(name, dry == "true", state),
     )
 }
 
@@ -269,29 +254,8 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
 
 fn managed_config(group: &str, state: &std::path::Path) -> String {
     format!(
-        r#"
-[profile]
-interval_ms = 300
-
-[metrics]
-listen = "off"
-
-[allocate]
-cgroups = ["{group}"]
-dry_run = false
-state_dir = "{state}"
-
-[allocate.cpu]
-cooldown_intervals = 0
-max = 1.5
-
-[allocate.memory]
-enabled = false
-
-[allocate.scale]
-enabled = false
-"#,
-        state = state.display(),
+        "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
+        common::cpu_allocate_toml(group, false, state)
     )
 }
 

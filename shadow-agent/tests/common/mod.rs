@@ -272,3 +272,28 @@ pub fn terminate(
     );
     wait_exit(agent, limit)
 }
+
+/// `[allocate]` managing the CPU quota of `group` alone (no memory, no scaling events, no
+/// cooldown, at most 1.5 cores), with its state in `state`.
+#[allow(dead_code)] // used by the allocator tests only
+pub fn cpu_allocate_toml(group: &str, dry_run: bool, state: &std::path::Path) -> String {
+    format!(
+        r#"
+[allocate]
+cgroups = ["{group}"]
+dry_run = {dry_run}
+state_dir = "{state}"
+
+[allocate.cpu]
+cooldown_intervals = 0
+max = 1.5
+
+[allocate.memory]
+enabled = false
+
+[allocate.scale]
+enabled = false
+"#,
+        state = state.display()
+    )
+}
