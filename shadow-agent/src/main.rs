@@ -252,6 +252,15 @@ fn init_logs(level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Run { .. }) {
+        // A SIGHUP (`systemctl reload` right after the start) must not kill the agent before
+        // `run` installs its handler: ignored until then (the handler replaces this, and an
+        // exec'd child gets the default back from a handler, so replicas are unaffected).
+        // SAFETY: setting a disposition, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+    }
     init_logs(&cli.log_level);
     match cli.cmd {
         Cmd::CheckConfig { file, json, mirror } => {

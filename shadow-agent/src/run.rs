@@ -231,6 +231,7 @@ pub fn run_with_reload(
         // A late tick is not followed by a burst of catch-up ticks (near-zero intervals).
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = tokio::time::Instant::now();
+        let mut ready = false;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
@@ -531,6 +532,12 @@ pub fn run_with_reload(
             if let Err(e) = crate::status::publish(status_file, line.clone()) {
                 tracing::warn!(error = %e, "could not publish the status file");
             }
+            if !ready {
+                // Up, and findable by `shadow-agent status` / `reload`: tell systemd
+                // (`Type=notify`), which holds `systemctl reload` until then.
+                notify(&[sd_notify::NotifyState::Ready]);
+                ready = true;
+            }
             if json {
                 println!("{line}");
                 // Scaling events also get a line of their own (`"event": "scale"`).
@@ -543,8 +550,18 @@ pub fn run_with_reload(
         }
         Ok::<(), AgentError>(())
     });
+    notify(&[sd_notify::NotifyState::Stopping]);
     crate::status::withdraw(status_file);
     result
+}
+
+/// A state for the service manager, when there is one (`$NOTIFY_SOCKET`); a failure to
+/// send is logged, never fatal. The variable stays set: replicas inherit it, and systemd
+/// takes notifications from the main process only (`NotifyAccess=main`).
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
 }
 
 /// The mirror's sample rate as `run` keeps it: the rate in force, the configured one (the

@@ -334,3 +334,121 @@ fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
         "B's original quota restored on exit"
     );
 }
+
+#[test]
+fn a_sighup_before_the_handler_exists_does_not_kill_the_agent() {
+    // `systemctl reload` may come before `run` has its handler. To hold `run` there, its
+    // config's token key file is a FIFO: loading the config blocks on reading it. A SIGHUP
+    // then would terminate the process (SIGHUP's default action) unless `run` ignores it
+    // from its start. Once the key is written, `run` goes on and stops at the interfaces,
+    // which do not exist: exit 2 naming the key, not death by signal.
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-early")));
+    std::fs::create_dir_all(&dir.0).expect("scratch dir");
+    let key = dir.0.join("key.fifo");
+    let c = std::ffi::CString::new(key.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo(3) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let cfg = dir.0.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[metrics]
+listen = "off"
+
+[mirror]
+interface = "shdt{tag}nx"
+shadow_interface = "shdt{tag}ny"
+shadow_mac = "02:00:00:00:00:01"
+[[mirror.rules]]
+dst = "198.18.0.2/32"
+proto = "udp"
+[mirror.mask]
+replace = "token"
+key_file = "{key}"
+"#,
+            key = key.display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+    cmd.args(["run", "--status-file"])
+        .arg(dir.0.join("status.json"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut agent = process::spawn(cmd, None, None).expect("agent");
+    // Opening the FIFO for writing returns once the agent has opened it to read the key.
+    let mut fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&key)
+        .expect("open the key FIFO");
+    common::hup(agent.pid());
+    std::thread::sleep(Duration::from_millis(200));
+    use std::io::Write as _;
+    // (A killed agent leaves no reader: the write fails, and the status below says why.)
+    let _ = writeln!(fifo, "00112233445566778899aabbccddeeff");
+    drop(fifo);
+    let (st, err) = common::wait_exit(&mut agent, Duration::from_secs(30));
+    assert_eq!(
+        st.code(),
+        Some(2),
+        "killed by the early SIGHUP instead of going on: {st:?} {err}"
+    );
+    assert!(err.contains("mirror.interface"), "{err}");
+}
+
+#[test]
+fn systemd_hears_ready_once_reload_can_find_the_agent_and_stopping_at_the_end() {
+    // `Type=notify`: systemd holds `systemctl reload` (ExecReload = `shadow-agent reload`)
+    // until READY=1, so READY must come only once the status file names the agent.
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-notify")));
+    std::fs::create_dir_all(&dir.0).expect("scratch dir");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let status_file = dir.0.join("status.json");
+    let cfg = dir.0.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "[profile]\ninterval_ms = 200\n\n[metrics]\nlisten = \"off\"\n",
+    )
+    .expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+    cmd.args(["run", "--status-file"])
+        .arg(&status_file)
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut agent = process::spawn(cmd, None, None).expect("agent");
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = recv();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // At READY the agent can be found and reloaded at once.
+    let s = common::status(&status_file);
+    assert_eq!(s["agent_pid"].as_u64(), Some(u64::from(agent.pid())), "{s}");
+    let out = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(["reload", "--timeout", "20", "--file"])
+        .arg(&status_file)
+        .output()
+        .expect("shadow-agent reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
+    assert!(st.success(), "agent failed: {err}");
+    let stopping = recv();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+}

@@ -300,6 +300,8 @@ fn the_systemd_unit_verifies_and_runs_the_agent_as_documented() {
     let reload: Vec<&str> = unit_value(&unit, "ExecReload").split_whitespace().collect();
     assert_eq!(reload, ["/usr/local/bin/shadow-agent", "reload"]);
     assert_eq!(unit_value(&unit, "RestartPreventExitStatus"), "2");
+    // Readiness: the agent notifies (shadow-agent/tests/reload.rs checks what and when).
+    assert_eq!(unit_value(&unit, "Type"), "notify");
     let start: Vec<&str> = unit_value(&unit, "ExecStart").split_whitespace().collect();
     let pre: Vec<&str> = unit_value(&unit, "ExecStartPre")
         .split_whitespace()
