@@ -302,7 +302,7 @@ pub struct Config {
     pub whatif: Vec<crate::shadow::whatif::Candidate>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MirrorConfig {
     pub interface: String,
     /// The clones' interface and destination MAC; `None`: the shadow group's first replica.

@@ -132,7 +132,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             // The rest of the section, with the live settings made equal.
             let mut same = nm.clone();
             o.write_to(&mut same.options);
-            if format!("{same:?}") != format!("{om:?}") {
+            if &same != om {
                 p.restart.push("mirror");
             }
         }
@@ -155,7 +155,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         (None, None) => {}
         _ => p.restart.push("allocate"),
     }
-    if format!("{:?}", old.shadow) != format!("{:?}", new.shadow) {
+    if old.shadow != new.shadow {
         p.restart.push("shadow");
     }
     if old.autoscale != new.autoscale {

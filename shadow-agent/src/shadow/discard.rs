@@ -74,7 +74,7 @@ pub struct Refused {
 }
 
 /// Policy for what a replica may reach.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Allowlist {
     pub rules: Vec<Rule>,
     /// Loopback stays inside the replica's own network namespace.

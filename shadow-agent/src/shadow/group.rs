@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// When and how often a crashed replica is started again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RestartPolicy {
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -42,7 +42,7 @@ impl Default for RestartPolicy {
 }
 
 /// A shadow group as configured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GroupSpec {
     /// 1 to 8 characters of [a-z0-9]; part of every object name.
     pub name: String,

@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// What to run as the shadow.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CommandSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
