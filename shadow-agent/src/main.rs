@@ -265,14 +265,47 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::CheckConfig { file, json, mirror } => {
             match Config::load_with(Some(&file), &mirror.flags()) {
-                Ok(_) => {
+                Ok(cfg) => {
+                    // What each profile.cgroups pattern matches on this host now (a pattern
+                    // that matches nothing is valid, and often a typo).
+                    let patterns: Vec<serde_json::Value> = cfg
+                        .profile
+                        .cgroups
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| shadow_agent::profile::watch::is_pattern(p))
+                        .map(|(i, p)| {
+                            serde_json::json!({
+                                "key": format!("profile.cgroups[{i}]"),
+                                "pattern": p,
+                                "matches": shadow_agent::profile::watch::expand(p),
+                            })
+                        })
+                        .collect();
                     if json {
                         println!(
                             "{}",
-                            serde_json::json!({ "file": file, "valid": true, "error": null })
+                            serde_json::json!({
+                                "file": file, "valid": true, "error": null,
+                                "patterns": patterns,
+                            })
                         );
                     } else {
                         println!("{}: ok", file.display());
+                        for p in &patterns {
+                            let n = p["matches"].as_array().map_or(0, Vec::len);
+                            println!(
+                                "{} {}: {}",
+                                p["key"].as_str().unwrap_or(""),
+                                p["pattern"].as_str().unwrap_or(""),
+                                if n == 0 {
+                                    "matches no cgroup now (each is profiled when it appears)"
+                                        .to_owned()
+                                } else {
+                                    format!("matches {n} cgroup(s) now")
+                                }
+                            );
+                        }
                     }
                     ExitCode::SUCCESS
                 }

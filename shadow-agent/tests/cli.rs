@@ -317,6 +317,46 @@ fn check_config_json_for_programs() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["valid"], true, "{v}");
     assert_eq!(v["file"], example, "{v}");
+    assert_eq!(v["patterns"], serde_json::json!([]), "{v}");
+
+    // A profile.cgroups pattern: what it matches now is listed (here: two scratch
+    // "cgroups", a plain directory that is not one, and nothing for the second pattern).
+    let dir = std::env::temp_dir().join(format!("shdt-cli-pat-{}", std::process::id()));
+    for d in ["pod-a", "pod-b", "pod-c"] {
+        std::fs::create_dir_all(dir.join(d)).expect("dir");
+    }
+    for d in ["pod-a", "pod-b"] {
+        std::fs::write(dir.join(d).join("cgroup.procs"), "").expect("file");
+    }
+    let p = scratch(
+        "json-pattern.toml",
+        &format!(
+            "[profile]\ncgroups = [\"{}/pod-*\", \"{}/none-*\"]\n",
+            dir.display(),
+            dir.display()
+        ),
+    );
+    let out = agent(&["check-config", p.to_str().expect("utf-8"), "--json"]);
+    let text = agent(&["check-config", p.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&p);
+    let _ = std::fs::remove_dir_all(&dir);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["patterns"][0]["key"], "profile.cgroups[0]", "{v}");
+    assert_eq!(
+        v["patterns"][0]["matches"],
+        serde_json::json!([dir.join("pod-a"), dir.join("pod-b")]),
+        "{v}"
+    );
+    assert_eq!(v["patterns"][1]["matches"], serde_json::json!([]), "{v}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("profile.cgroups[0]") && text.contains("matches 2 cgroup(s) now"),
+        "{text}"
+    );
+    assert!(
+        text.contains("profile.cgroups[1]") && text.contains("matches no cgroup now"),
+        "{text}"
+    );
 
     let p = scratch("json-unknown.toml", "[mirror]\nno_such_key = 1\n");
     let out = agent(&["check-config", p.to_str().expect("utf-8"), "--json"]);

@@ -262,7 +262,7 @@ pub fn validate_entry(entry: &Path) -> Result<(), String> {
 }
 
 /// The cgroup directories `pattern` matches now, sorted.
-fn expand(pattern: &Path) -> Vec<PathBuf> {
+pub fn expand(pattern: &Path) -> Vec<PathBuf> {
     let Some(text) = pattern.to_str() else {
         return Vec::new();
     };
