@@ -49,8 +49,9 @@ impl MirrorLive {
 /// `cap_pps`, `cap_bytes_per_sec`, `cap_burst_ms`.
 pub type Caps = (u64, u64, u64);
 
-/// Entries added to and removed from a list of the configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// Entries added to and removed from a list of the configuration (as JSON:
+/// `{"added": [...], "removed": [...]}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ListChange<T> {
     pub added: Vec<T>,
     pub removed: Vec<T>,
@@ -215,16 +216,10 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
         a.insert("allocate.dry_run".into(), json!([o, n]));
     }
     if let Some(c) = &applied.cgroups {
-        a.insert(
-            "profile.cgroups".into(),
-            json!({"added": c.added, "removed": c.removed}),
-        );
+        a.insert("profile.cgroups".into(), json!(c));
     }
     if let Some(c) = &applied.managed {
-        a.insert(
-            "allocate.cgroups".into(),
-            json!({"added": c.added, "removed": c.removed}),
-        );
+        a.insert("allocate.cgroups".into(), json!(c));
     }
     json!({
         "event": "reload",

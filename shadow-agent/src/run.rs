@@ -675,7 +675,7 @@ fn forget_series(
 ) {
     if let Some(f) = forecaster {
         f.untrack(key);
-        f.untrack(&format!("{key}{MEMORY_SUFFIX}"));
+        f.untrack(&memory_key(std::path::Path::new(key)));
     }
     metrics.forget_cgroup(key, &spec.published_levels());
 }
@@ -703,7 +703,7 @@ fn reload_now(
 ) -> serde_json::Value {
     let Live {
         mirror,
-        allocator,
+        mut allocator,
         sampling,
         mut profiled,
     } = live;
@@ -755,7 +755,6 @@ fn reload_now(
             }
         }
     }
-    let mut allocator = allocator;
     if let (Some(d), Some(a)) = (wanted.dry_run, allocator.as_deref_mut()) {
         a.set_dry_run(d.1);
         applied.dry_run = Some(d);

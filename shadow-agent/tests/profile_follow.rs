@@ -6,13 +6,7 @@
 
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    sync::mpsc::Receiver,
-    time::Duration,
-};
-
-use shadow_agent::sys::process;
+use std::{sync::mpsc::Receiver, time::Duration};
 
 fn config(cgroups: &[&std::path::Path]) -> String {
     let list: Vec<String> = cgroups
@@ -56,53 +50,9 @@ fn events_until(
     }
 }
 
-/// A running agent on a scratch config: its status file and config path, removed on drop.
-struct Agent {
-    proc: process::ChildGuard,
-    lines: Receiver<String>,
-    _reader: std::thread::JoinHandle<()>,
-    status: std::path::PathBuf,
-    cfg: std::path::PathBuf,
-    _dir: common::RmDir,
-}
-
-impl Agent {
-    /// `run --json` on `config(cgroups)`, in scratch directory `shdt{tag}-{name}`.
-    fn start(tag: &str, name: &str, cgroups: &[&std::path::Path]) -> Agent {
-        let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-{name}")));
-        std::fs::create_dir_all(&dir.0).expect("scratch dir");
-        let status = dir.0.join("status.json");
-        let cfg = dir.0.join("agent.toml");
-        std::fs::write(&cfg, config(cgroups)).expect("config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-        cmd.args(["run", "--json", "--duration", "90", "--status-file"])
-            .arg(&status)
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut proc = process::spawn(cmd, None, None).expect("agent");
-        let (lines, reader) = common::stdout_lines(&mut proc);
-        Agent {
-            proc,
-            lines,
-            _reader: reader,
-            status,
-            cfg,
-            _dir: dir,
-        }
-    }
-
-    /// Rewrite the config with `cgroups`.
-    fn configure(&self, cgroups: &[&std::path::Path]) {
-        std::fs::write(&self.cfg, config(cgroups)).expect("config");
-    }
-
-    /// SIGTERM; asserts a clean exit.
-    fn stop(mut self) {
-        let (st, err) = common::terminate(&mut self.proc, Duration::from_secs(30));
-        assert!(st.success(), "agent failed: {err}");
-    }
+/// The agent on `config(cgroups)`, in scratch directory `shdt{tag}-{name}`.
+fn start(tag: &str, name: &str, cgroups: &[&std::path::Path]) -> common::ScratchAgent {
+    common::ScratchAgent::start(tag, name, None, |_| config(cgroups), |_| {})
 }
 
 #[test]
@@ -116,7 +66,7 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     let path_b = cg_b.unified_path().to_path_buf();
     let (key_a, key_b) = (path_a.display().to_string(), path_b.display().to_string());
 
-    let agent = Agent::start(&tag, "pf", &[&path_a]);
+    let agent = start(&tag, "pf", &[&path_a]);
     let (lines, status_file) = (&agent.lines, &agent.status);
     let s = common::wait_status(status_file, "A counted", Duration::from_secs(30), |s| {
         cpu(s, &key_a) > 0.15
@@ -155,7 +105,7 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
     });
 
     // A reload swaps A for B: B is profiled and forecast from then on, A is forgotten.
-    agent.configure(&[&path_b]);
+    agent.configure(&config(&[&path_b]));
     common::hup(agent.proc.pid());
     let ev = common::next_event(lines, "reload");
     assert_eq!(
@@ -178,12 +128,8 @@ fn profiled_cgroups_follow_restarts_and_reloads() {
 
     // A path that is no cgroup: refused by name, B stays profiled.
     let nope = path_b.with_file_name(format!("shdt{tag}-nope"));
-    agent.configure(&[&path_b, &nope]);
-    let out = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
-        .args(["reload", "--timeout", "20", "--file"])
-        .arg(status_file)
-        .output()
-        .expect("shadow-agent reload");
+    agent.configure(&config(&[&path_b, &nope]));
+    let out = common::reload(status_file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -220,7 +166,7 @@ fn a_profiled_cgroup_counts_its_descendants_except_those_profiled_themselves() {
         c2.unified_path().display().to_string(),
     );
 
-    let agent = Agent::start(&tag, "pfd", &[parent.unified_path(), c2.unified_path()]);
+    let agent = start(&tag, "pfd", &[parent.unified_path(), c2.unified_path()]);
     let status_file = &agent.status;
 
     // Both burn at 0.1 cores: the parent counts c1's (not c2's), c2 its own.
@@ -264,7 +210,7 @@ fn a_pattern_profiles_each_matching_cgroup_as_it_comes_and_goes() {
     let key1 = x1.unified_path().display().to_string();
     let key_y = _y.unified_path().display().to_string();
 
-    let agent = Agent::start(&tag, "pg", &[&pattern]);
+    let agent = start(&tag, "pg", &[&pattern]);
     let (lines, status_file) = (&agent.lines, &agent.status);
 
     let evs = events_until(lines, &key1, Some(x1.id()));
@@ -305,7 +251,7 @@ fn a_pattern_profiles_each_matching_cgroup_as_it_comes_and_goes() {
     );
 
     // A reload without the pattern drops what it matched.
-    agent.configure(&[]);
+    agent.configure(&config(&[]));
     common::hup(agent.proc.pid());
     let ev = common::next_event(lines, "reload");
     assert_eq!(

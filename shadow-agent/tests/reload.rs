@@ -14,14 +14,12 @@ mod common;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use shadow_agent::sys::{
     link::{self, MacAddr, Veth, VethEnd},
     netns::NetNs,
-    process,
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 37, 1);
@@ -116,25 +114,18 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     let name = format!("shdt{tag}-rld");
     let (cg, _burner) = common::throttled_burner(&name);
 
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-rld")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let state = dir.0.join("state");
-    let status_file = dir.0.join("status.json");
-    let cfg = dir.0.join("agent.toml");
-    let write = |edit| {
-        std::fs::write(&cfg, config(&nc, &hs, &name, &state, edit)).expect("config");
+    let mut agent = common::ScratchAgent::start(
+        &tag,
+        "rld",
+        Some(&node),
+        |dir| config(&nc, &hs, &name, &dir.join("state"), "start"),
+        |_| {},
+    );
+    let state = agent.dir.join("state");
+    let write = |agent: &common::ScratchAgent, edit| {
+        agent.configure(&config(&nc, &hs, &name, &state, edit));
     };
-    write("start");
-
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--json", "--duration", "60", "--status-file"])
-        .arg(&status_file)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut agent = process::spawn(cmd, Some(&node), None).expect("agent");
-    let (lines, _reader) = common::stdout_lines(&mut agent);
+    let (lines, status_file) = (&agent.lines, agent.status.clone());
     let first = common::wait_status(&status_file, "first status", Duration::from_secs(30), |s| {
         s["mirror"]["cloned"].is_u64()
     });
@@ -156,9 +147,9 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     );
 
     // The edit: sample rate 0, allocator live, one rule's ports widened.
-    write("edited");
-    common::hup(agent.pid());
-    let ev = common::next_event(&lines, "reload");
+    write(&agent, "edited");
+    common::hup(agent.proc.pid());
+    let ev = common::next_event(lines, "reload");
     assert_eq!(
         ev["applied"]["mirror.sample_rate"],
         serde_json::json!([1.0, 0.0]),
@@ -194,26 +185,12 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         "cloned at rate 0"
     );
     // The throttled process gets its quota raised now that the allocator acts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::quota(&cg) == common::ORIGINAL_QUOTA {
-        assert!(
-            Instant::now() < deadline,
-            "the quota was not raised after dry_run = false"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_raised(&cg, "after dry_run = false");
 
     // A broken file, through `shadow-agent reload` (what systemd's ExecReload runs): nothing
     // changes, the command fails and names the key.
-    let reload_cmd = || {
-        Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
-            .args(["reload", "--timeout", "20", "--file"])
-            .arg(&status_file)
-            .output()
-            .expect("shadow-agent reload")
-    };
-    write("broken");
-    let out = reload_cmd();
+    write(&agent, "broken");
+    let out = common::reload(&status_file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -224,14 +201,14 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         stderr.contains("applied: nothing") && stderr.contains("mirror.sample_rate"),
         "{stderr}"
     );
-    let ev = common::next_event(&lines, "reload");
+    let ev = common::next_event(lines, "reload");
     assert_eq!(ev["applied"], serde_json::json!({}), "{ev}");
     let s = common::status(&status_file);
     assert_eq!(s["sample_rate"].as_f64(), Some(0.0), "{s}");
     // The edited file again: valid, nothing left to apply live, the rule still waits for a
     // restart; the command succeeds.
-    write("edited");
-    let out = reload_cmd();
+    write(&agent, "edited");
+    let out = common::reload(&status_file);
     assert!(
         out.status.success(),
         "{}",
@@ -243,7 +220,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     );
 
     // SIGTERM: the hand-set quota comes back.
-    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
+    let (st, err) = common::terminate(&mut agent.proc, Duration::from_secs(30));
     assert!(st.success(), "agent failed: {err}");
     assert_eq!(
         common::quota(&cg),
@@ -277,32 +254,23 @@ fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
     let (name_a, name_b) = (format!("shdt{tag}-mga"), format!("shdt{tag}-mgb"));
     let (cg_a, _burner_a) = common::throttled_burner(&name_a);
     let (cg_b, _burner_b) = common::throttled_burner(&name_b);
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-mg")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let (state, status_file, cfg) = (
-        dir.0.join("state"),
-        dir.0.join("status.json"),
-        dir.0.join("agent.toml"),
+    let agent = common::ScratchAgent::start(
+        &tag,
+        "mg",
+        None,
+        |dir| managed_config(&name_a, &dir.join("state")),
+        |_| {},
     );
-    std::fs::write(&cfg, managed_config(&name_a, &state)).expect("config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--json", "--duration", "60", "--status-file"])
-        .arg(&status_file)
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut agent = process::spawn(cmd, None, None).expect("agent");
-    let (lines, _reader) = common::stdout_lines(&mut agent);
+    let state = agent.dir.join("state");
 
     // A throttled group under management gets more CPU; the other is left alone.
     wait_raised(&cg_a, "A managed");
     assert_eq!(common::quota(&cg_b), common::ORIGINAL_QUOTA);
 
     // The edit manages B instead of A: A has its hand-set quota back at once, B is raised.
-    std::fs::write(&cfg, managed_config(&name_b, &state)).expect("config");
-    common::hup(agent.pid());
-    let ev = common::next_event(&lines, "reload");
+    agent.configure(&managed_config(&name_b, &state));
+    common::hup(agent.proc.pid());
+    let ev = common::next_event(&agent.lines, "reload");
     assert_eq!(
         ev["applied"]["allocate.cgroups"],
         serde_json::json!({"added": [name_b], "removed": [name_a]}),
@@ -326,8 +294,7 @@ fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
         "no restore of A in the audit log: {audit:?}"
     );
 
-    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
-    assert!(st.success(), "agent failed: {err}");
+    agent.stop();
     assert_eq!(
         common::quota(&cg_b),
         common::ORIGINAL_QUOTA,
@@ -343,17 +310,17 @@ fn a_sighup_before_the_handler_exists_does_not_kill_the_agent() {
     // from its start. Once the key is written, `run` goes on and stops at the interfaces,
     // which do not exist: exit 2 naming the key, not death by signal.
     let tag = format!("{:x}", std::process::id() & 0xfffff);
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-early")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let key = dir.0.join("key.fifo");
-    let c = std::ffi::CString::new(key.to_str().expect("utf-8")).expect("path");
-    // SAFETY: mkfifo(3) on a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-    let cfg = dir.0.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
+    let mut agent = common::ScratchAgent::start(
+        &tag,
+        "early",
+        None,
+        |dir| {
+            let key = dir.join("key.fifo");
+            let c = std::ffi::CString::new(key.to_str().expect("utf-8")).expect("path");
+            // SAFETY: mkfifo(3) on a NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+            format!(
+                r#"
 [metrics]
 listen = "off"
 
@@ -368,30 +335,24 @@ proto = "udp"
 replace = "token"
 key_file = "{key}"
 "#,
-            key = key.display()
-        ),
-    )
-    .expect("config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--status-file"])
-        .arg(dir.0.join("status.json"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut agent = process::spawn(cmd, None, None).expect("agent");
+                key = key.display()
+            )
+        },
+        |_| {},
+    );
+    let key = agent.dir.join("key.fifo");
     // Opening the FIFO for writing returns once the agent has opened it to read the key.
     let mut fifo = std::fs::OpenOptions::new()
         .write(true)
         .open(&key)
         .expect("open the key FIFO");
-    common::hup(agent.pid());
+    common::hup(agent.proc.pid());
     std::thread::sleep(Duration::from_millis(200));
     use std::io::Write as _;
     // (A killed agent leaves no reader: the write fails, and the status below says why.)
     let _ = writeln!(fifo, "00112233445566778899aabbccddeeff");
     drop(fifo);
-    let (st, err) = common::wait_exit(&mut agent, Duration::from_secs(30));
+    let (st, err) = common::wait_exit(&mut agent.proc, Duration::from_secs(30));
     assert_eq!(
         st.code(),
         Some(2),
@@ -405,28 +366,28 @@ fn systemd_hears_ready_once_reload_can_find_the_agent_and_stopping_at_the_end() 
     // `Type=notify`: systemd holds `systemctl reload` (ExecReload = `shadow-agent reload`)
     // until READY=1, so READY must come only once the status file names the agent.
     let tag = format!("{:x}", std::process::id() & 0xfffff);
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-notify")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let sock_path = dir.0.join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let status_file = dir.0.join("status.json");
-    let cfg = dir.0.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        "[profile]\ninterval_ms = 200\n\n[metrics]\nlisten = \"off\"\n",
-    )
-    .expect("config");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
-    cmd.args(["run", "--status-file"])
-        .arg(&status_file)
-        .arg("--config")
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut agent = process::spawn(cmd, None, None).expect("agent");
+    let sock_path = std::env::temp_dir()
+        .join(format!("shdt{tag}-notify"))
+        .join("notify.sock");
+    let mut sock = None;
+    let agent = common::ScratchAgent::start(
+        &tag,
+        "notify",
+        None,
+        |_| {
+            // Bound once the scratch directory exists, before the agent starts.
+            let s = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            sock = Some(s);
+            "[profile]\ninterval_ms = 200\n\n[metrics]\nlisten = \"off\"\n".to_owned()
+        },
+        |cmd| {
+            cmd.env("NOTIFY_SOCKET", &sock_path);
+        },
+    );
+    let sock = sock.expect("notify socket");
+    let status_file = &agent.status;
     let recv = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("a notification within 30 s");
@@ -435,20 +396,19 @@ fn systemd_hears_ready_once_reload_can_find_the_agent_and_stopping_at_the_end() 
     let ready = recv();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     // At READY the agent can be found and reloaded at once.
-    let s = common::status(&status_file);
-    assert_eq!(s["agent_pid"].as_u64(), Some(u64::from(agent.pid())), "{s}");
-    let out = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
-        .args(["reload", "--timeout", "20", "--file"])
-        .arg(&status_file)
-        .output()
-        .expect("shadow-agent reload");
+    let s = common::status(status_file);
+    assert_eq!(
+        s["agent_pid"].as_u64(),
+        Some(u64::from(agent.proc.pid())),
+        "{s}"
+    );
+    let out = common::reload(status_file);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (st, err) = common::terminate(&mut agent, Duration::from_secs(30));
-    assert!(st.success(), "agent failed: {err}");
+    agent.stop();
     let stopping = recv();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
 }

@@ -541,11 +541,6 @@ impl LiveAllocator {
         })
     }
 
-    /// The managed group names, in order.
-    pub fn groups(&self) -> Vec<String> {
-        self.groups.iter().map(|g| g.name.clone()).collect()
-    }
-
     /// Manage `name` from the next tick on (a reload), as at start: limits a crashed run
     /// left are restored first, the originals recorded before the first write, the dry run
     /// that of the other groups. Idempotent.

@@ -6,7 +6,10 @@
 //! human-readable line per cgroup and interval. The agent itself is not in any tracked
 //! cgroup, so its own work is charged to "other", never to the series it reports.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use super::{
     sampler::{Drops, Sample, Sampler, Store},
@@ -112,21 +115,17 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
     let root = PathBuf::from(crate::sys::cgroup::DEFAULT_ROOT);
     let mut sampler = Sampler::new(&mut prof, &opts.cgroups, &root)?;
     // Each cgroup includes its descendants (found again every interval, see `watch`).
-    let mut tracked = Vec::new();
-    for dir in &opts.cgroups {
-        let id = super::watch::cgroup_id(dir).map_err(|source| ProfileError::NotACgroup {
-            path: dir.clone(),
-            source,
-        })?;
-        tracked.push((dir.as_path(), id));
-    }
-    let mut warned = Vec::new();
+    let tracked: Vec<(PathBuf, u64)> = sampler
+        .cgroups()
+        .iter()
+        .map(|c| (c.dir.clone(), c.id))
+        .collect();
+    let mut warned = vec![false; tracked.len()];
     let mut charge = |prof: &mut Profiler| {
-        for id in super::watch::charge_descendants(prof, &tracked) {
-            if !warned.contains(&id) {
-                warned.push(id);
-                tracing::warn!(cgroup_id = id, max = super::watch::MAX_DESCENDANTS, "more descendant cgroups than the profiler charges to one; the rest count as other");
-            }
+        let dirs: Vec<(&Path, u64)> = tracked.iter().map(|(d, id)| (d.as_path(), *id)).collect();
+        let cut = super::watch::charge_descendants(prof, &dirs);
+        for (((dir, _), cut), warned) in tracked.iter().zip(cut).zip(&mut warned) {
+            super::watch::warn_cut(dir, cut, warned);
         }
     };
     charge(&mut prof);

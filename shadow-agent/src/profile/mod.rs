@@ -869,7 +869,6 @@ impl Profiler {
             return Ok(());
         };
         let slot = t.slot;
-        let old = t.descendants.clone();
         let mut want: Vec<u64> = ids
             .iter()
             .copied()
@@ -877,9 +876,10 @@ impl Profiler {
             .collect();
         want.sort_unstable();
         want.dedup();
-        if want == old {
+        if want == t.descendants {
             return Ok(());
         }
+        let old = t.descendants.clone();
         let mut cgroups = self.slot_map()?;
         let mut kept = Vec::with_capacity(want.len());
         let mut failed = None;
@@ -916,13 +916,6 @@ impl Profiler {
                 source,
             }),
         }
-    }
-
-    /// The descendant ids charged to `cgroup_id`'s slot.
-    pub fn descendants(&self, cgroup_id: u64) -> &[u64] {
-        self.slots
-            .get(&cgroup_id)
-            .map_or(&[], |t| t.descendants.as_slice())
     }
 
     /// Stop tracking `cgroup_id` (and its descendants): their events go to "other" again,

@@ -73,10 +73,11 @@ pub fn descendants(dir: &Path, skip: &[&Path], max: usize) -> (Vec<u64>, bool) {
 }
 
 /// Charge each of `cgroups` (directory, tracked id) its current descendants, not entering
-/// the others' subtrees. Returns the ids of those with more than [`MAX_DESCENDANTS`]
-/// (the rest left out). A failure is logged: the cgroup itself is still counted.
-pub fn charge_descendants(profiler: &mut Profiler, cgroups: &[(&Path, u64)]) -> Vec<u64> {
-    let mut cut = Vec::new();
+/// the others' subtrees. Returns, in the same order, whether each had more than
+/// [`MAX_DESCENDANTS`] (the rest left out). A failure is logged: the cgroup itself is still
+/// counted.
+pub fn charge_descendants(profiler: &mut Profiler, cgroups: &[(&Path, u64)]) -> Vec<bool> {
+    let mut cut = Vec::with_capacity(cgroups.len());
     for (dir, id) in cgroups {
         let skip: Vec<&Path> = cgroups
             .iter()
@@ -84,14 +85,20 @@ pub fn charge_descendants(profiler: &mut Profiler, cgroups: &[(&Path, u64)]) -> 
             .filter(|p| p != dir)
             .collect();
         let (ids, truncated) = descendants(dir, &skip, MAX_DESCENDANTS);
-        if truncated {
-            cut.push(*id);
-        }
+        cut.push(truncated);
         if let Err(e) = profiler.set_descendants(*id, &ids) {
             tracing::warn!(cgroup = %dir.display(), error = %crate::error::chain(&e), "descendant cgroups not all charged");
         }
     }
     cut
+}
+
+/// Warns, once per cgroup (`warned`), about each one `charge_descendants` had to cut.
+pub fn warn_cut(cgroup: &Path, cut: bool, warned: &mut bool) {
+    if cut && !*warned {
+        tracing::warn!(cgroup = %cgroup.display(), max = MAX_DESCENDANTS, "more descendant cgroups than the profiler charges to one; the rest count as other");
+    }
+    *warned = cut;
 }
 
 /// The cgroup2 id of directory `path` (its inode number), after checking it is a cgroup.
@@ -366,10 +373,7 @@ impl Watch {
             }
         }
         if unprofiled.len() != self.unprofiled {
-            if let Some((path, e)) = unprofiled.first() {
-                tracing::warn!(count = unprofiled.len(), first = %path.display(), error = %e, "cgroups matching a profiled pattern are not profiled");
-            }
-            self.unprofiled = unprofiled.len();
+            self.note_unprofiled(&unprofiled);
         }
         let present: Vec<(&Path, u64)> = self
             .list
@@ -377,14 +381,19 @@ impl Watch {
             .filter_map(|c| Some((c.path.as_path(), c.id?)))
             .collect();
         let cut = charge_descendants(profiler, &present);
-        for c in self.list.iter_mut().filter(|c| c.id.is_some()) {
-            let truncated = cut.contains(&c.id.unwrap_or(0));
-            if truncated && !c.truncated {
-                tracing::warn!(cgroup = %c.key, max = MAX_DESCENDANTS, "more descendant cgroups than the profiler charges to one; the rest count as other");
-            }
-            c.truncated = truncated;
+        for (c, cut) in self.list.iter_mut().filter(|c| c.id.is_some()).zip(cut) {
+            warn_cut(&c.path, cut, &mut c.truncated);
         }
         changes
+    }
+
+    /// Warns about the matches that could not be profiled (the first one and why), and
+    /// remembers how many there were.
+    fn note_unprofiled(&mut self, unprofiled: &[(PathBuf, String)]) {
+        if let Some((path, e)) = unprofiled.first() {
+            tracing::warn!(count = unprofiled.len(), first = %path.display(), error = %e, "cgroups matching a profiled pattern are not profiled");
+        }
+        self.unprofiled = unprofiled.len();
     }
 
     /// Profile the cgroups `pattern` matches that are not profiled yet; those that cannot be
@@ -470,10 +479,7 @@ impl Watch {
             self.entries.push(entry.to_owned());
             let mut unprofiled = Vec::new();
             let added = self.match_new(entry, profiler, &mut unprofiled);
-            if let Some((path, e)) = unprofiled.first() {
-                tracing::warn!(pattern = %entry.display(), count = unprofiled.len(), first = %path.display(), error = %e, "cgroups matching a profiled pattern are not profiled");
-            }
-            self.unprofiled = unprofiled.len();
+            self.note_unprofiled(&unprofiled);
             return Ok(added.iter().map(|c| PathBuf::from(c.key())).collect());
         }
         let id = cgroup_id(entry).map_err(|e| {

@@ -297,3 +297,81 @@ enabled = false
         state = state.display()
     )
 }
+
+/// `shadow-agent run --json --duration 90` on a config in the scratch directory
+/// `shdt{tag}-{name}` (removed on drop), its stdout lines on a channel.
+#[allow(dead_code)] // used by the tests that run the agent
+pub struct ScratchAgent {
+    pub proc: shadow_agent::sys::process::ChildGuard,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    _reader: std::thread::JoinHandle<()>,
+    /// The scratch directory.
+    pub dir: PathBuf,
+    /// The status file the agent publishes (`--status-file`).
+    pub status: PathBuf,
+    /// The config file (`--config`).
+    pub cfg: PathBuf,
+    _rm: RmDir,
+}
+
+#[allow(dead_code)] // used by the tests that run the agent
+impl ScratchAgent {
+    /// Writes `config(dir)` (the scratch directory given, for state and key files), lets
+    /// `tweak` add to the command (environment, say) and starts the agent, in `ns` if given.
+    pub fn start(
+        tag: &str,
+        name: &str,
+        ns: Option<&NetNs>,
+        config: impl FnOnce(&std::path::Path) -> String,
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> ScratchAgent {
+        let rm = RmDir(std::env::temp_dir().join(format!("shdt{tag}-{name}")));
+        std::fs::create_dir_all(&rm.0).expect("scratch dir");
+        let (dir, status, cfg) = (
+            rm.0.clone(),
+            rm.0.join("status.json"),
+            rm.0.join("agent.toml"),
+        );
+        std::fs::write(&cfg, config(&dir)).expect("config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shadow-agent"));
+        cmd.args(["run", "--json", "--duration", "90", "--status-file"])
+            .arg(&status)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        tweak(&mut cmd);
+        let mut proc = shadow_agent::sys::process::spawn(cmd, ns, None).expect("agent");
+        let (lines, reader) = stdout_lines(&mut proc);
+        ScratchAgent {
+            proc,
+            lines,
+            _reader: reader,
+            dir,
+            status,
+            cfg,
+            _rm: rm,
+        }
+    }
+
+    /// Rewrites the config file (for a reload).
+    pub fn configure(&self, text: &str) {
+        std::fs::write(&self.cfg, text).expect("config");
+    }
+
+    /// SIGTERM; asserts a clean exit.
+    pub fn stop(mut self) {
+        let (st, err) = terminate(&mut self.proc, std::time::Duration::from_secs(30));
+        assert!(st.success(), "agent failed: {err}");
+    }
+}
+
+/// `shadow-agent reload` for the agent publishing `status` (at most 20 s).
+#[allow(dead_code)] // used by the reload tests
+pub fn reload(status: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(["reload", "--timeout", "20", "--file"])
+        .arg(status)
+        .output()
+        .expect("shadow-agent reload")
+}
