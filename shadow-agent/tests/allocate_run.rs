@@ -150,3 +150,144 @@ fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash(
         &after[before..]
     );
 }
+
+/// The next `run --json` line (at most `limit` away) whose `allocate.<name>.change` is one of
+/// `changes`.
+fn wait_change(
+    lines: &std::sync::mpsc::Receiver<String>,
+    name: &str,
+    changes: &[&str],
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no allocate change {changes:?} of {name} in {limit:?}"));
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let g = &v["allocate"][name];
+        if changes.iter().any(|c| g["change"] == *c) {
+            return g.clone();
+        }
+    }
+}
+
+/// Waits (at most 20 s) until `cg`'s quota is no longer `from`; the new one.
+fn wait_raised(cg: &shadow_agent::sys::cgroup::Cgroup, from: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = quota(cg);
+        if q != from {
+            return q;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never raised the quota from {from}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go() {
+    use shadow_agent::sys::cgroup::{Cgroup, Controller};
+    let tag = format!("{:x}", std::process::id() & 0xffffff);
+    let name = format!("shdt{tag}-alm");
+    let (cg, burner) = common::throttled_burner(&name);
+    let mut a = common::ScratchAgent::start(
+        &tag,
+        "alm",
+        None,
+        |dir| {
+            format!(
+                "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
+                common::cpu_allocate_toml(&name, false, &dir.join("state"))
+            )
+        },
+        |_| {},
+    );
+    let state = a.dir.join("state");
+    wait_raised(&cg, ORIGINAL_QUOTA);
+
+    // A restart of the service: its cgroup removed and made again by its owner, with the
+    // quota its unit says now (0.2 cores), and the busy process back in it.
+    drop(burner);
+    cg.remove().expect("remove the group");
+    let cg = Cgroup::create(&name).expect("the group again");
+    const NEW_QUOTA: &str = "20000";
+    cg.write(Controller::Cpu, "cpu.cfs_quota_us", NEW_QUOTA)
+        .expect("new quota");
+    let mut burn = Command::new("python3");
+    burn.args(["-c", "while True: pass"]);
+    let burner = shadow_agent::sys::process::spawn(burn, None, Some(&cg)).expect("burner");
+    // Gone then back, or made again between two looks: either way a new group.
+    let g = wait_change(
+        &a.lines,
+        &name,
+        &["recreated", "back"],
+        Duration::from_secs(10),
+    );
+    assert!(g["missing"].is_null(), "{g}");
+    // The old group's original (0.1 cores) is not written into the new one; the new group
+    // is throttled, so it is raised again from its own quota ...
+    let raised = wait_raised(&cg, NEW_QUOTA);
+    assert_ne!(raised, ORIGINAL_QUOTA);
+    let entries = common::audit(&state);
+    let made_again = entries
+        .iter()
+        .find(|e| e["resource"] == "recreated")
+        .unwrap_or_else(|| panic!("the dropped record is not audited: {entries:?}"));
+    assert!(
+        made_again["old"].to_string().contains(ORIGINAL_QUOTA),
+        "{made_again}"
+    );
+
+    // ... and the quota it is given back at exit is the new owner's.
+    let (st, err) = common::terminate(&mut a.proc, Duration::from_secs(30));
+    assert!(st.success(), "agent failed: {err}");
+    assert_eq!(
+        quota(&cg),
+        NEW_QUOTA,
+        "the new owner's quota after the run: {err}"
+    );
+
+    // A stop of the service, under a new agent that raised it: the group gone. The agent
+    // waits for it without errors, and at exit has nothing to write back.
+    let mut b = common::ScratchAgent::start(
+        &tag,
+        "alm2",
+        None,
+        |_| std::fs::read_to_string(&a.cfg).expect("config"),
+        |_| {},
+    );
+    wait_raised(&cg, NEW_QUOTA);
+    drop(burner);
+    cg.remove().expect("remove the group");
+    let g = wait_change(&b.lines, &name, &["gone"], Duration::from_secs(10));
+    assert_eq!(g["missing"], true, "{g}");
+    let (st, err) = common::terminate(&mut b.proc, Duration::from_secs(30));
+    assert!(st.success(), "agent failed: {err}");
+    assert!(
+        !err.contains("restoring the original limits on exit failed"),
+        "{err}"
+    );
+    let records: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("original-"))
+        .collect();
+    assert!(records.is_empty(), "a record is left: {records:?}");
+    let entries = common::audit(&state);
+    let restore = entries
+        .iter()
+        .rev()
+        .find(|e| e["resource"] == "restore")
+        .unwrap_or_else(|| panic!("no restore at exit: {entries:?}"));
+    assert!(
+        restore["note"].as_str().is_some_and(|n| n.contains("gone")),
+        "{restore}"
+    );
+}

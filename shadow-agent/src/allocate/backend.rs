@@ -146,6 +146,14 @@ pub trait Backend {
     fn set_memory(&self, bytes: Option<u64>) -> Result<()>;
     /// Pins the group onto `cpus`.
     fn set_cpuset(&self, cpus: &CpuSet) -> Result<()>;
+    /// The group's directories (one per hierarchy it was found in).
+    fn dirs(&self) -> Vec<PathBuf>;
+}
+
+/// The ids of a group's directories now (None: that one is gone). Another value later
+/// means the group was removed and made again (see [`super::state::dir_id`]).
+pub fn incarnation(b: &(impl Backend + ?Sized)) -> Vec<Option<u64>> {
+    b.dirs().iter().map(|d| super::state::dir_id(d)).collect()
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -175,6 +183,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn set_cpuset(&self, cpus: &CpuSet) -> Result<()> {
         (**self).set_cpuset(cpus)
+    }
+    fn dirs(&self) -> Vec<PathBuf> {
+        (**self).dirs()
     }
 }
 
@@ -444,6 +455,20 @@ impl Backend for V1Backend {
         write_text(&self.memory.join("memory.limit_in_bytes"), &value)
     }
 
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut d = vec![self.cpu.clone(), self.memory.clone()];
+        d.extend(
+            self.cpuacct
+                .iter()
+                .chain(&self.cpuset)
+                .chain(&self.unified)
+                .cloned(),
+        );
+        d.sort();
+        d.dedup();
+        d
+    }
+
     fn set_cpuset(&self, cpus: &CpuSet) -> Result<()> {
         match &self.cpuset {
             Some(d) => write_text(&d.join("cpuset.cpus"), &cpus.to_string()),
@@ -620,6 +645,10 @@ impl Backend for V2Backend {
             write_text(&self.dir.join("memory.high"), &high)?;
         }
         write_text(&self.dir.join("memory.max"), &max)
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
     }
 
     fn set_cpuset(&self, cpus: &CpuSet) -> Result<()> {

@@ -475,6 +475,10 @@ struct Managed {
     interval_s: Option<f64>,
     scale_cpu: ScaleDetector,
     scale_memory: ScaleDetector,
+    /// Ids of the group's directories when last seen (see [`backend::incarnation`]).
+    incarnation: Vec<Option<u64>>,
+    /// A directory of the group is gone: no steps until it is back.
+    missing: bool,
 }
 
 /// Every managed cgroup of `[allocate]`.
@@ -653,6 +657,7 @@ impl Managed {
     fn open(root: &CgroupRoot, spec: &AllocateSpec, name: &str) -> Result<Managed> {
         let name = name.trim_matches('/').to_owned();
         let backend = backend::open(root, &name)?;
+        let incarnation = backend::incarnation(&backend);
         let reconciler = Reconciler::new(backend, spec.allocator.clone())?;
         if let Some(r) = reconciler.recovered() {
             tracing::warn!(cgroup = %name, restored = ?r, "restored the limits a previous run left");
@@ -666,7 +671,40 @@ impl Managed {
             interval_s: None,
             scale_cpu: ScaleDetector::default(),
             scale_memory: ScaleDetector::default(),
+            incarnation,
+            missing: false,
         })
+    }
+
+    /// Follows the group's directories: `Some("gone")` when one vanished (a stopped
+    /// service), `Some("recreated")` / `Some("back")` when they hold a new group (a
+    /// restarted service, whose limits are then its owner's: see
+    /// [`Reconciler::reincarnate`]). The forecasts keep their history (the same service's
+    /// demand); the CPU counter starts again.
+    fn follow(&mut self) -> Result<Option<&'static str>> {
+        let now = backend::incarnation(self.reconciler.backend());
+        if now.iter().any(Option::is_none) {
+            if self.missing {
+                return Ok(None);
+            }
+            self.missing = true;
+            tracing::warn!(cgroup = %self.name, "a managed group is gone: no steps until it is back");
+            return Ok(Some("gone"));
+        }
+        let was_missing = std::mem::take(&mut self.missing);
+        if now == self.incarnation {
+            return Ok(None);
+        }
+        let change = if was_missing { "back" } else { "recreated" };
+        tracing::warn!(
+            cgroup = %self.name,
+            change,
+            "a managed group was made again: its limits are its owner's now, the old originals are dropped"
+        );
+        self.incarnation = now;
+        self.prev_cpu = None;
+        self.reconciler.reincarnate()?;
+        Ok(Some(change))
     }
 
     fn tick(
@@ -675,6 +713,13 @@ impl Managed {
         rule: &ScaleRule,
         events: &mut Vec<ScaleEvent>,
     ) -> Result<(serde_json::Value, Vec<super::gate::ShrinkRequest>)> {
+        let change = self.follow()?;
+        if self.missing {
+            return Ok((
+                serde_json::json!({ "missing": true, "change": change }),
+                Vec::new(),
+            ));
+        }
         let sample = self.reconciler.backend().read_sample()?;
         let now = Instant::now();
         let cores = match (sample.cpu_usage_us, self.prev_cpu) {
@@ -743,7 +788,7 @@ impl Managed {
                 scale.push(ev);
             }
         }
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "cpu_cores": cores,
             "memory_bytes": sample.memory_usage,
             "forecasts": forecasts,
@@ -751,6 +796,9 @@ impl Managed {
             "step": report,
             "scale_events": scale,
         });
+        if let Some(c) = change {
+            value["change"] = c.into();
+        }
         events.extend(scale);
         Ok((value, report.whatif_requests))
     }

@@ -671,6 +671,8 @@ impl<B: Backend> Reconciler<B> {
         let entry = AuditEntry {
             applied: report.failed.is_empty(),
             error: (!report.failed.is_empty()).then(|| format!("{:?}", report.failed)),
+            note: (!report.skipped.is_empty())
+                .then(|| format!("not written back: {:?}", report.skipped)),
             ..AuditEntry::at_step(
                 &rec.cgroup,
                 "restore",
@@ -678,6 +680,7 @@ impl<B: Backend> Reconciler<B> {
                 serde_json::json!(rec
                     .files
                     .iter()
+                    .filter(|f| !report.skipped.iter().any(|(p, _)| *p == f.path))
                     .map(|f| (f.path.display().to_string(), f.value.clone()))
                     .collect::<std::collections::BTreeMap<_, _>>()),
                 Reason::Hold,
@@ -702,13 +705,62 @@ impl<B: Backend> Reconciler<B> {
         tracing::info!(
             cgroup = rec.cgroup,
             files = report.restored.len(),
+            skipped = ?report.skipped,
             "restored the original limits"
         );
-        self.recorded = false;
         // Start over: the next change records again, rails start fresh.
+        self.recorded = false;
         self.cpu = ResourceState::default();
         self.memory = ResourceState::default();
         Ok(report)
+    }
+
+    /// The group's directory was removed and made again (a restarted service): its limits
+    /// are whatever its owner set now, and they are the originals from here on. The record
+    /// of the old group's limits is dropped unwritten (writing it would undo what the owner
+    /// just set), audited as `recreated`; the rails, the signals' previous sample and the
+    /// back-off start fresh, and the next change records the new group's limits first. (A
+    /// what-if verdict stays: it is about the workload at a limit, not the directory.)
+    pub fn reincarnate(&mut self) -> Result<()> {
+        if let Some(rec) = OriginalRecord::load(&self.record)? {
+            let entry = AuditEntry {
+                note: Some(
+                    "the group was removed and made again: its limits are its owner's; \
+                     the old group's originals are dropped unwritten"
+                        .to_owned(),
+                ),
+                ..AuditEntry::at_step(
+                    &rec.cgroup,
+                    "recreated",
+                    serde_json::json!(rec
+                        .files
+                        .iter()
+                        .map(|f| (f.path.display().to_string(), f.value.clone()))
+                        .collect::<std::collections::BTreeMap<_, _>>()),
+                    serde_json::Value::Null,
+                    Reason::Hold,
+                    self.step,
+                )
+            };
+            if let Err(e) = self.audit.append(&entry) {
+                tracing::warn!(error = %error_chain(&e), "could not audit the dropped record");
+            }
+            std::fs::remove_file(&self.record).map_err(|source| AllocateError::Io {
+                op: "remove",
+                path: self.record.clone(),
+                source,
+            })?;
+        }
+        self.recorded = false;
+        self.cpu = ResourceState::default();
+        self.memory = ResourceState::default();
+        self.prev = None;
+        self.prev_rx = None;
+        self.backoff = Backoff {
+            next: self.cfg.backoff_initial,
+            ..Backoff::default()
+        };
+        Ok(())
     }
 
     /// Drops the reconciler without restoring, as a crash would (the record stays).

@@ -3,12 +3,15 @@
 //!
 //! - Original record: `<state_dir>/original-<cgroup>.json` (`/` in the name becomes `%`),
 //!   written atomically (temporary file, fsync, rename) before the first change, holding the
-//!   exact text of every control file the allocator may write. Its presence at start means the
-//!   previous agent did not restore: the new one restores first.
+//!   exact text of every control file the allocator may write, and the id of the directory
+//!   holding it. Its presence at start means the previous agent did not restore: the new one
+//!   restores first. A file whose directory is gone, or is a new group since (a restarted
+//!   service's: its limits are its owner's now), is left alone and the restore says so.
 //! - Audit log: JSON lines appended to a file (one object per decision worth recording).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +36,29 @@ pub fn unix_ms() -> u64 {
 pub struct OriginalFile {
     pub path: PathBuf,
     pub value: String,
+    /// The id (inode) of the file's directory when recorded: on cgroupfs a directory removed
+    /// and made again has a new one. None in records of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir_id: Option<u64>,
+}
+
+/// The id (inode number) of directory `dir`; None if it does not exist. cgroupfs never gives
+/// a new cgroup the id of one removed before it.
+pub fn dir_id(dir: &Path) -> Option<u64> {
+    fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// Why a recorded file is not written back, if it must not be: its group is gone, or is a
+/// new one whose limits are not Shadow's to restore.
+fn stale(f: &OriginalFile) -> Option<String> {
+    let dir = f.path.parent()?;
+    match (f.dir_id, dir_id(dir)) {
+        (_, None) => Some("gone: the group's directory no longer exists".to_owned()),
+        (Some(was), Some(now)) if was != now => Some(format!(
+            "recreated: the directory is a new group (id {was} -> {now}) whose limits are its owner's"
+        )),
+        _ => None,
+    }
 }
 
 /// The limits of a group before Shadow changed anything.
@@ -62,6 +88,7 @@ impl OriginalRecord {
                 Ok(OriginalFile {
                     path: p.clone(),
                     value: backend::read_text(p)?.trim().to_owned(),
+                    dir_id: p.parent().and_then(dir_id),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -126,10 +153,15 @@ impl OriginalRecord {
     /// Writes every original value back, continuing past failures. A file that already
     /// holds its original value is not written (it counts as restored): the record is taken
     /// before the first change, so some of its files may never have changed, and one of them
-    /// being unwritable (the reason a change failed) must not make the restore fail.
+    /// being unwritable (the reason a change failed) must not make the restore fail. A file
+    /// whose group is gone or was made again since is skipped, with the reason.
     pub fn restore(&self) -> RestoreReport {
         let mut report = RestoreReport::default();
         for f in &self.files {
+            if let Some(why) = stale(f) {
+                report.skipped.push((f.path.clone(), why));
+                continue;
+            }
             if backend::read_text(&f.path).is_ok_and(|now| now.trim() == f.value) {
                 report.restored.push(f.path.clone());
                 continue;
@@ -149,6 +181,9 @@ pub struct RestoreReport {
     pub restored: Vec<PathBuf>,
     /// (file, error).
     pub failed: Vec<(PathBuf, String)>,
+    /// Not written back: (file, why). Its group is gone, or is a new group since.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// `error: cause: cause` on one line.
@@ -160,7 +195,8 @@ pub struct AuditEntry {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     pub cgroup: String,
-    /// `cpu`, `memory`, `cpuset` or `restore`.
+    /// `cpu`, `memory`, `cpuset`, `restore` or `recreated` (the group was made again: the
+    /// record of its old limits is dropped unwritten).
     pub resource: String,
     /// Old and new value: cores, bytes, a CPU list, or `"max"` for unlimited.
     pub old: serde_json::Value,
@@ -183,6 +219,9 @@ pub struct AuditEntry {
     /// Placement only: the NIC/IRQ locality the decision used (see `allocate/irq.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<serde_json::Value>,
+    /// What else the entry needs said (a restore's skipped files, a group made again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl AuditEntry {
@@ -213,6 +252,7 @@ impl AuditEntry {
             step,
             error: None,
             locality: None,
+            note: None,
         }
     }
 }
@@ -301,6 +341,7 @@ mod tests {
             files: vec![OriginalFile {
                 path: PathBuf::from(path),
                 value: value.into(),
+                dir_id: None,
             }],
         }
     }
@@ -315,5 +356,47 @@ mod tests {
         let differs = record("/proc/version", "something else").restore();
         assert!(differs.restored.is_empty());
         assert_eq!(differs.failed.len(), 1, "{differs:?}");
+    }
+
+    #[test]
+    fn restore_skips_files_of_a_group_gone_or_made_again() {
+        let dir = std::env::temp_dir().join(format!("shadow-state-{}", std::process::id()));
+        let group = dir.join("g");
+        fs::create_dir_all(&group).expect("dir");
+        let file = group.join("cpu.max");
+        fs::write(&file, "50000 100000\n").expect("file");
+        let rec = OriginalRecord::capture("g", BackendKind::V2, std::slice::from_ref(&file))
+            .expect("capture");
+        assert_eq!(rec.files[0].dir_id, dir_id(&group));
+        // Old records (no id) round-trip and restore by path as before.
+        let text = serde_json::to_string(&record(file.to_str().unwrap(), "1 2")).unwrap();
+        assert!(!text.contains("dir_id"), "{text}");
+
+        // Same group: written back.
+        fs::write(&file, "max 100000\n").expect("change");
+        let r = rec.restore();
+        assert_eq!(
+            (r.restored.len(), r.failed.len(), r.skipped.len()),
+            (1, 0, 0),
+            "{r:?}"
+        );
+        assert_eq!(fs::read_to_string(&file).unwrap(), "50000 100000");
+
+        // The group made again (a different id, as cgroupfs gives it): left alone.
+        fs::write(&file, "max 100000\n").expect("owner's value");
+        let mut other = rec.clone();
+        other.files[0].dir_id = rec.files[0].dir_id.map(|i| i + 1);
+        let r = other.restore();
+        assert!(r.restored.is_empty() && r.failed.is_empty(), "{r:?}");
+        assert!(r.skipped[0].1.starts_with("recreated"), "{r:?}");
+        assert_eq!(fs::read_to_string(&file).unwrap(), "max 100000\n");
+
+        // The group gone: skipped, not failed (nothing is left to restore).
+        fs::remove_dir_all(&dir).expect("remove");
+        for rec in [&rec, &record(file.to_str().unwrap(), "1 2")] {
+            let r = rec.restore();
+            assert!(r.restored.is_empty() && r.failed.is_empty(), "{r:?}");
+            assert!(r.skipped[0].1.starts_with("gone"), "{r:?}");
+        }
     }
 }

@@ -628,3 +628,86 @@ fn a_forecast_shrink_waits_for_a_whatif_pass_and_a_failure_refuses_it() {
         .unwrap();
     assert_eq!(rep.applied, vec![Resource::Cpu]);
 }
+
+impl Mimic {
+    /// The group removed and made again, as a service manager restarting a service does,
+    /// with `cpu_max` set by its owner. The new directory is made before the old one is
+    /// removed, so that it cannot get the old one's inode (cgroupfs never reuses ids; a
+    /// disk filesystem may).
+    fn recreate(&self, cpu_max: &str) {
+        let old = self.root.join("web.old");
+        fs::rename(self.root.join("web"), &old).unwrap();
+        let fresh = Mimic::new("fresh");
+        fs::rename(fresh.root.join("web"), self.root.join("web")).unwrap();
+        fs::remove_dir_all(&old).unwrap();
+        self.put("web/cpu.max", cpu_max);
+    }
+}
+
+#[test]
+fn a_group_made_again_keeps_its_owners_limits_live_and_after_a_crash() {
+    let m = Mimic::new("recreated");
+    m.put("web/cpu.max", "50000 100000\n");
+    let mut cfg = m.config();
+    cfg.memory = None;
+    let raise = Forecasts {
+        cpu: Some(confident(1.0)),
+        memory: None,
+    };
+
+    // Live: the agent raised the quota, then the service restarted with a new quota.
+    let mut r = Reconciler::new(m.backend(), cfg.clone()).unwrap();
+    let before = super::backend::incarnation(r.backend());
+    r.step(&raise).unwrap();
+    assert_eq!(m.get("web/cpu.max"), "100000 100000");
+    m.recreate("70000 100000\n");
+    assert_ne!(super::backend::incarnation(r.backend()), before);
+    r.reincarnate().unwrap();
+    assert!(!record_exists(&m.state()));
+    let audit = r.audit().read_all().unwrap();
+    let e = audit.last().unwrap();
+    assert_eq!(e.resource, "recreated");
+    assert!(e.old.to_string().contains("50000 100000"), "{e:?}");
+    // Nothing to restore now; a later change records the new group's limits first.
+    r.step(&raise).unwrap();
+    assert_ne!(m.get("web/cpu.max"), "70000 100000");
+    assert!(record_exists(&m.state()));
+    drop(r);
+    assert_eq!(
+        m.get("web/cpu.max"),
+        "70000 100000",
+        "the new owner's quota"
+    );
+
+    // After a crash: the record of the old group is not written into the new one.
+    let mut r = Reconciler::new(m.backend(), cfg.clone()).unwrap();
+    r.step(&raise).unwrap();
+    r.abandon();
+    m.recreate("30000 100000\n");
+    let r = Reconciler::new(m.backend(), cfg.clone()).unwrap();
+    let rec = r.recovered().expect("the record was found");
+    assert!(rec.restored.is_empty() && rec.failed.is_empty(), "{rec:?}");
+    assert!(rec.skipped[0].1.starts_with("recreated"), "{rec:?}");
+    assert_eq!(m.get("web/cpu.max"), "30000 100000");
+    assert!(!record_exists(&m.state()));
+    drop(r);
+
+    // Gone at exit (a stopped service): nothing to write, the record is dropped.
+    let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+    r.step(&raise).unwrap();
+    assert!(record_exists(&m.state()));
+    fs::remove_dir_all(m.root.join("web")).unwrap();
+    let rep = r.restore().unwrap();
+    assert!(
+        rep.failed.is_empty() && rep.skipped[0].1.starts_with("gone"),
+        "{rep:?}"
+    );
+    assert!(!record_exists(&m.state()));
+    let audit = r.audit().read_all().unwrap();
+    assert!(audit
+        .last()
+        .unwrap()
+        .note
+        .as_deref()
+        .is_some_and(|n| n.contains("gone")));
+}
