@@ -79,6 +79,7 @@ pub struct Metrics {
     autoscale_decisions: Family<ActionLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     sample_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    interfaces_missing: Gauge,
     registry: Registry,
     mirror_packets: Family<OutcomeLabels, Counter>,
     mirror_cloned_packets: Counter,
@@ -202,7 +203,14 @@ impl Metrics {
             "Fraction of the selected flows the mirror currently clones",
             sample_rate.clone(),
         );
+        let interfaces_missing = Gauge::default();
+        registry.register(
+            "shadow_mirror_interfaces_missing",
+            "The mirror's configured interfaces (primary, shadow) that are gone now: nothing is mirrored from or to them until they are back",
+            interfaces_missing.clone(),
+        );
         Metrics {
+            interfaces_missing,
             scale_events,
             whatif_verdicts,
             forecast_upper,
@@ -278,6 +286,11 @@ impl Metrics {
                 cgroup: cgroup.to_owned(),
             })
             .inc();
+    }
+
+    /// How many of the mirror's configured interfaces are gone now.
+    pub fn set_interfaces_missing(&self, n: usize) {
+        self.interfaces_missing.set(n as i64);
     }
 
     /// One configuration reload (SIGHUP); `ok`: loaded and every change applied.
@@ -475,6 +488,15 @@ mod tests {
             text.contains("direction=\"in\",resource=\"memory\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn missing_interfaces_are_a_gauge() {
+        let m = Metrics::new();
+        m.set_interfaces_missing(1);
+        assert!(m.encode().contains("shadow_mirror_interfaces_missing 1"));
+        m.set_interfaces_missing(0);
+        assert!(m.encode().contains("shadow_mirror_interfaces_missing 0"));
     }
 
     #[test]

@@ -318,6 +318,28 @@ pub fn run_with_reload(
                 Some((total - last).max(0.0) / dt)
             };
             let mut samples: Vec<(String, f64)> = Vec::new();
+            if let Some(m) = mirror.as_mut() {
+                // An interface removed and made again (a restarted container or VM): the
+                // programs follow it. The configured target too; a shadow group's replicas
+                // are set by the group.
+                let static_target = cfg.mirror.as_ref().is_some_and(|m| m.target.is_some());
+                match m.follow(static_target) {
+                    Ok(changes) => {
+                        for c in changes {
+                            let ev = c.event(t_s);
+                            match c.change {
+                                "gone" => tracing::warn!(event = %ev, "a mirror interface is gone; nothing is mirrored through it until it is back"),
+                                "attach_failed" => tracing::error!(event = %ev, "a mirror interface is back but the programs could not be attached; trying again"),
+                                _ => tracing::warn!(event = %ev, "a mirror interface was made again; the programs are on the new one"),
+                            }
+                            if json {
+                                println!("{ev}");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not look at the mirror's interfaces"),
+                }
+            }
             if let Some(m) = &mirror {
                 let c = m.counters()?;
                 if let Some(v) = rate(LOAD_MATCHED, c.matched as f64) {
@@ -328,6 +350,11 @@ pub fn run_with_reload(
                 }
                 metrics.observe_mirror(&c);
                 line["mirror"] = serde_json::to_value(c).unwrap_or_default();
+                let missing = m.missing();
+                metrics.set_interfaces_missing(missing.len());
+                if !missing.is_empty() {
+                    line["mirror"]["missing"] = missing.into();
+                }
             }
             let mut cg = serde_json::Map::new();
             let replica_cgroups: Vec<_> = group

@@ -12,6 +12,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        xdp::XdpLinkId,
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
@@ -494,6 +495,54 @@ pub struct Mirror {
     next_gen: u32,
     /// The hold loop (TCP sessions with `tcp_hold` > 0): deleted after the programs.
     hold: Option<HoldLoop>,
+    /// The primary interface's programs and the interface they are on.
+    primary: PrimaryLinks,
+    /// The configured target is gone (see [`Mirror::follow`]).
+    target_missing: bool,
+    /// The primary interface's index before it went (for the `back` report).
+    primary_was: Option<u32>,
+    /// The index of a primary interface the programs could not be attached to (reported
+    /// once, retried every look).
+    failed_attach: Option<u32>,
+}
+
+/// The programs on the primary interface: its index when they were attached (None: the
+/// interface is gone and nothing is attached) and their links, to detach them from an
+/// interface that is gone or made again.
+#[derive(Default)]
+struct PrimaryLinks {
+    ifindex: Option<u32>,
+    xdp: Option<XdpLinkId>,
+    isn: Option<SchedClassifierLinkId>,
+    tc: Option<SchedClassifierLinkId>,
+}
+
+/// What happened to one of the mirror's interfaces since the last look ([`Mirror::follow`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LinkChange {
+    /// Its name.
+    pub interface: String,
+    /// `mirror.interface` (the primary's) or `mirror.shadow_interface`.
+    pub role: &'static str,
+    /// `gone`; `recreated` (a new interface of that name: the programs are on it now);
+    /// `back` (the same, after it was gone); `attach_failed` (a new interface of that name
+    /// the programs could not be attached to: tried again at the next look).
+    pub change: &'static str,
+    pub old_ifindex: Option<u32>,
+    pub new_ifindex: Option<u32>,
+    /// Why the attach failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LinkChange {
+    /// The change as a JSON event line of `run --json` (`"event": "link"`).
+    pub fn event(&self, t_s: f64) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["event"] = "link".into();
+        v["t_s"] = t_s.into();
+        v
+    }
 }
 
 /// The hold loop: a veth pair in the mirror's namespace. Held segments are sent out of end
@@ -656,22 +705,19 @@ impl Mirror {
             detail,
         };
 
-        let xdp_mode = if spec.xdp {
+        for name in [PROG_MIRROR_TC]
+            .into_iter()
+            .chain(tcp_isn(&spec).then_some(PROG_MIRROR_ISN))
+        {
+            let prog: &mut SchedClassifier = program_mut(&mut bpf, name)?;
+            prog.load()
+                .map_err(|e| attach_err(name, format_program_error(&e)))?;
+        }
+        if spec.xdp {
             let prog: &mut Xdp = program_mut(&mut bpf, PROG_MIRROR_XDP)?;
             prog.load()
                 .map_err(|e| attach_err(PROG_MIRROR_XDP, format_program_error(&e)))?;
-            match prog.attach(&spec.interface, XdpMode::Default) {
-                Ok(_) => Some(XdpMode::Default),
-                Err(first) => {
-                    tracing::debug!(error = %first, "native XDP attach failed; trying generic XDP");
-                    prog.attach(&spec.interface, XdpMode::Skb)
-                        .map_err(|e| attach_err(PROG_MIRROR_XDP, format_program_error(&e)))?;
-                    Some(XdpMode::Skb)
-                }
-            }
-        } else {
-            None
-        };
+        }
 
         // The per-target programs on the shadow interface first (masking on its egress, so
         // no clone leaves unmasked once the ingress program starts cloning).
@@ -699,9 +745,6 @@ impl Mirror {
             tcp_link,
         };
 
-        if tcp {
-            attach_isn(&mut bpf, &spec, tcx)?;
-        }
         // The hold loop before any clone is made, so no segment is held into nothing.
         let hold = if spec.options.tcp == TcpSessions::Translate && !spec.options.tcp_hold.is_zero()
         {
@@ -716,22 +759,9 @@ impl Mirror {
             None
         };
 
-        let prog: &mut SchedClassifier = program_mut(&mut bpf, PROG_MIRROR_TC)?;
-        prog.load()
-            .map_err(|e| attach_err(PROG_MIRROR_TC, format_program_error(&e)))?;
-        let tc_mode = if tcx {
-            prog.attach(&spec.interface, TcAttachType::Ingress)
-                .map_err(|e| attach_err(PROG_MIRROR_TC, format_program_error(&e)))?;
-            TcMode::Tcx
-        } else {
-            // Older kernels: the legacy clsact qdisc (it may already exist).
-            if let Err(e) = tc::qdisc_add_clsact(&spec.interface) {
-                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
-            }
-            prog.attach(&spec.interface, TcAttachType::Ingress)
-                .map_err(|e| attach_err(PROG_MIRROR_TC, format_program_error(&e)))?;
-            TcMode::Clsact
-        };
+        // The primary interface's programs last: clones start with them.
+        let (primary, xdp_mode) = attach_primary(&mut bpf, &spec, tcx)?;
+        let tc_mode = if tcx { TcMode::Tcx } else { TcMode::Clsact };
         tracing::info!(
             interface = %spec.interface,
             shadow = %spec.shadow_interface,
@@ -751,7 +781,162 @@ impl Mirror {
             targets: vec![first],
             next_gen: 2,
             hold,
+            primary,
+            target_missing: false,
+            primary_was: None,
+            failed_attach: None,
         })
+    }
+
+    /// Looks at the mirror's interfaces again, by name, in its network namespace. The
+    /// primary's interface may be removed and made again under the mirror (a container or a
+    /// VM restarted, a link reconfigured): its programs go with the old one, and the mirror
+    /// would be silent from then on. So an interface of that name with a new index gets the
+    /// programs again (`recreated`; `back` after it was gone), and one that is gone is
+    /// reported once (`gone`). With `target` the configured shadow interface is followed the
+    /// same way (with a shadow group, the group sets its replicas as the targets: see
+    /// [`Mirror::set_targets`]). Counters, flows and sessions carry on.
+    pub fn follow(&mut self, target: bool) -> Result<Vec<LinkChange>, MirrorError> {
+        if self.netns.is_current() {
+            return Ok(self.follow_here(target));
+        }
+        let netns = self.netns.try_clone().map_err(MirrorError::Netns)?;
+        netns
+            .run_in(|| self.follow_here(target))
+            .map_err(MirrorError::Netns)
+    }
+
+    /// The configured interfaces that are gone now (names).
+    pub fn missing(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        if self.primary.ifindex.is_none() {
+            out.push(self.spec.interface.as_str());
+        }
+        if self.target_missing {
+            out.extend(self.targets.first().map(|t| t.name.as_str()));
+        }
+        out
+    }
+
+    fn follow_here(&mut self, target: bool) -> Vec<LinkChange> {
+        let mut out = Vec::new();
+        let name = self.spec.interface.clone();
+        let now = nix::net::if_::if_nametoindex(name.as_str()).ok();
+        let change = |change, old, new, error| LinkChange {
+            interface: name.clone(),
+            role: "interface",
+            change,
+            old_ifindex: old,
+            new_ifindex: new,
+            error,
+        };
+        match (self.primary.ifindex, now) {
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => {}
+            (Some(a), None) => {
+                self.detach_primary();
+                self.primary.ifindex = None;
+                self.primary_was = Some(a);
+                out.push(change("gone", Some(a), None, None));
+            }
+            (old, Some(b)) => {
+                self.detach_primary();
+                let was = old.or(self.primary_was);
+                match attach_primary(&mut self.ebpf, &self.spec, self.tcx) {
+                    Ok((links, xdp_mode)) => {
+                        self.primary = links;
+                        self.xdp_mode = xdp_mode;
+                        let what = if old.is_some() { "recreated" } else { "back" };
+                        out.push(change(what, was, Some(b), None));
+                    }
+                    Err(e) => {
+                        // Not attached: tried again at the next look.
+                        self.primary.ifindex = None;
+                        self.primary_was = was;
+                        if self.failed_attach != Some(b) {
+                            self.failed_attach = Some(b);
+                            out.push(change(
+                                "attach_failed",
+                                was,
+                                Some(b),
+                                Some(crate::error::chain(&e)),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if target {
+            out.extend(self.follow_target());
+        }
+        out
+    }
+
+    /// The configured shadow interface (the only target without a shadow group).
+    fn follow_target(&mut self) -> Option<LinkChange> {
+        let (name, mac, old) = {
+            let t = self.targets.first()?;
+            (t.name.clone(), t.mac, t.ifindex)
+        };
+        let now = nix::net::if_::if_nametoindex(name.as_str()).ok();
+        let mut change = LinkChange {
+            interface: name.clone(),
+            role: "shadow_interface",
+            change: "gone",
+            old_ifindex: Some(old),
+            new_ifindex: now,
+            error: None,
+        };
+        match now {
+            None if self.target_missing => None,
+            None => {
+                // Clones to it fail (`clone_failed`) and the originals pass, until it is back.
+                self.target_missing = true;
+                Some(change)
+            }
+            Some(b) if b == old => {
+                self.target_missing = false;
+                None
+            }
+            Some(_) => {
+                // Same name and MAC, a new index: the per-target programs attached to it,
+                // its slot given a new generation, the old one's links dropped.
+                if let Err(e) = self.set_targets_here(&[(name, mac)]) {
+                    change.change = "attach_failed";
+                    change.error = Some(crate::error::chain(&e));
+                    return Some(change);
+                }
+                change.change = if self.target_missing {
+                    "back"
+                } else {
+                    "recreated"
+                };
+                self.target_missing = false;
+                Some(change)
+            }
+        }
+    }
+
+    /// Detach the primary interface's programs (errors ignored: the interface may be gone
+    /// with them).
+    fn detach_primary(&mut self) {
+        let links = std::mem::take(&mut self.primary);
+        self.primary.ifindex = links.ifindex;
+        for (program, link) in [(PROG_MIRROR_TC, links.tc), (PROG_MIRROR_ISN, links.isn)] {
+            let Some(link) = link else { continue };
+            if let Ok(prog) = program_mut::<SchedClassifier>(&mut self.ebpf, program) {
+                if let Err(e) = prog.detach(link) {
+                    tracing::debug!(program, error = %e, "detach from the primary interface");
+                }
+            }
+        }
+        if let Some(link) = links.xdp {
+            if let Ok(prog) = program_mut::<Xdp>(&mut self.ebpf, PROG_MIRROR_XDP) {
+                if let Err(e) = prog.detach(link) {
+                    tracing::debug!(error = %e, "detach XDP from the primary interface");
+                }
+            }
+        }
     }
 
     /// Spread the mirrored flows over `targets` (interface, MAC of its far end), in the
@@ -1235,23 +1420,82 @@ fn attach_target(
     }
 }
 
-/// `shadow_isn` on the primary interface's egress (TCP sessions).
-fn attach_isn(bpf: &mut Ebpf, spec: &MirrorSpec, tcx: bool) -> Result<(), MirrorError> {
-    if !tcx {
-        if let Err(e) = tc::qdisc_add_clsact(&spec.interface) {
-            tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
-        }
-    }
-    let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_ISN)?;
-    let err = |e: aya::programs::ProgramError| MirrorError::Attach {
-        program: PROG_MIRROR_ISN,
-        interface: spec.interface.clone(),
+/// Whether `shadow_isn` goes on the primary interface (TCP sessions).
+fn tcp_isn(spec: &MirrorSpec) -> bool {
+    spec.options.tcp != TcpSessions::Off
+}
+
+/// The primary interface's programs (loaded already): `shadow_load` (XDP, native or else
+/// generic) when asked for, `shadow_isn` on its egress with TCP sessions, and `shadow_mirror`
+/// on its ingress last (clones start with it). On failure what this call attached is
+/// detached again.
+fn attach_primary(
+    bpf: &mut Ebpf,
+    spec: &MirrorSpec,
+    tcx: bool,
+) -> Result<(PrimaryLinks, Option<XdpMode>), MirrorError> {
+    let interface = spec.interface.as_str();
+    let mut links = PrimaryLinks {
+        ifindex: Some(ifindex(interface, "mirror.interface")?),
+        ..PrimaryLinks::default()
+    };
+    let err = |program, e: aya::programs::ProgramError| MirrorError::Attach {
+        program,
+        interface: interface.to_owned(),
         detail: format_program_error(&e),
     };
-    prog.load().map_err(err)?;
-    prog.attach(&spec.interface, TcAttachType::Egress)
-        .map_err(err)?;
-    Ok(())
+    let mut xdp_mode = None;
+    let mut attach = |links: &mut PrimaryLinks| -> Result<(), MirrorError> {
+        if spec.xdp {
+            let prog: &mut Xdp = program_mut(bpf, PROG_MIRROR_XDP)?;
+            let (link, mode) = match prog.attach(interface, XdpMode::Default) {
+                Ok(l) => (l, XdpMode::Default),
+                Err(first) => {
+                    tracing::debug!(error = %first, "native XDP attach failed; trying generic XDP");
+                    let l = prog
+                        .attach(interface, XdpMode::Skb)
+                        .map_err(|e| err(PROG_MIRROR_XDP, e))?;
+                    (l, XdpMode::Skb)
+                }
+            };
+            links.xdp = Some(link);
+            xdp_mode = Some(mode);
+        }
+        if !tcx {
+            // Older kernels: the legacy clsact qdisc (it may already exist).
+            if let Err(e) = tc::qdisc_add_clsact(interface) {
+                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+            }
+        }
+        if tcp_isn(spec) {
+            let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_ISN)?;
+            let link = prog
+                .attach(interface, TcAttachType::Egress)
+                .map_err(|e| err(PROG_MIRROR_ISN, e))?;
+            links.isn = Some(link);
+        }
+        let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_TC)?;
+        let link = prog
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|e| err(PROG_MIRROR_TC, e))?;
+        links.tc = Some(link);
+        Ok(())
+    };
+    match attach(&mut links) {
+        Ok(()) => Ok((links, xdp_mode)),
+        Err(e) => {
+            for (program, link) in [(PROG_MIRROR_TC, links.tc), (PROG_MIRROR_ISN, links.isn)] {
+                if let (Some(link), Ok(prog)) = (link, program_mut::<SchedClassifier>(bpf, program))
+                {
+                    let _ = prog.detach(link);
+                }
+            }
+            if let (Some(link), Ok(prog)) = (links.xdp, program_mut::<Xdp>(bpf, PROG_MIRROR_XDP)) {
+                let _ = prog.detach(link);
+            }
+            Err(e)
+        }
+    }
 }
 
 fn write_target(bpf: &mut Ebpf, slot: u32, t: MirrorTarget) -> Result<(), MirrorError> {

@@ -376,6 +376,22 @@ impl NetNs {
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         run_in_fd(&self.name, self.fd.as_fd(), f)
     }
+
+    /// Whether the calling thread is in this namespace (then [`NetNs::run_in`] is not
+    /// needed). False when either cannot be looked at.
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let here = std::fs::metadata("/proc/thread-self/ns/net");
+        let this = std::fs::File::from(match self.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(_) => return false,
+        })
+        .metadata();
+        match (here, this) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        }
+    }
 }
 
 impl AsFd for NetNs {
