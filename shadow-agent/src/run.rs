@@ -219,8 +219,26 @@ pub fn run_with_reload(
         for c in watch.iter() {
             forecast_series(&mut f, c, per_flow);
         }
+        // The history an earlier run kept: forecasts at once instead of after a warm-up.
+        if let Some(path) = &cfg.forecast.history_file {
+            match f.restore(path) {
+                Ok(Some(r)) if r.discarded.is_some() => {
+                    tracing::warn!(file = %path.display(), reason = ?r.discarded, "forecast history not restored; starting afresh")
+                }
+                Ok(Some(r)) => tracing::info!(
+                    file = %path.display(),
+                    series = r.series,
+                    taken = r.taken,
+                    gap_steps = r.gap_steps,
+                    "forecast history restored"
+                ),
+                Ok(None) => tracing::info!(file = %path.display(), "no forecast history yet"),
+                Err(e) => tracing::warn!(error = %e, "forecast history not restored; starting afresh"),
+            }
+        }
         f
     });
+    let mut history_error: Option<String> = None;
     let mut prev: std::collections::HashMap<String, (f64, std::time::Instant)> =
         std::collections::HashMap::new();
     let result = rt.block_on(async {
@@ -420,6 +438,18 @@ pub fn run_with_reload(
                     f.observe(k, *v);
                 }
                 f.refit_due();
+                match f.save_due() {
+                    Some(Err(e)) => {
+                        // Said once per distinct error, not every step.
+                        let e = e.to_string();
+                        if history_error.as_ref() != Some(&e) {
+                            tracing::warn!(error = %e, file = ?cfg.forecast.history_file, "could not write the forecast history");
+                            history_error = Some(e);
+                        }
+                    }
+                    Some(Ok(())) => history_error = None,
+                    None => {}
+                }
                 for c in watch.iter() {
                     let path = c.path();
                     if let Some(p) = f.latest(&memory_key(path)) {
@@ -578,6 +608,11 @@ pub fn run_with_reload(
         Ok::<(), AgentError>(())
     });
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let (Some(f), Some(path)) = (forecaster.as_mut(), &cfg.forecast.history_file) {
+        if let Err(e) = f.save(path) {
+            tracing::warn!(error = %e, file = %path.display(), "could not write the forecast history at exit");
+        }
+    }
     crate::status::withdraw(status_file);
     result
 }

@@ -144,6 +144,16 @@ fn forecast_a_cgroup_of_the_running_agent() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
+    // The forecast history, kept across the restart at the end.
+    let history_dir = std::env::temp_dir().join(format!("shdt{tag}-fc-history"));
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _history_dir = RmDir(history_dir.clone());
+    let history = history_dir.join("history.json");
     // 100 ms intervals, one interval per step, horizon 3: the policy needs 85 steps.
     let config = format!(
         r#"
@@ -158,7 +168,9 @@ listen = "127.0.0.1:{port}"
 step_intervals = 1
 horizon = 3
 window = 120
-"#
+history_file = "{history}"
+"#,
+        history = history.display()
     );
     let cfg_path = std::env::temp_dir().join(format!("shdt{tag}-fc.toml"));
     std::fs::write(&cfg_path, config).expect("config");
@@ -331,6 +343,32 @@ window = 120
 
     run.stop();
     assert!(!status_path.exists(), "the agent left its status file");
+
+    // Restarted, the agent forecasts from its first interval on: the history it wrote at
+    // exit is read back (a fresh start would need 85 steps of 100 ms first).
+    assert!(
+        history.is_file(),
+        "no forecast history at {}",
+        history.display()
+    );
+    let again = Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(["run", "--json", "--duration", "1", "--config"])
+        .env("SHADOW_STATUS_FILE", status_file)
+        .arg(&cfg_path)
+        .output()
+        .expect("run again");
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let first: serde_json::Value = text(&again.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("a status line");
+    let f = &first["forecast"];
+    assert!(f["restored"]["taken"].as_u64().unwrap() >= 2, "{f}");
+    assert_eq!(f["restored"]["discarded"], serde_json::Value::Null, "{f}");
+    assert!(
+        f["series"][&path]["point"].is_array(),
+        "no forecast in the first interval after the restart: {f}"
+    );
     let _ = std::fs::remove_file(&cfg_path);
     // No agent: the error names the cgroup and says why.
     let out = agent(&[

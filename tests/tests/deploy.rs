@@ -149,7 +149,13 @@ fn the_daemonset_has_what_the_agent_needs() {
                     .any(|v| v["name"] == m["name"] && v["hostPath"]["path"] == path)
         })
     };
-    for path in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+    for path in [
+        "/sys/fs/bpf",
+        "/sys/kernel/tracing",
+        "/sys/fs/cgroup",
+        // The forecast history of agent.toml survives the pod.
+        "/var/lib/shadow-agent",
+    ] {
         assert!(
             mounted_from_host(path),
             "{path} is not mounted from the host"
@@ -180,6 +186,13 @@ fn the_daemonset_has_what_the_agent_needs() {
         Path::new(config).parent(),
         Some(Path::new(dir)),
         "the config is read from the mounted ConfigMap"
+    );
+    // The forecast history is kept where the node keeps it.
+    let agent_toml_text =
+        std::fs::read_to_string(repo("deploy/kubernetes/agent.toml")).expect("agent.toml");
+    assert!(
+        agent_toml_text.contains("history_file = \"/var/lib/shadow-agent/"),
+        "agent.toml does not keep the forecast history on the host path"
     );
     // Liveness through the health endpoint on the port the shipped config listens on.
     let probe = &c["livenessProbe"]["httpGet"];
@@ -302,6 +315,11 @@ fn the_systemd_unit_verifies_and_runs_the_agent_as_documented() {
     assert_eq!(unit_value(&unit, "RestartPreventExitStatus"), "2");
     // Readiness: the agent notifies (shadow-agent/tests/reload.rs checks what and when).
     assert_eq!(unit_value(&unit, "Type"), "notify");
+    // /var/lib/shadow-agent exists for the state the example config keeps there.
+    assert_eq!(unit_value(&unit, "StateDirectory"), "shadow-agent");
+    let example_toml =
+        std::fs::read_to_string(repo("config/agent.example.toml")).expect("agent.example.toml");
+    assert!(example_toml.contains("history_file = \"/var/lib/shadow-agent/"));
     let start: Vec<&str> = unit_value(&unit, "ExecStart").split_whitespace().collect();
     let pre: Vec<&str> = unit_value(&unit, "ExecStartPre")
         .split_whitespace()

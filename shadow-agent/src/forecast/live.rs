@@ -39,6 +39,7 @@ pub struct RawForecast {
     refit_every: Option<usize>,
     max_refits_per_interval: Option<usize>,
     levels: Option<Vec<f64>>,
+    history_file: Option<std::path::PathBuf>,
 }
 
 /// The validated `[forecast]` section.
@@ -57,6 +58,10 @@ pub struct LiveSpec {
     pub max_refits_per_interval: usize,
     /// Interval levels, fractions in (0, 1).
     pub levels: Vec<f64>,
+    /// Where the series' history is kept across restarts (None: not kept). Written once per
+    /// step and at exit, read at start: an agent restarted (an upgrade, a config change that
+    /// needs a restart) forecasts at once instead of warming up for `window` steps again.
+    pub history_file: Option<std::path::PathBuf>,
 }
 
 impl Default for LiveSpec {
@@ -69,6 +74,7 @@ impl Default for LiveSpec {
             refit_every: 1,
             max_refits_per_interval: 8,
             levels: vec![0.8, 0.95],
+            history_file: None,
         }
     }
 }
@@ -91,7 +97,14 @@ impl RawForecast {
                 None => d.levels,
                 Some(l) => l.iter().map(|p| p / 100.0).collect(),
             },
+            history_file: self.history_file.filter(|p| !p.as_os_str().is_empty()),
         };
+        if let Some(p) = spec.history_file.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(bad(
+                "history_file",
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
         if spec.step_intervals == 0 {
             return Err(bad("step_intervals", "must be at least 1".into()));
         }
@@ -198,6 +211,42 @@ struct ShadowSignals {
     fitted_at: Option<u64>,
 }
 
+/// Format version of the history file.
+const HISTORY_VERSION: u32 = 1;
+
+/// The history file ([`LiveSpec::history_file`]): every series' whole steps, with the step
+/// length and when it was written.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct HistoryFile {
+    version: u32,
+    step_s: f64,
+    saved_unix_s: f64,
+    series: BTreeMap<String, Vec<f64>>,
+}
+
+/// What a restore found ([`LiveForecaster::restore`]), for the log and the status.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Restored {
+    /// The file read.
+    pub file: String,
+    /// Series in the file.
+    pub series: usize,
+    /// Series taken up so far (tracked now, or since).
+    pub taken: usize,
+    /// Whole steps between the file's writing and the restore, each filled with the
+    /// series' last value.
+    pub gap_steps: usize,
+    /// Why nothing was restored (a step length that changed, a gap too long).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<String>,
+}
+
+fn unix_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The live forecaster of one agent run.
 pub struct LiveForecaster {
     spec: LiveSpec,
@@ -218,6 +267,12 @@ pub struct LiveForecaster {
     fits: u64,
     fit_cpu_ns: u128,
     started: std::time::Instant,
+    /// Series read from the history file and not taken up yet: (history, written at).
+    pending: BTreeMap<String, Vec<f64>>,
+    pending_saved_s: f64,
+    restored: Option<Restored>,
+    /// When the history file was last written (wall clock, seconds).
+    saved_s: Option<f64>,
 }
 
 impl LiveForecaster {
@@ -237,6 +292,142 @@ impl LiveForecaster {
             fits: 0,
             fit_cpu_ns: 0,
             started: std::time::Instant::now(),
+            pending: BTreeMap::new(),
+            pending_saved_s: 0.0,
+            restored: None,
+            saved_s: None,
+        }
+    }
+
+    /// The longest gap (in steps) a restored history may have: beyond it the series are
+    /// started afresh (a day-old history filled with a last value would mislead more than
+    /// it helps).
+    pub fn max_gap_steps(&self) -> usize {
+        (self.spec.window / 8).max(self.spec.horizon)
+    }
+
+    /// Writes every series' whole steps to `path` (atomically: a temporary file, fsync,
+    /// rename).
+    pub fn save(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        let now = unix_s();
+        let file = HistoryFile {
+            version: HISTORY_VERSION,
+            step_s: self.step_s,
+            saved_unix_s: now,
+            series: self
+                .tracks
+                .iter()
+                .filter(|(_, t)| !t.history.is_empty())
+                .map(|(k, t)| (k.clone(), t.history.iter().copied().collect()))
+                .collect(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        self.saved_s = Some(now);
+        Ok(())
+    }
+
+    /// Writes the history file if it is configured and a step has passed since the last
+    /// write; an error is returned for the caller to log (the run goes on without).
+    pub fn save_due(&mut self) -> Option<std::io::Result<()>> {
+        let path = self.spec.history_file.clone()?;
+        let now = unix_s();
+        if self.saved_s.is_some_and(|t| now - t < self.step_s) {
+            return None;
+        }
+        Some(self.save(&path))
+    }
+
+    /// Reads the history `path` holds: each series tracked now (or later, by
+    /// [`Self::track_metric`]) gets it, with every whole step since the file was written
+    /// filled with its last value, and is due for a refit. Nothing is taken when the file's
+    /// step length is not this run's or its gap exceeds [`Self::max_gap_steps`] (said in
+    /// [`Restored::discarded`]). A missing file is `Ok(None)`; an unreadable one an error.
+    pub fn restore(&mut self, path: &std::path::Path) -> Result<Option<Restored>, String> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        let file: HistoryFile = serde_json::from_slice(&text)
+            .map_err(|e| format!("parsing {}: {e}", path.display()))?;
+        let mut r = Restored {
+            file: path.display().to_string(),
+            series: file.series.len(),
+            ..Restored::default()
+        };
+        let gap = ((unix_s() - file.saved_unix_s) / self.step_s).max(0.0);
+        r.gap_steps = gap.floor() as usize;
+        if file.version != HISTORY_VERSION {
+            r.discarded = Some(format!(
+                "format version {}, not {HISTORY_VERSION}",
+                file.version
+            ));
+        } else if (file.step_s - self.step_s).abs() > 1e-6 * self.step_s {
+            r.discarded = Some(format!(
+                "steps of {} s, this run's are {} s",
+                file.step_s, self.step_s
+            ));
+        } else if r.gap_steps > self.max_gap_steps() {
+            r.discarded = Some(format!(
+                "written {} steps ago, more than {}",
+                r.gap_steps,
+                self.max_gap_steps()
+            ));
+        }
+        if r.discarded.is_none() {
+            self.pending = file.series;
+            self.pending_saved_s = file.saved_unix_s;
+            let keys: Vec<String> = self.tracks.keys().cloned().collect();
+            self.restored = Some(r);
+            for k in keys {
+                self.take_pending(&k);
+            }
+        } else {
+            self.restored = Some(r);
+        }
+        Ok(self.restored.clone())
+    }
+
+    /// Gives `key` its restored history, if the file had one and it is not too old now.
+    fn take_pending(&mut self, key: &str) {
+        let Some(mut steps) = self.pending.remove(key) else {
+            return;
+        };
+        let gap = ((unix_s() - self.pending_saved_s) / self.step_s)
+            .max(0.0)
+            .floor() as usize;
+        if gap > self.max_gap_steps() || steps.is_empty() {
+            return;
+        }
+        let last = *steps.last().unwrap_or(&0.0);
+        steps.extend(std::iter::repeat_n(last, gap.min(self.spec.window)));
+        let window = self.spec.window;
+        let refit_every = self.spec.refit_every;
+        let Some(t) = self.tracks.get_mut(key) else {
+            return;
+        };
+        if !t.history.is_empty() {
+            return;
+        }
+        t.history
+            .extend(steps.iter().copied().filter(|v| v.is_finite()));
+        while t.history.len() > window {
+            t.history.pop_front();
+        }
+        t.new_steps = t.new_steps.max(refit_every);
+        if let Some(r) = self.restored.as_mut() {
+            r.taken += 1;
         }
     }
 
@@ -255,6 +446,7 @@ impl LiveForecaster {
         if !self.published.iter().any(|k| k == key) {
             self.published.push(key.to_owned());
         }
+        self.take_pending(key);
     }
 
     /// Learn the shadow's cost from `shadow_cpu` against `shadow_load`, and offer the
@@ -297,6 +489,7 @@ impl LiveForecaster {
         self.tracks.entry(flows_key.to_owned()).or_default().unit = "flows".into();
         self.memory_loads
             .insert(memory_key.to_owned(), flows_key.to_owned());
+        self.take_pending(flows_key);
     }
 
     /// Stop forecasting series `key` and forget its history, its forecasts and its own load
@@ -578,6 +771,7 @@ impl LiveForecaster {
             "fit_cpu_share_of_one_core": if wall > 0.0 { cpu_s / wall } else { 0.0 },
             "shadow_cost": self.shadow.as_ref().and_then(|s| s.cost),
             "shadow_memory_cost": self.shadow_memory.as_ref().and_then(|s| s.cost),
+            "restored": self.restored,
             "series": series,
         })
     }
@@ -650,6 +844,122 @@ mod tests {
         }
         let st = f.status();
         assert!(st["fit_cpu_seconds"].as_f64().unwrap() > 0.0, "{st}");
+    }
+
+    /// A scratch history file path unique to the test, removed on drop.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    fn scratch(name: &str) -> Scratch {
+        Scratch(std::env::temp_dir().join(format!(
+            "shadow-forecast-history-{}-{name}.json",
+            std::process::id()
+        )))
+    }
+
+    /// Rewrites the file's `saved_unix_s` `steps` steps of `step_s` into the past.
+    fn age(path: &std::path::Path, steps: f64, step_s: f64) {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let t = v["saved_unix_s"].as_f64().unwrap();
+        v["saved_unix_s"] = (t - steps * step_s - 0.5 * step_s).into();
+        std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn history_survives_a_restart_with_its_gap_filled() {
+        let file = scratch("restart");
+        let need = Adaptive::with_horizon(6).min_history();
+        let mut f = LiveForecaster::new(spec(1), 60.0);
+        f.track("/a", "cores");
+        f.track_metric("/a#memory", "memory", "bytes");
+        for s in 0..need + 5 {
+            f.observe("/a", 1.0 + 0.1 * noise(s));
+            f.observe("/a#memory", 1e9);
+            f.refit_due();
+        }
+        assert!(f.latest("/a").is_some());
+        f.save(&file.0).unwrap();
+        let before: Vec<f64> = f.history("/a");
+        age(&file.0, 3.0, 60.0);
+
+        // A new run: tracked series get their history plus 3 steps of the last value, and
+        // forecast at the first refit instead of warming up.
+        let mut g = LiveForecaster::new(spec(1), 60.0);
+        g.track("/a", "cores");
+        let r = g.restore(&file.0).unwrap().expect("a file");
+        assert_eq!((r.series, r.taken, r.gap_steps), (2, 1, 3), "{r:?}");
+        assert!(r.discarded.is_none());
+        let h = g.history("/a");
+        // (JSON keeps a double to within an ulp.)
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+        assert!(h.iter().zip(&before).all(|(a, b)| close(*a, *b)));
+        assert_eq!(h.len(), before.len() + 3);
+        let last = *before.last().unwrap();
+        assert!(h[before.len()..].iter().all(|v| close(*v, last)));
+        g.refit_due();
+        assert!(g.latest("/a").is_some(), "{}", g.status());
+        assert_eq!(g.status()["restored"]["taken"], 1);
+        // A series tracked later (a reload, a pattern's new match) takes its own.
+        g.track_metric("/a#memory", "memory", "bytes");
+        assert_eq!(g.history("/a#memory").len(), before.len() + 3);
+        assert_eq!(g.status()["restored"]["taken"], 2);
+        // Not taken twice.
+        g.untrack("/a#memory");
+        g.track_metric("/a#memory", "memory", "bytes");
+        assert!(g.history("/a#memory").is_empty());
+    }
+
+    #[test]
+    fn a_stale_or_foreign_history_is_not_restored() {
+        let file = scratch("stale");
+        let mut f = LiveForecaster::new(spec(1), 60.0);
+        f.track("/a", "cores");
+        for s in 0..50 {
+            f.observe("/a", 1.0 + 0.1 * noise(s));
+        }
+        f.save(&file.0).unwrap();
+        // Another step length.
+        let mut g = LiveForecaster::new(spec(2), 60.0);
+        g.track("/a", "cores");
+        let r = g.restore(&file.0).unwrap().unwrap();
+        assert!(
+            r.discarded.as_deref().unwrap().contains("steps of 60 s"),
+            "{r:?}"
+        );
+        assert!(g.history("/a").is_empty());
+        // Too old: more than max_gap_steps.
+        let mut g = LiveForecaster::new(spec(1), 60.0);
+        g.track("/a", "cores");
+        age(&file.0, (g.max_gap_steps() + 1) as f64, 60.0);
+        let r = g.restore(&file.0).unwrap().unwrap();
+        assert!(
+            r.discarded.as_deref().unwrap().contains("steps ago"),
+            "{r:?}"
+        );
+        assert!(g.history("/a").is_empty());
+        // No file yet; a broken one.
+        let missing = scratch("missing");
+        assert_eq!(g.restore(&missing.0), Ok(None));
+        std::fs::write(&file.0, b"{not json").unwrap();
+        let e = g.restore(&file.0).unwrap_err();
+        assert!(
+            e.contains("parsing") && e.contains(&*file.0.to_string_lossy()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn history_file_must_be_absolute() {
+        let raw: RawForecast = toml::from_str("history_file = \"rel/h.json\"").unwrap();
+        let (k, m) = raw.validate().unwrap_err();
+        assert_eq!(k, "forecast.history_file");
+        assert!(m.contains("rel/h.json"), "{m}");
+        let raw: RawForecast = toml::from_str("history_file = \"/var/lib/h.json\"").unwrap();
+        assert!(raw.validate().unwrap().history_file.is_some());
     }
 
     #[test]
