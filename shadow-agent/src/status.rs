@@ -112,6 +112,13 @@ pub fn render(v: &serde_json::Value) -> String {
             "mirror: seen {} cloned {} clone_failed {}\n",
             m["seen"], m["cloned"], m["clone_failed"]
         ));
+        if let Some(gone) = m["missing"].as_array().filter(|g| !g.is_empty()) {
+            let names: Vec<&str> = gone.iter().filter_map(|g| g.as_str()).collect();
+            out.push_str(&format!(
+                "mirror: interface gone: {} (nothing mirrored through it until it is back)\n",
+                names.join(", ")
+            ));
+        }
     }
     if let Some(cgroups) = v["cgroups"].as_object().filter(|c| !c.is_empty()) {
         out.push_str(
@@ -143,6 +150,16 @@ pub fn render(v: &serde_json::Value) -> String {
             f["fits"],
             f["fit_cpu_share_of_one_core"].as_f64().unwrap_or(0.0) * 100.0
         ));
+        let r = &f["restored"];
+        if r.is_object() {
+            match r["discarded"].as_str() {
+                Some(why) => out.push_str(&format!("  history not restored: {why}\n")),
+                None => out.push_str(&format!(
+                    "  history restored for {} series ({} steps filled)\n",
+                    r["taken"], r["gap_steps"]
+                )),
+            }
+        }
         for (path, s) in series {
             match s["point"].as_array().and_then(|p| p.first()) {
                 Some(p) => out.push_str(&format!(
@@ -156,6 +173,41 @@ pub fn render(v: &serde_json::Value) -> String {
                     s["warming_up"].as_str().unwrap_or("")
                 )),
             }
+        }
+    }
+    if let Some(groups) = v["allocate"].as_object().filter(|g| !g.is_empty()) {
+        out.push_str(
+            "managed group                                            cpu_cores  memory_mib\n",
+        );
+        for (name, g) in groups {
+            if g["missing"] == true {
+                out.push_str(&format!("{name:<56} missing (no steps until it is back)\n"));
+                continue;
+            }
+            if let Some(e) = g["error"].as_str() {
+                out.push_str(&format!("{name:<56} error: {e}\n"));
+                continue;
+            }
+            let num = |x: &serde_json::Value, scale: f64| {
+                x.as_f64()
+                    .map_or("-".to_owned(), |v| format!("{:.3}", v / scale))
+            };
+            let mut row = format!(
+                "{name:<56} {:<10} {}",
+                num(&g["cpu_cores"], 1.0),
+                num(&g["memory_bytes"], 1048576.0)
+            );
+            if let Some(c) = g["change"].as_str() {
+                row.push_str(&format!("  ({c})"));
+            }
+            if let Some(b) = g["step"]["backing_off"].as_object() {
+                row.push_str(&format!(
+                    "  backing off: {}",
+                    b.get("last_error").and_then(|e| e.as_str()).unwrap_or("")
+                ));
+            }
+            out.push_str(&row);
+            out.push('\n');
         }
     }
     if let Some(rate) = v["sample_rate"].as_f64() {
@@ -252,6 +304,13 @@ mod tests {
             "refused": [[{"addr": "10.0.0.1", "port": 53, "proto": "udp", "attempts": 3}]],
             "cgroups": {"/cg/web": {"cpu_seconds": 9.0, "cpu_cores": 0.25,
                 "memory_bytes": 3145728}, "/cg/gone": {"missing": true}},
+            "mirror": {"seen": 10, "cloned": 9, "clone_failed": 0, "missing": ["veth1"]},
+            "allocate": {"web.service": {"cpu_cores": 0.5, "memory_bytes": 2097152,
+                "change": "recreated", "step": {"backing_off": null}},
+                "old.service": {"missing": true, "change": null}},
+            "forecast": {"step_s": 60, "fits": 3, "fit_cpu_share_of_one_core": 0.0,
+                "restored": {"file": "/h.json", "series": 2, "taken": 1, "gap_steps": 3},
+                "series": {}},
         });
         let text = render(&full);
         let cg = |p: &str| -> Vec<String> {
@@ -264,6 +323,16 @@ mod tests {
         };
         assert_eq!(cg("/cg/web"), ["/cg/web", "0.250", "3.000"]);
         assert_eq!(cg("/cg/gone")[1], "missing");
+        assert_eq!(
+            cg("web.service"),
+            ["web.service", "0.500", "2.000", "(recreated)"]
+        );
+        assert_eq!(cg("old.service")[1], "missing");
+        assert!(text.contains("interface gone: veth1"), "{text}");
+        assert!(
+            text.contains("history restored for 1 series (3 steps filled)"),
+            "{text}"
+        );
         assert!(text.contains("sample rate: 0.25"), "{text}");
         assert!(!text.contains("last reload"), "{text}");
         let mut reloaded = full.clone();
