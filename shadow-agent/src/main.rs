@@ -282,6 +282,26 @@ fn main() -> ExitCode {
                             })
                         })
                         .collect();
+                    let mut patterns = patterns;
+                    // And each allocate.cgroups pattern, by group name.
+                    if let Some(a) = &cfg.allocate {
+                        let base = shadow_agent::sys::cgroup::CgroupRoot::detect(&a.cgroup_root)
+                            .ok()
+                            .map(|r| shadow_agent::allocate::live::names_base(&r));
+                        for (i, p) in a.cgroups.iter().enumerate() {
+                            if !shadow_agent::allocate::live::is_pattern(p) {
+                                continue;
+                            }
+                            let matches = base.as_ref().map_or_else(Vec::new, |b| {
+                                shadow_agent::allocate::live::match_names(b, p.trim_matches('/'))
+                            });
+                            patterns.push(serde_json::json!({
+                                "key": format!("allocate.cgroups[{i}]"),
+                                "pattern": p,
+                                "matches": matches,
+                            }));
+                        }
+                    }
                     if json {
                         println!(
                             "{}",
@@ -299,7 +319,7 @@ fn main() -> ExitCode {
                                 p["key"].as_str().unwrap_or(""),
                                 p["pattern"].as_str().unwrap_or(""),
                                 if n == 0 {
-                                    "matches no cgroup now (each is profiled when it appears)"
+                                    "matches no cgroup now (each is taken when it appears)"
                                         .to_owned()
                                 } else {
                                     format!("matches {n} cgroup(s) now")

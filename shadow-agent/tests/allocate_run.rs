@@ -151,44 +151,20 @@ fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash(
     );
 }
 
-/// The next `run --json` line (at most `limit` away) whose `allocate.<name>.change` is one of
-/// `changes`.
-fn wait_change(
+/// `allocate.<name>` of the next `run --json` line (at most 10 s away) whose `change` is one
+/// of `changes`.
+fn change(
     lines: &std::sync::mpsc::Receiver<String>,
     name: &str,
     changes: &[&str],
-    limit: Duration,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no allocate change {changes:?} of {name} in {limit:?}"));
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let g = &v["allocate"][name];
-        if changes.iter().any(|c| g["change"] == *c) {
-            return g.clone();
-        }
-    }
-}
-
-/// Waits (at most 20 s) until `cg`'s quota is no longer `from`; the new one.
-fn wait_raised(cg: &shadow_agent::sys::cgroup::Cgroup, from: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let q = quota(cg);
-        if q != from {
-            return q;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never raised the quota from {from}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let v = common::wait_line(
+        lines,
+        &format!("allocate change {changes:?} of {name}"),
+        Duration::from_secs(10),
+        |v| changes.iter().any(|c| v["allocate"][name]["change"] == *c),
+    );
+    v["allocate"][name].clone()
 }
 
 #[test]
@@ -210,7 +186,7 @@ fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go
         |_| {},
     );
     let state = a.dir.join("state");
-    wait_raised(&cg, ORIGINAL_QUOTA);
+    common::wait_quota_change(&cg, ORIGINAL_QUOTA, "before the restart");
 
     // A restart of the service: its cgroup removed and made again by its owner, with the
     // quota its unit says now (0.2 cores), and the busy process back in it.
@@ -224,16 +200,11 @@ fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go
     burn.args(["-c", "while True: pass"]);
     let burner = shadow_agent::sys::process::spawn(burn, None, Some(&cg)).expect("burner");
     // Gone then back, or made again between two looks: either way a new group.
-    let g = wait_change(
-        &a.lines,
-        &name,
-        &["recreated", "back"],
-        Duration::from_secs(10),
-    );
+    let g = change(&a.lines, &name, &["recreated", "back"]);
     assert!(g["missing"].is_null(), "{g}");
     // The old group's original (0.1 cores) is not written into the new one; the new group
     // is throttled, so it is raised again from its own quota ...
-    let raised = wait_raised(&cg, NEW_QUOTA);
+    let raised = common::wait_quota_change(&cg, NEW_QUOTA, "the group made again");
     assert_ne!(raised, ORIGINAL_QUOTA);
     let entries = common::audit(&state);
     let made_again = entries
@@ -263,10 +234,10 @@ fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go
         |_| std::fs::read_to_string(&a.cfg).expect("config"),
         |_| {},
     );
-    wait_raised(&cg, NEW_QUOTA);
+    common::wait_quota_change(&cg, NEW_QUOTA, "under the second agent");
     drop(burner);
     cg.remove().expect("remove the group");
-    let g = wait_change(&b.lines, &name, &["gone"], Duration::from_secs(10));
+    let g = change(&b.lines, &name, &["gone"]);
     assert_eq!(g["missing"], true, "{g}");
     let (st, err) = common::terminate(&mut b.proc, Duration::from_secs(30));
     assert!(st.success(), "agent failed: {err}");
@@ -290,4 +261,61 @@ fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go
         restore["note"].as_str().is_some_and(|n| n.contains("gone")),
         "{restore}"
     );
+}
+
+#[test]
+fn a_pattern_manages_each_matching_group_from_when_it_appears_until_it_is_gone() {
+    let tag = format!("{:x}", std::process::id() & 0xffffff);
+    let prefix = format!("shdt{tag}-alp");
+    let (a_name, b_name) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let (cg_a, burner_a) = common::throttled_burner(&a_name);
+    let pattern = format!("{prefix}-*");
+    let mut agent = common::ScratchAgent::start(
+        &tag,
+        "alp",
+        None,
+        |dir| {
+            format!(
+                "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
+                common::cpu_allocate_toml(&pattern, false, &dir.join("state"))
+            )
+        },
+        |_| {},
+    );
+    let state = agent.dir.join("state");
+
+    // Matched at the first tick, and its throttled quota raised.
+    let g = change(&agent.lines, &a_name, &["matched"]);
+    assert_eq!(g["pattern"], pattern.as_str(), "{g}");
+    common::wait_quota_change(&cg_a, ORIGINAL_QUOTA, "the group matched at start");
+
+    // A group that appears later (another instance of a templated service) is managed too.
+    let (cg_b, _burner_b) = common::throttled_burner(&b_name);
+    change(&agent.lines, &b_name, &["matched"]);
+    common::wait_quota_change(&cg_b, ORIGINAL_QUOTA, "the group matched later");
+
+    // One that is gone (its service stopped) is let go, with nothing to write back.
+    drop(burner_a);
+    cg_a.remove().expect("remove a group");
+    change(&agent.lines, &a_name, &["unmatched"]);
+
+    // At exit the one still there has its hand-set quota back, and no record is left.
+    let (st, err) = common::terminate(&mut agent.proc, Duration::from_secs(30));
+    assert!(st.success(), "agent failed: {err}");
+    assert_eq!(quota(&cg_b), ORIGINAL_QUOTA, "{err}");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("original-"))
+        .collect();
+    assert!(left.is_empty(), "records left: {left:?}");
+    let entries = common::audit(&state);
+    for name in [&a_name, &b_name] {
+        assert!(
+            entries.iter().any(|e| e["cgroup"] == name.as_str()
+                && e["resource"] == "cpu"
+                && e["applied"] == true),
+            "{name} was not raised: {entries:?}"
+        );
+    }
 }

@@ -151,22 +151,16 @@ fn link_event(
     interface: &str,
     changes: &[&str],
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no link event {changes:?} of {interface} within 15 s"));
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["event"] == "link"
-            && v["interface"] == interface
-            && changes.iter().any(|c| v["change"] == *c)
-        {
-            return v;
-        }
-    }
+    common::wait_line(
+        lines,
+        &format!("link event {changes:?} of {interface}"),
+        Duration::from_secs(15),
+        |v| {
+            v["event"] == "link"
+                && v["interface"] == interface
+                && changes.iter().any(|c| v["change"] == *c)
+        },
+    )
 }
 
 #[test]

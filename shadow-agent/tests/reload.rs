@@ -14,7 +14,7 @@ mod common;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use shadow_agent::sys::{
@@ -185,7 +185,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         "cloned at rate 0"
     );
     // The throttled process gets its quota raised now that the allocator acts.
-    wait_raised(&cg, "after dry_run = false");
+    common::wait_quota_change(&cg, common::ORIGINAL_QUOTA, "after dry_run = false");
 
     // A broken file, through `shadow-agent reload` (what systemd's ExecReload runs): nothing
     // changes, the command fails and names the key.
@@ -236,18 +236,6 @@ fn managed_config(group: &str, state: &std::path::Path) -> String {
     )
 }
 
-/// Waits (at most 20 s) until `cg`'s quota is no longer the hand-set one.
-fn wait_raised(cg: &shadow_agent::sys::cgroup::Cgroup, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::quota(cg) == common::ORIGINAL_QUOTA {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the quota was not raised"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
@@ -264,7 +252,7 @@ fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
     let state = agent.dir.join("state");
 
     // A throttled group under management gets more CPU; the other is left alone.
-    wait_raised(&cg_a, "A managed");
+    common::wait_quota_change(&cg_a, common::ORIGINAL_QUOTA, "A managed");
     assert_eq!(common::quota(&cg_b), common::ORIGINAL_QUOTA);
 
     // The edit manages B instead of A: A has its hand-set quota back at once, B is raised.
@@ -283,7 +271,7 @@ fn sighup_swaps_the_managed_groups_and_gives_the_one_left_its_limits_back() {
         common::ORIGINAL_QUOTA,
         "A's original quota restored at the reload"
     );
-    wait_raised(&cg_b, "B managed after the reload");
+    common::wait_quota_change(&cg_b, common::ORIGINAL_QUOTA, "B managed after the reload");
     // A stays as it was given back (not managed any more).
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(common::quota(&cg_a), common::ORIGINAL_QUOTA);

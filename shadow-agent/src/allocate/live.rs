@@ -125,10 +125,52 @@ pub struct RawRails {
     pub scale_in_after_intervals: Option<u32>,
 }
 
+/// Whether a `allocate.cgroups` entry is a pattern (`*`, `?`, `[...]`, `**`: the `glob`
+/// crate's syntax) rather than a group name.
+pub fn is_pattern(entry: &str) -> bool {
+    entry.contains(['*', '?', '['])
+}
+
+/// The hierarchy directory group names are relative to (where patterns are expanded): the
+/// cgroup2 root on a pure v2 host, the cpu controller's hierarchy on a hybrid one.
+pub fn names_base(root: &CgroupRoot) -> PathBuf {
+    match root.layout() {
+        crate::sys::cgroup::CgroupLayout::Unified => root.unified_path(),
+        crate::sys::cgroup::CgroupLayout::Hybrid { .. } => root
+            .controller_path(crate::sys::cgroup::Controller::Cpu)
+            .unwrap_or_else(|| root.path().join("cpu")),
+    }
+}
+
+/// The group names (relative to `base`) `pattern` matches now: directories holding
+/// `cgroup.procs`, sorted.
+pub fn match_names(base: &std::path::Path, pattern: &str) -> Vec<String> {
+    let Some(text) = base.join(pattern).to_str().map(str::to_owned) else {
+        return Vec::new();
+    };
+    let Ok(paths) = glob::glob(&text) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = paths
+        .flatten()
+        .filter(|p| p.join("cgroup.procs").is_file())
+        .filter_map(|p| {
+            p.strip_prefix(base)
+                .ok()
+                .and_then(|r| r.to_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The validated `[allocate]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllocateSpec {
-    /// Group names relative to the cgroup hierarchies (e.g. `shop/web`).
+    /// Group names relative to the cgroup hierarchies (e.g. `shop/web`), or patterns of them
+    /// (`app.slice/*.service`): each group a pattern matches is managed from when it appears
+    /// until it is gone.
     pub cgroups: Vec<String>,
     /// Where the cgroup file systems are mounted (default `/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
@@ -192,6 +234,14 @@ impl RawAllocate {
         }
         for (i, c) in self.cgroups.iter().enumerate() {
             let t = c.trim_matches('/');
+            if is_pattern(t) {
+                if let Err(e) = glob::Pattern::new(t) {
+                    return Err((
+                        format!("allocate.cgroups[{i}]"),
+                        format!("{c:?} is not a valid pattern: {e}"),
+                    ));
+                }
+            }
             if t.is_empty() || t.split('/').any(|p| p == ".." || p == ".") {
                 return Err((
                     format!("allocate.cgroups[{i}]"),
@@ -479,6 +529,8 @@ struct Managed {
     incarnation: Vec<Option<u64>>,
     /// A directory of the group is gone: no steps until it is back.
     missing: bool,
+    /// The `allocate.cgroups` pattern it matched (None: named itself).
+    pattern: Option<String>,
 }
 
 /// Every managed cgroup of `[allocate]`.
@@ -496,6 +548,13 @@ pub struct LiveAllocator {
     /// The hierarchies and the section, to open groups added by a reload.
     root: CgroupRoot,
     spec: AllocateSpec,
+    /// The patterns of `allocate.cgroups`, expanded every tick.
+    patterns: Vec<String>,
+    /// Matches that could not be opened, with the error last logged for each (retried every
+    /// tick, logged when the error changes).
+    refused: std::collections::BTreeMap<String, String>,
+    /// The dry run in force (for groups a pattern matches later).
+    dry_run: bool,
 }
 
 impl LiveAllocator {
@@ -519,8 +578,14 @@ impl LiveAllocator {
                 source,
             })?;
         let mut groups = Vec::new();
+        let mut patterns = Vec::new();
         for name in &spec.cgroups {
-            groups.push(Managed::open(&root, spec, name)?);
+            if is_pattern(name) {
+                // Matched by the first tick (a pattern may match nothing yet).
+                patterns.push(name.trim_matches('/').to_owned());
+            } else {
+                groups.push(Managed::open(&root, spec, name)?);
+            }
         }
         let webhook = match &spec.webhook {
             None => None,
@@ -542,7 +607,84 @@ impl LiveAllocator {
             verdict: None,
             root,
             spec: spec.clone(),
+            patterns,
+            refused: std::collections::BTreeMap::new(),
+            dry_run: spec.allocator.dry_run,
         })
+    }
+
+    /// The group names `pattern` matches now.
+    pub fn matches(&self, pattern: &str) -> Vec<String> {
+        match_names(&names_base(&self.root), pattern)
+    }
+
+    /// Expands the patterns: a new match is managed from now on (`"change": "matched"`), a
+    /// group a pattern matched whose directory is gone is let go (`"unmatched"`: its restore
+    /// has nothing to write). A group named itself, or matched by an earlier pattern, is not
+    /// taken twice. Kubelet-owned matches are refused unless `allow_kubelet_owned`.
+    fn expand(&mut self, out: &mut serde_json::Map<String, serde_json::Value>) {
+        if self.patterns.is_empty() {
+            return;
+        }
+        // Gone matches first: a restarted service's group that is back by now is followed
+        // (recreated) instead.
+        let mut i = 0;
+        while i < self.groups.len() {
+            let g = &self.groups[i];
+            let gone = g.pattern.is_some()
+                && backend::incarnation(g.reconciler.backend())
+                    .iter()
+                    .any(Option::is_none);
+            if !gone {
+                i += 1;
+                continue;
+            }
+            let mut g = self.groups.remove(i);
+            tracing::info!(cgroup = %g.name, pattern = ?g.pattern, "a matched group is gone: no longer managed");
+            if let Err(e) = g.reconciler.restore() {
+                tracing::warn!(cgroup = %g.name, error = %super::state::error_chain(&e), "restore of a gone group");
+            }
+            out.insert(
+                g.name.clone(),
+                serde_json::json!({ "change": "unmatched", "pattern": g.pattern }),
+            );
+        }
+        for pattern in self.patterns.clone() {
+            for name in self.matches(&pattern) {
+                if self.groups.iter().any(|g| g.name == name) {
+                    continue;
+                }
+                let opened = if super::reconcile::kubelet_owned(&name)
+                    && !self.spec.allocator.allow_kubelet_owned
+                {
+                    Err("owned by the kubelet (allocate.allow_kubelet_owned is false)".to_owned())
+                } else {
+                    Managed::open(&self.root, &self.spec, &name)
+                        .map_err(|e| super::state::error_chain(&e))
+                };
+                match opened {
+                    Ok(mut g) => {
+                        g.reconciler.set_dry_run(self.dry_run);
+                        g.pattern = Some(pattern.clone());
+                        tracing::info!(cgroup = %name, %pattern, "a group matches an allocate.cgroups pattern: managed from now on");
+                        self.refused.remove(&name);
+                        out.insert(
+                            name.clone(),
+                            serde_json::json!({ "change": "matched", "pattern": pattern }),
+                        );
+                        self.groups.push(g);
+                    }
+                    Err(e) => {
+                        if self.refused.get(&name) != Some(&e) {
+                            tracing::warn!(cgroup = %name, %pattern, error = %e, "a matching group cannot be managed");
+                            self.refused.insert(name.clone(), e);
+                        }
+                    }
+                }
+            }
+        }
+        let base = names_base(&self.root);
+        self.refused.retain(|name, _| base.join(name).is_dir());
     }
 
     /// Manage `name` from the next tick on (a reload), as at start: limits a crashed run
@@ -550,6 +692,13 @@ impl LiveAllocator {
     /// that of the other groups. Idempotent.
     pub fn add_group(&mut self, name: &str, dry_run: bool) -> Result<()> {
         let name = name.trim_matches('/');
+        if is_pattern(name) {
+            // Its matches are managed from the next tick.
+            if !self.patterns.iter().any(|p| p == name) {
+                self.patterns.push(name.to_owned());
+            }
+            return Ok(());
+        }
         if self.groups.iter().any(|g| g.name == name) {
             return Ok(());
         }
@@ -563,6 +712,31 @@ impl LiveAllocator {
     /// Returns whether it was managed.
     pub fn remove_group(&mut self, name: &str) -> Result<bool> {
         let name = name.trim_matches('/');
+        if is_pattern(name) {
+            // Every group it matched is let go, each restored.
+            let before = self.patterns.len();
+            self.patterns.retain(|p| p != name);
+            let mut first_error = None;
+            while let Some(i) = self
+                .groups
+                .iter()
+                .position(|g| g.pattern.as_deref() == Some(name))
+            {
+                let mut g = self.groups.remove(i);
+                match g.reconciler.restore() {
+                    Ok(report) => {
+                        tracing::info!(cgroup = %g.name, restored = ?report, "no longer managed: original limits restored")
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            return match first_error {
+                Some(e) => Err(e),
+                None => Ok(self.patterns.len() < before),
+            };
+        }
         let Some(i) = self.groups.iter().position(|g| g.name == name) else {
             return Ok(false);
         };
@@ -574,6 +748,7 @@ impl LiveAllocator {
 
     /// Dry run on or off for every managed group, from the next tick on.
     pub fn set_dry_run(&mut self, dry_run: bool) {
+        self.dry_run = dry_run;
         for g in &mut self.groups {
             g.reconciler.set_dry_run(dry_run);
         }
@@ -601,6 +776,7 @@ impl LiveAllocator {
     pub fn tick(&mut self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         self.events.clear();
+        self.expand(&mut out);
         // A finished what-if comparison: its verdict goes to the group that asked.
         if let Some(o) = self.validator.as_mut().and_then(WhatifValidator::poll) {
             match self.groups.iter_mut().find(|g| g.name == o.request.cgroup) {
@@ -631,6 +807,17 @@ impl LiveAllocator {
                     v
                 }
                 Err(e) => serde_json::json!({ "error": super::state::error_chain(&e) }),
+            };
+            let v = match (out.remove(&g.name), v) {
+                // A group matched this tick: its first step says so.
+                (Some(m), mut v) if m["change"] == "matched" => {
+                    if v.get("change").is_none_or(serde_json::Value::is_null) {
+                        v["change"] = "matched".into();
+                    }
+                    v["pattern"] = m["pattern"].clone();
+                    v
+                }
+                (_, v) => v,
             };
             out.insert(g.name.clone(), v);
         }
@@ -673,6 +860,7 @@ impl Managed {
             scale_memory: ScaleDetector::default(),
             incarnation,
             missing: false,
+            pattern: None,
         })
     }
 
@@ -812,6 +1000,33 @@ mod tests {
         toml::from_str::<RawAllocate>(text)
             .map_err(|e| ("toml".to_owned(), e.to_string()))?
             .validate()
+    }
+
+    #[test]
+    fn patterns_are_checked_and_expanded_relative_to_the_hierarchy() {
+        let err = parse(r#"cgroups = ["web", "app.slice/[web.service"]"#).unwrap_err();
+        assert_eq!(err.0, "allocate.cgroups[1]");
+        assert!(err.1.contains("not a valid pattern"), "{}", err.1);
+        let err = parse(r#"cgroups = ["kubepods*/*"]"#).unwrap_err();
+        assert_eq!(err.0, "allocate.cgroups[0]");
+        assert!(parse(r#"cgroups = ["app.slice/web@*.service"]"#).is_ok());
+        // Expansion: groups (directories with cgroup.procs), by name, sorted.
+        let base = std::env::temp_dir().join(format!("shadow-alloc-match-{}", std::process::id()));
+        for d in [
+            "app.slice/web@2.service",
+            "app.slice/web@1.service",
+            "app.slice/db.service",
+        ] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+            std::fs::write(base.join(d).join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::create_dir_all(base.join("app.slice/web@x.service")).unwrap(); // no group
+        assert_eq!(
+            match_names(&base, "app.slice/web@*.service"),
+            ["app.slice/web@1.service", "app.slice/web@2.service"]
+        );
+        assert!(match_names(&base, "none/*").is_empty());
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -218,20 +218,56 @@ pub fn wait_status(
     }
 }
 
-/// The next `"event": kind` line the agent prints on `lines` (at most 10 s).
+/// The first JSON line on `lines` (within `limit`) that `pred` accepts; panics naming `what`
+/// when none comes.
 #[allow(dead_code)] // used by the tests that read `run --json`
-pub fn next_event(lines: &std::sync::mpsc::Receiver<String>, kind: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+pub fn wait_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    limit: std::time::Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         let Ok(line) = lines.recv_timeout(left) else {
             break;
         };
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-        if v["event"] == kind {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if pred(&v) {
             return v;
         }
     }
-    panic!("no {kind} event within 10 s");
+    panic!("{what}: not within {limit:?}");
+}
+
+/// The next `"event": kind` line the agent prints on `lines` (at most 10 s).
+#[allow(dead_code)] // used by the tests that read `run --json`
+pub fn next_event(lines: &std::sync::mpsc::Receiver<String>, kind: &str) -> serde_json::Value {
+    wait_line(
+        lines,
+        &format!("a {kind} event"),
+        std::time::Duration::from_secs(10),
+        |v| v["event"] == kind,
+    )
+}
+
+/// Waits (at most 20 s) until `cg`'s quota is no longer `from`; the new one.
+#[allow(dead_code)] // used by the allocator tests only
+pub fn wait_quota_change(cg: &shadow_agent::sys::cgroup::Cgroup, from: &str, what: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let q = quota(cg);
+        if q != from {
+            return q;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the quota stayed {from}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// SIGHUP to `pid` (the agent: reload its configuration).
