@@ -108,6 +108,8 @@ pub struct Plan {
     pub cgroups: Option<CgroupChange>,
     /// `allocate.cgroups`: the groups added and the groups removed.
     pub managed: Option<ListChange<String>>,
+    /// `[shadow]` keys that change live, changed (`shadow.command`, `shadow.cpu_cores`, ...).
+    pub shadow: Option<Vec<&'static str>>,
     /// Sections with other changes, which take effect only at a restart.
     pub restart: Vec<&'static str>,
 }
@@ -156,8 +158,32 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         (None, None) => {}
         _ => p.restart.push("allocate"),
     }
-    if old.shadow != new.shadow {
-        p.restart.push("shadow");
+    match (&old.shadow, &new.shadow) {
+        (Some(o), Some(n)) if o != n => {
+            if o.fixed_keys_changed(n).is_empty() {
+                let mut keys = Vec::new();
+                if o.command != n.command {
+                    keys.push("shadow.command");
+                }
+                if o.cpu_cores != n.cpu_cores {
+                    keys.push("shadow.cpu_cores");
+                }
+                if o.memory_bytes != n.memory_bytes {
+                    keys.push("shadow.memory_mb");
+                }
+                if (o.replicas_min, o.replicas_max) != (n.replicas_min, n.replicas_max) {
+                    keys.push("shadow.replicas");
+                }
+                if o.restart != n.restart {
+                    keys.push("shadow.restart");
+                }
+                p.shadow = Some(keys);
+            } else {
+                p.restart.push("shadow");
+            }
+        }
+        (Some(_), Some(_)) | (None, None) => {}
+        _ => p.restart.push("shadow"),
     }
     if old.autoscale != new.autoscale {
         p.restart.push("shadow.autoscale");
@@ -197,6 +223,9 @@ pub fn record_applied(running: &mut Config, new: &Config, applied: &Plan) {
             r.allocator.dry_run = n.allocator.dry_run;
         }
     }
+    if applied.shadow.is_some() {
+        running.shadow = new.shadow.clone();
+    }
 }
 
 /// The JSON event of a reload (`"event": "reload"`): what was applied, what needs a
@@ -220,6 +249,9 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
     }
     if let Some(c) = &applied.managed {
         a.insert("allocate.cgroups".into(), json!(c));
+    }
+    if let Some(keys) = &applied.shadow {
+        a.insert("shadow".into(), json!(keys));
     }
     json!({
         "event": "reload",
@@ -382,6 +414,37 @@ dry_run = true
         assert_eq!(plan(&cfg(BASE), &cfg(&without)).restart, vec!["allocate"]);
         let profiled = format!("{BASE}\n[profile]\ninterval_ms = 250\n");
         assert_eq!(plan(&cfg(BASE), &cfg(&profiled)).restart, vec!["profile"]);
+    }
+
+    #[test]
+    fn shadow_command_caps_and_bounds_change_live_its_isolation_needs_a_restart() {
+        let base = "[shadow]\nname = \"web\"\ncommand = [\"sleep\", \"30\"]\n\
+                    addresses = [\"198.18.0.2/24\"]\ncpu_cores = 0.5\n";
+        let new = base
+            .replace("\"30\"", "\"31\"")
+            .replace("cpu_cores = 0.5", "cpu_cores = 0.25\nreplicas_max = 2");
+        let p = plan(&cfg(base), &cfg(&new));
+        assert_eq!(
+            p.shadow,
+            Some(vec![
+                "shadow.command",
+                "shadow.cpu_cores",
+                "shadow.replicas"
+            ])
+        );
+        assert!(p.restart.is_empty(), "{p:?}");
+        assert_eq!(
+            event(1.0, &p, &[], &[])["applied"]["shadow"],
+            serde_json::json!(["shadow.command", "shadow.cpu_cores", "shadow.replicas"])
+        );
+        let mut running = cfg(base);
+        record_applied(&mut running, &cfg(&new), &p);
+        assert!(plan(&running, &cfg(&new)).is_empty());
+        // The replicas' addresses (their isolation) change only with a restart.
+        let moved = base.replace("198.18.0.2/24", "198.18.0.3/24");
+        let p = plan(&cfg(base), &cfg(&moved));
+        assert_eq!(p.restart, vec!["shadow"]);
+        assert!(p.shadow.is_none());
     }
 
     #[test]

@@ -260,6 +260,7 @@ pub fn run_with_reload(
                         &mut running,
                         Live {
                             mirror: mirror.as_mut(),
+                            group: group.as_mut(),
                             allocator: allocator.as_mut(),
                             sampling: Sampling {
                                 rate: &mut sample_rate,
@@ -691,6 +692,7 @@ impl Profiled<'_> {
 /// What a reload may change while `run` runs.
 struct Live<'a> {
     mirror: Option<&'a mut Mirror>,
+    group: Option<&'a mut crate::shadow::ShadowGroup>,
     allocator: Option<&'a mut crate::allocate::live::LiveAllocator>,
     sampling: Sampling<'a>,
     profiled: Profiled<'a>,
@@ -764,7 +766,8 @@ fn reload_now(
     t_s: f64,
 ) -> serde_json::Value {
     let Live {
-        mirror,
+        mut mirror,
+        group,
         mut allocator,
         sampling,
         mut profiled,
@@ -792,7 +795,7 @@ fn reload_now(
     let mut errors = Vec::new();
     // (`run` attaches a mirror exactly when the configuration has one, so a plan with
     // mirror changes has a mirror to apply them to.)
-    if let Some(m) = mirror {
+    if let Some(m) = mirror.as_deref_mut() {
         if let Some((old, rate)) = wanted.sample_rate {
             // Under the autoscaler the configured rate is its ceiling: lowered at once,
             // raised by the autoscaler as the group's budget allows.
@@ -815,6 +818,12 @@ fn reload_now(
                 Ok(()) => applied.caps = Some((old, (pps, bps, burst))),
                 Err(e) => errors.push(crate::error::chain(&e)),
             }
+        }
+    }
+    if let (Some(keys), Some(g), Some(spec)) = (&wanted.shadow, group, new.shadow.as_ref()) {
+        match redeploy_shadow(g, mirror, profiled.profiler, spec.clone()) {
+            Ok(()) => applied.shadow = Some(keys.clone()),
+            Err(e) => errors.push(crate::error::chain(&e)),
         }
     }
     if let (Some(d), Some(a)) = (wanted.dry_run, allocator.as_deref_mut()) {
@@ -933,19 +942,12 @@ fn autoscale_step(
     let applied: Result<(), String> = match d.action {
         Action::Hold => Ok(()),
         Action::ScaleUp | Action::ScaleDown => {
-            let before: Vec<u64> = group.replicas().map(|r| r.cgroup().id()).collect();
-            match scale_group(group, mirror.as_deref_mut(), d.replicas) {
+            let before = replica_cgroups(group);
+            let scaled = scale_group(group, mirror.as_deref_mut(), d.replicas);
+            profile_replicas(profiler, &before, group);
+            match scaled {
                 Ok(n) => {
                     d.replicas = n;
-                    let after: Vec<u64> = group.replicas().map(|r| r.cgroup().id()).collect();
-                    for id in after.iter().filter(|id| !before.contains(id)) {
-                        if let Err(e) = profiler.track(*id) {
-                            tracing::warn!(error = %e, "new replica not profiled");
-                        }
-                    }
-                    for id in before.iter().filter(|id| !after.contains(id)) {
-                        let _ = profiler.untrack(*id);
-                    }
                     Ok(())
                 }
                 Err(e) => Err(crate::error::chain(&e)),
@@ -987,6 +989,49 @@ fn autoscale_step(
         }
     }
     v
+}
+
+/// The cgroup ids of `group`'s replicas.
+fn replica_cgroups(group: &crate::shadow::ShadowGroup) -> Vec<u64> {
+    group.replicas().map(|r| r.cgroup().id()).collect()
+}
+
+/// The profiler follows the replicas: those started since `before` are tracked, those gone
+/// untracked.
+fn profile_replicas(profiler: &mut Profiler, before: &[u64], group: &crate::shadow::ShadowGroup) {
+    let after = replica_cgroups(group);
+    for id in after.iter().filter(|id| !before.contains(id)) {
+        if let Err(e) = profiler.track(*id) {
+            tracing::warn!(error = %e, "new replica not profiled");
+        }
+    }
+    for id in before.iter().filter(|id| !after.contains(id)) {
+        let _ = profiler.untrack(*id);
+    }
+}
+
+/// A reload's `[shadow]` changes, live: the new caps written, the group scaled into its
+/// new bounds (the mirror's targets and the profiler follow), and with a new command each
+/// replica's process replaced in turn, the others serving meanwhile.
+fn redeploy_shadow(
+    group: &mut crate::shadow::ShadowGroup,
+    mirror: Option<&mut Mirror>,
+    profiler: &mut Profiler,
+    spec: crate::shadow::GroupSpec,
+) -> Result<(), AgentError> {
+    let command = group.set_spec(spec)?;
+    let before = replica_cgroups(group);
+    let n = group.replicas().count() as u32;
+    let scaled = scale_group(group, mirror, n);
+    profile_replicas(profiler, &before, group);
+    scaled?;
+    if command {
+        for i in 0..group.replicas().count() as u32 {
+            group.redeploy(i)?;
+            tracing::info!(replica = i, "shadow replica runs the new command");
+        }
+    }
+    Ok(())
 }
 
 /// Scale `group` to `n` replicas (clamped to its [min, max]) and keep `mirror`'s targets

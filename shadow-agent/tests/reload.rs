@@ -400,3 +400,105 @@ fn systemd_hears_ready_once_reload_can_find_the_agent_and_stopping_at_the_end() 
     let stopping = recv();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
 }
+
+#[test]
+fn sighup_runs_the_shadow_replicas_new_command_and_caps_in_place() {
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    // A group name: 1 to 8 of [a-z0-9].
+    let name = format!("s{}", &tag[..tag.len().min(7)]);
+    let config = |arg: &str, cores: &str, address: &str| {
+        format!(
+            r#"
+[profile]
+interval_ms = 300
+
+[metrics]
+listen = "off"
+
+[shadow]
+name = "{name}"
+command = ["sleep", "{arg}"]
+addresses = ["{address}"]
+cpu_cores = {cores}
+memory_mb = 64
+"#
+        )
+    };
+    let agent = common::ScratchAgent::start(
+        &tag,
+        "shr",
+        None,
+        |_| config("300", "0.25", "198.19.251.2/30"),
+        |_| {},
+    );
+    let replica = |s: &serde_json::Value| s["shadow"][0].clone();
+    let first = replica(&common::wait_status(
+        &agent.status,
+        "a running replica",
+        Duration::from_secs(30),
+        |s| replica(s)["pid"].is_u64(),
+    ));
+    let pid1 = first["pid"].as_u64().unwrap();
+    let cmdline = |pid: u64| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    assert!(cmdline(pid1).contains("sleep 300"), "{}", cmdline(pid1));
+    let quota = || {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/shd-{name}/cpu.cfs_quota_us"))
+            .expect("the group's quota")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(quota(), "25000");
+
+    // A new command (a new build of the primary, say) and a larger cap, without a restart:
+    // the replica's process is replaced in its namespace; the group's cap is written.
+    agent.configure(&config("301", "0.5", "198.19.251.2/30"));
+    let out = common::reload(&agent.status);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = replica(&common::wait_status(
+        &agent.status,
+        "the replica on the new command",
+        Duration::from_secs(20),
+        |s| replica(s)["pid"].as_u64().is_some_and(|p| p != pid1),
+    ));
+    let pid2 = now["pid"].as_u64().unwrap();
+    assert!(cmdline(pid2).contains("sleep 301"), "{}", cmdline(pid2));
+    assert_eq!(
+        now["netns"], first["netns"],
+        "the replica's namespace stays"
+    );
+    assert_eq!(
+        now["restarts"], 0,
+        "a redeploy is not a crash restart: {now}"
+    );
+    assert!(
+        !cmdline(pid1).contains("sleep 300"),
+        "the old process still runs"
+    );
+    assert_eq!(quota(), "50000");
+    let ev = &common::status(&agent.status)["last_reload"];
+    assert_eq!(
+        ev["applied"]["shadow"],
+        serde_json::json!(["shadow.command", "shadow.cpu_cores"]),
+        "{ev}"
+    );
+
+    // The replicas' addresses define their isolation: named for a restart, not applied.
+    agent.configure(&config("301", "0.5", "198.19.251.6/30"));
+    let out = common::reload(&agent.status);
+    assert!(out.status.success());
+    let ev = &common::status(&agent.status)["last_reload"];
+    assert_eq!(ev["restart_needed"], serde_json::json!(["shadow"]), "{ev}");
+    assert_eq!(
+        replica(&common::status(&agent.status))["pid"].as_u64(),
+        Some(pid2)
+    );
+    agent.stop();
+}

@@ -67,6 +67,33 @@ pub struct GroupSpec {
     pub replica_mac: Option<crate::sys::link::MacAddr>,
 }
 
+impl GroupSpec {
+    /// The keys that define the replicas' isolation and differ between `self` and `other`:
+    /// they change only with a restart of the agent.
+    pub fn fixed_keys_changed(&self, other: &GroupSpec) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.name != other.name {
+            out.push("shadow.name");
+        }
+        if self.prefix != other.prefix {
+            out.push("shadow.prefix");
+        }
+        if self.addresses != other.addresses {
+            out.push("shadow.addresses");
+        }
+        if self.allow != other.allow {
+            out.push("shadow.allow");
+        }
+        if self.writable_paths != other.writable_paths {
+            out.push("shadow.writable_paths");
+        }
+        if self.replica_mac != other.replica_mac {
+            out.push("the replicas' MAC");
+        }
+        out
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
     #[error("shadow.name {name:?}: {why}")]
@@ -245,34 +272,34 @@ pub fn validate_cpuset(list: &str) -> Result<Vec<usize>, GroupError> {
 const CFS_PERIOD_US: u64 = 100_000;
 
 fn apply_caps(cg: &Cgroup, spec: &GroupSpec) -> Result<(), CgroupError> {
+    // No cap: unlimited (a reload may take one away).
     let unified = matches!(cg.root().layout(), CgroupLayout::Unified);
-    if let Some(cores) = spec.cpu_cores {
-        let quota = (cores * CFS_PERIOD_US as f64).round() as u64;
-        if unified {
-            cg.write(
-                Controller::Unified,
-                "cpu.max",
-                &format!("{quota} {CFS_PERIOD_US}"),
-            )?;
-        } else {
-            cg.write(
-                Controller::Cpu,
-                "cpu.cfs_period_us",
-                &CFS_PERIOD_US.to_string(),
-            )?;
-            cg.write(Controller::Cpu, "cpu.cfs_quota_us", &quota.to_string())?;
-        }
+    let quota = spec
+        .cpu_cores
+        .map(|cores| (cores * CFS_PERIOD_US as f64).round() as u64);
+    if unified {
+        let q = quota.map_or("max".to_owned(), |q| q.to_string());
+        cg.write(
+            Controller::Unified,
+            "cpu.max",
+            &format!("{q} {CFS_PERIOD_US}"),
+        )?;
+    } else {
+        cg.write(
+            Controller::Cpu,
+            "cpu.cfs_period_us",
+            &CFS_PERIOD_US.to_string(),
+        )?;
+        let q = quota.map_or("-1".to_owned(), |q| q.to_string());
+        cg.write(Controller::Cpu, "cpu.cfs_quota_us", &q)?;
     }
-    if let Some(bytes) = spec.memory_bytes {
-        if unified {
-            cg.write(Controller::Unified, "memory.max", &bytes.to_string())?;
-        } else {
-            cg.write(
-                Controller::Memory,
-                "memory.limit_in_bytes",
-                &bytes.to_string(),
-            )?;
+    match (spec.memory_bytes, unified) {
+        (Some(b), true) => cg.write(Controller::Unified, "memory.max", &b.to_string())?,
+        (None, true) => cg.write(Controller::Unified, "memory.max", "max")?,
+        (Some(b), false) => {
+            cg.write(Controller::Memory, "memory.limit_in_bytes", &b.to_string())?
         }
+        (None, false) => cg.write(Controller::Memory, "memory.limit_in_bytes", "-1")?,
     }
     Ok(())
 }
@@ -445,6 +472,49 @@ impl ShadowGroup {
 
     pub fn status(&mut self) -> Vec<ReplicaStatus> {
         self.slots.iter_mut().map(|s| s.replica.status()).collect()
+    }
+
+    /// Takes `new` as the group's spec while it runs (`run`'s reload). What can change live:
+    /// the command (each replica's process is replaced in place: see
+    /// [`ShadowGroup::redeploy`]), the group's CPU and memory caps (written now), the
+    /// replica bounds (the caller scales into them) and the restart policy. The other keys
+    /// (name, prefix, addresses, allowlist, writable paths, the replicas' MAC) define the
+    /// replicas' isolation: `Err` naming them, and nothing changes. Returns whether the
+    /// command changed.
+    pub fn set_spec(&mut self, mut new: GroupSpec) -> Result<bool, GroupError> {
+        new.replica_mac = self.spec.replica_mac;
+        let fixed = self.spec.fixed_keys_changed(&new);
+        if !fixed.is_empty() {
+            return Err(GroupError::Command {
+                why: format!("{} change only with a restart", fixed.join(", ")),
+            });
+        }
+        validate(&new)?;
+        if (new.cpu_cores, new.memory_bytes) != (self.spec.cpu_cores, self.spec.memory_bytes) {
+            apply_caps(&self.cgroup, &new).map_err(|source| GroupError::Cgroup {
+                name: format!("{}-{}", new.prefix, new.name),
+                source,
+            })?;
+        }
+        let command_changed = new.command != self.spec.command;
+        self.spec = new;
+        Ok(command_changed)
+    }
+
+    /// Replace replica `index`'s process by one running the spec's command (same
+    /// namespaces and cgroup, so the mirror's target stays): crash history, back-off and a
+    /// crash loop are cleared, since they were the old command's.
+    pub fn redeploy(&mut self, index: u32) -> Result<(), GroupError> {
+        let initial = self.spec.restart.initial_backoff;
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return Ok(());
+        };
+        slot.crashes.clear();
+        slot.pending = None;
+        slot.crash_loop = false;
+        slot.backoff = initial;
+        slot.replica.redeploy(&self.spec.command)?;
+        Ok(())
     }
 
     /// Whether replica `index` was given up on after a crash loop.

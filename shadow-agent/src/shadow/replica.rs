@@ -313,6 +313,22 @@ impl Replica {
         self.spawn()
     }
 
+    /// Run `command` from now on: the running process (if any) is stopped and `command`
+    /// started in its place, in the same namespaces, cgroup and mounts (a new build of the
+    /// primary tried in the shadow). Not counted as a restart.
+    pub fn redeploy(&mut self, command: &CommandSpec) -> Result<(), ReplicaError> {
+        if let Some(mut old) = self.child.take() {
+            let _ = old.kill();
+        }
+        self.command = command.clone();
+        self.spawn()
+    }
+
+    /// The command it runs.
+    pub fn command(&self) -> &CommandSpec {
+        &self.command
+    }
+
     /// `Some(exit status)` if the command has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
