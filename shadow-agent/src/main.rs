@@ -108,7 +108,8 @@ enum Cmd {
         after_help = "Examples:\n  shadow-agent profile --cgroup /sys/fs/cgroup/unified/shop/web --duration 10\n  shadow-agent profile --cgroup /sys/fs/cgroup/shop/web --interval-ms 500 --json > samples.jsonl"
     )]
     Profile {
-        /// A cgroup2 directory to track (repeatable).
+        /// A cgroup2 directory to track (repeatable), or a pattern of them (`*`, `?`, `[...]`,
+        /// `**`; quote it): every cgroup it matches at start.
         #[arg(long = "cgroup", value_name = "PATH", required = true)]
         cgroups: Vec<PathBuf>,
         /// Sampling interval in milliseconds.

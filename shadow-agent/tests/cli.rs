@@ -530,3 +530,65 @@ fn status_readers_follow_shadow_status_file_as_run_does() {
         assert!(err.contains(&file.display().to_string()), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn patterns_in_profile_and_in_allocate_cgroups_stand_for_what_they_match() {
+    use shadow_agent::sys::cgroup::Cgroup;
+    let tag = format!("{:x}", std::process::id() & 0xffffff);
+    let a = Cgroup::create(&format!("shdt{tag}-pat-a")).expect("test cgroup");
+    let b = Cgroup::create(&format!("shdt{tag}-pat-b")).expect("test cgroup");
+    let unified = a.unified_path().parent().expect("parent").to_owned();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    // `profile --cgroup PATTERN`: every cgroup it matches at start.
+    let pattern = unified.join(format!("shdt{tag}-pat-*"));
+    let out = agent(&[
+        "profile",
+        "--cgroup",
+        pattern.to_str().expect("utf-8"),
+        "--interval-ms",
+        "200",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let samples = text(&out.stdout);
+    for cg in [&a, &b] {
+        let path = cg.unified_path().display().to_string();
+        assert!(
+            samples.contains(&format!("\"{path}\"")),
+            "no samples of {path}: {samples}"
+        );
+    }
+    // One that matches nothing is a usage error naming it; nothing is attached.
+    let none = unified.join(format!("shdt{tag}-none-*"));
+    let out = agent(&[
+        "profile",
+        "--cgroup",
+        none.to_str().expect("utf-8"),
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("matches no cgroup") && err.contains(&*none.to_string_lossy()),
+        "{err}"
+    );
+
+    // check-config lists what an allocate.cgroups pattern matches, by group name.
+    let p = scratch(
+        "alloc-pattern.toml",
+        &format!("[allocate]\ncgroups = [\"shdt{tag}-pat-*\"]\n"),
+    );
+    let out = agent(&["check-config", p.to_str().expect("utf-8"), "--json"]);
+    let _ = std::fs::remove_file(&p);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["patterns"][0]["key"], "allocate.cgroups[0]", "{v}");
+    assert_eq!(
+        v["patterns"][0]["matches"],
+        serde_json::json!([a.name(), b.name()]),
+        "{v}"
+    );
+}

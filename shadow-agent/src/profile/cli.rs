@@ -1,5 +1,6 @@
 //! `shadow-agent profile --cgroup PATH... [--interval-ms N] [--duration S] [--json]`: stream
-//! fixed-interval samples of the given cgroup2 directories.
+//! fixed-interval samples of the given cgroup2 directories (a `--cgroup` may be a pattern,
+//! `'/sys/fs/cgroup/unified/app.slice/*.service'`: what it matches at start).
 //!
 //! With `--json` the first line is `{"type":"hooks","hooks":[HookReport...]}` and every
 //! further line one [`Sample`]; the schema is in `docs/profiler.md`. Without it a short
@@ -101,8 +102,29 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
             reason: "the interval must be positive".into(),
         });
     }
+    // Patterns stand for what they match now (a pattern that matches nothing is an error
+    // here: this command profiles what exists; `run` also follows what appears later).
+    let mut cgroups: Vec<PathBuf> = Vec::new();
+    for c in &opts.cgroups {
+        if !super::watch::is_pattern(c) {
+            cgroups.push(c.clone());
+            continue;
+        }
+        super::watch::validate_entry(c).map_err(|reason| ProfileError::Usage {
+            reason: format!("--cgroup {}: {reason}", c.display()),
+        })?;
+        let found = super::watch::expand(c);
+        if found.is_empty() {
+            return Err(ProfileError::Usage {
+                reason: format!("--cgroup {}: the pattern matches no cgroup", c.display()),
+            });
+        }
+        cgroups.extend(found);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    cgroups.retain(|c| seen.insert(c.clone()));
     // Validate every path before attaching anything.
-    for dir in &opts.cgroups {
+    for dir in &cgroups {
         std::fs::metadata(dir.join("cgroup.procs")).map_err(|source| ProfileError::NotACgroup {
             path: dir.clone(),
             source,
@@ -113,7 +135,7 @@ pub fn run(opts: &ProfileOpts) -> Result<(), ProfileError> {
     }
     let mut prof = Profiler::start(HookPreference::Auto)?;
     let root = PathBuf::from(crate::sys::cgroup::DEFAULT_ROOT);
-    let mut sampler = Sampler::new(&mut prof, &opts.cgroups, &root)?;
+    let mut sampler = Sampler::new(&mut prof, &cgroups, &root)?;
     // Each cgroup includes its descendants (found again every interval, see `watch`).
     let tracked: Vec<(PathBuf, u64)> = sampler
         .cgroups()
