@@ -74,12 +74,18 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     autoscale_decisions: Family<ActionLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     sample_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     interfaces_missing: Gauge,
+    allocate_groups: Family<StateLabels, Gauge>,
     registry: Registry,
     mirror_packets: Family<OutcomeLabels, Counter>,
     mirror_cloned_packets: Counter,
@@ -209,8 +215,15 @@ impl Metrics {
             "The mirror's configured interfaces (primary, shadow) that are gone now: nothing is mirrored from or to them until they are back",
             interfaces_missing.clone(),
         );
+        let allocate_groups = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "shadow_allocate_groups",
+            "Groups the allocator manages, by state (managed; missing: its directory is gone, no steps until it is back)",
+            allocate_groups.clone(),
+        );
         Metrics {
             interfaces_missing,
+            allocate_groups,
             scale_events,
             whatif_verdicts,
             forecast_upper,
@@ -291,6 +304,20 @@ impl Metrics {
     /// How many of the mirror's configured interfaces are gone now.
     pub fn set_interfaces_missing(&self, n: usize) {
         self.interfaces_missing.set(n as i64);
+    }
+
+    /// The allocator's groups: how many it manages and how many of those are missing.
+    pub fn set_allocate_groups(&self, groups: usize, missing: usize) {
+        for (state, n) in [
+            ("managed", groups - missing.min(groups)),
+            ("missing", missing),
+        ] {
+            self.allocate_groups
+                .get_or_create(&StateLabels {
+                    state: state.to_owned(),
+                })
+                .set(n as i64);
+        }
     }
 
     /// One configuration reload (SIGHUP); `ok`: loaded and every change applied.
@@ -491,12 +518,22 @@ mod tests {
     }
 
     #[test]
-    fn missing_interfaces_are_a_gauge() {
+    fn missing_interfaces_and_groups_are_gauges() {
         let m = Metrics::new();
         m.set_interfaces_missing(1);
         assert!(m.encode().contains("shadow_mirror_interfaces_missing 1"));
         m.set_interfaces_missing(0);
         assert!(m.encode().contains("shadow_mirror_interfaces_missing 0"));
+        m.set_allocate_groups(3, 1);
+        let text = m.encode();
+        assert!(
+            text.contains("shadow_allocate_groups{state=\"managed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shadow_allocate_groups{state=\"missing\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

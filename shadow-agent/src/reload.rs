@@ -108,6 +108,8 @@ pub struct Plan {
     pub cgroups: Option<CgroupChange>,
     /// `allocate.cgroups`: the groups added and the groups removed.
     pub managed: Option<ListChange<String>>,
+    /// `[[mirror.rules]]` (selection and per-rule masks) changed: the rule counts, old and new.
+    pub rules: Option<(usize, usize)>,
     /// `[shadow]` keys that change live, changed (`shadow.command`, `shadow.cpu_cores`, ...).
     pub shadow: Option<Vec<&'static str>>,
     /// Sections with other changes, which take effect only at a restart.
@@ -132,9 +134,14 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             if o.caps() != n.caps() {
                 p.caps = Some((o.caps(), n.caps()));
             }
+            if nm.rules != om.rules || nm.options.rule_masks != om.options.rule_masks {
+                p.rules = Some((om.rules.len(), nm.rules.len()));
+            }
             // The rest of the section, with the live settings made equal.
             let mut same = nm.clone();
             o.write_to(&mut same.options);
+            same.rules = om.rules.clone();
+            same.options.rule_masks = om.options.rule_masks.clone();
             if &same != om {
                 p.restart.push("mirror");
             }
@@ -212,6 +219,10 @@ pub fn record_applied(running: &mut Config, new: &Config, applied: &Plan) {
         if applied.sample_rate.is_some() {
             r.options.sample_rate = n.options.sample_rate;
         }
+        if applied.rules.is_some() {
+            r.rules = n.rules.clone();
+            r.options.rule_masks = n.options.rule_masks.clone();
+        }
         if applied.caps.is_some() {
             r.options.cap_pps = n.options.cap_pps;
             r.options.cap_bytes_per_sec = n.options.cap_bytes_per_sec;
@@ -249,6 +260,9 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
     }
     if let Some(c) = &applied.managed {
         a.insert("allocate.cgroups".into(), json!(c));
+    }
+    if let Some((o, n)) = applied.rules {
+        a.insert("mirror.rules".into(), json!([o, n]));
     }
     if let Some(keys) = &applied.shadow {
         a.insert("shadow".into(), json!(keys));
@@ -390,7 +404,10 @@ dry_run = true
     #[test]
     fn other_changes_are_named_for_a_restart_and_not_recorded() {
         let new = BASE
-            .replace("proto = \"udp\"", "proto = \"tcp\"")
+            .replace(
+                "shadow_mac = \"02:00:00:00:00:01\"",
+                "shadow_mac = \"02:00:00:00:00:02\"",
+            )
             .replace(
                 "dry_run = true",
                 "dry_run = true\nstate_dir = \"/tmp/elsewhere\"",
@@ -414,6 +431,29 @@ dry_run = true
         assert_eq!(plan(&cfg(BASE), &cfg(&without)).restart, vec!["allocate"]);
         let profiled = format!("{BASE}\n[profile]\ninterval_ms = 250\n");
         assert_eq!(plan(&cfg(BASE), &cfg(&profiled)).restart, vec!["profile"]);
+    }
+
+    #[test]
+    fn mirror_rules_and_their_masks_change_live() {
+        let new = BASE
+            .replace(
+                "proto = \"udp\"",
+                "proto = \"udp\"\nports = \"53\"\nmask_ranges = [\"0:4\"]",
+            )
+            .replace(
+                "sample_rate = 1.0",
+                "sample_rate = 1.0\n[[mirror.rules]]\ndst = \"10.0.0.3/32\"",
+            );
+        let p = plan(&cfg(BASE), &cfg(&new));
+        assert_eq!(p.rules, Some((1, 2)));
+        assert!(p.restart.is_empty(), "{p:?}");
+        assert_eq!(
+            event(1.0, &p, &[], &[])["applied"]["mirror.rules"],
+            serde_json::json!([1, 2])
+        );
+        let mut running = cfg(BASE);
+        record_applied(&mut running, &cfg(&new), &p);
+        assert!(plan(&running, &cfg(&new)).is_empty());
     }
 
     #[test]

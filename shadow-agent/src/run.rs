@@ -561,6 +561,8 @@ pub fn run_with_reload(
             let mut scale_events = Vec::new();
             if let Some(a) = allocator.as_mut() {
                 line["allocate"] = a.tick();
+                let (groups, missing) = a.counts();
+                metrics.set_allocate_groups(groups, missing);
                 scale_events = a.take_events();
                 if let Some(v) = a.take_verdict() {
                     metrics.observe_whatif_verdict(
@@ -810,6 +812,12 @@ fn reload_now(
                     *sampling.max = rate;
                     applied.sample_rate = Some((old, rate));
                 }
+                Err(e) => errors.push(crate::error::chain(&e)),
+            }
+        }
+        if let (Some(r), Some(nm)) = (wanted.rules, new.mirror.as_ref()) {
+            match m.set_rules(nm.rules.clone(), nm.options.rule_masks.clone()) {
+                Ok(()) => applied.rules = Some(r),
                 Err(e) => errors.push(crate::error::chain(&e)),
             }
         }

@@ -1,8 +1,9 @@
 //! `shadow-agent run` re-reads its config on SIGHUP, as an operator uses it: the agent runs a
 //! mirror (UDP to a shadow namespace) and an allocator in dry run over a throttled process.
 //! One edit of the file lowers the sample rate to 0 and lets the allocator act: both take
-//! effect without a restart (the clones stop, the quota is raised), and a changed rule is
-//! named as needing a restart and left as it runs. A broken file changes nothing and makes
+//! effect without a restart (the clones stop, the quota is raised), as does a rule's new
+//! ports, and XDP turned on is named as needing a restart and left as it runs. (What the
+//! new rules select and mask is checked in `mirror_reload.rs`.) A broken file changes nothing and makes
 //! `shadow-agent reload` fail. On exit the hand-set quota is back.
 //!
 //! ```text
@@ -30,10 +31,11 @@ const SHADOW_MAC: [u8; 6] = [0x02, 0x5d, 0x00, 0x00, 0x37, 0x01];
 const DATAGRAMS: u64 = 40;
 
 fn config(nc: &str, hs: &str, name: &str, state: &std::path::Path, edit: &str) -> String {
-    let (rate, dry, ports) = match edit {
-        "start" => ("1.0", "true", "9999"),
-        "edited" => ("0.0", "false", "9998-9999"),
-        _ => ("1.5", "false", "9999"), // invalid: not a fraction
+    // "edited": the rate, dry_run and the rule's ports change live; XDP needs a restart.
+    let (rate, dry, ports, xdp) = match edit {
+        "start" => ("1.0", "true", "9999", "false"),
+        "edited" => ("0.0", "false", "9998-9999", "true"),
+        _ => ("1.5", "false", "9999", "false"), // invalid: not a fraction
     };
     format!(
         r#"
@@ -48,6 +50,7 @@ interface = "{nc}"
 shadow_interface = "{hs}"
 shadow_mac = "{mac}"
 sample_rate = {rate}
+xdp = {xdp}
 [[mirror.rules]]
 dst = "{PRIMARY}/32"
 ports = "{ports}"
@@ -146,7 +149,8 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
         "a dry run wrote the quota"
     );
 
-    // The edit: sample rate 0, allocator live, one rule's ports widened.
+    // The edit: sample rate 0, allocator live, the rule's ports widened (live), XDP on
+    // (named for a restart).
     write(&agent, "edited");
     common::hup(agent.proc.pid());
     let ev = common::next_event(lines, "reload");
@@ -158,6 +162,11 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     assert_eq!(
         ev["applied"]["allocate.dry_run"],
         serde_json::json!([true, false]),
+        "{ev}"
+    );
+    assert_eq!(
+        ev["applied"]["mirror.rules"],
+        serde_json::json!([1, 1]),
         "{ev}"
     );
     assert_eq!(ev["restart_needed"], serde_json::json!(["mirror"]), "{ev}");
@@ -205,7 +214,7 @@ fn sighup_changes_the_sample_rate_and_dry_run_live_and_names_what_needs_a_restar
     assert_eq!(ev["applied"], serde_json::json!({}), "{ev}");
     let s = common::status(&status_file);
     assert_eq!(s["sample_rate"].as_f64(), Some(0.0), "{s}");
-    // The edited file again: valid, nothing left to apply live, the rule still waits for a
+    // The edited file again: valid, nothing left to apply live, XDP still waits for a
     // restart; the command succeeds.
     write(&agent, "edited");
     let out = common::reload(&status_file);

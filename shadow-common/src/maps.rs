@@ -57,21 +57,22 @@ names! {
     MAP_MIRROR_FLOWS = "MIRROR_FLOWS";
     /// `PerCpuArray<u64>`, `MAX_TARGETS` entries: flows assigned to each target.
     MAP_TARGET_FLOWS = "TARGET_FLOWS";
-    /// `Array<MirrorRule>`, `MAX_RULES` entries; `MirrorConfig::n_rules` are live.
+    /// `Array<MirrorRule>`, `RULE_SLOTS` entries; `MirrorConfig::n_rules` from
+    /// `MirrorConfig::rule_base` on are live.
     MAP_MIRROR_RULES = "MIRROR_RULES";
     /// `PerCpuArray<u64>`, indexed by `mirror::ctr::*`.
     MAP_MIRROR_CTRS = "MIRROR_CTRS";
-    /// `PerCpuArray<RuleLoad>`, one entry per rule, written by the XDP program.
+    /// `PerCpuArray<RuleLoad>`, one entry per rule slot, written by the XDP program.
     MAP_RULE_LOAD = "RULE_LOAD";
     /// TC egress program on the shadow interface: masks the clones.
     PROG_MIRROR_MASK = "shadow_mask";
     /// `Array<MaskSpec>`, one entry.
     MAP_MASK_SPEC = "MASK_SPEC";
-    /// `Array<MaskRule>`, one entry per selection rule.
+    /// `Array<MaskRule>`, one entry per rule slot.
     MAP_MASK_RULES = "MASK_RULES";
     /// `LruHashMap<FlowKey, HttpState>`: per-flow parser state across segments.
     MAP_MASK_FLOWS = "MASK_FLOWS";
-    /// `PerCpuArray<u64>`, one entry per rule: clones with bytes masked.
+    /// `PerCpuArray<u64>`, one entry per rule slot: clones with bytes masked.
     MAP_MASK_RULE_CTRS = "MASK_RULE_CTRS";
     /// `Array<[u8; MASK_FILL_LEN]>`, one entry: the fill byte repeated, written by the
     /// agent; the bulk fill of the "mask" fallback stores from it.

@@ -6,6 +6,12 @@
 /// Maximum number of selection rules.
 pub const MAX_RULES: u32 = 16;
 
+/// Entries of the per-rule maps: two sets of `MAX_RULES` (`MirrorConfig::rule_base` says
+/// which is live), so that the rules can change while the mirror runs. A clone carries its
+/// rule's slot (set and rule), and is masked by the rule that selected it even when the
+/// other set has become live meanwhile.
+pub const RULE_SLOTS: u32 = 2 * MAX_RULES;
+
 /// `MirrorConfig::flags`: the mirror clones matching packets.
 pub const FLAG_ENABLED: u16 = 1;
 /// `MirrorConfig::flags`: TCP sessions are tracked (`shadow::tcp`): only flows whose SYN was
@@ -32,7 +38,7 @@ pub const ETH_HLEN: usize = 14;
 pub struct MirrorConfig {
     /// Interface the clones are redirected to (egress), in the primary interface's netns.
     pub shadow_ifindex: u32,
-    /// Number of live entries at the start of `MIRROR_RULES`.
+    /// Number of live entries of `MIRROR_RULES`, from `rule_base` on.
     pub n_rules: u32,
     /// Destination MAC written into each clone: the shadow end's address.
     pub shadow_mac: [u8; 6],
@@ -54,7 +60,8 @@ pub struct MirrorConfig {
     /// Live entries at the start of `MIRROR_TARGETS` (the shadow group's replicas). 0: the
     /// clones go to `shadow_ifindex`/`shadow_mac` (one target, no flow table).
     pub n_targets: u32,
-    pub _pad: u32,
+    /// The live rule set: its first slot in the per-rule maps, 0 or `MAX_RULES`.
+    pub rule_base: u32,
 }
 const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 64);
 

@@ -45,7 +45,7 @@ use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
     FlowTarget, MirrorConfig, MirrorRule, MirrorTarget, PacketView, RuleLoad, TokenBucket,
     FLAG_ENABLED, FLAG_LATENCY, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RULES, MAX_TARGETS, TCP_FLAG_ACK, TCP_FLAG_SYN,
+    MAX_RULES, MAX_TARGETS, RULE_SLOTS, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
 use shadow_common::pseudo::{pseudonym_v4, pseudonym_v6, PseudoConfig};
 use shadow_common::tcp::{
@@ -58,7 +58,7 @@ use shadow_ebpf::bump;
 #[map]
 static MIRROR_CFG: Array<MirrorConfig> = Array::with_max_entries(1, 0);
 #[map]
-static MIRROR_RULES: Array<MirrorRule> = Array::with_max_entries(MAX_RULES, 0);
+static MIRROR_RULES: Array<MirrorRule> = Array::with_max_entries(RULE_SLOTS, 0);
 #[map]
 static MIRROR_TARGETS: Array<MirrorTarget> = Array::with_max_entries(MAX_TARGETS, 0);
 #[map]
@@ -72,11 +72,11 @@ static MIRROR_TB: Array<TokenBucket> = Array::with_max_entries(1, 0);
 #[map]
 static MASK_SPEC: Array<MaskSpec> = Array::with_max_entries(1, 0);
 #[map]
-static MASK_RULES: Array<MaskRule> = Array::with_max_entries(MAX_RULES, 0);
+static MASK_RULES: Array<MaskRule> = Array::with_max_entries(RULE_SLOTS, 0);
 #[map]
 static MASK_FLOWS: LruHashMap<FlowKey, HttpState> = LruHashMap::with_max_entries(65536, 0);
 #[map]
-static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+static MASK_RULE_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_SLOTS, 0);
 #[map]
 static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -90,7 +90,7 @@ static TCP_SCRATCH: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(1, 0
 #[map]
 static TCP_HOLD: Array<TcpHoldConfig> = Array::with_max_entries(1, 0);
 #[map]
-static RULE_LOAD: PerCpuArray<RuleLoad> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+static RULE_LOAD: PerCpuArray<RuleLoad> = PerCpuArray::with_max_entries(RULE_SLOTS, 0);
 #[map]
 static LAT_PENDING: LruHashMap<FlowKey, LatPending> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -158,7 +158,7 @@ fn count(idx: u32) {
     bump!(MIRROR_CTRS, idx, 1);
 }
 
-/// Index of the first live rule selecting `flow`.
+/// Slot of the first live rule selecting `flow` (in the live set: see `RULE_SLOTS`).
 #[inline(always)]
 fn find_rule(cfg: &MirrorConfig, flow: &Flow) -> Option<u32> {
     let n = if cfg.n_rules < MAX_RULES {
@@ -166,14 +166,19 @@ fn find_rule(cfg: &MirrorConfig, flow: &Flow) -> Option<u32> {
     } else {
         MAX_RULES
     };
+    let base = if cfg.rule_base == MAX_RULES {
+        MAX_RULES
+    } else {
+        0
+    };
     let mut i = 0;
     while i < MAX_RULES {
         if i >= n {
             return None;
         }
-        if let Some(rule) = MIRROR_RULES.get(i) {
+        if let Some(rule) = MIRROR_RULES.get(base + i) {
             if rule.matches(flow) {
-                return Some(i);
+                return Some(base + i);
             }
         }
         i += 1;

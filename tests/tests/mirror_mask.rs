@@ -600,6 +600,78 @@ fn test_run_original_untouched_and_clone_masked() {
     assert_eq!(c.mask_failed, 0, "{c:?}");
 }
 
+/// `Mirror::set_rules` while the mirror runs: the TC program selects by the new set at
+/// once, and a clone is masked by the rule that selected it (the slot in its mark), so one
+/// made just before the change is masked by the old rule, one made after by the new.
+#[test]
+fn a_clone_is_masked_by_the_rule_set_that_selected_it_across_a_rules_change() {
+    use shadow_common::mirror::MAX_RULES;
+    let world = World::new();
+    let (client, server) = ipv4(&world);
+    let udp_rule = |port: u16| rule(IpAddr::V4(server), Proto::Udp, Ports { lo: port, hi: port });
+    let mask = |n: u16| RuleMask {
+        http: false,
+        ranges: vec![(0, n)],
+        fallback: Fallback::Mask,
+    };
+    let mut mirror = attach(
+        &world,
+        vec![udp_rule(9999)],
+        MirrorOptions {
+            rule_masks: vec![mask(4)],
+            ..MirrorOptions::default()
+        },
+    );
+    let eth = front_eth(&world);
+    let payload = b"SECRET-payload";
+    let to = |port: u16| frame4(&eth, client, server, 17, &udp(40000, port, payload));
+    // Bytes of the UDP payload that differ from what was sent.
+    let changed = |out: &[u8]| -> usize {
+        out[42..]
+            .iter()
+            .zip(payload.iter())
+            .take_while(|(a, b)| a != b)
+            .count()
+    };
+    mirror
+        .set_rules(vec![udp_rule(9998)], vec![mask(6)])
+        .expect("set rules");
+    world.primary.run(|| {
+        // A clone selected by the first set (slot 0) and one by the second (slot MAX_RULES).
+        let (rc, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &to(9999), CLONE_MARK)
+            .expect("test run");
+        assert_eq!(rc, 0xffff_ffff);
+        assert_eq!(changed(&out), 4, "{out:?}");
+        let (rc, out) = mirror
+            .test_run(PROG_MIRROR_MASK, &to(9998), CLONE_MARK | MAX_RULES)
+            .expect("test run");
+        assert_eq!(rc, 0xffff_ffff);
+        assert_eq!(changed(&out), 6, "{out:?}");
+        assert_eq!(&out[42 + 6..], &payload[6..]);
+        let c = l4_verify(client, server, 17, &out[34..]);
+        assert!(c == 0 || c == 0xffff, "bad UDP checksum: {c:#x}");
+    });
+    // The TC program selects by the new set: 9998 is cloned, 9999 no longer.
+    let before = mirror.counters().expect("counters");
+    world.primary.run(|| {
+        for port in [9998, 9999] {
+            let (rc, out) = mirror
+                .test_run(PROG_MIRROR_TC, &to(port), 0)
+                .expect("test run");
+            assert_eq!(rc, 0xffff_ffff);
+            assert_eq!(out, to(port), "the original was modified");
+        }
+    });
+    let after = mirror.counters().expect("counters");
+    assert_eq!(after.matched - before.matched, 1, "{after:?}");
+    assert_eq!(after.no_match - before.no_match, 1, "{after:?}");
+    // The new set's rule masked twice: the test run with its slot, and the real clone of
+    // the 9998 datagram on its way out of the shadow interface (counters of the old set are
+    // not counted any more).
+    assert_eq!(mirror.masked_per_rule().expect("per rule"), vec![2]);
+}
+
 #[test]
 fn udp_sockets_unaffected_without_masks() {
     // A mirror with the masking program attached but no masks sends clones unchanged.

@@ -754,6 +754,14 @@ impl LiveAllocator {
         }
     }
 
+    /// Groups managed now (named and matched), and how many of them are missing.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.groups.len(),
+            self.groups.iter().filter(|g| g.missing).count(),
+        )
+    }
+
     /// The scaling events of the last [`LiveAllocator::tick`] (already queued to the
     /// webhook, if one is configured).
     pub fn take_events(&mut self) -> Vec<ScaleEvent> {

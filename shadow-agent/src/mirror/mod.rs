@@ -32,7 +32,7 @@ use shadow_common::{
     },
     mirror::{
         ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
-        FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, SAMPLE_ALL,
+        FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, RULE_SLOTS, SAMPLE_ALL,
     },
     pseudo::{PrfKey, PseudoConfig},
     tcp::{TcpFlow, TcpHoldConfig},
@@ -1172,6 +1172,66 @@ impl Mirror {
         Ok(())
     }
 
+    /// Replace the selection rules and their masks while the mirror runs (a reload): the
+    /// new set is written to the per-rule slots not in use, its counters zeroed, then made
+    /// live with one write of the config (`MirrorConfig::rule_base`, `n_rules`). A packet
+    /// sees either set whole, and a clone is masked by the rule that selected it (its mark
+    /// holds the rule's slot), also when the set changes while it is on its way. Per-rule
+    /// counters (`masked_per_rule`, `rule_load`) start again from zero. The header and
+    /// parameter lists, fill and tokens are not part of it (they need a restart).
+    pub fn set_rules(&mut self, rules: Vec<Rule>, masks: Vec<RuleMask>) -> Result<(), MirrorError> {
+        if rules.len() > MAX_RULES as usize {
+            return Err(MirrorError::TooManyRules {
+                n: rules.len(),
+                max: MAX_RULES,
+            });
+        }
+        let kernel_masks = (0..rules.len())
+            .map(|i| {
+                masks
+                    .get(i)
+                    .map_or(Ok(MaskRule::default()), RuleMask::to_kernel)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = if self.cfg.rule_base == 0 {
+            MAX_RULES
+        } else {
+            0
+        };
+        debug_assert!(base + MAX_RULES <= RULE_SLOTS);
+        {
+            let mut m: Array<&mut MapData, MirrorRule> = map_mut(&mut self.ebpf, MAP_MIRROR_RULES)?;
+            for (i, r) in rules.iter().enumerate() {
+                m.set(base + i as u32, r.to_kernel(), 0)
+                    .map_err(|source| MirrorError::Map {
+                        map: MAP_MIRROR_RULES,
+                        source,
+                    })?;
+            }
+        }
+        {
+            let mut m: Array<&mut MapData, MaskRule> = map_mut(&mut self.ebpf, MAP_MASK_RULES)?;
+            for (i, r) in kernel_masks.into_iter().enumerate() {
+                m.set(base + i as u32, r, 0)
+                    .map_err(|source| MirrorError::Map {
+                        map: MAP_MASK_RULES,
+                        source,
+                    })?;
+            }
+        }
+        zero_per_cpu::<u64>(&mut self.ebpf, MAP_MASK_RULE_CTRS, base..base + MAX_RULES)?;
+        zero_per_cpu::<RuleLoad>(&mut self.ebpf, MAP_RULE_LOAD, base..base + MAX_RULES)?;
+        let mut c = self.cfg;
+        c.rule_base = base;
+        c.n_rules = rules.len() as u32;
+        write_cfg(&mut self.ebpf, c)?;
+        self.cfg = c;
+        tracing::info!(rules = rules.len(), slots = base, "mirror rules replaced");
+        self.spec.rules = rules;
+        self.spec.options.rule_masks = masks;
+        Ok(())
+    }
+
     /// Clones with bytes masked, per rule, summed over CPUs.
     pub fn masked_per_rule(&self) -> Result<Vec<u64>, MirrorError> {
         let map = self
@@ -1186,7 +1246,7 @@ impl Mirror {
                 map: MAP_MASK_RULE_CTRS,
                 source,
             })?;
-        (0..self.spec.rules.len() as u32)
+        (self.cfg.rule_base..self.cfg.rule_base + self.spec.rules.len() as u32)
             .map(|i| {
                 c.get(&i, 0)
                     .map(|v| v.iter().sum())
@@ -1327,7 +1387,8 @@ impl Mirror {
                 source,
             })?;
         let mut out = Vec::with_capacity(self.spec.rules.len());
-        for i in 0..self.spec.rules.len() as u32 {
+        let base = self.cfg.rule_base;
+        for i in base..base + self.spec.rules.len() as u32 {
             let vals = loads.get(&i, 0).map_err(|source| MirrorError::Map {
                 map: MAP_RULE_LOAD,
                 source,
@@ -1594,6 +1655,33 @@ fn map_mut<'a, V: aya::Pod>(
         map: name,
     })?;
     Array::try_from(map).map_err(|source| MirrorError::Map { map: name, source })
+}
+
+/// Sets `slots` of the per-CPU array `name` to zero on every CPU.
+fn zero_per_cpu<V: aya::Pod + Default>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    slots: std::ops::Range<u32>,
+) -> Result<(), MirrorError> {
+    let map = bpf.map_mut(name).ok_or(LoadError::MissingMap {
+        object: ebpf::MIRROR.name,
+        map: name,
+    })?;
+    let mut m: PerCpuArray<&mut MapData, V> =
+        PerCpuArray::try_from(map).map_err(|source| MirrorError::Map { map: name, source })?;
+    let io = |e| MirrorError::Map {
+        map: name,
+        source: aya::maps::MapError::IoError(e),
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+    for i in slots {
+        let zero =
+            aya::maps::PerCpuValues::try_from((0..cpus).map(|_| V::default()).collect::<Vec<V>>())
+                .map_err(io)?;
+        m.set(i, zero, 0)
+            .map_err(|source| MirrorError::Map { map: name, source })?;
+    }
+    Ok(())
 }
 
 fn program_mut<'a, P>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, MirrorError>

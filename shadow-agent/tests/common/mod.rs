@@ -6,6 +6,9 @@
 //!   cl                 nc          np                pr
 //! ```
 
+#[allow(dead_code)] // used by the mirror tests only
+pub mod mirrored;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
