@@ -151,6 +151,33 @@ fn run_steps_a_throttled_quota_up_and_puts_the_original_back_even_after_a_crash(
     );
 }
 
+/// `run --json` (300 ms intervals, no metrics) managing the CPU of `group` (a name or a
+/// pattern), its state in the scratch directory's `state`.
+fn managing(tag: &str, scratch: &str, group: &str) -> common::ScratchAgent {
+    common::ScratchAgent::start(
+        tag,
+        scratch,
+        None,
+        |dir| {
+            format!(
+                "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
+                common::cpu_allocate_toml(group, false, &dir.join("state"))
+            )
+        },
+        |_| {},
+    )
+}
+
+/// The original-limits records in `state`.
+fn records(state: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(state)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("original-"))
+        .collect()
+}
+
 /// `allocate.<name>` of the next `run --json` line (at most 10 s away) whose `change` is one
 /// of `changes`.
 fn change(
@@ -173,18 +200,7 @@ fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go
     let tag = format!("{:x}", std::process::id() & 0xffffff);
     let name = format!("shdt{tag}-alm");
     let (cg, burner) = common::throttled_burner(&name);
-    let mut a = common::ScratchAgent::start(
-        &tag,
-        "alm",
-        None,
-        |dir| {
-            format!(
-                "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
-                common::cpu_allocate_toml(&name, false, &dir.join("state"))
-            )
-        },
-        |_| {},
-    );
+    let mut a = managing(&tag, "alm", &name);
     let state = a.dir.join("state");
     common::wait_quota_change(&cg, ORIGINAL_QUOTA, "before the restart");
 
@@ -245,12 +261,8 @@ fn a_managed_group_made_again_keeps_its_new_owners_limits_and_one_gone_is_let_go
         !err.contains("restoring the original limits on exit failed"),
         "{err}"
     );
-    let records: Vec<_> = std::fs::read_dir(&state)
-        .expect("state dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("original-"))
-        .collect();
-    assert!(records.is_empty(), "a record is left: {records:?}");
+    let left = records(&state);
+    assert!(left.is_empty(), "a record is left: {left:?}");
     let entries = common::audit(&state);
     let restore = entries
         .iter()
@@ -270,18 +282,7 @@ fn a_pattern_manages_each_matching_group_from_when_it_appears_until_it_is_gone()
     let (a_name, b_name) = (format!("{prefix}-a"), format!("{prefix}-b"));
     let (cg_a, burner_a) = common::throttled_burner(&a_name);
     let pattern = format!("{prefix}-*");
-    let mut agent = common::ScratchAgent::start(
-        &tag,
-        "alp",
-        None,
-        |dir| {
-            format!(
-                "[profile]\ninterval_ms = 300\n\n[metrics]\nlisten = \"off\"\n{}",
-                common::cpu_allocate_toml(&pattern, false, &dir.join("state"))
-            )
-        },
-        |_| {},
-    );
+    let mut agent = managing(&tag, "alp", &pattern);
     let state = agent.dir.join("state");
 
     // Matched at the first tick, and its throttled quota raised.
@@ -303,11 +304,7 @@ fn a_pattern_manages_each_matching_group_from_when_it_appears_until_it_is_gone()
     let (st, err) = common::terminate(&mut agent.proc, Duration::from_secs(30));
     assert!(st.success(), "agent failed: {err}");
     assert_eq!(quota(&cg_b), ORIGINAL_QUOTA, "{err}");
-    let left: Vec<_> = std::fs::read_dir(&state)
-        .expect("state dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("original-"))
-        .collect();
+    let left = records(&state);
     assert!(left.is_empty(), "records left: {left:?}");
     let entries = common::audit(&state);
     for name in [&a_name, &b_name] {
