@@ -5,8 +5,10 @@
 //! (watch what it would do, then let it act, without losing its state; a group's original
 //! limits are recorded before its first real write, as at start), the profiled cgroups
 //! (`profile.cgroups`: added ones are tracked and forecast from then on, removed ones
-//! forgotten, the others keep their history) and the managed ones (`allocate.cgroups`: an
-//! added group is opened as at start, a removed one gets its original limits back at once).
+//! forgotten, the others keep their history), the managed ones (`allocate.cgroups`: an
+//! added group is opened as at start, a removed one gets its original limits back at once),
+//! the mirror's rules with their per-rule masks (`Mirror::set_rules`) and the shadow
+//! group's command, caps, bounds and restart settings (`ShadowGroup::set_spec`).
 //! Everything else needs a
 //! restart: a reload names the changed sections and leaves them as they run. A file that
 //! does not parse or validate changes nothing; the error names the key, as at start.
@@ -168,23 +170,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     match (&old.shadow, &new.shadow) {
         (Some(o), Some(n)) if o != n => {
             if o.fixed_keys_changed(n).is_empty() {
-                let mut keys = Vec::new();
-                if o.command != n.command {
-                    keys.push("shadow.command");
-                }
-                if o.cpu_cores != n.cpu_cores {
-                    keys.push("shadow.cpu_cores");
-                }
-                if o.memory_bytes != n.memory_bytes {
-                    keys.push("shadow.memory_mb");
-                }
-                if (o.replicas_min, o.replicas_max) != (n.replicas_min, n.replicas_max) {
-                    keys.push("shadow.replicas");
-                }
-                if o.restart != n.restart {
-                    keys.push("shadow.restart");
-                }
-                p.shadow = Some(keys);
+                p.shadow = Some(o.live_keys_changed(n));
             } else {
                 p.restart.push("shadow");
             }

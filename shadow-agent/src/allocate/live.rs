@@ -128,7 +128,7 @@ pub struct RawRails {
 /// Whether a `allocate.cgroups` entry is a pattern (`*`, `?`, `[...]`, `**`: the `glob`
 /// crate's syntax) rather than a group name.
 pub fn is_pattern(entry: &str) -> bool {
-    entry.contains(['*', '?', '['])
+    crate::profile::watch::is_pattern(std::path::Path::new(entry))
 }
 
 /// The hierarchy directory group names are relative to (where patterns are expanded): the
@@ -145,24 +145,10 @@ pub fn names_base(root: &CgroupRoot) -> PathBuf {
 /// The group names (relative to `base`) `pattern` matches now: directories holding
 /// `cgroup.procs`, sorted.
 pub fn match_names(base: &std::path::Path, pattern: &str) -> Vec<String> {
-    let Some(text) = base.join(pattern).to_str().map(str::to_owned) else {
-        return Vec::new();
-    };
-    let Ok(paths) = glob::glob(&text) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = paths
-        .flatten()
-        .filter(|p| p.join("cgroup.procs").is_file())
-        .filter_map(|p| {
-            p.strip_prefix(base)
-                .ok()
-                .and_then(|r| r.to_str())
-                .map(str::to_owned)
-        })
-        .collect();
-    out.sort();
-    out
+    crate::profile::watch::expand(&base.join(pattern))
+        .iter()
+        .filter_map(|p| p.strip_prefix(base).ok()?.to_str().map(str::to_owned))
+        .collect()
 }
 
 /// The validated `[allocate]` section.
@@ -531,6 +517,8 @@ struct Managed {
     missing: bool,
     /// The `allocate.cgroups` pattern it matched (None: named itself).
     pattern: Option<String>,
+    /// Matched by its pattern since the last tick (said in that tick's JSON).
+    just_matched: bool,
 }
 
 /// Every managed cgroup of `[allocate]`.
@@ -618,9 +606,9 @@ impl LiveAllocator {
         match_names(&names_base(&self.root), pattern)
     }
 
-    /// Expands the patterns: a new match is managed from now on (`"change": "matched"`), a
-    /// group a pattern matched whose directory is gone is let go (`"unmatched"`: its restore
-    /// has nothing to write). A group named itself, or matched by an earlier pattern, is not
+    /// Expands the patterns: a new match is managed from now on (its first tick says
+    /// `"change": "matched"`), a group a pattern matched whose directory is gone is let go
+    /// (`"unmatched"`, in `out`: its restore has nothing to write). A group named itself, or matched by an earlier pattern, is not
     /// taken twice. Kubelet-owned matches are refused unless `allow_kubelet_owned`.
     fn expand(&mut self, out: &mut serde_json::Map<String, serde_json::Value>) {
         if self.patterns.is_empty() {
@@ -666,12 +654,9 @@ impl LiveAllocator {
                     Ok(mut g) => {
                         g.reconciler.set_dry_run(self.dry_run);
                         g.pattern = Some(pattern.clone());
+                        g.just_matched = true;
                         tracing::info!(cgroup = %name, %pattern, "a group matches an allocate.cgroups pattern: managed from now on");
                         self.refused.remove(&name);
-                        out.insert(
-                            name.clone(),
-                            serde_json::json!({ "change": "matched", "pattern": pattern }),
-                        );
                         self.groups.push(g);
                     }
                     Err(e) => {
@@ -816,17 +801,14 @@ impl LiveAllocator {
                 }
                 Err(e) => serde_json::json!({ "error": super::state::error_chain(&e) }),
             };
-            let v = match (out.remove(&g.name), v) {
-                // A group matched this tick: its first step says so.
-                (Some(m), mut v) if m["change"] == "matched" => {
-                    if v.get("change").is_none_or(serde_json::Value::is_null) {
-                        v["change"] = "matched".into();
-                    }
-                    v["pattern"] = m["pattern"].clone();
-                    v
+            let mut v = v;
+            // A group matched this tick: its first step says so.
+            if std::mem::take(&mut g.just_matched) {
+                if v.get("change").is_none_or(serde_json::Value::is_null) {
+                    v["change"] = "matched".into();
                 }
-                (_, v) => v,
-            };
+                v["pattern"] = g.pattern.clone().into();
+            }
             out.insert(g.name.clone(), v);
         }
         for ev in &self.events {
@@ -869,6 +851,7 @@ impl Managed {
             incarnation,
             missing: false,
             pattern: None,
+            just_matched: false,
         })
     }
 

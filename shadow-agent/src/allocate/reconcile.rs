@@ -677,12 +677,7 @@ impl<B: Backend> Reconciler<B> {
                 &rec.cgroup,
                 "restore",
                 serde_json::Value::Null,
-                serde_json::json!(rec
-                    .files
-                    .iter()
-                    .filter(|f| !report.skipped.iter().any(|(p, _)| *p == f.path))
-                    .map(|f| (f.path.display().to_string(), f.value.clone()))
-                    .collect::<std::collections::BTreeMap<_, _>>()),
+                rec.values(&report.skipped),
                 Reason::Hold,
                 self.step,
             )
@@ -708,11 +703,15 @@ impl<B: Backend> Reconciler<B> {
             skipped = ?report.skipped,
             "restored the original limits"
         );
-        // Start over: the next change records again, rails start fresh.
+        self.start_over();
+        Ok(report)
+    }
+
+    /// No record any more: the next change records again, the rails start fresh.
+    fn start_over(&mut self) {
         self.recorded = false;
         self.cpu = ResourceState::default();
         self.memory = ResourceState::default();
-        Ok(report)
     }
 
     /// The group's directory was removed and made again (a restarted service): its limits
@@ -732,11 +731,7 @@ impl<B: Backend> Reconciler<B> {
                 ..AuditEntry::at_step(
                     &rec.cgroup,
                     "recreated",
-                    serde_json::json!(rec
-                        .files
-                        .iter()
-                        .map(|f| (f.path.display().to_string(), f.value.clone()))
-                        .collect::<std::collections::BTreeMap<_, _>>()),
+                    rec.values(&[]),
                     serde_json::Value::Null,
                     Reason::Hold,
                     self.step,
@@ -751,9 +746,7 @@ impl<B: Backend> Reconciler<B> {
                 source,
             })?;
         }
-        self.recorded = false;
-        self.cpu = ResourceState::default();
-        self.memory = ResourceState::default();
+        self.start_over();
         self.prev = None;
         self.prev_rx = None;
         self.backoff = Backoff {

@@ -9,7 +9,7 @@
 //!   service's: its limits are its owner's now), is left alone and the restore says so.
 //! - Audit log: JSON lines appended to a file (one object per decision worth recording).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -104,28 +104,26 @@ impl OriginalRecord {
 
     /// Writes the record atomically to `path` (creating the directory).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |op, p: &Path| {
-            let p = p.to_owned();
-            move |source| AllocateError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        }
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(|source| AllocateError::Json {
             op: "serialise",
             path: path.to_owned(),
             source,
         })?;
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&text).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-        Ok(())
+        crate::sys::write_atomic(path, &text).map_err(|(op, path, source)| AllocateError::Io {
+            op,
+            path,
+            source,
+        })
+    }
+
+    /// The recorded values by file, leaving out `skip` (for the audit log).
+    pub fn values(&self, skip: &[(PathBuf, String)]) -> serde_json::Value {
+        serde_json::json!(self
+            .files
+            .iter()
+            .filter(|f| !skip.iter().any(|(p, _)| *p == f.path))
+            .map(|f| (f.path.display().to_string(), f.value.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>())
     }
 
     /// Reads the record at `path`; `None` when there is none.

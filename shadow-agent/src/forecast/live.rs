@@ -321,18 +321,10 @@ impl LiveForecaster {
                 .map(|(k, t)| (k.clone(), t.history.iter().copied().collect()))
                 .collect(),
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
         let text = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
+        crate::sys::write_atomic(path, &text).map_err(|(op, p, e)| {
+            std::io::Error::new(e.kind(), format!("{op} {}: {e}", p.display()))
+        })?;
         self.saved_s = Some(now);
         Ok(())
     }
@@ -385,16 +377,15 @@ impl LiveForecaster {
                 self.max_gap_steps()
             ));
         }
-        if r.discarded.is_none() {
+        let usable = r.discarded.is_none();
+        self.restored = Some(r);
+        if usable {
             self.pending = file.series;
             self.pending_saved_s = file.saved_unix_s;
             let keys: Vec<String> = self.tracks.keys().cloned().collect();
-            self.restored = Some(r);
             for k in keys {
                 self.take_pending(&k);
             }
-        } else {
-            self.restored = Some(r);
         }
         Ok(self.restored.clone())
     }

@@ -657,17 +657,7 @@ impl Mirror {
         let mut bpf = ebpf::MIRROR.open()?;
 
         // Policy first, so the programs never run with a half-written rule set.
-        {
-            let mut rules: Array<&mut MapData, MirrorRule> = map_mut(&mut bpf, MAP_MIRROR_RULES)?;
-            for (i, r) in spec.rules.iter().enumerate() {
-                rules
-                    .set(i as u32, r.to_kernel(), 0)
-                    .map_err(|source| MirrorError::Map {
-                        map: MAP_MIRROR_RULES,
-                        source,
-                    })?;
-            }
-        }
+        write_rules(&mut bpf, 0, &spec.rules, &spec.options.rule_masks)?;
         let rate = spec.options.sample_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err(MirrorError::SampleRate { rate });
@@ -1186,39 +1176,13 @@ impl Mirror {
                 max: MAX_RULES,
             });
         }
-        let kernel_masks = (0..rules.len())
-            .map(|i| {
-                masks
-                    .get(i)
-                    .map_or(Ok(MaskRule::default()), RuleMask::to_kernel)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let base = if self.cfg.rule_base == 0 {
             MAX_RULES
         } else {
             0
         };
         debug_assert!(base + MAX_RULES <= RULE_SLOTS);
-        {
-            let mut m: Array<&mut MapData, MirrorRule> = map_mut(&mut self.ebpf, MAP_MIRROR_RULES)?;
-            for (i, r) in rules.iter().enumerate() {
-                m.set(base + i as u32, r.to_kernel(), 0)
-                    .map_err(|source| MirrorError::Map {
-                        map: MAP_MIRROR_RULES,
-                        source,
-                    })?;
-            }
-        }
-        {
-            let mut m: Array<&mut MapData, MaskRule> = map_mut(&mut self.ebpf, MAP_MASK_RULES)?;
-            for (i, r) in kernel_masks.into_iter().enumerate() {
-                m.set(base + i as u32, r, 0)
-                    .map_err(|source| MirrorError::Map {
-                        map: MAP_MASK_RULES,
-                        source,
-                    })?;
-            }
-        }
+        write_rules(&mut self.ebpf, base, &rules, &masks)?;
         zero_per_cpu::<u64>(&mut self.ebpf, MAP_MASK_RULE_CTRS, base..base + MAX_RULES)?;
         zero_per_cpu::<RuleLoad>(&mut self.ebpf, MAP_RULE_LOAD, base..base + MAX_RULES)?;
         let mut c = self.cfg;
@@ -1604,16 +1568,35 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
                 source,
             })?;
     }
-    let mut rules: Array<&mut MapData, MaskRule> = map_mut(bpf, MAP_MASK_RULES)?;
-    for (i, rm) in spec
-        .options
-        .rule_masks
-        .iter()
-        .enumerate()
-        .take(spec.rules.len())
-    {
-        rules
-            .set(i as u32, rm.to_kernel()?, 0)
+    Ok(())
+}
+
+/// The rule set starting at slot `base` of the per-rule maps: each rule and its mask (a
+/// rule without one masks nothing).
+fn write_rules(
+    bpf: &mut Ebpf,
+    base: u32,
+    rules: &[Rule],
+    masks: &[RuleMask],
+) -> Result<(), MirrorError> {
+    let kernel_masks = (0..rules.len())
+        .map(|i| {
+            masks
+                .get(i)
+                .map_or(Ok(MaskRule::default()), RuleMask::to_kernel)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut m: Array<&mut MapData, MirrorRule> = map_mut(bpf, MAP_MIRROR_RULES)?;
+    for (i, r) in rules.iter().enumerate() {
+        m.set(base + i as u32, r.to_kernel(), 0)
+            .map_err(|source| MirrorError::Map {
+                map: MAP_MIRROR_RULES,
+                source,
+            })?;
+    }
+    let mut m: Array<&mut MapData, MaskRule> = map_mut(bpf, MAP_MASK_RULES)?;
+    for (i, r) in kernel_masks.into_iter().enumerate() {
+        m.set(base + i as u32, r, 0)
             .map_err(|source| MirrorError::Map {
                 map: MAP_MASK_RULES,
                 source,

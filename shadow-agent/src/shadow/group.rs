@@ -92,6 +92,28 @@ impl GroupSpec {
         }
         out
     }
+
+    /// The keys that differ between `self` and `other` and change while the group runs
+    /// ([`ShadowGroup::set_spec`]).
+    pub fn live_keys_changed(&self, other: &GroupSpec) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.command != other.command {
+            out.push("shadow.command");
+        }
+        if self.cpu_cores != other.cpu_cores {
+            out.push("shadow.cpu_cores");
+        }
+        if self.memory_bytes != other.memory_bytes {
+            out.push("shadow.memory_mb");
+        }
+        if (self.replicas_min, self.replicas_max) != (other.replicas_min, other.replicas_max) {
+            out.push("shadow.replicas");
+        }
+        if self.restart != other.restart {
+            out.push("shadow.restart");
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -324,11 +324,6 @@ impl Replica {
         self.spawn()
     }
 
-    /// The command it runs.
-    pub fn command(&self) -> &CommandSpec {
-        &self.command
-    }
-
     /// `Some(exit status)` if the command has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child

@@ -381,14 +381,11 @@ impl NetNs {
     /// needed). False when either cannot be looked at.
     pub fn is_current(&self) -> bool {
         use std::os::unix::fs::MetadataExt as _;
-        let here = std::fs::metadata("/proc/thread-self/ns/net");
-        let this = std::fs::File::from(match self.fd.try_clone() {
-            Ok(fd) => fd,
-            Err(_) => return false,
-        })
-        .metadata();
-        match (here, this) {
-            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        match (
+            std::fs::metadata("/proc/thread-self/ns/net"),
+            nix::sys::stat::fstat(self.fd.as_fd()),
+        ) {
+            (Ok(here), Ok(this)) => here.ino() == this.st_ino && here.dev() == this.st_dev,
             _ => false,
         }
     }
