@@ -45,7 +45,11 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMirror {
-    interface: String,
+    interface: Option<String>,
+    /// The primary's address: its interface is the one traffic to it leaves through.
+    primary_address: Option<String>,
+    /// `ingress` | `egress`: which way the primary's traffic crosses the interface.
+    direction: Option<String>,
     shadow_interface: Option<String>,
     shadow_mac: Option<String>,
     #[serde(default = "default_tcp_sessions")]
@@ -123,6 +127,76 @@ fn read_key_file(what: &str, path: &std::path::Path) -> Result<[u8; 16], (String
         ));
     }
     Ok(key)
+}
+
+/// Check how `[mirror]` names the primary: `interface` or `primary_address` (exactly one),
+/// `direction` (default `egress` with an address: traffic to it leaves through the interface
+/// found for it; `ingress` otherwise), and `xdp` (it sees only what the interface receives).
+/// Errors are `(key, message)`.
+fn validate_primary(
+    m: &RawMirror,
+) -> Result<(Option<std::net::IpAddr>, crate::mirror::Direction), (String, String)> {
+    use crate::mirror::Direction;
+    let address = match (&m.interface, &m.primary_address) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "mirror.primary_address".into(),
+                "give mirror.interface or mirror.primary_address, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                "mirror.interface".into(),
+                "required (the primary's interface), or mirror.primary_address (the primary's \
+                 address, whose interface is then looked up)"
+                    .into(),
+            ))
+        }
+        (Some(_), None) => None,
+        (None, Some(a)) => {
+            let ip: std::net::IpAddr = a.trim().parse().map_err(|_| {
+                (
+                    "mirror.primary_address".into(),
+                    format!("{a:?} is not an IP address (one address, no prefix length)"),
+                )
+            })?;
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                return Err((
+                    "mirror.primary_address".into(),
+                    format!("{ip} is not the unicast address of a primary"),
+                ));
+            }
+            Some(ip)
+        }
+    };
+    let direction = match (m.direction.as_deref(), address) {
+        (None, Some(_)) | (Some("egress"), _) => Direction::Egress,
+        (None, None) | (Some("ingress"), None) => Direction::Ingress,
+        (Some("ingress"), Some(a)) => {
+            return Err((
+                "mirror.direction".into(),
+                format!(
+                    "\"ingress\" does not go with mirror.primary_address: traffic to {a} leaves \
+                     through the interface found for it (\"egress\")"
+                ),
+            ))
+        }
+        (Some(other), _) => {
+            return Err((
+                "mirror.direction".into(),
+                format!("{other:?} is not \"ingress\" or \"egress\""),
+            ))
+        }
+    };
+    if m.xdp && direction == Direction::Egress {
+        return Err((
+            "mirror.xdp".into(),
+            "XDP sees only what the interface receives; with direction \"egress\" that is the \
+             primary's replies, not its load: set xdp = false"
+                .into(),
+        ));
+    }
+    Ok((address, direction))
 }
 
 /// Check `mirror.pseudonymise`: read the key file (32 hex digits, whitespace around them
@@ -304,13 +378,32 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirrorConfig {
+    /// `mirror.interface`; empty when the interface is found from `address`.
     pub interface: String,
+    /// `mirror.primary_address`: the interface is the one traffic to it leaves through,
+    /// looked up at start and again every interval (see `Mirror::follow`).
+    pub address: Option<std::net::IpAddr>,
+    /// `mirror.direction`.
+    pub direction: crate::mirror::Direction,
     /// The clones' interface and destination MAC; `None`: the shadow group's first replica.
     pub target: Option<(String, [u8; 6])>,
     pub xdp: bool,
     pub rules: Vec<Rule>,
     /// Sampling and caps (and masking).
     pub options: MirrorOptions,
+}
+
+impl MirrorConfig {
+    /// The primary's interface: `mirror.interface`, or the one traffic to
+    /// `mirror.primary_address` leaves through now (in the caller's network namespace).
+    pub fn primary_interface(&self) -> Result<String, crate::mirror::MirrorError> {
+        match self.address {
+            None => Ok(self.interface.clone()),
+            Some(address) => crate::sys::link::towards(address, None)
+                .map(|t| t.name)
+                .map_err(|reason| crate::mirror::MirrorError::Unresolved { address, reason }),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -492,6 +585,10 @@ fn describe_overlap(a: &Rule, b: &Rule) -> String {
 pub struct MirrorFlags {
     /// `--mirror-iface`: `mirror.interface`.
     pub interface: Option<String>,
+    /// `--mirror-address`: `mirror.primary_address`.
+    pub primary_address: Option<String>,
+    /// `--mirror-direction`: `mirror.direction`.
+    pub direction: Option<String>,
     /// `--shadow-iface`: `mirror.shadow_interface`.
     pub shadow_interface: Option<String>,
     /// `--shadow-mac`: `mirror.shadow_mac`.
@@ -532,19 +629,31 @@ impl MirrorFlags {
             return Ok(renames);
         }
         if mirror.is_none() {
-            let Some(interface) = &self.interface else {
+            if self.interface.is_none() && self.primary_address.is_none() {
                 return Err((
                     "--mirror-iface".into(),
-                    "required when the config has no [mirror] table and mirror flags are given"
+                    "required (or --mirror-address) when the config has no [mirror] table and \
+                     mirror flags are given"
                         .into(),
                 ));
-            };
-            *mirror = Some(RawMirror::new(interface.clone()));
+            }
+            *mirror = Some(RawMirror::new(self.interface.clone()));
         }
         let m = mirror.as_mut().expect("set above");
+        // Either flag replaces the file's way of naming the primary's interface.
         if let Some(v) = &self.interface {
-            m.interface = v.clone();
+            m.interface = Some(v.clone());
+            m.primary_address = None;
             renames.push(("mirror.interface", "--mirror-iface"));
+        }
+        if let Some(v) = &self.primary_address {
+            m.primary_address = Some(v.clone());
+            m.interface = None;
+            renames.push(("mirror.primary_address", "--mirror-address"));
+        }
+        if let Some(v) = &self.direction {
+            m.direction = Some(v.clone());
+            renames.push(("mirror.direction", "--mirror-direction"));
         }
         if let Some(v) = &self.shadow_interface {
             m.shadow_interface = Some(v.clone());
@@ -688,9 +797,11 @@ fn rename_keys(e: ConfigError, renames: &Renames) -> ConfigError {
 }
 
 impl RawMirror {
-    fn new(interface: String) -> RawMirror {
+    fn new(interface: Option<String>) -> RawMirror {
         RawMirror {
             interface,
+            primary_address: None,
+            direction: None,
             shadow_interface: None,
             shadow_mac: None,
             tcp_sessions: default_tcp_sessions(),
@@ -764,8 +875,10 @@ impl Config {
         let mirror = match raw.mirror {
             None => None,
             Some(m) => {
+                let (address, direction) =
+                    validate_primary(&m).map_err(|(k, msg)| invalid(k, msg))?;
                 for (key, name) in [
-                    ("mirror.interface", Some(&m.interface)),
+                    ("mirror.interface", m.interface.as_ref()),
                     ("mirror.shadow_interface", m.shadow_interface.as_ref()),
                 ] {
                     let Some(name) = name else { continue };
@@ -956,7 +1069,9 @@ impl Config {
                 };
                 Some(MirrorConfig {
                     options,
-                    interface: m.interface,
+                    interface: m.interface.unwrap_or_default(),
+                    address,
+                    direction,
                     target,
                     xdp: m.xdp,
                     rules,
@@ -1059,6 +1174,115 @@ interval_ms = 500
         Config::parse(text, Path::new("x.toml"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn the_primary_is_named_by_interface_or_address_with_a_direction() {
+        let ok = |t: &str| {
+            Config::parse(t, Path::new("x.toml"))
+                .unwrap()
+                .mirror
+                .unwrap()
+        };
+        let m = ok(GOOD);
+        assert_eq!(
+            (m.address, m.direction),
+            (None, crate::mirror::Direction::Ingress)
+        );
+        let by_addr = GOOD.replace(
+            "interface = \"veth-p\"",
+            "primary_address = \"10.244.1.17\"",
+        );
+        let m = ok(&by_addr);
+        assert_eq!(m.address, Some("10.244.1.17".parse().unwrap()));
+        assert_eq!(
+            m.direction,
+            crate::mirror::Direction::Egress,
+            "an address implies egress"
+        );
+        assert_eq!(m.interface, "");
+        let m = ok(&GOOD.replace(
+            "interface = \"veth-p\"",
+            "interface = \"veth-p\"\ndirection = \"egress\"",
+        ));
+        assert_eq!(
+            (m.interface.as_str(), m.direction),
+            ("veth-p", crate::mirror::Direction::Egress)
+        );
+        for (text, key, says) in [
+            (
+                GOOD.replace(
+                    "interface = \"veth-p\"",
+                    "interface = \"veth-p\"\nprimary_address = \"10.0.0.1\"",
+                ),
+                "mirror.primary_address",
+                "not both",
+            ),
+            (
+                GOOD.replace("interface = \"veth-p\"\n", ""),
+                "mirror.interface",
+                "mirror.primary_address",
+            ),
+            (
+                GOOD.replace(
+                    "interface = \"veth-p\"",
+                    "primary_address = \"10.0.0.0/24\"",
+                ),
+                "mirror.primary_address",
+                "not an IP address",
+            ),
+            (
+                GOOD.replace("interface = \"veth-p\"", "primary_address = \"127.0.0.1\""),
+                "mirror.primary_address",
+                "not the unicast address",
+            ),
+            (
+                by_addr.replace(
+                    "primary_address",
+                    "direction = \"ingress\"\nprimary_address",
+                ),
+                "mirror.direction",
+                "\"egress\"",
+            ),
+            (
+                GOOD.replace(
+                    "interface = \"veth-p\"",
+                    "interface = \"veth-p\"\ndirection = \"out\"",
+                ),
+                "mirror.direction",
+                "\"out\" is not",
+            ),
+            (
+                by_addr.replace("primary_address", "xdp = true\nprimary_address"),
+                "mirror.xdp",
+                "xdp = false",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+        }
+        // The flags replace the file's way of naming the primary, and are named in errors.
+        let flags = MirrorFlags {
+            primary_address: Some("10.244.1.18".into()),
+            ..MirrorFlags::default()
+        };
+        let m = Config::parse_with(GOOD, Path::new("x.toml"), &flags)
+            .unwrap()
+            .mirror
+            .unwrap();
+        assert_eq!(
+            (m.interface.as_str(), m.address),
+            ("", Some("10.244.1.18".parse().unwrap()))
+        );
+        let flags = MirrorFlags {
+            primary_address: Some("10.244.1.18".into()),
+            direction: Some("ingress".into()),
+            ..MirrorFlags::default()
+        };
+        let e = Config::parse_with(GOOD, Path::new("x.toml"), &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--mirror-direction"), "{e}");
     }
 
     const TWO_RULES: &str = "[mirror]\ninterface = \"veth-p\"\nshadow_interface = \"veth-s\"\n\

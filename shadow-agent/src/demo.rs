@@ -554,6 +554,8 @@ pub fn run(opts: &DemoOptions) -> Result<serde_json::Value, AgentError> {
     let shadow_if = replica.names().host_if.clone();
     let spec = MirrorSpec {
         interface: "pr0".into(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: shadow_if.clone(),
         shadow_mac: replica.replica_mac().octets(),
         rules: vec![Rule {

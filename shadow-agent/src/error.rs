@@ -63,7 +63,14 @@ impl AgentError {
             AgentError::NotACgroup { .. } | AgentError::Metrics(_) => 2,
             AgentError::Shadow(e) if e.is_usage() => 2,
             AgentError::Mirror(MirrorError::NoInterface { .. })
-            | AgentError::Mirror(MirrorError::TooManyRules { .. }) => 2,
+            | AgentError::Mirror(MirrorError::TooManyRules { .. })
+            | AgentError::Mirror(MirrorError::XdpEgress { .. }) => 2,
+            // An address nothing on this host leads to; a failed lookup is not bad input.
+            AgentError::Mirror(MirrorError::Unresolved { reason, .. })
+                if !matches!(reason, crate::sys::link::NotTowards::Lookup(_)) =>
+            {
+                2
+            }
             _ => 1,
         }
     }

@@ -187,6 +187,18 @@ struct MirrorArgs {
     /// mirror.interface: the primary's interface.
     #[arg(long = "mirror-iface", value_name = "IFACE", id = "interface")]
     interface: Option<String>,
+    /// mirror.primary_address: the primary's address; its interface is the one traffic to
+    /// it leaves through (looked up at start and every interval; instead of --mirror-iface).
+    #[arg(
+        long = "mirror-address",
+        value_name = "IP",
+        conflicts_with = "interface"
+    )]
+    primary_address: Option<String>,
+    /// mirror.direction: ingress (the primary's traffic arrives on the interface) or egress
+    /// (it leaves through it, as on the host end of a pod's veth).
+    #[arg(long = "mirror-direction", value_name = "ingress|egress")]
+    direction: Option<String>,
     /// mirror.shadow_interface: the interface clones leave through (with --shadow-mac).
     #[arg(long = "shadow-iface", value_name = "IFACE")]
     shadow_interface: Option<String>,
@@ -228,6 +240,8 @@ impl MirrorArgs {
     fn flags(self) -> MirrorFlags {
         MirrorFlags {
             interface: self.interface,
+            primary_address: self.primary_address,
+            direction: self.direction,
             shadow_interface: self.shadow_interface,
             shadow_mac: self.shadow_mac,
             rules: self.rules,
@@ -302,16 +316,46 @@ fn main() -> ExitCode {
                             }));
                         }
                     }
+                    // Where mirror.primary_address leads on this host now (it is looked up
+                    // again at start and every interval: not finding it now is no error).
+                    let primary = cfg.mirror.as_ref().and_then(|m| {
+                        let address = m.address?;
+                        let found = shadow_agent::sys::link::towards(address, None);
+                        Some(serde_json::json!({
+                            "address": address,
+                            "direction": m.direction,
+                            "interface": found.as_ref().ok().map(|t| t.name.clone()),
+                            "bridge": found.as_ref().ok().and_then(|t| t.bridge.clone()),
+                            "reason": found.err().map(|e| e.to_string()),
+                        }))
+                    });
                     if json {
                         println!(
                             "{}",
                             serde_json::json!({
                                 "file": file, "valid": true, "error": null,
-                                "patterns": patterns,
+                                "patterns": patterns, "primary": primary,
                             })
                         );
                     } else {
                         println!("{}: ok", file.display());
+                        if let Some(p) = &primary {
+                            let address = p["address"].as_str().unwrap_or("");
+                            match (p["interface"].as_str(), p["bridge"].as_str()) {
+                                (Some(i), None) => {
+                                    println!("mirror.primary_address {address}: through {i} now")
+                                }
+                                (Some(i), Some(b)) => println!(
+                                    "mirror.primary_address {address}: through {i} (a port of \
+                                     the bridge {b}) now"
+                                ),
+                                _ => println!(
+                                    "mirror.primary_address {address}: no interface now ({}); \
+                                     `run` needs one at start",
+                                    p["reason"].as_str().unwrap_or("")
+                                ),
+                            }
+                        }
                         for p in &patterns {
                             let n = p["matches"].as_array().map_or(0, Vec::len);
                             println!(

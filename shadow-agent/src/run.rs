@@ -90,7 +90,8 @@ pub fn run_with_reload(
     }
     // The mirror's interfaces exist before the group is created: bad input changes nothing.
     if let Some(m) = &cfg.mirror {
-        let mut check = vec![(m.interface.as_str(), "mirror.interface")];
+        let primary = m.primary_interface()?;
+        let mut check = vec![(primary.as_str(), "mirror.interface")];
         if let Some((t, _)) = &m.target {
             check.push((t.as_str(), "mirror.shadow_interface"));
         }
@@ -130,6 +131,8 @@ pub fn run_with_reload(
                 };
             let mut mirror = Mirror::attach(MirrorSpec {
                 interface: m.interface.clone(),
+                address: m.address,
+                direction: m.direction,
                 shadow_interface,
                 shadow_mac,
                 rules: m.rules.clone(),
@@ -178,7 +181,8 @@ pub fn run_with_reload(
                     Some(crate::allocate::validate::WhatifValidation {
                         base: base.clone(),
                         mirror: crate::shadow::whatif::WhatifMirror {
-                            interface: m.interface.clone(),
+                            interface: m.primary_interface()?,
+                            direction: m.direction,
                             rules: m.rules.clone(),
                             options: m.options.clone(),
                         },
@@ -369,6 +373,7 @@ pub fn run_with_reload(
                 }
                 metrics.observe_mirror(&c);
                 line["mirror"] = serde_json::to_value(c).unwrap_or_default();
+                line["mirror"]["interface"] = m.spec().interface.clone().into();
                 let missing = m.missing();
                 metrics.set_interfaces_missing(missing.len());
                 if !missing.is_empty() {
@@ -1087,10 +1092,13 @@ fn unreachable_target() -> Result<(String, [u8; 6]), AgentError> {
 
 /// The MAC the shadow replicas take: that of the interface the mirror feeds them from, so
 /// the primary's packets arrive addressed to them as they are and the mirror never writes
-/// the original (see `shadow_mirror`). None without a mirror feeding the group.
+/// the original (see `shadow_mirror`). None without a mirror feeding the group, and for a
+/// mirror on the way out of its interface (`direction = "egress"`), whose packets are
+/// addressed to the primary's own MAC beyond it: their clones are readdressed.
 pub fn replica_mac(
     mirror: Option<&crate::config::MirrorConfig>,
 ) -> Option<crate::sys::link::MacAddr> {
-    let m = mirror.filter(|m| m.target.is_none())?;
+    let m = mirror
+        .filter(|m| m.target.is_none() && m.direction == crate::mirror::Direction::Ingress)?;
     crate::sys::link::mac(&m.interface, None).ok()
 }

@@ -40,7 +40,38 @@ fn served(log: &std::path::Path) -> Vec<String> {
 #[test]
 fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
-    let dir = std::env::temp_dir().join(format!("shdt{tag}-e2e"));
+    // On the node's interface the client's requests arrive on (a host's NIC).
+    e2e(
+        &tag,
+        'e',
+        |nc| format!("interface = \"{nc}\""),
+        |nc, _| nc.to_owned(),
+    );
+}
+
+/// The same through the primary's own veth, found by its address, as on a Kubernetes node
+/// (`mirror.primary_address`): the requests leave the node through it, so the mirror is on
+/// its egress and learns the primary's sequence numbers on its ingress.
+#[test]
+fn run_mirrors_a_primary_found_by_its_address_on_the_way_out_to_it() {
+    let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 2);
+    e2e(
+        &tag,
+        'a',
+        |_| format!("primary_address = \"{PRIMARY}\""),
+        |_, np| np.to_owned(),
+    );
+}
+
+/// Runs the agent with `[mirror]` naming the primary by `select(nc)` in a routed topology;
+/// `expect(nc, np)` is the interface the mirror must be on.
+fn e2e(
+    tag: &str,
+    letter: char,
+    select: impl Fn(&str) -> String,
+    expect: impl Fn(&str, &str) -> String,
+) {
+    let dir = std::env::temp_dir().join(format!("shdt{tag}-e2e{letter}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let _rm = common::RmDir(dir.clone());
     std::fs::write(dir.join("index.html"), "hello from the primary\n").expect("page");
@@ -52,8 +83,8 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
         nc,
         links: _links,
     } = common::Routed::new(
-        &tag,
-        'e',
+        tag,
+        letter,
         common::Addrs {
             client: CLIENT,
             node_c: NODE_C,
@@ -81,11 +112,12 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let name = format!("e{}", &tag[..tag.len().min(7)]);
+    let name = format!("{letter}{}", &tag[..tag.len().min(7)]);
+    let np = format!("shdt{tag}{letter}q");
     let config = format!(
         r#"
 [mirror]
-interface = "{nc}"
+{select}
 tcp_sessions = "translate"
 [[mirror.rules]]
 dst = "{PRIMARY}/32"
@@ -109,6 +141,7 @@ listen = "127.0.0.1:{port}"
 "#,
         argv = server_argv(""),
         shadow_log = shadow_log.display(),
+        select = select(&nc),
     );
     let cfg = dir.join("agent.toml");
     std::fs::write(&cfg, &config).expect("config");
@@ -199,6 +232,11 @@ listen = "127.0.0.1:{port}"
     // no session. Had a reply leaked through the forwarding node, the client's connections
     // would have broken (a second SYN-ACK with the shadow's sequence numbers).
     let v: serde_json::Value = serde_json::from_str(&last_line).expect("status line");
+    assert_eq!(
+        v["mirror"]["interface"],
+        expect(&nc, &np).as_str(),
+        "{last_line}"
+    );
     let dropped = v["shadow"][0]["discard"]["tx_dropped_packets"]
         .as_u64()
         .unwrap_or(0);

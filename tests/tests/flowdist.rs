@@ -150,6 +150,8 @@ fn flows_are_spread_by_hash_and_never_move_when_the_group_scales() {
     let r0 = group.replica(0).expect("r0");
     let mspec = MirrorSpec {
         interface: front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: r0.names().host_if.clone(),
         shadow_mac: r0.replica_mac().octets(),
         rules: vec![Rule {

@@ -185,6 +185,8 @@ fn missing_interface_is_a_clear_error() {
     let world = World::new();
     let spec = MirrorSpec {
         interface: "shdt-nosuch0".into(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: world.back.a().name.clone(),
         shadow_mac: [2, 0, 0, 0, 0, 1],
         rules: vec![],
@@ -294,6 +296,8 @@ fn udp_world_with(options: MirrorOptions) -> (World, SocketAddr, UdpSocket, UdpS
     let shadow_in = bind(&world.shadow, dst);
     let spec = MirrorSpec {
         interface: world.front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: world.back.a().name.clone(),
         shadow_mac: world.back.b().mac.octets(),
         rules: vec![rule(addr, Proto::Udp, Ports { lo: 7000, hi: 7010 })],

@@ -471,6 +471,8 @@ fn cases(n: &Net) -> Vec<(&'static str, Vec<Vec<u8>>)> {
 fn attach(world: &World, rules: Vec<Rule>, options: MirrorOptions) -> Mirror {
     let spec = MirrorSpec {
         interface: world.front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: world.back.a().name.clone(),
         shadow_mac: world.back.b().mac.octets(),
         rules,

@@ -155,6 +155,8 @@ fn masked_reference(spec: &MaskSpec, stream: &[u8]) -> Vec<u8> {
 fn attach(world: &World, rules: Vec<Rule>, options: MirrorOptions) -> Mirror {
     let spec = MirrorSpec {
         interface: world.front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: world.back.a().name.clone(),
         shadow_mac: world.back.b().mac.octets(),
         rules,

@@ -349,6 +349,8 @@ fn suricata_verify_captures_replay_through_the_mirror() {
         };
         let spec = MirrorSpec {
             interface: world.front.b().name.clone(),
+            address: None,
+            direction: Default::default(),
             shadow_interface: world.back.a().name.clone(),
             shadow_mac,
             rules,

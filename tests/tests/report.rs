@@ -245,6 +245,8 @@ fn report_of_a_real_run_renders_in_headless_chromium() {
     };
     let mirror_spec = MirrorSpec {
         interface: front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: replica_if,
         shadow_mac: replica_mac,
         rules: vec![Rule {

@@ -489,6 +489,8 @@ fn nothing_from_the_shadow_leaves_through_the_node() {
 
     let spec = MirrorSpec {
         interface: front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: r0.names().host_if.clone(),
         shadow_mac: r0.replica_mac().octets(),
         rules: vec![Rule {

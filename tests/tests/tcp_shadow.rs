@@ -222,6 +222,8 @@ fn setup_full(
     let r0 = group.replica(0).expect("r0");
     let spec = MirrorSpec {
         interface: world.front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: r0.names().host_if.clone(),
         shadow_mac: r0.replica_mac().octets(),
         rules: vec![Rule {
@@ -696,6 +698,8 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
         .create();
     let spec = MirrorSpec {
         interface: world.front.b().name.clone(),
+        address: None,
+        direction: Default::default(),
         shadow_interface: dummy.a().name.clone(),
         shadow_mac: dummy.b().mac.octets(),
         rules: vec![Rule {

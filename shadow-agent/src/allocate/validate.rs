@@ -186,6 +186,7 @@ mod tests {
             },
             mirror: WhatifMirror {
                 interface: "eth9".to_owned(),
+                direction: Default::default(),
                 rules: Vec::new(),
                 options: Default::default(),
             },

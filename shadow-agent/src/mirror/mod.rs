@@ -48,8 +48,14 @@ use crate::{
 /// What to mirror, from where, to where.
 #[derive(Clone, Debug)]
 pub struct MirrorSpec {
-    /// The primary's interface (ingress is mirrored).
+    /// The primary's interface (with `address`: found from it, at attach and every
+    /// [`Mirror::follow`]; the name given here is replaced).
     pub interface: String,
+    /// The primary's address: the interface is the one traffic to it leaves through
+    /// ([`link::towards`]); `None`: `interface` by name.
+    pub address: Option<std::net::IpAddr>,
+    /// Which way the primary's traffic crosses `interface`.
+    pub direction: Direction,
     /// The interface clones are sent out of (the host end of the shadow's veth).
     pub shadow_interface: String,
     /// The MAC address of the shadow's end, written as the clones' destination.
@@ -60,6 +66,30 @@ pub struct MirrorSpec {
     /// Sampling, rate caps (and masking); `MirrorOptions::default()` mirrors every selected
     /// packet, uncapped.
     pub options: MirrorOptions,
+}
+
+/// Which way the primary's traffic crosses the mirror's interface (`mirror.direction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// It arrives on it: the host's NIC, a VM's tap, the primary's own interface in its
+    /// namespace. `shadow_mirror` on its ingress, `shadow_isn` on its egress.
+    #[default]
+    Ingress,
+    /// It leaves through it towards the primary: the host end of a pod's or a container's
+    /// veth (or a bridge port). `shadow_mirror` on its egress, `shadow_isn` on its ingress;
+    /// no XDP (it sees only what the interface receives).
+    Egress,
+}
+
+impl Direction {
+    /// The hooks of `shadow_mirror` and of `shadow_isn`.
+    fn hooks(self) -> (TcAttachType, TcAttachType) {
+        match self {
+            Direction::Ingress => (TcAttachType::Ingress, TcAttachType::Egress),
+            Direction::Egress => (TcAttachType::Egress, TcAttachType::Ingress),
+        }
+    }
 }
 
 /// Flow sampling and the clone rate cap.
@@ -291,6 +321,13 @@ pub enum TcMode {
 pub enum MirrorError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("mirror.primary_address {address}: no interface found for it: {reason}")]
+    Unresolved {
+        address: std::net::IpAddr,
+        reason: link::NotTowards,
+    },
+    #[error("XDP sees only what {interface:?} receives, and the mirror's direction is egress")]
+    XdpEgress { interface: String },
     #[error("interface {interface:?} ({role}) not found")]
     NoInterface {
         interface: String,
@@ -525,14 +562,25 @@ pub struct LinkChange {
     /// `mirror.interface` (the primary's) or `mirror.shadow_interface`.
     pub role: &'static str,
     /// `gone`; `recreated` (a new interface of that name: the programs are on it now);
-    /// `back` (the same, after it was gone); `attach_failed` (a new interface of that name
-    /// the programs could not be attached to: tried again at the next look).
+    /// `moved` (the primary's address leads to another interface now, as after a pod's
+    /// restart: the programs are on it now); `back` (after it was gone); `attach_failed`
+    /// (a new interface the programs could not be attached to: tried again at the next
+    /// look).
     pub change: &'static str,
     pub old_ifindex: Option<u32>,
     pub new_ifindex: Option<u32>,
     /// Why the attach failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `mirror.primary_address`, when the interface is found from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
+    /// The interface before, when the address now leads to another one (`moved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_interface: Option<String>,
+    /// Why no interface is found for the address (`gone`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl LinkChange {
@@ -651,6 +699,17 @@ impl Mirror {
                 max: MAX_RULES,
             });
         }
+        let mut spec = spec;
+        if let Some(address) = spec.address {
+            spec.interface = link::towards(address, None)
+                .map_err(|reason| MirrorError::Unresolved { address, reason })?
+                .name;
+        }
+        if spec.xdp && spec.direction == Direction::Egress {
+            return Err(MirrorError::XdpEgress {
+                interface: spec.interface,
+            });
+        }
         ifindex(&spec.interface, "mirror.interface")?;
         let shadow_ifindex = ifindex(&spec.shadow_interface, "mirror.shadow_interface")?;
         let netns = NetNs::current().map_err(MirrorError::Netns)?;
@@ -754,6 +813,8 @@ impl Mirror {
         let tc_mode = if tcx { TcMode::Tcx } else { TcMode::Clsact };
         tracing::info!(
             interface = %spec.interface,
+            address = ?spec.address,
+            direction = ?spec.direction,
             shadow = %spec.shadow_interface,
             rules = spec.rules.len(),
             ?tc_mode,
@@ -796,14 +857,18 @@ impl Mirror {
             .map_err(MirrorError::Netns)
     }
 
-    /// The configured interfaces that are gone now (names).
-    pub fn missing(&self) -> Vec<&str> {
+    /// The configured interfaces that are gone now (names; the primary's address when its
+    /// interface is found from it).
+    pub fn missing(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.primary.ifindex.is_none() {
-            out.push(self.spec.interface.as_str());
+            out.push(match self.spec.address {
+                Some(a) => a.to_string(),
+                None => self.spec.interface.clone(),
+            });
         }
         if self.target_missing {
-            out.extend(self.targets.first().map(|t| t.name.as_str()));
+            out.extend(self.targets.first().map(|t| t.name.clone()));
         }
         out
     }
@@ -811,17 +876,36 @@ impl Mirror {
     fn follow_here(&mut self, target: bool) -> Vec<LinkChange> {
         let mut out = Vec::new();
         let name = self.spec.interface.clone();
-        let now = nix::net::if_::if_nametoindex(name.as_str()).ok();
+        let address = self.spec.address;
+        // By address: the interface traffic to it leaves through now (a restarted pod's
+        // veth has a new name); by name otherwise.
+        let (now, now_name, reason) = match address {
+            None => (
+                nix::net::if_::if_nametoindex(name.as_str()).ok(),
+                name.clone(),
+                None,
+            ),
+            Some(a) => match link::towards(a, None) {
+                Ok(t) => (Some(t.index), t.name, None),
+                Err(e) => (None, name.clone(), Some(e.to_string())),
+            },
+        };
         let change = |change, old, new, error| LinkChange {
-            interface: name.clone(),
+            interface: now_name.clone(),
             role: "interface",
             change,
             old_ifindex: old,
             new_ifindex: new,
             error,
+            address,
+            old_interface: (now_name != name).then(|| name.clone()),
+            reason: reason.clone(),
         };
         match (self.primary.ifindex, now) {
-            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some(b)) if a == b => {
+                // The same interface renamed: nothing to attach.
+                self.spec.interface = now_name.clone();
+            }
             (None, None) => {}
             (Some(a), None) => {
                 self.detach_primary();
@@ -832,11 +916,16 @@ impl Mirror {
             (old, Some(b)) => {
                 self.detach_primary();
                 let was = old.or(self.primary_was);
+                self.spec.interface = now_name.clone();
                 match attach_primary(&mut self.ebpf, &self.spec, self.tcx) {
                     Ok((links, xdp_mode)) => {
                         self.primary = links;
                         self.xdp_mode = xdp_mode;
-                        let what = if old.is_some() { "recreated" } else { "back" };
+                        let what = match old {
+                            None => "back",
+                            Some(_) if now_name != name => "moved",
+                            Some(_) => "recreated",
+                        };
                         out.push(change(what, was, Some(b), None));
                     }
                     Err(e) => {
@@ -876,6 +965,9 @@ impl Mirror {
             old_ifindex: Some(old),
             new_ifindex: now,
             error: None,
+            address: None,
+            old_interface: None,
+            reason: None,
         };
         match now {
             None if self.target_missing => None,
@@ -1451,8 +1543,9 @@ fn tcp_isn(spec: &MirrorSpec) -> bool {
 }
 
 /// The primary interface's programs (loaded already): `shadow_load` (XDP, native or else
-/// generic) when asked for, `shadow_isn` on its egress with TCP sessions, and `shadow_mirror`
-/// on its ingress last (clones start with it). On failure what this call attached is
+/// generic) when asked for, `shadow_isn` on the hook the primary's replies cross with TCP
+/// sessions, and `shadow_mirror` on the hook its traffic crosses last (clones start with
+/// it): ingress and egress, or the other way round ([`Direction`]). On failure what this call attached is
 /// detached again.
 fn attach_primary(
     bpf: &mut Ebpf,
@@ -1492,16 +1585,17 @@ fn attach_primary(
                 tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
             }
         }
+        let (mirror_hook, isn_hook) = spec.direction.hooks();
         if tcp_isn(spec) {
             let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_ISN)?;
             let link = prog
-                .attach(interface, TcAttachType::Egress)
+                .attach(interface, isn_hook)
                 .map_err(|e| err(PROG_MIRROR_ISN, e))?;
             links.isn = Some(link);
         }
         let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_TC)?;
         let link = prog
-            .attach(interface, TcAttachType::Ingress)
+            .attach(interface, mirror_hook)
             .map_err(|e| err(PROG_MIRROR_TC, e))?;
         links.tc = Some(link);
         Ok(())

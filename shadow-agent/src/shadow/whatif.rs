@@ -52,7 +52,9 @@ pub struct Candidate {
 /// The mirror side of a comparison: where the primary's traffic is and what to select.
 #[derive(Clone, Debug)]
 pub struct WhatifMirror {
+    /// The primary's interface (resolved from `mirror.primary_address` when given).
     pub interface: String,
+    pub direction: crate::mirror::Direction,
     pub rules: Vec<Rule>,
     pub options: MirrorOptions,
 }
@@ -299,9 +301,12 @@ pub fn run_until(
         }
         .into());
     }
-    // Replicas take the mirror interface's MAC: clones need no rewrite.
+    // Replicas take the mirror interface's MAC: clones need no rewrite (on its ingress; on
+    // its egress packets are addressed to the primary beyond it, see `run::replica_mac`).
     let mut base = base.clone();
-    base.replica_mac = crate::sys::link::mac(&mirror.interface, None).ok();
+    base.replica_mac = (mirror.direction == crate::mirror::Direction::Ingress)
+        .then(|| crate::sys::link::mac(&mirror.interface, None).ok())
+        .flatten();
     let base = &base;
     let mut specs = vec![(
         "baseline".to_string(),
@@ -362,6 +367,8 @@ pub fn run_until(
         })?;
         let mut m = Mirror::attach(MirrorSpec {
             interface: mirror.interface.clone(),
+            address: None,
+            direction: mirror.direction,
             shadow_interface: r.names().host_if.clone(),
             shadow_mac: r.replica_mac().octets(),
             rules: mirror.rules.clone(),
@@ -553,7 +560,8 @@ pub fn from_config(
         ));
     }
     let mirror = WhatifMirror {
-        interface: m.interface.clone(),
+        interface: m.primary_interface()?,
+        direction: m.direction,
         rules: m.rules.clone(),
         options: m.options.clone(),
     };

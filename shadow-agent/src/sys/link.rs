@@ -804,6 +804,265 @@ pub fn set_tbf(name: &str, netns: Option<&NetNs>, rate: u32, burst: u32, limit: 
     })
 }
 
+// --- the interface towards an address ---------------------------------------------------
+
+/// The interface traffic to an address leaves through ([`towards`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Towards {
+    pub name: String,
+    pub index: u32,
+    /// The bridge the route points at, when the interface is one of its ports.
+    pub bridge: Option<String>,
+}
+
+/// Why [`towards`] found no interface for an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotTowards {
+    #[error("no route leads to it")]
+    NoRoute,
+    #[error("it is an address of this host's own namespace, not one behind an interface")]
+    Local,
+    #[error("its route goes through the gateway {gateway} on {interface:?}: it is not on a link of this host")]
+    Gateway { gateway: IpAddr, interface: String },
+    #[error("its route is of type {kind} (only a unicast route through one interface names one)")]
+    Unusable { kind: String },
+    #[error("the bridge {bridge:?} has no neighbour entry for it yet (nothing on this host has talked to it)")]
+    NoNeighbour { bridge: String },
+    #[error("no port of the bridge {bridge:?} has learnt its MAC {mac} yet")]
+    NoPort { bridge: String, mac: MacAddr },
+    #[error("looking it up failed: {0}")]
+    Lookup(String),
+}
+
+/// The interface in `netns` (or the caller's) that traffic to `addr` leaves through: the
+/// output interface of the kernel's route for it (`ip route get ADDR`), which must be a
+/// route straight onto a link (no gateway). When that interface is a bridge (a bridge CNI's
+/// `cni0`, a host's `br0`), the port behind which `addr` sits: its MAC from the bridge's
+/// neighbour entry for `addr`, then the port that MAC was learnt on (the bridge's
+/// forwarding database, `bridge fdb`). Three netlink requests at most, on one connection.
+pub fn towards(addr: IpAddr, netns: Option<&NetNs>) -> std::result::Result<Towards, NotTowards> {
+    use rtnetlink::packet_route::{
+        link::{InfoKind, LinkInfo as NlLinkInfo},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+        AddressFamily,
+    };
+    let ctx = Ctx {
+        op: "route lookup",
+        name: "*",
+        netns,
+    };
+    let ctx = &ctx;
+    let lookup = |e: rtnetlink::Error| NotTowards::Lookup(e.to_string());
+    let job = ctx.netlink_job(|handle| async move {
+        let inner = async {
+            let mut msg = RouteMessage::default();
+            let (family, len) = match addr {
+                IpAddr::V4(_) => (AddressFamily::Inet, 32),
+                IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+            };
+            msg.header.address_family = family;
+            msg.header.destination_prefix_length = len;
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(addr)));
+            let stream = handle.route().get(msg).execute();
+            let mut stream = std::pin::pin!(stream);
+            let route = match stream.try_next().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(NotTowards::NoRoute),
+                Err(rtnetlink::Error::NetlinkError(m))
+                    if [
+                        libc::ENETUNREACH,
+                        libc::EHOSTUNREACH,
+                        libc::EACCES,
+                        libc::EINVAL,
+                    ]
+                    .contains(&m.raw_code().abs()) =>
+                {
+                    return Err(NotTowards::NoRoute)
+                }
+                Err(e) => return Err(lookup(e)),
+            };
+            match route.header.kind {
+                RouteType::Unicast => {}
+                RouteType::Local => return Err(NotTowards::Local),
+                k => {
+                    return Err(NotTowards::Unusable {
+                        kind: format!("{k:?}").to_lowercase(),
+                    })
+                }
+            }
+            let mut oif = None;
+            let mut gateway = None;
+            for a in &route.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                        gateway = Some(IpAddr::V4(*g))
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
+                        gateway = Some(IpAddr::V6(*g))
+                    }
+                    RouteAttribute::MultiPath(_) => {
+                        return Err(NotTowards::Unusable {
+                            kind: "multipath".into(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            let oif = oif.ok_or(NotTowards::NoRoute)?;
+            let link = |index: u32| {
+                let handle = handle.clone();
+                async move {
+                    let stream = handle.link().get().match_index(index).execute();
+                    let mut stream = std::pin::pin!(stream);
+                    match stream.try_next().await {
+                        Ok(Some(m)) => Ok(m),
+                        Ok(None) => Err(NotTowards::NoRoute),
+                        Err(e) => Err(lookup(e)),
+                    }
+                }
+            };
+            let out = link(oif).await?;
+            let name = link_info_from(&out).name;
+            if let Some(gateway) = gateway {
+                return Err(NotTowards::Gateway {
+                    gateway,
+                    interface: name,
+                });
+            }
+            let is_bridge = out.attributes.iter().any(|a| {
+                matches!(a, LinkAttribute::LinkInfo(infos)
+                    if infos.iter().any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Bridge))))
+            });
+            if !is_bridge {
+                return Ok(Towards {
+                    name,
+                    index: oif,
+                    bridge: None,
+                });
+            }
+            // The MAC `addr` answers from, on the bridge.
+            let want = match addr {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            };
+            let stream = handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute();
+            let mut stream = std::pin::pin!(stream);
+            let mut mac = None;
+            while let Some(n) = stream.try_next().await.map_err(lookup)? {
+                let usable = !matches!(
+                    n.header.state,
+                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+                );
+                if n.header.ifindex != oif || !usable {
+                    continue;
+                }
+                let dst = n
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::Destination(d) if *d == want));
+                let lladdr = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => {
+                        <[u8; 6]>::try_from(b.as_slice()).ok()
+                    }
+                    _ => None,
+                });
+                if let (true, Some(m)) = (dst, lladdr) {
+                    mac = Some(MacAddr(m));
+                }
+            }
+            let Some(mac) = mac else {
+                return Err(NotTowards::NoNeighbour { bridge: name });
+            };
+            // The port that MAC was learnt on.
+            let stream = handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute();
+            let mut stream = std::pin::pin!(stream);
+            let mut port = None;
+            while let Some(n) = stream.try_next().await.map_err(lookup)? {
+                let on_bridge = n
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::Controller(c) if *c == oif));
+                let same = n.attributes.iter().any(
+                    |a| matches!(a, NeighbourAttribute::LinkLayerAddress(b) if b[..] == mac.0[..]),
+                );
+                if on_bridge && same && n.header.ifindex != oif {
+                    port = Some(n.header.ifindex);
+                }
+            }
+            let Some(port) = port else {
+                return Err(NotTowards::NoPort { bridge: name, mac });
+            };
+            let port_name = link_info_from(&link(port).await?).name;
+            Ok(Towards {
+                name: port_name,
+                index: port,
+                bridge: Some(name),
+            })
+        };
+        Ok(inner.await)
+    });
+    match job {
+        Ok(r) => r,
+        Err(e) => Err(NotTowards::Lookup(crate::error::chain(&e))),
+    }
+}
+
+/// `ip link add NAME type bridge` (up).
+pub fn add_bridge(name: &str, netns: Option<&NetNs>) -> Result<()> {
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "add bridge",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    ctx.netlink_job(|handle| async move {
+        handle
+            .link()
+            .add(rtnetlink::LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| ctx.netlink(e))
+    })
+}
+
+/// `ip link set NAME master BRIDGE`.
+pub fn set_master(name: &str, bridge: &str, netns: Option<&NetNs>) -> Result<()> {
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "set master",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    ctx.netlink_job(|handle| async move {
+        let br = Ctx {
+            op: "set master",
+            name: bridge,
+            netns,
+        };
+        let master = find_link(&br, &handle).await?.header.index;
+        let index = find_link(ctx, &handle).await?.header.index;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(master).build())
+            .execute()
+            .await
+            .map_err(|e| ctx.netlink(e))
+    })
+}
+
 // --- veth pairs ----------------------------------------------------------------------------
 
 /// One end of a veth pair to create: its name and its namespace (`None`: the caller's).

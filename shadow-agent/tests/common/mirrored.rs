@@ -132,14 +132,19 @@ pub struct ShadowSocket {
 
 impl ShadowSocket {
     pub fn start(shadow: &NetNs, port: u16) -> ShadowSocket {
+        Self::start_on(shadow, NODE, port)
+    }
+
+    /// A socket on `addr`:`port` in `ns`.
+    pub fn start_on(ns: &NetNs, addr: Ipv4Addr, port: u16) -> ShadowSocket {
         let got = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let ns = shadow.try_clone().expect("shadow netns handle");
+        let ns = ns.try_clone().expect("netns handle");
         let (g, s) = (got.clone(), stop.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             ns.run_in(move || {
-                let sock = UdpSocket::bind((NODE, port)).expect("shadow socket");
+                let sock = UdpSocket::bind((addr, port)).expect("socket");
                 sock.set_read_timeout(Some(Duration::from_millis(100)))
                     .expect("timeout");
                 let _ = ready_tx.send(());
@@ -183,9 +188,21 @@ impl ShadowSocket {
         n: usize,
         what: &str,
     ) -> Vec<Vec<u8>> {
+        self.expect_more_by(|| topo.send(port, payload, 30), from, n, what)
+    }
+
+    /// Calls `send` (a burst) until the socket has `n` more than `from` (at most 15 s); the
+    /// new ones.
+    pub fn expect_more_by(
+        &self,
+        send: impl Fn(),
+        from: usize,
+        n: usize,
+        what: &str,
+    ) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            topo.send(port, payload, 30);
+            send();
             std::thread::sleep(Duration::from_millis(200));
             if self.count() >= from + n {
                 return self.since(from);

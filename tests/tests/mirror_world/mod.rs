@@ -73,6 +73,8 @@ impl World {
     pub fn attach(&self, rules: Vec<Rule>) -> Mirror {
         let spec = MirrorSpec {
             interface: self.front.b().name.clone(),
+            address: None,
+            direction: Default::default(),
             shadow_interface: self.back.a().name.clone(),
             shadow_mac: self.back.b().mac.octets(),
             rules,
