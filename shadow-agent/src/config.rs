@@ -203,17 +203,8 @@ fn validate_primary(
 /// ignored) and the prefixes. Errors are `(key, message)`.
 fn validate_pseudonymise(
     p: &RawPseudonymise,
-    tcp: crate::mirror::TcpSessions,
 ) -> Result<crate::mirror::Pseudonymise, (String, String)> {
     use std::net::IpAddr;
-    if tcp != crate::mirror::TcpSessions::Off {
-        return Err((
-            "mirror.pseudonymise".into(),
-            "needs mirror.tcp_sessions = \"off\": the shadow's replies go to the pseudonym, \
-             which the TCP session translation does not map back yet"
-                .into(),
-        ));
-    }
     let key = read_key_file("mirror.pseudonymise.key_file", &p.key_file)?;
     let v4 = match p.prefix_v4.parse::<crate::mirror::Cidr>() {
         Ok(crate::mirror::Cidr {
@@ -1050,9 +1041,7 @@ impl Config {
                 }
                 let pseudonymise = match &m.pseudonymise {
                     None => None,
-                    Some(p) => {
-                        Some(validate_pseudonymise(p, tcp).map_err(|(k, msg)| invalid(k, msg))?)
-                    }
+                    Some(p) => Some(validate_pseudonymise(p).map_err(|(k, msg)| invalid(k, msg))?),
                 };
                 let options = MirrorOptions {
                     pseudonymise,
@@ -1609,12 +1598,10 @@ interval_ms = 500
         assert_eq!(p.key[15], 0xff);
         assert_eq!(p.v4, (std::net::Ipv4Addr::new(100, 64, 0, 0), 10));
         assert_eq!(p.v6.1, 16);
+        // With TCP sessions too (the shadow's replies are matched back to them).
+        let c = Config::parse(&cfg("", "translate"), Path::new("x.toml")).unwrap();
+        assert!(c.mirror.unwrap().options.pseudonymise.is_some());
         for (extra, tcp, want) in [
-            (
-                "",
-                "translate",
-                "mirror.pseudonymise: needs mirror.tcp_sessions = \"off\"",
-            ),
             (
                 "prefix_v4 = \"10.0.0.0/31\"\n",
                 "off",

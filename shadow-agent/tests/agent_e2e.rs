@@ -46,6 +46,22 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
         'e',
         |nc| format!("interface = \"{nc}\""),
         |nc, _| nc.to_owned(),
+        false,
+    );
+}
+
+/// The same with the clients' addresses pseudonymised: the shadow's TCP sessions still
+/// establish (its replies go to the pseudonym and are matched back to the session), and it
+/// logs every request as coming from one pseudonym, never from the client's address.
+#[test]
+fn run_mirrors_pseudonymised_clients_whose_sessions_still_establish() {
+    let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 3);
+    e2e(
+        &tag,
+        'p',
+        |nc| format!("interface = \"{nc}\""),
+        |nc, _| nc.to_owned(),
+        true,
     );
 }
 
@@ -60,16 +76,19 @@ fn run_mirrors_a_primary_found_by_its_address_on_the_way_out_to_it() {
         'a',
         |_| format!("primary_address = \"{PRIMARY}\""),
         |_, np| np.to_owned(),
+        false,
     );
 }
 
 /// Runs the agent with `[mirror]` naming the primary by `select(nc)` in a routed topology;
-/// `expect(nc, np)` is the interface the mirror must be on.
+/// `expect(nc, np)` is the interface the mirror must be on. With `pseudo` the clients'
+/// addresses are pseudonymised (`[mirror.pseudonymise]`, the default prefix 100.64.0.0/10).
 fn e2e(
     tag: &str,
     letter: char,
     select: impl Fn(&str) -> String,
     expect: impl Fn(&str, &str) -> String,
+    pseudo: bool,
 ) {
     let dir = std::env::temp_dir().join(format!("shdt{tag}-e2e{letter}"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -114,6 +133,13 @@ fn e2e(
         .port();
     let name = format!("{letter}{}", &tag[..tag.len().min(7)]);
     let np = format!("shdt{tag}{letter}q");
+    let pseudonymise = if pseudo {
+        let key = dir.join("pseudo.key");
+        std::fs::write(&key, "00112233445566778899aabbccddeeff\n").expect("key");
+        format!("[mirror.pseudonymise]\nkey_file = \"{}\"\n", key.display())
+    } else {
+        String::new()
+    };
     let config = format!(
         r#"
 [mirror]
@@ -124,7 +150,7 @@ dst = "{PRIMARY}/32"
 ports = "8080"
 proto = "tcp"
 mask_http = true
-
+{pseudonymise}
 [shadow]
 name = "{name}"
 command = {argv}
@@ -228,6 +254,26 @@ listen = "127.0.0.1:{port}"
         );
         assert!(l.contains("session=*"), "{l}");
     }
+    // Who the shadow saw as its client: the client, or one pseudonym for all its requests.
+    let peers: std::collections::BTreeSet<Ipv4Addr> = shadow_served
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no client address in {l}"))
+        })
+        .collect();
+    if pseudo {
+        let cgnat =
+            |a: Ipv4Addr| u32::from(a) >> 22 == u32::from(Ipv4Addr::new(100, 64, 0, 0)) >> 22;
+        assert!(
+            peers.len() == 1 && peers.iter().all(|p| *p != CLIENT && cgnat(*p)),
+            "{peers:?}"
+        );
+    } else {
+        assert_eq!(peers.into_iter().collect::<Vec<_>>(), [CLIENT]);
+    }
     // Everything the shadow sent (its replies included) was dropped at its veth, and it reset
     // no session. Had a reply leaked through the forwarding node, the client's connections
     // would have broken (a second SYN-ACK with the shadow's sequence numbers).
@@ -243,6 +289,12 @@ listen = "127.0.0.1:{port}"
     assert!(
         dropped >= 40,
         "only {dropped} of the shadow's packets dropped: {last_line}"
+    );
+    // The replica's request->reply latency was timed (its replies matched to the requests,
+    // also when they go to a pseudonym).
+    assert!(
+        v["shadow"][0]["latency"]["replies"].as_u64().unwrap_or(0) >= 10,
+        "{last_line}"
     );
     assert_eq!(
         v["mirror"]["tcp_shadow_resets"].as_u64(),

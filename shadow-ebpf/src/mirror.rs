@@ -83,6 +83,12 @@ static MASK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 static MASK_FILL: Array<[u8; MASK_FILL_MAP_LEN]> = Array::with_max_entries(1, 0);
 #[map]
 static PSEUDO_CFG: Array<PseudoConfig> = Array::with_max_entries(1, 0);
+/// The real client address of each pseudonymised TCP session, by the session's 5-tuple as
+/// the shadow sees it (its client the pseudonym), written from the session's SYN: the
+/// shadow answers the pseudonym, and `shadow_learn` finds the session (`TCP_FLOWS`, keyed
+/// by the real client) through this.
+#[map]
+static PSEUDO_BACK: LruHashMap<FlowKey, [u8; 16]> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static TCP_FLOWS: LruHashMap<FlowKey, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -856,7 +862,16 @@ fn try_learn(ctx: &TcContext) {
     // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
     let s = unsafe { &mut *sp };
     s.key = FlowKey::of(&flow).reversed();
-    let Some(fp) = TCP_FLOWS.get_ptr_mut(&s.key) else {
+    let mut fp = TCP_FLOWS.get_ptr_mut(&s.key);
+    if fp.is_none() && PSEUDO_CFG.get(0).is_some_and(|pc| pc.enabled != 0) {
+        // A reply to a pseudonym: the session is keyed by the real client.
+        // SAFETY: the value is copied out at once.
+        if let Some(real) = unsafe { PSEUDO_BACK.get(&s.key) } {
+            s.key.src = *real;
+            fp = TCP_FLOWS.get_ptr_mut(&s.key);
+        }
+    }
+    let Some(fp) = fp else {
         if flow.tcp_flags & TCP_RST != 0 {
             count(ctr::TCP_SHADOW_RESETS_UNTRACKED);
         }
@@ -913,6 +928,8 @@ fn try_learn(ctx: &TcContext) {
 pub struct LatScratch {
     key: FlowKey,
     pend: LatPending,
+    /// The clone's real source address before `pseudonymise` rewrote it.
+    real: [u8; 16],
 }
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
@@ -951,10 +968,12 @@ fn lat_flow(ctx: &TcContext) -> Option<(MirrorConfig, Flow)> {
 }
 
 /// A clone leaves for the replica (`shadow_mask` passed it): start timing its flow's
-/// request unless one is already pending. A new TCP session forgets any stale entry.
+/// request unless one is already pending. A new TCP session forgets any stale entry. The
+/// timing is keyed as the replica sees the flow (a `pseudo`nymised clone's source is the
+/// pseudonym, which the replica answers); its replica is found by the real flow.
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn lat_request(ctx: &TcContext) {
+fn lat_request(ctx: &TcContext, pseudo: bool) {
     let Some((cfg, flow)) = lat_flow(ctx) else {
         return;
     };
@@ -974,9 +993,15 @@ fn lat_request(ctx: &TcContext) {
     let slot = if cfg.n_targets == 0 {
         0
     } else {
+        if pseudo {
+            // `MIRROR_FLOWS` is keyed by the real client (`pseudonymise` left it here).
+            s.key.src = s.real;
+        }
         // SAFETY: the value is copied out at once.
-        match unsafe { MIRROR_FLOWS.get(&s.key) } {
-            Some(ft) => ft.index,
+        let slot = unsafe { MIRROR_FLOWS.get(&s.key) }.map(|ft| ft.index);
+        s.key.src = flow.src;
+        match slot {
+            Some(i) => i,
             None => return,
         }
     };
@@ -1482,11 +1507,20 @@ extern "C" fn mask_cb(i: u64, _ctx: *mut c_void) -> i64 {
 pub fn shadow_mask(ctx: TcContext) -> i32 {
     let skb = ctx.as_ptr() as *mut __sk_buff;
     let verdict = mask_verdict(ctx);
-    if verdict != TC_ACT_SHOT {
-        lat_request(&TcContext::new(skb));
+    let pseudo = verdict == PSEUDONYMISED;
+    if pseudo && remember_pseudonym(&TcContext::new(skb)).is_err() {
+        count(ctr::PSEUDO_FAILED);
+        return TC_ACT_SHOT;
     }
-    verdict
+    if verdict == TC_ACT_SHOT {
+        return TC_ACT_SHOT;
+    }
+    lat_request(&TcContext::new(skb), pseudo);
+    TC_ACT_UNSPEC
 }
+
+/// `mask_verdict`'s "next" for a clone it pseudonymised (not a TC action code).
+const PSEUDONYMISED: i32 = 0x5053;
 
 #[inline(always)]
 fn mask_verdict(ctx: TcContext) -> i32 {
@@ -1519,6 +1553,7 @@ fn mask_verdict(ctx: TcContext) -> i32 {
                 return TC_ACT_SHOT;
             }
             count(ctr::PSEUDONYMISED);
+            return PSEUDONYMISED;
         }
     }
     TC_ACT_UNSPEC
@@ -1527,7 +1562,8 @@ fn mask_verdict(ctx: TcContext) -> i32 {
 /// Replace the clone's source address by its keyed pseudonym, fixing the IPv4 header
 /// checksum and the TCP/UDP checksum (whose pseudo-header holds the address). Fragments and
 /// other protocols are refused (`Err`: the clone is dropped, never sent with the real
-/// address).
+/// address). The real source address is left in `LAT_SCRATCH.real` for
+/// [`remember_pseudonym`].
 #[inline(always)]
 fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
     let flow = parse_flow(&Skb(ctx)).ok_or(())?;
@@ -1546,9 +1582,13 @@ fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
         )
     };
     let skb = ctx.as_ptr() as *mut __sk_buff;
+    let sp = LAT_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it.
+    unsafe { (*sp).real = flow.src };
     if flow.family == 4 {
         let old: [u8; 4] = ctx.load(l3 as usize + 12).map_err(|_| ())?;
         let new = pseudonym_v4(&pc.key, old, pc.v4_prefix, pc.v4_len);
+
         let (o, n) = (
             u32::from_ne_bytes(old) as u64,
             u32::from_ne_bytes(new) as u64,
@@ -1566,6 +1606,7 @@ fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
     } else {
         let old: [u8; 16] = ctx.load(l3 as usize + 8).map_err(|_| ())?;
         let new = pseudonym_v6(&pc.key, old, pc.v6_prefix, pc.v6_len);
+
         let mut i = 0;
         while i < 4 {
             let o =
@@ -1581,6 +1622,32 @@ fn pseudonymise(ctx: &TcContext, pc: &PseudoConfig) -> Result<(), ()> {
         ctx.store(l3 as usize + 8, &new, 0).map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// After [`pseudonymise`], for a tracked session's SYN: `PSEUDO_BACK[the session as the
+/// shadow sees it] = the real client` (from `LAT_SCRATCH.real`), before the SYN goes out.
+/// A session the shadow could not be matched back to would never establish there, so a
+/// failed write drops the SYN (`Err`). Other packets: nothing. Its own step after the
+/// verdict, so its locals share the frame's slots with `lat_request`'s rather than add to
+/// the masking's (whose frame plus a `bpf_loop` callback's must fit in 512 bytes).
+// Borrowed: the key and value stay in the scratch map rather than be copied to the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn remember_pseudonym(ctx: &TcContext) -> Result<(), ()> {
+    let cfg = MIRROR_CFG.get(0).ok_or(())?;
+    if cfg.flags & FLAG_TCP_TRACK == 0 {
+        return Ok(());
+    }
+    let flow = parse_flow(&Skb(ctx)).ok_or(())?;
+    if flow.proto != IPPROTO_TCP || flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return Ok(());
+    }
+    let sp = LAT_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU value; TC programs do not nest on a CPU while using it, and
+    // `lat_request` (its other user here) runs after this returns.
+    let s = unsafe { &mut *sp };
+    s.key = FlowKey::of(&flow);
+    PSEUDO_BACK.insert(&s.key, &s.real, 0).map_err(|_| ())
 }
 
 /// The bulk fill's preparation (one pull, the checksum probe) pays off from this many bytes.
