@@ -292,3 +292,88 @@ fn a_pod_behind_a_bridge_is_found_by_its_port_and_followed_through_a_restart() {
     // entries (a node's `cni0` with other pods on it keeps them).
     follow_a_restart(t, &tag, &["no port of the bridge", "no neighbour entry"]);
 }
+
+/// `sys::link::towards` for IPv6, directly: the host end of a routed pod's veth; the port of
+/// a bridge (after the node has talked to the pod, as for IPv4); and why not for an
+/// address of the node itself, one behind a gateway and one no route leads to.
+#[test]
+fn towards_finds_ipv6_pods_and_says_why_not_for_other_addresses() {
+    use shadow_agent::sys::link::NotTowards;
+    use std::net::Ipv6Addr;
+    let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 4);
+    let node = NetNs::create(&format!("shdt{tag}-6n")).expect("node netns");
+    let pod = NetNs::create(&format!("shdt{tag}-6p")).expect("pod netns");
+    let [host, pe, br, host2, pe2] = ["h", "e", "b", "i", "f"].map(|s| format!("shdt{tag}6{s}"));
+    let gw: Ipv6Addr = "fd5d:6::1".parse().unwrap();
+    let routed: Ipv6Addr = "fd5d:6::2".parse().unwrap();
+    let bridged: Ipv6Addr = "fd5d:7::2".parse().unwrap();
+    let _v = Veth::create(
+        VethEnd::in_netns(&host, &node),
+        VethEnd::in_netns(&pe, &pod),
+    )
+    .expect("veth");
+    link::add_address(&host, Some(&node), IpAddr::V6(gw), 64).expect("address");
+    link::add_address(&pe, Some(&pod), IpAddr::V6(routed), 64).expect("address");
+    for (i, ns) in [(&host, &node), (&pe, &pod)] {
+        link::set_up(i, Some(ns)).expect("up");
+    }
+    let got = link::towards(IpAddr::V6(routed), Some(&node)).expect("routed pod");
+    assert_eq!((got.name.as_str(), got.bridge), (host.as_str(), None));
+    assert_eq!(
+        link::towards(IpAddr::V6(gw), Some(&node)),
+        Err(NotTowards::Local)
+    );
+    assert_eq!(
+        link::towards(IpAddr::V4(POD), Some(&node)),
+        Err(NotTowards::NoRoute)
+    );
+    link::add_default_route_onlink(&host, Some(&node), IpAddr::V6(routed)).expect("default");
+    match link::towards("2001:db8::9".parse().unwrap(), Some(&node)) {
+        Err(NotTowards::Gateway { gateway, interface }) => {
+            assert_eq!((gateway, interface), (IpAddr::V6(routed), host.clone()))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A second pod behind a bridge, its address in the bridge's subnet.
+    let _w = Veth::create(
+        VethEnd::in_netns(&host2, &node),
+        VethEnd::in_netns(&pe2, &pod),
+    )
+    .expect("veth");
+    link::add_bridge(&br, Some(&node)).expect("bridge");
+    link::add_address(
+        &br,
+        Some(&node),
+        IpAddr::V6("fd5d:7::1".parse().unwrap()),
+        64,
+    )
+    .expect("bridge address");
+    link::set_master(&host2, &br, Some(&node)).expect("port");
+    link::add_address(&pe2, Some(&pod), IpAddr::V6(bridged), 64).expect("address");
+    for (i, ns) in [(&br, &node), (&host2, &node), (&pe2, &pod)] {
+        link::set_up(i, Some(ns)).expect("up");
+    }
+    // Until the node talks to it, nothing says which port it is behind.
+    assert_eq!(
+        link::towards(IpAddr::V6(bridged), Some(&node)),
+        Err(NotTowards::NoNeighbour { bridge: br.clone() })
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        node.run_in(|| {
+            let s = UdpSocket::bind("[::]:0").expect("socket");
+            let _ = s.send_to(b"hello", SocketAddr::from((bridged, 9)));
+        })
+        .expect("enter the node netns");
+        std::thread::sleep(Duration::from_millis(200));
+        match link::towards(IpAddr::V6(bridged), Some(&node)) {
+            Ok(t) => break t,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    };
+    assert_eq!(
+        (got.name.as_str(), got.bridge.as_deref()),
+        (host2.as_str(), Some(br.as_str()))
+    );
+}
