@@ -201,17 +201,12 @@ pub fn run_with_reload(
     let interval_s = cfg.profile.interval_ms as f64 / 1000.0;
     // Memory per concurrent flow: the established TCP connections on the ports the mirror
     // selects, in the network namespace of each tracked cgroup and of each replica.
-    let flow_ports: Vec<(u16, u16)> = match (&cfg.mirror, &group) {
-        (Some(m), Some(_)) => m
-            .rules
-            .iter()
-            .filter(|r| r.proto != Some(crate::mirror::rule::Proto::Udp))
-            .map(|r| (r.ports.lo, r.ports.hi))
-            .collect(),
-        _ => Vec::new(),
-    };
-    // Memory per flow is learnt only with a mirror feeding a shadow group.
-    let per_flow = mirror.is_some() && group.is_some() && !flow_ports.is_empty();
+    // Memory per flow is learnt only with a mirror feeding a shadow group, whose rules
+    // select TCP at start (the ports follow a rules reload: see the loop).
+    let per_flow = group.is_some()
+        && mirror
+            .as_ref()
+            .is_some_and(|m| !flow_ports(&m.spec().rules).is_empty());
     let mut forecaster = cfg.forecast.enabled.then(|| {
         let mut f = crate::forecast::live::LiveForecaster::new(cfg.forecast.clone(), interval_s);
         if mirror.is_some() && group.is_some() {
@@ -438,7 +433,11 @@ pub fn run_with_reload(
                         .filter(|c| c.id().is_some() && c.memory().is_some())
                         .map(|c| c.path().to_owned())
                         .collect();
-                    flow_samples(&flow_cgroups, &replica_cgroups, &flow_ports, &mut samples);
+                    // The ports the mirror selects now (a reload may change its rules).
+                    let ports = mirror
+                        .as_ref()
+                        .map_or_else(Vec::new, |m| flow_ports(&m.spec().rules));
+                    flow_samples(&flow_cgroups, &replica_cgroups, &ports, &mut samples);
                 }
                 for (k, v) in &samples {
                     f.observe(k, *v);
@@ -1088,6 +1087,16 @@ fn unreachable_target() -> Result<(String, [u8; 6]), AgentError> {
         op: "mirror.shadow_interface: no target and no shadow replica".into(),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })
+}
+
+/// The port ranges of the rules that select TCP (all protocols or TCP alone): the flows
+/// counted for the memory-per-flow model.
+fn flow_ports(rules: &[crate::mirror::Rule]) -> Vec<(u16, u16)> {
+    rules
+        .iter()
+        .filter(|r| r.proto != Some(crate::mirror::rule::Proto::Udp))
+        .map(|r| (r.ports.lo, r.ports.hi))
+        .collect()
 }
 
 /// The MAC the shadow replicas take: that of the interface the mirror feeds them from, so
