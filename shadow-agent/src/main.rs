@@ -33,7 +33,7 @@ struct Cli {
 enum Cmd {
     /// Run the agent on this host from a config file and/or the mirror flags.
     #[command(
-        after_help = "SIGHUP re-reads the config file (the flags still apply over it): the mirror's rules, sample_rate and caps, allocate.dry_run, allocate.cgroups, profile.cgroups and the shadow group's command, caps, bounds and restart settings change live; other changed sections are named in the log (and a `\"event\": \"reload\"` line with --json) and take effect at a restart; a file that does not load changes nothing.\n\nExamples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml\n  shadow-agent reload   # after editing sample_rate in agent.toml (SIGHUP and the verdict)"
+        after_help = "SIGHUP re-reads the config file (the flags still apply over it): the mirror's rules, [mirror.mask], sample_rate and caps, allocate.dry_run, allocate.cgroups, profile.cgroups and the shadow group's command, caps, bounds and restart settings change live; other changed sections are named in the log (and a `\"event\": \"reload\"` line with --json) and take effect at a restart; a file that does not load changes nothing.\n\nExamples:\n  shadow-agent run --config /etc/shadow/agent.toml\n  shadow-agent run --config agent.toml --json --duration 600 > run.jsonl\n  RUST_LOG=shadow_agent=debug shadow-agent run --config agent.toml\n  shadow-agent reload   # after editing sample_rate in agent.toml (SIGHUP and the verdict)"
     )]
     Run {
         /// The TOML config (`config/agent.example.toml`); the mirror flags override it.
@@ -152,7 +152,7 @@ enum Cmd {
     /// Make the running agent re-read its config (SIGHUP) and report what it applied, what
     /// needs a restart and any error (exit 1 when the file was rejected or a change failed).
     #[command(
-        after_help = "The agent is the one publishing the status file. Live: [[mirror.rules]], mirror.sample_rate, cap_pps, cap_bytes_per_sec, cap_burst_ms, allocate.dry_run, allocate.cgroups, profile.cgroups, shadow.command, cpu_cores, memory_mb, replicas_min/max and restart settings; other changed sections take effect at a restart. A file that does not load changes nothing.\n\nExamples:\n  shadow-agent reload\n  shadow-agent reload --json\n  systemctl reload shadow-agent   # ExecReload runs `shadow-agent reload`"
+        after_help = "The agent is the one publishing the status file. Live: [[mirror.rules]], [mirror.mask], mirror.sample_rate, cap_pps, cap_bytes_per_sec, cap_burst_ms, allocate.dry_run, allocate.cgroups, profile.cgroups, shadow.command, cpu_cores, memory_mb, replicas_min/max and restart settings; other changed sections take effect at a restart. A file that does not load changes nothing.\n\nExamples:\n  shadow-agent reload\n  shadow-agent reload --json\n  systemctl reload shadow-agent   # ExecReload runs `shadow-agent reload`"
     )]
     Reload {
         /// The reload event (JSON) on stdout instead of a line of text.

@@ -7,7 +7,9 @@
 //! (`profile.cgroups`: added ones are tracked and forecast from then on, removed ones
 //! forgotten, the others keep their history), the managed ones (`allocate.cgroups`: an
 //! added group is opened as at start, a removed one gets its original limits back at once),
-//! the mirror's rules with their per-rule masks (`Mirror::set_rules`) and the shadow
+//! the mirror's rules with their per-rule masks (`Mirror::set_rules`), what masking looks
+//! for (`[mirror.mask]`: header and parameter names, fill, scan window, tokens;
+//! `Mirror::set_mask`) and the shadow
 //! group's command, caps, bounds and restart settings (`ShadowGroup::set_spec`).
 //! Everything else needs a
 //! restart: a reload names the changed sections and leaves them as they run. A file that
@@ -112,6 +114,8 @@ pub struct Plan {
     pub managed: Option<ListChange<String>>,
     /// `[[mirror.rules]]` (selection and per-rule masks) changed: the rule counts, old and new.
     pub rules: Option<(usize, usize)>,
+    /// `[mirror.mask]` keys changed (`mirror.mask.headers`, ...).
+    pub mask: Option<Vec<&'static str>>,
     /// `[shadow]` keys that change live, changed (`shadow.command`, `shadow.cpu_cores`, ...).
     pub shadow: Option<Vec<&'static str>>,
     /// Sections with other changes, which take effect only at a restart.
@@ -139,11 +143,26 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             if nm.rules != om.rules || nm.options.rule_masks != om.options.rule_masks {
                 p.rules = Some((om.rules.len(), nm.rules.len()));
             }
+            let (a, b) = (&om.options.mask, &nm.options.mask);
+            let keys: Vec<&'static str> = [
+                ("mirror.mask.headers", a.headers != b.headers),
+                ("mirror.mask.params", a.params != b.params),
+                ("mirror.mask.fill", a.fill != b.fill),
+                ("mirror.mask.scan_bytes", a.scan_bytes != b.scan_bytes),
+                ("mirror.mask.replace", a.token_key != b.token_key),
+            ]
+            .into_iter()
+            .filter_map(|(k, changed)| changed.then_some(k))
+            .collect();
+            if !keys.is_empty() {
+                p.mask = Some(keys);
+            }
             // The rest of the section, with the live settings made equal.
             let mut same = nm.clone();
             o.write_to(&mut same.options);
             same.rules = om.rules.clone();
             same.options.rule_masks = om.options.rule_masks.clone();
+            same.options.mask = om.options.mask.clone();
             if &same != om {
                 p.restart.push("mirror");
             }
@@ -209,6 +228,9 @@ pub fn record_applied(running: &mut Config, new: &Config, applied: &Plan) {
             r.rules = n.rules.clone();
             r.options.rule_masks = n.options.rule_masks.clone();
         }
+        if applied.mask.is_some() {
+            r.options.mask = n.options.mask.clone();
+        }
         if applied.caps.is_some() {
             r.options.cap_pps = n.options.cap_pps;
             r.options.cap_bytes_per_sec = n.options.cap_bytes_per_sec;
@@ -249,6 +271,9 @@ pub fn event(t_s: f64, applied: &Plan, restart: &[&'static str], errors: &[Strin
     }
     if let Some((o, n)) = applied.rules {
         a.insert("mirror.rules".into(), json!([o, n]));
+    }
+    if let Some(keys) = &applied.mask {
+        a.insert("mirror.mask".into(), json!(keys));
     }
     if let Some(keys) = &applied.shadow {
         a.insert("shadow".into(), json!(keys));
@@ -417,6 +442,42 @@ dry_run = true
         assert_eq!(plan(&cfg(BASE), &cfg(&without)).restart, vec!["allocate"]);
         let profiled = format!("{BASE}\n[profile]\ninterval_ms = 250\n");
         assert_eq!(plan(&cfg(BASE), &cfg(&profiled)).restart, vec!["profile"]);
+    }
+
+    #[test]
+    fn what_masking_looks_for_changes_live_and_pseudonyms_need_a_restart() {
+        let new = BASE.replace(
+            "proto = \"udp\"",
+            "proto = \"udp\"\n[mirror.mask]\nheaders = [\"Authorization\", \"X-Canary\"]\nfill = \"#\"",
+        );
+        let p = plan(&cfg(BASE), &cfg(&new));
+        assert_eq!(
+            p.mask,
+            Some(vec!["mirror.mask.headers", "mirror.mask.fill"])
+        );
+        assert!(p.restart.is_empty() && p.rules.is_none(), "{p:?}");
+        assert_eq!(
+            event(1.0, &p, &[], &[])["applied"]["mirror.mask"],
+            serde_json::json!(["mirror.mask.headers", "mirror.mask.fill"])
+        );
+        let mut running = cfg(BASE);
+        record_applied(&mut running, &cfg(&new), &p);
+        assert!(plan(&running, &cfg(&new)).is_empty());
+        // A pseudonymisation key is the clients' identity in the shadow: a restart.
+        let dir = std::env::temp_dir().join(format!("shdt-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k");
+        std::fs::write(&key, "00112233445566778899aabbccddeeff").unwrap();
+        let pseudo = BASE.replace(
+            "proto = \"udp\"",
+            &format!(
+                "proto = \"udp\"\n[mirror.pseudonymise]\nkey_file = \"{}\"",
+                key.display()
+            ),
+        );
+        let p = plan(&cfg(BASE), &cfg(&pseudo));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((p.mask, p.restart), (None, vec!["mirror"]));
     }
 
     #[test]

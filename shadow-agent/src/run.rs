@@ -369,6 +369,7 @@ pub fn run_with_reload(
                 metrics.observe_mirror(&c);
                 line["mirror"] = serde_json::to_value(c).unwrap_or_default();
                 line["mirror"]["interface"] = m.spec().interface.clone().into();
+                line["mirror"]["tc_mode"] = serde_json::to_value(m.tc_mode()).unwrap_or_default();
                 let missing = m.missing();
                 metrics.set_interfaces_missing(missing.len());
                 if !missing.is_empty() {
@@ -822,6 +823,12 @@ fn reload_now(
         if let (Some(r), Some(nm)) = (wanted.rules, new.mirror.as_ref()) {
             match m.set_rules(nm.rules.clone(), nm.options.rule_masks.clone()) {
                 Ok(()) => applied.rules = Some(r),
+                Err(e) => errors.push(crate::error::chain(&e)),
+            }
+        }
+        if let (Some(keys), Some(nm)) = (&wanted.mask, new.mirror.as_ref()) {
+            match m.set_mask(nm.options.mask.clone()) {
+                Ok(()) => applied.mask = Some(keys.clone()),
                 Err(e) => errors.push(crate::error::chain(&e)),
             }
         }

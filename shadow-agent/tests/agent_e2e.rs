@@ -47,6 +47,7 @@ fn run_mirrors_to_a_shadow_that_serves_masked_requests_and_leaks_nothing() {
         |nc| format!("interface = \"{nc}\""),
         |nc, _| nc.to_owned(),
         false,
+        None,
     );
 }
 
@@ -62,6 +63,24 @@ fn run_mirrors_pseudonymised_clients_whose_sessions_still_establish() {
         |nc| format!("interface = \"{nc}\""),
         |nc, _| nc.to_owned(),
         true,
+        None,
+    );
+}
+
+/// The same with every TC program a filter under the clsact qdisc, as on kernels before 6.6
+/// (`SHADOW_TC_MODE=clsact`): the mirror on the primary's interface, `shadow_tcp`,
+/// `shadow_mask` and `shadow_learn` on the replica's veth, ordered by priority before the
+/// replica's `shadow_discard`, and the TCP hold loop.
+#[test]
+fn run_mirrors_through_clsact_filters_as_on_kernels_before_tcx() {
+    let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 5);
+    e2e(
+        &tag,
+        'k',
+        |nc| format!("interface = \"{nc}\""),
+        |nc, _| nc.to_owned(),
+        false,
+        Some("clsact"),
     );
 }
 
@@ -77,6 +96,7 @@ fn run_mirrors_a_primary_found_by_its_address_on_the_way_out_to_it() {
         |_| format!("primary_address = \"{PRIMARY}\""),
         |_, np| np.to_owned(),
         false,
+        None,
     );
 }
 
@@ -89,6 +109,7 @@ fn e2e(
     select: impl Fn(&str) -> String,
     expect: impl Fn(&str, &str) -> String,
     pseudo: bool,
+    tc_mode: Option<&str>,
 ) {
     let dir = std::env::temp_dir().join(format!("shdt{tag}-e2e{letter}"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -189,6 +210,9 @@ listen = "127.0.0.1:{port}"
         .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(m) = tc_mode {
+        agent_cmd.env("SHADOW_TC_MODE", m);
+    }
     let mut agent = process::spawn(agent_cmd, Some(&node), None).expect("agent");
 
     // The agent prints one JSON line per interval once everything is attached: wait for
@@ -281,6 +305,11 @@ listen = "127.0.0.1:{port}"
     assert_eq!(
         v["mirror"]["interface"],
         expect(&nc, &np).as_str(),
+        "{last_line}"
+    );
+    assert_eq!(
+        v["mirror"]["tc_mode"],
+        tc_mode.unwrap_or("tcx"),
         "{last_line}"
     );
     let dropped = v["shadow"][0]["discard"]["tx_dropped_packets"]

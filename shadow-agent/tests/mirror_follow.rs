@@ -34,18 +34,42 @@ fn link_event(
 #[test]
 fn the_mirror_follows_its_interfaces_when_they_are_made_again() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
-    let mut topo = Topo::new(&tag, 'f');
+    follow(&tag, 'f', None);
+}
+
+/// The same with clsact filters, as on kernels before 6.6 (`SHADOW_TC_MODE=clsact`): an
+/// interface made again has no clsact qdisc, which the re-attach must add.
+#[test]
+fn the_mirror_follows_its_interfaces_with_clsact_filters() {
+    let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 1);
+    follow(&tag, 'k', Some("clsact"));
+}
+
+fn follow(tag: &str, letter: char, tc_mode: Option<&str>) {
+    let tag = tag.to_owned();
+    let mut topo = Topo::new(&tag, letter);
     let sock = ShadowSocket::start(&topo.shadow, 9999);
     let rule =
         format!("[[mirror.rules]]\ndst = \"{NODE}/32\"\nports = \"9999\"\nproto = \"udp\"\n");
     let config = topo.mirror_toml("xdp = true", &rule);
-    let mut agent = common::ScratchAgent::start(&tag, "mfw", Some(&topo.node), |_| config, |_| {});
-    common::wait_status(
+    let mut agent = common::ScratchAgent::start(
+        &tag,
+        &format!("mfw{letter}"),
+        Some(&topo.node),
+        |_| config,
+        |cmd| {
+            if let Some(m) = tc_mode {
+                cmd.env("SHADOW_TC_MODE", m);
+            }
+        },
+    );
+    let s = common::wait_status(
         &agent.status,
         "first status",
         Duration::from_secs(30),
         |s| s["mirror"]["cloned"].is_u64(),
     );
+    assert_eq!(s["mirror"]["tc_mode"], tc_mode.unwrap_or("tcx"), "{s}");
     let d = b"datagram";
     let got = sock
         .expect_more(&topo, 9999, d, 0, 30, "before any change")

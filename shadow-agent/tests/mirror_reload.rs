@@ -2,7 +2,9 @@
 //! 4-byte mask on port 9999 becomes one on ports 9998-9999 with a 6-byte mask. Real sockets
 //! in the shadow namespace receive the clones: before the reload, port 9999's datagrams
 //! arrive with their first 4 bytes masked and the rest intact, and port 9998 gets nothing;
-//! after it, both ports' datagrams arrive with 6 bytes masked. Topology: `common::mirrored`.
+//! after it, both ports' datagrams arrive with 6 bytes masked. A second reload changes the
+//! fill byte (`[mirror.mask]`), and the next datagrams are masked with it. Topology:
+//! `common::mirrored`.
 
 mod common;
 
@@ -79,5 +81,35 @@ fn a_reload_changes_what_the_mirror_selects_and_masks_without_a_restart() {
     let n = s9999.count();
     let got = s9999.expect_more(&topo, 9999, SECRET, n, 30, "port 9999 after the reload");
     masked(&got, 6, "port 9999 after the reload");
+    assert!(got.iter().all(|d| d[0] == b'*'), "the default fill");
+
+    // What masking writes changes with a reload too (`[mirror.mask]`): the fill byte.
+    agent.configure(&format!(
+        "{}[mirror.mask]\nfill = \"#\"\n",
+        topo.mirror_toml("", &rules("9998-9999", "0:6"))
+    ));
+    let out = common::reload(&agent.status);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = &common::status(&agent.status)["last_reload"];
+    assert_eq!(
+        ev["applied"],
+        serde_json::json!({"mirror.mask": ["mirror.mask.fill"]}),
+        "{ev}"
+    );
+    let n = s9999.count();
+    let got = s9999.expect_more(
+        &topo,
+        9999,
+        SECRET,
+        n,
+        30,
+        "port 9999 after the mask reload",
+    );
+    masked(&got, 6, "port 9999 after the mask reload");
+    assert!(got.iter().all(|d| d[0] == b'#'), "the new fill");
     agent.stop();
 }

@@ -22,6 +22,9 @@ pub const FLAG_TCP_TRANSLATE: u16 = 4;
 /// `MirrorConfig::flags`: time each mirrored request to the replica's reply
 /// (`shadow_common::latency`).
 pub const FLAG_LATENCY: u16 = 8;
+/// `MirrorConfig::flags`: the live mask spec is slot 1 of `MASK_SPEC` (else slot 0); the
+/// other is where a reload writes the next one.
+pub const FLAG_MASK_SLOT: u16 = 16;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;

@@ -44,8 +44,8 @@ use shadow_common::mask::{
 use shadow_common::mirror::{
     bucket_check, byte_cost_ns, ctr, flow_hash, parse_flow, sampled, target_index, Flow,
     FlowTarget, MirrorConfig, MirrorRule, MirrorTarget, PacketView, RuleLoad, TokenBucket,
-    FLAG_ENABLED, FLAG_LATENCY, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RULES, MAX_TARGETS, RULE_SLOTS, TCP_FLAG_ACK, TCP_FLAG_SYN,
+    FLAG_ENABLED, FLAG_LATENCY, FLAG_MASK_SLOT, FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_RULES, MAX_TARGETS, RULE_SLOTS, TCP_FLAG_ACK, TCP_FLAG_SYN,
 };
 use shadow_common::pseudo::{pseudonym_v4, pseudonym_v6, PseudoConfig};
 use shadow_common::tcp::{
@@ -70,7 +70,9 @@ static MIRROR_CTRS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ctr::N, 0);
 #[map]
 static MIRROR_TB: Array<TokenBucket> = Array::with_max_entries(1, 0);
 #[map]
-static MASK_SPEC: Array<MaskSpec> = Array::with_max_entries(1, 0);
+/// Two mask specs: the live one is `mask_slot()`; the agent writes the other and flips
+/// `FLAG_MASK_SLOT` (a reload), so a reader never sees a half-written spec.
+static MASK_SPEC: Array<MaskSpec> = Array::with_max_entries(2, 0);
 #[map]
 static MASK_RULES: Array<MaskRule> = Array::with_max_entries(RULE_SLOTS, 0);
 #[map]
@@ -1126,7 +1128,9 @@ pub struct Scratch {
     csum_deferred: u8,
     /// [`probe_csum`] added `CSUM_PROBE` to the checksum field: the final fix takes it out.
     probed: u8,
-    _pad: [u8; 2],
+    /// The `MASK_SPEC` slot this segment is masked with (read once per segment).
+    spec: u8,
+    _pad: u8,
     /// Payload bytes done so far in this segment.
     off: u32,
     /// Running `bpf_csum_diff` sum of the chunk being bulk-filled.
@@ -1465,7 +1469,11 @@ fn csum_part(cc: &mut ChunkCtx, s: &mut Scratch, k: u32) {
 
 /// Per byte of the chunk in `MASK_SCRATCH`: decide, replace, keep the checksum delta.
 extern "C" fn mask_cb(i: u64, _ctx: *mut c_void) -> i64 {
-    let (Some(sp), Some(spec)) = (MASK_SCRATCH.get_ptr_mut(0), MASK_SPEC.get(0)) else {
+    let Some(sp) = MASK_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value; `spec` was set for this segment before the loop.
+    let Some(spec) = MASK_SPEC.get(unsafe { (*sp).spec } as u32) else {
         return 1;
     };
     // SAFETY: per-CPU value, only this program on this CPU touches it.
@@ -1557,6 +1565,14 @@ fn mask_verdict(ctx: TcContext) -> i32 {
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// The live `MASK_SPEC` slot (0 or 1).
+#[inline(always)]
+fn mask_slot() -> u32 {
+    MIRROR_CFG
+        .get(0)
+        .map_or(0, |c| u32::from(c.flags & FLAG_MASK_SLOT != 0))
 }
 
 /// Replace the clone's source address by its keyed pseudonym, fixing the IPv4 header
@@ -1700,7 +1716,7 @@ fn fast_ranges(
     csum_off: u32,
     csum_flags: u64,
 ) -> Result<Option<bool>, ()> {
-    let spec = MASK_SPEC.get(0).ok_or(())?;
+    let spec = MASK_SPEC.get(mask_slot()).ok_or(())?;
     if plen > spec.scan_limit.min(MAX_SCAN_LIMIT) {
         // Past the scan limit the rule's fallback applies: the general path decides.
         return Ok(None);
@@ -1846,7 +1862,9 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     s.csum = CsumDelta::default();
     s.total_changed = 0;
     s.all = 0;
-    s.fill = MASK_SPEC.get(0).ok_or(())?.fill;
+    let slot = mask_slot();
+    s.spec = slot as u8;
+    s.fill = MASK_SPEC.get(slot).ok_or(())?.fill;
     s.fell_back = 0;
     s.http = 0;
     s.csum_deferred = 0;
@@ -1913,7 +1931,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
     }
 
     let limit = {
-        let spec = MASK_SPEC.get(0).ok_or(())?;
+        let spec = MASK_SPEC.get(s.spec as u32).ok_or(())?;
         spec.scan_limit.min(MAX_SCAN_LIMIT)
     };
     s.off = 0;

@@ -31,8 +31,8 @@ use shadow_common::{
         MASK_FILL_MAP_LEN, MASK_HTTP, MASK_RANGES, MAX_RANGES,
     },
     mirror::{
-        ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_TCP_TRACK,
-        FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, RULE_SLOTS, SAMPLE_ALL,
+        ctr, MirrorConfig, MirrorRule, MirrorTarget, RuleLoad, FLAG_ENABLED, FLAG_MASK_SLOT,
+        FLAG_TCP_TRACK, FLAG_TCP_TRANSLATE, MAX_RULES, MAX_TARGETS, RULE_SLOTS, SAMPLE_ALL,
     },
     pseudo::{PrfKey, PseudoConfig},
     tcp::{TcpFlow, TcpHoldConfig},
@@ -309,13 +309,69 @@ impl MirrorOptions {
     }
 }
 
-/// How the TC program was attached.
+/// How the TC programs are attached: TCX links (kernels >= 6.6) or filters under the
+/// clsact qdisc (older kernels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TcMode {
     Tcx,
     Clsact,
 }
+
+/// Environment variable that overrides [`TcMode::detect`]: `clsact` or `tcx`.
+pub const TC_MODE_ENV: &str = "SHADOW_TC_MODE";
+
+impl TcMode {
+    /// TCX where the kernel has it (6.6 and later), clsact filters otherwise.
+    /// `SHADOW_TC_MODE=clsact` (or `tcx`) overrides the choice: the older kernels' path can
+    /// be run (and is tested) on a new kernel, or TCX left to other tools.
+    pub fn detect() -> TcMode {
+        match std::env::var(TC_MODE_ENV).as_deref() {
+            Ok("clsact") => return TcMode::Clsact,
+            Ok("tcx") => return TcMode::Tcx,
+            Ok(other) => tracing::warn!(
+                value = other,
+                "{TC_MODE_ENV} is not \"clsact\" or \"tcx\"; ignored"
+            ),
+            Err(_) => {}
+        }
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            TcMode::Tcx
+        } else {
+            TcMode::Clsact
+        }
+    }
+
+    /// How to attach a TC program to `interface`: in TCX, appended to the hook's chain or
+    /// put `first`; under clsact, as the filter of `priority` (lower runs first; 0 lets the
+    /// kernel choose), with the qdisc added when the interface has none.
+    pub fn options(self, interface: &str, first: bool, priority: u16) -> TcAttachOptions {
+        match self {
+            TcMode::Tcx => TcAttachOptions::TcxOrder(if first {
+                LinkOrder::first()
+            } else {
+                LinkOrder::default()
+            }),
+            TcMode::Clsact => {
+                if let Err(e) = tc::qdisc_add_clsact(interface) {
+                    tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+                }
+                TcAttachOptions::Netlink(NlOptions {
+                    priority,
+                    ..NlOptions::default()
+                })
+            }
+        }
+    }
+}
+
+/// clsact priorities on a shadow interface: the hooks' order TCX gets from `first`.
+/// `shadow_tcp` before `shadow_mask` on egress; `shadow_learn` before the replica's
+/// `shadow_discard` on ingress.
+const PRIO_FIRST: u16 = 1;
+const PRIO_MASK: u16 = 2;
+/// The replica's `shadow_discard` (after `shadow_learn`).
+pub const PRIO_DISCARD: u16 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -526,7 +582,6 @@ pub struct Mirror {
     xdp_mode: Option<XdpMode>,
     /// The network namespace it was attached in (where its interfaces are).
     netns: NetNs,
-    tcx: bool,
     /// The live targets, in `MIRROR_TARGETS` order.
     targets: Vec<Target>,
     next_gen: u32,
@@ -637,7 +692,7 @@ impl HoldLoop {
     /// it with the kernel configuration to write.
     fn create(
         bpf: &mut Ebpf,
-        tcx: bool,
+        mode: TcMode,
         options: &MirrorOptions,
     ) -> Result<(HoldLoop, TcpHoldConfig), MirrorError> {
         Self::sweep();
@@ -661,14 +716,10 @@ impl HoldLoop {
             interface: b.clone(),
             detail: format_program_error(&e),
         };
-        if !tcx {
-            if let Err(e) = tc::qdisc_add_clsact(&b) {
-                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
-            }
-        }
         let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_HOLD)?;
         prog.load().map_err(attach_err)?;
-        prog.attach(&b, TcAttachType::Ingress).map_err(attach_err)?;
+        prog.attach_with_options(&b, TcAttachType::Ingress, mode.options(&b, false, 0))
+            .map_err(attach_err)?;
         let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let cfg = TcpHoldConfig {
             ifindex: ifindex(&a, "hold loop")?,
@@ -781,8 +832,8 @@ impl Mirror {
                     .map_err(|e| attach_err(name, format_program_error(&e)))?;
             }
         }
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        let (mask_link, tcp_links) = attach_target(&mut bpf, &spec.shadow_interface, tcx, tcp)?;
+        let tc_mode = TcMode::detect();
+        let (mask_link, tcp_links) = attach_target(&mut bpf, &spec.shadow_interface, tc_mode, tcp)?;
         let (learn_link, tcp_link) = tcp_links.map_or((None, None), |(l, t)| (Some(l), Some(t)));
         let first = Target {
             name: spec.shadow_interface.clone(),
@@ -797,7 +848,7 @@ impl Mirror {
         // The hold loop before any clone is made, so no segment is held into nothing.
         let hold = if spec.options.tcp == TcpSessions::Translate && !spec.options.tcp_hold.is_zero()
         {
-            let (hold, hc) = HoldLoop::create(&mut bpf, tcx, &spec.options)?;
+            let (hold, hc) = HoldLoop::create(&mut bpf, tc_mode, &spec.options)?;
             let mut m: Array<&mut MapData, TcpHoldConfig> = map_mut(&mut bpf, MAP_TCP_HOLD)?;
             m.set(0, hc, 0).map_err(|source| MirrorError::Map {
                 map: MAP_TCP_HOLD,
@@ -809,8 +860,7 @@ impl Mirror {
         };
 
         // The primary interface's programs last: clones start with them.
-        let (primary, xdp_mode) = attach_primary(&mut bpf, &spec, tcx)?;
-        let tc_mode = if tcx { TcMode::Tcx } else { TcMode::Clsact };
+        let (primary, xdp_mode) = attach_primary(&mut bpf, &spec, tc_mode)?;
         tracing::info!(
             interface = %spec.interface,
             address = ?spec.address,
@@ -828,7 +878,6 @@ impl Mirror {
             tc_mode,
             xdp_mode,
             netns,
-            tcx,
             targets: vec![first],
             next_gen: 2,
             hold,
@@ -917,7 +966,7 @@ impl Mirror {
                 self.detach_primary();
                 let was = old.or(self.primary_was);
                 self.spec.interface = now_name.clone();
-                match attach_primary(&mut self.ebpf, &self.spec, self.tcx) {
+                match attach_primary(&mut self.ebpf, &self.spec, self.tc_mode) {
                     Ok((links, xdp_mode)) => {
                         self.primary = links;
                         self.xdp_mode = xdp_mode;
@@ -1065,7 +1114,7 @@ impl Mirror {
             {
                 continue;
             }
-            match attach_target(&mut self.ebpf, name, self.tcx, tcp) {
+            match attach_target(&mut self.ebpf, name, self.tc_mode, tcp) {
                 Ok((m, l)) => {
                     let (learn_link, tcp_link) =
                         l.map_or((None, None), |(l, t)| (Some(l), Some(t)));
@@ -1260,7 +1309,7 @@ impl Mirror {
     /// sees either set whole, and a clone is masked by the rule that selected it (its mark
     /// holds the rule's slot), also when the set changes while it is on its way. Per-rule
     /// counters (`masked_per_rule`, `rule_load`) start again from zero. The header and
-    /// parameter lists, fill and tokens are not part of it (they need a restart).
+    /// parameter lists, fill and tokens are [`Mirror::set_mask`]'s.
     pub fn set_rules(&mut self, rules: Vec<Rule>, masks: Vec<RuleMask>) -> Result<(), MirrorError> {
         if rules.len() > MAX_RULES as usize {
             return Err(MirrorError::TooManyRules {
@@ -1285,6 +1334,30 @@ impl Mirror {
         tracing::info!(rules = rules.len(), slots = base, "mirror rules replaced");
         self.spec.rules = rules;
         self.spec.options.rule_masks = masks;
+        Ok(())
+    }
+
+    /// Replace what masking looks for (header and parameter names, fill byte, scan window,
+    /// token key) while the mirror runs (a reload): the new spec is written to the
+    /// `MASK_SPEC` slot not in use and made live with one write of the config
+    /// (`FLAG_MASK_SLOT`), so a segment is masked with either spec whole. Per-flow parse
+    /// state carries on: a header whose name is complete by then is masked by the old
+    /// list, every later one by the new; a value a token is being streamed for finishes
+    /// with the new key (still a token, not the secret).
+    pub fn set_mask(&mut self, mask: MaskOptions) -> Result<(), MirrorError> {
+        let slot = u32::from(self.cfg.flags & FLAG_MASK_SLOT == 0);
+        write_mask_spec(&mut self.ebpf, slot, &mask)?;
+        let mut c = self.cfg;
+        c.flags ^= FLAG_MASK_SLOT;
+        write_cfg(&mut self.ebpf, c)?;
+        self.cfg = c;
+        tracing::info!(
+            headers = mask.headers.len(),
+            params = mask.params.len(),
+            slot,
+            "mirror mask spec replaced"
+        );
+        self.spec.options.mask = mask;
         Ok(())
     }
 
@@ -1468,7 +1541,7 @@ type TcpLinks = (SchedClassifierLinkId, SchedClassifierLinkId);
 fn attach_target(
     bpf: &mut Ebpf,
     interface: &str,
-    tcx: bool,
+    mode: TcMode,
     tcp: bool,
 ) -> Result<(SchedClassifierLinkId, Option<TcpLinks>), MirrorError> {
     let err = |program, e: aya::programs::ProgramError| MirrorError::Attach {
@@ -1476,37 +1549,16 @@ fn attach_target(
         interface: interface.to_string(),
         detail: format_program_error(&e),
     };
-    if !tcx {
-        if let Err(e) = tc::qdisc_add_clsact(interface) {
-            tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
-        }
-    }
-    let first = || {
-        if tcx {
-            TcAttachOptions::TcxOrder(LinkOrder::first())
-        } else {
-            // clsact: the lowest priority number runs first.
-            TcAttachOptions::Netlink(NlOptions {
-                priority: 1,
-                ..NlOptions::default()
-            })
-        }
-    };
+    let first = || mode.options(interface, true, PRIO_FIRST);
     let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_MASK)?;
-    let mask = if tcp && !tcx {
-        // Behind `shadow_tcp` (priority 1).
-        prog.attach_with_options(
+    // Behind `shadow_tcp` (first).
+    let mask = prog
+        .attach_with_options(
             interface,
             TcAttachType::Egress,
-            TcAttachOptions::Netlink(NlOptions {
-                priority: 2,
-                ..NlOptions::default()
-            }),
+            mode.options(interface, false, PRIO_MASK),
         )
-    } else {
-        prog.attach(interface, TcAttachType::Egress)
-    }
-    .map_err(|e| err(PROG_MIRROR_MASK, e))?;
+        .map_err(|e| err(PROG_MIRROR_MASK, e))?;
     if !tcp {
         return Ok((mask, None));
     }
@@ -1550,7 +1602,7 @@ fn tcp_isn(spec: &MirrorSpec) -> bool {
 fn attach_primary(
     bpf: &mut Ebpf,
     spec: &MirrorSpec,
-    tcx: bool,
+    mode: TcMode,
 ) -> Result<(PrimaryLinks, Option<XdpMode>), MirrorError> {
     let interface = spec.interface.as_str();
     let mut links = PrimaryLinks {
@@ -1579,23 +1631,17 @@ fn attach_primary(
             links.xdp = Some(link);
             xdp_mode = Some(mode);
         }
-        if !tcx {
-            // Older kernels: the legacy clsact qdisc (it may already exist).
-            if let Err(e) = tc::qdisc_add_clsact(interface) {
-                tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
-            }
-        }
         let (mirror_hook, isn_hook) = spec.direction.hooks();
         if tcp_isn(spec) {
             let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_ISN)?;
             let link = prog
-                .attach(interface, isn_hook)
+                .attach_with_options(interface, isn_hook, mode.options(interface, false, 0))
                 .map_err(|e| err(PROG_MIRROR_ISN, e))?;
             links.isn = Some(link);
         }
         let prog: &mut SchedClassifier = program_mut(bpf, PROG_MIRROR_TC)?;
         let link = prog
-            .attach(interface, mirror_hook)
+            .attach_with_options(interface, mirror_hook, mode.options(interface, false, 0))
             .map_err(|e| err(PROG_MIRROR_TC, e))?;
         links.tc = Some(link);
         Ok(())
@@ -1625,8 +1671,8 @@ fn write_target(bpf: &mut Ebpf, slot: u32, t: MirrorTarget) -> Result<(), Mirror
     })
 }
 
-fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
-    let m = &spec.options.mask;
+/// The mask spec into slot `slot` of `MASK_SPEC`, and the bulk fill buffer.
+fn write_mask_spec(bpf: &mut Ebpf, slot: u32, m: &MaskOptions) -> Result<(), MirrorError> {
     let headers: Vec<&str> = m.headers.iter().map(String::as_str).collect();
     let params: Vec<&str> = m.params.iter().map(String::as_str).collect();
     let mut ks = MaskSpec::build_with_limit(&headers, &params, m.fill, m.scan_bytes)
@@ -1636,11 +1682,24 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
     }
     {
         let mut map: Array<&mut MapData, MaskSpec> = map_mut(bpf, MAP_MASK_SPEC)?;
-        map.set(0, ks, 0).map_err(|source| MirrorError::Map {
+        map.set(slot, ks, 0).map_err(|source| MirrorError::Map {
             map: MAP_MASK_SPEC,
             source,
         })?;
     }
+    // The bulk fill of the "mask" fallback stores from this buffer. Until the new spec is
+    // live, a clone masked with the old fill byte finds another byte here and is dropped
+    // (`fill_buffer` in the eBPF program): never sent with anything but a fill byte.
+    let mut map: Array<&mut MapData, [u8; MASK_FILL_MAP_LEN]> = map_mut(bpf, MAP_MASK_FILL)?;
+    map.set(0, [m.fill; MASK_FILL_MAP_LEN], 0)
+        .map_err(|source| MirrorError::Map {
+            map: MAP_MASK_FILL,
+            source,
+        })
+}
+
+fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
+    write_mask_spec(bpf, 0, &spec.options.mask)?;
     {
         let pc = spec
             .options
@@ -1652,15 +1711,6 @@ fn write_mask(bpf: &mut Ebpf, spec: &MirrorSpec) -> Result<(), MirrorError> {
             map: MAP_PSEUDO_CFG,
             source,
         })?;
-    }
-    {
-        // The bulk fill of the "mask" fallback stores from this buffer.
-        let mut map: Array<&mut MapData, [u8; MASK_FILL_MAP_LEN]> = map_mut(bpf, MAP_MASK_FILL)?;
-        map.set(0, [m.fill; MASK_FILL_MAP_LEN], 0)
-            .map_err(|source| MirrorError::Map {
-                map: MAP_MASK_FILL,
-                source,
-            })?;
     }
     Ok(())
 }

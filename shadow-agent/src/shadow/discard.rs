@@ -188,8 +188,15 @@ impl Discard {
         let prog: &mut SchedClassifier = program(&mut bpf, PROG_DISCARD_TC)?;
         prog.load()
             .map_err(attach_err(PROG_DISCARD_TC, host_ifname))?;
-        prog.attach(host_ifname, TcAttachType::Ingress)
-            .map_err(attach_err(PROG_DISCARD_TC, host_ifname))?;
+        // After the mirror's `shadow_learn` on the same hook (TCX: it is put first; clsact:
+        // its priority is lower), which must see what is dropped here.
+        let mode = crate::mirror::TcMode::detect();
+        prog.attach_with_options(
+            host_ifname,
+            TcAttachType::Ingress,
+            mode.options(host_ifname, false, crate::mirror::PRIO_DISCARD),
+        )
+        .map_err(attach_err(PROG_DISCARD_TC, host_ifname))?;
         Ok(Discard { ebpf: bpf })
     }
 
