@@ -11,25 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mirrored::{ShadowSocket, Topo, NODE};
-
-/// The next `"event": "link"` line of `interface` with one of `changes` (at most 15 s).
-fn link_event(
-    lines: &std::sync::mpsc::Receiver<String>,
-    interface: &str,
-    changes: &[&str],
-) -> serde_json::Value {
-    common::wait_line(
-        lines,
-        &format!("link event {changes:?} of {interface}"),
-        Duration::from_secs(15),
-        |v| {
-            v["event"] == "link"
-                && v["interface"] == interface
-                && changes.iter().any(|c| v["change"] == *c)
-        },
-    )
-}
+use common::mirrored::{link_event, wait_missing, ShadowSocket, Topo, NODE};
 
 #[test]
 fn the_mirror_follows_its_interfaces_when_they_are_made_again() {
@@ -78,7 +60,7 @@ fn follow(tag: &str, letter: char, tc_mode: Option<&str>) {
     // The primary's interface removed and made again (same names, new indexes).
     topo.front = None;
     topo.make_front();
-    let ev = link_event(&agent.lines, &topo.nc, &["recreated", "back"]);
+    let ev = link_event(&agent.lines, Some(&topo.nc), &["recreated", "back"]);
     assert_eq!(ev["role"], "interface", "{ev}");
     assert_ne!(ev["old_ifindex"], ev["new_ifindex"], "{ev}");
     let got = got
@@ -96,25 +78,15 @@ fn follow(tag: &str, letter: char, tc_mode: Option<&str>) {
     // The shadow interface removed and made again.
     topo.back = None;
     topo.make_back();
-    let ev = link_event(&agent.lines, &topo.hs, &["recreated", "back"]);
+    let ev = link_event(&agent.lines, Some(&topo.hs), &["recreated", "back"]);
     assert_eq!(ev["role"], "shadow_interface", "{ev}");
     sock.expect_more(&topo, 9999, d, got, 30, "after the shadow's was made again");
 
     // The primary's removed for good: reported, and the agent still exits cleanly.
     topo.front = None;
-    let ev = link_event(&agent.lines, &topo.nc, &["gone"]);
+    let ev = link_event(&agent.lines, Some(&topo.nc), &["gone"]);
     assert!(ev["new_ifindex"].is_null(), "{ev}");
-    let nc = topo.nc.clone();
-    let s = common::wait_status(
-        &agent.status,
-        "mirror.missing",
-        Duration::from_secs(10),
-        |s| {
-            s["mirror"]["missing"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|i| i == nc.as_str()))
-        },
-    );
+    let s = wait_missing(&agent.status, &topo.nc);
     assert!(s["mirror"]["cloned"].is_u64(), "{s}");
     let (st, err) = common::terminate(&mut agent.proc, Duration::from_secs(30));
     assert!(st.success(), "agent failed: {err}");

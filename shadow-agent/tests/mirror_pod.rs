@@ -18,7 +18,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::mirrored::{ShadowSocket, SHADOW_MAC};
+use common::mirrored::{link_event, wait_missing, ShadowSocket, SHADOW_MAC};
 use shadow_agent::sys::{
     link::{self, MacAddr, Veth, VethEnd},
     netns::NetNs,
@@ -163,16 +163,6 @@ impl PodNode {
     }
 }
 
-/// The next `"event": "link"` line of the primary's interface with one of `changes`.
-fn link_event(lines: &std::sync::mpsc::Receiver<String>, changes: &[&str]) -> serde_json::Value {
-    common::wait_line(
-        lines,
-        &format!("link event {changes:?}"),
-        Duration::from_secs(15),
-        |v| v["event"] == "link" && changes.iter().any(|c| v["change"] == *c),
-    )
-}
-
 /// Runs the mirror through a pod restart: datagrams reach the pod and their clones the
 /// shadow before; the old veth goes (`gone`, with `reason_has` in the reason, the address
 /// in `mirror.missing`); a new one of another name comes (`back`, naming both); clones
@@ -221,7 +211,7 @@ fn follow_a_restart(mut t: PodNode, tag: &str, reasons: &[&str]) {
 
     // The pod goes.
     t.pod_link = None;
-    let ev = link_event(&agent.lines, &["gone"]);
+    let ev = link_event(&agent.lines, None, &["gone"]);
     assert_eq!(ev["interface"], first.as_str(), "{ev}");
     assert_eq!(ev["address"], POD.to_string(), "{ev}");
     assert!(
@@ -230,21 +220,12 @@ fn follow_a_restart(mut t: PodNode, tag: &str, reasons: &[&str]) {
             .is_some_and(|r| reasons.iter().any(|x| r.contains(x))),
         "{ev}"
     );
-    common::wait_status(
-        &agent.status,
-        "mirror.missing",
-        Duration::from_secs(10),
-        |s| {
-            s["mirror"]["missing"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|i| *i == POD.to_string()))
-        },
-    );
+    wait_missing(&agent.status, &POD.to_string());
 
     // It is made again behind a veth of another name.
     let second = t.make_pod();
     t.announce();
-    let ev = link_event(&agent.lines, &["back", "moved"]);
+    let ev = link_event(&agent.lines, None, &["back", "moved"]);
     assert_eq!(ev["interface"], second.as_str(), "{ev}");
     assert_eq!(ev["old_interface"], first.as_str(), "{ev}");
     assert_ne!(ev["old_ifindex"], ev["new_ifindex"], "{ev}");

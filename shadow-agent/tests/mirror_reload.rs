@@ -40,6 +40,17 @@ fn masked(got: &[Vec<u8>], n: usize, what: &str) {
     }
 }
 
+/// `shadow-agent reload` of `agent` (asserted to succeed); the reload event it published.
+fn reload(agent: &common::ScratchAgent) -> serde_json::Value {
+    let out = common::reload(&agent.status);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::status(&agent.status)["last_reload"].clone()
+}
+
 #[test]
 fn a_reload_changes_what_the_mirror_selects_and_masks_without_a_restart() {
     let tag = format!("{:x}", std::process::id() & 0xfffff);
@@ -62,13 +73,7 @@ fn a_reload_changes_what_the_mirror_selects_and_masks_without_a_restart() {
     assert_eq!(s9998.count(), 0, "port 9998 is not selected yet");
 
     agent.configure(&topo.mirror_toml("", &rules("9998-9999", "0:6")));
-    let out = common::reload(&agent.status);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ev = &common::status(&agent.status)["last_reload"];
+    let ev = &reload(&agent);
     assert_eq!(
         ev["applied"]["mirror.rules"],
         serde_json::json!([1, 1]),
@@ -88,13 +93,7 @@ fn a_reload_changes_what_the_mirror_selects_and_masks_without_a_restart() {
         "{}[mirror.mask]\nfill = \"#\"\n",
         topo.mirror_toml("", &rules("9998-9999", "0:6"))
     ));
-    let out = common::reload(&agent.status);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ev = &common::status(&agent.status)["last_reload"];
+    let ev = &reload(&agent);
     assert_eq!(
         ev["applied"],
         serde_json::json!({"mirror.mask": ["mirror.mask.fill"]}),

@@ -224,3 +224,31 @@ impl Drop for ShadowSocket {
         }
     }
 }
+
+/// The next `"event": "link"` line with one of `changes` (of `interface`, when given), at
+/// most 15 s.
+pub fn link_event(
+    lines: &std::sync::mpsc::Receiver<String>,
+    interface: Option<&str>,
+    changes: &[&str],
+) -> serde_json::Value {
+    super::wait_line(
+        lines,
+        &format!("link event {changes:?} of {interface:?}"),
+        Duration::from_secs(15),
+        |v| {
+            v["event"] == "link"
+                && interface.is_none_or(|i| v["interface"] == i)
+                && changes.iter().any(|c| v["change"] == *c)
+        },
+    )
+}
+
+/// Waits (at most 10 s) for the status to list `what` in `mirror.missing`; the status.
+pub fn wait_missing(status: &std::path::Path, what: &str) -> serde_json::Value {
+    super::wait_status(status, "mirror.missing", Duration::from_secs(10), |s| {
+        s["mirror"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|i| i == what))
+    })
+}
