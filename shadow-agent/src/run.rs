@@ -193,7 +193,10 @@ pub fn run_with_reload(
                 }
                 _ => None,
             };
-            Some(crate::allocate::live::LiveAllocator::start(spec, whatif)?)
+            let mut a = crate::allocate::live::LiveAllocator::start(spec, whatif)?;
+            // The groups' usage history an earlier run left: forecasts from the first tick.
+            a.restore_history(cfg.profile.interval_ms as f64 / 1000.0);
+            Some(a)
         }
     };
     // Live forecasts of every tracked cgroup's CPU (and, with a mirror and a shadow group,
@@ -566,6 +569,9 @@ pub fn run_with_reload(
             let mut scale_events = Vec::new();
             if let Some(a) = allocator.as_mut() {
                 line["allocate"] = a.tick();
+                if let Some(r) = a.restored() {
+                    line["allocate_history"] = r.clone();
+                }
                 let (groups, missing) = a.counts();
                 metrics.set_allocate_groups(groups, missing);
                 scale_events = a.take_events();

@@ -476,6 +476,22 @@ impl Tracked {
         }
     }
 
+    /// Takes a saved history (oldest first), when it has none yet: `gap` intervals missed
+    /// since are filled with the last value, and the newest `window` kept.
+    fn seed(&mut self, saved: &[f64], gap: usize) {
+        if !self.history.is_empty() || saved.is_empty() {
+            return;
+        }
+        let last = saved[saved.len() - 1];
+        self.history
+            .extend(saved.iter().copied().filter(|v| v.is_finite()));
+        self.history
+            .extend(std::iter::repeat_n(last, gap.min(self.window)));
+        while self.history.len() > self.window {
+            self.history.pop_front();
+        }
+    }
+
     /// Adds this interval's observation and returns the forecast for the next one.
     fn push(&mut self, v: f64) -> Option<ForecastInput> {
         if let Some(f) = self.last {
@@ -521,6 +537,59 @@ struct Managed {
     just_matched: bool,
 }
 
+/// Format version of the allocator's history file.
+const HISTORY_VERSION: u32 = 1;
+/// The history file in `state_dir`: each managed group's recent CPU and memory usage, so
+/// that an agent started again (an upgrade, a crash) forecasts, and pre-allocates, from its
+/// first interval instead of after a warm-up of the forecaster's minimum history.
+pub const HISTORY_FILE: &str = "forecast-history.json";
+/// Ticks between two writes of the history file (it is also written at exit).
+const HISTORY_SAVE_TICKS: u64 = 30;
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct GroupHistory {
+    cpu: Vec<f64>,
+    memory: Vec<f64>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct HistoryFile {
+    version: u32,
+    interval_s: f64,
+    saved_unix_s: f64,
+    groups: std::collections::BTreeMap<String, GroupHistory>,
+}
+
+/// The history file of a running allocator: where it is, the interval it is kept at, the
+/// restored histories of groups not managed yet (a pattern matches them later) and what a
+/// restore found.
+#[derive(Debug, Default)]
+struct History {
+    path: Option<PathBuf>,
+    interval_s: Option<f64>,
+    pending: std::collections::BTreeMap<String, GroupHistory>,
+    saved_unix_s: f64,
+    ticks: u64,
+    restored: Option<serde_json::Value>,
+}
+
+impl History {
+    /// Whole intervals since the file was written.
+    fn gap(&self) -> usize {
+        let i = self.interval_s.unwrap_or(1.0).max(1e-3);
+        ((super::state::unix_ms() as f64 / 1000.0 - self.saved_unix_s) / i).max(0.0) as usize
+    }
+
+    /// Gives `g` its restored history, if any.
+    fn seed(&mut self, g: &mut Managed) {
+        if let Some(h) = self.pending.remove(&g.name) {
+            let gap = self.gap();
+            g.cpu.seed(&h.cpu, gap);
+            g.memory.seed(&h.memory, gap);
+        }
+    }
+}
+
 /// Every managed cgroup of `[allocate]`.
 pub struct LiveAllocator {
     groups: Vec<Managed>,
@@ -543,6 +612,8 @@ pub struct LiveAllocator {
     refused: std::collections::BTreeMap<String, String>,
     /// The dry run in force (for groups a pattern matches later).
     dry_run: bool,
+    /// The groups' usage history across restarts ([`HISTORY_FILE`]).
+    history: History,
 }
 
 impl LiveAllocator {
@@ -598,6 +669,115 @@ impl LiveAllocator {
             patterns,
             refused: std::collections::BTreeMap::new(),
             dry_run: spec.allocator.dry_run,
+            history: History {
+                path: Some(spec.allocator.state_dir.join(HISTORY_FILE)),
+                ..History::default()
+            },
+        })
+    }
+
+    /// Reads the history file an earlier run left ([`HISTORY_FILE`] in `state_dir`) for
+    /// ticks every `interval_s` seconds: each group managed now, or matched later, starts
+    /// with its usage history (the intervals missed since filled with its last value), so
+    /// its forecasts are ready at once. Not used when it was written more than
+    /// `window / 8` intervals ago, at another interval, or in another format (the returned
+    /// summary says why; also in [`Self::restored`]). From now on the file is written
+    /// every 30 ticks and at exit.
+    pub fn restore_history(&mut self, interval_s: f64) -> Option<serde_json::Value> {
+        self.history.interval_s = Some(interval_s);
+        let path = self.history.path.clone()?;
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                let v = serde_json::json!({"file": path, "discarded": format!("reading it: {e}")});
+                self.history.restored = Some(v.clone());
+                return Some(v);
+            }
+        };
+        let max_gap = (self.spec.forecast.window / 8).max(1);
+        let why = match serde_json::from_slice::<HistoryFile>(&text) {
+            Err(e) => Err(format!("parsing it: {e}")),
+            Ok(f) if f.version != HISTORY_VERSION => Err(format!(
+                "format version {}, not {HISTORY_VERSION}",
+                f.version
+            )),
+            Ok(f) if (f.interval_s - interval_s).abs() > 0.01 * interval_s => Err(format!(
+                "intervals of {} s, this run's are {interval_s} s",
+                f.interval_s
+            )),
+            Ok(f) => {
+                self.history.saved_unix_s = f.saved_unix_s;
+                let gap = self.history.gap();
+                if gap > max_gap {
+                    Err(format!("written {gap} intervals ago, more than {max_gap}"))
+                } else {
+                    Ok(f.groups)
+                }
+            }
+        };
+        let v = match why {
+            Ok(groups) => {
+                let n = groups.len();
+                self.history.pending = groups;
+                let mut taken = 0;
+                for g in &mut self.groups {
+                    taken += usize::from(self.history.pending.contains_key(&g.name));
+                    self.history.seed(g);
+                }
+                serde_json::json!({"file": path, "groups": n, "taken": taken, "gap_intervals": self.history.gap()})
+            }
+            Err(why) => serde_json::json!({"file": path, "discarded": why}),
+        };
+        tracing::info!(restored = %v, "allocator usage history");
+        self.history.restored = Some(v.clone());
+        Some(v)
+    }
+
+    /// What [`Self::restore_history`] found, if it ran and there was a file.
+    pub fn restored(&self) -> Option<&serde_json::Value> {
+        self.history.restored.as_ref()
+    }
+
+    /// Writes every managed group's usage history (and the restored histories of groups
+    /// not managed yet) to the history file, atomically. Only once the interval is known.
+    pub fn save_history(&mut self) -> std::io::Result<()> {
+        let (Some(path), Some(interval_s)) = (self.history.path.clone(), self.history.interval_s)
+        else {
+            return Ok(());
+        };
+        let mut groups: std::collections::BTreeMap<String, GroupHistory> = self
+            .history
+            .pending
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    GroupHistory {
+                        cpu: v.cpu.clone(),
+                        memory: v.memory.clone(),
+                    },
+                )
+            })
+            .collect();
+        for g in &self.groups {
+            groups.insert(
+                g.name.clone(),
+                GroupHistory {
+                    cpu: g.cpu.history.iter().copied().collect(),
+                    memory: g.memory.history.iter().copied().collect(),
+                },
+            );
+        }
+        let file = HistoryFile {
+            version: HISTORY_VERSION,
+            interval_s,
+            saved_unix_s: super::state::unix_ms() as f64 / 1000.0,
+            groups,
+        };
+        let text = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        crate::sys::write_atomic(&path, &text).map_err(|(op, p, e)| {
+            std::io::Error::new(e.kind(), format!("{op} {}: {e}", p.display()))
         })
     }
 
@@ -655,6 +835,7 @@ impl LiveAllocator {
                         g.reconciler.set_dry_run(self.dry_run);
                         g.pattern = Some(pattern.clone());
                         g.just_matched = true;
+                        self.history.seed(&mut g);
                         tracing::info!(cgroup = %name, %pattern, "a group matches an allocate.cgroups pattern: managed from now on");
                         self.refused.remove(&name);
                         self.groups.push(g);
@@ -689,6 +870,7 @@ impl LiveAllocator {
         }
         let mut g = Managed::open(&self.root, &self.spec, name)?;
         g.reconciler.set_dry_run(dry_run);
+        self.history.seed(&mut g);
         self.groups.push(g);
         Ok(())
     }
@@ -825,7 +1007,23 @@ impl LiveAllocator {
                 w.send(ev);
             }
         }
+        self.history.ticks += 1;
+        if self.history.ticks.is_multiple_of(HISTORY_SAVE_TICKS) {
+            if let Err(e) = self.save_history() {
+                tracing::warn!(error = %e, "writing the allocator's usage history");
+            }
+        }
         out.into()
+    }
+}
+
+impl Drop for LiveAllocator {
+    /// The usage history is written at exit, before the groups' original limits are
+    /// restored (by their reconcilers, dropped after this).
+    fn drop(&mut self) {
+        if let Err(e) = self.save_history() {
+            tracing::warn!(error = %e, "writing the allocator's usage history at exit");
+        }
     }
 }
 

@@ -711,3 +711,77 @@ fn a_group_made_again_keeps_its_owners_limits_live_and_after_a_crash() {
         .as_deref()
         .is_some_and(|n| n.contains("gone")));
 }
+
+/// An allocator started again takes the usage history an earlier run left in its state
+/// directory (`forecast-history.json`): its forecasts are ready at the first tick, where a
+/// fresh start has none. The file is written at exit; a stale one, or one kept at another
+/// interval, is not used, and says why.
+#[test]
+fn a_restarted_allocator_forecasts_from_its_first_tick_with_the_history_it_left() {
+    use super::live::{LiveAllocator, RawAllocate, HISTORY_FILE};
+    let m = Mimic::new("history");
+    let spec = toml::from_str::<RawAllocate>(&format!(
+        "cgroups = [\"web\"]\ncgroup_root = \"{}\"\nstate_dir = \"{}\"\nwindow = 200\n\
+         [cpu]\nenabled = false\n[scale]\nenabled = false\n",
+        m.root.display(),
+        m.state().display()
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    let memory_forecast = |v: &serde_json::Value| !v["web"]["forecasts"]["memory"].is_null();
+    let wave = |i: usize| (512.0 + 64.0 * ((i as f64) / 10.0).sin()) * (1u64 << 20) as f64;
+
+    // A fresh start: no forecast at the first tick; then a run long enough to forecast.
+    let mut a = LiveAllocator::start(&spec, None).unwrap();
+    assert!(a.restore_history(1.0).is_none(), "no file yet");
+    let mut first = None;
+    for i in 0..150 {
+        m.put("web/memory.current", &format!("{}\n", wave(i) as u64));
+        let v = a.tick();
+        first.get_or_insert(memory_forecast(&v));
+    }
+    assert_eq!(first, Some(false), "a fresh start has no history");
+    assert!(memory_forecast(&a.tick()), "150 intervals are enough");
+    drop(a);
+    let file = m.state().join(HISTORY_FILE);
+    let saved: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        saved["groups"]["web"]["memory"].as_array().unwrap().len(),
+        151
+    );
+
+    // Started again: ready at once.
+    let mut a = LiveAllocator::start(&spec, None).unwrap();
+    let r = a.restore_history(1.0).unwrap();
+    assert_eq!(
+        (r["groups"].as_u64(), r["taken"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    assert!(memory_forecast(&a.tick()), "forecast at the first tick");
+    drop(a);
+
+    // Kept at another interval, or too old: started afresh, with the reason.
+    let mut a = LiveAllocator::start(&spec, None).unwrap();
+    let r = a.restore_history(10.0).unwrap();
+    assert!(
+        r["discarded"]
+            .as_str()
+            .unwrap()
+            .contains("intervals of 1 s"),
+        "{r}"
+    );
+    assert!(!memory_forecast(&a.tick()));
+    drop(a);
+    let mut old = saved.clone();
+    old["saved_unix_s"] = (saved["saved_unix_s"].as_f64().unwrap() - 3600.0).into();
+    fs::write(&file, old.to_string()).unwrap();
+    let mut a = LiveAllocator::start(&spec, None).unwrap();
+    let r = a.restore_history(1.0).unwrap();
+    assert!(
+        r["discarded"].as_str().unwrap().contains("more than 25"),
+        "{r}"
+    );
+    assert!(!memory_forecast(&a.tick()));
+}
