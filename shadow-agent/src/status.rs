@@ -112,6 +112,12 @@ pub fn render(v: &serde_json::Value) -> String {
             "mirror: seen {} cloned {} clone_failed {}\n",
             m["seen"], m["cloned"], m["clone_failed"]
         ));
+        if let Some(i) = m["interface"].as_str() {
+            out.push_str(&format!(
+                "mirror: on {i} ({})\n",
+                m["tc_mode"].as_str().unwrap_or("?")
+            ));
+        }
         if let Some(gone) = m["missing"].as_array().filter(|g| !g.is_empty()) {
             let names: Vec<&str> = gone.iter().filter_map(|g| g.as_str()).collect();
             out.push_str(&format!(
@@ -140,6 +146,16 @@ pub fn render(v: &serde_json::Value) -> String {
                 num(&c["cpu_cores"], 1.0),
                 num(&c["memory_bytes"], 1048576.0)
             ));
+        }
+    }
+    let h = &v["allocate_history"];
+    if h.is_object() {
+        match h["discarded"].as_str() {
+            Some(why) => out.push_str(&format!("allocate: usage history not restored: {why}\n")),
+            None => out.push_str(&format!(
+                "allocate: usage history restored for {} group(s) ({} intervals filled)\n",
+                h["taken"], h["gap_intervals"]
+            )),
         }
     }
     if let Some(series) = v["forecast"]["series"].as_object() {
@@ -304,10 +320,13 @@ mod tests {
             "refused": [[{"addr": "10.0.0.1", "port": 53, "proto": "udp", "attempts": 3}]],
             "cgroups": {"/cg/web": {"cpu_seconds": 9.0, "cpu_cores": 0.25,
                 "memory_bytes": 3145728}, "/cg/gone": {"missing": true}},
-            "mirror": {"seen": 10, "cloned": 9, "clone_failed": 0, "missing": ["veth1"]},
+            "mirror": {"seen": 10, "cloned": 9, "clone_failed": 0, "missing": ["veth1"],
+                "interface": "cali0a1b", "tc_mode": "clsact"},
             "allocate": {"web.service": {"cpu_cores": 0.5, "memory_bytes": 2097152,
                 "change": "recreated", "step": {"backing_off": null}},
                 "old.service": {"missing": true, "change": null}},
+            "allocate_history": {"file": "/s/forecast-history.json", "groups": 2, "taken": 1,
+                "gap_intervals": 4},
             "forecast": {"step_s": 60, "fits": 3, "fit_cpu_share_of_one_core": 0.0,
                 "restored": {"file": "/h.json", "series": 2, "taken": 1, "gap_steps": 3},
                 "series": {}},
@@ -329,6 +348,11 @@ mod tests {
         );
         assert_eq!(cg("old.service")[1], "missing");
         assert!(text.contains("interface gone: veth1"), "{text}");
+        assert!(text.contains("mirror: on cali0a1b (clsact)"), "{text}");
+        assert!(
+            text.contains("usage history restored for 1 group(s) (4 intervals filled)"),
+            "{text}"
+        );
         assert!(
             text.contains("history restored for 1 series (3 steps filled)"),
             "{text}"
