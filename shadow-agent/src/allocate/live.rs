@@ -561,32 +561,50 @@ struct HistoryFile {
 }
 
 /// The history file of a running allocator: where it is, the interval it is kept at, the
-/// restored histories of groups not managed yet (a pattern matches them later) and what a
-/// restore found.
+/// histories of groups not managed now (restored ones a pattern matches later, and those of
+/// groups a pattern let go, for when they are back), each with the time it ends at, and
+/// what a restore found.
 #[derive(Debug, Default)]
 struct History {
     path: Option<PathBuf>,
     interval_s: Option<f64>,
-    pending: std::collections::BTreeMap<String, GroupHistory>,
-    saved_unix_s: f64,
+    /// A history older than this many intervals is not used (`window / 8`).
+    max_gap: usize,
+    pending: std::collections::BTreeMap<String, (GroupHistory, f64)>,
     ticks: u64,
     restored: Option<serde_json::Value>,
 }
 
+fn now_unix_s() -> f64 {
+    super::state::unix_ms() as f64 / 1000.0
+}
+
 impl History {
-    /// Whole intervals since the file was written.
-    fn gap(&self) -> usize {
+    /// Whole intervals since `t` (unix seconds).
+    fn gap(&self, t: f64) -> usize {
         let i = self.interval_s.unwrap_or(1.0).max(1e-3);
-        ((super::state::unix_ms() as f64 / 1000.0 - self.saved_unix_s) / i).max(0.0) as usize
+        ((now_unix_s() - t) / i).max(0.0) as usize
     }
 
-    /// Gives `g` its restored history, if any.
+    /// Gives `g` the history it had, if any and recent enough.
     fn seed(&mut self, g: &mut Managed) {
-        if let Some(h) = self.pending.remove(&g.name) {
-            let gap = self.gap();
-            g.cpu.seed(&h.cpu, gap);
-            g.memory.seed(&h.memory, gap);
+        if let Some((h, t)) = self.pending.remove(&g.name) {
+            let gap = self.gap(t);
+            if gap <= self.max_gap {
+                g.cpu.seed(&h.cpu, gap);
+                g.memory.seed(&h.memory, gap);
+            }
         }
+    }
+
+    /// Keeps the history of `g`, which is no longer managed (a pattern let it go), for
+    /// when it is back.
+    fn stash(&mut self, g: &Managed) {
+        let h = GroupHistory {
+            cpu: g.cpu.history.iter().copied().collect(),
+            memory: g.memory.history.iter().copied().collect(),
+        };
+        self.pending.insert(g.name.clone(), (h, now_unix_s()));
     }
 }
 
@@ -671,6 +689,7 @@ impl LiveAllocator {
             dry_run: spec.allocator.dry_run,
             history: History {
                 path: Some(spec.allocator.state_dir.join(HISTORY_FILE)),
+                max_gap: (spec.forecast.window / 8).max(1),
                 ..History::default()
             },
         })
@@ -695,7 +714,7 @@ impl LiveAllocator {
                 return Some(v);
             }
         };
-        let max_gap = (self.spec.forecast.window / 8).max(1);
+        let max_gap = self.history.max_gap;
         let why = match serde_json::from_slice::<HistoryFile>(&text) {
             Err(e) => Err(format!("parsing it: {e}")),
             Ok(f) if f.version != HISTORY_VERSION => Err(format!(
@@ -707,25 +726,24 @@ impl LiveAllocator {
                 f.interval_s
             )),
             Ok(f) => {
-                self.history.saved_unix_s = f.saved_unix_s;
-                let gap = self.history.gap();
+                let gap = self.history.gap(f.saved_unix_s);
                 if gap > max_gap {
                     Err(format!("written {gap} intervals ago, more than {max_gap}"))
                 } else {
-                    Ok(f.groups)
+                    Ok((f.groups, f.saved_unix_s, gap))
                 }
             }
         };
         let v = match why {
-            Ok(groups) => {
+            Ok((groups, saved, gap)) => {
                 let n = groups.len();
-                self.history.pending = groups;
+                self.history.pending = groups.into_iter().map(|(k, h)| (k, (h, saved))).collect();
                 let mut taken = 0;
                 for g in &mut self.groups {
                     taken += usize::from(self.history.pending.contains_key(&g.name));
                     self.history.seed(g);
                 }
-                serde_json::json!({"file": path, "groups": n, "taken": taken, "gap_intervals": self.history.gap()})
+                serde_json::json!({"file": path, "groups": n, "taken": taken, "gap_intervals": gap})
             }
             Err(why) => serde_json::json!({"file": path, "discarded": why}),
         };
@@ -746,16 +764,30 @@ impl LiveAllocator {
         else {
             return Ok(());
         };
+        // Histories of groups not managed now, brought up to now with their last value (the
+        // file has one time); those too old to be used any more are dropped.
+        let max_gap = self.history.max_gap;
+        self.history
+            .pending
+            .retain(|_, (_, t)| (now_unix_s() - *t) / interval_s <= max_gap as f64);
+        let fill = |v: &[f64], gap: usize| -> Vec<f64> {
+            let mut out = v.to_vec();
+            if let Some(&last) = v.last() {
+                out.extend(std::iter::repeat_n(last, gap));
+            }
+            out
+        };
         let mut groups: std::collections::BTreeMap<String, GroupHistory> = self
             .history
             .pending
             .iter()
-            .map(|(k, v)| {
+            .map(|(k, (h, t))| {
+                let gap = self.history.gap(*t);
                 (
                     k.clone(),
                     GroupHistory {
-                        cpu: v.cpu.clone(),
-                        memory: v.memory.clone(),
+                        cpu: fill(&h.cpu, gap),
+                        memory: fill(&h.memory, gap),
                     },
                 )
             })
@@ -772,7 +804,7 @@ impl LiveAllocator {
         let file = HistoryFile {
             version: HISTORY_VERSION,
             interval_s,
-            saved_unix_s: super::state::unix_ms() as f64 / 1000.0,
+            saved_unix_s: now_unix_s(),
             groups,
         };
         let text = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
@@ -809,6 +841,7 @@ impl LiveAllocator {
             }
             let mut g = self.groups.remove(i);
             tracing::info!(cgroup = %g.name, pattern = ?g.pattern, "a matched group is gone: no longer managed");
+            self.history.stash(&g);
             if let Err(e) = g.reconciler.restore() {
                 tracing::warn!(cgroup = %g.name, error = %super::state::error_chain(&e), "restore of a gone group");
             }

@@ -785,3 +785,50 @@ fn a_restarted_allocator_forecasts_from_its_first_tick_with_the_history_it_left(
     );
     assert!(!memory_forecast(&a.tick()));
 }
+
+/// A group a pattern let go (its directory was gone for an interval: a service restarted
+/// slowly) has its usage history back when the pattern matches it again, so its forecasts
+/// go on at once; and the history file written meanwhile still holds it.
+#[test]
+fn a_group_a_pattern_let_go_has_its_history_back_when_it_is_back() {
+    use super::live::{LiveAllocator, RawAllocate, HISTORY_FILE};
+    let m = Mimic::new("rematch");
+    let spec = toml::from_str::<RawAllocate>(&format!(
+        "cgroups = [\"we*\"]\ncgroup_root = \"{}\"\nstate_dir = \"{}\"\nwindow = 200\n\
+         [cpu]\nenabled = false\n[scale]\nenabled = false\n",
+        m.root.display(),
+        m.state().display()
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    let memory_forecast = |v: &serde_json::Value| !v["web"]["forecasts"]["memory"].is_null();
+    let mut a = LiveAllocator::start(&spec, None).unwrap();
+    a.restore_history(1.0);
+    let mut last = serde_json::Value::Null;
+    for i in 0..150 {
+        let mib = 512.0 + 64.0 * ((i as f64) / 10.0).sin();
+        m.put(
+            "web/memory.current",
+            &format!("{}\n", (mib * 1048576.0) as u64),
+        );
+        last = a.tick();
+    }
+    assert!(memory_forecast(&last), "{last}");
+
+    let away = m.root.join("gone-web");
+    fs::rename(m.root.join("web"), &away).unwrap();
+    assert_eq!(a.tick()["web"]["change"], "unmatched");
+    a.save_history().unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.state().join(HISTORY_FILE)).unwrap()).unwrap();
+    assert!(
+        saved["groups"]["web"]["memory"].as_array().unwrap().len() >= 150,
+        "the let-go group's history is kept in the file"
+    );
+
+    fs::rename(&away, m.root.join("web")).unwrap();
+    let v = a.tick();
+    assert_eq!(v["web"]["change"], "matched", "{v}");
+    assert!(memory_forecast(&v), "forecast at its first tick back: {v}");
+}
