@@ -386,7 +386,8 @@ pub struct MirrorConfig {
 
 impl MirrorConfig {
     /// The primary's interface: `mirror.interface`, or the one traffic to
-    /// `mirror.primary_address` leaves through now (in the caller's network namespace).
+    /// `mirror.primary_address` leaves through now (in the caller's network namespace; an
+    /// error when there is none now).
     pub fn primary_interface(&self) -> Result<String, crate::mirror::MirrorError> {
         match self.address {
             None => Ok(self.interface.clone()),

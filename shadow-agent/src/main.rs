@@ -351,7 +351,7 @@ fn main() -> ExitCode {
                                 ),
                                 _ => println!(
                                     "mirror.primary_address {address}: no interface now ({}); \
-                                     `run` needs one at start",
+                                     `run` waits for one",
                                     p["reason"].as_str().unwrap_or("")
                                 ),
                             }

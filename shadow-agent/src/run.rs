@@ -90,8 +90,11 @@ pub fn run_with_reload(
     }
     // The mirror's interfaces exist before the group is created: bad input changes nothing.
     if let Some(m) = &cfg.mirror {
-        let primary = m.primary_interface()?;
-        let mut check = vec![(primary.as_str(), "mirror.interface")];
+        // (An address that leads nowhere yet is waited for: see `Mirror::attach`.)
+        let mut check = Vec::new();
+        if m.address.is_none() {
+            check.push((m.interface.as_str(), "mirror.interface"));
+        }
         if let Some((t, _)) = &m.target {
             check.push((t.as_str(), "mirror.shadow_interface"));
         }
@@ -371,7 +374,8 @@ pub fn run_with_reload(
                 }
                 metrics.observe_mirror(&c);
                 line["mirror"] = serde_json::to_value(c).unwrap_or_default();
-                line["mirror"]["interface"] = m.spec().interface.clone().into();
+                let i = &m.spec().interface;
+                line["mirror"]["interface"] = (!i.is_empty()).then(|| i.clone()).into();
                 line["mirror"]["tc_mode"] = serde_json::to_value(m.tc_mode()).unwrap_or_default();
                 let missing = m.missing();
                 metrics.set_interfaces_missing(missing.len());

@@ -253,19 +253,16 @@ fn a_pods_veth_is_found_by_its_address_and_followed_through_a_restart() {
 fn a_pod_behind_a_bridge_is_found_by_its_port_and_followed_through_a_restart() {
     let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 1);
     let t = PodNode::new(&tag, 'b', true);
-    // An address whose route goes through a gateway is no pod of this node: refused at start
-    // (exit 2), naming the key and the gateway.
-    let nc = format!("{}c", t.prefix);
-    link::add_default_route_onlink(&nc, Some(&t.node), IpAddr::V4(CLIENT)).expect("default");
+    // An address of the node itself is no pod's: refused at start (exit 2), naming the key.
     let bad = t.config().replace(
         &format!("primary_address = \"{POD}\""),
-        "primary_address = \"203.0.113.9\"",
+        &format!("primary_address = \"{NODE}\""),
     );
     let mut agent = common::ScratchAgent::start(&tag, "mpodbad", Some(&t.node), |_| bad, |_| {});
     let (st, err) = common::wait_exit(&mut agent.proc, Duration::from_secs(30));
     assert_eq!(st.code(), Some(2), "{err}");
     assert!(
-        err.contains("mirror.primary_address 203.0.113.9") && err.contains("gateway"),
+        err.contains(&format!("mirror.primary_address {NODE}")) && err.contains("this host"),
         "{err}"
     );
     // With the pod's port gone its MAC is in no port's forwarding entry; here, where it was
@@ -357,4 +354,31 @@ fn towards_finds_ipv6_pods_and_says_why_not_for_other_addresses() {
         (got.name.as_str(), got.bridge.as_deref()),
         (host2.as_str(), Some(br.as_str()))
     );
+}
+
+/// An agent started before its pod (a node rebooting: the DaemonSet's pod and the primary
+/// start together) waits for it: the address is listed as missing, with the route lookup's
+/// reason (here a gateway route, as a node has for an address none of its pods holds yet),
+/// and when the pod's veth appears the mirror is attached to it (`found`) and clones flow.
+#[test]
+fn an_agent_started_before_its_pod_waits_for_it() {
+    let tag = format!("{:x}", (std::process::id() & 0xfffff) ^ 6);
+    let mut t = PodNode::new(&tag, 'w', false);
+    t.pod_link = None;
+    let nc = format!("{}c", t.prefix);
+    link::add_default_route_onlink(&nc, Some(&t.node), IpAddr::V4(CLIENT)).expect("default");
+    let shadow = ShadowSocket::start_on(&t.shadow, POD, PORT);
+    let config = t.config();
+    let mut agent = common::ScratchAgent::start(&tag, "mpodw", Some(&t.node), |_| config, |_| {});
+    let s = wait_missing(&agent.status, &POD.to_string());
+    assert!(s["mirror"]["interface"].is_null(), "{s}");
+    let host = t.make_pod();
+    let primary = ShadowSocket::start_on(&t.pod, POD, PORT);
+    let ev = link_event(&agent.lines, None, &["found"]);
+    assert_eq!(ev["interface"], host.as_str(), "{ev}");
+    assert!(ev["old_interface"].is_null(), "{ev}");
+    shadow.expect_more_by(|| t.send(b"datagram", 30), 0, 30, "once the pod is there");
+    assert!(primary.count() > 0, "the pod receives its traffic");
+    let (st, err) = common::terminate(&mut agent.proc, Duration::from_secs(30));
+    assert!(st.success(), "agent failed: {err}");
 }

@@ -618,7 +618,8 @@ pub struct LinkChange {
     pub role: &'static str,
     /// `gone`; `recreated` (a new interface of that name: the programs are on it now);
     /// `moved` (the primary's address leads to another interface now, as after a pod's
-    /// restart: the programs are on it now); `back` (after it was gone); `attach_failed`
+    /// restart: the programs are on it now); `found` (an address waited for since the start
+    /// leads to an interface now); `back` (after it was gone); `attach_failed`
     /// (a new interface the programs could not be attached to: tried again at the next
     /// look).
     pub change: &'static str,
@@ -751,17 +752,31 @@ impl Mirror {
             });
         }
         let mut spec = spec;
+        // By address: the interface traffic to it leaves through. One not found yet (a pod
+        // not started, whose route is not there yet) is waited for: the primary's programs
+        // are attached when `follow` finds it. An address of this host is a config error.
+        let mut waiting = None;
         if let Some(address) = spec.address {
-            spec.interface = link::towards(address, None)
-                .map_err(|reason| MirrorError::Unresolved { address, reason })?
-                .name;
+            match link::towards(address, None) {
+                Ok(t) => spec.interface = t.name,
+                Err(reason @ link::NotTowards::Local) => {
+                    return Err(MirrorError::Unresolved { address, reason })
+                }
+                Err(reason) => {
+                    tracing::warn!(%address, %reason, "no interface for mirror.primary_address yet: waiting for it");
+                    spec.interface.clear();
+                    waiting = Some(reason.to_string());
+                }
+            }
         }
         if spec.xdp && spec.direction == Direction::Egress {
             return Err(MirrorError::XdpEgress {
                 interface: spec.interface,
             });
         }
-        ifindex(&spec.interface, "mirror.interface")?;
+        if waiting.is_none() {
+            ifindex(&spec.interface, "mirror.interface")?;
+        }
         let shadow_ifindex = ifindex(&spec.shadow_interface, "mirror.shadow_interface")?;
         let netns = NetNs::current().map_err(MirrorError::Netns)?;
         let mut bpf = ebpf::MIRROR.open()?;
@@ -860,7 +875,11 @@ impl Mirror {
         };
 
         // The primary interface's programs last: clones start with them.
-        let (primary, xdp_mode) = attach_primary(&mut bpf, &spec, tc_mode)?;
+        let (primary, xdp_mode) = if waiting.is_some() {
+            (PrimaryLinks::default(), None)
+        } else {
+            attach_primary(&mut bpf, &spec, tc_mode)?
+        };
         tracing::info!(
             interface = %spec.interface,
             address = ?spec.address,
@@ -947,7 +966,7 @@ impl Mirror {
             new_ifindex: new,
             error,
             address,
-            old_interface: (now_name != name).then(|| name.clone()),
+            old_interface: (now_name != name && !name.is_empty()).then(|| name.clone()),
             reason: reason.clone(),
         };
         match (self.primary.ifindex, now) {
@@ -970,10 +989,12 @@ impl Mirror {
                     Ok((links, xdp_mode)) => {
                         self.primary = links;
                         self.xdp_mode = xdp_mode;
-                        let what = match old {
-                            None => "back",
-                            Some(_) if now_name != name => "moved",
-                            Some(_) => "recreated",
+                        let what = match (old, was) {
+                            // Never attached before: the address was waited for.
+                            (None, None) => "found",
+                            (None, Some(_)) => "back",
+                            (Some(_), _) if now_name != name => "moved",
+                            (Some(_), _) => "recreated",
                         };
                         out.push(change(what, was, Some(b), None));
                     }
