@@ -18,7 +18,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::mirrored::{link_event, wait_missing, ShadowSocket, SHADOW_MAC};
+use common::mirrored::{link_event, send_udp, wait_missing, ShadowSocket, SHADOW_MAC};
 use shadow_agent::sys::{
     link::{self, MacAddr, Veth, VethEnd},
     netns::NetNs,
@@ -126,16 +126,7 @@ impl PodNode {
 
     /// `n` datagrams of `payload` from the client to the pod, paced.
     fn send(&self, payload: &[u8], n: u64) {
-        let payload = payload.to_vec();
-        self.client
-            .run_in(move || {
-                let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
-                for _ in 0..n {
-                    let _ = s.send_to(&payload, SocketAddr::from((POD, PORT)));
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-            .expect("enter the client netns");
+        send_udp(&self.client, (POD, PORT).into(), payload, n);
     }
 
     /// The pod talks to its gateway (as every pod does soon after it starts): the node

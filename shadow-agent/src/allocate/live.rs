@@ -479,16 +479,8 @@ impl Tracked {
     /// Takes a saved history (oldest first), when it has none yet: `gap` intervals missed
     /// since are filled with the last value, and the newest `window` kept.
     fn seed(&mut self, saved: &[f64], gap: usize) {
-        if !self.history.is_empty() || saved.is_empty() {
-            return;
-        }
-        let last = saved[saved.len() - 1];
-        self.history
-            .extend(saved.iter().copied().filter(|v| v.is_finite()));
-        self.history
-            .extend(std::iter::repeat_n(last, gap.min(self.window)));
-        while self.history.len() > self.window {
-            self.history.pop_front();
+        if self.history.is_empty() {
+            crate::forecast::live::seed_history(&mut self.history, saved, gap, self.window);
         }
     }
 

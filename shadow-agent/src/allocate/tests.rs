@@ -712,32 +712,46 @@ fn a_group_made_again_keeps_its_owners_limits_live_and_after_a_crash() {
         .is_some_and(|n| n.contains("gone")));
 }
 
-/// An allocator started again takes the usage history an earlier run left in its state
-/// directory (`forecast-history.json`): its forecasts are ready at the first tick, where a
-/// fresh start has none. The file is written at exit; a stale one, or one kept at another
-/// interval, is not used, and says why.
-#[test]
-fn a_restarted_allocator_forecasts_from_its_first_tick_with_the_history_it_left() {
-    use super::live::{LiveAllocator, RawAllocate, HISTORY_FILE};
-    let m = Mimic::new("history");
-    let spec = toml::from_str::<RawAllocate>(&format!(
-        "cgroups = [\"web\"]\ncgroup_root = \"{}\"\nstate_dir = \"{}\"\nwindow = 200\n\
+/// `[allocate]` managing the memory of `cgroups` in `m` (CPU and scaling events off, a
+/// 200-interval forecast window), with its state in `m.state()`.
+fn memory_only_spec(m: &Mimic, cgroups: &str) -> super::live::AllocateSpec {
+    toml::from_str::<super::live::RawAllocate>(&format!(
+        "cgroups = [\"{cgroups}\"]\ncgroup_root = \"{}\"\nstate_dir = \"{}\"\nwindow = 200\n\
          [cpu]\nenabled = false\n[scale]\nenabled = false\n",
         m.root.display(),
         m.state().display()
     ))
     .unwrap()
     .validate()
-    .unwrap();
-    let memory_forecast = |v: &serde_json::Value| !v["web"]["forecasts"]["memory"].is_null();
-    let wave = |i: usize| (512.0 + 64.0 * ((i as f64) / 10.0).sin()) * (1u64 << 20) as f64;
+    .unwrap()
+}
+
+/// Whether a tick's JSON has a memory forecast for `web`.
+fn memory_forecast(v: &serde_json::Value) -> bool {
+    !v["web"]["forecasts"]["memory"].is_null()
+}
+
+/// `web`'s memory usage at interval `i`: a wave around 512 MiB.
+fn wave(i: usize) -> u64 {
+    ((512.0 + 64.0 * ((i as f64) / 10.0).sin()) * 1048576.0) as u64
+}
+
+/// An allocator started again takes the usage history an earlier run left in its state
+/// directory (`forecast-history.json`): its forecasts are ready at the first tick, where a
+/// fresh start has none. The file is written at exit; a stale one, or one kept at another
+/// interval, is not used, and says why.
+#[test]
+fn a_restarted_allocator_forecasts_from_its_first_tick_with_the_history_it_left() {
+    use super::live::{LiveAllocator, HISTORY_FILE};
+    let m = Mimic::new("history");
+    let spec = memory_only_spec(&m, "web");
 
     // A fresh start: no forecast at the first tick; then a run long enough to forecast.
     let mut a = LiveAllocator::start(&spec, None).unwrap();
     assert!(a.restore_history(1.0).is_none(), "no file yet");
     let mut first = None;
     for i in 0..150 {
-        m.put("web/memory.current", &format!("{}\n", wave(i) as u64));
+        m.put("web/memory.current", &format!("{}\n", wave(i)));
         let v = a.tick();
         first.get_or_insert(memory_forecast(&v));
     }
@@ -791,27 +805,14 @@ fn a_restarted_allocator_forecasts_from_its_first_tick_with_the_history_it_left(
 /// go on at once; and the history file written meanwhile still holds it.
 #[test]
 fn a_group_a_pattern_let_go_has_its_history_back_when_it_is_back() {
-    use super::live::{LiveAllocator, RawAllocate, HISTORY_FILE};
+    use super::live::{LiveAllocator, HISTORY_FILE};
     let m = Mimic::new("rematch");
-    let spec = toml::from_str::<RawAllocate>(&format!(
-        "cgroups = [\"we*\"]\ncgroup_root = \"{}\"\nstate_dir = \"{}\"\nwindow = 200\n\
-         [cpu]\nenabled = false\n[scale]\nenabled = false\n",
-        m.root.display(),
-        m.state().display()
-    ))
-    .unwrap()
-    .validate()
-    .unwrap();
-    let memory_forecast = |v: &serde_json::Value| !v["web"]["forecasts"]["memory"].is_null();
+    let spec = memory_only_spec(&m, "we*");
     let mut a = LiveAllocator::start(&spec, None).unwrap();
     a.restore_history(1.0);
     let mut last = serde_json::Value::Null;
     for i in 0..150 {
-        let mib = 512.0 + 64.0 * ((i as f64) / 10.0).sin();
-        m.put(
-            "web/memory.current",
-            &format!("{}\n", (mib * 1048576.0) as u64),
-        );
+        m.put("web/memory.current", &format!("{}\n", wave(i)));
         last = a.tick();
     }
     assert!(memory_forecast(&last), "{last}");

@@ -241,6 +241,30 @@ pub struct Restored {
     pub discarded: Option<String>,
 }
 
+/// Fills an empty `history` from a saved one: its finite values, then `gap` copies of its
+/// last value (the steps missed since it was saved), keeping the newest `window`. The
+/// restored forecast history here and the allocator's usage history share it.
+pub(crate) fn seed_history(
+    history: &mut std::collections::VecDeque<f64>,
+    saved: &[f64],
+    gap: usize,
+    window: usize,
+) {
+    let Some(&last) = saved.last() else {
+        return;
+    };
+    history.extend(
+        saved
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(last, gap.min(window)))
+            .filter(|v| v.is_finite()),
+    );
+    while history.len() > window {
+        history.pop_front();
+    }
+}
+
 fn unix_s() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -392,7 +416,7 @@ impl LiveForecaster {
 
     /// Gives `key` its restored history, if the file had one and it is not too old now.
     fn take_pending(&mut self, key: &str) {
-        let Some(mut steps) = self.pending.remove(key) else {
+        let Some(steps) = self.pending.remove(key) else {
             return;
         };
         let gap = ((unix_s() - self.pending_saved_s) / self.step_s)
@@ -401,8 +425,6 @@ impl LiveForecaster {
         if gap > self.max_gap_steps() || steps.is_empty() {
             return;
         }
-        let last = *steps.last().unwrap_or(&0.0);
-        steps.extend(std::iter::repeat_n(last, gap.min(self.spec.window)));
         let window = self.spec.window;
         let refit_every = self.spec.refit_every;
         let Some(t) = self.tracks.get_mut(key) else {
@@ -411,11 +433,7 @@ impl LiveForecaster {
         if !t.history.is_empty() {
             return;
         }
-        t.history
-            .extend(steps.iter().copied().filter(|v| v.is_finite()));
-        while t.history.len() > window {
-            t.history.pop_front();
-        }
+        seed_history(&mut t.history, &steps, gap, window);
         t.new_steps = t.new_steps.max(refit_every);
         if let Some(r) = self.restored.as_mut() {
             r.taken += 1;

@@ -108,18 +108,22 @@ impl Topo {
 
     /// `n` datagrams of `payload` from the client to NODE:`port`, paced.
     pub fn send(&self, port: u16, payload: &[u8], n: u64) {
-        let payload = payload.to_vec();
-        self.client
-            .run_in(move || {
-                let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
-                for _ in 0..n {
-                    // The first ones may wait for ARP on a link just made: best effort each.
-                    let _ = s.send_to(&payload, SocketAddr::from((NODE, port)));
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-            .expect("enter the client netns");
+        send_udp(&self.client, (NODE, port).into(), payload, n);
     }
+}
+
+/// `n` datagrams of `payload` from `ns` to `to`, 3 ms apart.
+pub fn send_udp(ns: &NetNs, to: SocketAddr, payload: &[u8], n: u64) {
+    let payload = payload.to_vec();
+    ns.run_in(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("client socket");
+        for _ in 0..n {
+            // The first ones may wait for ARP on a link just made: best effort each.
+            let _ = s.send_to(&payload, to);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    })
+    .expect("enter the client netns");
 }
 
 /// Datagrams received by a socket on NODE:`port` in the shadow namespace (a thread keeps
