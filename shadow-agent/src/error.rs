@@ -61,6 +61,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::NotACgroup { .. } | AgentError::Metrics(_) => 2,
+            AgentError::Allocate(crate::allocate::AllocateError::KubeConfig { .. }) => 2,
             AgentError::Shadow(e) if e.is_usage() => 2,
             AgentError::Mirror(MirrorError::NoInterface { .. })
             | AgentError::Mirror(MirrorError::TooManyRules { .. })

@@ -147,12 +147,29 @@ fn the_daemonset_config_is_valid() {
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/kubernetes/agent.toml"
     );
-    let out = agent(&["check-config", cfg]);
+    // As in the pod: the API server's service and the node's name in the environment.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(["check-config", cfg])
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "443")
+        .env("NODE_NAME", "node-a")
+        .output()
+        .expect("check-config");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Away from a node the missing environment is named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
+        .args(["check-config", cfg])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("NODE_NAME")
+        .output()
+        .expect("check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("allocate.kubernetes.api_server"), "{err}");
 }
 
 /// The public trace the progress tests replay (beside the repository, as tests/simulate.rs).

@@ -131,6 +131,53 @@ fn the_daemonset_has_what_the_agent_needs() {
         .and_then(|c| c.iter().find(|c| c["name"] == "agent"))
         .expect("the agent container");
     assert_eq!(c["securityContext"]["privileged"], true, "privileged");
+    // The allocator's API access ([allocate.kubernetes]): its node, and a service account
+    // that may read pods and patch their resize subresource, nothing more.
+    let env = c["env"].as_array().expect("env");
+    assert!(
+        env.iter().any(|e| e["name"] == "NODE_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+        "NODE_NAME from spec.nodeName: {env:?}"
+    );
+    let sa = pod["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let rules: Vec<(String, String)> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| {
+            let res: Vec<String> = serde_json::from_value(r["resources"].clone()).unwrap();
+            let verbs: Vec<String> = serde_json::from_value(r["verbs"].clone()).unwrap();
+            res.into_iter()
+                .flat_map(move |x| verbs.clone().into_iter().map(move |v| (x.clone(), v)))
+        })
+        .collect();
+    let mut want = vec![
+        ("pods".to_owned(), "get".to_owned()),
+        ("pods".to_owned(), "list".to_owned()),
+        ("pods/resize".to_owned(), "patch".to_owned()),
+    ];
+    let mut got = rules.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the agent's ClusterRole");
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .expect("a ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert!(
+        binding["subjects"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa)),
+        "the binding's subjects: {}",
+        binding["subjects"]
+    );
     for r in ["cpu", "memory"] {
         assert!(
             c["resources"]["requests"][r].is_string(),

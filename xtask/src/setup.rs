@@ -25,7 +25,9 @@ const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
 /// `python3-venv`: the virtual environment of the Kubernetes manifest validator.
 /// `systemd`: `systemd-analyze verify` checks the host unit in tests/tests/deploy.rs.
-pub const DEB_PACKAGES: [&str; 12] = [
+/// `openssl`: the CA and server certificate of the stand-in Kubernetes API server in
+/// shadow-agent/tests/allocate_kube.rs.
+pub const DEB_PACKAGES: [&str; 13] = [
     "iproute2",
     "iperf3",
     "curl",
@@ -38,6 +40,7 @@ pub const DEB_PACKAGES: [&str; 12] = [
     "nginx",
     "wrk",
     "systemd",
+    "openssl",
 ];
 /// The Kubernetes manifest validator (PyPI `kubernetes-validate`, which bundles the
 /// Kubernetes JSON schemas, so validation needs no network) and where its venv lives; the

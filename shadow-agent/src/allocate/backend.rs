@@ -148,6 +148,10 @@ pub trait Backend {
     fn set_cpuset(&self, cpus: &CpuSet) -> Result<()>;
     /// The group's directories (one per hierarchy it was found in).
     fn dirs(&self) -> Vec<PathBuf>;
+    /// A kubelet-owned group changed through the Kubernetes API (`allocate/kube.rs`).
+    fn kube(&self) -> Option<&super::kube::KubeBackend> {
+        None
+    }
 }
 
 /// The ids of a group's directories now (None: that one is gone). Another value later
@@ -186,6 +190,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn dirs(&self) -> Vec<PathBuf> {
         (**self).dirs()
+    }
+    fn kube(&self) -> Option<&super::kube::KubeBackend> {
+        (**self).kube()
     }
 }
 

@@ -46,6 +46,8 @@ pub struct RawAllocate {
     pub scale: Option<RawScale>,
     pub placement: Option<RawPlacement>,
     pub whatif: Option<RawWhatif>,
+    /// `[allocate.kubernetes]`: kubelet-owned groups resized through the API.
+    pub kubernetes: Option<super::kube::RawKube>,
 }
 
 /// `[allocate.whatif]`: validate every forecast shrink on what-if shadow replicas first
@@ -169,6 +171,8 @@ pub struct AllocateSpec {
     pub webhook: Option<(String, Duration)>,
     /// What-if validation of forecast shrinks (`[allocate.whatif]`); None: off.
     pub whatif: Option<WhatifGateSpec>,
+    /// `[allocate.kubernetes]`: kubelet-owned groups are resized through the pod resize API.
+    pub kube: Option<super::kube::KubeSpec>,
 }
 
 /// Defaults of the section (documented in `config/agent.example.toml`).
@@ -218,6 +222,25 @@ impl RawAllocate {
         if self.cgroups.is_empty() {
             return Err(bad("cgroups", "at least one cgroup to manage is needed"));
         }
+        let kube = match self.kubernetes.clone() {
+            None => None,
+            Some(k) => k.validate(&|v| std::env::var(v).ok())?,
+        };
+        let kube_on = kube.is_some();
+        if kube_on && self.allow_kubelet_owned.unwrap_or(false) {
+            return Err(bad(
+                "allow_kubelet_owned",
+                "cannot be true with [allocate.kubernetes]: kubelet-owned groups are resized \
+                 through the API there, never written directly",
+            ));
+        }
+        if kube_on && self.placement.is_some() {
+            return Err(bad(
+                "placement",
+                "cannot be used with [allocate.kubernetes]: a pod's cpuset belongs to the \
+                 kubelet's CPU manager",
+            ));
+        }
         for (i, c) in self.cgroups.iter().enumerate() {
             let t = c.trim_matches('/');
             if is_pattern(t) {
@@ -236,15 +259,23 @@ impl RawAllocate {
                     ),
                 ));
             }
-            if super::reconcile::kubelet_owned(t) && !self.allow_kubelet_owned.unwrap_or(false) {
+            if super::reconcile::kubelet_owned(t)
+                && !self.allow_kubelet_owned.unwrap_or(false)
+                && !kube_on
+            {
                 return Err((
                     format!("allocate.cgroups[{i}]"),
                     format!(
                         "{c:?} is owned by the kubelet (kubepods* or pod-UID path), which rewrites \
-                         its limits: resize the pod through the in-place pod resize API, or set \
-                         allocate.allow_kubelet_owned = true"
+                         its limits: resize the pod through the in-place pod resize API \
+                         ([allocate.kubernetes]), or set allocate.allow_kubelet_owned = true"
                     ),
                 ));
+            }
+            if kube_on && super::reconcile::kubelet_owned(t) && !is_pattern(t) {
+                if let Err(e) = super::kube::pod_target(t) {
+                    return Err((format!("allocate.cgroups[{i}]"), e));
+                }
             }
         }
         let d = AdaptiveSim::default();
@@ -381,6 +412,7 @@ impl RawAllocate {
             ..allocator
         };
         Ok(AllocateSpec {
+            kube,
             whatif,
             predictive: self.predictive.unwrap_or(true),
             scale,
@@ -615,6 +647,8 @@ pub struct LiveAllocator {
     /// The hierarchies and the section, to open groups added by a reload.
     root: CgroupRoot,
     spec: AllocateSpec,
+    /// The Kubernetes API client (`[allocate.kubernetes]`), shared by the groups.
+    kube: Option<std::sync::Arc<super::kube::KubeClient>>,
     /// The patterns of `allocate.cgroups`, expanded every tick.
     patterns: Vec<String>,
     /// Matches that could not be opened, with the error last logged for each (retried every
@@ -646,6 +680,10 @@ impl LiveAllocator {
                 cgroup: spec.cgroup_root.display().to_string(),
                 source,
             })?;
+        let kube = match &spec.kube {
+            None => None,
+            Some(k) => Some(std::sync::Arc::new(super::kube::KubeClient::new(k)?)),
+        };
         let mut groups = Vec::new();
         let mut patterns = Vec::new();
         for name in &spec.cgroups {
@@ -653,7 +691,7 @@ impl LiveAllocator {
                 // Matched by the first tick (a pattern may match nothing yet).
                 patterns.push(name.trim_matches('/').to_owned());
             } else {
-                groups.push(Managed::open(&root, spec, name)?);
+                groups.push(Managed::open(&root, spec, kube.as_ref(), name)?);
             }
         }
         let webhook = match &spec.webhook {
@@ -676,6 +714,7 @@ impl LiveAllocator {
             verdict: None,
             root,
             spec: spec.clone(),
+            kube,
             patterns,
             refused: std::collections::BTreeMap::new(),
             dry_run: spec.allocator.dry_run,
@@ -849,10 +888,11 @@ impl LiveAllocator {
                 }
                 let opened = if super::reconcile::kubelet_owned(&name)
                     && !self.spec.allocator.allow_kubelet_owned
+                    && self.kube.is_none()
                 {
                     Err("owned by the kubelet (allocate.allow_kubelet_owned is false)".to_owned())
                 } else {
-                    Managed::open(&self.root, &self.spec, &name)
+                    Managed::open(&self.root, &self.spec, self.kube.as_ref(), &name)
                         .map_err(|e| super::state::error_chain(&e))
                 };
                 match opened {
@@ -893,7 +933,7 @@ impl LiveAllocator {
         if self.groups.iter().any(|g| g.name == name) {
             return Ok(());
         }
-        let mut g = Managed::open(&self.root, &self.spec, name)?;
+        let mut g = Managed::open(&self.root, &self.spec, self.kube.as_ref(), name)?;
         g.reconciler.set_dry_run(dry_run);
         self.history.seed(&mut g);
         self.groups.push(g);
@@ -1054,9 +1094,17 @@ impl Drop for LiveAllocator {
 
 impl Managed {
     /// Opens group `name` (restoring the originals a crashed run left behind).
-    fn open(root: &CgroupRoot, spec: &AllocateSpec, name: &str) -> Result<Managed> {
+    fn open(
+        root: &CgroupRoot,
+        spec: &AllocateSpec,
+        kube: Option<&std::sync::Arc<super::kube::KubeClient>>,
+        name: &str,
+    ) -> Result<Managed> {
         let name = name.trim_matches('/').to_owned();
-        let backend = backend::open(root, &name)?;
+        let mut backend = backend::open(root, &name)?;
+        if let Some(client) = kube.filter(|_| super::reconcile::kubelet_owned(&name)) {
+            backend = Box::new(super::kube::KubeBackend::new(backend, client.clone())?);
+        }
         let incarnation = backend::incarnation(&backend);
         let reconciler = Reconciler::new(backend, spec.allocator.clone())?;
         if let Some(r) = reconciler.recovered() {

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod cpuset;
 pub mod gate;
 pub mod irq;
+pub mod kube;
 pub mod live;
 pub mod policy;
 pub mod reconcile;
@@ -110,6 +111,15 @@ pub enum AllocateError {
          allow_kubelet_owned to write it directly"
     )]
     KubeletOwned { cgroup: String },
+
+    /// A kubelet-owned group resized through the Kubernetes API: the API said no, or the
+    /// group could not be matched to a pod's container.
+    #[error("cgroup {cgroup:?} (Kubernetes): {reason}")]
+    Kube { cgroup: String, reason: String },
+
+    /// `[allocate.kubernetes]` cannot be used as given (a file it names, say).
+    #[error("{key}: {reason}")]
+    KubeConfig { key: String, reason: String },
 
     /// Some original limits could not be written back; the record is kept for a retry.
     #[error(

@@ -236,23 +236,25 @@ pub fn kubelet_owned(name: &str) -> bool {
         .any(|c| c.starts_with("kubepods") || pod_uid_component(c))
 }
 
-/// `pod` + a 36-character UUID (`-` or `_` separators), optionally after `<prefix>-` and
-/// before `.slice`.
 fn pod_uid_component(c: &str) -> bool {
+    pod_uid(c).is_some()
+}
+
+/// The pod UID of a component that is `pod` + a 36-character UUID (`-` or `_` separators),
+/// optionally after `<prefix>-` and before `.slice`, with `-` separators.
+pub fn pod_uid(c: &str) -> Option<String> {
     let c = c.strip_suffix(".slice").unwrap_or(c);
     let rest = match c.rfind("-pod") {
         Some(i) => &c[i + 4..],
-        None => match c.strip_prefix("pod") {
-            Some(r) => r,
-            None => return false,
-        },
+        None => c.strip_prefix("pod")?,
     };
     let b = rest.as_bytes();
-    b.len() == 36
+    let ok = b.len() == 36
         && b.iter().enumerate().all(|(i, ch)| match i {
             8 | 13 | 18 | 23 => *ch == b'-' || *ch == b'_',
             _ => ch.is_ascii_hexdigit(),
-        })
+        });
+    ok.then(|| rest.replace('_', "-").to_ascii_lowercase())
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -260,7 +262,7 @@ impl<B: Backend> Reconciler<B> {
     /// crashed), they are restored first; [`Reconciler::recovered`] tells what was restored.
     pub fn new(backend: B, cfg: AllocatorConfig) -> Result<Reconciler<B>> {
         cfg.validate()?;
-        if kubelet_owned(backend.name()) && !cfg.allow_kubelet_owned {
+        if kubelet_owned(backend.name()) && !cfg.allow_kubelet_owned && backend.kube().is_none() {
             return Err(AllocateError::KubeletOwned {
                 cgroup: backend.name().to_owned(),
             });
@@ -648,7 +650,17 @@ impl<B: Backend> Reconciler<B> {
         if self.cfg.pin_away_from.is_some() {
             files.extend(self.backend.control_files(Resource::Cpuset));
         }
-        let rec = OriginalRecord::capture(self.backend.name(), self.backend.kind(), &files)?;
+        let mut rec = OriginalRecord::capture(self.backend.name(), self.backend.kind(), &files)?;
+        if let Some(k) = self.backend.kube() {
+            let mut managed = Vec::new();
+            if self.cfg.cpu.is_some() {
+                managed.push(Resource::Cpu);
+            }
+            if self.cfg.memory.is_some() {
+                managed.push(Resource::Memory);
+            }
+            rec.api = Some(k.capture(&managed)?);
+        }
         rec.save(&self.record)?;
         tracing::info!(
             cgroup = self.backend.name(),
@@ -667,7 +679,23 @@ impl<B: Backend> Reconciler<B> {
             self.recorded = false;
             return Ok(RestoreReport::default());
         };
-        let report = rec.restore();
+        let mut report = rec.restore();
+        if let Some(api) = &rec.api {
+            let at = PathBuf::from(super::state::api_label(api));
+            match self.backend.kube() {
+                Some(k) => match k.restore(api) {
+                    Ok(true) => report.restored.push(at),
+                    Ok(false) => report.skipped.push((at, "the pod is gone".to_owned())),
+                    Err(e) => report.failed.push((at, error_chain(&e))),
+                },
+                None => report.failed.push((
+                    at,
+                    "recorded through the Kubernetes API, which is not configured \
+                     ([allocate.kubernetes])"
+                        .to_owned(),
+                )),
+            }
+        }
         let entry = AuditEntry {
             applied: report.failed.is_empty(),
             error: (!report.failed.is_empty()).then(|| format!("{:?}", report.failed)),

@@ -72,6 +72,19 @@ pub struct OriginalRecord {
     pub pid: u32,
     /// In restore order.
     pub files: Vec<OriginalFile>,
+    /// A pod's container resized through the Kubernetes API: its original resources
+    /// (`allocate/kube.rs`), patched back instead of written as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<serde_json::Value>,
+}
+
+/// How a record's Kubernetes part is named in reports: the pod's resize subresource.
+pub fn api_label(api: &serde_json::Value) -> String {
+    format!(
+        "pods/{}/{}/resize",
+        api["namespace"].as_str().unwrap_or("?"),
+        api["pod"].as_str().unwrap_or("?")
+    )
 }
 
 /// Where the record of `cgroup` lives in `state_dir`.
@@ -99,6 +112,7 @@ impl OriginalRecord {
             recorded_unix_ms: unix_ms(),
             pid: std::process::id(),
             files,
+            api: None,
         })
     }
 
@@ -116,14 +130,22 @@ impl OriginalRecord {
         })
     }
 
-    /// The recorded values by file, leaving out `skip` (for the audit log).
+    /// The recorded values by file (and the pod's resources, for a group resized through
+    /// the Kubernetes API), leaving out `skip` (for the audit log).
     pub fn values(&self, skip: &[(PathBuf, String)]) -> serde_json::Value {
-        serde_json::json!(self
+        let mut m: serde_json::Map<String, serde_json::Value> = self
             .files
             .iter()
             .filter(|f| !skip.iter().any(|(p, _)| *p == f.path))
-            .map(|f| (f.path.display().to_string(), f.value.clone()))
-            .collect::<std::collections::BTreeMap<_, _>>())
+            .map(|f| (f.path.display().to_string(), f.value.clone().into()))
+            .collect();
+        if let Some(api) = &self.api {
+            let at = api_label(api);
+            if !skip.iter().any(|(p, _)| p.as_os_str() == at.as_str()) {
+                m.insert(at, api["resources"].clone());
+            }
+        }
+        serde_json::Value::Object(m)
     }
 
     /// Reads the record at `path`; `None` when there is none.
@@ -341,6 +363,7 @@ mod tests {
                 value: value.into(),
                 dir_id: None,
             }],
+            api: None,
         }
     }
 
