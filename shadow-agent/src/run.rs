@@ -631,6 +631,11 @@ pub fn run_with_reload(
             tracing::warn!(error = %e, file = %path.display(), "could not write the forecast history at exit");
         }
     }
+    // Detach every TC program, then take off the clsact qdiscs the agent added for them
+    // (kernels without TCX): the interfaces are left as they were found.
+    drop(mirror);
+    drop(group);
+    crate::mirror::remove_added_clsact();
     crate::status::withdraw(status_file);
     result
 }

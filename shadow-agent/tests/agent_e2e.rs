@@ -254,6 +254,16 @@ listen = "127.0.0.1:{port}"
     let _ = reader.join();
     let last_line = rx.try_iter().last().unwrap_or_default();
     assert!(status.success(), "agent failed: {stderr}");
+    // The interfaces are left as they were found: no clsact qdisc the agent added stays.
+    let qdiscs = Command::new("ip")
+        .args(["netns", "exec", node.name(), "tc", "qdisc", "show"])
+        .output()
+        .expect("tc qdisc show");
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "a clsact qdisc is left in the node: {qdiscs}"
+    );
     assert_eq!(
         ok, 20,
         "the primary failed requests with the mirror attached"

@@ -231,6 +231,59 @@ fn link_state_mac_and_offload_controls() {
     assert!(err.to_string().contains("shdt-name-too-long"), "{err}");
 }
 
+/// `tc` in `ns`, asserting success.
+fn tc_in(ns: &TestNetns, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "tc"])
+        .args(args)
+        .output()
+        .expect("tc");
+    assert!(
+        out.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The clsact qdisc the agent adds on kernels without TCX is taken off only while no filter
+/// uses it, so another tool's filters never go with it.
+#[test]
+fn a_clsact_qdisc_is_removed_only_when_no_filter_uses_it() {
+    let ns = TestNetns::new("cq");
+    let veth = TestVeth::builder()
+        .a_netns(&ns)
+        .without_addresses()
+        .create();
+    let a = &veth.a().name;
+    assert_eq!(
+        link::remove_clsact_if_empty(a, Some(&ns)).unwrap(),
+        link::ClsactRemoval::Absent
+    );
+    tc_in(&ns, &["qdisc", "add", "dev", a, "clsact"]);
+    tc_in(
+        &ns,
+        &[
+            "filter", "add", "dev", a, "egress", "pref", "7", "u32", "match", "u32", "0", "0",
+        ],
+    );
+    assert!(matches!(
+        link::remove_clsact_if_empty(a, Some(&ns)).unwrap(),
+        link::ClsactRemoval::InUse { .. }
+    ));
+    assert!(tc_in(&ns, &["qdisc", "show", "dev", a]).contains("clsact"));
+    tc_in(&ns, &["filter", "del", "dev", a, "egress", "pref", "7"]);
+    assert_eq!(
+        link::remove_clsact_if_empty(a, Some(&ns)).unwrap(),
+        link::ClsactRemoval::Removed
+    );
+    assert!(!tc_in(&ns, &["qdisc", "show", "dev", a]).contains("clsact"));
+    assert!(matches!(
+        link::remove_clsact_if_empty("shdtnosuchif", Some(&ns)),
+        Err(link::LinkError::NotFound { .. })
+    ));
+}
+
 #[test]
 fn netns_is_visible_like_ip_netns_add() {
     let ns = TestNetns::new("vis");

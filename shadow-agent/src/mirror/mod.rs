@@ -353,8 +353,15 @@ impl TcMode {
                 LinkOrder::default()
             }),
             TcMode::Clsact => {
-                if let Err(e) = tc::qdisc_add_clsact(interface) {
-                    tracing::debug!(error = %e, "clsact qdisc not added (may already exist)");
+                match tc::qdisc_add_clsact(interface) {
+                    Ok(()) => {
+                        if let Ok(mut added) = ADDED_CLSACT.lock() {
+                            added.insert(interface.to_owned());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "clsact qdisc not added (may already exist)")
+                    }
                 }
                 TcAttachOptions::Netlink(NlOptions {
                     priority,
@@ -363,6 +370,42 @@ impl TcMode {
             }
         }
     }
+}
+
+/// Interfaces this process gave a clsact qdisc (they had none): taken off again at exit by
+/// [`remove_added_clsact`] once our filters are gone. A qdisc that was there before is
+/// never removed.
+static ADDED_CLSACT: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Removes the clsact qdiscs this process added, where no filter is left on them (call it
+/// after the programs are detached: the mirror and the shadow group dropped). One holding
+/// another tool's filters stays; an interface gone since is skipped. Returns the interfaces
+/// whose qdisc was removed.
+pub fn remove_added_clsact() -> Vec<String> {
+    let added = match ADDED_CLSACT.lock() {
+        Ok(mut a) => std::mem::take(&mut *a),
+        Err(_) => return Vec::new(),
+    };
+    let mut removed = Vec::new();
+    for ifname in added {
+        match link::remove_clsact_if_empty(&ifname, None) {
+            Ok(link::ClsactRemoval::Removed) => {
+                tracing::info!(interface = %ifname, "removed the clsact qdisc the agent added");
+                removed.push(ifname);
+            }
+            Ok(link::ClsactRemoval::InUse { filters }) => tracing::info!(
+                interface = %ifname,
+                filters,
+                "left the clsact qdisc the agent added: other filters use it now"
+            ),
+            Ok(link::ClsactRemoval::Absent) | Err(link::LinkError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(interface = %ifname, error = %e, "could not remove the clsact qdisc the agent added")
+            }
+        }
+    }
+    removed
 }
 
 /// clsact priorities on a shadow interface: the hooks' order TCX gets from `first`.

@@ -459,6 +459,72 @@ pub fn set_up(name: &str, netns: Option<&NetNs>) -> Result<()> {
     )
 }
 
+/// What [`remove_clsact_if_empty`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClsactRemoval {
+    /// The qdisc had no filter left on either hook and is gone now.
+    Removed,
+    /// Filters remain (another tool's, or programs still attached): left in place.
+    InUse { filters: usize },
+    /// The interface has no clsact qdisc.
+    Absent,
+}
+
+/// `tc qdisc del dev NAME clsact`, but only when no filter is left on its ingress or egress
+/// hook, so another tool's filters are never taken with it.
+pub fn remove_clsact_if_empty(name: &str, netns: Option<&NetNs>) -> Result<ClsactRemoval> {
+    use rtnetlink::packet_route::tc::{TcAttribute, TcHandle};
+    validate_ifname(name)?;
+    let ctx = Ctx {
+        op: "remove clsact qdisc",
+        name,
+        netns,
+    };
+    let ctx = &ctx;
+    ctx.netlink_job(|handle| async move {
+        let index = find_link(ctx, &handle).await?.header.index as i32;
+        let qdiscs: Vec<_> = handle
+            .qdisc()
+            .get()
+            .index(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| ctx.netlink(e))?;
+        let clsact = qdiscs.iter().any(|q| {
+            q.header.parent == TcHandle::CLSACT
+                && q.attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+        });
+        if !clsact {
+            return Ok(ClsactRemoval::Absent);
+        }
+        let mut filters = 0;
+        for ingress in [true, false] {
+            let get = handle.traffic_filter(index).get();
+            let get = if ingress { get.ingress() } else { get.egress() };
+            let found: Vec<_> = get
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| ctx.netlink(e))?;
+            filters += found.len();
+        }
+        if filters > 0 {
+            return Ok(ClsactRemoval::InUse { filters });
+        }
+        let mut del = handle.qdisc().del(index);
+        del.message_mut().header.parent = TcHandle::CLSACT;
+        del.message_mut().header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        del.execute().await.map_err(|e| ctx.netlink(e))?;
+        Ok(ClsactRemoval::Removed)
+    })
+}
+
 /// `ip link set NAME down`.
 pub fn set_down(name: &str, netns: Option<&NetNs>) -> Result<()> {
     set_link(
