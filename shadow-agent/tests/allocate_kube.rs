@@ -243,6 +243,21 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
         },
     );
 
+    // The status lines name the pod and container the group's changes go to.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut named = false;
+    while !named && Instant::now() < deadline {
+        if let Ok(line) = agent.lines.recv_timeout(Duration::from_millis(500)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            named = v["allocate"][&group]["kubernetes"]
+                == serde_json::json!({"pod": "shop/web-0", "container": "app"});
+        }
+    }
+    assert!(
+        named,
+        "no status line names the pod and container of {group}"
+    );
+
     // 2. Now the kubelet applies resizes: the quota the agent reads is the API's.
     std::fs::write(&apply, "").expect("apply flag");
     wait_for(

@@ -503,6 +503,53 @@ fn resize_patch(
     Ok(json!({ "spec": { "containers": [ { "name": container, "resources": resources } ] } }))
 }
 
+/// Why asking for `patch` again is pointless: the kubelet found the resize the pod's spec
+/// holds now infeasible on this node (condition `PodResizePending` with reason
+/// `Infeasible`, Kubernetes >= 1.33; `status.resize = "Infeasible"` before), and `patch`
+/// asks for exactly that again. A different value is sent: the kubelet judges it afresh.
+fn infeasible_again(pod: &Value, container: &str, patch: &Value) -> Option<String> {
+    let condition = pod["status"]["conditions"].as_array().and_then(|c| {
+        c.iter().find(|c| {
+            c["type"] == "PodResizePending" && c["status"] == "True" && c["reason"] == "Infeasible"
+        })
+    });
+    let message = match condition {
+        Some(c) => c["message"].as_str().unwrap_or("").to_owned(),
+        None if pod["status"]["resize"] == "Infeasible" => String::new(),
+        None => return None,
+    };
+    let spec = pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(container))?;
+    let asked = &patch["spec"]["containers"][0]["resources"];
+    let same = ["requests", "limits"].iter().all(|part| {
+        asked[part].as_object().is_none_or(|m| {
+            m.iter().all(|(k, v)| {
+                let now = &spec["resources"][part][k];
+                match (
+                    v.as_str().and_then(parse_quantity),
+                    now.as_str().and_then(parse_quantity),
+                ) {
+                    (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                    _ => v == now,
+                }
+            })
+        })
+    });
+    same.then(|| {
+        format!(
+            "the node cannot fit this resize (PodResizePending: Infeasible{}); not asked again \
+             until the wanted value changes",
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            }
+        )
+    })
+}
+
 /// A kubelet-owned group resized through the API (see the module's documentation).
 pub struct KubeBackend {
     inner: Box<dyn Backend + Send>,
@@ -574,6 +621,9 @@ impl KubeBackend {
         let (pod, r) = self.fetch()?;
         let patch = resize_patch(&pod, &r.container, resource, value)
             .map_err(|e| self.err(format!("{}: {e}", r.label())))?;
+        if let Some(why) = infeasible_again(&pod, &r.container, &patch) {
+            return Err(self.err(format!("{}: {why}", r.label())));
+        }
         self.send(&r, &patch)
     }
 
@@ -606,6 +656,16 @@ impl KubeBackend {
                 }
                 Err(self.err(format!("resizing {}: {e}", r.label())))
             }
+        }
+    }
+
+    /// The pod and container this group's changes go to, once looked up (`null` before).
+    pub fn resolved(&self) -> Value {
+        match self.pod.lock().ok().and_then(|p| p.clone()) {
+            Some(r) => {
+                json!({ "pod": format!("{}/{}", r.namespace, r.name), "container": r.container })
+            }
+            None => json!({ "pod_uid": self.target.uid, "pod": Value::Null }),
         }
     }
 
@@ -760,6 +820,41 @@ mod tests {
         assert!(container_of(&two, &whole)
             .unwrap_err()
             .contains("has 2 containers"));
+    }
+
+    #[test]
+    fn an_infeasible_resize_is_not_asked_for_again() {
+        let mut p = pod(
+            "Burstable",
+            json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "4"}}),
+        );
+        let same = resize_patch(&p, "app", Resource::Cpu, Some(4.0)).unwrap();
+        let other = resize_patch(&p, "app", Resource::Cpu, Some(2.0)).unwrap();
+        assert_eq!(infeasible_again(&p, "app", &same), None, "no verdict yet");
+        p["status"]["conditions"] = json!([{
+            "type": "PodResizePending", "status": "True", "reason": "Infeasible",
+            "message": "Node didn't have enough capacity: cpu, requested: 4000, capacity: 2000"
+        }]);
+        let why = infeasible_again(&p, "app", &same).expect("the same ask again");
+        assert!(
+            why.contains("Infeasible: Node didn't have enough capacity"),
+            "{why}"
+        );
+        assert_eq!(
+            infeasible_again(&p, "app", &other),
+            None,
+            "another value is asked"
+        );
+        p["status"]["conditions"][0]["reason"] = json!("Deferred");
+        assert_eq!(
+            infeasible_again(&p, "app", &same),
+            None,
+            "deferred: the kubelet retries"
+        );
+        // Before 1.33: status.resize.
+        p["status"]["conditions"] = json!([]);
+        p["status"]["resize"] = json!("Infeasible");
+        assert!(infeasible_again(&p, "app", &same).is_some());
     }
 
     #[test]

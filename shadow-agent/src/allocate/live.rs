@@ -1249,6 +1249,10 @@ impl Managed {
         if let Some(c) = change {
             value["change"] = c.into();
         }
+        if let Some(k) = self.reconciler.backend().kube() {
+            // Where its changes go: the pod and container (once looked up).
+            value["kubernetes"] = k.resolved();
+        }
         events.extend(scale);
         Ok((value, report.whatif_requests))
     }
