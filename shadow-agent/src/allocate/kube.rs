@@ -409,13 +409,14 @@ fn container_of(pod: &Value, target: &PodTarget) -> std::result::Result<PodRef, 
 /// A Kubernetes quantity in base units (cores, bytes): `500m`, `1.5`, `128Mi`, `1G`, `2e3`.
 pub fn parse_quantity(q: &str) -> Option<f64> {
     let q = q.trim();
-    let suffixes: [(&str, f64); 13] = [
+    // The binary suffixes ("Ki") first, then the decimal ones.
+    const SUFFIXES: [(&str, f64); 15] = [
         ("Ki", 1024.0),
-        ("Mi", 1024f64.powi(2)),
-        ("Gi", 1024f64.powi(3)),
-        ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)),
-        ("Ei", 1024f64.powi(6)),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
         ("n", 1e-9),
         ("u", 1e-6),
         ("m", 1e-3),
@@ -423,9 +424,12 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
         ("M", 1e6),
         ("G", 1e9),
         ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
     ];
-    for (s, mult) in suffixes.iter().chain([("P", 1e15), ("E", 1e18)].iter()) {
+    for (s, mult) in SUFFIXES {
         if let Some(n) = q.strip_suffix(s) {
+            // An exponent ("2e3", "1E6") is not a suffix.
             if n.is_empty() || n.contains(['e', 'E']) {
                 continue;
             }
