@@ -329,16 +329,39 @@ fn main() -> ExitCode {
                             "reason": found.err().map(|e| e.to_string()),
                         }))
                     });
+                    // Where [allocate.kubernetes] sends resizes (the token and CA are read
+                    // at start: they are the pod's, not this host's).
+                    let kubernetes = cfg
+                        .allocate
+                        .as_ref()
+                        .and_then(|a| a.kube.as_ref())
+                        .map(|k| {
+                            serde_json::json!({
+                                "api_server": k.api_server,
+                                "node_name": k.node_name,
+                                "token_file": k.token_file,
+                                "ca_file": k.ca_file,
+                            })
+                        });
                     if json {
                         println!(
                             "{}",
                             serde_json::json!({
                                 "file": file, "valid": true, "error": null,
                                 "patterns": patterns, "primary": primary,
+                                "kubernetes": kubernetes,
                             })
                         );
                     } else {
                         println!("{}: ok", file.display());
+                        if let Some(k) = &kubernetes {
+                            println!(
+                                "allocate.kubernetes: kubelet-owned groups resized through {} \
+                                 for the pods of node {}",
+                                k["api_server"].as_str().unwrap_or(""),
+                                k["node_name"].as_str().unwrap_or("")
+                            );
+                        }
                         if let Some(p) = &primary {
                             let address = p["address"].as_str().unwrap_or("");
                             match (p["interface"].as_str(), p["bridge"].as_str()) {

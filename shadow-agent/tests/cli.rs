@@ -160,6 +160,14 @@ fn the_daemonset_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "allocate.kubernetes: kubelet-owned groups resized through https://10.96.0.1:443 \
+             for the pods of node node-a"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Away from a node the missing environment is named.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadow-agent"))
         .args(["check-config", cfg])
