@@ -454,6 +454,14 @@ fn key_of(resource: Resource) -> &'static str {
     }
 }
 
+/// The spec of `pod`'s container `name`.
+fn container_spec<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(name))
+}
+
 /// The `resize` patch that sets `resource`'s limit of `container` to `value` (None: no
 /// limit) in `pod`, keeping its QoS class; `Err` says why no such patch exists.
 fn resize_patch(
@@ -464,9 +472,7 @@ fn resize_patch(
 ) -> std::result::Result<Value, String> {
     let key = key_of(resource);
     let qos = pod["status"]["qosClass"].as_str().unwrap_or("");
-    let spec = pod["spec"]["containers"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"].as_str() == Some(container)))
+    let spec = container_spec(pod, container)
         .ok_or_else(|| format!("the pod has no container {container:?}"))?;
     let request = spec["resources"]["requests"][key]
         .as_str()
@@ -522,10 +528,7 @@ fn infeasible_again(pod: &Value, container: &str, patch: &Value) -> Option<Strin
         None if pod["status"]["resize"] == "Infeasible" => String::new(),
         None => return None,
     };
-    let spec = pod["spec"]["containers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"].as_str() == Some(container))?;
+    let spec = container_spec(pod, container)?;
     let asked = &patch["spec"]["containers"][0]["resources"];
     let same = ["requests", "limits"].iter().all(|part| {
         asked[part].as_object().is_none_or(|m| {
@@ -677,9 +680,7 @@ impl KubeBackend {
     /// managed resources (`None`: not set).
     pub fn capture(&self, managed: &[Resource]) -> Result<Value> {
         let (pod, r) = self.fetch()?;
-        let spec = pod["spec"]["containers"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"].as_str() == Some(&r.container)))
+        let spec = container_spec(&pod, &r.container)
             .cloned()
             .unwrap_or(Value::Null);
         let mut requests = serde_json::Map::new();
