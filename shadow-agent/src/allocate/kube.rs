@@ -589,6 +589,16 @@ impl KubeBackend {
 
     /// The pod now (its whole object) and its resolved reference.
     fn fetch(&self) -> Result<(Value, PodRef)> {
+        self.find()?.ok_or_else(|| {
+            self.err(format!(
+                "no pod with UID {} on node {}",
+                self.target.uid, self.client.spec.node_name
+            ))
+        })
+    }
+
+    /// [`Self::fetch`], with `None` when the node has no pod of this UID (any more).
+    fn find(&self) -> Result<Option<(Value, PodRef)>> {
         let known = self.pod.lock().map(|p| p.clone()).unwrap_or(None);
         if let Some(r) = known {
             match self.client.get(&format!(
@@ -596,32 +606,26 @@ impl KubeBackend {
                 r.namespace, r.name
             )) {
                 Ok(p) if p["metadata"]["uid"].as_str() == Some(&self.target.uid) => {
-                    return Ok((p, r))
+                    return Ok(Some((p, r)))
                 }
                 Ok(_) | Err(ApiError::Status(404, _)) => {} // gone or another pod now
                 Err(e) => return Err(self.err(format!("reading {}: {e}", r.label()))),
             }
         }
-        let pod = self
-            .client
-            .pod_by_uid(&self.target.uid)
-            .map_err(|e| {
-                self.err(format!(
-                    "listing the pods of node {}: {e}",
-                    self.client.spec.node_name
-                ))
-            })?
-            .ok_or_else(|| {
-                self.err(format!(
-                    "no pod with UID {} on node {}",
-                    self.target.uid, self.client.spec.node_name
-                ))
-            })?;
+        let pod = self.client.pod_by_uid(&self.target.uid).map_err(|e| {
+            self.err(format!(
+                "listing the pods of node {}: {e}",
+                self.client.spec.node_name
+            ))
+        })?;
+        let Some(pod) = pod else {
+            return Ok(None);
+        };
         let r = container_of(&pod, &self.target).map_err(|e| self.err(e))?;
         if let Ok(mut p) = self.pod.lock() {
             *p = Some(r.clone());
         }
-        Ok((pod, r))
+        Ok(Some((pod, r)))
     }
 
     fn resize(&self, resource: Resource, value: Option<f64>) -> Result<()> {
@@ -702,12 +706,8 @@ impl KubeBackend {
     /// Patches the recorded original resources back. `Ok(false)`: the pod is gone (nothing
     /// to restore).
     pub fn restore(&self, original: &Value) -> Result<bool> {
-        let (_, r) = match self.fetch() {
-            Ok(x) => x,
-            Err(AllocateError::Kube { reason, .. }) if reason.starts_with("no pod with UID") => {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
+        let Some((_, r)) = self.find()? else {
+            return Ok(false);
         };
         let patch = json!({ "spec": { "containers": [ {
             "name": r.container,
