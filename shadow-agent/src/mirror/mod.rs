@@ -557,6 +557,34 @@ pub struct TcpCounters {
     pub segments_failed: u64,
 }
 
+impl TcpCounters {
+    /// The counts since `earlier` (saturating); `live` and `evicted` as they are now.
+    pub fn since(&self, earlier: &TcpCounters) -> TcpCounters {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        TcpCounters {
+            sessions: d(self.sessions, earlier.sessions),
+            established: d(self.established, earlier.established),
+            shadow_resets: d(self.shadow_resets, earlier.shadow_resets),
+            shadow_resets_untracked: d(
+                self.shadow_resets_untracked,
+                earlier.shadow_resets_untracked,
+            ),
+            idle: d(self.idle, earlier.idle),
+            evicted: self.evicted,
+            closed: d(self.closed, earlier.closed),
+            live: self.live,
+            segments_waiting: d(self.segments_waiting, earlier.segments_waiting),
+            segments_released: d(self.segments_released, earlier.segments_released),
+            segments_expired: d(self.segments_expired, earlier.segments_expired),
+            hold_passes: d(self.hold_passes, earlier.hold_passes),
+            syn_retries: d(self.syn_retries, earlier.syn_retries),
+            segments_not_tracked: d(self.segments_not_tracked, earlier.segments_not_tracked),
+            segments_translated: d(self.segments_translated, earlier.segments_translated),
+            segments_failed: d(self.segments_failed, earlier.segments_failed),
+        }
+    }
+}
+
 impl Counters {
     fn from_slots(v: &[u64; ctr::N as usize]) -> Self {
         Counters {
@@ -788,6 +816,18 @@ impl Mirror {
     /// Load the mirror, write its rules and attach it, in the calling thread's network
     /// namespace. Nothing is attached when any step fails.
     pub fn attach(spec: MirrorSpec) -> Result<Mirror, MirrorError> {
+        Self::attach_with(spec, true)
+    }
+
+    /// [`Mirror::attach`] with cloning off: every program is loaded and attached, but the
+    /// primary's packets are only counted (`disabled`) until [`Mirror::set_enabled`]. Several
+    /// mirrors of one interface (what-if replicas) start cloning together this way, although
+    /// loading each takes seconds in the verifier.
+    pub fn attach_paused(spec: MirrorSpec) -> Result<Mirror, MirrorError> {
+        Self::attach_with(spec, false)
+    }
+
+    fn attach_with(spec: MirrorSpec, enabled: bool) -> Result<Mirror, MirrorError> {
         if spec.rules.len() > MAX_RULES as usize {
             return Err(MirrorError::TooManyRules {
                 n: spec.rules.len(),
@@ -834,7 +874,7 @@ impl Mirror {
             shadow_ifindex,
             n_rules: spec.rules.len() as u32,
             shadow_mac: spec.shadow_mac,
-            flags: FLAG_ENABLED,
+            flags: if enabled { FLAG_ENABLED } else { 0 },
             hash_seed: if spec.options.hash_seed != 0 {
                 spec.options.hash_seed
             } else {
@@ -1344,6 +1384,20 @@ impl Mirror {
         }
         self.spec.options.sample_rate = rate;
         self.reapply()
+    }
+
+    /// Start (or stop) cloning, effective from the next packet. Counters, flows and
+    /// sessions carry on; while stopped the primary's packets are counted as `disabled`.
+    pub fn set_enabled(&mut self, on: bool) -> Result<(), MirrorError> {
+        let mut c = self.cfg;
+        if on {
+            c.flags |= FLAG_ENABLED;
+        } else {
+            c.flags &= !FLAG_ENABLED;
+        }
+        write_cfg(&mut self.ebpf, c)?;
+        self.cfg = c;
+        Ok(())
     }
 
     /// Change the clone rate caps (0 = none), effective from the next packet.

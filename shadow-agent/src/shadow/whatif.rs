@@ -20,7 +20,7 @@ use crate::{
     error::AgentError,
     mirror::{
         latency::{LatencyCounts, LatencySummary},
-        Mirror, MirrorOptions, MirrorSpec, Rule,
+        Mirror, MirrorOptions, MirrorSpec, Rule, TcpCounters,
     },
     profile::{
         cgroupfs::{memory_source, read_memory},
@@ -91,6 +91,10 @@ pub struct ReplicaProfile {
     /// The CPUs the replica's cgroup may run on, as the kernel reports them
     /// (`cpuset.effective_cpus`; `None` where the file is absent).
     pub effective_cpus: Option<String>,
+    /// Clones the replica's mirror sent it, and its TCP session counters (how many of the
+    /// mirrored sessions really established in the replica), since the comparison began.
+    pub clones: u64,
+    pub tcp: TcpCounters,
 }
 
 /// The result of a comparison.
@@ -257,23 +261,35 @@ struct Slot {
     cpu0: u64,
     rq0: hist::Buckets,
     lat0: LatencyCounts,
+    clones0: u64,
+    tcp0: TcpCounters,
     mem_src: Option<crate::profile::cgroupfs::MemorySource>,
     mem_peak: u64,
 }
 
 /// Run a comparison for `duration` (or until SIGINT/SIGTERM): start the baseline and every
 /// candidate, each with its own mirror on `mirror.interface`, measure, tear down, report.
-/// Every spec is checked before anything is created. `tick` is called about once a second
-/// with the interim report (for progress output).
+/// Every spec is checked before anything is created. `progress` is told when the
+/// comparison starts (every replica running, every mirror cloning) and then, about once a
+/// second, given the interim report.
 pub fn run(
     base: &GroupSpec,
     candidates: &[Candidate],
     mirror: &WhatifMirror,
     duration: Duration,
-    tick: impl FnMut(&WhatifReport),
+    progress: impl FnMut(Progress<'_>),
 ) -> Result<WhatifReport, AgentError> {
     let stop = Stop::install()?;
-    run_until(base, candidates, mirror, duration, &stop.0, tick)
+    run_until(base, candidates, mirror, duration, &stop.0, progress)
+}
+
+/// What [`run`] reports while it runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// The comparison's clock starts: `replicas` replicas run and are fed the same flows.
+    Started { replicas: usize },
+    /// The report so far.
+    Tick(&'a WhatifReport),
 }
 
 /// [`run`] that ends early when `stop` is set instead of on signals (for a comparison on a
@@ -284,7 +300,7 @@ pub fn run_until(
     mirror: &WhatifMirror,
     duration: Duration,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-    mut tick: impl FnMut(&WhatifReport),
+    mut progress: impl FnMut(Progress<'_>),
 ) -> Result<WhatifReport, AgentError> {
     let stop = Stop(std::sync::Arc::clone(stop));
     if candidates.is_empty() {
@@ -352,7 +368,10 @@ pub fn run_until(
         options.hash_seed = std::process::id() | 1;
     }
     let mut profiler = Profiler::start(HookPreference::Auto)?;
-    let mut slots: Vec<Slot> = Vec::new();
+    // Every replica first, then every mirror attached with cloning off (loading one takes
+    // seconds in the verifier), then all start cloning together: each replica is fed the
+    // same flows from the same moment, and the comparison's clock starts there.
+    let mut started = Vec::new();
     for (name, spec, cpuset) in specs {
         let limits = Limits {
             cpu_cores: spec.cpu_cores,
@@ -361,11 +380,15 @@ pub fn run_until(
             command: spec.command.argv.clone(),
         };
         let group = ShadowGroup::start_with_cpuset(spec, None, cpuset.as_deref())?;
+        started.push((name, limits, group));
+    }
+    let mut slots: Vec<Slot> = Vec::new();
+    for (name, limits, group) in started {
         let r = group.replica(0).ok_or_else(|| GroupError::Whatif {
             key: "shadow".into(),
             why: "the group started without a replica".into(),
         })?;
-        let mut m = Mirror::attach(MirrorSpec {
+        let mut m = Mirror::attach_paused(MirrorSpec {
             interface: mirror.interface.clone(),
             address: None,
             direction: mirror.direction,
@@ -389,16 +412,26 @@ pub fn run_until(
             cpu0: 0,
             rq0: [0; shadow_common::acct::RQ_BUCKETS],
             lat0: LatencyCounts::default(),
+            clones0: 0,
+            tcp0: TcpCounters::default(),
             mem_src,
             mem_peak: 0,
         });
+    }
+    for s in &mut slots {
+        s.mirror.set_enabled(true)?;
     }
     // Baselines of the cumulative counters, once everything runs.
     for s in &mut slots {
         s.cpu0 = profiler.cgroup(s.cgroup_id)?.map_or(0, |a| a.cpu_ns);
         s.rq0 = profiler.rq_buckets(s.cgroup_id)?.unwrap_or(s.rq0);
         s.lat0 = s.mirror.latency()?.into_iter().next().unwrap_or_default();
+        s.clones0 = s.mirror.counters()?.cloned;
+        s.tcp0 = s.mirror.tcp_counters()?;
     }
+    progress(Progress::Started {
+        replicas: slots.len(),
+    });
     let start = Instant::now();
     let mut report;
     loop {
@@ -413,7 +446,7 @@ pub fn run_until(
         if stop.requested() || start.elapsed() >= duration {
             break;
         }
-        tick(&report);
+        progress(Progress::Tick(&report));
     }
     // Mirrors first (each slot drops its mirror before its group), then the profiler.
     drop(slots);
@@ -495,6 +528,8 @@ fn measure(
             .map_or(0, |m| m.usage_bytes);
         s.mem_peak = s.mem_peak.max(mem);
         let latency = lat.summary();
+        let clones = s.mirror.counters()?.cloned.saturating_sub(s.clones0);
+        let tcp = s.mirror.tcp_counters()?.since(&s.tcp0);
         profiles.push(ReplicaProfile {
             name: s.name.clone(),
             limits: s.limits.clone(),
@@ -512,6 +547,8 @@ fn measure(
             runq_p99_us: rq.p99_us,
             restarts: s.group.replica(0).map_or(0, |r| r.restarts()),
             effective_cpus: s.group.replica(0).and_then(|r| effective_cpus(r.cgroup())),
+            clones,
+            tcp,
         });
     }
     let mut it = profiles.into_iter();
@@ -565,27 +602,33 @@ pub fn from_config(
         rules: m.rules.clone(),
         options: m.options.clone(),
     };
-    run(base, &cfg.whatif, &mirror, duration, |r| {
-        tracing::info!(
+    run(base, &cfg.whatif, &mirror, duration, |p| {
+        match p {
+        Progress::Started { replicas } => eprintln!(
+            "whatif: {replicas} replicas running and fed the same mirrored flows; comparing for {} s",
+            duration.as_secs()
+        ),
+        Progress::Tick(r) => tracing::info!(
             t_s = r.duration_s,
             baseline_replies = r.baseline.latency.replies,
             baseline_p99_ms = r.baseline.latency.p99_ms,
             "what-if progress"
-        );
+        ),
+    }
     })
 }
 
 /// The report as a table.
 pub fn render(r: &WhatifReport) -> String {
     let mut out = format!(
-        "what-if over {:.0} s (latency: mirrored request to the replica's first reply segment, at its veth)\n",
+        "what-if over {:.0} s (sessions: mirrored TCP sessions established in the replica / tracked; latency: mirrored request to the replica's first reply segment, at its veth)\n",
         r.duration_s
     );
-    out.push_str("replica          cpu_quota  mem_limit_mb  cpuset  replies   p50_ms   p95_ms   p99_ms  cpu_cores  cpu_ms/reply  mem_mb  runq_p99_us  verdict\n");
+    out.push_str("replica          cpu_quota  mem_limit_mb  cpuset  sessions     replies   p50_ms   p95_ms   p99_ms  cpu_cores  cpu_ms/reply  mem_mb  runq_p99_us  verdict\n");
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     let row = |p: &ReplicaProfile, verdict: &str| {
         format!(
-            "{:<16} {:<10} {:<13} {:<7} {:<9} {:<8.2} {:<8.2} {:<8.2} {:<10.3} {:<13.2} {:<7.1} {:<12.0} {}\n",
+            "{:<16} {:<10} {:<13} {:<7} {:<12} {:<9} {:<8.2} {:<8.2} {:<8.2} {:<10.3} {:<13.2} {:<7.1} {:<12.0} {}\n",
             p.name,
             p.limits
                 .cpu_cores
@@ -594,6 +637,7 @@ pub fn render(r: &WhatifReport) -> String {
                 .memory_bytes
                 .map_or("-".to_string(), |b| format!("{:.0}", mb(b))),
             p.limits.cpuset.as_deref().unwrap_or("-"),
+            format!("{}/{}", p.tcp.established, p.tcp.sessions),
             p.latency.replies,
             p.latency.p50_ms,
             p.latency.p95_ms,
@@ -661,6 +705,46 @@ mod tests {
             &tol,
         );
         assert!(!v.pass && v.reasons[0].contains("too few"), "{v:?}");
+    }
+
+    #[test]
+    fn the_table_shows_sessions_established_over_tracked_and_the_verdict() {
+        let mut base = profile("baseline", 500, 2.0, 3.0);
+        let earlier = TcpCounters {
+            sessions: 10,
+            established: 9,
+            live: 4,
+            ..TcpCounters::default()
+        };
+        let now = TcpCounters {
+            sessions: 810,
+            established: 805,
+            live: 2,
+            ..TcpCounters::default()
+        };
+        base.tcp = now.since(&earlier);
+        assert_eq!((base.tcp.sessions, base.tcp.established), (800, 796));
+        // A gauge stays what it is now.
+        assert_eq!(base.tcp.live, 2);
+        let cand = profile("tight", 40, 9.0, 30.0);
+        let r = WhatifReport {
+            duration_s: 25.0,
+            verdicts: vec![validate_shrink(&base, &cand, &ShrinkTolerance::default())],
+            baseline: base,
+            candidates: vec![cand],
+        };
+        let t = render(&r);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 4, "{t}");
+        assert!(rows[1].contains("sessions"), "{t}");
+        assert!(
+            rows[2].starts_with("baseline") && rows[2].contains(" 796/800 "),
+            "{t}"
+        );
+        assert!(
+            rows[3].contains(" 0/0 ") && rows[3].contains("FAIL: "),
+            "{t}"
+        );
     }
 
     #[test]
