@@ -122,7 +122,15 @@ pub struct VerifyResult {
     pub program: String,
     /// `None` when the verifier accepted it; otherwise the error with the verifier log.
     pub error: Option<String>,
+    /// Instructions the verifier processed (the kernel's `verified_insns`, counted against
+    /// its limit of [`VERIFIER_INSN_LIMIT`]; `None` when rejected or not reported).
+    pub verified_insns: Option<u32>,
+    /// Wall time of the load, verification included.
+    pub load_ms: f64,
 }
+
+/// The verifier's limit on processed instructions per program (`BPF_COMPLEXITY_LIMIT_INSNS`).
+pub const VERIFIER_INSN_LIMIT: u32 = 1_000_000;
 
 /// Load every program of `obj` into the kernel, without attaching any. Returns one result
 /// per program; a rejection carries the verifier log.
@@ -131,6 +139,7 @@ pub fn verify_object(obj: &Object) -> Result<Vec<VerifyResult>, LoadError> {
     let mut btf = None;
     let mut out = Vec::new();
     for (name, prog) in ebpf.programs_mut() {
+        let t0 = std::time::Instant::now();
         let res = match prog {
             Program::SchedClassifier(p) => p.load(),
             Program::Xdp(p) => p.load(),
@@ -153,14 +162,23 @@ pub fn verify_object(obj: &Object) -> Result<Vec<VerifyResult>, LoadError> {
                         "program type {:?} is not handled by the verifier check",
                         other.prog_type()
                     )),
+                    verified_insns: None,
+                    load_ms: 0.0,
                 });
                 continue;
             }
         };
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let verified_insns = res
+            .is_ok()
+            .then(|| prog.info().ok()?.verified_instruction_count())
+            .flatten();
         out.push(VerifyResult {
             object: obj.name,
             program: name.to_string(),
             error: res.err().map(|e| format_program_error(&e)),
+            verified_insns,
+            load_ms,
         });
     }
     Ok(out)

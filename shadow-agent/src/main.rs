@@ -126,7 +126,8 @@ enum Cmd {
         empty_hook: bool,
     },
     /// Load every eBPF program of the agent into the kernel (no attach) and report the
-    /// verifier's verdict for each (exit 1 if any is rejected).
+    /// verifier's verdict for each, with the instructions it processed (of its 1M limit)
+    /// and the load time (exit 1 if any is rejected).
     #[command(
         after_help = "Examples:\n  shadow-agent verify\n  shadow-agent verify --json | jq '.[] | select(.accepted | not)'"
     )]
@@ -577,6 +578,8 @@ fn verify(json: bool) -> ExitCode {
                         "program": r.program,
                         "accepted": r.error.is_none(),
                         "error": r.error,
+                        "verified_insns": r.verified_insns,
+                        "load_ms": (r.load_ms * 10.0).round() / 10.0,
                     }));
                 }
             }
@@ -596,7 +599,13 @@ fn verify(json: bool) -> ExitCode {
     } else {
         for r in &rows {
             let verdict = if r["accepted"] == true {
-                "accepted".to_string()
+                format!(
+                    "accepted  {:>7} insns verified  {:>8.1} ms",
+                    r["verified_insns"]
+                        .as_u64()
+                        .map_or("?".to_string(), |n| n.to_string()),
+                    r["load_ms"].as_f64().unwrap_or(0.0)
+                )
             } else {
                 format!("REJECTED: {}", r["error"].as_str().unwrap_or(""))
             };

@@ -1,5 +1,8 @@
 //! Every eBPF program of the project is loaded into the running kernel; a rejection fails
-//! the test naming the program, with the verifier's log.
+//! the test naming the program, with the verifier's log. Each accepted program must also
+//! leave a quarter of the verifier's limit on processed instructions unused: the count grows
+//! with the program's branching (and differs between kernels' verifiers), and a program near
+//! the limit is one change or one kernel away from being rejected on a user's node.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +22,7 @@ fn every_program_passes_the_verifier() {
     require_privileges();
     let mut seen = BTreeSet::new();
     let mut rejected = Vec::new();
+    let mut over_budget = Vec::new();
     for obj in ebpf::ALL {
         assert!(
             !obj.is_stub(),
@@ -28,6 +32,29 @@ fn every_program_passes_the_verifier() {
         let results = ebpf::verify_object(obj)
             .unwrap_or_else(|e| panic!("opening {}: {}", obj.name, chain(&e)));
         for r in results {
+            println!(
+                "{:<14} {:<14} {:>7} insns verified {:>8.1} ms",
+                r.object,
+                r.program,
+                r.verified_insns.map_or("-".into(), |n| n.to_string()),
+                r.load_ms
+            );
+            if r.error.is_none() {
+                match r.verified_insns {
+                    Some(n) if n > ebpf::VERIFIER_INSN_LIMIT / 4 * 3 => over_budget.push(format!(
+                        "program {} ({}): {n} instructions verified, more than three quarters \
+                         of the verifier's limit of {}",
+                        r.program,
+                        r.object,
+                        ebpf::VERIFIER_INSN_LIMIT
+                    )),
+                    Some(_) => {}
+                    None => over_budget.push(format!(
+                        "program {} ({}): the kernel reported no verified instruction count",
+                        r.program, r.object
+                    )),
+                }
+            }
             seen.insert(r.program.clone());
             if let Some(err) = r.error {
                 rejected.push(format!(
@@ -38,6 +65,7 @@ fn every_program_passes_the_verifier() {
         }
     }
     assert!(rejected.is_empty(), "{}", rejected.join("\n\n"));
+    assert!(over_budget.is_empty(), "{}", over_budget.join("\n"));
     let expected: BTreeSet<String> = [
         PROG_MIRROR_TC,
         PROG_MIRROR_XDP,
