@@ -9,7 +9,7 @@ use shadow_common::{
     mirror::FLAG_LATENCY,
 };
 
-use super::{write_cfg, Mirror, MirrorError};
+use super::{Mirror, MirrorError};
 use crate::ebpf::{self, LoadError};
 
 /// Cumulative latency counts of one target, summed over CPUs.
@@ -123,15 +123,7 @@ impl Mirror {
     /// Turn the per-target request→reply timing on or off (off at attach), effective from
     /// the next packet.
     pub fn set_latency(&mut self, on: bool) -> Result<(), MirrorError> {
-        let mut c = self.cfg;
-        if on {
-            c.flags |= FLAG_LATENCY;
-        } else {
-            c.flags &= !FLAG_LATENCY;
-        }
-        write_cfg(&mut self.ebpf, c)?;
-        self.cfg = c;
-        Ok(())
+        self.set_flag(FLAG_LATENCY, on)
     }
 
     /// Cumulative latency counts per live target, in slot order (one entry, the single

@@ -1389,11 +1389,16 @@ impl Mirror {
     /// Start (or stop) cloning, effective from the next packet. Counters, flows and
     /// sessions carry on; while stopped the primary's packets are counted as `disabled`.
     pub fn set_enabled(&mut self, on: bool) -> Result<(), MirrorError> {
+        self.set_flag(FLAG_ENABLED, on)
+    }
+
+    /// Set or clear one `MirrorConfig::flags` bit, effective from the next packet.
+    pub(crate) fn set_flag(&mut self, flag: u16, on: bool) -> Result<(), MirrorError> {
         let mut c = self.cfg;
         if on {
-            c.flags |= FLAG_ENABLED;
+            c.flags |= flag;
         } else {
-            c.flags &= !FLAG_ENABLED;
+            c.flags &= !flag;
         }
         write_cfg(&mut self.ebpf, c)?;
         self.cfg = c;
@@ -1589,7 +1594,12 @@ impl Mirror {
 
     /// The TCP session counters, with the live sessions counted in the flow map.
     pub fn tcp_counters(&self) -> Result<TcpCounters, MirrorError> {
-        let c = self.counters()?;
+        self.tcp_counters_of(&self.counters()?)
+    }
+
+    /// [`Mirror::tcp_counters`] from counters already read (`counters()`), so a caller that
+    /// needs both reads the counter map once.
+    pub fn tcp_counters_of(&self, c: &Counters) -> Result<TcpCounters, MirrorError> {
         let map = self.ebpf.map(MAP_TCP_FLOWS).ok_or(LoadError::MissingMap {
             object: ebpf::MIRROR.name,
             map: MAP_TCP_FLOWS,

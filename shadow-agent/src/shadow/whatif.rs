@@ -426,8 +426,9 @@ pub fn run_until(
         s.cpu0 = profiler.cgroup(s.cgroup_id)?.map_or(0, |a| a.cpu_ns);
         s.rq0 = profiler.rq_buckets(s.cgroup_id)?.unwrap_or(s.rq0);
         s.lat0 = s.mirror.latency()?.into_iter().next().unwrap_or_default();
-        s.clones0 = s.mirror.counters()?.cloned;
-        s.tcp0 = s.mirror.tcp_counters()?;
+        let c = s.mirror.counters()?;
+        s.clones0 = c.cloned;
+        s.tcp0 = s.mirror.tcp_counters_of(&c)?;
     }
     progress(Progress::Started {
         replicas: slots.len(),
@@ -528,8 +529,9 @@ fn measure(
             .map_or(0, |m| m.usage_bytes);
         s.mem_peak = s.mem_peak.max(mem);
         let latency = lat.summary();
-        let clones = s.mirror.counters()?.cloned.saturating_sub(s.clones0);
-        let tcp = s.mirror.tcp_counters()?.since(&s.tcp0);
+        let c = s.mirror.counters()?;
+        let clones = c.cloned.saturating_sub(s.clones0);
+        let tcp = s.mirror.tcp_counters_of(&c)?.since(&s.tcp0);
         profiles.push(ReplicaProfile {
             name: s.name.clone(),
             limits: s.limits.clone(),
