@@ -1,7 +1,8 @@
 //! The eBPF objects built by `build.rs`, embedded in the agent, and their loading.
 
 use aya::{
-    programs::{Program, ProgramError},
+    programs::{Program, ProgramError, ProgramType},
+    sys::{is_helper_supported, BpfHelper},
     Btf, Ebpf, EbpfError,
 };
 
@@ -100,6 +101,98 @@ impl Object {
             source: Box::new(e),
         })
     }
+}
+
+/// A BPF helper that a program calls and that older kernels lack. The agent probes for it
+/// before loading (aya's `is_helper_supported`: a two-instruction program calling it, as
+/// libbpf probes), so a kernel without it gets one sentence naming the helper, the release
+/// that brought it and what needs it, rather than a verifier log ("unknown func").
+#[derive(Clone, Copy, Debug)]
+pub struct HelperNeed {
+    pub helper: BpfHelper,
+    /// The helper's name in the kernel's documentation.
+    pub name: &'static str,
+    pub program_type: ProgramType,
+    /// First mainline release with the helper (distribution kernels may have backported it:
+    /// the probe, not the version, decides).
+    pub since: &'static str,
+    /// What needs it, for the error.
+    pub used_by: &'static str,
+    /// What the user can do about it besides a newer kernel.
+    pub instead: &'static str,
+}
+
+/// The mirror's TC programs: the masking's chunk walk and the TCP options walk run under
+/// `bpf_loop`.
+pub const MIRROR_TC_NEEDS: &[HelperNeed] = &[HelperNeed {
+    helper: BpfHelper::BPF_FUNC_loop,
+    name: "bpf_loop",
+    program_type: ProgramType::SchedClassifier,
+    since: "5.17",
+    used_by: "the mirror's TC programs (masking, TCP options)",
+    instead: "leave out the [mirror] section (the profiler, the shadow group and the \
+              allocator run from Linux 5.15)",
+}];
+
+/// The mirror's XDP load counters (`[mirror] xdp = true`) read the frame's first bytes
+/// with `bpf_xdp_load_bytes`, which also works on multi-buffer frames.
+pub const MIRROR_XDP_NEEDS: &[HelperNeed] = &[
+    HelperNeed {
+        helper: BpfHelper::BPF_FUNC_xdp_get_buff_len,
+        name: "bpf_xdp_get_buff_len",
+        program_type: ProgramType::Xdp,
+        since: "5.18",
+        used_by: "the mirror's XDP load counters (mirror.xdp = true)",
+        instead: "set mirror.xdp = false (the TC program counts the primary's load too)",
+    },
+    HelperNeed {
+        helper: BpfHelper::BPF_FUNC_xdp_load_bytes,
+        name: "bpf_xdp_load_bytes",
+        program_type: ProgramType::Xdp,
+        since: "5.18",
+        used_by: "the mirror's XDP load counters (mirror.xdp = true)",
+        instead: "set mirror.xdp = false (the TC program counts the primary's load too)",
+    },
+];
+
+/// Helpers of [`HelperNeed`] lists that this kernel does not offer.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe_missing(.kernel, .missing))]
+pub struct MissingHelpers {
+    /// `uname -r`.
+    pub kernel: String,
+    pub missing: Vec<HelperNeed>,
+}
+
+fn describe_missing(kernel: &str, missing: &[HelperNeed]) -> String {
+    let mut parts = Vec::new();
+    for n in missing {
+        parts.push(format!(
+            "the BPF helper {} (Linux {}+), which {} need; run on Linux {} or newer, or {}",
+            n.name, n.since, n.used_by, n.since, n.instead
+        ));
+    }
+    format!("this kernel ({kernel}) lacks {}", parts.join("; and "))
+}
+
+/// Probe every helper of `needs`. A probe that cannot decide (the probe program itself
+/// cannot be loaded, e.g. without CAP_BPF) does not count as missing: the real load then
+/// reports what is wrong.
+pub fn probe_helpers(needs: &[HelperNeed]) -> Result<(), MissingHelpers> {
+    let missing: Vec<HelperNeed> = needs
+        .iter()
+        .filter(|n| matches!(is_helper_supported(n.program_type, n.helper), Ok(false)))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(MissingHelpers {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|_| "release unknown".to_string()),
+        missing,
+    })
 }
 
 /// The tracepoint name a tp_btf program attaches to: the section `tp_btf/<name>`.

@@ -65,7 +65,8 @@ impl AgentError {
             AgentError::Shadow(e) if e.is_usage() => 2,
             AgentError::Mirror(MirrorError::NoInterface { .. })
             | AgentError::Mirror(MirrorError::TooManyRules { .. })
-            | AgentError::Mirror(MirrorError::XdpEgress { .. }) => 2,
+            | AgentError::Mirror(MirrorError::XdpEgress { .. })
+            | AgentError::Mirror(MirrorError::Kernel(_)) => 2,
             // An address nothing on this host leads to; a failed lookup is not bad input.
             AgentError::Mirror(MirrorError::Unresolved { reason, .. })
                 if !matches!(reason, crate::sys::link::NotTowards::Lookup(_)) =>
@@ -80,6 +81,26 @@ impl AgentError {
         AgentError::Setup {
             op: op.into(),
             source: Box::new(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel without a helper the mirror calls is a refusal of what was asked (nothing
+    /// attached, exit 2), and the one line says which helper and what to do.
+    #[test]
+    fn a_kernel_without_a_mirror_helper_is_exit_2_with_the_helper_named() {
+        let e = AgentError::Mirror(MirrorError::Kernel(crate::ebpf::MissingHelpers {
+            kernel: "5.15.0-91-generic".into(),
+            missing: crate::ebpf::MIRROR_TC_NEEDS.to_vec(),
+        }));
+        assert_eq!(e.exit_code(), 2);
+        let msg = chain(&e);
+        for part in ["5.15.0-91-generic", "bpf_loop", "Linux 5.17+", "[mirror]"] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
         }
     }
 }

@@ -106,3 +106,41 @@ fn every_program_passes_the_verifier() {
         "the objects hold other programs than expected"
     );
 }
+
+/// The helpers the mirror probes for before loading are there on this kernel (6.18 here; the
+/// mirror needs 5.17 for `bpf_loop`, its XDP counters 5.18), and a helper the kernel refuses
+/// to a program type is reported by name, with the release, what needs it and the way out,
+/// from a real probe (the refusal path an older kernel takes, exercised with a pair this
+/// kernel really refuses: `bpf_xdp_load_bytes` from a TC program).
+#[test]
+fn the_mirror_probes_the_helpers_it_needs_and_names_a_missing_one() {
+    require_privileges();
+    ebpf::probe_helpers(ebpf::MIRROR_TC_NEEDS)
+        .unwrap_or_else(|e| panic!("the mirror's TC helpers on this kernel: {e}"));
+    ebpf::probe_helpers(ebpf::MIRROR_XDP_NEEDS)
+        .unwrap_or_else(|e| panic!("the mirror's XDP helpers on this kernel: {e}"));
+
+    let refused = ebpf::HelperNeed {
+        program_type: aya::programs::ProgramType::SchedClassifier,
+        ..ebpf::MIRROR_XDP_NEEDS[1]
+    };
+    let err = ebpf::probe_helpers(&[ebpf::MIRROR_TC_NEEDS[0], refused])
+        .expect_err("bpf_xdp_load_bytes is not a TC program's helper");
+    assert_eq!(
+        err.missing.len(),
+        1,
+        "only the refused helper is missing: {err}"
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let msg = err.to_string();
+    for part in [
+        release.trim(),
+        "bpf_xdp_load_bytes",
+        "Linux 5.18+",
+        "mirror.xdp = false",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    assert!(!msg.contains("bpf_loop"), "bpf_loop is there: {msg}");
+    println!("{msg}");
+}

@@ -20,6 +20,10 @@ pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Oldest kernel the agent supports (TC falls back from TCX to clsact below 6.6).
 pub const MIN_KERNEL: (u32, u32, u32) = (5, 15, 0);
 const TCX_KERNEL: (u32, u32, u32) = (6, 6, 0);
+/// The mirror's TC programs call `bpf_loop` (5.17), its XDP counters `bpf_xdp_load_bytes`
+/// (5.18); the agent probes for both before loading and refuses with the helper's name.
+const MIRROR_KERNEL: (u32, u32, u32) = (5, 17, 0);
+const MIRROR_XDP_KERNEL: (u32, u32, u32) = (5, 18, 0);
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Debian packages the integration tests and the demo use.
 /// `chromium`: headless, it renders the HTML report in tests/tests/report.rs.
@@ -131,6 +135,18 @@ fn check_kernel() -> Result<()> {
              the setup again.",
             MIN_KERNEL.0, MIN_KERNEL.1
         ));
+    }
+    if version < MIRROR_XDP_KERNEL {
+        let what = if version < MIRROR_KERNEL {
+            "the mirror cannot load (its TC programs call bpf_loop, Linux 5.17+)"
+        } else {
+            "the mirror's XDP counters cannot load (bpf_xdp_load_bytes, Linux 5.18+)"
+        };
+        println!(
+            "setup: note: kernel {release}: {what}; the profiler, shadow group and allocator \
+             work, but the demo and the test suite need the whole mirror (unless your \
+             distribution backported the helpers: the agent probes for them)"
+        );
     }
     if version < TCX_KERNEL {
         println!("setup: note: kernel {release} < 6.6 has no TCX; the agent attaches TC programs through clsact");

@@ -420,6 +420,8 @@ pub const PRIO_DISCARD: u16 = 10;
 pub enum MirrorError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Kernel(#[from] crate::ebpf::MissingHelpers),
     #[error("mirror.primary_address {address}: no interface found for it: {reason}")]
     Unresolved {
         address: std::net::IpAddr,
@@ -860,6 +862,12 @@ impl Mirror {
         if waiting.is_none() {
             ifindex(&spec.interface, "mirror.interface")?;
         }
+        // Before anything is created: a kernel without a helper the programs call.
+        let mut needs = ebpf::MIRROR_TC_NEEDS.to_vec();
+        if spec.xdp {
+            needs.extend_from_slice(ebpf::MIRROR_XDP_NEEDS);
+        }
+        ebpf::probe_helpers(&needs)?;
         let shadow_ifindex = ifindex(&spec.shadow_interface, "mirror.shadow_interface")?;
         let netns = NetNs::current().map_err(MirrorError::Netns)?;
         let mut bpf = ebpf::MIRROR.open()?;
