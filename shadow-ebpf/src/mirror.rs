@@ -1130,7 +1130,13 @@ pub struct Scratch {
     probed: u8,
     /// The `MASK_SPEC` slot this segment is masked with (read once per segment).
     spec: u8,
-    _pad: u8,
+    /// Whether the parser state goes back to the flow's entry afterwards, and whether the
+    /// segment ends the flow (FIN or RST). In the map rather than in registers: values
+    /// live across the `bpf_loop` calls are part of every state the verifier compares, and
+    /// each distinct combination would have the callbacks verified once more.
+    keep_state: u8,
+    fin_rst: u8,
+    _pad: [u8; 3],
     /// Payload bytes done so far in this segment.
     off: u32,
     /// Running `bpf_csum_diff` sum of the chunk being bulk-filled.
@@ -1873,9 +1879,8 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
 
     let http = mr.flags & MASK_HTTP != 0;
     s.key = FlowKey::of(&flow);
-    let fin_rst = is_tcp && flow.tcp_flags & 0x05 != 0;
-    // Whether the parser state goes back to the flow's entry afterwards.
-    let mut keep_state = false;
+    s.fin_rst = u8::from(is_tcp && flow.tcp_flags & 0x05 != 0);
+    s.keep_state = 0;
     if http && !is_tcp {
         // An HTTP rule on a non-TCP packet: unknown protocol, fallback.
         s.st.st = ST_BROKEN;
@@ -1888,13 +1893,13 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
             s.st.next_seq = seq.wrapping_add(1);
             s.st.flags = F_SEQ_VALID;
             let _ = MASK_FLOWS.insert(&s.key, &s.st, 0);
-            keep_state = true;
+            s.keep_state = 1;
         } else {
             // SAFETY: the value is copied out at once; LRU entries may be evicted later.
             match unsafe { MASK_FLOWS.get(&s.key) } {
                 Some(st) => {
                     s.st = *st;
-                    let fit = if mr.flags & MASK_RANGES == 0 && !fin_rst {
+                    let fit = if mr.flags & MASK_RANGES == 0 && s.fin_rst == 0 {
                         body_segment(&mut s.st, seq, plen)
                     } else {
                         BodyFit::No
@@ -1906,14 +1911,14 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
                         return Ok(true);
                     }
                     match seq_check(&s.st, seq, plen) {
-                        SeqVerdict::InOrder => keep_state = true,
+                        SeqVerdict::InOrder => s.keep_state = 1,
                         SeqVerdict::Old => s.st.st = ST_BROKEN, // this segment only
                         SeqVerdict::Lost => {
                             if s.st.st != ST_BROKEN && plen > 0 {
                                 count(ctr::MASK_SEQ_LOST);
                             }
                             s.st.st = ST_BROKEN;
-                            keep_state = true;
+                            s.keep_state = 1;
                         }
                     }
                 }
@@ -1924,7 +1929,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
                     }
                     s.st.st = ST_BROKEN;
                     s.st.flags = F_SEQ_VALID;
-                    keep_state = plen > 0;
+                    s.keep_state = u8::from(plen > 0);
                 }
             }
         }
@@ -1992,8 +1997,8 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
             s.st.st = ST_BROKEN;
         }
     }
-    if keep_state {
-        if fin_rst {
+    if s.keep_state != 0 {
+        if s.fin_rst != 0 {
             let _ = MASK_FLOWS.remove(&s.key);
         } else {
             if s.st.st != ST_BROKEN {
@@ -2001,7 +2006,7 @@ fn try_mask(ctx: &TcContext, rule: u32, mr: &MaskRule) -> Result<bool, ()> {
             }
             let _ = MASK_FLOWS.insert(&s.key, &s.st, 0);
         }
-    } else if fin_rst {
+    } else if s.fin_rst != 0 {
         let _ = MASK_FLOWS.remove(&s.key);
     }
     if s.fell_back != 0 {
