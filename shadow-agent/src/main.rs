@@ -330,6 +330,27 @@ fn main() -> ExitCode {
                             "reason": found.err().map(|e| e.to_string()),
                         }))
                     });
+                    // Whether this kernel has the helpers the mirror's programs call (`run`
+                    // would refuse the mirror otherwise, exit 2). Undecidable without the
+                    // privileges to load the probe: then not reported as missing.
+                    let kernel = cfg.mirror.as_ref().and_then(|m| {
+                        let mut needs = shadow_agent::ebpf::MIRROR_TC_NEEDS.to_vec();
+                        if m.xdp {
+                            needs.extend_from_slice(shadow_agent::ebpf::MIRROR_XDP_NEEDS);
+                        }
+                        shadow_agent::ebpf::probe_helpers(&needs).err()
+                    });
+                    if let Some(k) = kernel {
+                        let msg = format!("[mirror]: {k}");
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({ "file": file, "valid": false, "error": msg })
+                            );
+                        }
+                        eprintln!("error: {msg}");
+                        return ExitCode::from(2);
+                    }
                     // Where [allocate.kubernetes] sends resizes (the token and CA are read
                     // at start: they are the pod's, not this host's).
                     let kubernetes = cfg

@@ -26,6 +26,31 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// check-config probes the helpers the mirror's programs call (as `run` does before
+/// loading them): this kernel (6.18) has them all, XDP's included, so a mirror config with
+/// `xdp = true` passes. The refusal itself is run for real in `tests/tests/verifier.rs`.
+#[test]
+fn a_mirror_with_xdp_passes_the_kernel_probe_on_this_kernel() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/agent.example.toml"
+    ))
+    .expect("example")
+    .replace("xdp = false", "xdp = true");
+    assert!(text.contains("xdp = true"));
+    let p = scratch("xdp.toml", &text);
+    let out = agent(&["check-config", "--json", p.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&p);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(v["valid"], true, "{v}");
+}
+
 #[test]
 fn a_bad_cidr_exits_2_naming_the_key() {
     let text = std::fs::read_to_string(concat!(
