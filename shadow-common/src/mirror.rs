@@ -65,8 +65,15 @@ pub struct MirrorConfig {
     pub n_targets: u32,
     /// The live rule set: its first slot in the per-rule maps, 0 or `MAX_RULES`.
     pub rule_base: u32,
+    /// Always 0. The TC program XORs the parsed flow's fields with it: a no-op at run time,
+    /// but a value read from a map is unknown to the verifier, so the fields the parser
+    /// leaves as constants on each of its paths (family, offsets, ports present) stop
+    /// keeping those paths apart, and what follows the parse is verified once instead of
+    /// once per path (see `shadow_mirror`).
+    pub opaque_zero: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<MirrorConfig>() == 72);
 
 /// Most targets (shadow replicas) the mirror spreads flows over.
 pub const MAX_TARGETS: u32 = 16;

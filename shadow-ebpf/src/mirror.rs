@@ -105,6 +105,29 @@ static LAT_PENDING: LruHashMap<FlowKey, LatPending> = LruHashMap::with_max_entri
 static LAT_HIST: PerCpuArray<LatHist> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 #[map]
 static LAT_SCRATCH: PerCpuArray<LatScratch> = PerCpuArray::with_max_entries(1, 0);
+/// `flow` unchanged (`zero` is `MirrorConfig::opaque_zero`, always 0), but with every field
+/// the parser may leave as a constant made unknown to the verifier: XORed with a value read
+/// from a map. Kept as constants (the family, the offsets, whether there are ports, one
+/// set per parser path), they had the verifier check everything after the parse (the rule
+/// loop, the flow's target, the token bucket) once per parser path: `shadow_mirror` went
+/// from 379,597 verified instructions to 38,442 this way, `shadow_load` from 119,259 to
+/// about 31k, with no difference in run time measurable by `BPF_PROG_TEST_RUN` (137-165 ns
+/// per unselected packet either way). Copying the flow into a per-CPU map value does the
+/// same for the verifier (19,398) but cost 45 ns more per packet.
+#[inline(always)]
+fn unknown_to_verifier(mut flow: Flow, zero: u32) -> Flow {
+    let z8 = zero as u8;
+    let z16 = zero as u16;
+    flow.family ^= z8;
+    flow.proto ^= z8;
+    flow.has_ports = (flow.has_ports as u8 ^ z8) != 0;
+    flow.tcp_flags ^= z8;
+    flow.l3_off ^= z16;
+    flow.l4_off ^= z16;
+    flow.sport ^= z16;
+    flow.dport ^= z16;
+    flow
+}
 
 /// `N` bytes at `off` read directly from `data..end` (an skb's linear data, or an XDP
 /// frame's first buffer), when they lie inside it; the callers fall back to their helper
@@ -215,15 +238,16 @@ fn try_mirror(ctx: &TcContext) -> u32 {
     let Some(flow) = parse_flow(&Skb(ctx)) else {
         return ctr::NOT_IP;
     };
-    let Some(rule) = find_rule(cfg, &flow) else {
+    let flow = &unknown_to_verifier(flow, cfg.opaque_zero);
+    let Some(rule) = find_rule(cfg, flow) else {
         return ctr::NO_MATCH;
     };
     count(ctr::MATCHED);
-    let h = flow_hash(&flow, cfg.hash_seed);
+    let h = flow_hash(flow, cfg.hash_seed);
     if !sampled(h, cfg.sample_ppm) {
         return ctr::SAMPLED_OUT;
     }
-    let (ifindex, mac) = match pick_target(cfg, &flow, h) {
+    let (ifindex, mac) = match pick_target(cfg, flow, h) {
         Ok(t) => t,
         Err(c) => return c,
     };
@@ -2066,7 +2090,8 @@ fn try_load(ctx: &XdpContext) {
     let Some(flow) = parse_flow(&Xdp(ctx)) else {
         return;
     };
-    let Some(rule) = find_rule(cfg, &flow) else {
+    let flow = &unknown_to_verifier(flow, cfg.opaque_zero);
+    let Some(rule) = find_rule(cfg, flow) else {
         return;
     };
     if let Some(load) = RULE_LOAD.get_ptr_mut(rule) {

@@ -1,8 +1,11 @@
 //! Every eBPF program of the project is loaded into the running kernel; a rejection fails
 //! the test naming the program, with the verifier's log. Each accepted program must also
-//! leave a quarter of the verifier's limit on processed instructions unused: the count grows
-//! with the program's branching (and differs between kernels' verifiers), and a program near
-//! the limit is one change or one kernel away from being rejected on a user's node.
+//! leave half of the verifier's limit on processed instructions unused (the largest,
+//! `shadow_mask`, is at 236,024 on 6.18; it was at 543,759 and `shadow_mirror` at 918,277
+//! before their paths were joined, see docs/ARCHITECTURE.md): the count grows with the
+//! number of paths the verifier must keep apart (and differs between kernels' verifiers),
+//! and a program near the limit is one change or one kernel away from being rejected on a
+//! user's node.
 
 use std::collections::BTreeSet;
 
@@ -41,8 +44,8 @@ fn every_program_passes_the_verifier() {
             );
             if r.error.is_none() {
                 match r.verified_insns {
-                    Some(n) if n > ebpf::VERIFIER_INSN_LIMIT / 4 * 3 => over_budget.push(format!(
-                        "program {} ({}): {n} instructions verified, more than three quarters \
+                    Some(n) if n > ebpf::VERIFIER_INSN_LIMIT / 2 => over_budget.push(format!(
+                        "program {} ({}): {n} instructions verified, more than half \
                          of the verifier's limit of {}",
                         r.program,
                         r.object,
