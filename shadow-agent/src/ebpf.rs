@@ -165,14 +165,26 @@ pub struct MissingHelpers {
 }
 
 fn describe_missing(kernel: &str, missing: &[HelperNeed]) -> String {
-    let mut parts = Vec::new();
-    for n in missing {
-        parts.push(format!(
-            "the BPF helper {} (Linux {}+), which {} need; run on Linux {} or newer, or {}",
-            n.name, n.since, n.used_by, n.since, n.instead
-        ));
-    }
+    let parts: Vec<String> = missing
+        .iter()
+        .map(|n| {
+            format!(
+                "the BPF helper {} (Linux {}+), which {} need; run on Linux {} or newer, or {}",
+                n.name, n.since, n.used_by, n.since, n.instead
+            )
+        })
+        .collect();
     format!("this kernel ({kernel}) lacks {}", parts.join("; and "))
+}
+
+/// [`probe_helpers`] for a mirror: its TC programs' helpers, and its XDP program's when
+/// `xdp` (what `run` checks before loading, and `check-config` for a `[mirror]` section).
+pub fn probe_mirror_helpers(xdp: bool) -> Result<(), MissingHelpers> {
+    let mut needs = MIRROR_TC_NEEDS.to_vec();
+    if xdp {
+        needs.extend_from_slice(MIRROR_XDP_NEEDS);
+    }
+    probe_helpers(&needs)
 }
 
 /// Probe every helper of `needs`. A probe that cannot decide (the probe program itself

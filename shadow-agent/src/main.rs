@@ -333,13 +333,10 @@ fn main() -> ExitCode {
                     // Whether this kernel has the helpers the mirror's programs call (`run`
                     // would refuse the mirror otherwise, exit 2). Undecidable without the
                     // privileges to load the probe: then not reported as missing.
-                    let kernel = cfg.mirror.as_ref().and_then(|m| {
-                        let mut needs = shadow_agent::ebpf::MIRROR_TC_NEEDS.to_vec();
-                        if m.xdp {
-                            needs.extend_from_slice(shadow_agent::ebpf::MIRROR_XDP_NEEDS);
-                        }
-                        shadow_agent::ebpf::probe_helpers(&needs).err()
-                    });
+                    let kernel = cfg
+                        .mirror
+                        .as_ref()
+                        .and_then(|m| shadow_agent::ebpf::probe_mirror_helpers(m.xdp).err());
                     if let Some(k) = kernel {
                         let msg = format!("[mirror]: {k}");
                         if json {

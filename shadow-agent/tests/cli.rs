@@ -9,6 +9,13 @@ fn agent(args: &[&str]) -> Output {
         .expect("run shadow-agent")
 }
 
+/// The example config every user starts from.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+
+fn example_text() -> String {
+    std::fs::read_to_string(EXAMPLE).expect("example")
+}
+
 fn scratch(name: &str, text: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("shdt-cli-{}-{name}", std::process::id()));
     std::fs::write(&p, text).expect("write config");
@@ -17,7 +24,7 @@ fn scratch(name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_example_config_is_valid() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+    let example = EXAMPLE;
     let out = agent(&["check-config", example]);
     assert!(
         out.status.success(),
@@ -31,12 +38,7 @@ fn the_example_config_is_valid() {
 /// `xdp = true` passes. The refusal itself is run for real in `tests/tests/verifier.rs`.
 #[test]
 fn a_mirror_with_xdp_passes_the_kernel_probe_on_this_kernel() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/agent.example.toml"
-    ))
-    .expect("example")
-    .replace("xdp = false", "xdp = true");
+    let text = example_text().replace("xdp = false", "xdp = true");
     assert!(text.contains("xdp = true"));
     let p = scratch("xdp.toml", &text);
     let out = agent(&["check-config", "--json", p.to_str().expect("utf-8")]);
@@ -53,12 +55,7 @@ fn a_mirror_with_xdp_passes_the_kernel_probe_on_this_kernel() {
 
 #[test]
 fn a_bad_cidr_exits_2_naming_the_key() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/agent.example.toml"
-    ))
-    .expect("example")
-    .replace("fd00:5d::/64", "10.0.0.0/33");
+    let text = example_text().replace("fd00:5d::/64", "10.0.0.0/33");
     let p = scratch("bad-cidr.toml", &text);
     let out = agent(&["check-config", p.to_str().expect("utf-8")]);
     let _ = std::fs::remove_file(&p);
@@ -129,11 +126,7 @@ fn verify_reports_every_program_accepted() {
 
 #[test]
 fn bad_shadow_values_name_their_keys() {
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/agent.example.toml"
-    ))
-    .expect("example");
+    let example = example_text();
     for (from, to, key) in [
         (
             "addresses = [\"198.18.0.2/24\"]",
@@ -361,7 +354,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn check_config_json_for_programs() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/agent.example.toml");
+    let example = EXAMPLE;
     let out = agent(&["check-config", example, "--json"]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -460,12 +453,7 @@ fn report_json_names_the_page() {
 
 #[test]
 fn overlapping_rules_exit_2_naming_both_keys() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/agent.example.toml"
-    ))
-    .expect("example")
-    .replace(
+    let text = example_text().replace(
         "dst = \"fd00:5d::/64\"",
         "dst = \"198.18.0.0/24\"\nports = \"8000-8100\"",
     );

@@ -863,11 +863,7 @@ impl Mirror {
             ifindex(&spec.interface, "mirror.interface")?;
         }
         // Before anything is created: a kernel without a helper the programs call.
-        let mut needs = ebpf::MIRROR_TC_NEEDS.to_vec();
-        if spec.xdp {
-            needs.extend_from_slice(ebpf::MIRROR_XDP_NEEDS);
-        }
-        ebpf::probe_helpers(&needs)?;
+        ebpf::probe_mirror_helpers(spec.xdp)?;
         let shadow_ifindex = ifindex(&spec.shadow_interface, "mirror.shadow_interface")?;
         let netns = NetNs::current().map_err(MirrorError::Netns)?;
         let mut bpf = ebpf::MIRROR.open()?;
