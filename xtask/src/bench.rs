@@ -12,8 +12,9 @@
 //!   kernel's BPF run statistics (`run_time_ns / run_cnt` from `bpftool prog show --json`,
 //!   only the programs that agent loaded). Targets: ratio >= 0.97, <= 300 ns per
 //!   sched_switch handler.
-//! - `mirror [--json PATH] [--rounds N] [--seconds S] [--xdp]`: Shadow's mirror against
-//!   `tc mirred` on one veth topology (`bench_mirror.rs`).
+//! - `mirror [--json PATH] [--rounds N] [--seconds S] [--xdp] [--cost-only]`: Shadow's
+//!   mirror against `tc mirred` on one veth topology, and each BPF program's ns per run from
+//!   the kernel's run statistics in a pass of its own (`bench_mirror.rs`).
 //! - `allocate [--json PATH] [--series IDS] [--intervals N] [--interval-ms MS]`: the
 //!   allocator's live closed loop, Shadow vs the reactive policy alone on a replayed trace
 //!   (`bench_allocate.rs`).
@@ -99,7 +100,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
     }
 }
 
-const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+pub(crate) const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 /// Scratch cgroup2 group, removed on drop.
@@ -112,7 +113,7 @@ impl Drop for Group {
 }
 
 /// Restores `kernel.bpf_stats_enabled` on drop.
-struct StatsGuard(String);
+pub(crate) struct StatsGuard(pub(crate) String);
 
 impl Drop for StatsGuard {
     fn drop(&mut self) {
@@ -163,7 +164,7 @@ fn pipe_run(group: &Path, loops: u32, cpu: Option<u32>) -> Result<f64> {
 }
 
 /// Ids of every loaded BPF program, and (name, run_time_ns, run_cnt) by id.
-fn prog_stats() -> Result<BTreeMap<u64, (String, u64, u64)>> {
+pub(crate) fn prog_stats() -> Result<BTreeMap<u64, (String, u64, u64)>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()

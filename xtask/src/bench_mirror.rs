@@ -1,5 +1,5 @@
-//! `cargo xtask bench mirror [--json PATH] [--rounds N] [--seconds S] [--xdp]`: the cost of
-//! Shadow's mirror next to the kernel's own `tc ... action mirred egress mirror`.
+//! `cargo xtask bench mirror [--json PATH] [--rounds N] [--seconds S] [--xdp] [--cost-only]`:
+//! the cost of Shadow's mirror next to the kernel's own `tc ... action mirred egress mirror`.
 //!
 //! Topology (namespaces `shbm<pid>-c|p|s`, made here and removed on every exit path):
 //!
@@ -28,13 +28,19 @@
 //! python sink for at most S seconds (the parser masks the header and skips the body: the
 //! case masking is built for). Clone delivery = packets received by sh0 /
 //! clones sent (the mirror's `cloned` counter; for mirred, every packet pr0 received).
+//! After the rounds, a program cost pass runs the UDP load once more for the bare clone,
+//! Shadow and Shadow + masking with `kernel.bpf_stats_enabled` on (off during the rounds:
+//! it adds two clock reads to every run of every BPF program) and reports ns per run and
+//! runs per primary packet of each BPF program those variants loaded (`program_cost`;
+//! `--cost-only` runs just this pass). `shadow_mirror` minus the bare clone is Shadow's own
+//! work per clone: the bare clone's run is the helper, i.e. the clone and its transmit.
 //! Numbers are medians over rounds. With two CPUs or more the senders (iperf3 client, curl)
 //! run on CPU 0, where the whole receive path and the mirror run too (veth delivers on the
 //! sending CPU), and the receivers (iperf3 server, the HTTP sink) on CPU 1 (`--no-pin`:
 //! unpinned, as before 2026-12-01).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
@@ -49,7 +55,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::{prereq, util};
+use crate::{bench, prereq, util};
 
 #[derive(Debug, clap::Args)]
 pub struct MirrorArgs {
@@ -74,6 +80,10 @@ pub struct MirrorArgs {
     /// 2026-12-01 when there are two CPUs or more; unpinned runs before).
     #[arg(long)]
     pub no_pin: bool,
+    /// Only the program cost pass (the BPF programs' run statistics under the UDP load),
+    /// for quick A/Bs of the eBPF code; no throughput rounds.
+    #[arg(long)]
+    pub cost_only: bool,
 }
 
 /// Target of issue 3: Shadow with masking vs mirred's primary throughput.
@@ -727,6 +737,188 @@ impl Drop for Bpffs {
     }
 }
 
+// ---- program cost ------------------------------------------------------------------------
+
+/// Variants whose BPF programs the cost pass measures: the bare clone is the peer, since its
+/// one helper call (`bpf_clone_redirect`, which runs the clone's whole transmit to the
+/// shadow interface) is inside every clone Shadow's mirror makes too.
+const COST_VARIANTS: [Variant; 3] = [Variant::BareClone, Variant::Shadow, Variant::ShadowMasked];
+
+/// One BPF program's run statistics over the cost pass's UDP run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgRuns {
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+impl ProgRuns {
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs == 0 {
+            f64::NAN
+        } else {
+            self.run_ns as f64 / self.runs as f64
+        }
+    }
+}
+
+/// The programs one variant loaded (by name, programs of one name summed) and the packets
+/// the primary received while they were counted.
+#[derive(Debug, Clone)]
+pub struct VariantCost {
+    pub variant: Variant,
+    pub primary_packets: u64,
+    pub programs: BTreeMap<String, ProgRuns>,
+}
+
+/// Sets up `variant`, turns on `kernel.bpf_stats_enabled` (restored on every exit path) and
+/// runs the UDP load once: the run statistics of the programs loaded since the set-up began.
+#[allow(clippy::too_many_arguments)]
+fn program_cost(
+    topo: &Topology,
+    dir: &Path,
+    agent_bin: &Path,
+    config: &Path,
+    variant: Variant,
+    seconds: u32,
+    body: &Path,
+    pin: Option<Pin>,
+) -> Result<VariantCost> {
+    let known: BTreeSet<u64> = bench::prog_stats()?.into_keys().collect();
+    let _bare = match variant {
+        Variant::BareClone => Some(BareClone::add(&topo.primary, dir)?),
+        _ => None,
+    };
+    let agent = match variant {
+        Variant::Shadow | Variant::ShadowMasked => Some(Agent::start(
+            agent_bin,
+            &topo.primary,
+            config,
+            dir.join("agent.stderr"),
+        )?),
+        _ => None,
+    };
+    let old = fs::read_to_string(bench::STATS).context("reading kernel.bpf_stats_enabled")?;
+    let stats = bench::StatsGuard(old.trim().to_owned());
+    fs::write(bench::STATS, "1").context("setting kernel.bpf_stats_enabled")?;
+    let before = bench::prog_stats()?;
+    let p0 = topo.primary.rx(PRIMARY_IF)?;
+    measure(
+        topo,
+        seconds,
+        Load::Udp,
+        agent.as_ref(),
+        variant == Variant::BareClone,
+        body,
+        pin,
+    )?;
+    let p1 = topo.primary.rx(PRIMARY_IF)?;
+    let after = bench::prog_stats()?;
+    drop(stats);
+    let mut programs = BTreeMap::<String, ProgRuns>::new();
+    for (id, (name, ns, cnt)) in after {
+        if known.contains(&id) {
+            continue;
+        }
+        let (ns0, cnt0) = before.get(&id).map_or((0, 0), |b| (b.1, b.2));
+        let runs = cnt.saturating_sub(cnt0);
+        if runs == 0 {
+            continue;
+        }
+        let p = programs.entry(name).or_default();
+        p.runs += runs;
+        p.run_ns += ns.saturating_sub(ns0);
+    }
+    Ok(VariantCost {
+        variant,
+        primary_packets: p1.saturating_sub(p0),
+        programs,
+    })
+}
+
+/// The cost pass as JSON: per variant, per program, runs, ns per run and ns per packet the
+/// primary received; and Shadow's mirror program over the bare clone, both per run.
+pub fn cost_doc(costs: &[VariantCost]) -> Value {
+    let mut out = serde_json::Map::new();
+    let per_run = |v: Variant, prog: &str| {
+        costs
+            .iter()
+            .find(|c| c.variant == v)
+            .and_then(|c| c.programs.get(prog))
+            .map(ProgRuns::ns_per_run)
+            .filter(|x| x.is_finite())
+    };
+    for c in costs {
+        let programs: serde_json::Map<String, Value> = c
+            .programs
+            .iter()
+            .map(|(name, p)| {
+                let per_packet = ratio(Some(p.run_ns as f64), Some(c.primary_packets as f64));
+                (
+                    name.clone(),
+                    json!({
+                        "runs": p.runs,
+                        "ns_per_run": Some(p.ns_per_run()).filter(|x| x.is_finite()),
+                        "ns_per_packet": per_packet,
+                    }),
+                )
+            })
+            .collect();
+        out.insert(
+            c.variant.key().into(),
+            json!({"primary_packets": c.primary_packets, "programs": programs}),
+        );
+    }
+    let bare = per_run(Variant::BareClone, BARE_CLONE_NAME);
+    for (v, key) in [
+        (Variant::Shadow, "shadow_mirror_over_bare_clone_ns"),
+        (
+            Variant::ShadowMasked,
+            "shadow_masked_mirror_over_bare_clone_ns",
+        ),
+    ] {
+        let d = per_run(v, "shadow_mirror").zip(bare).map(|(a, b)| a - b);
+        out.insert(key.into(), json!(d));
+    }
+    Value::Object(out)
+}
+
+/// The cost pass in lines of text.
+pub fn cost_table(cost: &Value) -> String {
+    let mut s = String::from(
+        "BPF programs under the UDP load (kernel.bpf_stats_enabled, a pass of its own): ns per run \
+         x runs per primary packet\n",
+    );
+    for v in COST_VARIANTS {
+        let c = &cost[v.key()];
+        let Some(programs) = c["programs"].as_object() else {
+            continue;
+        };
+        let packets = c["primary_packets"].as_f64().unwrap_or(0.0);
+        let parts: Vec<String> = programs
+            .iter()
+            .map(|(name, p)| {
+                let runs = p["runs"].as_f64().unwrap_or(0.0);
+                let per = if packets > 0.0 {
+                    runs / packets
+                } else {
+                    f64::NAN
+                };
+                format!("{name} {} ns x {per:.2}", fmt_opt(&p["ns_per_run"], 1.0, 0))
+            })
+            .collect();
+        s += &format!("  {:<17} {}\n", v.label(), parts.join(", "));
+    }
+    s += &format!(
+        "  shadow_mirror over the bare clone: {} ns per run ({} with masking)\n",
+        fmt_opt(&cost["shadow_mirror_over_bare_clone_ns"], 1.0, 0),
+        fmt_opt(&cost["shadow_masked_mirror_over_bare_clone_ns"], 1.0, 0),
+    );
+    s
+}
+
+/// The bare clone program's name in the kernel (at most 15 bytes).
+const BARE_CLONE_NAME: &str = "bare_clone";
+
 /// Loads the bare clone program (`BPF_PROG_TYPE_SCHED_CLS`) and pins it at `pin`.
 fn bare_clone_pin(ifindex: i32, pin: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -763,6 +955,8 @@ fn bare_clone_pin(ifindex: i32, pin: &Path) -> Result<()> {
     attr[24..28].copy_from_slice(&1u32.to_le_bytes());
     attr[28..32].copy_from_slice(&(log.len() as u32).to_le_bytes());
     attr[32..40].copy_from_slice(&(log.as_mut_ptr() as u64).to_le_bytes());
+    // prog_name (char[16] at offset 48), so the kernel's run statistics name it.
+    attr[48..48 + BARE_CLONE_NAME.len()].copy_from_slice(BARE_CLONE_NAME.as_bytes());
     // SAFETY: `attr` is a valid bpf_attr of its size for BPF_PROG_LOAD; the pointers in it
     // (program, license, log buffer of the stated size) outlive the call.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_mut_ptr(), attr.len()) };
@@ -1327,7 +1521,8 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
 
     let mut samples = Vec::new();
     let mut classifier = String::new();
-    for round in 0..args.rounds {
+    let rounds = if args.cost_only { 0 } else { args.rounds };
+    for round in 0..rounds {
         let n = Variant::ALL.len();
         for i in 0..n {
             let variant = Variant::ALL[(i + round as usize) % n];
@@ -1401,6 +1596,46 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
         }
     }
 
+    // What each BPF program costs per run, from the kernel's run statistics, in a pass of
+    // its own: the statistics add two clock reads to every run of every BPF program, so the
+    // rounds above run without them.
+    let mut costs = Vec::new();
+    for v in COST_VARIANTS {
+        check_interrupted()?;
+        let config = dir.0.join(format!("{}.toml", v.key()));
+        let c = program_cost(
+            &topo,
+            &dir.0,
+            &agent_bin,
+            &config,
+            v,
+            args.seconds,
+            &body,
+            pin,
+        )
+        .with_context(|| format!("program cost of {}", v.label()))?;
+        eprintln!(
+            "program cost {:<17} {}",
+            v.label(),
+            c.programs
+                .iter()
+                .map(|(name, p)| format!("{name} {:.0} ns x {}", p.ns_per_run(), p.runs))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        costs.push(c);
+    }
+
+    if args.cost_only {
+        let doc = json!({"program_cost": cost_doc(&costs), "host": host_line()});
+        println!("{doc:#}");
+        print!("{}", cost_table(&doc["program_cost"]));
+        if let Some(p) = &args.json {
+            fs::write(p, format!("{doc:#}\n"))
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        return Ok(());
+    }
     let meta = Meta {
         rounds: args.rounds,
         seconds: args.seconds,
@@ -1409,7 +1644,8 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
         host: host_line(),
         mirred_classifier: classifier,
     };
-    let doc = summarize(&samples, &meta);
+    let mut doc = summarize(&samples, &meta);
+    doc["program_cost"] = cost_doc(&costs);
     println!("{doc:#}");
     println!();
     println!(
@@ -1418,6 +1654,7 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
         args.rounds, args.seconds, meta.host
     );
     print!("{}", table(&doc));
+    print!("{}", cost_table(&doc["program_cost"]));
     if let Some(p) = &args.json {
         fs::write(p, format!("{doc:#}\n")).with_context(|| format!("writing {}", p.display()))?;
     }
@@ -1446,6 +1683,51 @@ mod tests {
             tcp: m(tcp, None, rx / 10, sent / 10),
             http: m(tcp / 2.0, None, rx / 100, sent / 100),
         }
+    }
+
+    #[test]
+    fn program_cost_per_run_per_packet_and_over_the_bare_clone() {
+        let runs = |runs, run_ns| ProgRuns { runs, run_ns };
+        let costs = vec![
+            VariantCost {
+                variant: Variant::BareClone,
+                primary_packets: 1000,
+                programs: [(BARE_CLONE_NAME.to_string(), runs(1000, 500_000))].into(),
+            },
+            VariantCost {
+                variant: Variant::Shadow,
+                primary_packets: 800,
+                programs: [
+                    ("shadow_mirror".to_string(), runs(800, 560_000)),
+                    ("sched_sw_btf".to_string(), runs(400, 60_000)),
+                ]
+                .into(),
+            },
+            VariantCost {
+                variant: Variant::ShadowMasked,
+                primary_packets: 0,
+                programs: [("shadow_mask".to_string(), runs(0, 0))].into(),
+            },
+        ];
+        let d = cost_doc(&costs);
+        let bare = &d["bare_clone"]["programs"][BARE_CLONE_NAME];
+        assert_eq!(bare["ns_per_run"], 500.0);
+        assert_eq!(bare["ns_per_packet"], 500.0);
+        let sw = &d["shadow"]["programs"]["sched_sw_btf"];
+        assert_eq!(sw["ns_per_run"], 150.0);
+        assert_eq!(sw["ns_per_packet"], 75.0);
+        assert_eq!(d["shadow_mirror_over_bare_clone_ns"], 200.0);
+        // No runs and no packets: nothing is made up.
+        let mask = &d["shadow_masked"]["programs"]["shadow_mask"];
+        assert!(mask["ns_per_run"].is_null() && mask["ns_per_packet"].is_null());
+        assert!(d["shadow_masked_mirror_over_bare_clone_ns"].is_null());
+        let t = cost_table(&d);
+        assert!(t.contains("shadow_mirror 700 ns x 1.00"), "{t}");
+        assert!(t.contains("sched_sw_btf 150 ns x 0.50"), "{t}");
+        assert!(
+            t.contains("over the bare clone: 200 ns per run (- with masking)"),
+            "{t}"
+        );
     }
 
     #[test]
