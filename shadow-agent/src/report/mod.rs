@@ -263,6 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_audit_log_is_a_run_without_decisions() {
+        let d = tmp("noaudit");
+        let f = d.0.join("in.jsonl");
+        std::fs::write(
+            &f,
+            "{\"t_s\":0,\"cgroups\":{\"/cg/web\":{\"cpu_seconds\":0.0}}}\n\
+             {\"t_s\":1,\"cgroups\":{\"/cg/web\":{\"cpu_seconds\":0.5}}}\n",
+        )
+        .expect("write");
+        let audit = d.0.join("audit.jsonl");
+        std::fs::write(&audit, "").expect("write");
+        let path = generate(&f, Some(&audit), &d.0.join("out")).expect("report");
+        let html = std::fs::read_to_string(path).expect("read");
+        assert!(html.contains("(0 decisions)"), "{html}");
+        assert!(html.contains("cgroup /cg/web"));
+    }
+
+    #[test]
     fn utc_format() {
         assert_eq!(utc_now().len(), "2026-01-01 00:00:00 UTC".len());
     }
