@@ -28,11 +28,11 @@
 //! python sink for at most S seconds (the parser masks the header and skips the body: the
 //! case masking is built for). Clone delivery = packets received by sh0 /
 //! clones sent (the mirror's `cloned` counter; for mirred, every packet pr0 received).
-//! After the rounds, a program cost pass runs the UDP load once more for the bare clone,
+//! After the rounds, a program cost pass runs each workload once more for the bare clone,
 //! Shadow and Shadow + masking with `kernel.bpf_stats_enabled` on (off during the rounds:
-//! it adds two clock reads to every run of every BPF program) and reports ns per run and
-//! runs per primary packet of each BPF program those variants loaded (`program_cost`;
-//! `--cost-only` runs just this pass). `shadow_mirror` minus the bare clone is Shadow's own
+//! it adds two clock reads to every run of every BPF program) and reports, per workload,
+//! ns per run and runs per primary packet of each BPF program those variants loaded
+//! (`program_cost.{udp,tcp,http}`; `--cost-only` runs just this pass). `shadow_mirror` minus the bare clone is Shadow's own
 //! work per clone: the bare clone's run is the helper, i.e. the clone and its transmit.
 //! Numbers are medians over rounds. With two CPUs or more the senders (iperf3 client, curl)
 //! run on CPU 0, where the whole receive path and the mirror run too (veth delivers on the
@@ -80,7 +80,7 @@ pub struct MirrorArgs {
     /// 2026-12-01 when there are two CPUs or more; unpinned runs before).
     #[arg(long)]
     pub no_pin: bool,
-    /// Only the program cost pass (the BPF programs' run statistics under the UDP load),
+    /// Only the program cost pass (the BPF programs' run statistics under each workload),
     /// for quick A/Bs of the eBPF code; no throughput rounds.
     #[arg(long)]
     pub cost_only: bool,
@@ -744,7 +744,7 @@ impl Drop for Bpffs {
 /// shadow interface) is inside every clone Shadow's mirror makes too.
 const COST_VARIANTS: [Variant; 3] = [Variant::BareClone, Variant::Shadow, Variant::ShadowMasked];
 
-/// One BPF program's run statistics over the cost pass's UDP run.
+/// One BPF program's run statistics over one load of the cost pass.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProgRuns {
     pub runs: u64,
@@ -761,17 +761,19 @@ impl ProgRuns {
     }
 }
 
-/// The programs one variant loaded (by name, programs of one name summed) and the packets
-/// the primary received while they were counted.
+/// The programs one variant loaded (by name, programs of one name summed) under one load,
+/// and the packets the primary received while they were counted.
 #[derive(Debug, Clone)]
 pub struct VariantCost {
     pub variant: Variant,
+    pub load: Load,
     pub primary_packets: u64,
     pub programs: BTreeMap<String, ProgRuns>,
 }
 
 /// Sets up `variant`, turns on `kernel.bpf_stats_enabled` (restored on every exit path) and
-/// runs the UDP load once: the run statistics of the programs loaded since the set-up began.
+/// runs each load once: per load, the run statistics of the programs loaded since the
+/// set-up began.
 #[allow(clippy::too_many_arguments)]
 fn program_cost(
     topo: &Topology,
@@ -782,7 +784,7 @@ fn program_cost(
     seconds: u32,
     body: &Path,
     pin: Option<Pin>,
-) -> Result<VariantCost> {
+) -> Result<Vec<VariantCost>> {
     let known: BTreeSet<u64> = bench::prog_stats()?.into_keys().collect();
     let _bare = match variant {
         Variant::BareClone => Some(BareClone::add(&topo.primary, dir)?),
@@ -800,44 +802,62 @@ fn program_cost(
     let old = fs::read_to_string(bench::STATS).context("reading kernel.bpf_stats_enabled")?;
     let stats = bench::StatsGuard(old.trim().to_owned());
     fs::write(bench::STATS, "1").context("setting kernel.bpf_stats_enabled")?;
-    let before = bench::prog_stats()?;
-    let p0 = topo.primary.rx(PRIMARY_IF)?;
-    measure(
-        topo,
-        seconds,
-        Load::Udp,
-        agent.as_ref(),
-        variant == Variant::BareClone,
-        body,
-        pin,
-    )?;
-    let p1 = topo.primary.rx(PRIMARY_IF)?;
-    let after = bench::prog_stats()?;
-    drop(stats);
-    let mut programs = BTreeMap::<String, ProgRuns>::new();
-    for (id, (name, ns, cnt)) in after {
-        if known.contains(&id) {
-            continue;
+    let mut out = Vec::new();
+    for load in Load::ALL {
+        let before = bench::prog_stats()?;
+        let p0 = topo.primary.rx(PRIMARY_IF)?;
+        measure(
+            topo,
+            seconds,
+            load,
+            agent.as_ref(),
+            variant == Variant::BareClone,
+            body,
+            pin,
+        )
+        .with_context(|| format!("{} load", load.key()))?;
+        let p1 = topo.primary.rx(PRIMARY_IF)?;
+        let after = bench::prog_stats()?;
+        let mut programs = BTreeMap::<String, ProgRuns>::new();
+        for (id, (name, ns, cnt)) in after {
+            if known.contains(&id) {
+                continue;
+            }
+            let (ns0, cnt0) = before.get(&id).map_or((0, 0), |b| (b.1, b.2));
+            let runs = cnt.saturating_sub(cnt0);
+            if runs == 0 {
+                continue;
+            }
+            let p = programs.entry(name).or_default();
+            p.runs += runs;
+            p.run_ns += ns.saturating_sub(ns0);
         }
-        let (ns0, cnt0) = before.get(&id).map_or((0, 0), |b| (b.1, b.2));
-        let runs = cnt.saturating_sub(cnt0);
-        if runs == 0 {
-            continue;
-        }
-        let p = programs.entry(name).or_default();
-        p.runs += runs;
-        p.run_ns += ns.saturating_sub(ns0);
+        out.push(VariantCost {
+            variant,
+            load,
+            primary_packets: p1.saturating_sub(p0),
+            programs,
+        });
     }
-    Ok(VariantCost {
-        variant,
-        primary_packets: p1.saturating_sub(p0),
-        programs,
-    })
+    drop(stats);
+    Ok(out)
 }
 
-/// The cost pass as JSON: per variant, per program, runs, ns per run and ns per packet the
-/// primary received; and Shadow's mirror program over the bare clone, both per run.
+/// The cost pass as JSON: per load, per variant, per program, runs, ns per run and ns per
+/// packet the primary received; and Shadow's mirror program over the bare clone, both per
+/// run.
 pub fn cost_doc(costs: &[VariantCost]) -> Value {
+    let mut doc = serde_json::Map::new();
+    for load in Load::ALL {
+        let of_load: Vec<&VariantCost> = costs.iter().filter(|c| c.load == load).collect();
+        if !of_load.is_empty() {
+            doc.insert(load.key().into(), cost_doc_of_load(&of_load));
+        }
+    }
+    Value::Object(doc)
+}
+
+fn cost_doc_of_load(costs: &[&VariantCost]) -> Value {
     let mut out = serde_json::Map::new();
     let per_run = |v: Variant, prog: &str| {
         costs
@@ -883,11 +903,23 @@ pub fn cost_doc(costs: &[VariantCost]) -> Value {
 }
 
 /// The cost pass in lines of text.
-pub fn cost_table(cost: &Value) -> String {
+pub fn cost_table(doc: &Value) -> String {
     let mut s = String::from(
-        "BPF programs under the UDP load (kernel.bpf_stats_enabled, a pass of its own): ns per run \
-         x runs per primary packet\n",
+        "BPF programs (kernel.bpf_stats_enabled, a pass of its own): ns per run x runs per \
+         primary packet\n",
     );
+    for load in Load::ALL {
+        let cost = &doc[load.key()];
+        if cost.is_object() {
+            s += &format!("{}\n", load.key().to_uppercase());
+            s += &cost_lines(cost);
+        }
+    }
+    s
+}
+
+fn cost_lines(cost: &Value) -> String {
+    let mut s = String::new();
     for v in COST_VARIANTS {
         let c = &cost[v.key()];
         let Some(programs) = c["programs"].as_object() else {
@@ -1622,16 +1654,19 @@ pub fn mirror(args: MirrorArgs) -> Result<()> {
             }
             Err(e) => return Err(e.context(format!("program cost of {}", v.label()))),
         };
-        eprintln!(
-            "program cost {:<17} {}",
-            v.label(),
-            c.programs
-                .iter()
-                .map(|(name, p)| format!("{name} {:.0} ns x {}", p.ns_per_run(), p.runs))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        costs.push(c);
+        for x in &c {
+            eprintln!(
+                "program cost {:<17} {:<4} {}",
+                v.label(),
+                x.load.key(),
+                x.programs
+                    .iter()
+                    .map(|(name, p)| format!("{name} {:.0} ns x {}", p.ns_per_run(), p.runs))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        costs.extend(c);
     }
 
     if args.cost_only {
@@ -1696,28 +1731,53 @@ mod tests {
     #[test]
     fn program_cost_per_run_per_packet_and_over_the_bare_clone() {
         let runs = |runs, run_ns| ProgRuns { runs, run_ns };
+        let cost = |variant, load, primary_packets, programs: Vec<(&str, ProgRuns)>| VariantCost {
+            variant,
+            load,
+            primary_packets,
+            programs: programs
+                .into_iter()
+                .map(|(n, p)| (n.to_string(), p))
+                .collect(),
+        };
         let costs = vec![
-            VariantCost {
-                variant: Variant::BareClone,
-                primary_packets: 1000,
-                programs: [(BARE_CLONE_NAME.to_string(), runs(1000, 500_000))].into(),
-            },
-            VariantCost {
-                variant: Variant::Shadow,
-                primary_packets: 800,
-                programs: [
-                    ("shadow_mirror".to_string(), runs(800, 560_000)),
-                    ("sched_sw_btf".to_string(), runs(400, 60_000)),
-                ]
-                .into(),
-            },
-            VariantCost {
-                variant: Variant::ShadowMasked,
-                primary_packets: 0,
-                programs: [("shadow_mask".to_string(), runs(0, 0))].into(),
-            },
+            cost(
+                Variant::BareClone,
+                Load::Udp,
+                1000,
+                vec![(BARE_CLONE_NAME, runs(1000, 500_000))],
+            ),
+            cost(
+                Variant::Shadow,
+                Load::Udp,
+                800,
+                vec![
+                    ("shadow_mirror", runs(800, 560_000)),
+                    ("sched_sw_btf", runs(400, 60_000)),
+                ],
+            ),
+            cost(
+                Variant::ShadowMasked,
+                Load::Udp,
+                0,
+                vec![("shadow_mask", runs(0, 0))],
+            ),
+            // Another load is kept apart: its bare clone is not UDP's peer.
+            cost(
+                Variant::BareClone,
+                Load::Tcp,
+                10,
+                vec![(BARE_CLONE_NAME, runs(10, 30_000))],
+            ),
+            cost(
+                Variant::Shadow,
+                Load::Tcp,
+                10,
+                vec![("shadow_mirror", runs(10, 40_000))],
+            ),
         ];
-        let d = cost_doc(&costs);
+        let doc = cost_doc(&costs);
+        let d = &doc["udp"];
         let bare = &d["bare_clone"]["programs"][BARE_CLONE_NAME];
         assert_eq!(bare["ns_per_run"], 500.0);
         assert_eq!(bare["ns_per_packet"], 500.0);
@@ -1725,17 +1785,27 @@ mod tests {
         assert_eq!(sw["ns_per_run"], 150.0);
         assert_eq!(sw["ns_per_packet"], 75.0);
         assert_eq!(d["shadow_mirror_over_bare_clone_ns"], 200.0);
+        assert_eq!(doc["tcp"]["shadow_mirror_over_bare_clone_ns"], 1000.0);
+        assert!(
+            doc["http"].is_null(),
+            "a load that was not measured is left out"
+        );
         // No runs and no packets: nothing is made up.
         let mask = &d["shadow_masked"]["programs"]["shadow_mask"];
         assert!(mask["ns_per_run"].is_null() && mask["ns_per_packet"].is_null());
         assert!(d["shadow_masked_mirror_over_bare_clone_ns"].is_null());
-        let t = cost_table(&d);
+        let t = cost_table(&doc);
+        assert!(
+            t.contains("UDP\n") && t.contains("TCP\n") && !t.contains("HTTP"),
+            "{t}"
+        );
         assert!(t.contains("shadow_mirror 700 ns x 1.00"), "{t}");
         assert!(t.contains("sched_sw_btf 150 ns x 0.50"), "{t}");
         assert!(
             t.contains("over the bare clone: 200 ns per run (- with masking)"),
             "{t}"
         );
+        assert!(t.contains("over the bare clone: 1000 ns per run"), "{t}");
     }
 
     #[test]
