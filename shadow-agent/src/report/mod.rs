@@ -222,6 +222,17 @@ mod tests {
         Tmp(p)
     }
 
+    /// The page `generate` writes for `input` lines and `audit` log text (in `tmp(role)`).
+    fn render(role: &str, input: &str, audit: &str) -> String {
+        let d = tmp(role);
+        let f = d.0.join("in.jsonl");
+        std::fs::write(&f, input).expect("write");
+        let log = d.0.join("audit.jsonl");
+        std::fs::write(&log, audit).expect("write");
+        let path = generate(&f, Some(&log), &d.0.join("out")).expect("report");
+        std::fs::read_to_string(path).expect("read")
+    }
+
     #[test]
     fn a_bad_line_names_its_number_and_exits_2() {
         let d = tmp("bad");
@@ -239,8 +250,6 @@ mod tests {
 
     #[test]
     fn a_page_without_forecasts_says_so() {
-        let d = tmp("nofc");
-        let f = d.0.join("in.jsonl");
         let mut s = String::new();
         for i in 0..5 {
             s.push_str(&format!(
@@ -250,11 +259,7 @@ mod tests {
                 i * 90
             ));
         }
-        std::fs::write(&f, s).expect("write");
-        let audit = d.0.join("audit.jsonl");
-        std::fs::write(&audit, "{\"time_ms\":1000,\"cgroup\":\"web\",\"resource\":\"cpu\",\"old\":\"max\",\"new\":1.0,\"reason\":{\"kind\":\"forecast\"},\"rails\":[],\"applied\":true}\n").expect("write");
-        let path = generate(&f, Some(&audit), &d.0.join("out")).expect("report");
-        let html = std::fs::read_to_string(path).expect("read");
+        let html = render("nofc", &s, "{\"time_ms\":1000,\"cgroup\":\"web\",\"resource\":\"cpu\",\"old\":\"max\",\"new\":1.0,\"reason\":{\"kind\":\"forecast\"},\"rails\":[],\"applied\":true}\n");
         assert!(html.contains("No cpu forecasts in the input"), "{html}");
         assert!(html.contains("cgroup /cg/web"));
         assert!(html.contains("no wall-clock time"));
@@ -264,18 +269,12 @@ mod tests {
 
     #[test]
     fn an_empty_audit_log_is_a_run_without_decisions() {
-        let d = tmp("noaudit");
-        let f = d.0.join("in.jsonl");
-        std::fs::write(
-            &f,
+        let html = render(
+            "noaudit",
             "{\"t_s\":0,\"cgroups\":{\"/cg/web\":{\"cpu_seconds\":0.0}}}\n\
              {\"t_s\":1,\"cgroups\":{\"/cg/web\":{\"cpu_seconds\":0.5}}}\n",
-        )
-        .expect("write");
-        let audit = d.0.join("audit.jsonl");
-        std::fs::write(&audit, "").expect("write");
-        let path = generate(&f, Some(&audit), &d.0.join("out")).expect("report");
-        let html = std::fs::read_to_string(path).expect("read");
+            "",
+        );
         assert!(html.contains("(0 decisions)"), "{html}");
         assert!(html.contains("cgroup /cg/web"));
     }
