@@ -301,8 +301,9 @@ pub const SUBTICKS: u32 = 4;
 pub const LEVEL: f64 = 0.9;
 /// The primary's CPU quota (cores) when the demo starts: a static limit, as an operator might
 /// have set it, too small for the load's peaks, which the allocator then sizes. Restored when
-/// the demo ends. The primary's CPU per request has varied twofold between runs and VMs
-/// (0.07-0.15 core at 200 requests/s): at 0.1 core a fast run never came near the quota, so
+/// the demo ends. The primary's CPU per request has varied between runs and VMs (0.07 core
+/// at 200 requests/s in one CI run, 0.1 in an earlier one): at 0.1 core a fast run never came
+/// near the quota, so
 /// only a confident forecast could change it, and in one CI run none did within 20 s. At
 /// 0.05 core every run measured so far outgrows it on the first ramp.
 pub const INITIAL_QUOTA_CORES: f64 = 0.05;
