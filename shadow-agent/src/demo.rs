@@ -529,8 +529,8 @@ pub fn run(opts: &DemoOptions) -> Result<serde_json::Value, AgentError> {
     std::fs::create_dir_all(out).map_err(io_err(format!("creating {}", out.display())))?;
     let rows_path = out.join("run.jsonl");
     let audit_path = out.join("audit.jsonl");
-    // A fresh, empty audit log per run (the report reads all of it): a run in which the
-    // allocator changes nothing still has one, and its report says so.
+    // A fresh, empty audit log per run: the report reads all of it, and the allocator
+    // appends to a log it finds.
     std::fs::File::create(&audit_path)
         .map_err(io_err(format!("creating {}", audit_path.display())))?;
     let mut rows_file = std::io::BufWriter::new(

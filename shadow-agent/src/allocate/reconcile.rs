@@ -272,6 +272,7 @@ impl<B: Backend> Reconciler<B> {
                 .clone()
                 .unwrap_or_else(|| cfg.state_dir.join("audit.jsonl")),
         );
+        audit.create()?;
         let record = record_path(&cfg.state_dir, backend.name());
         let mut r = Reconciler {
             backend,

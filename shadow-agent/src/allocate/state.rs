@@ -284,7 +284,7 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// A log at `path` (created on first append, with its directory).
+    /// A log at `path`; nothing is made until [`AuditLog::create`] or the first append.
     pub fn new(path: impl Into<PathBuf>) -> AuditLog {
         AuditLog { path: path.into() }
     }
@@ -294,31 +294,41 @@ impl AuditLog {
         &self.path
     }
 
+    /// Makes the file (and its directory) if it does not exist, leaving any entries in it:
+    /// a run that decides nothing still leaves a log to report on, and an unwritable path
+    /// is named when the allocator starts rather than at its first decision.
+    pub fn create(&self) -> Result<()> {
+        self.open_append().map(drop)
+    }
+
     /// Appends one line.
     pub fn append(&self, entry: &AuditEntry) -> Result<()> {
-        let io = |op| {
-            let p = self.path.clone();
-            move |source| AllocateError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).map_err(io("create directory"))?;
-        }
         let mut line = serde_json::to_vec(entry).map_err(|source| AllocateError::Json {
             op: "serialise",
             path: self.path.clone(),
             source,
         })?;
         line.push(b'\n');
-        let mut f = OpenOptions::new()
+        self.open_append()?
+            .write_all(&line)
+            .map_err(self.io_error("append"))
+    }
+
+    /// The file opened for appending, made with its directory if missing.
+    fn open_append(&self) -> Result<fs::File> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(self.io_error("create directory"))?;
+        }
+        OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
-            .map_err(io("open for appending"))?;
-        f.write_all(&line).map_err(io("append"))
+            .map_err(self.io_error("open for appending"))
+    }
+
+    fn io_error(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> AllocateError {
+        let path = self.path.clone();
+        move |source| AllocateError::Io { op, path, source }
     }
 
     /// Every entry so far (for tests and reports).

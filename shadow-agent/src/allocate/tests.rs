@@ -219,6 +219,39 @@ fn confident_forecast_preallocates_and_the_step_is_idempotent() {
 }
 
 #[test]
+fn a_run_that_changes_nothing_leaves_an_empty_audit_log_to_report_on() {
+    let m = Mimic::new("quiet");
+    m.put("web/cpu.max", "100000 100000\n");
+    let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
+    // No forecast and no pressure: nothing to decide.
+    for _ in 0..3 {
+        let rep = r.step(&Forecasts::default()).unwrap();
+        assert!(rep.applied.is_empty(), "{rep:?}");
+    }
+    let path = r.audit().path().to_owned();
+    drop(r);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "");
+    let decisions = crate::report::read_audit(&path).unwrap();
+    assert!(decisions.is_empty());
+
+    // A second start appends to what is there rather than truncating it.
+    fs::write(&path, "kept\n").unwrap();
+    drop(Reconciler::new(m.backend(), m.config()).unwrap());
+    assert_eq!(fs::read_to_string(&path).unwrap(), "kept\n");
+
+    // An audit log that cannot be made is refused at start, naming the path.
+    let mut cfg = m.config();
+    let bad = m.root.join("web/cpu.max/audit.jsonl");
+    cfg.audit_log = Some(bad.clone());
+    let err = Reconciler::new(m.backend(), cfg).unwrap_err().to_string();
+    assert!(
+        err.contains(&*m.root.join("web/cpu.max").to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(m.get("web/cpu.max"), "100000 100000");
+}
+
+#[test]
 fn dry_run_writes_nothing_but_audits_what_it_would_do() {
     let m = Mimic::new("dry");
     m.put("web/cpu.max", "100000 100000\n");
