@@ -141,6 +141,58 @@ fn config(group: &str, state: &Path, port: &str, dir: &Path) -> String {
     )
 }
 
+/// `fake_kube_api.py` in `ns`, with its scratch directory (certificates, token, request log).
+struct FakeApi {
+    _proc: shadow_agent::sys::process::ChildGuard,
+    port: String,
+    log: PathBuf,
+    apply: PathBuf,
+    dir: common::RmDir,
+}
+
+impl FakeApi {
+    fn start(tag: &str, name: &str, ns: &NetNs, quota_file: &Path, extra: &[&str]) -> FakeApi {
+        let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-{name}")));
+        std::fs::create_dir_all(&dir.0).expect("scratch dir");
+        certificates(&dir.0);
+        std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).expect("token");
+        let log = dir.0.join("requests.jsonl");
+        let apply = dir.0.join("apply");
+        let port_file = dir.0.join("port");
+        let mut api = Command::new("python3");
+        api.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fake_kube_api.py"
+        ))
+        .args([
+            "--cert", "srv.crt", "--key", "srv.key", "--token", TOKEN, "--node", "node-a",
+        ])
+        .args(["--uid", UID, "--cid", CID])
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--log")
+        .arg(&log)
+        .arg("--quota-file")
+        .arg(quota_file)
+        .arg("--apply-flag")
+        .arg(&apply)
+        .args(extra)
+        .current_dir(&dir.0);
+        let proc = shadow_agent::sys::process::spawn(api, Some(ns), None).expect("fake API server");
+        wait_for("the fake API server", Duration::from_secs(20), || {
+            port_file.exists()
+        });
+        let port = std::fs::read_to_string(&port_file).expect("port");
+        FakeApi {
+            _proc: proc,
+            port,
+            log,
+            apply,
+            dir,
+        }
+    }
+}
+
 #[test]
 fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash() {
     let tag = format!("{:x}", std::process::id() & 0xffffff);
@@ -157,43 +209,14 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
         )
         .expect("cpu.cfs_quota_us");
 
-    let dir = common::RmDir(std::env::temp_dir().join(format!("shdt{tag}-k8s-api")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    certificates(&dir.0);
-    std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).expect("token");
-    let log = dir.0.join("requests.jsonl");
-    let apply = dir.0.join("apply");
-    let port_file = dir.0.join("port");
-    let mut api = Command::new("python3");
-    api.arg(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fake_kube_api.py"
-    ))
-    .args([
-        "--cert", "srv.crt", "--key", "srv.key", "--token", TOKEN, "--node", "node-a",
-    ])
-    .args(["--uid", UID, "--cid", CID])
-    .arg("--port-file")
-    .arg(&port_file)
-    .arg("--log")
-    .arg(&log)
-    .arg("--quota-file")
-    .arg(&quota_file)
-    .arg("--apply-flag")
-    .arg(&apply)
-    .current_dir(&dir.0);
-    let _api = shadow_agent::sys::process::spawn(api, Some(&ns), None).expect("fake API server");
-    wait_for("the fake API server", Duration::from_secs(20), || {
-        port_file.exists()
-    });
-    let port = std::fs::read_to_string(&port_file).expect("port");
-
+    let api = FakeApi::start(&tag, "k8s-api", &ns, &quota_file, &[]);
+    let (dir, log, apply, port) = (&api.dir, api.log.clone(), api.apply.clone(), &api.port);
     let state = dir.0.join("state");
     let agent = common::ScratchAgent::start(
         &tag,
         "k8s-agent",
         Some(&ns),
-        |_| config(&group, &state, &port, &dir.0),
+        |_| config(&group, &state, port, &dir.0),
         |_| {},
     );
 
@@ -279,7 +302,7 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
         &tag,
         "k8s-agent2",
         Some(&ns),
-        |_| config(&group, &state, &port, &dir.0),
+        |_| config(&group, &state, port, &dir.0),
         |_| {},
     );
     wait_for(
@@ -314,5 +337,113 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
             .exists(),
         "the record of the originals must be gone after the restore"
     );
+    drop(cg);
+}
+
+/// On a node without room for the raise, the kubelet marks the resize `Infeasible` and keeps
+/// the old limit. The agent reports that as a scale-out event of its own (the node, not its
+/// rails, is what ran out), once, and does not ask for the same value again.
+#[test]
+fn a_resize_the_node_cannot_fit_is_a_scale_out_event_once() {
+    let tag = format!("{:x}", std::process::id() & 0xffffff);
+    let ns = NetNs::create(&format!("shdt{tag}-k8sf")).expect("netns");
+    link::set_up("lo", Some(&ns)).expect("lo up");
+
+    let group = format!("shdt{tag}-k8sf/kubepods/burstable/pod{UID}/{CID}");
+    let (cg, _burner) = common::throttled_burner(&group);
+    let quota_file: PathBuf = cg
+        .file_path(
+            shadow_agent::sys::cgroup::Controller::Cpu,
+            "cpu.cfs_quota_us",
+        )
+        .expect("cpu.cfs_quota_us");
+    // The node has room for the pod's 100m and no more; the kubelet applies what fits.
+    let api = FakeApi::start(&tag, "k8sf-api", &ns, &quota_file, &["--capacity-m", "100"]);
+    std::fs::write(&api.apply, "").expect("apply flag");
+    let state = api.dir.0.join("state");
+    let agent = common::ScratchAgent::start(
+        &tag,
+        "k8sf-agent",
+        Some(&ns),
+        |_| {
+            config(&group, &state, &api.port, &api.dir.0).replace(
+                "[allocate.scale]\nenabled = false",
+                "[allocate.scale]\nenabled = true",
+            )
+        },
+        |_| {},
+    );
+
+    let infeasible = |line: &str| {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        (v["event"] == "scale" && v["cause"] == "resize_infeasible").then_some(v)
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut event = None;
+    while event.is_none() && Instant::now() < deadline {
+        if let Ok(line) = agent.lines.recv_timeout(Duration::from_millis(500)) {
+            event = infeasible(&line);
+        }
+    }
+    let ev = event.unwrap_or_else(|| {
+        panic!(
+            "no resize_infeasible scale event; requests: {:?}",
+            requests(&api.log)
+        )
+    });
+    assert_eq!(ev["direction"], "out", "{ev}");
+    assert_eq!(ev["resource"], "cpu", "{ev}");
+    assert_eq!(ev["cgroup"], group, "{ev}");
+    assert_eq!(ev["acted"], false, "{ev}");
+    let (need, capacity) = (
+        ev["need"].as_f64().expect("need"),
+        ev["capacity"].as_f64().expect("capacity"),
+    );
+    // The limit in force is the kubelet's 100m; the ask is the one the API holds.
+    assert!((capacity - 0.1).abs() < 1e-6, "{ev}");
+    let asked: Vec<f64> = patches(&api.log)
+        .iter()
+        .filter_map(cpu_limit_m)
+        .filter(|&m| m > 100.0)
+        .collect();
+    assert!(
+        need > capacity && asked.iter().any(|m| (m - need * 1000.0).abs() < 1.0),
+        "need {need} is not a limit the agent asked for: {asked:?}"
+    );
+    let message = ev["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("shop/web-0") && message.contains("Node didn't have enough capacity"),
+        "{ev}"
+    );
+    assert_eq!(
+        common::quota(&cg),
+        common::ORIGINAL_QUOTA,
+        "an infeasible resize must leave the limit in force"
+    );
+
+    // Once per episode, and the same value is not asked for again while the verdict stands.
+    let patches_then = patches(&api.log).len();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if let Ok(line) = agent.lines.recv_timeout(Duration::from_millis(300)) {
+            assert!(infeasible(&line).is_none(), "a second event: {line}");
+        }
+    }
+    let again: Vec<_> = patches(&api.log)
+        .into_iter()
+        .skip(patches_then)
+        .filter(|p| cpu_limit_m(p).is_some_and(|m| (m - need * 1000.0).abs() < 1.0))
+        .collect();
+    assert!(again.is_empty(), "asked for {need} again: {again:?}");
+    // The failed change is audited with the kubelet's reason.
+    assert!(
+        common::audit(&state).iter().any(|e| e["resource"] == "cpu"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("Infeasible"))),
+        "no audited infeasible change: {:?}",
+        common::audit(&state)
+    );
+    agent.stop();
     drop(cg);
 }

@@ -9,6 +9,9 @@ class change refused with a 422). Every request is appended to a JSON-lines log.
 
 While the file --apply-flag exists it also plays the kubelet: an accepted CPU resize is
 written to the container's cgroup (--quota-file, v1 cpu.cfs_quota_us at a 100 ms period).
+With --capacity-m M, a node with M millicores for the pod: a resize to a CPU limit above M
+is accepted into the spec, as the API server does, but the kubelet does not apply it and
+marks the pod `PodResizePending` / `Infeasible` (Kubernetes 1.33) until a resize fits.
 """
 
 import argparse
@@ -31,6 +34,7 @@ ap.add_argument("--apply-flag", required=True)
 ap.add_argument("--node", required=True)
 ap.add_argument("--uid", required=True)
 ap.add_argument("--cid", required=True)
+ap.add_argument("--capacity-m", type=float, default=None)
 args = ap.parse_args()
 
 lock = threading.Lock()
@@ -156,6 +160,18 @@ class Handler(BaseHTTPRequestHandler):
                 self.record(body, 422)
                 return self.status(422, "Invalid", "Pod QoS is immutable")
             c["resources"] = new
+            conditions = [k for k in POD["status"].get("conditions", [])
+                          if k["type"] != "PodResizePending"]
+            if args.capacity_m is not None and "cpu" in lim \
+                    and millicores(lim["cpu"]) > args.capacity_m:
+                conditions.append({
+                    "type": "PodResizePending", "status": "True", "reason": "Infeasible",
+                    "message": "Node didn't have enough capacity: cpu, requested: %d, "
+                               "capacity: %d" % (millicores(lim["cpu"]), args.capacity_m)})
+                POD["status"]["conditions"] = conditions
+                self.record(body, 200)
+                return self.reply(200, POD)
+            POD["status"]["conditions"] = conditions
             if os.path.exists(args.apply_flag):
                 quota = int(millicores(lim["cpu"]) * 100) if "cpu" in lim else -1
                 with open(args.quota_file, "w") as f:

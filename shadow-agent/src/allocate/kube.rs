@@ -513,21 +513,28 @@ fn resize_patch(
     Ok(json!({ "spec": { "containers": [ { "name": container, "resources": resources } ] } }))
 }
 
-/// Why asking for `patch` again is pointless: the kubelet found the resize the pod's spec
-/// holds now infeasible on this node (condition `PodResizePending` with reason
-/// `Infeasible`, Kubernetes >= 1.33; `status.resize = "Infeasible"` before), and `patch`
-/// asks for exactly that again. A different value is sent: the kubelet judges it afresh.
-fn infeasible_again(pod: &Value, container: &str, patch: &Value) -> Option<String> {
+/// The kubelet's verdict that the node cannot fit the resize the pod's spec holds now: the
+/// condition `PodResizePending` with reason `Infeasible` (Kubernetes >= 1.33) or
+/// `status.resize = "Infeasible"` (before). `Some(message)` (possibly empty) when it has.
+fn resize_infeasible(pod: &Value) -> Option<String> {
     let condition = pod["status"]["conditions"].as_array().and_then(|c| {
         c.iter().find(|c| {
             c["type"] == "PodResizePending" && c["status"] == "True" && c["reason"] == "Infeasible"
         })
     });
-    let message = match condition {
-        Some(c) => c["message"].as_str().unwrap_or("").to_owned(),
-        None if pod["status"]["resize"] == "Infeasible" => String::new(),
-        None => return None,
-    };
+    match condition {
+        Some(c) => Some(c["message"].as_str().unwrap_or("").to_owned()),
+        None if pod["status"]["resize"] == "Infeasible" => Some(String::new()),
+        None => None,
+    }
+}
+
+/// Why asking for `patch` again is pointless: the kubelet found the resize the pod's spec
+/// holds now infeasible on this node ([`resize_infeasible`]), and `patch` asks for exactly
+/// that again. `Some(the kubelet's message)`. A different value is sent: the kubelet judges
+/// it afresh.
+fn infeasible_again(pod: &Value, container: &str, patch: &Value) -> Option<String> {
+    let message = resize_infeasible(pod)?;
     let spec = container_spec(pod, container)?;
     let asked = &patch["spec"]["containers"][0]["resources"];
     let same = ["requests", "limits"].iter().all(|part| {
@@ -544,17 +551,33 @@ fn infeasible_again(pod: &Value, container: &str, patch: &Value) -> Option<Strin
             })
         })
     });
-    same.then(|| {
-        format!(
-            "the node cannot fit this resize (PodResizePending: Infeasible{}); not asked again \
-             until the wanted value changes",
-            if message.is_empty() {
-                String::new()
-            } else {
-                format!(": {message}")
-            }
-        )
-    })
+    same.then_some(message)
+}
+
+/// A resize the kubelet found this node cannot fit: the node, not the allocator's rails, is
+/// what limits the container now. Reported once per episode ([`KubeBackend::take_infeasible`]),
+/// which ends when the pod next shows no such verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfeasibleResize {
+    pub resource: Resource,
+    /// The limit asked for (cores, bytes).
+    pub asked: f64,
+    /// The limit in force, which the kubelet keeps (cores, bytes; from cgroupfs).
+    pub in_force: f64,
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    pub container: String,
+    /// The kubelet's message (e.g. "Node didn't have enough capacity: cpu, requested: 4000,
+    /// capacity: 2000"); empty when it gave none.
+    pub message: String,
+}
+
+/// The infeasible resizes of a [`KubeBackend`]: which resources are in an episode, and what
+/// is yet to be reported.
+#[derive(Debug, Default)]
+struct Infeasible {
+    open: Vec<Resource>,
+    pending: Vec<InfeasibleResize>,
 }
 
 /// A kubelet-owned group resized through the API (see the module's documentation).
@@ -564,6 +587,7 @@ pub struct KubeBackend {
     target: PodTarget,
     /// Resolved on first use, dropped when the pod is not found.
     pod: Mutex<Option<PodRef>>,
+    infeasible: Mutex<Infeasible>,
 }
 
 impl KubeBackend {
@@ -577,6 +601,7 @@ impl KubeBackend {
             client,
             target,
             pod: Mutex::new(None),
+            infeasible: Mutex::default(),
         })
     }
 
@@ -632,10 +657,65 @@ impl KubeBackend {
         let (pod, r) = self.fetch()?;
         let patch = resize_patch(&pod, &r.container, resource, value)
             .map_err(|e| self.err(format!("{}: {e}", r.label())))?;
-        if let Some(why) = infeasible_again(&pod, &r.container, &patch) {
-            return Err(self.err(format!("{}: {why}", r.label())));
+        if resize_infeasible(&pod).is_none() {
+            self.end_infeasible(resource);
+        }
+        if let Some(message) = infeasible_again(&pod, &r.container, &patch) {
+            self.note_infeasible(resource, value, &r, &message);
+            return Err(self.err(format!(
+                "{}: the node cannot fit this resize (PodResizePending: Infeasible{}); not \
+                 asked again until the wanted value changes",
+                r.label(),
+                if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                }
+            )));
         }
         self.send(&r, &patch)
+    }
+
+    /// Opens an episode for `resource` (and queues its report) unless one is open.
+    fn note_infeasible(&self, resource: Resource, asked: Option<f64>, r: &PodRef, message: &str) {
+        let in_force = self.inner.read_limits().ok().and_then(|l| match resource {
+            Resource::Cpu => l.cpu_cores,
+            Resource::Memory => l.memory_bytes.map(|b| b as f64),
+            Resource::Cpuset => None,
+        });
+        let Ok(mut inf) = self.infeasible.lock() else {
+            return;
+        };
+        if inf.open.contains(&resource) {
+            return;
+        }
+        inf.open.push(resource);
+        // Removing a limit, or a group without one, has no shortfall to report.
+        if let (Some(asked), Some(in_force)) = (asked, in_force) {
+            inf.pending.push(InfeasibleResize {
+                resource,
+                asked,
+                in_force,
+                pod: format!("{}/{}", r.namespace, r.name),
+                container: r.container.clone(),
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    fn end_infeasible(&self, resource: Resource) {
+        if let Ok(mut inf) = self.infeasible.lock() {
+            inf.open.retain(|&o| o != resource);
+        }
+    }
+
+    /// The resizes found infeasible since the last call, once per episode: the first time
+    /// the same value would be asked for again while the kubelet's verdict stands.
+    pub fn take_infeasible(&self) -> Vec<InfeasibleResize> {
+        self.infeasible
+            .lock()
+            .map(|mut i| std::mem::take(&mut i.pending))
+            .unwrap_or_default()
     }
 
     fn send(&self, r: &PodRef, patch: &Value) -> Result<()> {
@@ -841,9 +921,9 @@ mod tests {
             "message": "Node didn't have enough capacity: cpu, requested: 4000, capacity: 2000"
         }]);
         let why = infeasible_again(&p, "app", &same).expect("the same ask again");
-        assert!(
-            why.contains("Infeasible: Node didn't have enough capacity"),
-            "{why}"
+        assert_eq!(
+            why,
+            "Node didn't have enough capacity: cpu, requested: 4000, capacity: 2000"
         );
         assert_eq!(
             infeasible_again(&p, "app", &other),

@@ -14,7 +14,7 @@ use super::backend::{self, Backend};
 use super::policy::Resource;
 use super::policy::{ForecastInput, Rails};
 use super::reconcile::{AllocatorConfig, Forecasts, Reconciler};
-use super::scale::{ScaleDetector, ScaleEvent, ScaleRule, Webhook, WebhookUrl};
+use super::scale::{ScaleCause, ScaleDetector, ScaleEvent, ScaleRule, Webhook, WebhookUrl};
 use super::sim::{adaptive_forecast, AdaptiveSim};
 use super::validate::{WhatifValidation, WhatifValidator};
 use super::{AllocateError, Result};
@@ -1049,6 +1049,14 @@ impl LiveAllocator {
                 Err(e) => serde_json::json!({ "error": super::state::error_chain(&e) }),
             };
             let mut v = v;
+            let infeasible = g.infeasible_events(&self.scale);
+            if !infeasible.is_empty() {
+                match v.get_mut("scale_events").and_then(|s| s.as_array_mut()) {
+                    Some(list) => list.extend(infeasible.iter().map(|e| serde_json::json!(e))),
+                    None => v["scale_events"] = serde_json::json!(infeasible),
+                }
+                self.events.extend(infeasible);
+            }
             // A group matched this tick: its first step says so.
             if std::mem::take(&mut g.just_matched) {
                 if v.get("change").is_none_or(serde_json::Value::is_null) {
@@ -1157,6 +1165,55 @@ impl Managed {
         Ok(Some(change))
     }
 
+    /// Scale-out events for the resizes the kubelet found this node cannot fit (Kubernetes
+    /// only), once per episode: the node's capacity, not the rails, is short.
+    fn infeasible_events(&self, rule: &ScaleRule) -> Vec<ScaleEvent> {
+        let Some(k) = self.reconciler.backend().kube() else {
+            return Vec::new();
+        };
+        let found = k.take_infeasible();
+        if !rule.enabled {
+            return Vec::new();
+        }
+        found
+            .into_iter()
+            .map(|i| {
+                let tracked = match i.resource {
+                    Resource::Memory => &self.memory,
+                    // Only CPU and memory are resized through the API.
+                    Resource::Cpu | Resource::Cpuset => &self.cpu,
+                };
+                ScaleEvent {
+                    event: "scale".to_owned(),
+                    direction: super::scale::Direction::Out,
+                    cause: ScaleCause::ResizeInfeasible,
+                    cgroup: self.name.clone(),
+                    resource: i.resource,
+                    time_ms: super::state::unix_ms(),
+                    need: i.asked,
+                    capacity: i.in_force,
+                    shortfall: i.asked - i.in_force,
+                    forecast: tracked.last,
+                    lead_intervals: 0,
+                    lead_s: 0.0,
+                    usage: tracked.history.back().copied(),
+                    held_intervals: 1,
+                    message: Some(format!(
+                        "pod {} container {}: the node cannot fit the resize{}",
+                        i.pod,
+                        i.container,
+                        if i.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", i.message)
+                        }
+                    )),
+                    acted: false,
+                }
+            })
+            .collect()
+    }
+
     fn tick(
         &mut self,
         predictive: bool,
@@ -1222,17 +1279,19 @@ impl Managed {
                 let ev = ScaleEvent {
                     event: "scale".to_owned(),
                     direction: s.direction,
+                    cause: ScaleCause::Forecast,
                     cgroup: self.name.clone(),
                     resource,
                     time_ms: super::state::unix_ms(),
                     need: s.need,
                     capacity: s.capacity,
                     shortfall: s.need - s.capacity,
-                    forecast: f,
+                    forecast: Some(f),
                     lead_intervals: f.horizon_intervals,
                     lead_s: f64::from(f.horizon_intervals) * self.interval_s.unwrap_or(0.0),
                     usage,
                     held_intervals: s.held_intervals,
+                    message: None,
                     acted: false,
                 };
                 scale.push(ev);

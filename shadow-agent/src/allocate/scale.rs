@@ -86,6 +86,18 @@ impl Direction {
     }
 }
 
+/// Why a scaling event was emitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleCause {
+    /// The forecast's need against the rails' `max` ([`ScaleDetector`]).
+    #[default]
+    Forecast,
+    /// On Kubernetes, the kubelet found that the node cannot fit a resize the allocator
+    /// asked for: the node's free capacity, below the rails' `max`, is what ran out.
+    ResizeInfeasible,
+}
+
 /// What [`ScaleDetector::observe`] found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScaleSignal {
@@ -104,23 +116,33 @@ pub struct ScaleEvent {
     /// Always `"scale"` (tells event lines apart on the output stream).
     pub event: String,
     pub direction: Direction,
+    /// Why: the forecast against the rails, or a resize the node could not fit.
+    #[serde(default)]
+    pub cause: ScaleCause,
     pub cgroup: String,
     pub resource: Resource,
     pub time_ms: u64,
-    /// Forecast need (upper bound × (1 + headroom)), in the resource's unit (cores, bytes).
+    /// Forecast need (upper bound × (1 + headroom)), in the resource's unit (cores, bytes);
+    /// for `resize_infeasible`, the limit asked for.
     pub need: f64,
-    /// What this node can give the primary within its rails.
+    /// What this node can give the primary within its rails; for `resize_infeasible`, the
+    /// limit the kubelet keeps in force.
     pub capacity: f64,
     /// `need − capacity` (positive: missing; negative: surplus).
     pub shortfall: f64,
-    /// The forecast behind it (point, interval, level, coverage, lead in intervals).
-    pub forecast: ForecastInput,
-    /// Lead time of the forecast: intervals and seconds ahead the bound covers.
+    /// The forecast behind it (point, interval, level, coverage, lead in intervals); for
+    /// `resize_infeasible`, the latest forecast if there is one (else null).
+    pub forecast: Option<ForecastInput>,
+    /// Lead time of the forecast: intervals and seconds ahead the bound covers (0 for
+    /// `resize_infeasible`: the shortfall is now).
     pub lead_intervals: u32,
     pub lead_s: f64,
     /// Usage over the last interval (cores, bytes), if known.
     pub usage: Option<f64>,
     pub held_intervals: u32,
+    /// For `resize_infeasible`: the pod and container, and the kubelet's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Whether Shadow acted on it itself: always false (events are for the orchestrator;
     /// a scale-in suggestion in particular is never acted on from a forecast alone).
     pub acted: bool,
