@@ -106,6 +106,9 @@ pub struct AllocateArgs {
     /// `[allocate.cpu] scale_in_after_intervals` of both agents.
     #[arg(long, requires = "scale_in_below")]
     pub scale_in_after: Option<u32>,
+    /// `[allocate.cpu] shortage_memory_intervals` of both agents (default: the agent's).
+    #[arg(long)]
+    pub shortage_memory: Option<u32>,
 }
 
 /// A cgroup in the v1 controllers and cgroup2, removed on drop (after its processes).
@@ -265,18 +268,20 @@ fn load_trace(path: &Path, metric: &str) -> Result<Vec<(String, Vec<f64>)>> {
 }
 
 /// The agent's config for one group.
-fn agent_config(
-    group: &str,
-    state: &Path,
-    interval_ms: u64,
-    predictive: bool,
-    level: Option<f64>,
-    scale_in: Option<(f64, u32)>,
-) -> String {
-    let level = level.map_or(String::new(), |l| format!("level = {l}\n"));
-    let scale_in = scale_in.map_or(String::new(), |(b, n)| {
-        format!("scale_in_below = {b}\nscale_in_after_intervals = {n}\n")
-    });
+fn agent_config(group: &str, state: &Path, predictive: bool, args: &AllocateArgs) -> String {
+    let interval_ms = args.interval_ms;
+    let level = args
+        .level
+        .map_or(String::new(), |l| format!("level = {l}\n"));
+    let mut cpu = args
+        .scale_in_below
+        .zip(args.scale_in_after)
+        .map_or(String::new(), |(b, n)| {
+            format!("scale_in_below = {b}\nscale_in_after_intervals = {n}\n")
+        });
+    if let Some(w) = args.shortage_memory {
+        cpu.push_str(&format!("shortage_memory_intervals = {w}\n"));
+    }
     format!(
         r#"# Written by `cargo xtask bench allocate`.
 [metrics]
@@ -295,7 +300,7 @@ audit_log = "{state}/audit.jsonl"
 [allocate.cpu]
 # The group's cpuset is one CPU.
 max = 1.0
-{scale_in}
+{cpu}
 [allocate.memory]
 enabled = false
 
@@ -444,17 +449,7 @@ fn run_series(
         let state = scratch.join(format!("state{i}"));
         fs::create_dir_all(&state)?;
         let cfg = scratch.join(format!("agent{i}.toml"));
-        fs::write(
-            &cfg,
-            agent_config(
-                &names[i],
-                &state,
-                args.interval_ms,
-                predictive,
-                args.level,
-                args.scale_in_below.zip(args.scale_in_after),
-            ),
-        )?;
+        fs::write(&cfg, agent_config(&names[i], &state, predictive, args))?;
         agents.push((start_agent(agent, &cfg)?, state.join("audit.jsonl")));
     }
     // Both burners start at the same instant, after they are placed in their groups.
@@ -656,6 +651,7 @@ pub fn allocate(args: AllocateArgs) -> Result<()> {
         "level": args.level,
         "scale_in_below": args.scale_in_below,
         "scale_in_after_intervals": args.scale_in_after,
+        "shortage_memory_intervals": args.shortage_memory,
         "cfs_period_us": PERIOD_US,
         "policies": [total[0].json("shadow"), total[1].json("reactive")],
         "throttled_reduction": reduction,

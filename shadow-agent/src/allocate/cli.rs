@@ -78,6 +78,10 @@ pub struct SimulateArgs {
     /// Intervals of usage below `--scale-in-below` before a reactive scale-in.
     #[arg(long, requires = "scale_in_below")]
     pub scale_in_after: Option<u32>,
+    /// For this many intervals after a shortage, no shrink goes below one reactive step
+    /// above the limit that was short (`[allocate.*] shortage_memory_intervals`).
+    #[arg(long)]
+    pub shortage_memory: Option<u32>,
     /// Calibrate the predictive target per series towards this shortage rate (fraction).
     #[arg(long)]
     pub shortage_target: Option<f64>,
@@ -216,6 +220,9 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
         }
         if let (Some(b), Some(n)) = (args.scale_in_below, args.scale_in_after) {
             cfg = cfg.with_scale_in(b, n);
+        }
+        if let Some(w) = args.shortage_memory {
+            cfg.rails.shortage_memory_intervals = w;
         }
         if let Err((key, reason)) = cfg.rails.validate_with(&cfg.policy) {
             let flag = match key {

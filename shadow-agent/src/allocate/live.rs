@@ -125,6 +125,7 @@ pub struct RawRails {
     pub floor_margin_abs: Option<f64>,
     pub scale_in_below: Option<f64>,
     pub scale_in_after_intervals: Option<u32>,
+    pub shortage_memory_intervals: Option<u32>,
 }
 
 /// Whether a `allocate.cgroups` entry is a pattern (`*`, `?`, `[...]`, `**`: the `glob`
@@ -211,6 +212,9 @@ fn merge_rails(base: Rails, raw: &RawRails) -> Rails {
         scale_in_after_intervals: raw
             .scale_in_after_intervals
             .unwrap_or(base.scale_in_after_intervals),
+        shortage_memory_intervals: raw
+            .shortage_memory_intervals
+            .unwrap_or(base.shortage_memory_intervals),
     }
 }
 
@@ -1413,14 +1417,20 @@ heavy_rx_pps = 5000
         assert_eq!(err.0, "allocate.placement.avoid_cpus");
 
         let s = parse(
-            "cgroups = [\"web\"]\n[cpu]\nscale_in_below = 0.5\nscale_in_after_intervals = 30",
+            "cgroups = [\"web\"]\n[cpu]\nscale_in_below = 0.5\nscale_in_after_intervals = 30\n\
+             shortage_memory_intervals = 12",
         )
         .unwrap();
         let cpu = s.allocator.cpu.unwrap();
         assert_eq!(
-            (cpu.scale_in_below, cpu.scale_in_after_intervals),
-            (0.5, 30)
+            (
+                cpu.scale_in_below,
+                cpu.scale_in_after_intervals,
+                cpu.shortage_memory_intervals
+            ),
+            (0.5, 30, 12)
         );
+        assert_eq!(s.allocator.memory.unwrap().shortage_memory_intervals, 0);
         // Overlapping the near-limit band (0.9) would flap.
         let err = parse("cgroups = [\"web\"]\n[cpu]\nscale_in_below = 0.9").unwrap_err();
         assert_eq!(err.0, "allocate.cpu.scale_in_below");

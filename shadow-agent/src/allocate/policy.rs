@@ -207,6 +207,12 @@ pub struct Rails {
     /// Consecutive intervals below `scale_in_below` before a reactive scale-in; 0: off.
     #[serde(default)]
     pub scale_in_after_intervals: u32,
+    /// For this many intervals after the limit was short (CPU throttled, a memory limit hit
+    /// or OOM), no shrink goes below one reactive step above the limit that was short
+    /// (`limit × (1 + step_up)`): the demand has just shown that limit is too small,
+    /// whatever a forecast of the mean usage says. 0: off.
+    #[serde(default)]
+    pub shortage_memory_intervals: u32,
 }
 
 impl Rails {
@@ -225,6 +231,7 @@ impl Rails {
             floor_margin_abs: 0.0,
             scale_in_below: 0.0,
             scale_in_after_intervals: 0,
+            shortage_memory_intervals: 0,
         }
     }
 
@@ -243,6 +250,7 @@ impl Rails {
             floor_margin_abs: 32.0 * 1024.0 * 1024.0,
             scale_in_below: 0.0,
             scale_in_after_intervals: 0,
+            shortage_memory_intervals: 0,
         }
     }
 
@@ -421,6 +429,13 @@ pub struct ResourceState {
     /// of the last N to 2N − 1 intervals (an old spike, such as a process's start, ages out).
     #[serde(default)]
     pub surplus_peak_prev: f64,
+    /// The highest limit that was short within the last `shortage_memory_intervals`
+    /// intervals (0: none) ...
+    #[serde(default)]
+    pub short_limit: f64,
+    /// ... and the intervals since it was.
+    #[serde(default)]
+    pub short_age: u32,
 }
 
 impl ResourceState {
@@ -445,6 +460,8 @@ impl Default for ResourceState {
             surplus_streak: 0,
             surplus_peak: 0.0,
             surplus_peak_prev: 0.0,
+            short_limit: 0.0,
+            short_age: 0,
         }
     }
 }
@@ -500,6 +517,9 @@ pub enum Rail {
     WhatifFailed,
     /// A forecast shrink cut to the lowest limit a what-if replica passed at.
     WhatifValidated,
+    /// A shrink cut to one reactive step above a limit that was short recently
+    /// (`shortage_memory_intervals`).
+    RecentShortage,
 }
 
 /// The outcome for one scalar resource.
@@ -559,6 +579,28 @@ pub fn decide(
         });
         let step = if short { 1.0 - target } else { -target };
         state.scale = (state.scale * (CALIBRATION_GAIN * step).exp()).clamp(0.5, 2.0);
+    }
+
+    // Shortage memory: the highest limit that was short within the last W intervals.
+    if rails.shortage_memory_intervals > 0 {
+        state.short_age = state.short_age.saturating_add(1);
+        if state.short_age > rails.shortage_memory_intervals {
+            state.short_limit = 0.0;
+        }
+        let short = active.iter().any(|s| {
+            matches!(
+                s,
+                Signal::Throttled { .. } | Signal::Oom { .. } | Signal::LimitHit { .. }
+            )
+        });
+        if let (true, Some(c)) = (short, current) {
+            if c >= state.short_limit {
+                state.short_limit = c;
+                state.short_age = 0;
+            }
+        }
+    } else {
+        state.short_limit = 0.0;
     }
 
     // Surplus streak of the reactive scale-in: usage below the band, no signal.
@@ -625,6 +667,13 @@ pub fn decide(
     let mut desired = target;
 
     // 2. Rails.
+    if desired < eff && state.short_limit > 0.0 {
+        let floor = state.short_limit * (1.0 + cfg.reactive.step_up);
+        if desired < floor {
+            desired = floor.min(eff);
+            applied_rails.push(Rail::RecentShortage);
+        }
+    }
     if rails.floor_margin_frac > 0.0 || rails.floor_margin_abs > 0.0 {
         if let Some(usage) = signals.usage {
             let floor = usage * (1.0 + rails.floor_margin_frac) + rails.floor_margin_abs;
@@ -724,6 +773,7 @@ mod tests {
             floor_margin_abs: 0.0,
             scale_in_below: 0.0,
             scale_in_after_intervals: 0,
+            shortage_memory_intervals: 0,
         }
     }
 
@@ -813,6 +863,57 @@ mod tests {
         );
         assert_eq!(d.reason, Reason::Hold);
         assert!(!d.changes());
+    }
+
+    #[test]
+    fn no_shrink_back_into_a_limit_that_was_short_recently() {
+        let throttled = Signals {
+            usage: Some(0.6),
+            throttled_ratio: Some(0.5),
+            throttled_periods: 40,
+            ..Signals::default()
+        };
+        let calm = Signals {
+            usage: Some(0.3),
+            ..Signals::default()
+        };
+        // A confident forecast of 0.4 cores (target 0.4 × 1.15 = 0.46).
+        let small = || Some(fc(0.38, 0.36, 0.4, Some(0.9)));
+        for (w, held) in [(0, 0), (4, 4)] {
+            let r = Rails {
+                shortage_memory_intervals: w,
+                max_step_down: 0.9,
+                ..rails()
+            };
+            let mut st = ResourceState::default();
+            // Throttled at 1.0 core: stepped up to 1.25.
+            let d = run(&r, &mut st, Some(1.0), &throttled, None);
+            assert_eq!(d.new, Some(1.25), "{d:?}");
+            // Then a confident forecast far below: with the memory on, no shrink below one
+            // step above the limit that throttled (1.0 × 1.25) for W intervals.
+            let mut cur = 1.25;
+            for i in 1..=held {
+                let d = run(&r, &mut st, Some(cur), &calm, small());
+                assert!(!d.changes(), "interval {i} of {w}: {d:?}");
+                assert!(d.rails.contains(&Rail::RecentShortage), "{d:?}");
+            }
+            let d = run(&r, &mut st, Some(cur), &calm, small());
+            assert_eq!(d.reason, Reason::Forecast, "{d:?}");
+            assert!(!d.rails.contains(&Rail::RecentShortage), "{d:?}");
+            assert!((d.new.unwrap() - 0.46).abs() < 1e-9, "W = {w}: {d:?}");
+            cur = d.new.unwrap();
+            // A shortage at 0.46 (below the remembered 1.0, if any remains): remembered too,
+            // so a shrink from the stepped-up limit stops at 0.46 × 1.25.
+            let d = run(&r, &mut st, Some(cur), &throttled, None);
+            assert!((d.new.unwrap() - 0.575).abs() < 1e-9, "{d:?}");
+            let d = run(&r, &mut st, Some(0.7), &calm, small());
+            if w == 0 {
+                assert!((d.new.unwrap() - 0.46).abs() < 1e-9, "{d:?}");
+            } else {
+                assert!((d.new.unwrap() - 0.575).abs() < 1e-9, "{d:?}");
+                assert!(d.rails.contains(&Rail::RecentShortage), "{d:?}");
+            }
+        }
     }
 
     #[test]

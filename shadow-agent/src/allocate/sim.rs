@@ -73,6 +73,7 @@ impl SimConfig {
                 floor_margin_abs: 0.0,
                 scale_in_below: 0.0,
                 scale_in_after_intervals: 0,
+                shortage_memory_intervals: 0,
             },
             resource: Resource::Cpu,
             warmup: per_day.max(1),
