@@ -35,6 +35,7 @@ struct CgroupLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScaleLabels {
     direction: String,
+    cause: String,
     resource: String,
     cgroup: String,
 }
@@ -174,7 +175,8 @@ impl Metrics {
         registry.register(
             "shadow_scale_events",
             "Scaling events of the allocator: the forecast need exceeds what the node can give \
-             the primary (direction=out) or stays well below it (direction=in, a suggestion)",
+             the primary (direction=out) or stays well below it (direction=in, a suggestion); \
+             cause=resize_infeasible: the kubelet found the node cannot fit a resize",
             scale_events.clone(),
         );
         let whatif_verdicts = Family::<VerdictLabels, Counter>::default();
@@ -291,10 +293,11 @@ impl Metrics {
     }
 
     /// One scaling event of the allocator.
-    pub fn observe_scale_event(&self, direction: &str, resource: &str, cgroup: &str) {
+    pub fn observe_scale_event(&self, direction: &str, cause: &str, resource: &str, cgroup: &str) {
         self.scale_events
             .get_or_create(&ScaleLabels {
                 direction: direction.to_owned(),
+                cause: cause.to_owned(),
                 resource: resource.to_owned(),
                 cgroup: cgroup.to_owned(),
             })
@@ -501,18 +504,25 @@ mod tests {
     #[test]
     fn scale_events_are_counted_by_direction() {
         let m = Metrics::new();
-        m.observe_scale_event("out", "cpu", "shop/web");
-        m.observe_scale_event("out", "cpu", "shop/web");
-        m.observe_scale_event("in", "memory", "shop/web");
+        m.observe_scale_event("out", "forecast", "cpu", "shop/web");
+        m.observe_scale_event("out", "forecast", "cpu", "shop/web");
+        m.observe_scale_event("out", "resize_infeasible", "cpu", "shop/web");
+        m.observe_scale_event("in", "forecast", "memory", "shop/web");
         let text = m.encode();
         assert!(
             text.contains(
-                "shadow_scale_events_total{direction=\"out\",resource=\"cpu\",cgroup=\"shop/web\"} 2"
+                "shadow_scale_events_total{direction=\"out\",cause=\"forecast\",resource=\"cpu\",cgroup=\"shop/web\"} 2"
             ),
             "{text}"
         );
         assert!(
-            text.contains("direction=\"in\",resource=\"memory\""),
+            text.contains(
+                "shadow_scale_events_total{direction=\"out\",cause=\"resize_infeasible\",resource=\"cpu\",cgroup=\"shop/web\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("direction=\"in\",cause=\"forecast\",resource=\"memory\""),
             "{text}"
         );
     }

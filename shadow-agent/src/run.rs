@@ -589,6 +589,7 @@ pub fn run_with_reload(
                 for ev in &scale_events {
                     metrics.observe_scale_event(
                         ev.direction.as_str(),
+                        ev.cause.as_str(),
                         ev.resource.as_str(),
                         &ev.cgroup,
                     );

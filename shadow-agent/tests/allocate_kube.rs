@@ -193,30 +193,52 @@ impl FakeApi {
     }
 }
 
+/// A network namespace and a container cgroup laid out as the kubelet's cgroupfs driver
+/// makes it (`shdt{tag}-{name}/kubepods/burstable/pod<UID>/<CID>`) with a throttled busy
+/// process; the cgroup goes first when dropped, then the process, then the namespace.
+struct Node {
+    cg: shadow_agent::sys::cgroup::Cgroup,
+    _burner: shadow_agent::sys::process::ChildGuard,
+    quota_file: PathBuf,
+    group: String,
+    ns: NetNs,
+}
+
+impl Node {
+    fn new(tag: &str, name: &str) -> Node {
+        let ns = NetNs::create(&format!("shdt{tag}-{name}")).expect("netns");
+        link::set_up("lo", Some(&ns)).expect("lo up");
+        let group = format!("shdt{tag}-{name}/kubepods/burstable/pod{UID}/{CID}");
+        let (cg, burner) = common::throttled_burner(&group);
+        let quota_file: PathBuf = cg
+            .file_path(
+                shadow_agent::sys::cgroup::Controller::Cpu,
+                "cpu.cfs_quota_us",
+            )
+            .expect("cpu.cfs_quota_us");
+        Node {
+            cg,
+            _burner: burner,
+            quota_file,
+            group,
+            ns,
+        }
+    }
+}
+
 #[test]
 fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash() {
     let tag = format!("{:x}", std::process::id() & 0xffffff);
-    let ns = NetNs::create(&format!("shdt{tag}-k8s")).expect("netns");
-    link::set_up("lo", Some(&ns)).expect("lo up");
-
-    let top = format!("shdt{tag}-k8s");
-    let group = format!("{top}/kubepods/burstable/pod{UID}/{CID}");
-    let (cg, _burner) = common::throttled_burner(&group);
-    let quota_file: PathBuf = cg
-        .file_path(
-            shadow_agent::sys::cgroup::Controller::Cpu,
-            "cpu.cfs_quota_us",
-        )
-        .expect("cpu.cfs_quota_us");
-
-    let api = FakeApi::start(&tag, "k8s-api", &ns, &quota_file, &[]);
+    let node = Node::new(&tag, "k8s");
+    let (ns, group, cg) = (&node.ns, &node.group, &node.cg);
+    let api = FakeApi::start(&tag, "k8s-api", ns, &node.quota_file, &[]);
     let (dir, log, apply, port) = (&api.dir, api.log.clone(), api.apply.clone(), &api.port);
     let state = dir.0.join("state");
     let agent = common::ScratchAgent::start(
         &tag,
         "k8s-agent",
-        Some(&ns),
-        |_| config(&group, &state, port, &dir.0),
+        Some(ns),
+        |_| config(group, &state, port, &dir.0),
         |_| {},
     );
 
@@ -232,7 +254,7 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
         },
     );
     assert_eq!(
-        common::quota(&cg),
+        common::quota(cg),
         common::ORIGINAL_QUOTA,
         "the agent wrote the kubelet's cgroup itself"
     );
@@ -272,7 +294,7 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
     while !named && Instant::now() < deadline {
         if let Ok(line) = agent.lines.recv_timeout(Duration::from_millis(500)) {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            named = v["allocate"][&group]["kubernetes"]
+            named = v["allocate"][group.as_str()]["kubernetes"]
                 == serde_json::json!({"pod": "shop/web-0", "container": "app"});
         }
     }
@@ -286,13 +308,13 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
     wait_for(
         "the kubelet's raised quota",
         Duration::from_secs(30),
-        || common::quota(&cg).parse::<i64>().is_ok_and(|q| q > 10_000),
+        || common::quota(cg).parse::<i64>().is_ok_and(|q| q > 10_000),
     );
 
     // 3. SIGKILL: nothing is restored, the record of the originals stays ...
     let mut agent = agent;
     agent.proc.kill().expect("SIGKILL");
-    let raised = common::quota(&cg);
+    let raised = common::quota(cg);
     assert_ne!(raised, common::ORIGINAL_QUOTA);
     let n_before = patches(&log).len();
 
@@ -301,8 +323,8 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
     let again = common::ScratchAgent::start(
         &tag,
         "k8s-agent2",
-        Some(&ns),
-        |_| config(&group, &state, port, &dir.0),
+        Some(ns),
+        |_| config(group, &state, port, &dir.0),
         |_| {},
     );
     wait_for(
@@ -324,7 +346,7 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
         Some(100.0),
         "the exit must restore the original limit: {last}"
     );
-    assert_eq!(common::quota(&cg), common::ORIGINAL_QUOTA);
+    assert_eq!(common::quota(cg), common::ORIGINAL_QUOTA);
     let entries = common::audit(&state);
     assert!(
         entries.iter().any(|e| e["resource"] == "restore"
@@ -337,7 +359,6 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
             .exists(),
         "the record of the originals must be gone after the restore"
     );
-    drop(cg);
 }
 
 /// On a node without room for the raise, the kubelet marks the resize `Infeasible` and keeps
@@ -346,27 +367,24 @@ fn a_pods_cpu_limit_is_resized_through_the_api_and_restored_even_after_a_crash()
 #[test]
 fn a_resize_the_node_cannot_fit_is_a_scale_out_event_once() {
     let tag = format!("{:x}", std::process::id() & 0xffffff);
-    let ns = NetNs::create(&format!("shdt{tag}-k8sf")).expect("netns");
-    link::set_up("lo", Some(&ns)).expect("lo up");
-
-    let group = format!("shdt{tag}-k8sf/kubepods/burstable/pod{UID}/{CID}");
-    let (cg, _burner) = common::throttled_burner(&group);
-    let quota_file: PathBuf = cg
-        .file_path(
-            shadow_agent::sys::cgroup::Controller::Cpu,
-            "cpu.cfs_quota_us",
-        )
-        .expect("cpu.cfs_quota_us");
+    let node = Node::new(&tag, "k8sf");
+    let (ns, group, cg) = (&node.ns, &node.group, &node.cg);
     // The node has room for the pod's 100m and no more; the kubelet applies what fits.
-    let api = FakeApi::start(&tag, "k8sf-api", &ns, &quota_file, &["--capacity-m", "100"]);
+    let api = FakeApi::start(
+        &tag,
+        "k8sf-api",
+        ns,
+        &node.quota_file,
+        &["--capacity-m", "100"],
+    );
     std::fs::write(&api.apply, "").expect("apply flag");
     let state = api.dir.0.join("state");
     let agent = common::ScratchAgent::start(
         &tag,
         "k8sf-agent",
-        Some(&ns),
+        Some(ns),
         |_| {
-            config(&group, &state, &api.port, &api.dir.0).replace(
+            config(group, &state, &api.port, &api.dir.0).replace(
                 "[allocate.scale]\nenabled = false",
                 "[allocate.scale]\nenabled = true",
             )
@@ -393,7 +411,7 @@ fn a_resize_the_node_cannot_fit_is_a_scale_out_event_once() {
     });
     assert_eq!(ev["direction"], "out", "{ev}");
     assert_eq!(ev["resource"], "cpu", "{ev}");
-    assert_eq!(ev["cgroup"], group, "{ev}");
+    assert_eq!(ev["cgroup"], group.as_str(), "{ev}");
     assert_eq!(ev["acted"], false, "{ev}");
     let (need, capacity) = (
         ev["need"].as_f64().expect("need"),
@@ -416,7 +434,7 @@ fn a_resize_the_node_cannot_fit_is_a_scale_out_event_once() {
         "{ev}"
     );
     assert_eq!(
-        common::quota(&cg),
+        common::quota(cg),
         common::ORIGINAL_QUOTA,
         "an infeasible resize must leave the limit in force"
     );
@@ -445,5 +463,4 @@ fn a_resize_the_node_cannot_fit_is_a_scale_out_event_once() {
         common::audit(&state)
     );
     agent.stop();
-    drop(cg);
 }

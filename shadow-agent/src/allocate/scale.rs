@@ -11,7 +11,7 @@
 //! The detector ([`ScaleDetector::observe`]) is pure and edge-triggered: one event per
 //! episode, when the condition has held `*_hold_intervals` in a row; the episode ends when the
 //! condition stops holding. Events go to the agent's JSON output, a Prometheus counter
-//! (`shadow_scale_events_total{direction,resource,cgroup}`) and an optional webhook
+//! (`shadow_scale_events_total{direction,cause,resource,cgroup}`) and an optional webhook
 //! ([`Webhook`]: HTTP POST of the event as JSON, from a background thread, never blocking the
 //! allocator).
 
@@ -96,6 +96,16 @@ pub enum ScaleCause {
     /// On Kubernetes, the kubelet found that the node cannot fit a resize the allocator
     /// asked for: the node's free capacity, below the rails' `max`, is what ran out.
     ResizeInfeasible,
+}
+
+impl ScaleCause {
+    /// `forecast` / `resize_infeasible`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleCause::Forecast => "forecast",
+            ScaleCause::ResizeInfeasible => "resize_infeasible",
+        }
+    }
 }
 
 /// What [`ScaleDetector::observe`] found.
@@ -387,6 +397,29 @@ mod tests {
             max,
             ..Rails::cpu(max)
         }
+    }
+
+    #[test]
+    fn event_lines_carry_their_cause_and_older_lines_still_parse() {
+        let line = r#"{"event":"scale","direction":"out","cgroup":"web","resource":"cpu",
+            "time_ms":1,"need":2.3,"capacity":2.0,"shortfall":0.3,"forecast":{"point":2.0,
+            "lower":1.5,"upper":2.0,"level":0.9,"coverage":0.9,"horizon_intervals":3},
+            "lead_intervals":3,"lead_s":30.0,"usage":1.4,"held_intervals":2,"acted":false}"#;
+        let old: ScaleEvent = serde_json::from_str(line).expect("a line without a cause");
+        assert_eq!(old.cause, ScaleCause::Forecast);
+        assert_eq!(old.message, None);
+        let mut ev = old.clone();
+        ev.cause = ScaleCause::ResizeInfeasible;
+        ev.forecast = None;
+        ev.message = Some("pod shop/web-0 container app".to_owned());
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["cause"], ScaleCause::ResizeInfeasible.as_str());
+        assert!(v["forecast"].is_null());
+        assert_eq!(v["message"], "pod shop/web-0 container app");
+        let back: ScaleEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+        // A forecast event has no message key at all.
+        assert!(serde_json::to_value(&old).unwrap().get("message").is_none());
     }
 
     #[test]
