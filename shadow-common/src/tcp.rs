@@ -78,8 +78,14 @@ pub struct TcpFlow {
     pub hold_ns: u64,
     /// When the SYN was last sent to the shadow (ns), for the retry pacing.
     pub syn_sent_ns: u64,
+    /// The client's ISN (its SYN's sequence number): a SYN with another one on the 5-tuple
+    /// of a live session is a new connection (the client reused its port while the shadow
+    /// still holds the old session), not a retransmission.
+    pub client_isn: u32,
+    /// Explicit padding (the map value has no uninitialised bytes).
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpFlow>() == 64);
+const _: () = assert!(core::mem::size_of::<TcpFlow>() == 72);
 
 crate::impl_pod!(TcpFlow);
 

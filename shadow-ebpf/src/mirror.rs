@@ -568,21 +568,29 @@ fn tcp_clone(
             }
             return Err(ctr::TCP_HOLD_LOOPS);
         }
+        let isn = Skb(ctx)
+            .load::<4>(flow.l4_off as usize + 4)
+            .map(u32::from_be_bytes)
+            .ok_or(ctr::TCP_FAILED)?;
         if let Some(f) = TCP_FLOWS.get_ptr_mut(&s.key) {
             // SAFETY: a live map value; `last_ns` has this program as its only writer.
             unsafe {
-                if !idle(&*f, now, cfg.tcp_idle_ns) {
+                if (*f).client_isn == isn && !idle(&*f, now, cfg.tcp_idle_ns) {
                     // A retransmitted SYN of a session already tracked.
                     (*f).last_ns = now;
                     return Ok(());
                 }
             }
+            // Another ISN: a new connection on the 5-tuple of one still live here (the
+            // client reused its port before the shadow ended the old session). It starts
+            // afresh rather than being translated with the old session's numbers.
         }
         let f = TcpFlow {
             flags: F_SYN,
             last_ns: now,
             syn_ns: now,
             syn_sent_ns: now,
+            client_isn: isn,
             ..TcpFlow::default()
         };
         TCP_FLOWS

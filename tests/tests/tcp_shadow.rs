@@ -683,14 +683,9 @@ fn tcp_csum(src: [u8; 4], dst: [u8; 4], seg: &[u8]) -> u16 {
 
 const SHOT: u32 = 2;
 
-/// Without the hold loop (`tcp_hold` = 0), deterministic: a client segment that arrives
-/// before the shadow's ISN is known is dropped and counted (`segments_waiting`); the next one, which
-/// carries the same ACK and data, is translated (ACK, TSecr, checksum) once the shadow's
-/// SYN-ACK has been learned. A pure ACK lost this way completes the shadow's handshake
-/// with the client's first data segment.
-#[test]
-fn segments_before_the_shadows_isn_are_dropped_then_translated() {
-    let world = World::new();
+/// A mirror of `SERVICE:PORT` to a dummy veth, translating TCP sessions without the hold
+/// loop (the drop fallback), for `BPF_PROG_TEST_RUN`.
+fn unheld_mirror(world: &World) -> (TestVeth, Mirror) {
     let dummy = TestVeth::builder()
         .a_netns(&world.primary)
         .b_netns(&world.primary)
@@ -722,6 +717,18 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
         .primary
         .run(move || Mirror::attach(spec))
         .unwrap_or_else(|e| panic!("mirror: {}", chain(&e)));
+    (dummy, mirror)
+}
+
+/// Without the hold loop (`tcp_hold` = 0), deterministic: a client segment that arrives
+/// before the shadow's ISN is known is dropped and counted (`segments_waiting`); the next one, which
+/// carries the same ACK and data, is translated (ACK, TSecr, checksum) once the shadow's
+/// SYN-ACK has been learned. A pure ACK lost this way completes the shadow's handshake
+/// with the client's first data segment.
+#[test]
+fn segments_before_the_shadows_isn_are_dropped_then_translated() {
+    let world = World::new();
+    let (_dummy, mirror) = unheld_mirror(&world);
     // None of these programs redirects, so they run in the test's own thread.
     let run = |prog: &'static str, f: &[u8], mark: u32| {
         mirror
@@ -829,6 +836,61 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
         "{t:?}"
     );
     assert_eq!(t.segments_translated, 3, "{t:?}");
+}
+
+/// A client may reuse its port for a new connection while the shadow still holds the old
+/// session (a slow replica has not finished it). A SYN with the same ISN is a
+/// retransmission; one with another ISN is a new session, counted, and translated afresh,
+/// not with the old session's numbers.
+#[test]
+fn a_new_isn_on_a_live_sessions_five_tuple_is_a_new_session() {
+    let world = World::new();
+    let (_dummy, mirror) = unheld_mirror(&world);
+    let run = |prog: &'static str, f: &[u8], mark: u32| {
+        mirror
+            .test_run(prog, f, mark)
+            .unwrap_or_else(|e| panic!("test run {prog}: {}", chain(&e)))
+    };
+    let (p_isn, s_isn) = (0x8000_0000u32, 0x1234_5678u32);
+    let syn = |isn: u32| frame(true, isn, 0, 0x02, Some((100, 0)), b"");
+    run(PROG_MIRROR_TCP, &syn(1000), CLONE_MARK);
+    // The client retransmits its SYN: the same session.
+    let (v, _) = run(PROG_MIRROR_TCP, &syn(1000), CLONE_MARK);
+    assert_ne!(v, SHOT);
+    assert_eq!(mirror.tcp_counters().expect("counters").sessions, 1);
+    // Established in the shadow, one data segment translated.
+    run(
+        PROG_MIRROR_ISN,
+        &frame(false, p_isn, 1001, 0x12, Some((7000, 100)), b""),
+        0,
+    );
+    run(
+        PROG_MIRROR_LEARN,
+        &frame(false, s_isn, 1001, 0x12, Some((555_000, 100)), b""),
+        0,
+    );
+    let data = frame(true, 1001, p_isn + 1, 0x18, Some((101, 7000)), b"GET /\r\n");
+    let (v, _) = run(PROG_MIRROR_TCP, &data, CLONE_MARK);
+    assert_ne!(v, SHOT);
+    let t = mirror.tcp_counters().expect("counters");
+    assert_eq!((t.sessions, t.established, t.live), (1, 1, 1), "{t:?}");
+
+    // A new connection on the same 5-tuple: another ISN.
+    let (v, _) = run(PROG_MIRROR_TCP, &syn(9_000_000), CLONE_MARK);
+    assert_ne!(v, SHOT, "the new connection's SYN must reach the shadow");
+    let t = mirror.tcp_counters().expect("counters");
+    assert_eq!((t.sessions, t.live), (2, 1), "{t:?}");
+    // Its handshake is its own: the client's ACK waits for the new session's shadow ISN
+    // rather than being translated with the old one's.
+    run(
+        PROG_MIRROR_ISN,
+        &frame(false, 5, 9_000_001, 0x12, Some((7100, 100)), b""),
+        0,
+    );
+    let ack = frame(true, 9_000_001, 6, 0x10, Some((102, 7100)), b"");
+    let (v, _) = run(PROG_MIRROR_TCP, &ack, CLONE_MARK);
+    assert_eq!(v, SHOT, "translated with the old session's shadow ISN");
+    assert_eq!(mirror.tcp_counters().expect("counters").segments_waiting, 1);
 }
 
 /// `TcpExtListenOverflows` of the namespace `netns`.
