@@ -720,6 +720,14 @@ fn unheld_mirror(world: &World) -> (TestVeth, Mirror) {
     (dummy, mirror)
 }
 
+/// One `BPF_PROG_TEST_RUN` of `prog` on `frame` with `mark`: the verdict and the frame out.
+/// None of these programs redirects, so they run in the test's own thread.
+fn test_run(mirror: &Mirror, prog: &'static str, frame: &[u8], mark: u32) -> (u32, Vec<u8>) {
+    mirror
+        .test_run(prog, frame, mark)
+        .unwrap_or_else(|e| panic!("test run {prog}: {}", chain(&e)))
+}
+
 /// Without the hold loop (`tcp_hold` = 0), deterministic: a client segment that arrives
 /// before the shadow's ISN is known is dropped and counted (`segments_waiting`); the next one, which
 /// carries the same ACK and data, is translated (ACK, TSecr, checksum) once the shadow's
@@ -729,12 +737,7 @@ fn unheld_mirror(world: &World) -> (TestVeth, Mirror) {
 fn segments_before_the_shadows_isn_are_dropped_then_translated() {
     let world = World::new();
     let (_dummy, mirror) = unheld_mirror(&world);
-    // None of these programs redirects, so they run in the test's own thread.
-    let run = |prog: &'static str, f: &[u8], mark: u32| {
-        mirror
-            .test_run(prog, f, mark)
-            .unwrap_or_else(|e| panic!("test run {prog}: {}", chain(&e)))
-    };
+    let run = |prog, f: &[u8], mark| test_run(&mirror, prog, f, mark);
     let (c_isn, p_isn, s_isn) = (1000u32, 0x8000_0000u32, 0x1234_5678u32);
     // Mid-flow segment of a session never seen: dropped.
     let (v, _) = run(
@@ -846,11 +849,7 @@ fn segments_before_the_shadows_isn_are_dropped_then_translated() {
 fn a_new_isn_on_a_live_sessions_five_tuple_is_a_new_session() {
     let world = World::new();
     let (_dummy, mirror) = unheld_mirror(&world);
-    let run = |prog: &'static str, f: &[u8], mark: u32| {
-        mirror
-            .test_run(prog, f, mark)
-            .unwrap_or_else(|e| panic!("test run {prog}: {}", chain(&e)))
-    };
+    let run = |prog, f: &[u8], mark| test_run(&mirror, prog, f, mark);
     let (p_isn, s_isn) = (0x8000_0000u32, 0x1234_5678u32);
     let syn = |isn: u32| frame(true, isn, 0, 0x02, Some((100, 0)), b"");
     run(PROG_MIRROR_TCP, &syn(1000), CLONE_MARK);
