@@ -678,11 +678,6 @@ impl KubeBackend {
 
     /// Opens an episode for `resource` (and queues its report) unless one is open.
     fn note_infeasible(&self, resource: Resource, asked: Option<f64>, r: &PodRef, message: &str) {
-        let in_force = self.inner.read_limits().ok().and_then(|l| match resource {
-            Resource::Cpu => l.cpu_cores,
-            Resource::Memory => l.memory_bytes.map(|b| b as f64),
-            Resource::Cpuset => None,
-        });
         let Ok(mut inf) = self.infeasible.lock() else {
             return;
         };
@@ -690,6 +685,12 @@ impl KubeBackend {
             return;
         }
         inf.open.push(resource);
+        // Read once per episode, not at every retry the back-off lets through.
+        let in_force = self.inner.read_limits().ok().and_then(|l| match resource {
+            Resource::Cpu => l.cpu_cores,
+            Resource::Memory => l.memory_bytes.map(|b| b as f64),
+            Resource::Cpuset => None,
+        });
         // Removing a limit, or a group without one, has no shortfall to report.
         if let (Some(asked), Some(in_force)) = (asked, in_force) {
             inf.pending.push(InfeasibleResize {

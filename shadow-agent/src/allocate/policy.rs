@@ -361,6 +361,15 @@ impl Signal {
     pub fn urgent(&self) -> bool {
         matches!(self, Signal::Oom { .. } | Signal::PsiFull { .. })
     }
+
+    /// The limit itself was too small (CPU throttled, a memory limit hit, an OOM), as
+    /// against a warning (usage near the limit, pressure).
+    pub fn shortage(&self) -> bool {
+        matches!(
+            self,
+            Signal::Throttled { .. } | Signal::Oom { .. } | Signal::LimitHit { .. }
+        )
+    }
 }
 
 impl Signals {
@@ -569,14 +578,10 @@ pub fn decide(
     let urgent = active.iter().any(Signal::urgent);
     let mut applied_rails = Vec::new();
 
+    let short = active.iter().any(Signal::shortage);
+
     // 0. Shortage calibration from the interval just observed.
     if let Some(target) = cfg.shortage_target {
-        let short = active.iter().any(|s| {
-            matches!(
-                s,
-                Signal::Throttled { .. } | Signal::Oom { .. } | Signal::LimitHit { .. }
-            )
-        });
         let step = if short { 1.0 - target } else { -target };
         state.scale = (state.scale * (CALIBRATION_GAIN * step).exp()).clamp(0.5, 2.0);
     }
@@ -587,12 +592,6 @@ pub fn decide(
         if state.short_age > rails.shortage_memory_intervals {
             state.short_limit = 0.0;
         }
-        let short = active.iter().any(|s| {
-            matches!(
-                s,
-                Signal::Throttled { .. } | Signal::Oom { .. } | Signal::LimitHit { .. }
-            )
-        });
         if let (true, Some(c)) = (short, current) {
             if c >= state.short_limit {
                 state.short_limit = c;
