@@ -355,7 +355,7 @@ impl Planner {
     fn start(cg: &Cgroup, out: &std::path::Path) -> Result<Planner, AgentError> {
         let backend = backend::for_cgroup(cg)?;
         let period = backend.read_limits()?.cpu_period_us;
-        backend.set_cpu(Some(INITIAL_QUOTA_CORES), period)?;
+        backend.set_cpu(Some(INITIAL_QUOTA_CORES), period, None)?;
         let mut cfg = AllocatorConfig::new(out.join("state"), MAX_QUOTA_CORES, f64::MAX);
         cfg.memory = None;
         cfg.audit_log = Some(out.join("audit.jsonl"));

@@ -102,7 +102,8 @@ fn v1_limits_are_written_and_read_back_from_the_kernel() {
     assert_eq!(before.cpu_cores, None, "a new group has no quota");
     assert_eq!(before.memory_bytes, None, "a new group has no memory limit");
 
-    b.set_cpu(Some(0.3), before.cpu_period_us).expect("set cpu");
+    b.set_cpu(Some(0.3), before.cpu_period_us, None)
+        .expect("set cpu");
     assert_eq!(kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us"), "30000");
     assert_eq!(kernel(&cg, Controller::Cpu, "cpu.cfs_period_us"), "100000");
     b.set_memory(Some(256 * MIB)).expect("set memory");
@@ -120,7 +121,8 @@ fn v1_limits_are_written_and_read_back_from_the_kernel() {
     let avail = b.available_cpus().expect("available").expect("cpuset");
     assert!(avail.contains(0), "{avail}");
 
-    b.set_cpu(None, before.cpu_period_us).expect("unset cpu");
+    b.set_cpu(None, before.cpu_period_us, None)
+        .expect("unset cpu");
     b.set_memory(None).expect("unset memory");
     assert_eq!(kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us"), "-1");
     let l = b.read_limits().expect("limits");
@@ -247,6 +249,79 @@ fn light_process_gets_its_quota_scaled_in_after_a_streak_and_the_original_back_o
         "100000",
         "the original quota must be restored on drop"
     );
+}
+
+/// The group's v1 CFS burst (us).
+fn burst_us(cg: &TestCgroup) -> u64 {
+    kernel(cg, Controller::Cpu, "cpu.cfs_burst_us")
+        .parse()
+        .expect("cpu.cfs_burst_us is a number")
+}
+
+#[test]
+fn a_cfs_burst_follows_the_quota_in_an_order_the_kernel_accepts_and_is_restored() {
+    require_hybrid();
+    let cg = TestCgroup::new("ab");
+    let state = TestDir::new("abs");
+    // An operator's quota of 0.5 core with a burst of 0.4 core.
+    cg.write(Controller::Cpu, "cpu.cfs_quota_us", "50000")
+        .expect("quota");
+    cg.write(Controller::Cpu, "cpu.cfs_burst_us", "40000")
+        .expect("burst");
+    let b = backend_of(&cg);
+    assert_eq!(b.read_limits().expect("limits").cpu_burst_us, Some(40_000));
+    // The kernel refuses a quota below the burst (EINVAL); the backend lowers the burst first.
+    assert!(cg
+        .write(Controller::Cpu, "cpu.cfs_quota_us", "30000")
+        .is_err());
+    b.set_cpu(Some(0.3), 100_000, None)
+        .expect("a quota below the burst");
+    assert_eq!((quota_us(&cg), burst_us(&cg)), (30_000, 30_000));
+    b.set_cpu(Some(0.8), 100_000, Some(0.5))
+        .expect("up, half as burst");
+    assert_eq!((quota_us(&cg), burst_us(&cg)), (80_000, 40_000));
+    b.set_cpu(Some(0.2), 100_000, Some(1.0))
+        .expect("down, all as burst");
+    assert_eq!((quota_us(&cg), burst_us(&cg)), (20_000, 20_000));
+    b.set_cpu(Some(0.5), 100_000, None)
+        .expect("back to 0.5, burst kept");
+    b.set_cpu(None, 100_000, None).expect("unlimited");
+    assert_eq!(kernel(&cg, Controller::Cpu, "cpu.cfs_quota_us"), "-1");
+    b.set_cpu(Some(0.5), 100_000, None).expect("0.5 again");
+    cg.write(Controller::Cpu, "cpu.cfs_burst_us", "40000")
+        .expect("burst");
+
+    // The allocator with `cpu.burst = 1.0`: a forecast shrink to 0.3 core takes the burst
+    // down with it, audited; the restore passes through states the kernel accepts (the burst
+    // of 0.4 core only fits once the quota of 0.5 is back) and ends at the operator's values.
+    let mut cfg = config(&state);
+    cfg.memory = None;
+    cfg.cpu_burst = Some(1.0);
+    if let Some(c) = cfg.cpu.as_mut() {
+        c.shrink_hold_intervals = 1;
+        c.max_step_down = 0.5;
+    }
+    let audit = state.path().join("audit.jsonl");
+    let mut r = Reconciler::new(backend_of(&cg), cfg).expect("reconciler");
+    let rep = r
+        .step(&Forecasts {
+            cpu: Some(confident(0.26)),
+            memory: None,
+        })
+        .expect("step");
+    assert_eq!(rep.applied, vec![Resource::Cpu]);
+    // 0.26 × 1.15 = 0.299 core.
+    assert_eq!((quota_us(&cg), burst_us(&cg)), (29_900, 29_900));
+    let entries = shadow_agent::allocate::AuditLog::new(&audit)
+        .read_all()
+        .expect("audit");
+    assert_eq!(
+        entries.last().expect("an entry").burst_us,
+        Some([40_000, 29_900])
+    );
+    let report = r.restore().expect("restore");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!((quota_us(&cg), burst_us(&cg)), (50_000, 40_000));
 }
 
 #[test]

@@ -109,6 +109,14 @@ pub struct AllocateArgs {
     /// `[allocate.cpu] shortage_memory_intervals` of both agents (default: the agent's).
     #[arg(long)]
     pub shortage_memory: Option<u32>,
+    /// `[allocate] shortage_target` of both agents (the shortage calibration's target rate;
+    /// default: off). The reactive agent has no forecast to scale, so it only changes Shadow.
+    #[arg(long)]
+    pub shortage_target: Option<f64>,
+    /// `[allocate.cpu] burst` of both agents: the CFS burst as a fraction of every quota
+    /// they write (default: off).
+    #[arg(long)]
+    pub burst: Option<f64>,
 }
 
 /// A cgroup in the v1 controllers and cgroup2, removed on drop (after its processes).
@@ -270,9 +278,12 @@ fn load_trace(path: &Path, metric: &str) -> Result<Vec<(String, Vec<f64>)>> {
 /// The agent's config for one group.
 fn agent_config(group: &str, state: &Path, predictive: bool, args: &AllocateArgs) -> String {
     let interval_ms = args.interval_ms;
-    let level = args
+    let mut level = args
         .level
         .map_or(String::new(), |l| format!("level = {l}\n"));
+    if let Some(t) = args.shortage_target {
+        level.push_str(&format!("shortage_target = {t}\n"));
+    }
     let mut cpu = args
         .scale_in_below
         .zip(args.scale_in_after)
@@ -281,6 +292,9 @@ fn agent_config(group: &str, state: &Path, predictive: bool, args: &AllocateArgs
         });
     if let Some(w) = args.shortage_memory {
         cpu.push_str(&format!("shortage_memory_intervals = {w}\n"));
+    }
+    if let Some(b) = args.burst {
+        cpu.push_str(&format!("burst = {b}\n"));
     }
     format!(
         r#"# Written by `cargo xtask bench allocate`.
@@ -491,6 +505,12 @@ fn run_series(
         if k == args.warmup {
             warm_ms = unix_ms();
             for g in &groups {
+                // A burst an agent set is brought within the new quota first (the kernel
+                // refuses a quota below the burst); the agent sets its own from then on.
+                let burst: u64 = g.read("cpu", "cpu.cfs_burst_us")?.trim().parse()?;
+                if burst > start_quota {
+                    g.write("cpu", "cpu.cfs_burst_us", &start_quota.to_string())?;
+                }
                 g.write("cpu", "cpu.cfs_quota_us", &start_quota.to_string())?;
             }
         }
@@ -652,6 +672,8 @@ pub fn allocate(args: AllocateArgs) -> Result<()> {
         "scale_in_below": args.scale_in_below,
         "scale_in_after_intervals": args.scale_in_after,
         "shortage_memory_intervals": args.shortage_memory,
+        "cpu_burst": args.burst,
+        "shortage_target": args.shortage_target,
         "cfs_period_us": PERIOD_US,
         "policies": [total[0].json("shadow"), total[1].json("reactive")],
         "throttled_reduction": reduction,

@@ -3,6 +3,7 @@
 //! | | v1 (hybrid host) | v2 |
 //! |---|---|---|
 //! | CPU quota | `cpu/<g>/cpu.cfs_quota_us` + `cpu.cfs_period_us` (-1: none) | `cpu.max` (`max 100000`) |
+//! | CPU burst | `cpu/<g>/cpu.cfs_burst_us` where the kernel has it (5.14+) | `cpu.max.burst` |
 //! | CPU usage | `cpuacct/<g>/cpuacct.usage` (ns), else cgroup2 `cpu.stat` `usage_usec` | `cpu.stat` `usage_usec` |
 //! | throttling | `cpu/<g>/cpu.stat` `nr_periods`, `nr_throttled`, `throttled_time` (ns) | `cpu.stat` `nr_periods`, `nr_throttled`, `throttled_usec` |
 //! | memory limit | `memory/<g>/memory.limit_in_bytes` (-1: none) | `memory.max` and `memory.high` |
@@ -47,6 +48,10 @@ pub struct Limits {
     pub cpu_cores: Option<f64>,
     /// CFS period in µs.
     pub cpu_period_us: u64,
+    /// CFS burst in µs: unused quota the group may carry into later periods (None: the
+    /// kernel has no burst file).
+    #[serde(default)]
+    pub cpu_burst_us: Option<u64>,
     /// Memory limit in bytes (None: unlimited).
     pub memory_bytes: Option<u64>,
     /// v2 `memory.high` (None: `max`, or v1).
@@ -140,8 +145,10 @@ pub trait Backend {
     fn available_cpus(&self) -> Result<Option<CpuSet>>;
     /// The control files a change of `resource` writes, in restore order.
     fn control_files(&self, resource: Resource) -> Vec<PathBuf>;
-    /// Sets the CPU quota (None: unlimited), keeping `period_us`.
-    fn set_cpu(&self, cores: Option<f64>, period_us: u64) -> Result<()>;
+    /// Sets the CPU quota (None: unlimited), keeping `period_us`, and the CFS burst to
+    /// `burst` × the quota (None: the group's own burst, lowered to the quota if above it,
+    /// which the kernel requires; see [`bandwidth_writes`]).
+    fn set_cpu(&self, cores: Option<f64>, period_us: u64, burst: Option<f64>) -> Result<()>;
     /// Sets the memory limit (None: unlimited).
     fn set_memory(&self, bytes: Option<u64>) -> Result<()>;
     /// Pins the group onto `cpus`.
@@ -179,8 +186,8 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     fn control_files(&self, resource: Resource) -> Vec<PathBuf> {
         (**self).control_files(resource)
     }
-    fn set_cpu(&self, cores: Option<f64>, period_us: u64) -> Result<()> {
-        (**self).set_cpu(cores, period_us)
+    fn set_cpu(&self, cores: Option<f64>, period_us: u64, burst: Option<f64>) -> Result<()> {
+        (**self).set_cpu(cores, period_us, burst)
     }
     fn set_memory(&self, bytes: Option<u64>) -> Result<()> {
         (**self).set_memory(bytes)
@@ -306,8 +313,93 @@ fn existing_dir(dir: PathBuf, name: &str, controller: &'static str) -> Result<Pa
     }
 }
 
-fn cores_to_quota(cores: f64, period_us: u64) -> u64 {
+/// The CFS quota (µs) of `cores` at `period_us`, at least the kernel's minimum.
+pub fn cores_to_quota(cores: f64, period_us: u64) -> u64 {
     ((cores * period_us as f64).round() as u64).max(MIN_QUOTA_US)
+}
+
+/// The CFS burst (µs) a group has after its quota is set to `quota` (µs, None: unlimited)
+/// from a burst of `cur_burst`: `burst` × the quota, or without `burst` the group's own,
+/// at most the quota; an unlimited quota leaves the burst alone.
+pub fn burst_with(cur_burst: u64, quota: Option<u64>, burst: Option<f64>) -> u64 {
+    match (quota, burst) {
+        (None, _) => cur_burst,
+        (Some(q), Some(f)) => ((f * q as f64).round() as u64).min(q),
+        (Some(q), None) => cur_burst.min(q),
+    }
+}
+
+/// One write of a change of CFS bandwidth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandwidthWrite {
+    /// The burst, µs.
+    Burst(u64),
+    /// The quota, µs (None: unlimited).
+    Quota(Option<u64>),
+}
+
+/// The writes that take a group from its burst `cur_burst` (µs) to the quota `quota` (µs,
+/// None: unlimited) with a burst of `burst` × the quota (None: keep the group's own burst),
+/// in an order the kernel accepts at every write: it refuses any burst above the quota
+/// (EINVAL), so a burst that must come down goes first, one that goes up goes last, and a
+/// burst is never left above a lower quota. With an unlimited quota the burst is left alone
+/// (it has nothing to bound).
+pub fn bandwidth_writes(
+    cur_burst: u64,
+    quota: Option<u64>,
+    burst: Option<f64>,
+) -> Vec<BandwidthWrite> {
+    let Some(q) = quota else {
+        return vec![BandwidthWrite::Quota(None)];
+    };
+    let want = burst_with(cur_burst, Some(q), burst);
+    let mut w = Vec::with_capacity(3);
+    if want < cur_burst {
+        w.push(BandwidthWrite::Burst(want));
+    }
+    w.push(BandwidthWrite::Quota(Some(q)));
+    if want > cur_burst {
+        w.push(BandwidthWrite::Burst(want));
+    }
+    w
+}
+
+/// Carries out [`bandwidth_writes`]: `burst_file` (None: the kernel has no burst, which is
+/// then left out) and `quota` writing the quota file.
+fn write_bandwidth(
+    burst_file: Option<&Path>,
+    quota: Option<u64>,
+    burst: Option<f64>,
+    write_quota: impl Fn(Option<u64>) -> Result<()>,
+) -> Result<()> {
+    let cur = match burst_file {
+        Some(p) => read_u64(p)?,
+        None => 0,
+    };
+    for w in bandwidth_writes(cur, quota, burst) {
+        match (w, burst_file) {
+            (BandwidthWrite::Quota(q), _) => write_quota(q)?,
+            (BandwidthWrite::Burst(b), Some(p)) => write_text(p, &b.to_string())?,
+            (BandwidthWrite::Burst(_), None) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `file` if it exists.
+fn present(file: PathBuf) -> Option<PathBuf> {
+    file.is_file().then_some(file)
+}
+
+/// A change of CPU writes the burst (if any) before and after the quota: it may have to come
+/// down first and go up last (see [`bandwidth_writes`]); a restore, writing each file in
+/// order, then passes through a state the kernel accepts, and the last write of the burst is
+/// the one that counts.
+fn cpu_control_files(burst: Option<PathBuf>, quota_files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = burst.iter().cloned().collect();
+    v.extend(quota_files);
+    v.extend(burst);
+    v
 }
 
 // ---- v1 --------------------------------------------------------------------------------------
@@ -373,9 +465,14 @@ impl Backend for V1Backend {
             Some(d) => Some(read_cpuset(&d.join("cpuset.cpus"))?),
             None => None,
         };
+        let cpu_burst_us = match present(self.cpu.join("cpu.cfs_burst_us")) {
+            Some(p) => Some(read_u64(&p)?),
+            None => None,
+        };
         Ok(Limits {
             cpu_cores: (quota > 0 && period > 0).then(|| quota as f64 / period as f64),
             cpu_period_us: period,
+            cpu_burst_us,
             memory_bytes: (mem < V1_UNLIMITED).then_some(mem),
             memory_high_bytes: None,
             cpuset,
@@ -440,21 +537,25 @@ impl Backend for V1Backend {
 
     fn control_files(&self, resource: Resource) -> Vec<PathBuf> {
         match resource {
-            Resource::Cpu => vec![
-                self.cpu.join("cpu.cfs_period_us"),
-                self.cpu.join("cpu.cfs_quota_us"),
-            ],
+            Resource::Cpu => cpu_control_files(
+                present(self.cpu.join("cpu.cfs_burst_us")),
+                vec![
+                    self.cpu.join("cpu.cfs_period_us"),
+                    self.cpu.join("cpu.cfs_quota_us"),
+                ],
+            ),
             Resource::Memory => vec![self.memory.join("memory.limit_in_bytes")],
             Resource::Cpuset => self.cpuset.iter().map(|d| d.join("cpuset.cpus")).collect(),
         }
     }
 
-    fn set_cpu(&self, cores: Option<f64>, period_us: u64) -> Result<()> {
-        let value = match cores {
-            Some(c) => cores_to_quota(c, period_us).to_string(),
-            None => "-1".to_owned(),
-        };
-        write_text(&self.cpu.join("cpu.cfs_quota_us"), &value)
+    fn set_cpu(&self, cores: Option<f64>, period_us: u64, burst: Option<f64>) -> Result<()> {
+        let quota = cores.map(|c| cores_to_quota(c, period_us));
+        let burst_file = present(self.cpu.join("cpu.cfs_burst_us"));
+        write_bandwidth(burst_file.as_deref(), quota, burst, |q| {
+            let value = q.map_or_else(|| "-1".to_owned(), |q| q.to_string());
+            write_text(&self.cpu.join("cpu.cfs_quota_us"), &value)
+        })
     }
 
     fn set_memory(&self, bytes: Option<u64>) -> Result<()> {
@@ -574,9 +675,14 @@ impl Backend for V2Backend {
         } else {
             None
         };
+        let cpu_burst_us = match present(self.dir.join("cpu.max.burst")) {
+            Some(p) => Some(read_u64(&p)?),
+            None => None,
+        };
         Ok(Limits {
             cpu_cores,
             cpu_period_us: period,
+            cpu_burst_us,
             memory_bytes: self.max_or("memory.max")?,
             // Informational only (decisions use memory.max): unreadable reads as unknown.
             memory_high_bytes: self.max_or("memory.high").ok().flatten(),
@@ -618,7 +724,10 @@ impl Backend for V2Backend {
 
     fn control_files(&self, resource: Resource) -> Vec<PathBuf> {
         match resource {
-            Resource::Cpu => vec![self.dir.join("cpu.max")],
+            Resource::Cpu => cpu_control_files(
+                present(self.dir.join("cpu.max.burst")),
+                vec![self.dir.join("cpu.max")],
+            ),
             Resource::Memory => {
                 let mut v = vec![self.dir.join("memory.max")];
                 if self.dir.join("memory.high").is_file() {
@@ -630,12 +739,16 @@ impl Backend for V2Backend {
         }
     }
 
-    fn set_cpu(&self, cores: Option<f64>, period_us: u64) -> Result<()> {
-        let value = match cores {
-            Some(c) => format!("{} {period_us}", cores_to_quota(c, period_us)),
-            None => format!("max {period_us}"),
-        };
-        write_text(&self.dir.join("cpu.max"), &value)
+    fn set_cpu(&self, cores: Option<f64>, period_us: u64, burst: Option<f64>) -> Result<()> {
+        let quota = cores.map(|c| cores_to_quota(c, period_us));
+        let burst_file = present(self.dir.join("cpu.max.burst"));
+        write_bandwidth(burst_file.as_deref(), quota, burst, |q| {
+            let value = match q {
+                Some(q) => format!("{q} {period_us}"),
+                None => format!("max {period_us}"),
+            };
+            write_text(&self.dir.join("cpu.max"), &value)
+        })
     }
 
     fn set_memory(&self, bytes: Option<u64>) -> Result<()> {
@@ -686,6 +799,58 @@ mod tests {
         assert_eq!(cores_to_quota(0.5, 100_000), 50_000);
         assert_eq!(cores_to_quota(0.001, 100_000), MIN_QUOTA_US);
         assert_eq!(cores_to_quota(1.5, 50_000), 75_000);
+    }
+
+    #[test]
+    fn bandwidth_writes_keep_the_burst_within_the_quota_at_every_write() {
+        use BandwidthWrite::{Burst, Quota};
+        // Lowering a quota below the group's own burst: the burst comes down first.
+        assert_eq!(
+            bandwidth_writes(40_000, Some(30_000), None),
+            vec![Burst(30_000), Quota(Some(30_000))]
+        );
+        // Raising it with a burst of the whole quota: the burst goes up last.
+        assert_eq!(
+            bandwidth_writes(30_000, Some(80_000), Some(1.0)),
+            vec![Quota(Some(80_000)), Burst(80_000)]
+        );
+        assert_eq!(
+            bandwidth_writes(80_000, Some(20_000), Some(0.5)),
+            vec![Burst(10_000), Quota(Some(20_000))]
+        );
+        // A burst that already fits is not written; an unlimited quota leaves it alone.
+        assert_eq!(
+            bandwidth_writes(5_000, Some(20_000), None),
+            vec![Quota(Some(20_000))]
+        );
+        assert_eq!(bandwidth_writes(5_000, None, Some(1.0)), vec![Quota(None)]);
+        assert_eq!(burst_with(5_000, None, Some(1.0)), 5_000);
+
+        // Every start the kernel accepts (burst <= quota, or an unlimited quota), every target:
+        // each write leaves a state the kernel accepts, and the end is the burst asked for.
+        let quotas = [None, Some(1_000), Some(7_000), Some(30_000), Some(100_000)];
+        let bursts = [0, 500, 7_000, 30_000, 100_000];
+        let fracs = [None, Some(0.0), Some(0.25), Some(1.0)];
+        for q0 in quotas {
+            for b0 in bursts.into_iter().filter(|b| q0.is_none_or(|q| *b <= q)) {
+                for q1 in quotas {
+                    for f in fracs {
+                        let (mut q, mut b) = (q0, b0);
+                        for w in bandwidth_writes(b0, q1, f) {
+                            match w {
+                                Burst(v) => b = v,
+                                Quota(v) => q = v,
+                            }
+                            assert!(
+                                q.is_none_or(|q| b <= q),
+                                "{q0:?}/{b0} -> {q1:?} at {f:?}: burst {b} above quota {q:?}"
+                            );
+                        }
+                        assert_eq!((q, b), (q1, burst_with(b0, q1, f)));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

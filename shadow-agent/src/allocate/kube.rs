@@ -818,7 +818,11 @@ impl Backend for KubeBackend {
     fn control_files(&self, _resource: Resource) -> Vec<PathBuf> {
         Vec::new()
     }
-    fn set_cpu(&self, cores: Option<f64>, _period_us: u64) -> Result<()> {
+    fn set_cpu(&self, cores: Option<f64>, _period_us: u64, burst: Option<f64>) -> Result<()> {
+        if burst.is_some() {
+            // `allocate.cpu.burst` is refused with [allocate.kubernetes] at validation.
+            return Err(self.err("the pod resize API has no CFS burst"));
+        }
         self.resize(Resource::Cpu, cores)
     }
     fn set_memory(&self, bytes: Option<u64>) -> Result<()> {

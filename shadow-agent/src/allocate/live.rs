@@ -126,6 +126,8 @@ pub struct RawRails {
     pub scale_in_below: Option<f64>,
     pub scale_in_after_intervals: Option<u32>,
     pub shortage_memory_intervals: Option<u32>,
+    /// CPU only: the CFS burst as a fraction of every quota written.
+    pub burst: Option<f64>,
 }
 
 /// Whether a `allocate.cgroups` entry is a pattern (`*`, `?`, `[...]`, `**`: the `glob`
@@ -323,12 +325,25 @@ impl RawAllocate {
         }
         let cpu_raw = self.cpu.unwrap_or_default();
         let mem_raw = self.memory.unwrap_or_default();
+        if mem_raw.burst.is_some() {
+            return Err(bad(
+                "memory.burst",
+                "is a CPU setting (the CFS burst of the quota): set allocate.cpu.burst",
+            ));
+        }
+        if kube_on && cpu_raw.burst.is_some() {
+            return Err(bad(
+                "cpu.burst",
+                "cannot be used with [allocate.kubernetes]: the pod resize API has no CFS burst",
+            ));
+        }
         let allocator = AllocatorConfig {
             policy,
             cpu: cpu_raw
                 .enabled
                 .unwrap_or(true)
                 .then(|| merge_rails(Rails::cpu(host_cores()), &cpu_raw)),
+            cpu_burst: cpu_raw.burst,
             memory: mem_raw
                 .enabled
                 .unwrap_or(true)
@@ -1435,6 +1450,30 @@ heavy_rx_pps = 5000
         let err = parse("cgroups = [\"web\"]\n[cpu]\nscale_in_below = 0.9").unwrap_err();
         assert_eq!(err.0, "allocate.cpu.scale_in_below");
         assert!(err.1.contains("near_limit"), "{err:?}");
+    }
+
+    #[test]
+    fn cpu_burst_is_a_fraction_of_the_quota_for_cpu_only() {
+        let s = parse("cgroups = [\"web\"]\n[cpu]\nburst = 0.5").unwrap();
+        assert_eq!(s.allocator.cpu_burst, Some(0.5));
+        assert_eq!(
+            parse("cgroups = [\"web\"]").unwrap().allocator.cpu_burst,
+            None
+        );
+        for bad in ["1.5", "-0.1", "nan"] {
+            let err = parse(&format!("cgroups = [\"web\"]\n[cpu]\nburst = {bad}")).unwrap_err();
+            assert_eq!(err.0, "allocate.cpu.burst", "{bad}: {err:?}");
+            assert!(err.1.contains("above the quota"), "{err:?}");
+        }
+        let err = parse("cgroups = [\"web\"]\n[memory]\nburst = 0.5").unwrap_err();
+        assert_eq!(err.0, "allocate.memory.burst");
+        let err = parse(
+            "cgroups = [\"web\"]\n[cpu]\nburst = 0.5\n[kubernetes]\n\
+             api_server = \"http://127.0.0.1:1\"\nnode_name = \"n\"\ntoken_file = \"/proc/version\"",
+        )
+        .unwrap_err();
+        assert_eq!(err.0, "allocate.cpu.burst");
+        assert!(err.1.contains("resize API"), "{err:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, Limits, Sample};
+use super::backend::{self, Backend, Limits, Sample};
 use super::cpuset::CpuSet;
 use super::gate::{GateRule, Gated, ShrinkGate, ShrinkOutcome, ShrinkRequest};
 use super::irq::{decide_placement, read_nic_locality, rx_packets, LocalityNote};
@@ -28,6 +28,11 @@ pub struct AllocatorConfig {
     pub policy: PolicyConfig,
     /// Rails of the CPU quota; None: the quota is not managed.
     pub cpu: Option<Rails>,
+    /// With every quota written, the CFS burst is set to this fraction of it (0..=1): the
+    /// unused quota a group may carry into a later period, so a burst shorter than the
+    /// interval is not throttled while the average stays within the quota. None: the
+    /// group's own burst is kept (lowered to a smaller quota, which the kernel requires).
+    pub cpu_burst: Option<f64>,
     /// Rails of the memory limit; None: memory is not managed.
     pub memory: Option<Rails>,
     /// Pin the group onto the parent's CPUs minus these (the shadow group's); None: cpusets
@@ -70,6 +75,7 @@ impl AllocatorConfig {
         AllocatorConfig {
             policy: PolicyConfig::default(),
             cpu: Some(Rails::cpu(max_cores)),
+            cpu_burst: None,
             memory: Some(Rails::memory(max_bytes)),
             pin_away_from: None,
             dry_run: false,
@@ -128,6 +134,15 @@ impl AllocatorConfig {
                 return Err(AllocateError::Config {
                     key: key.to_owned(),
                     reason,
+                });
+            }
+        }
+        if let Some(b) = self.cpu_burst {
+            if !(b.is_finite() && (0.0..=1.0).contains(&b)) {
+                return Err(AllocateError::Config {
+                    key: "cpu.burst".to_owned(),
+                    reason: "must be a fraction of the quota in [0, 1] (the kernel refuses a \
+                             burst above the quota)",
                 });
             }
         }
@@ -303,6 +318,19 @@ impl<B: Backend> Reconciler<B> {
             let report = r.restore()?;
             r.recovered = Some(report);
         }
+        if r.cfg.cpu_burst.is_some() && r.cfg.cpu.is_some() {
+            // A kernel before 5.14 has no CFS burst: the quota is still managed.
+            if let Ok(Limits {
+                cpu_burst_us: None, ..
+            }) = r.backend.read_limits()
+            {
+                tracing::warn!(
+                    cgroup = r.backend.name(),
+                    "allocate.cpu.burst is set but this kernel has no CFS burst \
+                     (cpu.cfs_burst_us / cpu.max.burst): quotas are written without one"
+                );
+            }
+        }
         Ok(r)
     }
 
@@ -472,7 +500,7 @@ impl<B: Backend> Reconciler<B> {
             if applied {
                 report.applied.push(d.resource);
             }
-            self.log_scalar(d, applied, result.as_ref().err())?;
+            self.log_scalar(d, &limits, applied, result.as_ref().err())?;
             result?;
         }
         let locality = report.locality.clone();
@@ -590,13 +618,21 @@ impl<B: Backend> Reconciler<B> {
     fn apply_scalar(&mut self, d: &Decision, limits: &Limits) -> Result<()> {
         self.ensure_recorded()?;
         match d.resource {
-            Resource::Cpu => self.backend.set_cpu(d.new, limits.cpu_period_us),
+            Resource::Cpu => self
+                .backend
+                .set_cpu(d.new, limits.cpu_period_us, self.cfg.cpu_burst),
             Resource::Memory => self.backend.set_memory(d.new.map(|b| b.round() as u64)),
             Resource::Cpuset => Ok(()),
         }
     }
 
-    fn log_scalar(&self, d: &Decision, applied: bool, err: Option<&AllocateError>) -> Result<()> {
+    fn log_scalar(
+        &self,
+        d: &Decision,
+        limits: &Limits,
+        applied: bool,
+        err: Option<&AllocateError>,
+    ) -> Result<()> {
         let verb = if applied {
             "set"
         } else if self.cfg.dry_run && d.changes() {
@@ -624,6 +660,15 @@ impl<B: Backend> Reconciler<B> {
             level: d.forecast.map(|f| f.level),
             confidence: d.confidence,
             error: err.map(|e| error_chain(e)),
+            burst_us: match (d.resource, limits.cpu_burst_us) {
+                (Resource::Cpu, Some(cur)) if d.changes() && self.backend.kube().is_none() => {
+                    let quota = d
+                        .new
+                        .map(|c| backend::cores_to_quota(c, limits.cpu_period_us));
+                    Some([cur, backend::burst_with(cur, quota, self.cfg.cpu_burst)])
+                }
+                _ => None,
+            },
             ..AuditEntry::at_step(
                 self.backend.name(),
                 d.resource.as_str(),

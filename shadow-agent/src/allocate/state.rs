@@ -174,21 +174,30 @@ impl OriginalRecord {
     /// holds its original value is not written (it counts as restored): the record is taken
     /// before the first change, so some of its files may never have changed, and one of them
     /// being unwritable (the reason a change failed) must not make the restore fail. A file
-    /// whose group is gone or was made again since is skipped, with the reason.
+    /// whose group is gone or was made again since is skipped, with the reason. A file listed
+    /// twice (a CFS burst, around its quota: the kernel refuses a burst above the quota, so it
+    /// may only fit before or only after the quota is back) is written at both places and
+    /// only its last write counts.
     pub fn restore(&self) -> RestoreReport {
         let mut report = RestoreReport::default();
-        for f in &self.files {
+        for (i, f) in self.files.iter().enumerate() {
+            let again = self.files[i + 1..].iter().any(|g| g.path == f.path);
             if let Some(why) = stale(f) {
-                report.skipped.push((f.path.clone(), why));
+                if !again {
+                    report.skipped.push((f.path.clone(), why));
+                }
                 continue;
             }
             if backend::read_text(&f.path).is_ok_and(|now| now.trim() == f.value) {
-                report.restored.push(f.path.clone());
+                if !again {
+                    report.restored.push(f.path.clone());
+                }
                 continue;
             }
             match backend::write_text(&f.path, &f.value) {
-                Ok(()) => report.restored.push(f.path.clone()),
-                Err(e) => report.failed.push((f.path.clone(), error_chain(&e))),
+                Ok(()) if !again => report.restored.push(f.path.clone()),
+                Err(e) if !again => report.failed.push((f.path.clone(), error_chain(&e))),
+                _ => {}
             }
         }
         report
@@ -242,6 +251,10 @@ pub struct AuditEntry {
     /// What else the entry needs said (a restore's skipped files, a group made again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// CPU only, where the kernel has a CFS burst: the burst (µs) before and with the change,
+    /// `[old, new]` (`allocate.cpu.burst`, or the group's own lowered to a smaller quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_us: Option<[u64; 2]>,
 }
 
 impl AuditEntry {
@@ -273,6 +286,7 @@ impl AuditEntry {
             error: None,
             locality: None,
             note: None,
+            burst_us: None,
         }
     }
 }

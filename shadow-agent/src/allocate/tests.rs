@@ -866,3 +866,48 @@ fn a_group_a_pattern_let_go_has_its_history_back_when_it_is_back() {
     assert_eq!(v["web"]["change"], "matched", "{v}");
     assert!(memory_forecast(&v), "forecast at its first tick back: {v}");
 }
+
+#[test]
+fn v2_burst_follows_each_quota_written_is_audited_and_restored() {
+    let m = Mimic::new("burst");
+    m.put("web/cpu.max", "50000 100000\n");
+    m.put("web/cpu.max.burst", "20000\n");
+    let mut cfg = m.config();
+    cfg.memory = None;
+    cfg.cpu_burst = Some(0.5);
+    let audit = cfg.state_dir.join("audit.jsonl");
+    {
+        let mut r = Reconciler::new(m.backend(), cfg).unwrap();
+        let rep = r
+            .step(&Forecasts {
+                cpu: Some(confident(0.8)),
+                memory: None,
+            })
+            .unwrap();
+        assert_eq!(rep.applied, vec![Resource::Cpu]);
+        // 0.8 × 1.15 = 0.92 core, and half of it as burst.
+        assert_eq!(m.get("web/cpu.max"), "92000 100000");
+        assert_eq!(m.get("web/cpu.max.burst"), "46000");
+        let entries = super::state::AuditLog::new(&audit).read_all().unwrap();
+        assert_eq!(entries.last().unwrap().burst_us, Some([20_000, 46_000]));
+    }
+    // Restored on drop, the burst included.
+    assert_eq!(m.get("web/cpu.max"), "50000 100000");
+    assert_eq!(m.get("web/cpu.max.burst"), "20000");
+    assert!(!record_exists(&m.state()));
+}
+
+#[test]
+fn without_a_burst_file_the_quota_is_written_alone() {
+    let m = Mimic::new("noburst");
+    m.put("web/cpu.max", "50000 100000\n");
+    let b = m.backend();
+    assert_eq!(b.read_limits().unwrap().cpu_burst_us, None);
+    b.set_cpu(Some(0.3), 100_000, Some(1.0)).unwrap();
+    assert_eq!(m.get("web/cpu.max"), "30000 100000");
+    assert!(!m.root.join("web/cpu.max.burst").exists());
+    assert_eq!(
+        b.control_files(Resource::Cpu),
+        vec![m.root.join("web/cpu.max")]
+    );
+}
