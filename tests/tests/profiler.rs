@@ -130,25 +130,36 @@ fn running_slices_follow_cpu_stat(pref: HookPreference) {
     );
     let _child = spawn_in(None, Some(&cg), python("while True: pass"));
     std::thread::sleep(Duration::from_millis(300));
-    let mut worst = 0i64;
     let mut diffs = Vec::new();
     for _ in 0..30 {
         std::thread::sleep(Duration::from_millis(100));
         let ebpf = prof.cgroup(cg.id()).expect("read").expect("tracked").cpu_ns as i64;
         let stat = usage_usec(&cg) as i64 * 1000;
-        let d = ebpf - stat;
-        diffs.push(d / 1_000_000);
-        if d.abs() > worst.abs() {
-            worst = d;
-        }
+        diffs.push((ebpf - stat, stat));
     }
-    eprintln!("eBPF - cpu.stat per sample (ms): {diffs:?}");
-    // cpu.stat lags the running task by up to a tick (1-10 ms); a slice charged only at the
-    // switch would lag by everything the task ran since it was switched in.
-    assert!(
-        worst.abs() < 25_000_000,
-        "eBPF and cpu.stat differ by up to {worst} ns while the task runs: {diffs:?} ms"
-    );
+    let ms: Vec<i64> = diffs.iter().map(|(d, _)| d / 1_000_000).collect();
+    eprintln!("eBPF - cpu.stat per sample (ms): {ms:?}");
+    for &(d, stat) in &diffs {
+        // cpu.stat lags the running task by up to a tick (1-10 ms); a slice charged only at
+        // the switch would lag by everything the task ran since it was switched in (seconds
+        // for a lone busy loop): eBPF behind cpu.stat is the failure this test is for.
+        assert!(
+            d > -25_000_000,
+            "eBPF lags cpu.stat by {} ms while the task runs: {ms:?} ms",
+            -d / 1_000_000
+        );
+        // eBPF ahead: its running slice is clock time up to the read (`bpf_ktime_get_ns`),
+        // cpu.stat the task clock up to its last update. On a quiet VM eBPF ran up to 5 ms
+        // ahead, growing about 1% of the time read to read and falling back; a CI run on a
+        // loaded host measured 32 ms ahead after 3.3 s (1%). Allowed: up to the 2% the whole
+        // run's comparison (`burn_and_compare`) allows.
+        assert!(
+            d < 25_000_000 + stat / 50,
+            "eBPF ahead of cpu.stat by {} ms (more than 25 ms + 2% of {} ms): {ms:?} ms",
+            d / 1_000_000,
+            stat / 1_000_000
+        );
+    }
 }
 
 #[test]
