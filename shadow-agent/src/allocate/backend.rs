@@ -121,6 +121,8 @@ impl Sample {
             let periods = self.nr_periods.saturating_sub(p.nr_periods);
             let throttled = self.nr_throttled.saturating_sub(p.nr_throttled);
             cpu.throttled_periods = throttled;
+            cpu.throttled_cores =
+                Some(self.throttled_us.saturating_sub(p.throttled_us) as f64 / el);
             if periods > 0 {
                 cpu.throttled_ratio = Some(throttled as f64 / periods as f64);
             }

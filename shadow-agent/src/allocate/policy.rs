@@ -334,6 +334,11 @@ pub struct Signals {
     pub throttled_ratio: Option<f64>,
     /// Throttled periods added during the interval (CPU).
     pub throttled_periods: u64,
+    /// Throttled time over the interval's length (CPU, in cores): the demand the quota held
+    /// back. CFS adds up the time each CPU's run queue of the group was throttled, and each
+    /// had a task ready to run then, so with the usage it bounds what the group wanted.
+    #[serde(default)]
+    pub throttled_cores: Option<f64>,
     /// PSI `some avg10` / `full avg10` of the resource, where present.
     pub psi_some_avg10: Option<f64>,
     pub psi_full_avg10: Option<f64>,
@@ -348,12 +353,29 @@ pub struct Signals {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "signal", rename_all = "snake_case")]
 pub enum Signal {
-    NearLimit { usage: f64, limit: f64 },
-    Throttled { ratio: f64, periods: u64 },
-    PsiSome { avg10: f64 },
-    PsiFull { avg10: f64 },
-    Oom { events: u64 },
-    LimitHit { count: u64 },
+    NearLimit {
+        usage: f64,
+        limit: f64,
+    },
+    Throttled {
+        ratio: f64,
+        periods: u64,
+        /// The demand the quota held back (cores), where the throttled time is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held_back: Option<f64>,
+    },
+    PsiSome {
+        avg10: f64,
+    },
+    PsiFull {
+        avg10: f64,
+    },
+    Oom {
+        events: u64,
+    },
+    LimitHit {
+        count: u64,
+    },
 }
 
 impl Signal {
@@ -386,6 +408,7 @@ impl Signals {
                 out.push(Signal::Throttled {
                     ratio,
                     periods: self.throttled_periods,
+                    held_back: self.throttled_cores,
                 });
             }
         }
@@ -629,9 +652,18 @@ pub fn decide(
     let forecast_target = forecast
         .filter(|_| confident)
         .map(|f| f.upper.max(0.0) * (1.0 + cfg.headroom) * state.scale);
-    // Reactive steps need a limit to step from.
-    let reactive_target =
-        (!active.is_empty() && current.is_some()).then_some(eff * (1.0 + cfg.reactive.step_up));
+    // Reactive steps need a limit to step from. A throttled interval whose throttled time
+    // is known asks for at least the demand it showed, used plus held back: after an idle
+    // stretch has shrunk the limit, a step of `step_up` at a time would take many intervals
+    // to catch a returning load (the max step rail still bounds each one).
+    let shown = active.iter().find_map(|s| match s {
+        Signal::Throttled {
+            held_back: Some(h), ..
+        } => signals.usage.map(|u| u + h),
+        _ => None,
+    });
+    let reactive_target = (!active.is_empty() && current.is_some())
+        .then(|| (eff * (1.0 + cfg.reactive.step_up)).max(shown.unwrap_or(0.0)));
     // Scale-in: the recent peak halfway between the scale-in band and the near-limit one,
     // so the next interval is in neither.
     let scale_in_target = (scale_in_on && state.surplus_streak >= rails.scale_in_after_intervals)
@@ -1269,6 +1301,60 @@ mod tests {
         );
         assert_eq!(d.new, Some(2.5));
         assert!(matches!(d.reason, Reason::Reactive { .. }));
+    }
+
+    #[test]
+    fn a_throttled_step_asks_for_at_least_the_demand_it_held_back() {
+        // An idle stretch shrank the quota to 0.134 core; the load is back: 0.139 core used,
+        // 138 ms of every 200 ms throttled (0.69 core held back).
+        let r = Rails {
+            max_step_up: 1.0,
+            ..rails()
+        };
+        let back = Signals {
+            usage: Some(0.139),
+            throttled_ratio: Some(0.9),
+            throttled_periods: 18,
+            throttled_cores: Some(0.69),
+            ..Signals::default()
+        };
+        let d = run(&r, &mut ResourceState::default(), Some(0.134), &back, None);
+        // 0.829 core asked for, +100% at most: 0.268 (one `step_up` would be 0.1675).
+        assert!((d.new.unwrap() - 0.268).abs() < 1e-9, "{d:?}");
+        assert!(d.rails.contains(&Rail::MaxStep), "{d:?}");
+        match &d.reason {
+            Reason::Reactive { signals } => assert!(signals.iter().any(|s| matches!(
+                s,
+                Signal::Throttled { held_back: Some(h), .. } if (*h - 0.69).abs() < 1e-12
+            ))),
+            other => panic!("{other:?}"),
+        }
+        // Within the step rail it is taken whole.
+        let wide = Rails {
+            max_step_up: 10.0,
+            ..rails()
+        };
+        let d = run(
+            &wide,
+            &mut ResourceState::default(),
+            Some(0.134),
+            &back,
+            None,
+        );
+        assert!((d.new.unwrap() - 0.829).abs() < 1e-9, "{d:?}");
+        // Little held back: the usual step.
+        let light = Signals {
+            throttled_cores: Some(0.001),
+            ..back
+        };
+        let d = run(
+            &wide,
+            &mut ResourceState::default(),
+            Some(0.134),
+            &light,
+            None,
+        );
+        assert!((d.new.unwrap() - 0.1675).abs() < 1e-9, "{d:?}");
     }
 
     #[test]

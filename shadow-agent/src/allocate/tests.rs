@@ -71,7 +71,7 @@ impl Mimic {
             &format!(
                 "usage_usec {usage_usec}\nuser_usec 0\nsystem_usec 0\nnr_periods {periods}\n\
                  nr_throttled {throttled}\nthrottled_usec {}\n",
-                throttled * 50_000
+                throttled * 100
             ),
         );
     }
@@ -136,10 +136,7 @@ fn v2_reads_the_mimic_files() {
     assert_eq!(b.available_cpus().unwrap().unwrap().to_string(), "0-3");
     m.cpu_stat(10, 4, 777);
     let s = b.read_sample().unwrap();
-    assert_eq!(
-        (s.nr_periods, s.nr_throttled, s.throttled_us),
-        (10, 4, 200_000)
-    );
+    assert_eq!((s.nr_periods, s.nr_throttled, s.throttled_us), (10, 4, 400));
     assert_eq!(s.cpu_usage_us, Some(777));
     assert_eq!(s.memory_usage, Some(1 << 29));
     assert!(s.psi_cpu.is_some() && s.psi_memory.is_some());
@@ -154,7 +151,9 @@ fn reactive_throttling_steps_the_quota_up_and_records_originals() {
     let rep = r.step(&Forecasts::default()).unwrap();
     assert!(rep.applied.is_empty(), "{rep:?}");
     assert!(!record_exists(&m.state()));
-    // 100 periods, 60 of them throttled.
+    // 100 periods, 60 of them throttled (6 ms in all); 50 ms of CPU. At least 100 ms apart,
+    // so usage plus the held-back demand (at most 0.56 core) is below one reactive step.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     m.cpu_stat(100, 60, 50_000);
     let rep = r.step(&Forecasts::default()).unwrap();
     assert_eq!(rep.applied, vec![Resource::Cpu]);
