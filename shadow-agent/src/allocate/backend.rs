@@ -467,10 +467,9 @@ impl Backend for V1Backend {
             Some(d) => Some(read_cpuset(&d.join("cpuset.cpus"))?),
             None => None,
         };
-        let cpu_burst_us = match present(self.cpu.join("cpu.cfs_burst_us")) {
-            Some(p) => Some(read_u64(&p)?),
-            None => None,
-        };
+        let cpu_burst_us = present(self.cpu.join("cpu.cfs_burst_us"))
+            .map(|p| read_u64(&p))
+            .transpose()?;
         Ok(Limits {
             cpu_cores: (quota > 0 && period > 0).then(|| quota as f64 / period as f64),
             cpu_period_us: period,
@@ -677,10 +676,9 @@ impl Backend for V2Backend {
         } else {
             None
         };
-        let cpu_burst_us = match present(self.dir.join("cpu.max.burst")) {
-            Some(p) => Some(read_u64(&p)?),
-            None => None,
-        };
+        let cpu_burst_us = present(self.dir.join("cpu.max.burst"))
+            .map(|p| read_u64(&p))
+            .transpose()?;
         Ok(Limits {
             cpu_cores,
             cpu_period_us: period,
