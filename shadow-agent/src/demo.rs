@@ -420,6 +420,7 @@ impl Planner {
                     level: LEVEL,
                     coverage,
                     horizon_intervals: SUBTICKS,
+                    shrink_upper: None,
                 });
                 if second {
                     self.forecasts += 1;

@@ -344,6 +344,7 @@ fn report_of_a_real_run_renders_in_headless_chromium() {
                             level: 0.9,
                             coverage,
                             horizon_intervals: 1,
+                            shrink_upper: None,
                         });
                     }
                 }

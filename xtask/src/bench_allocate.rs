@@ -118,6 +118,10 @@ pub struct AllocateArgs {
     /// they write (default: off).
     #[arg(long)]
     pub burst: Option<f64>,
+    /// `[allocate] shrink_cover` of both agents: intervals a forecast shrink must cover
+    /// (default: the agent's). The reactive agent makes no forecast shrink.
+    #[arg(long)]
+    pub shrink_cover: Option<usize>,
 }
 
 /// A cgroup in the v1 controllers and cgroup2, removed on drop (after its processes).
@@ -279,11 +283,14 @@ fn load_trace(path: &Path, metric: &str) -> Result<Vec<(String, Vec<f64>)>> {
 /// The agent's config for one group.
 fn agent_config(group: &str, state: &Path, predictive: bool, args: &AllocateArgs) -> String {
     let interval_ms = args.interval_ms;
-    let mut level = args
+    let mut top = args
         .level
         .map_or(String::new(), |l| format!("level = {l}\n"));
     if let Some(t) = args.shortage_target {
-        level.push_str(&format!("shortage_target = {t}\n"));
+        top.push_str(&format!("shortage_target = {t}\n"));
+    }
+    if let Some(c) = args.shrink_cover {
+        top.push_str(&format!("shrink_cover = {c}\n"));
     }
     let mut cpu = args
         .scale_in_below
@@ -311,7 +318,7 @@ dry_run = false
 predictive = {predictive}
 state_dir = "{state}"
 audit_log = "{state}/audit.jsonl"
-{level}
+{top}
 [allocate.cpu]
 # The group's cpuset is one CPU.
 max = 1.0
@@ -701,6 +708,7 @@ pub fn allocate(args: AllocateArgs) -> Result<()> {
         "shortage_memory_intervals": args.shortage_memory,
         "cpu_burst": args.burst,
         "shortage_target": args.shortage_target,
+        "shrink_cover": args.shrink_cover,
         "cfs_period_us": PERIOD_US,
         "policies": [total[0].json("shadow"), total[1].json("reactive")],
         "throttled_reduction": reduction,

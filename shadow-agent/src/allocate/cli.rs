@@ -56,6 +56,10 @@ pub struct SimulateArgs {
     /// Lead time (intervals) the forecast's upper bound must cover.
     #[arg(long, default_value_t = 1)]
     pub lead: usize,
+    /// Intervals a forecast shrink must cover, at least the lead time (default, 0: the lead
+    /// time plus the resource's cooldown, 2 intervals for CPU and 3 for memory).
+    #[arg(long, default_value_t = 0)]
+    pub shrink_cover: usize,
     /// Interval level of the forecast bound, percent.
     #[arg(long)]
     pub level: Option<f64>,
@@ -126,6 +130,8 @@ pub struct SimulateOutput {
     pub resource: Resource,
     pub series: usize,
     pub skipped: usize,
+    /// Intervals a forecast shrink covered.
+    pub shrink_cover: usize,
     #[serde(flatten)]
     pub report: SimReport,
 }
@@ -160,6 +166,7 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
         window: args.window,
         refit_every: args.refit_every,
         lead: args.lead,
+        shrink_cover: args.shrink_cover,
         level: args
             .level
             .map_or(AdaptiveSim::default().level, |l| l / 100.0),
@@ -240,6 +247,7 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
             skipped,
         });
     }
+    let pred = pred.for_cooldown(todo[0].0.rails.cooldown_intervals);
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -256,6 +264,7 @@ pub fn evaluate(args: &SimulateArgs) -> Result<SimulateOutput, SimulateError> {
         resource,
         series: todo.len(),
         skipped,
+        shrink_cover: pred.cover(),
         report,
     })
 }
@@ -267,13 +276,14 @@ fn run(args: &SimulateArgs) -> Result<(), SimulateError> {
     } else {
         format!(
             "{} series ({} skipped), metric {} ({}), predictive: default forecaster refitted \
-             every {} intervals, lead {}\n{}",
+             every {} intervals, lead {}, a shrink covers {}\n{}",
             out.series,
             out.skipped,
             out.metric,
             out.resource.as_str(),
             args.refit_every,
             args.lead,
+            out.shrink_cover,
             out.report.table()
         )
     };

@@ -33,6 +33,9 @@ pub struct RawAllocate {
     pub window: Option<usize>,
     pub refit_every: Option<usize>,
     pub lead: Option<usize>,
+    /// Intervals a forecast shrink must cover, at least the lead time (default: the lead time
+    /// plus the resource's cooldown).
+    pub shrink_cover: Option<usize>,
     pub level: Option<f64>,
     pub headroom: Option<f64>,
     pub max_rel_width: Option<f64>,
@@ -290,6 +293,7 @@ impl RawAllocate {
             refit_every: self.refit_every.unwrap_or(d.refit_every),
             lead: self.lead.unwrap_or(d.lead),
             level: self.level.unwrap_or(d.level),
+            shrink_cover: self.shrink_cover.unwrap_or(d.shrink_cover),
         };
         if forecast.window < 100 {
             return Err(bad("window", "must be at least 100 samples"));
@@ -299,6 +303,12 @@ impl RawAllocate {
         }
         if forecast.lead == 0 {
             return Err(bad("lead", "must be at least 1 interval"));
+        }
+        if self.shrink_cover == Some(0) {
+            return Err(bad(
+                "shrink_cover",
+                "must be at least 1 interval (the lead time, to cover only that)",
+            ));
         }
         if !(forecast.level > 0.0 && forecast.level < 1.0) {
             return Err(bad("level", "must be a fraction in (0, 1), e.g. 0.9"));
@@ -1119,6 +1129,11 @@ impl Drop for LiveAllocator {
     }
 }
 
+/// A managed resource's cooldown (0 when it is not managed).
+fn cooldown(rails: Option<Rails>) -> u32 {
+    rails.map_or(0, |r| r.cooldown_intervals)
+}
+
 impl Managed {
     /// Opens group `name` (restoring the originals a crashed run left behind).
     fn open(
@@ -1140,8 +1155,8 @@ impl Managed {
         Ok(Managed {
             name,
             reconciler,
-            cpu: Tracked::new(spec.forecast),
-            memory: Tracked::new(spec.forecast),
+            cpu: Tracked::new(spec.forecast.for_cooldown(cooldown(spec.allocator.cpu))),
+            memory: Tracked::new(spec.forecast.for_cooldown(cooldown(spec.allocator.memory))),
             prev_cpu: None,
             interval_s: None,
             scale_cpu: ScaleDetector::default(),
@@ -1371,6 +1386,24 @@ mod tests {
         );
         assert!(match_names(&base, "none/*").is_empty());
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_shrink_covers_the_lead_time_plus_each_resources_cooldown_unless_set() {
+        let s = parse(r#"cgroups = ["web"]"#).unwrap();
+        assert_eq!(s.forecast.shrink_cover, 0);
+        let cpu = s.forecast.for_cooldown(cooldown(s.allocator.cpu));
+        let mem = s.forecast.for_cooldown(cooldown(s.allocator.memory));
+        assert_eq!((cpu.cover(), mem.cover()), (3, 4));
+        let s = parse("cgroups = [\"web\"]\nlead = 2\nshrink_cover = 5").unwrap();
+        let cpu = s.forecast.for_cooldown(cooldown(s.allocator.cpu));
+        assert_eq!((cpu.lead, cpu.cover()), (2, 5));
+        // At least the lead time.
+        let s = parse("cgroups = [\"web\"]\nlead = 2\nshrink_cover = 1").unwrap();
+        assert_eq!(s.forecast.for_cooldown(2).cover(), 2);
+        let err = parse("cgroups = [\"web\"]\nshrink_cover = 0").unwrap_err();
+        assert_eq!(err.0, "allocate.shrink_cover");
+        assert!(err.1.contains("at least 1"), "{err:?}");
     }
 
     #[test]

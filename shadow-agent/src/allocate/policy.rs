@@ -3,7 +3,9 @@
 //!
 //! Order of evaluation in [`decide`]:
 //! 1. **Target.** A confident forecast ([`ConfidenceRule::assess`]) gives
-//!    `upper × (1 + headroom)`. Reactive signals ([`Signals::active`]) give
+//!    `upper × (1 + headroom)`; below the current limit (a shrink) at least
+//!    `shrink_upper × (1 + headroom)`, the bound over the intervals the shrink commits to.
+//!    Reactive signals ([`Signals::active`]) give
 //!    `current × (1 + step_up)`; with both, the larger wins. Neither, with the reactive
 //!    scale-in configured ([`Rails::scale_in_below`]) and usage below that band for
 //!    [`Rails::scale_in_after_intervals`] intervals: the recent peak usage over the middle
@@ -62,6 +64,11 @@ pub struct ForecastInput {
     pub coverage: Option<f64>,
     /// How many intervals ahead the bound covers.
     pub horizon_intervals: u32,
+    /// The largest upper bound over the time a shrink commits the limit to (the lead time
+    /// plus the cooldown after a change, in which only an observed shortage can undo it),
+    /// where the forecaster gives it: a shrink never goes below it (plus headroom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrink_upper: Option<f64>,
 }
 
 /// When a forecast is trusted.
@@ -649,9 +656,15 @@ pub fn decide(
     }
 
     // 1. Target.
-    let forecast_target = forecast
-        .filter(|_| confident)
-        .map(|f| f.upper.max(0.0) * (1.0 + cfg.headroom) * state.scale);
+    let forecast_target = forecast.filter(|_| confident).map(|f| {
+        let bound = |u: f64| u.max(0.0) * (1.0 + cfg.headroom) * state.scale;
+        let t = bound(f.upper);
+        match f.shrink_upper {
+            // A shrink must also cover the intervals it holds the limit for.
+            Some(hold) if t < eff => bound(hold).max(t).min(eff),
+            _ => t,
+        }
+    });
     // Reactive steps need a limit to step from. A throttled interval whose throttled time
     // is known asks for at least the demand it showed, used plus held back: after an idle
     // stretch has shrunk the limit, a step of `step_up` at a time would take many intervals
@@ -816,6 +829,7 @@ mod tests {
             level: 0.9,
             coverage,
             horizon_intervals: 1,
+            shrink_upper: None,
         }
     }
 
@@ -865,6 +879,57 @@ mod tests {
         assert!((d.new.unwrap() - want).abs() < 1e-9, "{d:?}");
         assert!(d.changes());
         assert_eq!(st.since_change, 0);
+    }
+
+    #[test]
+    fn a_forecast_shrink_covers_the_intervals_it_commits_to_and_growth_only_the_lead() {
+        let with_hold = |upper: f64, hold: f64| ForecastInput {
+            shrink_upper: Some(hold),
+            ..fc(upper, upper * 0.95, upper, Some(0.9))
+        };
+        let r = rails();
+        // A shrink from 2.0: the next interval needs 1.0, a spike two intervals later 1.5;
+        // the shrink stops at the spike's bound plus headroom.
+        let mut st = ResourceState::default();
+        let d = run(
+            &r,
+            &mut st,
+            Some(2.0),
+            &Signals::default(),
+            Some(with_hold(1.0, 1.5)),
+        );
+        assert_eq!(d.reason, Reason::Forecast);
+        assert!((d.new.unwrap() - 1.5 * 1.15).abs() < 1e-9, "{d:?}");
+        // The same forecast without the spike shrinks further (the max step rail: -25%).
+        let mut st = ResourceState::default();
+        let d = run(
+            &r,
+            &mut st,
+            Some(2.0),
+            &Signals::default(),
+            Some(with_hold(1.0, 1.0)),
+        );
+        assert_eq!(d.new, Some(1.5), "{d:?}");
+        // Never a growth from the hold bound: above the lead's bound the limit is kept ...
+        let mut st = ResourceState::default();
+        let d = run(
+            &r,
+            &mut st,
+            Some(1.2),
+            &Signals::default(),
+            Some(with_hold(1.0, 1.5)),
+        );
+        assert_eq!(d.new, Some(1.2), "{d:?}");
+        // ... and below it the lead's bound alone decides the growth.
+        let mut st = ResourceState::default();
+        let d = run(
+            &r,
+            &mut st,
+            Some(1.0),
+            &Signals::default(),
+            Some(with_hold(1.2, 3.0)),
+        );
+        assert!((d.new.unwrap() - 1.2 * 1.15).abs() < 1e-9, "{d:?}");
     }
 
     #[test]

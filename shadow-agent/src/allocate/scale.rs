@@ -389,6 +389,7 @@ mod tests {
             level: 0.8,
             coverage,
             horizon_intervals: 3,
+            shrink_upper: None,
         }
     }
 

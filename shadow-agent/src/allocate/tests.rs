@@ -111,6 +111,7 @@ fn confident(upper: f64) -> ForecastInput {
         level: 0.9,
         coverage: Some(0.9),
         horizon_intervals: 6,
+        shrink_upper: None,
     }
 }
 
