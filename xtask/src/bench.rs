@@ -63,7 +63,7 @@ pub enum BenchTarget {
     Mirror(crate::bench_mirror::MirrorArgs),
     /// The allocator's live closed loop: throttled time and CPU allocated, Shadow vs the
     /// reactive policy alone, on a time-compressed trace (see `bench_allocate.rs`).
-    Allocate(crate::bench_allocate::AllocateArgs),
+    Allocate(Box<crate::bench_allocate::AllocateArgs>),
     /// TCP sessions in the shadow: nginx primary and shadow, wrk keep-alive and
     /// new-connection load, with and without the mirror (see `bench_tcp.rs`).
     Tcp(crate::bench_tcp::TcpArgs),
@@ -94,7 +94,7 @@ pub fn bench(target: BenchTarget) -> Result<()> {
             profiler(json.as_deref(), rounds, loops, &placements)
         }
         BenchTarget::Mirror(args) => crate::bench_mirror::mirror(args),
-        BenchTarget::Allocate(args) => crate::bench_allocate::allocate(args),
+        BenchTarget::Allocate(args) => crate::bench_allocate::allocate(*args),
         BenchTarget::Tcp(args) => crate::bench_tcp::tcp(args),
         BenchTarget::Soak(args) => crate::bench_soak::soak(args),
     }

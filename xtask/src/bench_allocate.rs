@@ -32,7 +32,8 @@
 //! Reported per policy over the scored intervals: throttled time and periods (`cpu.stat`), mean quota
 //! (average CPU allocated), mean usage, slack `mean(max(0, quota − usage) / quota)`, the
 //! allocator's applied CPU decisions (from its audit log) and the unserved work; per series
-//! also each scored interval's quota, usage and throttled time (`timeline` in the JSON).
+//! also each scored interval's quota, usage and throttled time (`timeline` in the JSON, with
+//! the trace's start time to match `--keep-audit DIR`'s copies of the agents' audit logs).
 //! Targets: throttled time at least 50% lower with Shadow, at no more average CPU allocated.
 
 use std::{
@@ -122,6 +123,10 @@ pub struct AllocateArgs {
     /// (default: the agent's). The reactive agent makes no forecast shrink.
     #[arg(long)]
     pub shrink_cover: Option<usize>,
+    /// Copy each agent's audit log to DIR/<series>-<shadow|reactive>.audit.jsonl (the
+    /// decisions behind the timeline: forecasts, confidence, rails).
+    #[arg(long)]
+    pub keep_audit: Option<PathBuf>,
 }
 
 /// A cgroup in the v1 controllers and cgroup2, removed on drop (after its processes).
@@ -376,6 +381,10 @@ struct Score {
     /// Per scored interval: quota (cores), usage (cores), throttled time (ms). Per series
     /// only (a merged score leaves it empty).
     timeline: Vec<[f64; 3]>,
+    /// When the trace's interval 0 began (Unix ms): trace interval k runs from here +
+    /// k × interval; scored interval j of the timeline from the middle of trace interval
+    /// warmup + j to the middle of the next (where the bench samples), to match an audit log.
+    trace_start_unix_ms: u64,
 }
 
 impl Score {
@@ -423,6 +432,7 @@ impl Score {
                 .collect()
         };
         v["timeline"] = json!({
+            "trace_start_unix_ms": self.trace_start_unix_ms,
             "quota_cores": col(0, 1e4),
             "usage_cores": col(1, 1e4),
             "throttled_ms": col(2, 1e3),
@@ -584,9 +594,18 @@ fn run_series(
                 s.slack_sum += ((q - u) / q).max(0.0);
             }
         }
+        s.trace_start_unix_ms = start_ms;
         let (after, all) = count_decisions(&agents[i].1, warm_ms);
         s.decisions = after;
         s.decisions_total = all;
+    }
+    if let Some(dir) = &args.keep_audit {
+        fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        for ((_, audit), policy) in agents.iter().zip(["shadow", "reactive"]) {
+            let to = dir.join(format!("{series}-{policy}.audit.jsonl"));
+            fs::copy(audit, &to)
+                .with_context(|| format!("copying {} to {}", audit.display(), to.display()))?;
+        }
     }
     drop(burners);
     drop(agents);
