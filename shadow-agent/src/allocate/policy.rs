@@ -14,8 +14,8 @@
 //!    usage floor (memory: usage + margin), per-resource min/max, hysteresis (ignore changes
 //!    smaller than a fraction of the current limit), shrink hold (a forecast shrink is made
 //!    only after it has been proposed K intervals in a row; a scale-in has its streak), maximum
-//!    step per interval, cooldown after a change (an urgent step up, OOM or full pressure,
-//!    passes through it).
+//!    step per interval, cooldown after a change (a confident forecast's growth and an
+//!    urgent step up, OOM or full pressure, pass through it).
 //!
 //! An unlimited current value (`None`) counts as the resource's `max` for stepping, so a first
 //! limit is never above `max`, and imposing one is a shrink that needs the K-interval hold.
@@ -65,7 +65,8 @@ pub struct ForecastInput {
     /// How many intervals ahead the bound covers.
     pub horizon_intervals: u32,
     /// The largest upper bound over the time a shrink commits the limit to (the lead time
-    /// plus the cooldown after a change, in which only an observed shortage can undo it),
+    /// plus the cooldown after a change, in which only a shortage already suffered or a
+    /// forecast's growth undoes it),
     /// where the forecaster gives it: a shrink never goes below it (plus headroom).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shrink_upper: Option<f64>,
@@ -763,7 +764,11 @@ pub fn decide(
     }
     let in_cooldown = state.since_change <= rails.cooldown_intervals;
     let urgent_up = urgent && desired > eff;
-    if desired != eff && in_cooldown && !urgent_up && !forced_by_bounds {
+    // A confident forecast's growth passes too: it is the pre-allocation the allocator is for,
+    // and a rise over two intervals (a spike the forecast sees coming) needs two in a row.
+    // The cooldown still spaces out every shrink and every reactive step.
+    let forecast_up = matches!(reason, Reason::Forecast) && desired > eff;
+    if desired != eff && in_cooldown && !urgent_up && !forecast_up && !forced_by_bounds {
         desired = eff;
         applied_rails.push(Rail::Cooldown);
     }
@@ -1211,7 +1216,7 @@ mod tests {
     }
 
     #[test]
-    fn rail_cooldown_blocks_all_but_urgent_steps_up() {
+    fn rail_cooldown_blocks_all_but_urgent_steps_up_and_forecast_growth() {
         let r = Rails {
             cooldown_intervals: 2,
             ..rails()
@@ -1238,6 +1243,25 @@ mod tests {
         };
         let d = run(&r, &mut st, d.new, &oom, None);
         assert!(d.changes() && d.rails.is_empty(), "{d:?}");
+        // So does a confident forecast's growth, and not its shrink.
+        let now = d.new;
+        let d = run(
+            &r,
+            &mut st,
+            now,
+            &Signals::default(),
+            Some(fc(3.0, 2.9, 3.0, Some(0.9))),
+        );
+        assert_eq!(d.reason, Reason::Forecast);
+        assert!(d.changes() && d.rails.is_empty(), "{d:?}");
+        let d = run(
+            &r,
+            &mut st,
+            d.new,
+            &Signals::default(),
+            Some(fc(1.0, 0.9, 1.0, Some(0.9))),
+        );
+        assert!(!d.changes() && d.rails.contains(&Rail::Cooldown), "{d:?}");
     }
 
     #[test]

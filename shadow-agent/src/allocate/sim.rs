@@ -376,7 +376,8 @@ impl AdaptiveSim {
 
     /// Unless `shrink_cover` is set, a shrink covers the lead time plus `cooldown`: the
     /// intervals after a change in which the allocator makes no other (only a shortage it
-    /// has already suffered steps the limit up again), so a forecast shrink commits to them.
+    /// has already suffered, or a forecast's growth, steps the limit up again), so a
+    /// forecast shrink commits to them.
     pub fn for_cooldown(mut self, cooldown: u32) -> AdaptiveSim {
         if self.shrink_cover == 0 {
             self.shrink_cover = self.lead.max(1) + cooldown as usize;
