@@ -66,8 +66,8 @@ pub struct ForecastInput {
     pub horizon_intervals: u32,
     /// The largest upper bound over the time a shrink commits the limit to (the lead time
     /// plus the cooldown after a change, in which only a shortage already suffered or a
-    /// forecast's growth undoes it),
-    /// where the forecaster gives it: a shrink never goes below it (plus headroom).
+    /// forecast's growth undoes it), where the forecaster gives it: a shrink never goes
+    /// below it (plus headroom).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shrink_upper: Option<f64>,
 }

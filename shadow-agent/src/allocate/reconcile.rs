@@ -658,6 +658,7 @@ impl<B: Backend> Reconciler<B> {
             forecast: d.forecast.map(|f| f.point),
             interval: d.forecast.map(|f| [f.lower, f.upper]),
             level: d.forecast.map(|f| f.level),
+            shrink_upper: d.forecast.and_then(|f| f.shrink_upper),
             confidence: d.confidence,
             error: err.map(|e| error_chain(e)),
             burst_us: match (d.resource, limits.cpu_burst_us) {

@@ -240,6 +240,10 @@ pub struct AuditEntry {
     pub forecast: Option<f64>,
     pub interval: Option<[f64; 2]>,
     pub level: Option<f64>,
+    /// The forecast's upper bound over the intervals a shrink commits to (`shrink_cover`),
+    /// when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrink_upper: Option<f64>,
     pub confidence: Option<Confidence>,
     /// Reconcile step number of this agent.
     pub step: u64,
@@ -281,6 +285,7 @@ impl AuditEntry {
             forecast: None,
             interval: None,
             level: None,
+            shrink_upper: None,
             confidence: None,
             step,
             error: None,

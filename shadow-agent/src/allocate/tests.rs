@@ -184,7 +184,11 @@ fn confident_forecast_preallocates_and_the_step_is_idempotent() {
     m.put("web/memory.high", "1020054732\n");
     let mut r = Reconciler::new(m.backend(), m.config()).unwrap();
     let f = Forecasts {
-        cpu: Some(confident(1.6)),
+        // The bound over a shrink's cover is audited; a growth does not use it.
+        cpu: Some(ForecastInput {
+            shrink_upper: Some(1.7),
+            ..confident(1.6)
+        }),
         memory: Some(confident(1.2 * GIB)),
     };
     let rep = r.step(&f).unwrap();
@@ -201,6 +205,7 @@ fn confident_forecast_preallocates_and_the_step_is_idempotent() {
     let e = audit.iter().find(|e| e.resource == "cpu").unwrap();
     assert_eq!(e.reason, Reason::Forecast);
     assert_eq!(e.interval, Some([1.6 * 0.9, 1.6]));
+    assert_eq!(e.shrink_upper, Some(1.7));
     assert_eq!(e.level, Some(0.9));
     assert!(e.confidence.unwrap().confident);
 
