@@ -57,7 +57,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     pub lead: usize,
     /// Intervals a forecast shrink must cover, at least the lead time (default, 0: the lead
-    /// time plus the resource's cooldown, 2 intervals for CPU and 3 for memory).
+    /// time plus the simulator's cooldown of one interval, i.e. 2).
     #[arg(long, default_value_t = 0)]
     pub shrink_cover: usize,
     /// Interval level of the forecast bound, percent.

@@ -892,48 +892,29 @@ mod tests {
             shrink_upper: Some(hold),
             ..fc(upper, upper * 0.95, upper, Some(0.9))
         };
-        let r = rails();
+        let decide_fresh = |current: f64, upper: f64, hold: f64| {
+            let mut st = ResourceState::default();
+            run(
+                &rails(),
+                &mut st,
+                Some(current),
+                &Signals::default(),
+                Some(with_hold(upper, hold)),
+            )
+        };
         // A shrink from 2.0: the next interval needs 1.0, a spike two intervals later 1.5;
         // the shrink stops at the spike's bound plus headroom.
-        let mut st = ResourceState::default();
-        let d = run(
-            &r,
-            &mut st,
-            Some(2.0),
-            &Signals::default(),
-            Some(with_hold(1.0, 1.5)),
-        );
+        let d = decide_fresh(2.0, 1.0, 1.5);
         assert_eq!(d.reason, Reason::Forecast);
         assert!((d.new.unwrap() - 1.5 * 1.15).abs() < 1e-9, "{d:?}");
         // The same forecast without the spike shrinks further (the max step rail: -25%).
-        let mut st = ResourceState::default();
-        let d = run(
-            &r,
-            &mut st,
-            Some(2.0),
-            &Signals::default(),
-            Some(with_hold(1.0, 1.0)),
-        );
+        let d = decide_fresh(2.0, 1.0, 1.0);
         assert_eq!(d.new, Some(1.5), "{d:?}");
         // Never a growth from the hold bound: above the lead's bound the limit is kept ...
-        let mut st = ResourceState::default();
-        let d = run(
-            &r,
-            &mut st,
-            Some(1.2),
-            &Signals::default(),
-            Some(with_hold(1.0, 1.5)),
-        );
+        let d = decide_fresh(1.2, 1.0, 1.5);
         assert_eq!(d.new, Some(1.2), "{d:?}");
         // ... and below it the lead's bound alone decides the growth.
-        let mut st = ResourceState::default();
-        let d = run(
-            &r,
-            &mut st,
-            Some(1.0),
-            &Signals::default(),
-            Some(with_hold(1.2, 3.0)),
-        );
+        let d = decide_fresh(1.0, 1.2, 3.0);
         assert!((d.new.unwrap() - 1.2 * 1.15).abs() < 1e-9, "{d:?}");
     }
 
